@@ -1,0 +1,106 @@
+/* anthroxy_config.h - every setting and limit, in one struct.
+ *
+ * Precedence, lowest first: built-in defaults (ax_config_init), a config file
+ * (ax_config_load_file), environment variables (ax_config_apply_env: the seed's PROXY_*
+ * and LLAMA_CPP_BASE names plus ANTHROXY_*), then command-line flags
+ * (ax_config_parse_args). Each value remembers where it came from, for the start-up log
+ * and /health. docs/configuration.md documents every field. */
+#ifndef ANTHROXY_CONFIG_H
+#define ANTHROXY_CONFIG_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include <cjson/cJSON.h>
+
+#include "anthroxy_error.h"
+
+struct ax_model_map {
+    char *from; /* client model name, or a prefix ending in '*' ("claude-3-5-haiku*") */
+    char *to;   /* upstream model id */
+};
+
+enum ax_config_source { AX_SRC_DEFAULT, AX_SRC_FILE, AX_SRC_ENV, AX_SRC_FLAG };
+
+#define AX_CONFIG_MAX_KEYS 64
+
+struct ax_config {
+    /* listening */
+    char *host;                /* "127.0.0.1" */
+    int port;                  /* 4000; 0 picks a free port (tests) */
+    char **api_keys;           /* inbound keys; none = no auth */
+    size_t n_api_keys;
+    char *api_key_file;        /* one key per line, '#' comments */
+
+    /* upstream */
+    char *upstream_base;       /* "http://127.0.0.1:8080/v1"; a trailing /v1 is optional */
+    char *upstream_api_key;    /* sent as Authorization: Bearer */
+    char *upstream_model;      /* NULL: the first id the upstream lists at /v1/models */
+    struct ax_model_map *model_map;
+    size_t n_model_map;
+    int max_upstream;          /* concurrent upstream transfers (PROXY_MAX_CONNECTIONS, 20) */
+    int upstream_queue_max;    /* requests waiting for a transfer slot before 529 (1024) */
+    uint64_t connect_timeout_ms;   /* 10000 */
+    uint64_t read_timeout_ms;      /* idle read timeout (PROXY_READ_TIMEOUT, 600 s) */
+    uint64_t total_timeout_ms;     /* whole transfer; 0 = none */
+    int connect_retries;           /* 2: retries after a failed connect, never after */
+    uint64_t retry_delay_ms;       /* 500, doubled each retry */
+
+    /* context */
+    int64_t context_window;        /* 0: probe /props, then /slots, else 131072 */
+    double prune_threshold;        /* 0.75 (for the pruning policy) */
+
+    /* limits */
+    size_t max_body_bytes;         /* 32 MiB */
+    size_t max_header_bytes;       /* 64 KiB */
+    size_t max_response_bytes;     /* a complete upstream answer: 64 MiB */
+    size_t write_high_water;       /* pause the upstream past this many queued bytes: 64 KiB */
+    size_t write_low_water;        /* resume below: 16 KiB */
+    uint64_t client_stall_timeout_ms;  /* no write progress this long: cut off (60 s) */
+    uint64_t keepalive_timeout_ms;     /* idle keep-alive connection (75 s) */
+    uint64_t shutdown_grace_ms;        /* finish in-flight requests on SIGTERM (10 s) */
+
+    /* streaming */
+    uint64_t ping_interval_ms;     /* 10000 */
+    uint64_t first_byte_hold_ms;   /* wait this long for the upstream status before 200 (2000) */
+    int reasoning_fallback;        /* reasoning but no text and no tool call: emit it as text (0) */
+
+    /* policies */
+    char *policies_path;           /* chain file; NULL: <policy dir>/default.lua */
+    char *lua_dir;                 /* runtime Lua; NULL: the built-in AX_LUA_DIR */
+    size_t lua_mem_max;            /* all policies together: 256 MiB */
+    size_t lua_req_mem_max;        /* one request: 16 MiB */
+    uint64_t lua_instr_budget;     /* per hook call: 10,000,000 instructions */
+    int policy_fail_closed;        /* a failing policy fails the request (0: skip it) */
+
+    /* sessions */
+    int max_sessions;              /* 1024 */
+    uint64_t session_ttl_ms;       /* 6 h */
+
+    /* logging */
+    int log_level;                 /* enum ax_log_level; PROXY_LOG_LEVEL */
+
+    unsigned char source[AX_CONFIG_MAX_KEYS]; /* enum ax_config_source per key (config.c) */
+};
+
+void ax_config_init(struct ax_config *cfg);
+void ax_config_free(struct ax_config *cfg);
+/* KEY = VALUE lines (the long flag names without "--"; '#' comments). */
+int ax_config_load_file(struct ax_config *cfg, const char *path, struct ax_error *err);
+int ax_config_apply_env(struct ax_config *cfg, struct ax_error *err);
+/* Parses flags; sets *want_help for --help. Non-flag arguments are an error. */
+int ax_config_parse_args(struct ax_config *cfg, int argc, char **argv, int *want_help,
+                         struct ax_error *err);
+int ax_config_validate(const struct ax_config *cfg, struct ax_error *err);
+void ax_config_usage(FILE *out);
+/* {"name": {"value": ..., "source": "default|file|env|flag"}, ...}; secrets as "***". */
+cJSON *ax_config_to_json(const struct ax_config *cfg);
+/* One INFO line per setting with its source, secrets redacted. */
+void ax_config_log(const struct ax_config *cfg);
+/* Deep copy (the server keeps its own). */
+int ax_config_copy(struct ax_config *dst, const struct ax_config *src);
+/* Resolves a client model name through model_map; NULL when nothing matches. */
+const char *ax_config_map_model(const struct ax_config *cfg, const char *client_model);
+
+#endif

@@ -1,0 +1,5 @@
+/* main.c - placeholder until config.c lands. */
+int main(void)
+{
+    return 0;
+}
