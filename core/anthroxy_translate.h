@@ -1,0 +1,64 @@
+/* anthroxy_translate.h - Anthropic Messages <-> OpenAI Chat Completions, complete answers.
+ *
+ * Pure tree-to-tree code: no I/O, no libuv. The streaming direction lives in stream.c and
+ * shares ax_usage and ax_stop_reason_from_finish with this module. */
+#ifndef ANTHROXY_TRANSLATE_H
+#define ANTHROXY_TRANSLATE_H
+
+#include <cjson/cJSON.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "anthroxy_error.h"
+
+struct ax_usage {
+    int64_t prompt_tokens, completion_tokens, cached_tokens;
+    int have;
+};
+
+/* Fills u from an OpenAI `usage` object (prompt_tokens, completion_tokens,
+ * prompt_tokens_details.cached_tokens). u->have = 1 when usage was present. */
+void ax_usage_from_openai(const cJSON *usage, struct ax_usage *u);
+
+/* Adds Anthropic usage members to obj: input_tokens = prompt - cached (scaled by `scale`,
+ * rounded, scale 1.0 = real numbers), cache_read_input_tokens = cached (scaled too),
+ * output_tokens = completion. Returns 0 or AX_ENOMEM. */
+int ax_usage_add_anthropic(cJSON *obj, const struct ax_usage *u, double scale);
+
+/* finish_reason -> stop_reason ("stop"->"end_turn", "length"->"max_tokens",
+ * "tool_calls"/"function_call"->"tool_use", a matched stop string -> "stop_sequence"). */
+const char *ax_stop_reason_from_finish(const char *finish_reason, int matched_stop_sequence);
+
+struct ax_translate_opts {
+    const char *upstream_model; /* model sent upstream (already mapped by the caller) */
+    int llama_server;           /* upstream is llama-server: named tool_choice workaround */
+    int stream;                 /* set stream:true and stream_options.include_usage */
+};
+
+/* Anthropic request -> new OpenAI chat.completions request. Validates as it goes: on bad
+ * input returns AX_EINVAL with err = 400 invalid_request_error naming the field
+ * ("messages.3.content.0.type: unknown block type 'foo'"). */
+int ax_translate_request(const cJSON *anthropic, const struct ax_translate_opts *opts,
+                         cJSON **out, struct ax_error *err);
+
+struct ax_response_opts {
+    const char *client_model;    /* the model name the client asked for: goes in "model" */
+    const cJSON *stop_sequences; /* the request's stop_sequences (array or NULL) */
+    double usage_scale;          /* 1.0 normally; compaction steering scales input tokens */
+};
+
+/* Complete OpenAI chat.completion -> new Anthropic message (id "msg_..." from ax_id_make). */
+int ax_translate_response(const cJSON *openai, const struct ax_response_opts *opts,
+                          cJSON **out, struct ax_error *err);
+
+/* Upstream non-2xx status + body (OpenAI-shaped, llama-server's or vLLM's) -> client error.
+ * Maps statuses to Anthropic types, passes retry_after (seconds, 0 none) for 429,
+ * recognises context overflow (llama-server `exceed_context_size_error` with
+ * n_prompt_tokens/n_ctx; vLLM "maximum context length is M tokens ... N tokens") as
+ * 400 invalid_request_error "prompt is too long: N tokens > M maximum", and llama-server's
+ * deterministic request-parse 500s ("[json.exception..." etc.) as 400. Fills *n_prompt and
+ * *n_ctx when it was an overflow (else leaves them 0). Never fails. */
+void ax_translate_upstream_error(int status, const char *body, size_t len, int retry_after,
+                                 struct ax_error *err, int64_t *n_prompt, int64_t *n_ctx);
+
+#endif
