@@ -1,0 +1,149 @@
+/* anthroxy_upstream.h - the upstream client: libcurl multi driven by the libuv loop.
+ *
+ * One struct ax_upstream per model server: a CURLM (connection reuse, keep-alive), one
+ * uv_poll per socket, one uv_timer for curl's timeout, a concurrency cap with a FIFO wait
+ * queue, and a background probe of the server's facts (/props, /slots, /v1/models).
+ * Everything runs on the loop thread; no call blocks. */
+#ifndef ANTHROXY_UPSTREAM_H
+#define ANTHROXY_UPSTREAM_H
+
+#include <cjson/cJSON.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "anthroxy_error.h"
+
+struct ax_upstream; /* one per server: a CURLM, its polls and timer, a slot queue */
+struct ax_xfer;     /* one transfer */
+
+struct ax_upstream_opts {
+    const char *base_url; /* "http://127.0.0.1:8080/v1" or without /v1 (copied) */
+    const char *api_key;  /* NULL/"" or sent as Authorization: Bearer key (copied) */
+    int max_concurrent;   /* running transfers (<= 0: 64); more wait in a FIFO */
+    int queue_max;        /* waiting transfers beyond which start fails AX_EBUSY (< 0: 0) */
+    uint64_t connect_timeout_ms, idle_timeout_ms, total_timeout_ms; /* 0 = none */
+    int connect_retries;     /* retries after a connect failure only (never after the
+                                request was sent), with backoff */
+    uint64_t retry_delay_ms; /* first delay, doubled each retry */
+    size_t max_response_bytes; /* for ax_upstream_fetch (0: 8 MiB) */
+};
+
+/* Creates the client on loop. opts is copied (strings too). Returns 0, AX_EINVAL (no or bad
+ * base_url) or AX_ENOMEM. */
+int ax_upstream_new(uv_loop_t *loop, const struct ax_upstream_opts *o, struct ax_upstream **out);
+
+/* Cancels every transfer (queued or running: their on_done run with AX_ECANCELED, from the
+ * loop), stops the probes, closes every handle; on_closed (may be NULL) runs from the loop
+ * when all are closed, then the memory is freed. No other call on up after this one. */
+void ax_upstream_close(struct ax_upstream *up, void (*on_closed)(void *ud), void *ud);
+
+/* The server root the paths are appended to: base_url with ONE trailing "/v1" (and
+ * trailing slashes) removed, e.g. "http://127.0.0.1:8080". */
+const char *ax_upstream_root(const struct ax_upstream *up);
+
+/* path is from the server root: "/v1/chat/completions", "/props", "/slots", "/tokenize",
+ * "/apply-template", "/v1/models", "/health". */
+struct ax_xfer_spec {
+    const char *method; /* "GET" or "POST" */
+    const char *path;   /* copied */
+    const char *body;   /* POST body (JSON), NOT copied: the caller keeps it alive and
+                           unchanged until on_done returns */
+    size_t body_len;
+    uint64_t total_timeout_ms; /* override, 0 = the default */
+};
+
+struct ax_xfer_cbs {
+    /* Once, when the status line and headers are complete (before any on_data). status is
+     * the HTTP status; retry_after is the Retry-After seconds or 0. Return <0 to abort
+     * (on_done then gets AX_ECANCELED). May be NULL. */
+    int (*on_headers)(struct ax_xfer *x, int status, int retry_after, void *ud);
+    /* Response body bytes, incrementally. Return 0 when consumed, AX_EAGAIN to pause
+     * (NOTHING of p was consumed: the same bytes come again after ax_xfer_resume), or < 0 to
+     * abort the transfer (on_done then gets AX_ECANCELED). A paused transfer is not subject
+     * to the idle timeout (the stall is the client's); the total timeout still applies.
+     * May be NULL (bytes dropped). */
+    int (*on_data)(struct ax_xfer *x, const char *p, size_t n, void *ud);
+    /* Exactly once, from the loop, never from inside ax_upstream_start or ax_xfer_cancel:
+     * rc 0 (complete response, whatever the status), AX_ETIMEDOUT (connect/idle/total),
+     * AX_EUPSTREAM (could not connect after retries: the caller answers 529),
+     * AX_EIO (reset/truncated after the request was sent), AX_ECANCELED. The transfer is
+     * freed when on_done returns. */
+    void (*on_done)(struct ax_xfer *x, int rc, void *ud);
+};
+
+/* Starts (or queues, when max_concurrent transfers run) a transfer. Returns 0 or AX_EBUSY
+ * (queue full) / AX_ENOMEM / AX_EINVAL (bad spec) / AX_ECANCELED (upstream closing); on
+ * failure no callback ever runs. cbs is copied. *out (may be NULL) stays valid until
+ * on_done returns. */
+int ax_upstream_start(struct ax_upstream *up, const struct ax_xfer_spec *spec,
+                      const struct ax_xfer_cbs *cbs, void *ud, struct ax_xfer **out);
+
+/* Resumes a transfer paused by on_data returning AX_EAGAIN. Safe to call from anywhere,
+ * including write-completion callbacks and on_data itself: the real
+ * curl_easy_pause(CURLPAUSE_CONT) runs later from a timer callback, never from inside
+ * curl's callbacks. No effect on a transfer that is not paused or already finished. */
+void ax_xfer_resume(struct ax_xfer *x);
+
+/* Aborts (the upstream connection is closed, so the model server stops generating);
+ * on_done runs later from the loop with AX_ECANCELED. Idempotent; safe from inside this
+ * transfer's own callbacks; no effect once on_done has been scheduled with another rc. */
+void ax_xfer_cancel(struct ax_xfer *x);
+
+/* The HTTP status once headers arrived, else 0. */
+int ax_xfer_status(const struct ax_xfer *x);
+
+/* 1 while the transfer waits in the queue for a slot, else 0. */
+int ax_xfer_queued(const struct ax_xfer *x);
+
+/* A buffered request: cb(rc, status, body, len, ud), exactly once, from the loop. body is
+ * NUL-terminated, valid only during cb, and NULL when rc < 0. An answer longer than
+ * max_response_bytes ends the transfer with AX_ETOOBIG. timeout_ms 0 = the default total
+ * timeout. body is not copied (kept alive by the caller until cb). Returns as
+ * ax_upstream_start; *out may be passed to ax_xfer_cancel until cb runs. */
+typedef void (*ax_fetch_cb)(int rc, int status, const char *body, size_t len, void *ud);
+int ax_upstream_fetch(struct ax_upstream *up, const char *method, const char *path,
+                      const char *body, size_t body_len, uint64_t timeout_ms, ax_fetch_cb cb,
+                      void *ud, struct ax_xfer **out /* may be NULL */);
+
+/* Counters, for /health and tests. */
+struct ax_upstream_stats {
+    int running;            /* transfers holding a slot now */
+    int queued;             /* waiting for one */
+    uint64_t started;       /* transfers ever started (queued ones once they got a slot) */
+    uint64_t connect_retries; /* connect retries performed */
+    uint64_t failed;        /* on_done with rc != 0 and != AX_ECANCELED */
+};
+void ax_upstream_stats(const struct ax_upstream *up, struct ax_upstream_stats *out);
+
+/* The upstream's facts, probed in the background. */
+enum ax_upstream_state {
+    AX_UP_UNKNOWN = 0, /* not probed yet */
+    AX_UP_OK,          /* answers */
+    AX_UP_LOADING,     /* 503 from llama-server while it loads the model */
+    AX_UP_DOWN         /* unreachable, or answers 5xx otherwise */
+};
+
+struct ax_upstream_info {
+    int state;                /* enum ax_upstream_state */
+    int64_t n_ctx;            /* per-slot context: /props default_generation_settings.n_ctx,
+                                 else /slots[0].n_ctx, else 0 (unknown) */
+    const char *n_ctx_source; /* "props", "slots", or NULL */
+    int llama_server;         /* /props answered like llama-server */
+    char model_id[256];       /* first id from GET /v1/models data[], "" unknown */
+    cJSON *models;            /* the upstream's /v1/models "data" array (owned), or NULL */
+    uint64_t last_probe_ms;   /* uv_now of the last completed probe, 0 never */
+};
+
+/* Starts background probing: a probe now, then every interval_ms while state != OK or n_ctx
+ * is unknown; once OK with n_ctx known, re-probes slowly (60 s). A probe is GET /props,
+ * then GET /slots when /props gave no n_ctx, then GET /v1/models. Probe transfers bypass
+ * the concurrency cap. */
+void ax_upstream_probe_start(struct ax_upstream *up, uint64_t interval_ms);
+/* Probes now (no effect while a probe runs). Works without probe_start too. */
+void ax_upstream_probe_now(struct ax_upstream *up);
+const struct ax_upstream_info *ax_upstream_info(const struct ax_upstream *up);
+/* Optional hook, run from the loop after a probe changed state, n_ctx or model_id. */
+void ax_upstream_on_info(struct ax_upstream *up, void (*cb)(void *ud), void *ud);
+
+#endif
