@@ -81,19 +81,47 @@ struct ax_config {
     /* logging */
     int log_level;                 /* enum ax_log_level; PROXY_LOG_LEVEL */
 
+    /* the config file read (--config, ANTHROXY_CONFIG); NULL: none */
+    char *config_path;
+
     unsigned char source[AX_CONFIG_MAX_KEYS]; /* enum ax_config_source per key (config.c) */
 };
 
+/* Sets every field to its built-in default (the sources all AX_SRC_DEFAULT). */
 void ax_config_init(struct ax_config *cfg);
 void ax_config_free(struct ax_config *cfg);
-/* KEY = VALUE lines (the long flag names without "--"; '#' comments). */
+/* All sources in order on an initialised cfg: the file named by --config (else by
+ * ANTHROXY_CONFIG), the environment, the flags in argv[1..argc), then the keys of
+ * api_key_file, then ax_config_validate. *want_help as for ax_config_parse_args (the other
+ * sources are still applied, so --help can show effective values). Errors name the
+ * source and the key: "--port: invalid value \"x\" for port: expected ...". Returns 0 or
+ * AX_EINVAL / AX_EIO / AX_ENOMEM with err filled. */
+int ax_config_load(struct ax_config *cfg, int argc, char **argv, int *want_help,
+                   struct ax_error *err);
+/* KEY = VALUE lines (the long flag names without "--", '-' or '_'; whole-line '#'
+ * comments; values optionally in double quotes; a repeatable key may appear on several
+ * lines). An unknown key is an error naming path and line. */
 int ax_config_load_file(struct ax_config *cfg, const char *path, struct ax_error *err);
+/* ANTHROXY_<NAME> for every setting, and the seed's names (LLAMA_CPP_BASE, PROXY_*);
+ * ANTHROXY_* wins where both are set. Empty variables count as unset. */
 int ax_config_apply_env(struct ax_config *cfg, struct ax_error *err);
-/* Parses flags; sets *want_help for --help. Non-flag arguments are an error. */
+/* Parses flags from argv[1..argc) (argv[0] is the program). `--name value`,
+ * `--name=value`, `--flag` / `--no-flag` for booleans. Sets *want_help to 1 for --help or
+ * -h, 2 for --version (want_help may be NULL). Non-flag arguments are an error. A
+ * repeatable setting (--api-key, --model-map) given by a source replaces what lower
+ * sources gave; repeated within one source, it accumulates. */
 int ax_config_parse_args(struct ax_config *cfg, int argc, char **argv, int *want_help,
                          struct ax_error *err);
+/* Appends the keys of cfg->api_key_file (one per line, '#' comments, blank lines skipped)
+ * to cfg->api_keys. No file set: nothing to do. */
+int ax_config_load_key_file(struct ax_config *cfg, struct ax_error *err);
+/* Cross-field checks (write_low_water < write_high_water, an http(s) upstream, ...). */
 int ax_config_validate(const struct ax_config *cfg, struct ax_error *err);
+/* --help: every flag with its value syntax, meaning, default and environment names. */
 void ax_config_usage(FILE *out);
+/* Where a setting's value came from ("port", "api-key", ...); -1 for an unknown name. */
+int ax_config_source_of(const struct ax_config *cfg, const char *name);
+const char *ax_config_source_name(int source); /* "default", "file", "env", "flag" */
 /* {"name": {"value": ..., "source": "default|file|env|flag"}, ...}; secrets as "***". */
 cJSON *ax_config_to_json(const struct ax_config *cfg);
 /* One INFO line per setting with its source, secrets redacted. */
