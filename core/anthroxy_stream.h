@@ -1,0 +1,168 @@
+/* anthroxy_stream.h - the streaming translator: OpenAI chat.completion.chunk payloads in,
+ * Anthropic Messages SSE events out.
+ *
+ * Pure: bytes in, bytes out, no I/O, no timers. Each call appends complete events
+ * ("event: NAME\ndata: {...}\n\n") to a struct ax_buf the caller owns; a call that fails
+ * with AX_ETOOBIG or AX_ENOMEM leaves out as it was before the call (no half event).
+ *
+ * Event sequence produced:
+ *   message_start (ax_stream_begin; idempotent, may come long before the first chunk, with
+ *     pings after it), then content blocks opened lazily in arrival order with consecutive
+ *     indexes, one open at a time (as Anthropic's API does), each closed exactly once:
+ *   - thinking, from delta.reasoning_content (or delta.reasoning): thinking_delta events,
+ *     then a signature_delta carrying AX_STREAM_SIGNATURE before content_block_stop;
+ *   - text, from delta.content (null or "" opens nothing, so a pure tool-call turn has no
+ *     empty text block in front);
+ *   - tool_use, from delta.tool_calls[]: the block opens when the call's name is known, as
+ *     {"type":"tool_use","id":"toolu_"+upstream id,"name":...,"input":{}}, then every piece
+ *     of argument text goes out as input_json_delta, the first fragment's "{" included.
+ *     Parallel calls are routed by their `index`, each its own block. Upstream servers send
+ *     them one after the other; a fragment for a call whose block was already closed
+ *     (interleaved calls) cannot be delivered in Anthropic's order, so feed fails with
+ *     AX_EUPSTREAM rather than lose argument text;
+ *   then message_delta {stop_reason, stop_sequence, usage} and message_stop (ax_stream_end),
+ *   or, on failure, content_block_stop for the open block and `event: error`
+ *   (ax_stream_fail): never a quiet end_turn.
+ *
+ * Usage: the upstream's figures when it sent a `usage` object (the last one wins):
+ * input_tokens = prompt - cached and cache_read_input_tokens = cached, both scaled by
+ * usage_scale, and output_tokens (via ax_usage_add_anthropic). Without upstream usage,
+ * input_tokens is opts->input_estimate (scaled) and output_tokens the shared estimator
+ * (ax_tokens_text) over the text of every content, reasoning and argument delta.
+ * message_start carries the estimate (or the upstream usage if already known).
+ *
+ * stop_reason: ax_stop_reason_from_finish(finish_reason, matched). A stop string is known
+ * to have matched only when the upstream says which (vLLM's choices[].stop_reason string,
+ * found in opts->stop_sequences): then "stop_sequence" with that string. llama-server's
+ * OpenAI endpoint does not say (tests/fixtures/llama-server/chat_stop_seq.json: plain
+ * finish_reason "stop"), so that is end_turn with stop_sequence null. A turn that made tool
+ * calls but finished with "stop" (Ollama does this) reports "tool_use".
+ *
+ * Memory per stream: this struct, one small record per tool call and per content block
+ * (for the summary), and the tool calls' argument text up to max_tool_args_bytes in all;
+ * streamed text is only counted, except the reasoning kept for reasoning_fallback while no
+ * text or tool call has appeared (bounded by max_fallback_bytes). */
+#ifndef ANTHROXY_STREAM_H
+#define ANTHROXY_STREAM_H
+
+#include <cjson/cJSON.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "anthroxy_buf.h"
+#include "anthroxy_error.h"
+#include "anthroxy_translate.h"
+
+/* The signature given to streamed thinking blocks. Claude Code sends it back with the
+ * block; the request translator drops it. */
+#define AX_STREAM_SIGNATURE "anthroxy-local-reasoning"
+
+#define AX_STREAM_MAX_TOOLS 512   /* tool calls in one turn: more fails the stream */
+#define AX_STREAM_MAX_BLOCKS 1024 /* content blocks recorded for the summary */
+
+struct ax_stream_opts {
+    const char *model;           /* the model name the client asked for (copied) */
+    const char *message_id;      /* NULL: ax_id_make(..., "msg_") (copied) */
+    int64_t input_estimate;      /* prompt tokens until the upstream says (real scale) */
+    double usage_scale;          /* scales reported input/cache tokens; 0 means 1.0 */
+    int reasoning_fallback;      /* reasoning but no text and no tool call: repeat the
+                                    reasoning as a text block at the end (the seed did) */
+    const cJSON *stop_sequences; /* the request's stop_sequences, borrowed: must outlive st */
+    size_t max_tool_args_bytes;  /* argument text kept for the summary; 0: 1 MiB */
+    size_t max_fallback_bytes;   /* reasoning kept for the fallback; 0: 256 KiB */
+};
+
+enum ax_stream_state { AX_STREAM_NEW, AX_STREAM_STARTED, AX_STREAM_ENDED, AX_STREAM_FAILED };
+
+enum ax_stream_block { AX_STREAM_BLOCK_NONE, AX_STREAM_BLOCK_THINKING, AX_STREAM_BLOCK_TEXT,
+                       AX_STREAM_BLOCK_TOOL };
+
+struct ax__stream_tool;
+struct ax__stream_rec;
+
+struct ax_stream {
+    /* read-only for callers */
+    enum ax_stream_state state;
+    uint64_t chunks;             /* payloads fed, [DONE] included */
+    uint64_t garbage;            /* payloads that were not JSON objects: skipped */
+    int saw_done;                /* "[DONE]" was fed: the caller may end the stream now */
+    int saw_finish;              /* a finish_reason arrived */
+    struct ax_usage usage;       /* the upstream's last usage object (usage.have) */
+    int64_t output_estimate;     /* ax_tokens_text over the streamed text */
+    char id[64];                 /* the message id */
+    char finish_reason[32];      /* as the upstream sent it, "" before */
+    const char *stop_reason;     /* static string once ended, else NULL */
+    const char *stop_sequence;   /* the matched stop string (in opts.stop_sequences) or NULL */
+
+    /* private */
+    char *_model;
+    int64_t _input_estimate;
+    double _scale;
+    int _fallback;
+    const cJSON *_stop_sequences;
+    size_t _args_budget;         /* argument bytes the summary may still keep */
+    enum ax_stream_block _open;  /* the open block's kind */
+    int _open_tool;              /* its tool record when a tool_use block */
+    int _n_blocks;               /* blocks opened so far = the next index */
+    int _saw_text, _saw_reasoning;
+    struct ax__stream_tool *_tools;
+    int _n_tools, _cap_tools;
+    int _last_tool;              /* tool record that got the last fragment, -1 */
+    struct ax__stream_rec *_recs;
+    int _cap_recs;
+    uint64_t _recs_omitted;
+    struct ax_buf _reasoning;    /* kept for the fallback only */
+};
+
+/* Prepares st (no output). Returns 0 or AX_ENOMEM. */
+int ax_stream_init(struct ax_stream *st, const struct ax_stream_opts *o);
+void ax_stream_free(struct ax_stream *st);
+
+/* Emits message_start once; later calls do nothing. Returns 0, AX_ETOOBIG or AX_ENOMEM. */
+int ax_stream_begin(struct ax_stream *st, struct ax_buf *out);
+
+/* One SSE data payload of the upstream (a chunk's JSON text, or "[DONE]"), translated into
+ * zero or more events (message_start first if not yet sent). Returns:
+ *   0 - translated; also for a payload that is not a JSON object (a garbage data line):
+ *       skipped and counted in st->garbage, never fatal;
+ *   AX_EUPSTREAM - the upstream reported an error inside the stream ({"error":{...}}, mapped
+ *       by ax_translate_upstream_error, a context overflow included), or sent interleaved
+ *       or too many tool calls: err is filled; call ax_stream_fail(st, err, out) next;
+ *   AX_ETOOBIG / AX_ENOMEM - out could not take the events.
+ * Payloads fed after the stream ended or failed are ignored. */
+int ax_stream_feed(struct ax_stream *st, const char *data, size_t len, struct ax_buf *out,
+                   struct ax_error *err);
+
+/* The upstream finished normally ([DONE], or EOF after a finish_reason): closes the open
+ * block and emits message_delta and message_stop. When the upstream ended without a
+ * finish_reason and without [DONE] (a truncated stream) nothing is emitted: returns
+ * AX_EUPSTREAM with err filled (502 api_error) so the caller calls ax_stream_fail. Returns 0
+ * (also when already ended or failed), AX_EUPSTREAM, AX_ETOOBIG or AX_ENOMEM. */
+int ax_stream_end(struct ax_stream *st, struct ax_buf *out, struct ax_error *err);
+
+/* The turn failed after the response started: closes the open block, then emits
+ * `event: error` with err's type and message (api_error "upstream stream failed" when err
+ * is NULL or empty). No message_start is sent if none was. Does nothing once ended or
+ * failed. Returns 0, AX_ETOOBIG or AX_ENOMEM. */
+int ax_stream_fail(struct ax_stream *st, const struct ax_error *err, struct ax_buf *out);
+
+/* Appends "event: ping\ndata: {"type": "ping"}\n\n". */
+int ax_stream_ping(struct ax_buf *out);
+
+/* What the turn produced, for on_response and the monitor, as a new tree the caller frees
+ * (NULL on allocation failure). Anthropic-message-shaped:
+ *   {"id","type":"message","role":"assistant","model",
+ *    "stop_reason": string or null (null until ended; "error" once failed),
+ *    "stop_sequence": string or null,
+ *    "usage": {...as in message_delta...},
+ *    "content": [ {"type":"thinking","thinking_length":BYTES},
+ *                 {"type":"text","text_length":BYTES},
+ *                 {"type":"tool_use","id","name","input":{parsed arguments},
+ *                  "arguments_length":BYTES,"arguments_hash":"<16 hex: FNV-1a 64>"} ...],
+ *    "anthroxy": {"chunks","garbage","output_estimate","blocks_omitted"}}
+ * in block order. A tool_use whose arguments were not kept whole (over the budget) or do
+ * not parse as a JSON object has "input": {} and "input_error": "truncated" or "invalid"
+ * (the kept text then goes in "partial_json"). Text itself is never kept: lengths only. */
+cJSON *ax_stream_summary(const struct ax_stream *st);
+
+#endif

@@ -1,0 +1,946 @@
+/* stream.c - OpenAI chat.completion.chunk payloads -> Anthropic Messages SSE events.
+ *
+ * Fed by the request's upstream data path (sse.c dispatches each payload here); its bytes
+ * go to the connection's write queue. Pure: no I/O, no timers. Output events are written
+ * by hand (no cJSON on the per-chunk path) with a small JSON string escaper; input chunks
+ * are parsed with cJSON. Usage and stop reasons come from translate_response.c's helpers,
+ * token estimates from tokens.c, so the complete and streamed paths report alike. */
+#include "anthroxy_stream.h"
+#include "anthroxy_ids.h"
+#include "anthroxy_json.h"
+#if __has_include("anthroxy_tokens.h")
+#include "anthroxy_tokens.h"
+#else
+/* until tokens.c lands */
+static int64_t ax_tokens_text(const char *s, size_t n)
+{
+    (void)s;
+    return (int64_t)(n + 3) / 4;
+}
+#endif
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define DEFAULT_ARGS_BUDGET ((size_t)1 << 20)
+#define DEFAULT_FALLBACK_MAX ((size_t)256 << 10)
+#define PENDING_ARGS_MAX ((size_t)16 << 20)  /* arguments held before a call's name arrives */
+
+struct ax__stream_tool {
+    int index;              /* the upstream's tool_calls[].index */
+    int block;              /* Anthropic block index, -1 until the block is opened */
+    int closed;
+    int truncated;          /* args no longer holds the whole argument text */
+    char *id;               /* "toolu_..." */
+    char *name;
+    struct ax_buf args;     /* argument text: kept for the summary, pending before opening */
+    size_t args_len;        /* argument bytes seen in all */
+    uint64_t hash;          /* FNV-1a 64 of all argument bytes */
+};
+
+struct ax__stream_rec {     /* one content block, for the summary */
+    int kind;               /* enum ax_stream_block */
+    int tool;               /* tool record, for tool_use */
+    size_t length;          /* bytes of text or thinking */
+};
+
+/* ---- output helpers: hand-written event framing ---- */
+
+#define PUT_LIT(o, s) ax_buf_append((o), (s), sizeof(s) - 1)
+
+static int put_i64(struct ax_buf *o, int64_t v)
+{
+    char tmp[24];
+    char *p = tmp + sizeof(tmp);
+    uint64_t u = v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v;
+
+    do {
+        *--p = (char)('0' + u % 10);
+        u /= 10;
+    } while (u != 0);
+    if (v < 0)
+        *--p = '-';
+    return ax_buf_append(o, p, (size_t)(tmp + sizeof(tmp) - p));
+}
+
+static inline int needs_escape(unsigned char c)
+{
+    return c < 0x20 || c == '"' || c == '\\';
+}
+
+/* Appends s[0..n) as a JSON string literal, quotes included. One pass to size the result,
+ * one to copy runs of plain bytes (the usual case: no escape at all). Bytes >= 0x80 pass
+ * through: the upstream's UTF-8 stays as it was. */
+static int put_str(struct ax_buf *o, const char *s, size_t n)
+{
+    static const char hex[] = "0123456789abcdef";
+    size_t i, extra = 0, run;
+    char *d;
+    int rc;
+
+    for (i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (needs_escape(c))
+            extra += (c == '"' || c == '\\' || c == '\n' || c == '\r' || c == '\t' ||
+                      c == '\b' || c == '\f') ? 1 : 5;
+    }
+    if ((rc = ax_buf_reserve(o, n + extra + 2)) < 0)
+        return rc;
+    d = o->data + o->len;
+    *d++ = '"';
+    if (extra == 0) {
+        memcpy(d, s, n);
+        d += n;
+    } else {
+        for (i = 0; i < n;) {
+            for (run = i; run < n && !needs_escape((unsigned char)s[run]); run++)
+                ;
+            memcpy(d, s + i, run - i);
+            d += run - i;
+            if (run == n)
+                break;
+            unsigned char c = (unsigned char)s[run];
+            *d++ = '\\';
+            switch (c) {
+            case '"': *d++ = '"'; break;
+            case '\\': *d++ = '\\'; break;
+            case '\n': *d++ = 'n'; break;
+            case '\r': *d++ = 'r'; break;
+            case '\t': *d++ = 't'; break;
+            case '\b': *d++ = 'b'; break;
+            case '\f': *d++ = 'f'; break;
+            default:
+                *d++ = 'u';
+                *d++ = '0';
+                *d++ = '0';
+                *d++ = hex[c >> 4];
+                *d++ = hex[c & 15];
+            }
+            i = run + 1;
+        }
+    }
+    *d++ = '"';
+    o->len = (size_t)(d - o->data);
+    o->data[o->len] = '\0';
+    return 0;
+}
+
+static int put_cstr_or_null(struct ax_buf *o, const char *s)
+{
+    return s != NULL ? put_str(o, s, strlen(s)) : PUT_LIT(o, "null");
+}
+
+/* Anthropic usage members via the shared mapping (translate_response.c). */
+static int put_usage(struct ax_buf *o, const struct ax_usage *u, double scale)
+{
+    cJSON *obj = cJSON_CreateObject();
+    int rc = AX_ENOMEM;
+
+    if (obj != NULL && ax_usage_add_anthropic(obj, u, scale) == 0)
+        rc = ax_json_print(obj, o);
+    cJSON_Delete(obj);
+    return rc;
+}
+
+/* The usage to report: the upstream's when it sent some, else the estimates. */
+static void current_usage(const struct ax_stream *st, struct ax_usage *u, int with_output)
+{
+    if (st->usage.have) {
+        *u = st->usage;
+    } else {
+        memset(u, 0, sizeof(*u));
+        u->prompt_tokens = st->_input_estimate;
+        u->completion_tokens = st->output_estimate;
+        u->have = 1;
+    }
+    if (!with_output)
+        u->completion_tokens = 0;
+}
+
+/* A failed call leaves no half event behind. */
+static void rollback(struct ax_buf *out, size_t mark, int rc)
+{
+    if ((rc == AX_ETOOBIG || rc == AX_ENOMEM) && out->len > mark) {
+        out->len = mark;
+        out->data[mark] = '\0';
+    }
+}
+
+/* ---- init / free ---- */
+
+int ax_stream_init(struct ax_stream *st, const struct ax_stream_opts *o)
+{
+    memset(st, 0, sizeof(*st));
+    st->_model = strdup(o->model != NULL ? o->model : "");
+    if (st->_model == NULL)
+        return AX_ENOMEM;
+    if (o->message_id != NULL)
+        snprintf(st->id, sizeof(st->id), "%s", o->message_id);
+    else
+        ax_id_make(st->id, sizeof(st->id), "msg_");
+    st->_input_estimate = o->input_estimate;
+    st->_scale = o->usage_scale > 0 ? o->usage_scale : 1.0;
+    st->_fallback = o->reasoning_fallback;
+    st->_stop_sequences = o->stop_sequences;
+    st->_args_budget = o->max_tool_args_bytes ? o->max_tool_args_bytes : DEFAULT_ARGS_BUDGET;
+    st->_last_tool = -1;
+    ax_buf_init(&st->_reasoning, o->max_fallback_bytes ? o->max_fallback_bytes
+                                                       : DEFAULT_FALLBACK_MAX);
+    return 0;
+}
+
+void ax_stream_free(struct ax_stream *st)
+{
+    int i;
+
+    for (i = 0; i < st->_n_tools; i++) {
+        free(st->_tools[i].id);
+        free(st->_tools[i].name);
+        ax_buf_free(&st->_tools[i].args);
+    }
+    free(st->_tools);
+    free(st->_recs);
+    free(st->_model);
+    ax_buf_free(&st->_reasoning);
+    st->_tools = NULL;
+    st->_recs = NULL;
+    st->_model = NULL;
+    st->_n_tools = st->_cap_tools = st->_cap_recs = 0;
+}
+
+/* ---- events ---- */
+
+static int emit_message_start(struct ax_stream *st, struct ax_buf *o)
+{
+    struct ax_usage u;
+    int rc;
+
+    current_usage(st, &u, 0);
+    if ((rc = PUT_LIT(o, "event: message_start\ndata: {\"type\":\"message_start\",\"message\":"
+                         "{\"id\":")) < 0 ||
+        (rc = put_cstr_or_null(o, st->id)) < 0 ||
+        (rc = PUT_LIT(o, ",\"type\":\"message\",\"role\":\"assistant\",\"model\":")) < 0 ||
+        (rc = put_cstr_or_null(o, st->_model)) < 0 ||
+        (rc = PUT_LIT(o, ",\"content\":[],\"stop_reason\":null,\"stop_sequence\":null,"
+                         "\"usage\":")) < 0 ||
+        (rc = put_usage(o, &u, st->_scale)) < 0)
+        return rc;
+    return PUT_LIT(o, "}}\n\n");
+}
+
+int ax_stream_begin(struct ax_stream *st, struct ax_buf *out)
+{
+    size_t mark = out->len;
+    int rc;
+
+    if (st->state != AX_STREAM_NEW)
+        return 0;
+    if ((rc = emit_message_start(st, out)) < 0) {
+        rollback(out, mark, rc);
+        return rc;
+    }
+    st->state = AX_STREAM_STARTED;
+    return 0;
+}
+
+static int put_delta_head(struct ax_buf *o, int index)
+{
+    int rc;
+
+    if ((rc = PUT_LIT(o, "event: content_block_delta\ndata: {\"type\":\"content_block_delta\","
+                         "\"index\":")) < 0 ||
+        (rc = put_i64(o, index)) < 0)
+        return rc;
+    return PUT_LIT(o, ",\"delta\":{\"type\":");
+}
+
+static int emit_delta(struct ax_stream *st, struct ax_buf *o, const char *kind_and_key,
+                      size_t klen, const char *s, size_t n)
+{
+    int rc;
+
+    if ((rc = put_delta_head(o, st->_n_blocks - 1)) < 0 ||
+        (rc = ax_buf_append(o, kind_and_key, klen)) < 0 || (rc = put_str(o, s, n)) < 0)
+        return rc;
+    return PUT_LIT(o, "}}\n\n");
+}
+
+#define EMIT_DELTA(st, o, kk, s, n) emit_delta((st), (o), (kk), sizeof(kk) - 1, (s), (n))
+
+static int emit_block_stop(struct ax_buf *o, int index)
+{
+    int rc;
+
+    if ((rc = PUT_LIT(o, "event: content_block_stop\ndata: {\"type\":\"content_block_stop\","
+                         "\"index\":")) < 0 ||
+        (rc = put_i64(o, index)) < 0)
+        return rc;
+    return PUT_LIT(o, "}\n\n");
+}
+
+static int close_block(struct ax_stream *st, struct ax_buf *o)
+{
+    int rc;
+
+    switch (st->_open) {
+    case AX_STREAM_BLOCK_NONE:
+        return 0;
+    case AX_STREAM_BLOCK_THINKING:
+        /* Claude Code keeps the block and sends it back only when it has a signature */
+        if ((rc = EMIT_DELTA(st, o, "\"signature_delta\",\"signature\":", AX_STREAM_SIGNATURE,
+                             sizeof(AX_STREAM_SIGNATURE) - 1)) < 0)
+            return rc;
+        break;
+    case AX_STREAM_BLOCK_TOOL:
+        st->_tools[st->_open_tool].closed = 1;
+        break;
+    case AX_STREAM_BLOCK_TEXT:
+        break;
+    }
+    if ((rc = emit_block_stop(o, st->_n_blocks - 1)) < 0)
+        return rc;
+    st->_open = AX_STREAM_BLOCK_NONE;
+    return 0;
+}
+
+static void record_block(struct ax_stream *st, int index, int kind, int tool)
+{
+    struct ax__stream_rec *r;
+    int cap;
+
+    if (index >= st->_cap_recs) {
+        cap = st->_cap_recs ? st->_cap_recs * 2 : 8;
+        if (cap > AX_STREAM_MAX_BLOCKS)
+            cap = AX_STREAM_MAX_BLOCKS;
+        if (index >= cap || (r = realloc(st->_recs, (size_t)cap * sizeof(*r))) == NULL) {
+            st->_recs_omitted++;   /* only the summary loses the record */
+            return;
+        }
+        st->_recs = r;
+        st->_cap_recs = cap;
+    }
+    st->_recs[index].kind = kind;
+    st->_recs[index].tool = tool;
+    st->_recs[index].length = 0;
+}
+
+static void count_block_bytes(struct ax_stream *st, size_t n)
+{
+    int i = st->_n_blocks - 1;
+
+    if (i >= 0 && i < st->_cap_recs)
+        st->_recs[i].length += n;
+}
+
+/* Closes the open block and opens a new one of the given kind at the next index. */
+static int open_block(struct ax_stream *st, struct ax_buf *o, enum ax_stream_block kind,
+                      int tool)
+{
+    struct ax__stream_tool *t;
+    int rc, index;
+
+    if ((rc = close_block(st, o)) < 0)
+        return rc;
+    index = st->_n_blocks;
+    if ((rc = PUT_LIT(o, "event: content_block_start\ndata: {\"type\":\"content_block_start\","
+                         "\"index\":")) < 0 ||
+        (rc = put_i64(o, index)) < 0)
+        return rc;
+    switch (kind) {
+    case AX_STREAM_BLOCK_THINKING:
+        rc = PUT_LIT(o, ",\"content_block\":{\"type\":\"thinking\",\"thinking\":\"\","
+                        "\"signature\":\"\"}}\n\n");
+        break;
+    case AX_STREAM_BLOCK_TEXT:
+        rc = PUT_LIT(o, ",\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n");
+        break;
+    case AX_STREAM_BLOCK_TOOL:
+        t = &st->_tools[tool];
+        if ((rc = PUT_LIT(o, ",\"content_block\":{\"type\":\"tool_use\",\"id\":")) < 0 ||
+            (rc = put_cstr_or_null(o, t->id)) < 0 || (rc = PUT_LIT(o, ",\"name\":")) < 0 ||
+            (rc = put_cstr_or_null(o, t->name != NULL ? t->name : "")) < 0)
+            return rc;
+        rc = PUT_LIT(o, ",\"input\":{}}}\n\n");
+        t->block = index;
+        break;
+    case AX_STREAM_BLOCK_NONE:
+        rc = AX_EINVAL;
+        break;
+    }
+    if (rc < 0)
+        return rc;
+    st->_n_blocks++;
+    st->_open = kind;
+    st->_open_tool = tool;
+    record_block(st, index, kind, tool);
+    return 0;
+}
+
+/* ---- translation of one chunk ---- */
+
+static int on_reasoning(struct ax_stream *st, struct ax_buf *o, const char *s, size_t n)
+{
+    int rc;
+
+    if (st->_open != AX_STREAM_BLOCK_THINKING &&
+        (rc = open_block(st, o, AX_STREAM_BLOCK_THINKING, -1)) < 0)
+        return rc;
+    if ((rc = EMIT_DELTA(st, o, "\"thinking_delta\",\"thinking\":", s, n)) < 0)
+        return rc;
+    st->_saw_reasoning = 1;
+    count_block_bytes(st, n);
+    st->output_estimate += ax_tokens_text(s, n);
+    if (st->_fallback && !st->_saw_text && st->_n_tools == 0) {
+        size_t room = st->_reasoning.max - st->_reasoning.len;
+        ax_buf_append(&st->_reasoning, s, n < room ? n : room); /* best effort, bounded */
+    }
+    return 0;
+}
+
+static int on_text(struct ax_stream *st, struct ax_buf *o, const char *s, size_t n)
+{
+    int rc;
+
+    if (st->_open != AX_STREAM_BLOCK_TEXT && (rc = open_block(st, o, AX_STREAM_BLOCK_TEXT, -1)) < 0)
+        return rc;
+    if ((rc = EMIT_DELTA(st, o, "\"text_delta\",\"text\":", s, n)) < 0)
+        return rc;
+    if (!st->_saw_text) {
+        st->_saw_text = 1;
+        ax_buf_free(&st->_reasoning);     /* the fallback can no longer apply */
+    }
+    count_block_bytes(st, n);
+    st->output_estimate += ax_tokens_text(s, n);
+    return 0;
+}
+
+static int fail_upstream(struct ax_error *err, const char *msg)
+{
+    ax_error_set(err, 502, "api_error", "%s", msg);
+    return AX_EUPSTREAM;
+}
+
+static struct ax__stream_tool *find_tool(struct ax_stream *st, int index)
+{
+    int i;
+
+    for (i = st->_n_tools - 1; i >= 0; i--)   /* the newest call is the usual target */
+        if (st->_tools[i].index == index)
+            return &st->_tools[i];
+    return NULL;
+}
+
+static struct ax__stream_tool *add_tool(struct ax_stream *st, int index)
+{
+    struct ax__stream_tool *t;
+    int cap;
+
+    if (st->_n_tools == st->_cap_tools) {
+        cap = st->_cap_tools ? st->_cap_tools * 2 : 4;
+        if ((t = realloc(st->_tools, (size_t)cap * sizeof(*t))) == NULL)
+            return NULL;
+        st->_tools = t;
+        st->_cap_tools = cap;
+    }
+    t = &st->_tools[st->_n_tools++];
+    memset(t, 0, sizeof(*t));
+    t->index = index;
+    t->block = -1;
+    t->hash = 0xcbf29ce484222325ull;
+    ax_buf_init(&t->args, PENDING_ARGS_MAX);
+    if (st->_fallback)
+        ax_buf_free(&st->_reasoning);
+    return t;
+}
+
+static char *tool_id(const char *upstream_id)
+{
+    char gen[64];
+    char *s;
+    size_t n;
+
+    if (upstream_id == NULL || upstream_id[0] == '\0') {
+        ax_id_make(gen, sizeof(gen), "toolu_");
+        return strdup(gen);
+    }
+    if (strncmp(upstream_id, "toolu_", 6) == 0)
+        return strdup(upstream_id);
+    n = strlen(upstream_id);
+    if ((s = malloc(n + 7)) == NULL)
+        return NULL;
+    memcpy(s, "toolu_", 6);
+    memcpy(s + 6, upstream_id, n + 1);
+    return s;
+}
+
+/* Keeps argument text for the summary (within the stream's budget) and hashes it all. */
+static void keep_args(struct ax_stream *st, struct ax__stream_tool *t, const char *s, size_t n)
+{
+    size_t i;
+
+    for (i = 0; i < n; i++)
+        t->hash = (t->hash ^ (unsigned char)s[i]) * 0x100000001b3ull;
+    t->args_len += n;
+    if (t->truncated)
+        return;
+    if (n > st->_args_budget || ax_buf_append(&t->args, s, n) < 0) {
+        t->truncated = 1;
+        return;
+    }
+    st->_args_budget -= n;
+}
+
+/* Opens the call's block and streams the argument text held until its name arrived. */
+static int open_tool(struct ax_stream *st, struct ax_buf *o, struct ax__stream_tool *t)
+{
+    size_t held = t->args.len, i;
+    int rc;
+
+    if (t->id == NULL && (t->id = tool_id(NULL)) == NULL)
+        return AX_ENOMEM;
+    if ((rc = open_block(st, o, AX_STREAM_BLOCK_TOOL, (int)(t - st->_tools))) < 0)
+        return rc;
+    if (held == 0)
+        return 0;
+    if ((rc = EMIT_DELTA(st, o, "\"input_json_delta\",\"partial_json\":", t->args.data, held)) < 0)
+        return rc;
+    for (i = 0; i < held; i++)
+        t->hash = (t->hash ^ (unsigned char)t->args.data[i]) * 0x100000001b3ull;
+    t->args_len = held;
+    st->output_estimate += ax_tokens_text(t->args.data, held);
+    if (held > st->_args_budget) {
+        t->truncated = 1;
+        ax_buf_free(&t->args);
+    } else {
+        st->_args_budget -= held;
+    }
+    return 0;
+}
+
+/* Index of the call a fragment belongs to. Without an index (some servers) a new id starts
+ * a new call and anything else continues the last one. */
+static int fragment_index(const struct ax_stream *st, const cJSON *jidx, const cJSON *jid)
+{
+    int index;
+
+    if (cJSON_IsNumber(jidx))
+        return jidx->valueint;
+    if (st->_last_tool < 0)
+        return 0;
+    index = st->_tools[st->_last_tool].index;
+    if (cJSON_IsString(jid) && jid->valuestring[0] != '\0' &&
+        st->_tools[st->_last_tool].id != NULL)
+        index++;
+    return index;
+}
+
+static int on_tool_fragment(struct ax_stream *st, struct ax_buf *o, const cJSON *tc,
+                            struct ax_error *err)
+{
+    const cJSON *jid = cJSON_GetObjectItemCaseSensitive(tc, "id");
+    const cJSON *fn = cJSON_GetObjectItemCaseSensitive(tc, "function");
+    const cJSON *jname = cJSON_GetObjectItemCaseSensitive(fn, "name");
+    const cJSON *jargs = cJSON_GetObjectItemCaseSensitive(fn, "arguments");
+    const char *args = cJSON_IsString(jargs) ? jargs->valuestring : NULL;
+    size_t alen = args != NULL ? strlen(args) : 0;
+    struct ax__stream_tool *t;
+    int index, rc;
+
+    index = fragment_index(st, cJSON_GetObjectItemCaseSensitive(tc, "index"), jid);
+    if ((t = find_tool(st, index)) == NULL) {
+        if (st->_n_tools >= AX_STREAM_MAX_TOOLS)
+            return fail_upstream(err, "upstream sent too many tool calls in one turn");
+        if ((t = add_tool(st, index)) == NULL)
+            return AX_ENOMEM;
+    }
+    st->_last_tool = (int)(t - st->_tools);
+    if (t->block < 0) {
+        if (t->id == NULL && cJSON_IsString(jid) && jid->valuestring[0] != '\0' &&
+            (t->id = tool_id(jid->valuestring)) == NULL)
+            return AX_ENOMEM;
+        if (t->name == NULL && cJSON_IsString(jname) && jname->valuestring[0] != '\0' &&
+            (t->name = strdup(jname->valuestring)) == NULL)
+            return AX_ENOMEM;
+        if (alen > 0 && ax_buf_append(&t->args, args, alen) < 0)
+            return fail_upstream(err, "upstream tool call arguments before its name over "
+                                      "the limit");
+        return t->name != NULL ? open_tool(st, o, t) : 0;  /* else held for the name */
+    }
+    if (alen == 0)
+        return 0;
+    if (t->closed || st->_open != AX_STREAM_BLOCK_TOOL || &st->_tools[st->_open_tool] != t)
+        return fail_upstream(err, "upstream interleaved the arguments of parallel tool calls");
+    if ((rc = EMIT_DELTA(st, o, "\"input_json_delta\",\"partial_json\":", args, alen)) < 0)
+        return rc;
+    keep_args(st, t, args, alen);
+    st->output_estimate += ax_tokens_text(args, alen);
+    return 0;
+}
+
+/* vLLM names the stop string that matched in choices[].stop_reason; accept it only when it
+ * is one of the request's stop sequences (it may also be a token id or an EOS string). */
+static void note_stop_string(struct ax_stream *st, const cJSON *jstop)
+{
+    const cJSON *s;
+
+    if (!cJSON_IsString(jstop) || st->_stop_sequences == NULL)
+        return;
+    cJSON_ArrayForEach(s, st->_stop_sequences) {
+        if (cJSON_IsString(s) && strcmp(s->valuestring, jstop->valuestring) == 0) {
+            st->stop_sequence = s->valuestring;
+            return;
+        }
+    }
+}
+
+static const char *delta_string(const cJSON *delta, const char *key)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(delta, key);
+
+    return cJSON_IsString(v) && v->valuestring[0] != '\0' ? v->valuestring : NULL;
+}
+
+/* One choice: reasoning, then text, then tool calls, in that order within a chunk. */
+static int on_choice(struct ax_stream *st, struct ax_buf *o, const cJSON *choice,
+                     struct ax_error *err)
+{
+    const cJSON *delta = cJSON_GetObjectItemCaseSensitive(choice, "delta");
+    const cJSON *finish = cJSON_GetObjectItemCaseSensitive(choice, "finish_reason");
+    const cJSON *tcs, *tc;
+    const char *s;
+    int rc;
+
+    if (cJSON_IsObject(delta)) {
+        if ((s = delta_string(delta, "reasoning_content")) != NULL ||
+            (s = delta_string(delta, "reasoning")) != NULL)
+            if ((rc = on_reasoning(st, o, s, strlen(s))) < 0)
+                return rc;
+        if ((s = delta_string(delta, "content")) != NULL &&
+            (rc = on_text(st, o, s, strlen(s))) < 0)
+            return rc;
+        tcs = cJSON_GetObjectItemCaseSensitive(delta, "tool_calls");
+        cJSON_ArrayForEach(tc, tcs) {
+            if (cJSON_IsObject(tc) && (rc = on_tool_fragment(st, o, tc, err)) < 0)
+                return rc;
+        }
+    }
+    if (cJSON_IsString(finish) && finish->valuestring[0] != '\0') {
+        snprintf(st->finish_reason, sizeof(st->finish_reason), "%s", finish->valuestring);
+        st->saw_finish = 1;
+        note_stop_string(st, cJSON_GetObjectItemCaseSensitive(choice, "stop_reason"));
+    }
+    return 0;
+}
+
+/* An error object inside the stream ({"error":{...}}, llama-server and vLLM send one and
+ * end the stream): mapped like an error body, with its code as the status when it has one. */
+static int on_upstream_error(const cJSON *root, const char *data, size_t len,
+                             struct ax_error *err)
+{
+    const cJSON *e = cJSON_GetObjectItemCaseSensitive(root, "error");
+    const cJSON *code = cJSON_GetObjectItemCaseSensitive(e, "code");
+    int64_t n_prompt = 0, n_ctx = 0;
+    int status = 500;
+
+    if (cJSON_IsNumber(code) && code->valuedouble >= 400 && code->valuedouble < 600)
+        status = code->valueint;
+    ax_translate_upstream_error(status, data, len, 0, err, &n_prompt, &n_ctx);
+    return AX_EUPSTREAM;
+}
+
+static int has_nul_escape(const char *p, size_t n)
+{
+    const char *b;
+
+    while (n >= 6 && (b = memchr(p, '\\', n - 5)) != NULL) {
+        if (memcmp(b + 1, "u0000", 5) == 0)
+            return 1;
+        n -= (size_t)(b - p) + 1;
+        p = b + 1;
+    }
+    return 0;
+}
+
+static cJSON *parse_chunk(const char *data, size_t len)
+{
+    const char *end = NULL;
+    cJSON *root;
+    char *copy;
+    struct ax_error perr;
+
+    /* cJSON 1.7.15 cuts a string at an escaped NUL: the rare chunk holding one goes through
+     * json.c's neutralising parser instead (on a copy: the payload is the caller's). */
+    if (has_nul_escape(data, len)) {
+        if ((copy = malloc(len + 1)) == NULL)
+            return NULL;
+        memcpy(copy, data, len);
+        copy[len] = '\0';
+        root = ax_json_parse(copy, len, &perr);
+        free(copy);
+        return root;
+    }
+    root = cJSON_ParseWithLengthOpts(data, len, &end, 0);
+    if (root == NULL)
+        return NULL;
+    while (end < data + len && (*end == ' ' || *end == '\t' || *end == '\r' || *end == '\n'))
+        end++;
+    if (end != data + len) {
+        cJSON_Delete(root);
+        return NULL;
+    }
+    return root;
+}
+
+static int feed_chunk(struct ax_stream *st, const char *data, size_t len, struct ax_buf *out,
+                      struct ax_error *err)
+{
+    const cJSON *choices, *choice, *usage, *idx;
+    cJSON *root;
+    int rc = 0;
+
+    if ((root = parse_chunk(data, len)) == NULL || !cJSON_IsObject(root)) {
+        st->garbage++;                  /* a garbage data line: skipped, never fatal */
+        cJSON_Delete(root);
+        return 0;
+    }
+    if (cJSON_GetObjectItemCaseSensitive(root, "error") != NULL) {
+        rc = on_upstream_error(root, data, len, err);
+        goto done;
+    }
+    if ((rc = ax_stream_begin(st, out)) < 0)
+        goto done;
+    usage = cJSON_GetObjectItemCaseSensitive(root, "usage");
+    if (cJSON_IsObject(usage))          /* the include_usage chunk (choices: []), or vLLM's
+                                           continuous usage: the last one wins */
+        ax_usage_from_openai(usage, &st->usage);
+    choices = cJSON_GetObjectItemCaseSensitive(root, "choices");
+    cJSON_ArrayForEach(choice, choices) {
+        idx = cJSON_GetObjectItemCaseSensitive(choice, "index");
+        if (idx != NULL && (!cJSON_IsNumber(idx) || idx->valueint != 0))
+            continue;                   /* n > 1: only the first choice is the answer */
+        if ((rc = on_choice(st, out, choice, err)) < 0)
+            goto done;
+    }
+done:
+    cJSON_Delete(root);
+    return rc;
+}
+
+int ax_stream_feed(struct ax_stream *st, const char *data, size_t len, struct ax_buf *out,
+                   struct ax_error *err)
+{
+    size_t mark = out->len;
+    int rc;
+
+    if (st->state == AX_STREAM_ENDED || st->state == AX_STREAM_FAILED)
+        return 0;
+    st->chunks++;
+    if (len == 6 && memcmp(data, "[DONE]", 6) == 0) {
+        st->saw_done = 1;
+        return 0;
+    }
+    rc = feed_chunk(st, data, len, out, err);
+    rollback(out, mark, rc);
+    return rc;
+}
+
+/* Calls still waiting for their name when the stream ends get a block anyway, with an
+ * empty name, so no argument text is lost. */
+static int flush_unopened_tools(struct ax_stream *st, struct ax_buf *o)
+{
+    int i, rc;
+
+    for (i = 0; i < st->_n_tools; i++)
+        if (st->_tools[i].block < 0 && (rc = open_tool(st, o, &st->_tools[i])) < 0)
+            return rc;
+    return 0;
+}
+
+static const char *final_stop_reason(const struct ax_stream *st)
+{
+    const char *finish = st->finish_reason[0] != '\0' ? st->finish_reason : "stop";
+
+    if (st->_n_tools > 0 && strcmp(finish, "stop") == 0)
+        return "tool_use";
+    return ax_stop_reason_from_finish(finish, st->stop_sequence != NULL);
+}
+
+static int emit_end(struct ax_stream *st, struct ax_buf *o)
+{
+    struct ax_usage u;
+    int rc;
+
+    if ((rc = ax_stream_begin(st, o)) < 0 || (rc = flush_unopened_tools(st, o)) < 0)
+        return rc;
+    if (st->_fallback && st->_saw_reasoning && !st->_saw_text && st->_n_tools == 0 &&
+        st->_reasoning.len > 0) {
+        if ((rc = open_block(st, o, AX_STREAM_BLOCK_TEXT, -1)) < 0 ||
+            (rc = EMIT_DELTA(st, o, "\"text_delta\",\"text\":", st->_reasoning.data,
+                             st->_reasoning.len)) < 0)
+            return rc;
+        count_block_bytes(st, st->_reasoning.len);
+    }
+    if ((rc = close_block(st, o)) < 0)
+        return rc;
+    st->stop_reason = final_stop_reason(st);
+    if (strcmp(st->stop_reason, "stop_sequence") != 0)
+        st->stop_sequence = NULL;
+    current_usage(st, &u, 1);
+    if ((rc = PUT_LIT(o, "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":"
+                         "{\"stop_reason\":")) < 0 ||
+        (rc = put_cstr_or_null(o, st->stop_reason)) < 0 ||
+        (rc = PUT_LIT(o, ",\"stop_sequence\":")) < 0 ||
+        (rc = put_cstr_or_null(o, st->stop_sequence)) < 0 ||
+        (rc = PUT_LIT(o, "},\"usage\":")) < 0 || (rc = put_usage(o, &u, st->_scale)) < 0)
+        return rc;
+    return PUT_LIT(o, "}\n\nevent: message_stop\ndata: {\"type\":\"message_stop\"}\n\n");
+}
+
+int ax_stream_end(struct ax_stream *st, struct ax_buf *out, struct ax_error *err)
+{
+    size_t mark = out->len;
+    int rc;
+
+    if (st->state == AX_STREAM_ENDED || st->state == AX_STREAM_FAILED)
+        return 0;
+    if (!st->saw_finish && !st->saw_done) {
+        ax_error_set(err, 502, "api_error",
+                     "upstream stream ended before the model finished its answer");
+        return AX_EUPSTREAM;
+    }
+    if ((rc = emit_end(st, out)) < 0) {
+        rollback(out, mark, rc);
+        return rc;
+    }
+    st->state = AX_STREAM_ENDED;
+    ax_buf_free(&st->_reasoning);
+    return 0;
+}
+
+int ax_stream_fail(struct ax_stream *st, const struct ax_error *err, struct ax_buf *out)
+{
+    const char *type = "api_error", *msg = "upstream stream failed";
+    size_t mark = out->len;
+    int rc;
+
+    if (st->state == AX_STREAM_ENDED || st->state == AX_STREAM_FAILED)
+        return 0;
+    if (err != NULL && err->type != NULL && err->message[0] != '\0') {
+        type = err->type;
+        msg = err->message;
+    }
+    if ((rc = close_block(st, out)) < 0 ||
+        (rc = PUT_LIT(out, "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":")) < 0 ||
+        (rc = put_str(out, type, strlen(type))) < 0 ||
+        (rc = PUT_LIT(out, ",\"message\":")) < 0 || (rc = put_str(out, msg, strlen(msg))) < 0 ||
+        (rc = PUT_LIT(out, "}}\n\n")) < 0) {
+        rollback(out, mark, rc);
+        return rc;
+    }
+    st->state = AX_STREAM_FAILED;
+    st->stop_reason = NULL;
+    ax_buf_free(&st->_reasoning);
+    return 0;
+}
+
+int ax_stream_ping(struct ax_buf *out)
+{
+    return PUT_LIT(out, "event: ping\ndata: {\"type\": \"ping\"}\n\n");
+}
+
+/* ---- summary ---- */
+
+static int add_tool_summary(cJSON *content, const struct ax__stream_tool *t)
+{
+    cJSON *blk = cJSON_CreateObject(), *input = NULL;
+    const char *why = NULL;
+    char hash[17];
+
+    if (blk == NULL || !cJSON_AddItemToArray(content, blk))
+        return cJSON_Delete(blk), AX_ENOMEM;
+    if (t->truncated) {
+        why = "truncated";
+    } else {
+        const char *end = NULL;
+        input = cJSON_ParseWithLengthOpts(t->args.data != NULL ? t->args.data : "",
+                                          t->args.len, &end, 0);
+        if (!cJSON_IsObject(input)) {
+            cJSON_Delete(input);
+            input = NULL;
+            why = "invalid";
+        }
+    }
+    if (input == NULL)
+        input = cJSON_CreateObject();
+    snprintf(hash, sizeof(hash), "%016llx", (unsigned long long)t->hash);
+    if (cJSON_AddStringToObject(blk, "type", "tool_use") == NULL ||
+        cJSON_AddStringToObject(blk, "id", t->id != NULL ? t->id : "") == NULL ||
+        cJSON_AddStringToObject(blk, "name", t->name != NULL ? t->name : "") == NULL ||
+        input == NULL || !cJSON_AddItemToObject(blk, "input", input))
+        return cJSON_Delete(input), AX_ENOMEM;
+    if (why != NULL && (cJSON_AddStringToObject(blk, "input_error", why) == NULL ||
+                        ax_json_add_stringn(blk, "partial_json", t->args.data != NULL ?
+                                            t->args.data : "", t->args.len) == NULL))
+        return AX_ENOMEM;
+    if (cJSON_AddNumberToObject(blk, "arguments_length", (double)t->args_len) == NULL ||
+        cJSON_AddStringToObject(blk, "arguments_hash", hash) == NULL)
+        return AX_ENOMEM;
+    return 0;
+}
+
+static int add_block_summary(const struct ax_stream *st, cJSON *content,
+                             const struct ax__stream_rec *r)
+{
+    cJSON *blk;
+    int text = r->kind == AX_STREAM_BLOCK_TEXT;
+
+    if (r->kind == AX_STREAM_BLOCK_TOOL)
+        return add_tool_summary(content, &st->_tools[r->tool]);
+    if ((blk = cJSON_CreateObject()) == NULL || !cJSON_AddItemToArray(content, blk))
+        return cJSON_Delete(blk), AX_ENOMEM;
+    if (cJSON_AddStringToObject(blk, "type", text ? "text" : "thinking") == NULL ||
+        cJSON_AddNumberToObject(blk, text ? "text_length" : "thinking_length",
+                                (double)r->length) == NULL)
+        return AX_ENOMEM;
+    return 0;
+}
+
+cJSON *ax_stream_summary(const struct ax_stream *st)
+{
+    cJSON *root = cJSON_CreateObject(), *content, *usage, *meta;
+    struct ax_usage u;
+    const char *stop = st->state == AX_STREAM_FAILED ? "error" : st->stop_reason;
+    int i, n;
+
+    if (root == NULL)
+        return NULL;
+    current_usage(st, &u, 1);
+    if (cJSON_AddStringToObject(root, "id", st->id) == NULL ||
+        cJSON_AddStringToObject(root, "type", "message") == NULL ||
+        cJSON_AddStringToObject(root, "role", "assistant") == NULL ||
+        cJSON_AddStringToObject(root, "model", st->_model != NULL ? st->_model : "") == NULL ||
+        (stop != NULL ? cJSON_AddStringToObject(root, "stop_reason", stop)
+                      : cJSON_AddNullToObject(root, "stop_reason")) == NULL ||
+        (st->stop_sequence != NULL
+             ? cJSON_AddStringToObject(root, "stop_sequence", st->stop_sequence)
+             : cJSON_AddNullToObject(root, "stop_sequence")) == NULL ||
+        (usage = cJSON_AddObjectToObject(root, "usage")) == NULL ||
+        ax_usage_add_anthropic(usage, &u, st->_scale) < 0 ||
+        (content = cJSON_AddArrayToObject(root, "content")) == NULL)
+        goto fail;
+    n = st->_n_blocks < st->_cap_recs ? st->_n_blocks : st->_cap_recs;
+    for (i = 0; i < n; i++)
+        if (add_block_summary(st, content, &st->_recs[i]) < 0)
+            goto fail;
+    if ((meta = cJSON_AddObjectToObject(root, "anthroxy")) == NULL ||
+        cJSON_AddNumberToObject(meta, "chunks", (double)st->chunks) == NULL ||
+        cJSON_AddNumberToObject(meta, "garbage", (double)st->garbage) == NULL ||
+        cJSON_AddNumberToObject(meta, "output_estimate", (double)st->output_estimate) == NULL ||
+        cJSON_AddNumberToObject(meta, "blocks_omitted", (double)st->_recs_omitted) == NULL)
+        goto fail;
+    return root;
+fail:
+    cJSON_Delete(root);
+    return NULL;
+}
