@@ -20,6 +20,7 @@ import { startMock } from './mock-llama.mjs';
 export const HERE = path.dirname(fileURLToPath(import.meta.url));
 export const ROOT = path.resolve(HERE, '..', '..');
 export const LOG_DIR = path.join(HERE, '.tmp-logs');
+export const FIXTURES_DIR = path.join(ROOT, 'tests', 'fixtures');
 
 export function anthroxyBin() {
   const bin = process.env.ANTHROXY_BIN;

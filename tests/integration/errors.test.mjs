@@ -1,0 +1,169 @@
+// errors.test.mjs - bad input and upstream failures answer in Anthropic's error shape with the
+// right status, and the proxy keeps serving: every case is followed by a good request.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import net from 'node:net';
+import fs from 'node:fs';
+import path from 'node:path';
+import { useProxy, startProxy, request, assertAnthropicError, FIXTURES_DIR } from './helpers.mjs';
+
+const env = useProxy({ name: 'errors', mock: { nCtx: 32768 } });
+const small = useProxy({ name: 'errors-small-body', args: ['--max-body-bytes', '2048'] });
+
+async function freePort() {
+  const s = net.createServer();
+  await new Promise((r) => s.listen(0, '127.0.0.1', r));
+  const { port } = s.address();
+  await new Promise((r) => s.close(r));
+  return port;
+}
+const MODEL = 'claude-sonnet-4-5';
+const good = (text = 'still fine?') => ({ model: MODEL, max_tokens: 50, messages: [{ role: 'user', content: text }] });
+
+async function post(e, body, headers = {}) {
+  return request(e.proxy, { method: 'POST', path: '/v1/messages', body, headers });
+}
+
+/** A good request right after: the proxy still serves. */
+async function stillServes(e = env) {
+  e.on('still fine?', { text: 'yes' });
+  const r = await post(e, good());
+  assert.equal(r.status, 200, `good request after the error: ${r.text}`);
+  assert.equal(r.json.content[0].text, 'yes');
+}
+
+test('invalid JSON -> 400 invalid_request_error', env.wrap(async () => {
+  const r = await post(env, '{"model": "x", "messages": [');
+  assertAnthropicError(r, 400, 'invalid_request_error');
+  await stillServes();
+}));
+
+test('trailing garbage after the JSON -> 400', env.wrap(async () => {
+  const r = await post(env, JSON.stringify(good()) + ' garbage');
+  assertAnthropicError(r, 400, 'invalid_request_error');
+  await stillServes();
+}));
+
+test('missing or empty messages -> 400 naming messages', env.wrap(async () => {
+  assertAnthropicError(await post(env, { model: MODEL, max_tokens: 10 }), 400, 'invalid_request_error', /messages/);
+  assertAnthropicError(await post(env, { model: MODEL, max_tokens: 10, messages: [] }), 400, 'invalid_request_error', /messages/);
+  await stillServes();
+}));
+
+test('wrong field types -> 400 naming the field', env.wrap(async () => {
+  const cases = [
+    [{ ...good(), max_tokens: 'many' }, /max_tokens/],
+    [{ ...good(), messages: 'hi' }, /messages/],
+    [{ ...good(), messages: [{ role: 42, content: 'x' }] }, /role/],
+    [{ ...good(), messages: [{ role: 'user', content: 7 }] }, /content/],
+    [{ ...good(), tools: {} }, /tools/],
+    [{ ...good(), stream: 'yes' }, /stream/],
+    [{ ...good(), temperature: 'hot' }, /temperature/],
+  ];
+  for (const [body, re] of cases) {
+    assertAnthropicError(await post(env, body), 400, 'invalid_request_error', re);
+  }
+  await stillServes();
+}));
+
+test('unknown fields are tolerated', env.wrap(async () => {
+  env.on('unknown fields', { text: 'tolerated' });
+  const r = await post(env, {
+    ...good('unknown fields'), context_management: { edits: [] }, output_config: { effort: 'high' }, some_future_field: { x: 1 },
+  });
+  assert.equal(r.status, 200, r.text);
+  assert.equal(r.json.content[0].text, 'tolerated');
+}));
+
+test('body over --max-body-bytes -> 413 request_too_large', small.wrap(async () => {
+  const r = await post(small, { ...good(), messages: [{ role: 'user', content: 'x'.repeat(5000) }] });
+  assertAnthropicError(r, 413, 'request_too_large');
+  small.on('still fine?', { text: 'yes' });
+  const ok = await post(small, good());
+  assert.equal(ok.status, 200, ok.text);
+}));
+
+const UPSTREAM_CASES = [
+  [400, { error: { code: 400, message: 'bad thing', type: 'invalid_request_error' } }, 400, 'invalid_request_error'],
+  [401, { error: { code: 401, message: 'Invalid API Key', type: 'authentication_error' } }, 401, 'authentication_error'],
+  [403, { error: { code: 403, message: 'forbidden', type: 'permission_error' } }, 403, 'permission_error'],
+  [404, { error: { message: 'File Not Found', type: 'not_found_error', code: 404 } }, 404, 'not_found_error'],
+  [429, { error: { code: 429, message: 'slow down', type: 'rate_limit_error' } }, 429, 'rate_limit_error'],
+  [500, { error: { code: 500, message: 'boom', type: 'server_error' } }, null, 'api_error'],
+  [503, { error: { code: 503, message: 'Loading model', type: 'unavailable_error' } }, null, 'api_error'],
+];
+
+for (const [status, body, want, type] of UPSTREAM_CASES) {
+  test(`upstream ${status} -> ${want ?? '5xx'} ${type}`, env.wrap(async () => {
+    const phrase = `upstream says ${status}`;
+    env.on(phrase, { status, body, headers: status === 429 ? { 'retry-after': '7' } : {} });
+    for (const stream of [false, true]) {
+      const r = await post(env, { ...good(phrase), stream });
+      if (want) assertAnthropicError(r, want, type);
+      else {
+        assert.ok(r.status >= 500 && r.status <= 599, `status ${r.status}`);
+        assertAnthropicError(r, r.status, type);
+      }
+      if (status === 429) assert.equal(r.headers['retry-after'], '7', 'retry-after passed on');
+    }
+    await stillServes();
+  }));
+}
+
+test('context overflow -> 400 "prompt is too long: N tokens > M maximum"', env.wrap(async () => {
+  // One user message alone over the window: nothing can be pruned away.
+  const text = 'overflow '.repeat(16000);
+  for (const stream of [false, true]) {
+    const t0 = Date.now();
+    const r = await post(env, { ...good(text), stream });
+    assertAnthropicError(r, 400, 'invalid_request_error', /^prompt is too long: \d+ tokens > \d+ maximum/);
+    const [, n, m] = /prompt is too long: (\d+) tokens > (\d+) maximum/.exec(r.json.error.message);
+    assert.equal(Number(m), 32768, 'the window');
+    assert.ok(Number(n) > 32768);
+    assert.ok(Date.now() - t0 < 2000, 'answered before the first-byte hold ends');
+  }
+  await stillServes();
+}));
+
+test('llama-server\'s malformed-JSON 500 -> 400 invalid_request_error', env.wrap(async () => {
+  const bad = JSON.parse(fs.readFileSync(path.join(FIXTURES_DIR, 'llama-server', 'error_bad_json.json'), 'utf8'));
+  env.on('upstream cannot parse', { status: 500, body: bad.body });
+  const r = await post(env, good('upstream cannot parse'));
+  assertAnthropicError(r, 400, 'invalid_request_error');
+  await stillServes();
+}));
+
+test('tool call arguments that are not JSON are never a silent {}', env.wrap(async () => {
+  env.on('broken arguments', { toolCalls: [{ name: 'add', arguments: '{"a": 1, "b": ' }], finish: 'tool_calls' });
+  const r = await post(env, {
+    ...good('broken arguments'),
+    tools: [{ name: 'add', input_schema: { type: 'object', properties: { a: { type: 'integer' } } } }],
+  });
+  assert.ok(r.status === 200 || r.json?.type === 'error', r.text);
+  if (r.status === 200) {
+    const tu = r.json.content.find((b) => b.type === 'tool_use');
+    if (tu) assert.notDeepEqual(tu.input, {}, 'unparsable arguments must not become {} silently');
+  }
+  await stillServes();
+}));
+
+test('upstream unreachable -> 529 overloaded_error', env.wrap(async () => {
+  const port = await freePort();
+  const p = await startProxy({
+    upstream: `http://127.0.0.1:${port}/v1`,
+    args: ['--connect-retries', '1', '--retry-delay', '0.05', '--connect-timeout', '1', '--upstream-model', 'tiny',
+      '--context-window', '8192'],
+  });
+  try {
+    for (const stream of [false, true]) {
+      const r = await request(p, { method: 'POST', path: '/v1/messages', body: { ...good(), stream } });
+      assertAnthropicError(r, 529, 'overloaded_error');
+    }
+    const h = await request(p, { path: '/health' });
+    assert.ok(h.status === 200 || h.status === 503, `health ${h.status}`);
+  } finally {
+    const { code } = await p.stop();
+    assert.equal(code, 0, p.tail());
+  }
+  await stillServes();
+}));
