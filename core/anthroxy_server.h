@@ -1,0 +1,53 @@
+/* anthroxy_server.h - the server object shared by the core's modules (not for embedders:
+ * they use anthroxy.h). One per event loop; everything mutable hangs off it. */
+#ifndef ANTHROXY_SERVER_H
+#define ANTHROXY_SERVER_H
+
+#include <stdint.h>
+#include <uv.h>
+
+#include "anthroxy.h"
+#include "anthroxy_config.h"
+#include "anthroxy_request.h"
+
+struct ax_conn;
+struct ax_upstream;
+struct ax_monitor;
+struct ax_policy_engine;
+
+struct ax_server {
+    uv_loop_t *loop;
+    struct ax_config cfg;
+    uv_tcp_t listener;
+    uv_timer_t timer;            /* shutdown grace, session expiry */
+    int listening;
+    int stopping;
+    int pending_closes;
+    void (*on_stopped)(struct ax_server *, void *);
+    void *on_stopped_ud;
+    int bound_port;
+    uint64_t started_ms;
+
+    struct ax_conn *conns;       /* doubly linked list of open connections */
+    int n_conns;
+    int n_active;                /* requests being answered */
+
+    struct ax_upstream *up;
+    struct ax_monitor *mon;
+    struct ax_policy_engine *policies;
+
+    /* counters for /health and the log */
+    uint64_t n_requests;
+    uint64_t n_errors;
+};
+
+/* Called by http.c with each complete request, in order per connection. */
+void ax_server_dispatch(struct ax_server *srv, struct ax_req *req);
+/* The context window in force: configured, else probed per-slot n_ctx, else 131072. */
+int64_t ax_server_context_window(const struct ax_server *srv, const char **source);
+/* The model to send upstream for a client model name. */
+const char *ax_server_upstream_model(const struct ax_server *srv, const char *client_model);
+/* Called by http.c when a connection closes, so a stopping server can finish. */
+void ax_server_conn_closed(struct ax_server *srv);
+
+#endif

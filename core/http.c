@@ -1,0 +1,752 @@
+/* http.c - one HTTP/1.1 server connection, as h2o's http1.c: reads into llhttp under caps,
+ * pauses after each message so pipelined requests answer in order, keeps an ordered write
+ * queue with watermarks, frames chunked responses, and turns an ax_error into bytes
+ * (ax_http_send_error). The server (server.c) dispatches each complete request. */
+#include "anthroxy_http.h"
+#include "anthroxy_ids.h"
+#include "anthroxy_log.h"
+#include "anthroxy_server.h"
+
+#include <llhttp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#define AX_MAX_HEADERS 100
+#define AX_MAX_PENDING_INPUT (1024 * 1024) /* unparsed pipelined input before read stops */
+
+struct ax_conn {
+    uv_tcp_t tcp;
+    uv_timer_t timer;          /* keep-alive idle, or write stall while bytes are queued */
+    int pending_closes;
+    int closing;
+    int reading;
+    int in_parse;              /* inside conn_parse: finishing must not recurse */
+    int close_after_write;
+    struct ax_server *srv;
+    struct ax_conn *prev, *next;
+
+    llhttp_t parser;
+    struct ax_buf in;          /* received but not yet parsed */
+    struct ax_req *cur;        /* the message being parsed */
+    struct ax_req *active;     /* the request being answered; parsing waits for it */
+    struct ax_buf field, value;
+    int value_started;
+    size_t header_bytes;
+    struct ax_error perr;      /* what a parse failure answers */
+
+    size_t queued;             /* bytes handed to uv_write and not yet written */
+    uint64_t last_progress_ms;
+};
+
+struct conn_write {
+    uv_write_t w;
+    struct ax_conn *conn;
+    size_t len;
+    char data[];
+};
+
+static llhttp_settings_t parser_settings;
+static int parser_settings_ready;
+
+static void conn_parse(struct ax_conn *c);
+static void conn_close(struct ax_conn *c);
+static void conn_arm_timer(struct ax_conn *c);
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
+static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf);
+
+/* ---- requests ---------------------------------------------------------------------- */
+
+const char *ax_req_header(const struct ax_req *req, const char *name)
+{
+    int i;
+
+    for (i = 0; i < req->n_headers; i++)
+        if (strcmp(req->headers[i].name, name) == 0)
+            return req->headers[i].value;
+    return NULL;
+}
+
+size_t ax_http_queued(const struct ax_req *req)
+{
+    return req->conn ? req->conn->queued : 0;
+}
+
+/* ---- parser callbacks ---------------------------------------------------------------- */
+
+static int fail_parse(llhttp_t *p, int status, const char *type, const char *msg)
+{
+    struct ax_conn *c = p->data;
+    ax_error_set(&c->perr, status, type, "%s", msg);
+    llhttp_set_error_reason(p, msg);
+    return HPE_USER;
+}
+
+static int on_message_begin(llhttp_t *p)
+{
+    struct ax_conn *c = p->data;
+
+    c->cur = ax_req_new(c->srv, c, c->srv->cfg.max_body_bytes);
+    if (c->cur == NULL)
+        return fail_parse(p, 500, "api_error", "out of memory");
+    c->header_bytes = 0;
+    c->value_started = 0;
+    ax_buf_reset(&c->field);
+    ax_buf_reset(&c->value);
+    return 0;
+}
+
+static int count_header_bytes(llhttp_t *p, size_t n)
+{
+    struct ax_conn *c = p->data;
+
+    c->header_bytes += n;
+    if (c->header_bytes > c->srv->cfg.max_header_bytes)
+        return fail_parse(p, 431, "invalid_request_error",
+                          "request headers over the configured limit");
+    return 0;
+}
+
+static int on_url(llhttp_t *p, const char *at, size_t n)
+{
+    struct ax_conn *c = p->data;
+
+    if (count_header_bytes(p, n) != 0)
+        return HPE_USER;
+    return ax_buf_append(&c->field, at, n) == 0 ? 0 : fail_parse(p, 414, NULL, "URL too long");
+}
+
+static int on_url_complete(llhttp_t *p)
+{
+    struct ax_conn *c = p->data;
+    struct ax_req *r = c->cur;
+    char *q;
+
+    r->path = strndup(c->field.data ? c->field.data : "/", c->field.len ? c->field.len : 1);
+    if (r->path == NULL)
+        return fail_parse(p, 500, "api_error", "out of memory");
+    if ((q = strchr(r->path, '?')) != NULL) {
+        *q = '\0';
+        r->query = strdup(q + 1);
+    }
+    ax_buf_reset(&c->field);
+    return 0;
+}
+
+static int on_header_field(llhttp_t *p, const char *at, size_t n)
+{
+    struct ax_conn *c = p->data;
+
+    if (count_header_bytes(p, n) != 0)
+        return HPE_USER;
+    return ax_buf_append(&c->field, at, n) == 0 ? 0
+                                                : fail_parse(p, 431, NULL, "header too large");
+}
+
+static int on_header_value(llhttp_t *p, const char *at, size_t n)
+{
+    struct ax_conn *c = p->data;
+
+    if (count_header_bytes(p, n) != 0)
+        return HPE_USER;
+    c->value_started = 1;
+    return ax_buf_append(&c->value, at, n) == 0 ? 0
+                                                : fail_parse(p, 431, NULL, "header too large");
+}
+
+static int on_header_value_complete(llhttp_t *p)
+{
+    struct ax_conn *c = p->data;
+    struct ax_req *r = c->cur;
+    struct ax_header *h;
+    size_t i;
+
+    if (r->n_headers >= AX_MAX_HEADERS)
+        return fail_parse(p, 431, "invalid_request_error", "too many request headers");
+    if (r->n_headers % 16 == 0) {
+        h = realloc(r->headers, sizeof(*h) * (size_t)(r->n_headers + 16));
+        if (h == NULL)
+            return fail_parse(p, 500, "api_error", "out of memory");
+        r->headers = h;
+    }
+    h = &r->headers[r->n_headers];
+    h->name = strndup(c->field.data ? c->field.data : "", c->field.len);
+    h->value = strndup(c->value.data ? c->value.data : "", c->value.len);
+    if (h->name == NULL || h->value == NULL) {
+        free(h->name);
+        free(h->value);
+        return fail_parse(p, 500, "api_error", "out of memory");
+    }
+    for (i = 0; h->name[i]; i++)
+        if (h->name[i] >= 'A' && h->name[i] <= 'Z')
+            h->name[i] = (char)(h->name[i] - 'A' + 'a');
+    r->n_headers++;
+    ax_buf_reset(&c->field);
+    ax_buf_reset(&c->value);
+    return 0;
+}
+
+static int on_headers_complete(llhttp_t *p)
+{
+    struct ax_conn *c = p->data;
+    struct ax_req *r = c->cur;
+    const char *expect = ax_req_header(r, "expect");
+
+    r->method = p->method;
+    if ((p->flags & F_CONTENT_LENGTH) && p->content_length > r->body.max)
+        return fail_parse(p, 413, "request_too_large",
+                          "request body over the configured limit (max_body_bytes)");
+    if ((p->flags & F_CONTENT_LENGTH) && p->content_length > 0 &&
+        ax_buf_reserve(&r->body, (size_t)p->content_length) < 0)
+        return fail_parse(p, 500, "api_error", "out of memory");
+    if (expect != NULL && strcasecmp(expect, "100-continue") == 0) {
+        static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
+        uv_buf_t b = uv_buf_init((char *)cont, sizeof(cont) - 1);
+        r->expect_continue = 1;
+        uv_try_write((uv_stream_t *)&c->tcp, &b, 1); /* best effort: the client proceeds
+                                                         after its own timeout anyway */
+    }
+    return 0;
+}
+
+static int on_body(llhttp_t *p, const char *at, size_t n)
+{
+    struct ax_conn *c = p->data;
+
+    if (ax_buf_append(&c->cur->body, at, n) < 0)
+        return fail_parse(p, 413, "request_too_large",
+                          "request body over the configured limit (max_body_bytes)");
+    return 0;
+}
+
+static int on_message_complete(llhttp_t *p)
+{
+    struct ax_conn *c = p->data;
+
+    c->cur->keep_alive = llhttp_should_keep_alive(p);
+    /* Pause: the next pipelined message is parsed only when this one is answered. */
+    return HPE_PAUSED;
+}
+
+static void init_parser_settings(void)
+{
+    if (parser_settings_ready)
+        return;
+    llhttp_settings_init(&parser_settings);
+    parser_settings.on_message_begin = on_message_begin;
+    parser_settings.on_url = on_url;
+    parser_settings.on_url_complete = on_url_complete;
+    parser_settings.on_header_field = on_header_field;
+    parser_settings.on_header_value = on_header_value;
+    parser_settings.on_header_value_complete = on_header_value_complete;
+    parser_settings.on_headers_complete = on_headers_complete;
+    parser_settings.on_body = on_body;
+    parser_settings.on_message_complete = on_message_complete;
+    parser_settings_ready = 1;
+}
+
+/* ---- writing ------------------------------------------------------------------------ */
+
+static void on_write_done(uv_write_t *w, int status)
+{
+    struct conn_write *cw = (struct conn_write *)w;
+    struct ax_conn *c = cw->conn;
+
+    c->queued -= cw->len;
+    free(cw);
+    if (status < 0) {
+        AX_LOG_DEBUG(c->active, "client write failed: %s", uv_strerror(status));
+        conn_close(c);
+        return;
+    }
+    c->last_progress_ms = uv_now(c->srv->loop);
+    if (c->closing)
+        return;
+    if (c->active && c->active->on_drain && c->queued <= c->srv->cfg.write_low_water)
+        c->active->on_drain(c->active);
+    if (c->queued == 0 && c->close_after_write) {
+        conn_close(c);
+        return;
+    }
+    conn_arm_timer(c);
+}
+
+/* Writes bufs in order: as much as the socket takes now, the rest copied into one queued
+ * write. Returns 0, or AX_ECANCELED when the connection is closing. */
+static int conn_write(struct ax_conn *c, uv_buf_t *bufs, unsigned int nbufs)
+{
+    size_t total = 0, done = 0, off;
+    struct conn_write *cw;
+    unsigned int i;
+    int n;
+
+    if (c->closing)
+        return AX_ECANCELED;
+    for (i = 0; i < nbufs; i++)
+        total += bufs[i].len;
+    if (total == 0)
+        return 0;
+    if (c->queued == 0) {
+        n = uv_try_write((uv_stream_t *)&c->tcp, bufs, nbufs);
+        if (n > 0)
+            done = (size_t)n;
+        else if (n < 0 && n != UV_EAGAIN) {
+            conn_close(c);
+            return AX_ECANCELED;
+        }
+        if (done == total) {
+            c->last_progress_ms = uv_now(c->srv->loop);
+            return 0;
+        }
+    }
+    cw = malloc(sizeof(*cw) + total - done);
+    if (cw == NULL) {
+        conn_close(c);
+        return AX_ENOMEM;
+    }
+    cw->conn = c;
+    cw->len = total - done;
+    off = 0;
+    for (i = 0; i < nbufs; i++) {
+        size_t len = bufs[i].len, skip = 0;
+        if (done >= len) {
+            done -= len;
+            continue;
+        }
+        skip = done;
+        done = 0;
+        memcpy(cw->data + off, bufs[i].base + skip, len - skip);
+        off += len - skip;
+    }
+    {
+        uv_buf_t b = uv_buf_init(cw->data, (unsigned int)cw->len);
+        int rc = uv_write(&cw->w, (uv_stream_t *)&c->tcp, &b, 1, on_write_done);
+        if (rc < 0) {
+            free(cw);
+            conn_close(c);
+            return AX_ECANCELED;
+        }
+    }
+    if (c->queued == 0)
+        c->last_progress_ms = uv_now(c->srv->loop);
+    c->queued += cw->len;
+    conn_arm_timer(c);
+    return 0;
+}
+
+static const char *status_text(int status)
+{
+    switch (status) {
+    case 200: return "OK";
+    case 400: return "Bad Request";
+    case 401: return "Unauthorized";
+    case 403: return "Forbidden";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 413: return "Payload Too Large";
+    case 414: return "URI Too Long";
+    case 429: return "Too Many Requests";
+    case 431: return "Request Header Fields Too Large";
+    case 500: return "Internal Server Error";
+    case 502: return "Bad Gateway";
+    case 503: return "Service Unavailable";
+    case 504: return "Gateway Timeout";
+    case 529: return "Overloaded";
+    default: return status < 400 ? "OK" : "Error";
+    }
+}
+
+static int write_head(struct ax_req *req, int status, const char *content_type,
+                      const char *extra, long long content_length, const char *body,
+                      size_t body_len)
+{
+    struct ax_conn *c = req->conn;
+    char head[1024];
+    int n, keep = req->keep_alive && !c->srv->stopping;
+    uv_buf_t bufs[3];
+    unsigned int nb = 0;
+
+    n = snprintf(head, sizeof(head), "HTTP/1.1 %d %s\r\n", status, status_text(status));
+    if (content_type)
+        n += snprintf(head + n, sizeof(head) - (size_t)n, "Content-Type: %s\r\n", content_type);
+    if (content_length >= 0)
+        n += snprintf(head + n, sizeof(head) - (size_t)n, "Content-Length: %lld\r\n",
+                      content_length);
+    else
+        n += snprintf(head + n, sizeof(head) - (size_t)n, "Transfer-Encoding: chunked\r\n");
+    n += snprintf(head + n, sizeof(head) - (size_t)n, "request-id: %s\r\nConnection: %s\r\n",
+                  req->id, keep ? "keep-alive" : "close");
+    if ((size_t)n >= sizeof(head))
+        return AX_EINVAL;
+    if (!keep) {
+        req->keep_alive = 0;
+    }
+    bufs[nb++] = uv_buf_init(head, (unsigned int)n);
+    if (extra && *extra)
+        bufs[nb++] = uv_buf_init((char *)extra, (unsigned int)strlen(extra));
+    /* the blank line goes with the body so that small answers take one write */
+    {
+        static char crlf[] = "\r\n";
+        bufs[nb++] = uv_buf_init(crlf, 2);
+    }
+    req->status = status;
+    req->headers_sent = 1;
+    if (body_len > 0 && req->method != HTTP_HEAD) {
+        uv_buf_t all[4];
+        unsigned int i;
+        for (i = 0; i < nb; i++)
+            all[i] = bufs[i];
+        all[nb] = uv_buf_init((char *)body, (unsigned int)body_len);
+        return conn_write(c, all, nb + 1);
+    }
+    return conn_write(c, bufs, nb);
+}
+
+/* The response is complete: release the connection for the next pipelined request. */
+static void finish(struct ax_req *req)
+{
+    struct ax_conn *c = req->conn;
+
+    req->finished = 1;
+    req->state = AX_REQ_DONE;
+    if (c == NULL)
+        return;
+    if (c->active == req) {
+        c->active = NULL;
+        c->srv->n_active--;
+        req->conn = NULL;
+        if (!req->keep_alive || c->srv->stopping) {
+            c->close_after_write = 1;
+            if (c->queued == 0)
+                conn_close(c);
+        } else if (!c->in_parse) {
+            conn_parse(c);
+        }
+        conn_arm_timer(c);
+        ax_req_unref(req);
+    }
+}
+
+int ax_http_respond(struct ax_req *req, int status, const char *content_type,
+                    const char *extra_headers, const char *body, size_t len)
+{
+    int rc;
+
+    if (req->conn == NULL || req->headers_sent)
+        return AX_ECANCELED;
+    rc = write_head(req, status, content_type, extra_headers, (long long)len, body, len);
+    finish(req);
+    return rc;
+}
+
+int ax_http_send_json(struct ax_req *req, int status, const cJSON *json)
+{
+    char *s = cJSON_PrintUnformatted(json);
+    int rc;
+
+    if (s == NULL)
+        return AX_ENOMEM;
+    rc = ax_http_respond(req, status, "application/json", NULL, s, strlen(s));
+    cJSON_free(s);
+    return rc;
+}
+
+/* Escapes s as the inside of a JSON string into out (truncating safely). */
+static size_t json_escape(char *out, size_t n, const char *s)
+{
+    size_t o = 0;
+
+    for (; *s && o + 7 < n; s++) {
+        unsigned char ch = (unsigned char)*s;
+        if (ch == '"' || ch == '\\') {
+            out[o++] = '\\';
+            out[o++] = (char)ch;
+        } else if (ch < 0x20) {
+            o += (size_t)snprintf(out + o, n - o, "\\u%04x", ch);
+        } else {
+            out[o++] = (char)ch;
+        }
+    }
+    out[o] = '\0';
+    return o;
+}
+
+int ax_http_send_error(struct ax_req *req, const struct ax_error *err)
+{
+    char msg[AX_ERROR_MSG_MAX * 6 + 1], body[sizeof(msg) + 128], extra[64] = "";
+    int status = err->status ? err->status : 500;
+    const char *type = err->type ? err->type : ax_error_type_for_status(status);
+    int n;
+
+    json_escape(msg, sizeof(msg), err->message);
+    n = snprintf(body, sizeof(body), "{\"type\":\"error\",\"error\":{\"type\":\"%s\",\"message\":\"%s\"}}",
+                 type, msg);
+    if (err->retry_after > 0)
+        snprintf(extra, sizeof(extra), "retry-after: %d\r\n", err->retry_after);
+    if (req->conn && req->conn->srv)
+        req->conn->srv->n_errors++;
+    return ax_http_respond(req, status, "application/json", extra, body, (size_t)n);
+}
+
+int ax_http_stream_begin(struct ax_req *req, int status, const char *content_type,
+                         const char *extra_headers)
+{
+    if (req->conn == NULL || req->headers_sent)
+        return AX_ECANCELED;
+    req->chunked = 1;
+    return write_head(req, status, content_type, extra_headers, -1, NULL, 0);
+}
+
+int ax_http_stream_write(struct ax_req *req, const char *data, size_t len)
+{
+    char size[24];
+    uv_buf_t bufs[3];
+    static char crlf[] = "\r\n";
+
+    if (req->conn == NULL || !req->chunked || req->finished)
+        return AX_ECANCELED;
+    if (len == 0)
+        return 0;
+    bufs[0] = uv_buf_init(size, (unsigned int)snprintf(size, sizeof(size), "%zx\r\n", len));
+    bufs[1] = uv_buf_init((char *)data, (unsigned int)len);
+    bufs[2] = uv_buf_init(crlf, 2);
+    return conn_write(req->conn, bufs, 3);
+}
+
+int ax_http_stream_end(struct ax_req *req)
+{
+    static char last[] = "0\r\n\r\n";
+    uv_buf_t b = uv_buf_init(last, 5);
+    int rc;
+
+    if (req->conn == NULL || !req->chunked || req->finished)
+        return AX_ECANCELED;
+    rc = conn_write(req->conn, &b, 1);
+    finish(req);
+    return rc;
+}
+
+/* ---- the connection ------------------------------------------------------------------ */
+
+static void on_timer(uv_timer_t *t)
+{
+    struct ax_conn *c = t->data;
+
+    if (c->queued > 0) {
+        AX_LOG_WARN(c->active, "client made no write progress for %llu ms: cutting it off",
+                    (unsigned long long)c->srv->cfg.client_stall_timeout_ms);
+    }
+    conn_close(c);
+}
+
+/* Idle keep-alive: close after keepalive_timeout. Bytes queued: close when no write
+ * progress for client_stall_timeout. A request in progress with nothing queued: no timer
+ * (the upstream may think for minutes; pings keep streams alive). */
+static void conn_arm_timer(struct ax_conn *c)
+{
+    uint64_t ms = 0;
+
+    if (c->closing)
+        return;
+    if (c->queued > 0)
+        ms = c->srv->cfg.client_stall_timeout_ms;
+    else if (c->active == NULL)
+        ms = c->srv->cfg.keepalive_timeout_ms;
+    if (ms > 0)
+        uv_timer_start(&c->timer, on_timer, ms, 0);
+    else
+        uv_timer_stop(&c->timer);
+}
+
+static void conn_free(struct ax_conn *c)
+{
+    if (c->cur)
+        ax_req_unref(c->cur);
+    ax_buf_free(&c->in);
+    ax_buf_free(&c->field);
+    ax_buf_free(&c->value);
+    free(c);
+}
+
+static void on_conn_handle_closed(uv_handle_t *h)
+{
+    struct ax_conn *c = h->data;
+    struct ax_server *srv = c->srv;
+
+    if (--c->pending_closes == 0) {
+        conn_free(c);
+        ax_server_conn_closed(srv);
+    }
+}
+
+static void conn_close(struct ax_conn *c)
+{
+    struct ax_req *active;
+
+    if (c->closing)
+        return;
+    c->closing = 1;
+    if ((active = c->active) != NULL) {
+        c->active = NULL;
+        c->srv->n_active--;
+        active->conn = NULL;
+        ax_req_cancel(active);
+        ax_req_unref(active);
+    }
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        c->srv->conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    c->srv->n_conns--;
+    c->pending_closes = 2;
+    uv_close((uv_handle_t *)&c->tcp, on_conn_handle_closed);
+    uv_close((uv_handle_t *)&c->timer, on_conn_handle_closed);
+}
+
+/* Answers a parse failure: the message is unusable, so close after the answer. */
+static void conn_parse_failed(struct ax_conn *c, llhttp_errno_t e)
+{
+    struct ax_req *r = c->cur;
+
+    if (c->perr.status == 0)
+        ax_error_set(&c->perr, 400, "invalid_request_error", "malformed HTTP request: %s",
+                     llhttp_get_error_reason(&c->parser) ? llhttp_get_error_reason(&c->parser)
+                                                          : llhttp_errno_name(e));
+    if (r == NULL) {
+        r = ax_req_new(c->srv, c, 0);
+        if (r == NULL) {
+            conn_close(c);
+            return;
+        }
+    }
+    c->cur = NULL;
+    r->keep_alive = 0;
+    c->active = r;
+    c->srv->n_active++;
+    AX_LOG_INFO(r, "bad request: %s", c->perr.message);
+    ax_http_send_error(r, &c->perr);
+}
+
+/* Parses buffered input until a message is complete (then dispatches it) or input runs
+ * out. Parsing waits while a request is being answered. */
+static void conn_parse(struct ax_conn *c)
+{
+    c->in_parse = 1;
+    while (!c->closing && c->active == NULL && c->in.len > 0) {
+        llhttp_errno_t e = llhttp_execute(&c->parser, c->in.data, c->in.len);
+        size_t used;
+        if (e == HPE_OK) {
+            ax_buf_reset(&c->in);
+            break;
+        }
+        if (e != HPE_PAUSED) {
+            conn_parse_failed(c, e);
+            break;
+        }
+        used = (size_t)(llhttp_get_error_pos(&c->parser) - c->in.data);
+        ax_buf_consume(&c->in, used);
+        llhttp_resume(&c->parser);
+        c->active = c->cur;
+        c->cur = NULL;
+        c->srv->n_active++;
+        uv_timer_stop(&c->timer);
+        ax_server_dispatch(c->srv, c->active);
+    }
+    c->in_parse = 0;
+    if (!c->closing) {
+        if (!c->reading && c->in.len < AX_MAX_PENDING_INPUT &&
+            uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) == 0)
+            c->reading = 1;
+        conn_arm_timer(c);
+    }
+}
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+    struct ax_conn *c = h->data;
+
+    (void)suggested;
+    if (ax_buf_reserve(&c->in, 65536) < 0) {
+        buf->base = NULL;
+        buf->len = 0;
+        return;
+    }
+    buf->base = c->in.data + c->in.len;
+    buf->len = c->in.cap - c->in.len - 1;
+}
+
+static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
+{
+    struct ax_conn *c = s->data;
+
+    (void)buf;
+    if (n < 0) {
+        if (n != UV_EOF)
+            AX_LOG_DEBUG(c->active, "client read error: %s", uv_strerror((int)n));
+        conn_close(c);
+        return;
+    }
+    if (n == 0)
+        return;
+    c->in.len += (size_t)n;
+    c->in.data[c->in.len] = '\0';
+    if (c->active == NULL) {
+        conn_parse(c);
+    } else if (c->in.len >= AX_MAX_PENDING_INPUT) {
+        uv_read_stop(s); /* too much pipelined input: let TCP push back */
+        c->reading = 0;
+    }
+}
+
+int ax_http_accept(struct ax_server *srv, uv_stream_t *listener)
+{
+    struct ax_conn *c = calloc(1, sizeof(*c));
+    int rc;
+
+    if (c == NULL)
+        return AX_ENOMEM;
+    init_parser_settings();
+    c->srv = srv;
+    ax_buf_init(&c->in, AX_MAX_PENDING_INPUT + 65536);
+    ax_buf_init(&c->field, srv->cfg.max_header_bytes);
+    ax_buf_init(&c->value, srv->cfg.max_header_bytes);
+    uv_tcp_init(srv->loop, &c->tcp);
+    uv_timer_init(srv->loop, &c->timer);
+    c->tcp.data = c;
+    c->timer.data = c;
+    c->next = srv->conns;
+    if (srv->conns)
+        srv->conns->prev = c;
+    srv->conns = c;
+    srv->n_conns++;
+    if ((rc = uv_accept(listener, (uv_stream_t *)&c->tcp)) < 0) {
+        conn_close(c);
+        return AX_EIO;
+    }
+    uv_tcp_nodelay(&c->tcp, 1);
+    llhttp_init(&c->parser, HTTP_REQUEST, &parser_settings);
+    c->parser.data = c;
+    if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) < 0) {
+        conn_close(c);
+        return AX_EIO;
+    }
+    c->reading = 1;
+    conn_arm_timer(c);
+    return 0;
+}
+
+void ax_http_close_all(struct ax_server *srv, int graceful)
+{
+    struct ax_conn *c, *next;
+
+    for (c = srv->conns; c != NULL; c = next) {
+        next = c->next;
+        if (!graceful || (c->active == NULL && c->queued == 0))
+            conn_close(c);
+        else
+            c->close_after_write = 1;
+    }
+}

@@ -1,0 +1,837 @@
+/* messages.c - the pipeline of POST /v1/messages (and count_tokens): parse, session,
+ * on_request, translate, on_upstream_request, upstream transfer, then a complete answer or
+ * a stream (first-byte hold, pings, backpressure), on_upstream_error's one retry,
+ * on_response, monitor, summary log line. Every step that waits holds a request reference
+ * and drops it in its completion, canceled or not. */
+#include "anthroxy_http.h"
+#include "anthroxy_json.h"
+#include "anthroxy_log.h"
+#include "anthroxy_messages.h"
+#include "anthroxy_monitor.h"
+#include "anthroxy_policy.h"
+#include "anthroxy_server.h"
+#include "anthroxy_sse.h"
+#include "anthroxy_stream.h"
+#if __has_include("anthroxy_tokens.h")
+#include "anthroxy_tokens.h"
+#else
+int64_t ax_tokens_request(const cJSON *req);
+#endif
+#include "anthroxy_translate.h"
+#include "anthroxy_upstream.h"
+
+#include <llhttp.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define AX_SSE_MAX_LINE (8 * 1024 * 1024)
+#define AX_STREAM_OUT_MAX (4 * 1024 * 1024)
+#define AX_ERROR_BODY_MAX (1024 * 1024)
+
+struct msg {
+    struct ax_req *req;
+    struct ax_server *srv;
+    int count_only;
+    int stream;
+    int retried;
+    int committed;        /* 200 + message_start sent: errors go out as SSE events */
+    int done;             /* the client's answer is complete */
+    int stream_failed;    /* the upstream reported an error inside the stream */
+    int hooks_running;    /* a policy hook holds a reference */
+    int timer_open;
+    cJSON *body;          /* the Anthropic request (after on_request) */
+    cJSON *oreq;          /* the OpenAI request */
+    cJSON *final;         /* the answer as the client got it (or the stream's summary) */
+    struct ax_buf obody;  /* its text, alive while the transfer runs */
+    char model[256];      /* as the client named it */
+    const char *upstream_model;
+    char session_key[128];
+    struct ax_session *session;
+    struct ax_policy_req *preq;
+    struct ax_xfer *xfer;
+    int up_status;
+    int retry_after;
+    struct ax_buf resp;   /* a complete answer, or an error body */
+    struct ax_sse sse;
+    struct ax_stream st;
+    int st_ready;
+    struct ax_buf out;    /* Anthropic events waiting to be written */
+    uv_timer_t timer;     /* first-byte hold, then pings */
+    int64_t est_prompt;   /* our estimate of the prompt sent (raw, uncalibrated) */
+    double scale;         /* report_scale from the policies */
+    int n_messages, n_tools;
+    uint64_t t_sent_ns, t_first_ns;
+    struct ax_usage usage;
+    struct ax_error err;
+};
+
+static void msg_fail(struct msg *m, const struct ax_error *err);
+static void msg_send_upstream(struct msg *m);
+static void run_on_response(struct msg *m, cJSON *resp);
+
+/* ---- life cycle -------------------------------------------------------------------- */
+
+static void msg_free(struct msg *m)
+{
+    if (m->preq)
+        ax_policy_req_free(m->preq);
+    if (m->session)
+        ax_session_unref(m->session);
+    cJSON_Delete(m->body);
+    cJSON_Delete(m->oreq);
+    cJSON_Delete(m->final);
+    ax_buf_free(&m->obody);
+    ax_buf_free(&m->resp);
+    ax_buf_free(&m->out);
+    ax_sse_free(&m->sse);
+    if (m->st_ready)
+        ax_stream_free(&m->st);
+    free(m);
+}
+
+static void on_req_free(struct ax_req *req)
+{
+    msg_free(req->handler);
+}
+
+static void on_timer_closed(uv_handle_t *h)
+{
+    struct msg *m = h->data;
+    ax_req_unref(m->req);
+}
+
+static void close_timer(struct msg *m)
+{
+    if (m->timer_open) {
+        m->timer_open = 0;
+        uv_close((uv_handle_t *)&m->timer, on_timer_closed);
+    }
+}
+
+static void on_cancel(struct ax_req *req)
+{
+    struct msg *m = req->handler;
+
+    AX_LOG_INFO(req, "client went away: canceling");
+    if (m->xfer)
+        ax_xfer_cancel(m->xfer); /* on_done follows with AX_ECANCELED */
+    if (m->hooks_running && m->preq) {
+        ax_policy_req_cancel(m->preq); /* its done callback will not run */
+        m->hooks_running = 0;
+        ax_req_unref(req);
+    }
+    close_timer(m);
+}
+
+static void log_summary(struct msg *m, int status)
+{
+    double up_ms = m->t_first_ns ? (double)(m->t_first_ns - m->t_sent_ns) / 1e6 : -1.0;
+    double total_ms = (double)(uv_hrtime() - m->req->start_ns) / 1e6;
+
+    AX_LOG_INFO(m->req,
+                "%s model=%s upstream_model=%s session=%s messages=%d tools=%d stream=%d "
+                "status=%d first_byte_ms=%.1f total_ms=%.1f est_prompt=%lld prompt=%lld "
+                "cached=%lld output=%lld%s",
+                m->count_only ? "count_tokens" : "messages", m->model,
+                m->upstream_model ? m->upstream_model : "-", m->session_key, m->n_messages,
+                m->n_tools, m->stream, status, up_ms, total_ms, (long long)m->est_prompt,
+                (long long)m->usage.prompt_tokens, (long long)m->usage.cached_tokens,
+                (long long)m->usage.completion_tokens, m->retried ? " retried=1" : "");
+}
+
+/* ---- errors ------------------------------------------------------------------------ */
+
+static void flush_out(struct msg *m)
+{
+    if (m->out.len > 0) {
+        ax_http_stream_write(m->req, m->out.data, m->out.len);
+        ax_buf_reset(&m->out);
+    }
+}
+
+static void msg_fail(struct msg *m, const struct ax_error *err)
+{
+    if (m->done)
+        return;
+    m->done = 1;
+    close_timer(m);
+    if (m->req->canceled)
+        return;
+    AX_LOG_INFO(m->req, "error %d %s: %s", err->status, err->type, err->message);
+    if (m->committed) {
+        ax_stream_fail(&m->st, err, &m->out);
+        flush_out(m);
+        ax_http_stream_end(m->req);
+    } else {
+        ax_http_send_error(m->req, err);
+    }
+    log_summary(m, err->status);
+}
+
+static void fail_transfer(struct msg *m, int rc)
+{
+    struct ax_error err = {0};
+
+    switch (rc) {
+    case AX_ETIMEDOUT:
+        ax_error_set(&err, 504, "api_error", "upstream timed out");
+        break;
+    case AX_EUPSTREAM:
+        ax_error_set(&err, 529, "overloaded_error",
+                     "upstream unreachable at %s after %d retries", m->srv->cfg.upstream_base,
+                     m->srv->cfg.connect_retries);
+        break;
+    case AX_EBUSY:
+        ax_error_set(&err, 529, "overloaded_error",
+                     "too many requests waiting for an upstream slot");
+        break;
+    case AX_ETOOBIG:
+        ax_error_set(&err, 502, "api_error", "upstream answer over the configured limit");
+        break;
+    default:
+        ax_error_set(&err, 502, "api_error", "upstream connection failed: %s",
+                     ax_strerror(rc));
+        break;
+    }
+    msg_fail(m, &err);
+}
+
+/* ---- policies ---------------------------------------------------------------------- */
+
+static int run_hook(struct msg *m, enum ax_hook hook, cJSON *tree, const cJSON *aux,
+                    ax_policy_done_fn done)
+{
+    int rc;
+
+    ax_req_ref(m->req);
+    m->hooks_running = 1;
+    m->req->state = AX_REQ_POLICY;
+    if ((rc = ax_policy_req_run(m->preq, hook, tree, aux, done, m)) < 0) {
+        m->hooks_running = 0;
+        ax_req_unref(m->req);
+    }
+    return rc;
+}
+
+/* Common prologue of hook completions: returns 1 when the pipeline should go on. */
+static int hook_finished(struct msg *m, int rc, const struct ax_error *err)
+{
+    m->hooks_running = 0;
+    if (m->req->canceled || m->done)
+        return 0;
+    if (rc < 0) {
+        struct ax_error e = {0};
+        if (err && err->status)
+            e = *err;
+        else
+            ax_error_set(&e, 500, "api_error", "policy failed");
+        msg_fail(m, &e);
+        return 0;
+    }
+    return 1;
+}
+
+static void on_response_done(struct ax_policy_req *pr, int rc, const struct ax_error *err,
+                             void *ud)
+{
+    struct msg *m = ud;
+
+    (void)pr;
+    (void)err;
+    m->hooks_running = 0;
+    if (rc < 0)
+        AX_LOG_DEBUG(m->req, "on_response failed: %s", err ? err->message : "");
+    ax_req_unref(m->req);
+}
+
+static void run_on_response(struct msg *m, cJSON *resp)
+{
+    if (resp == NULL || m->req->canceled)
+        return;
+    if (!ax_policy_engine_has_hook(m->srv->policies, AX_HOOK_RESPONSE))
+        return;
+    if (run_hook(m, AX_HOOK_RESPONSE, resp, NULL, on_response_done) < 0)
+        AX_LOG_DEBUG(m->req, "on_response could not run");
+}
+
+/* ---- completion -------------------------------------------------------------------- */
+
+static uint64_t fnv1a(const char *s, size_t n, uint64_t h)
+{
+    size_t i;
+    for (i = 0; i < n; i++) {
+        h ^= (unsigned char)s[i];
+        h *= 1099511628211ull;
+    }
+    return h;
+}
+
+/* Records the turn in the monitor: real prompt size, calibration, tool-call fingerprints. */
+static void record_turn(struct msg *m, const cJSON *resp)
+{
+    uint64_t fps[16];
+    int n = 0;
+    const cJSON *content = cJSON_GetObjectItemCaseSensitive(resp, "content"), *blk;
+    const cJSON *tc = cJSON_GetObjectItemCaseSensitive(m->body, "tool_choice");
+    const cJSON *tct = cJSON_GetObjectItemCaseSensitive(tc, "type");
+
+    if (m->session == NULL)
+        return;
+    if (m->usage.have)
+        ax_session_record_response(m->session, m->est_prompt, m->usage.prompt_tokens,
+                                   m->usage.completion_tokens);
+    cJSON_ArrayForEach(blk, content)
+    {
+        const cJSON *type = cJSON_GetObjectItemCaseSensitive(blk, "type");
+        const cJSON *name = cJSON_GetObjectItemCaseSensitive(blk, "name");
+        const cJSON *input = cJSON_GetObjectItemCaseSensitive(blk, "input");
+        char *in;
+        uint64_t h;
+        if (!cJSON_IsString(type) || strcmp(type->valuestring, "tool_use") != 0 || n >= 16)
+            continue;
+        h = fnv1a(name && cJSON_IsString(name) ? name->valuestring : "", 
+                  name && cJSON_IsString(name) ? strlen(name->valuestring) : 0,
+                  14695981039346656037ull);
+        if ((in = cJSON_PrintUnformatted(input)) != NULL) {
+            h = fnv1a(in, strlen(in), h);
+            cJSON_free(in);
+        }
+        fps[n++] = h;
+    }
+    ax_session_note_tool_calls(m->session, fps, n,
+                               cJSON_IsString(tct) && strcmp(tct->valuestring, "auto") != 0 &&
+                                   strcmp(tct->valuestring, "none") != 0);
+}
+
+static void finish_ok(struct msg *m, cJSON *resp, int status)
+{
+    m->done = 1;
+    close_timer(m);
+    m->final = resp; /* freed with m: on_response reads it after the client has it */
+    record_turn(m, resp);
+    log_summary(m, status);
+    run_on_response(m, resp);
+}
+
+static void complete_nonstream(struct msg *m)
+{
+    struct ax_error err = {0};
+    struct ax_response_opts ro;
+    cJSON *oresp, *resp = NULL;
+
+    if ((oresp = ax_json_parse(m->resp.data ? m->resp.data : "", m->resp.len, &err)) == NULL) {
+        ax_error_set(&err, 502, "api_error", "upstream answered with invalid JSON");
+        msg_fail(m, &err);
+        return;
+    }
+    ax_usage_from_openai(cJSON_GetObjectItemCaseSensitive(oresp, "usage"), &m->usage);
+    memset(&ro, 0, sizeof(ro));
+    ro.client_model = m->model;
+    ro.stop_sequences = cJSON_GetObjectItemCaseSensitive(m->body, "stop_sequences");
+    ro.usage_scale = m->scale;
+    if (ax_translate_response(oresp, &ro, &resp, &err) < 0) {
+        cJSON_Delete(oresp);
+        if (err.status == 0)
+            ax_error_set(&err, 502, "api_error", "could not translate the upstream answer");
+        msg_fail(m, &err);
+        return;
+    }
+    cJSON_Delete(oresp);
+    ax_http_send_json(m->req, 200, resp);
+    finish_ok(m, resp, 200);
+}
+
+static void complete_stream(struct msg *m)
+{
+    struct ax_error err = {0};
+    cJSON *summary;
+
+    if (ax_sse_finish(&m->sse))
+        AX_LOG_DEBUG(m->req, "upstream stream ended mid-event");
+    if (ax_stream_end(&m->st, &m->out, &err) < 0) {
+        msg_fail(m, &err);
+        return;
+    }
+    m->usage = m->st.usage;
+    flush_out(m);
+    ax_http_stream_end(m->req);
+    summary = ax_stream_summary(&m->st);
+    finish_ok(m, summary, 200);
+}
+
+static void on_upstream_error_done(struct ax_policy_req *pr, int rc, const struct ax_error *err,
+                                   void *ud)
+{
+    struct msg *m = ud;
+
+    (void)pr;
+    if (hook_finished(m, rc, err)) {
+        if (rc == 1) {
+            AX_LOG_INFO(m->req, "policy asked to retry after the upstream error");
+            m->retried = 1;
+            msg_send_upstream(m);
+        } else {
+            msg_fail(m, &m->err);
+        }
+    }
+    ax_req_unref(m->req);
+}
+
+/* A non-2xx upstream answer: map it, and give on_upstream_error one chance to retry. */
+static void handle_upstream_status(struct msg *m)
+{
+    int64_t n_prompt = 0, n_ctx = 0;
+    cJSON *aux;
+
+    memset(&m->err, 0, sizeof(m->err));
+    ax_translate_upstream_error(m->up_status, m->resp.data ? m->resp.data : "", m->resp.len,
+                                m->retry_after, &m->err, &n_prompt, &n_ctx);
+    AX_LOG_WARN(m->req, "upstream answered %d: %.300s", m->up_status,
+                m->resp.data ? m->resp.data : "");
+    if (n_ctx > 0 && m->session)
+        ax_session_note_overflow(m->session);
+    if (m->retried || !ax_policy_engine_has_hook(m->srv->policies, AX_HOOK_UPSTREAM_ERROR)) {
+        msg_fail(m, &m->err);
+        return;
+    }
+    aux = cJSON_CreateObject();
+    cJSON_AddNumberToObject(aux, "status", m->err.status);
+    cJSON_AddNumberToObject(aux, "upstream_status", m->up_status);
+    cJSON_AddStringToObject(aux, "type", m->err.type);
+    cJSON_AddStringToObject(aux, "message", m->err.message);
+    if (n_ctx > 0) {
+        cJSON_AddNumberToObject(aux, "n_prompt_tokens", (double)n_prompt);
+        cJSON_AddNumberToObject(aux, "n_ctx", (double)n_ctx);
+    }
+    if (run_hook(m, AX_HOOK_UPSTREAM_ERROR, m->body, aux, on_upstream_error_done) < 0)
+        msg_fail(m, &m->err);
+    cJSON_Delete(aux); /* the engine copies what it needs before returning */
+}
+
+/* ---- the upstream transfer --------------------------------------------------------- */
+
+static void on_ping(uv_timer_t *t)
+{
+    struct msg *m = t->data;
+
+    if (m->done || m->req->canceled)
+        return;
+    ax_stream_ping(&m->out);
+    flush_out(m);
+}
+
+/* Sends 200, message_start and a first ping; errors from now on are SSE events. */
+static void commit_stream(struct msg *m)
+{
+    if (m->committed || m->done)
+        return;
+    m->committed = 1;
+    m->req->state = AX_REQ_STREAMING;
+    ax_http_stream_begin(m->req, 200, "text/event-stream; charset=utf-8",
+                         "Cache-Control: no-cache\r\n");
+    ax_stream_begin(&m->st, &m->out);
+    ax_stream_ping(&m->out);
+    flush_out(m);
+    if (m->timer_open && m->srv->cfg.ping_interval_ms > 0)
+        uv_timer_start(&m->timer, on_ping, m->srv->cfg.ping_interval_ms,
+                       m->srv->cfg.ping_interval_ms);
+}
+
+static void on_hold_over(uv_timer_t *t)
+{
+    commit_stream(t->data);
+}
+
+static int on_headers(struct ax_xfer *x, int status, int retry_after, void *ud)
+{
+    struct msg *m = ud;
+
+    (void)x;
+    m->up_status = status;
+    m->retry_after = retry_after;
+    m->t_first_ns = uv_hrtime();
+    if (m->req->canceled)
+        return AX_ECANCELED;
+    if (status == 200 && m->stream)
+        commit_stream(m);
+    return 0;
+}
+
+static int on_sse_event(const char *event, const char *data, size_t len, void *ud)
+{
+    struct msg *m = ud;
+    int rc;
+
+    (void)event;
+    rc = ax_stream_feed(&m->st, data, len, &m->out, &m->err);
+    if (rc == AX_EUPSTREAM)
+        m->stream_failed = 1;
+    return rc;
+}
+
+static void on_drain(struct ax_req *req)
+{
+    struct msg *m = req->handler;
+
+    req->on_drain = NULL;
+    if (m->xfer)
+        ax_xfer_resume(m->xfer);
+}
+
+static int on_data(struct ax_xfer *x, const char *p, size_t n, void *ud)
+{
+    struct msg *m = ud;
+    int rc;
+
+    (void)x;
+    if (m->req->canceled)
+        return AX_ECANCELED;
+    if (m->up_status != 200 || !m->stream) {
+        size_t max = m->up_status == 200 ? m->srv->cfg.max_response_bytes : AX_ERROR_BODY_MAX;
+        if (m->resp.len + n > max)
+            return m->up_status == 200 ? AX_ETOOBIG : 0; /* error bodies: keep the head */
+        return ax_buf_append(&m->resp, p, n) < 0 ? AX_ENOMEM : 0;
+    }
+    /* Decide to pause before feeding anything: a paused callback has consumed nothing. */
+    if (ax_http_queued(m->req) > m->srv->cfg.write_high_water) {
+        m->req->on_drain = on_drain;
+        return AX_EAGAIN;
+    }
+    rc = ax_sse_feed(&m->sse, p, n, on_sse_event, m);
+    flush_out(m);
+    if (m->timer_open && m->srv->cfg.ping_interval_ms > 0)
+        uv_timer_again(&m->timer); /* pings only while the upstream is silent */
+    if (rc < 0 && !m->stream_failed) {
+        ax_error_set(&m->err, 502, "api_error", "upstream stream unreadable: %s",
+                     ax_strerror(rc));
+        m->stream_failed = 1;
+    }
+    return rc < 0 ? rc : 0;
+}
+
+static void on_done(struct ax_xfer *x, int rc, void *ud)
+{
+    struct msg *m = ud;
+
+    (void)x;
+    m->xfer = NULL;
+    if (m->req->canceled || m->done) {
+        ax_req_unref(m->req);
+        return;
+    }
+    if (m->stream_failed)
+        msg_fail(m, &m->err);
+    else if (rc < 0)
+        fail_transfer(m, rc);
+    else if (m->up_status != 200)
+        handle_upstream_status(m);
+    else if (m->stream)
+        complete_stream(m);
+    else
+        complete_nonstream(m);
+    ax_req_unref(m->req);
+}
+
+static const struct ax_xfer_cbs xfer_cbs = {on_headers, on_data, on_done};
+
+static void start_transfer(struct msg *m)
+{
+    struct ax_xfer_spec spec;
+    int rc;
+
+    memset(&spec, 0, sizeof(spec));
+    spec.method = "POST";
+    spec.path = "/v1/chat/completions";
+    spec.body = m->obody.data;
+    spec.body_len = m->obody.len;
+    m->up_status = 0;
+    ax_buf_reset(&m->resp);
+    m->t_sent_ns = uv_hrtime();
+    m->t_first_ns = 0;
+    m->req->state = AX_REQ_UPSTREAM;
+    ax_req_ref(m->req);
+    if ((rc = ax_upstream_start(m->srv->up, &spec, &xfer_cbs, m, &m->xfer)) < 0) {
+        m->xfer = NULL;
+        ax_req_unref(m->req);
+        fail_transfer(m, rc);
+        return;
+    }
+    if (m->stream && !m->committed && !m->timer_open) {
+        uv_timer_init(m->srv->loop, &m->timer);
+        m->timer.data = m;
+        m->timer_open = 1;
+        ax_req_ref(m->req); /* dropped in on_timer_closed */
+        uv_timer_start(&m->timer, on_hold_over, m->srv->cfg.first_byte_hold_ms,
+                       m->srv->cfg.ping_interval_ms);
+    }
+}
+
+static void on_upstream_request_done(struct ax_policy_req *pr, int rc,
+                                     const struct ax_error *err, void *ud)
+{
+    struct msg *m = ud;
+
+    (void)pr;
+    if (hook_finished(m, rc, err)) {
+        ax_buf_reset(&m->obody);
+        if (ax_json_print(m->oreq, &m->obody) < 0) {
+            struct ax_error e = {0};
+            ax_error_set(&e, 500, "api_error", "out of memory printing the upstream request");
+            msg_fail(m, &e);
+        } else {
+            AX_LOG_DEBUG(m->req, "upstream request: %zu bytes", m->obody.len);
+            start_transfer(m);
+        }
+    }
+    ax_req_unref(m->req);
+}
+
+/* Translate, on_upstream_request, send. Also the retry path after on_upstream_error. */
+static void msg_send_upstream(struct msg *m)
+{
+    struct ax_translate_opts to;
+    struct ax_error err = {0};
+    const struct ax_upstream_info *info = ax_upstream_info(m->srv->up);
+
+    m->upstream_model = ax_server_upstream_model(m->srv, m->model);
+    memset(&to, 0, sizeof(to));
+    to.upstream_model = m->upstream_model;
+    to.llama_server = info->llama_server;
+    to.stream = m->stream;
+    cJSON_Delete(m->oreq);
+    m->oreq = NULL;
+    if (ax_translate_request(m->body, &to, &m->oreq, &err) < 0) {
+        msg_fail(m, &err);
+        return;
+    }
+    m->est_prompt = ax_tokens_request(m->body);
+    if (m->session)
+        ax_session_record_request(m->session, ax_session_calibrated(m->session, m->est_prompt),
+                                  uv_now(m->srv->loop));
+    if (m->stream && !m->st_ready) {
+        struct ax_stream_opts so;
+        memset(&so, 0, sizeof(so));
+        so.model = m->model;
+        so.input_estimate =
+            m->session ? ax_session_calibrated(m->session, m->est_prompt) : m->est_prompt;
+        so.usage_scale = m->scale;
+        so.reasoning_fallback = m->srv->cfg.reasoning_fallback;
+        so.stop_sequences = cJSON_GetObjectItemCaseSensitive(m->body, "stop_sequences");
+        if (ax_stream_init(&m->st, &so) < 0) {
+            ax_error_set(&err, 500, "api_error", "out of memory");
+            msg_fail(m, &err);
+            return;
+        }
+        m->st_ready = 1;
+        ax_sse_init(&m->sse, AX_SSE_MAX_LINE);
+    }
+    if (run_hook(m, AX_HOOK_UPSTREAM_REQUEST, m->oreq, NULL, on_upstream_request_done) < 0) {
+        ax_error_set(&err, 500, "api_error", "policy engine unavailable");
+        msg_fail(m, &err);
+    }
+}
+
+/* ---- count_tokens ------------------------------------------------------------------ */
+
+static void answer_count(struct msg *m, int64_t n, const char *how)
+{
+    char body[64];
+    int len;
+    int64_t scaled = (int64_t)llround((double)n * m->scale);
+
+    m->done = 1;
+    m->usage.prompt_tokens = n;
+    len = snprintf(body, sizeof(body), "{\"input_tokens\":%lld}", (long long)scaled);
+    AX_LOG_DEBUG(m->req, "count_tokens: %lld (%s), reported %lld", (long long)n, how,
+                 (long long)scaled);
+    ax_http_respond(m->req, 200, "application/json", NULL, body, (size_t)len);
+    log_summary(m, 200);
+}
+
+static void count_by_estimate(struct msg *m)
+{
+    int64_t n = ax_tokens_request(m->body);
+    if (m->session)
+        n = ax_session_calibrated(m->session, n);
+    answer_count(m, n, "estimate");
+}
+
+static void on_tokenized(int rc, int status, const char *body, size_t len, void *ud)
+{
+    struct msg *m = ud;
+    cJSON *j = NULL, *toks;
+
+    m->xfer = NULL;
+    if (!m->req->canceled && !m->done) {
+        if (rc == 0 && status == 200 &&
+            (j = cJSON_ParseWithLength(body, len)) != NULL &&
+            cJSON_IsArray(toks = cJSON_GetObjectItemCaseSensitive(j, "tokens")))
+            answer_count(m, cJSON_GetArraySize(toks), "upstream /tokenize");
+        else
+            count_by_estimate(m);
+    }
+    cJSON_Delete(j);
+    ax_req_unref(m->req);
+}
+
+static void on_templated(int rc, int status, const char *body, size_t len, void *ud)
+{
+    struct msg *m = ud;
+    cJSON *j = NULL, *prompt, *tok = NULL;
+
+    m->xfer = NULL;
+    if (m->req->canceled || m->done)
+        goto done;
+    if (rc != 0 || status != 200 || (j = cJSON_ParseWithLength(body, len)) == NULL ||
+        !cJSON_IsString(prompt = cJSON_GetObjectItemCaseSensitive(j, "prompt"))) {
+        count_by_estimate(m);
+        goto done;
+    }
+    tok = cJSON_CreateObject();
+    cJSON_AddItemToObject(tok, "content", cJSON_DetachItemViaPointer(j, prompt));
+    ax_buf_reset(&m->obody);
+    ax_json_print(tok, &m->obody);
+    ax_req_ref(m->req);
+    if (ax_upstream_fetch(m->srv->up, "POST", "/tokenize", m->obody.data, m->obody.len, 30000,
+                          on_tokenized, m, &m->xfer) < 0) {
+        ax_req_unref(m->req);
+        count_by_estimate(m);
+    }
+done:
+    cJSON_Delete(j);
+    cJSON_Delete(tok);
+    ax_req_unref(m->req);
+}
+
+/* Exact where the upstream can tell: llama-server renders the prompt with its own chat
+ * template (/apply-template) and counts it (/tokenize); tools and tool results count. */
+static void count_tokens(struct msg *m)
+{
+    const struct ax_upstream_info *info = ax_upstream_info(m->srv->up);
+    struct ax_translate_opts to;
+    struct ax_error err = {0};
+    cJSON *tpl;
+
+    memset(&to, 0, sizeof(to));
+    to.upstream_model = ax_server_upstream_model(m->srv, m->model);
+    to.llama_server = info->llama_server;
+    if (ax_translate_request(m->body, &to, &m->oreq, &err) < 0) {
+        msg_fail(m, &err);
+        return;
+    }
+    if (!info->llama_server) {
+        count_by_estimate(m);
+        return;
+    }
+    tpl = cJSON_CreateObject();
+    cJSON_AddItemReferenceToObject(tpl, "messages",
+                                   cJSON_GetObjectItemCaseSensitive(m->oreq, "messages"));
+    if (cJSON_GetObjectItemCaseSensitive(m->oreq, "tools"))
+        cJSON_AddItemReferenceToObject(tpl, "tools",
+                                       cJSON_GetObjectItemCaseSensitive(m->oreq, "tools"));
+    ax_buf_reset(&m->obody);
+    ax_json_print(tpl, &m->obody);
+    cJSON_Delete(tpl);
+    ax_req_ref(m->req);
+    if (ax_upstream_fetch(m->srv->up, "POST", "/apply-template", m->obody.data, m->obody.len,
+                          30000, on_templated, m, &m->xfer) < 0) {
+        ax_req_unref(m->req);
+        count_by_estimate(m);
+    }
+}
+
+/* ---- entry ------------------------------------------------------------------------- */
+
+static void on_request_done(struct ax_policy_req *pr, int rc, const struct ax_error *err,
+                            void *ud)
+{
+    struct msg *m = ud;
+
+    if (hook_finished(m, rc, err)) {
+        m->scale = ax_policy_req_report_scale(pr);
+        if (m->scale <= 0)
+            m->scale = 1.0;
+        msg_send_upstream(m);
+    }
+    ax_req_unref(m->req);
+}
+
+/* Checks what the policies rely on before they run; translation checks the rest. */
+static int check_basics(struct msg *m, struct ax_error *err)
+{
+    const cJSON *msgs, *model;
+    int stream = 0, rc;
+
+    if (!cJSON_IsObject(m->body))
+        return ax_error_set(err, 400, "invalid_request_error",
+                            "request body: expected a JSON object");
+    model = cJSON_GetObjectItemCaseSensitive(m->body, "model");
+    if (!cJSON_IsString(model) || model->valuestring[0] == '\0')
+        return ax_error_set(err, 400, "invalid_request_error",
+                            "model: expected a non-empty string");
+    snprintf(m->model, sizeof(m->model), "%s", model->valuestring);
+    if ((rc = ax_json_get_array(m->body, "messages", "", &msgs, err)) < 0)
+        return rc;
+    if (rc == 0 || msgs->child == NULL)
+        return ax_error_set(err, 400, "invalid_request_error",
+                            "messages: expected a non-empty array");
+    m->n_messages = cJSON_GetArraySize(msgs);
+    m->n_tools = cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(m->body, "tools"));
+    if ((rc = ax_json_get_bool(m->body, "stream", "", &stream, err)) < 0)
+        return rc;
+    m->stream = stream && !m->count_only;
+    return 0;
+}
+
+void ax_messages_handle(struct ax_server *srv, struct ax_req *req, int count_only)
+{
+    struct msg *m = calloc(1, sizeof(*m));
+    struct ax_policy_req_info info;
+    struct ax_error err = {0};
+
+    if (m == NULL) {
+        ax_error_set(&err, 500, "api_error", "out of memory");
+        ax_http_send_error(req, &err);
+        return;
+    }
+    m->req = req;
+    m->srv = srv;
+    m->count_only = count_only;
+    m->scale = 1.0;
+    ax_buf_init(&m->obody, (size_t)-1 / 2);
+    ax_buf_init(&m->resp, srv->cfg.max_response_bytes);
+    ax_buf_init(&m->out, AX_STREAM_OUT_MAX);
+    ax_sse_init(&m->sse, AX_SSE_MAX_LINE);
+    req->handler = m;
+    req->on_cancel = on_cancel;
+    req->on_free = on_req_free;
+    snprintf(m->session_key, sizeof(m->session_key), "-");
+
+    m->body = ax_json_parse(req->body.data ? req->body.data : "", req->body.len, &err);
+    if (m->body == NULL || check_basics(m, &err) < 0) {
+        msg_fail(m, &err);
+        return;
+    }
+    ax_session_key(ax_req_header(req, "x-claude-code-session-id"),
+                   ax_req_header(req, "x-session-id"), m->body, m->session_key,
+                   sizeof(m->session_key));
+    m->session = ax_monitor_get(srv->mon, m->session_key, uv_now(srv->loop));
+    if (count_only) {
+        count_tokens(m);
+        return;
+    }
+    memset(&info, 0, sizeof(info));
+    info.request_id = req->id;
+    info.session_id = m->session_key;
+    info.client_model = m->model;
+    info.user_agent = ax_req_header(req, "user-agent");
+    info.arm = "default";
+    info.stream = m->stream;
+    info.session = m->session;
+    if (ax_policy_req_new(srv->policies, &info, &m->preq) < 0 ||
+        run_hook(m, AX_HOOK_REQUEST, m->body, NULL, on_request_done) < 0) {
+        ax_error_set(&err, 500, "api_error", "policy engine unavailable");
+        msg_fail(m, &err);
+    }
+}

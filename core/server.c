@@ -1,0 +1,302 @@
+/* server.c - the embedding API: a server on the caller's loop, its listener, the wiring of
+ * upstream, monitor and policy engine, and the graceful stop. Connections live in http.c,
+ * routing in routes.c, the /v1/messages pipeline in messages.c. */
+#include "anthroxy.h"
+#include "anthroxy_http.h"
+#include "anthroxy_log.h"
+#include "anthroxy_monitor.h"
+#include "anthroxy_policy.h"
+#include "anthroxy_server.h"
+#include "anthroxy_upstream.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#define AX_DEFAULT_CONTEXT_WINDOW 131072
+#define AX_SESSION_SWEEP_MS 60000
+#define AX_PROBE_INTERVAL_MS 2000
+/* Claude Code's fixed prefix (24 tools and its system prompt) is about 20k tokens. */
+#define AX_CLAUDE_CODE_PREFIX_TOKENS 20000
+#define AX_CLAUDE_CODE_HEADROOM 8192
+
+static int64_t engine_context_window(void *ud)
+{
+    return ax_server_context_window(ud, NULL);
+}
+
+static const char *engine_upstream_model(void *ud)
+{
+    return ax_server_upstream_model(ud, NULL);
+}
+
+int64_t ax_server_context_window(const struct ax_server *srv, const char **source)
+{
+    const struct ax_upstream_info *info;
+
+    if (srv->cfg.context_window > 0) {
+        if (source)
+            *source = "config";
+        return srv->cfg.context_window;
+    }
+    info = srv->up ? ax_upstream_info(srv->up) : NULL;
+    if (info && info->n_ctx > 0) {
+        if (source)
+            *source = info->n_ctx_source ? info->n_ctx_source : "upstream";
+        return info->n_ctx;
+    }
+    if (source)
+        *source = "fallback";
+    return AX_DEFAULT_CONTEXT_WINDOW;
+}
+
+const char *ax_server_upstream_model(const struct ax_server *srv, const char *client_model)
+{
+    const struct ax_upstream_info *info;
+    const char *m;
+
+    if (client_model && (m = ax_config_map_model(&srv->cfg, client_model)) != NULL)
+        return m;
+    if (srv->cfg.upstream_model && *srv->cfg.upstream_model)
+        return srv->cfg.upstream_model;
+    info = srv->up ? ax_upstream_info(srv->up) : NULL;
+    if (info && info->model_id[0])
+        return info->model_id;
+    /* Unknown yet: llama-server ignores the name; others need the probe to have run. */
+    return client_model ? client_model : "default";
+}
+
+/* Logs what the upstream probe learned, and warns when the window is too small. */
+static void on_upstream_info(void *ud)
+{
+    struct ax_server *srv = ud;
+    const struct ax_upstream_info *info = ax_upstream_info(srv->up);
+    const char *src;
+    int64_t win = ax_server_context_window(srv, &src);
+    static const char *const states[] = {"unknown", "ok", "loading", "down"};
+
+    AX_LOG_INFO(NULL, "upstream %s: state %s, model '%s', context window %lld (%s)%s",
+                ax_upstream_root(srv->up), states[info->state & 3], info->model_id,
+                (long long)win, src, info->llama_server ? ", llama-server" : "");
+    if (win < AX_CLAUDE_CODE_PREFIX_TOKENS + AX_CLAUDE_CODE_HEADROOM)
+        AX_LOG_WARN(NULL,
+                    "context window %lld is below Claude Code's fixed prefix (~%d tokens of "
+                    "tools and system prompt) plus headroom: raise the server's context (-c) "
+                    "or lower its slot count (-np)",
+                    (long long)win, AX_CLAUDE_CODE_PREFIX_TOKENS);
+}
+
+static void on_sweep(uv_timer_t *t)
+{
+    struct ax_server *srv = t->data;
+
+    if (srv->stopping)
+        return;
+    ax_monitor_expire(srv->mon, uv_now(srv->loop));
+}
+
+int ax_server_new(uv_loop_t *loop, const struct ax_config *cfg, struct ax_server **out)
+{
+    struct ax_server *srv = calloc(1, sizeof(*srv));
+    struct ax_upstream_opts uo;
+    int rc;
+
+    if (srv == NULL)
+        return AX_ENOMEM;
+    srv->loop = loop;
+    if ((rc = ax_config_copy(&srv->cfg, cfg)) < 0)
+        goto fail;
+    memset(&uo, 0, sizeof(uo));
+    uo.base_url = srv->cfg.upstream_base;
+    uo.api_key = srv->cfg.upstream_api_key;
+    uo.max_concurrent = srv->cfg.max_upstream;
+    uo.queue_max = srv->cfg.upstream_queue_max;
+    uo.connect_timeout_ms = srv->cfg.connect_timeout_ms;
+    uo.idle_timeout_ms = srv->cfg.read_timeout_ms;
+    uo.total_timeout_ms = srv->cfg.total_timeout_ms;
+    uo.connect_retries = srv->cfg.connect_retries;
+    uo.retry_delay_ms = srv->cfg.retry_delay_ms;
+    uo.max_response_bytes = srv->cfg.max_response_bytes;
+    if ((rc = ax_upstream_new(loop, &uo, &srv->up)) < 0)
+        goto fail;
+    ax_upstream_on_info(srv->up, on_upstream_info, srv);
+    if ((srv->mon = ax_monitor_new(srv->cfg.max_sessions, srv->cfg.session_ttl_ms)) == NULL) {
+        rc = AX_ENOMEM;
+        goto fail;
+    }
+    uv_tcp_init(loop, &srv->listener);
+    srv->listener.data = srv;
+    uv_timer_init(loop, &srv->timer);
+    srv->timer.data = srv;
+    srv->pending_closes = 0;
+    *out = srv;
+    return 0;
+fail:
+    if (srv->up)
+        ax_upstream_close(srv->up, NULL, NULL);
+    ax_config_free(&srv->cfg);
+    free(srv);
+    return rc;
+}
+
+static void on_connection(uv_stream_t *listener, int status)
+{
+    struct ax_server *srv = listener->data;
+
+    if (status < 0) {
+        AX_LOG_WARN(NULL, "accept failed: %s", uv_strerror(status));
+        return;
+    }
+    if (srv->stopping)
+        return;
+    if (ax_http_accept(srv, listener) < 0)
+        AX_LOG_WARN(NULL, "could not accept a connection");
+}
+
+static int is_loopback(const char *host)
+{
+    return strcmp(host, "127.0.0.1") == 0 || strncmp(host, "127.", 4) == 0 ||
+           strcmp(host, "::1") == 0 || strcmp(host, "localhost") == 0;
+}
+
+int ax_server_listen(struct ax_server *srv, struct ax_error *err)
+{
+    struct sockaddr_storage ss;
+    struct ax_policy_env env;
+    int namelen = sizeof(ss), rc;
+    const char *host = srv->cfg.host;
+
+    if (uv_ip4_addr(host, srv->cfg.port, (struct sockaddr_in *)&ss) != 0 &&
+        uv_ip6_addr(host, srv->cfg.port, (struct sockaddr_in6 *)&ss) != 0)
+        return ax_error_set(err, 500, "api_error", "invalid listen address '%s'", host);
+    if ((rc = uv_tcp_bind(&srv->listener, (struct sockaddr *)&ss, 0)) < 0 ||
+        (rc = uv_listen((uv_stream_t *)&srv->listener, 511, on_connection)) < 0)
+        return ax_error_set(err, 500, "api_error", "cannot listen on %s:%d: %s", host,
+                            srv->cfg.port, uv_strerror(rc));
+    uv_tcp_getsockname(&srv->listener, (struct sockaddr *)&ss, &namelen);
+    srv->bound_port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
+                                                     : ((struct sockaddr_in *)&ss)->sin_port);
+    srv->listening = 1;
+
+    memset(&env, 0, sizeof(env));
+    env.loop = srv->loop;
+    env.cfg = &srv->cfg;
+    env.up = srv->up;
+    env.mon = srv->mon;
+    env.context_window = engine_context_window;
+    env.upstream_model = engine_upstream_model;
+    env.ud = srv;
+    if (ax_policy_engine_new(&env, &srv->policies, err) < 0)
+        return AX_EINVAL;
+    ax_policy_engine_watch(srv->policies);
+
+    ax_upstream_probe_start(srv->up, AX_PROBE_INTERVAL_MS);
+    uv_timer_start(&srv->timer, on_sweep, AX_SESSION_SWEEP_MS, AX_SESSION_SWEEP_MS);
+    srv->started_ms = uv_now(srv->loop);
+    if (!is_loopback(host) && srv->cfg.n_api_keys == 0)
+        AX_LOG_WARN(NULL, "*** listening on %s without an API key: anyone who can reach this "
+                          "address can use the model. Set --api-key or listen on 127.0.0.1 ***",
+                    host);
+    AX_LOG_INFO(NULL, "anthroxy %s listening on http://%s:%d (upstream %s)", ANTHROXY_VERSION,
+                strchr(host, ':') ? "[::1]" : host, srv->bound_port, srv->cfg.upstream_base);
+    return 0;
+}
+
+int ax_server_port(const struct ax_server *srv)
+{
+    return srv->bound_port;
+}
+
+uv_loop_t *ax_server_loop(const struct ax_server *srv)
+{
+    return srv->loop;
+}
+
+void ax_server_reload(struct ax_server *srv)
+{
+    if (srv->policies)
+        ax_policy_engine_reload(srv->policies);
+}
+
+static void on_part_closed(struct ax_server *srv)
+{
+    if (--srv->pending_closes == 0 && srv->on_stopped)
+        srv->on_stopped(srv, srv->on_stopped_ud);
+}
+
+static void on_handle_closed(uv_handle_t *h)
+{
+    on_part_closed(h->data);
+}
+
+static void on_component_closed(void *ud)
+{
+    on_part_closed(ud);
+}
+
+/* Everything in flight is over: close what the server owns. */
+static void finish_stop(struct ax_server *srv)
+{
+    if (srv->stopping == 2)
+        return;
+    srv->stopping = 2;
+    uv_timer_stop(&srv->timer);
+    srv->pending_closes = 2; /* timer, upstream */
+    if (srv->policies)
+        srv->pending_closes++;
+    uv_close((uv_handle_t *)&srv->timer, on_handle_closed);
+    ax_upstream_close(srv->up, on_component_closed, srv);
+    if (srv->policies)
+        ax_policy_engine_close(srv->policies, on_component_closed, srv);
+    AX_LOG_INFO(NULL, "stopped");
+}
+
+void ax_server_conn_closed(struct ax_server *srv)
+{
+    if (srv->stopping == 1 && srv->n_conns == 0 && srv->listener.data == NULL)
+        finish_stop(srv);
+}
+
+static void on_grace_over(uv_timer_t *t)
+{
+    struct ax_server *srv = t->data;
+
+    AX_LOG_WARN(NULL, "shutdown grace period over: canceling %d request(s)", srv->n_active);
+    ax_http_close_all(srv, 0);
+}
+
+static void on_listener_closed(uv_handle_t *h)
+{
+    struct ax_server *srv = h->data;
+
+    srv->listener.data = NULL;
+    if (srv->n_conns == 0)
+        finish_stop(srv);
+}
+
+void ax_server_stop(struct ax_server *srv, void (*on_stopped)(struct ax_server *, void *),
+                    void *ud)
+{
+    if (srv->stopping)
+        return;
+    srv->stopping = 1;
+    srv->on_stopped = on_stopped;
+    srv->on_stopped_ud = ud;
+    AX_LOG_INFO(NULL, "stopping: %d connection(s), %d request(s) in flight", srv->n_conns,
+                srv->n_active);
+    uv_timer_stop(&srv->timer);
+    uv_timer_start(&srv->timer, on_grace_over, srv->cfg.shutdown_grace_ms, 0);
+    ax_http_close_all(srv, 1);
+    uv_close((uv_handle_t *)&srv->listener, on_listener_closed);
+}
+
+void ax_server_free(struct ax_server *srv)
+{
+    if (srv == NULL)
+        return;
+    if (srv->policies)
+        ax_policy_engine_free(srv->policies);
+    if (srv->mon)
+        ax_monitor_free(srv->mon);
+    ax_config_free(&srv->cfg);
+    free(srv);
+}
