@@ -527,9 +527,8 @@ int ax_config_copy(struct ax_config *dst, const struct ax_config *src)
         if (opts[i].type == OPT_STR)
             *FIELD(dst, &opts[i], char *) = NULL;
     for (i = 0; i < N_OPTS; i++) {
-        const char *s = *FIELD(src, &opts[i], char *const);
-        if (opts[i].type == OPT_STR && s != NULL &&
-            (*FIELD(dst, &opts[i], char *) = strdup(s)) == NULL)
+        const char *s = opts[i].type == OPT_STR ? *FIELD(src, &opts[i], char *const) : NULL;
+        if (s != NULL && (*FIELD(dst, &opts[i], char *) = strdup(s)) == NULL)
             goto fail;
     }
     for (i = 0; i < src->n_api_keys; i++)
