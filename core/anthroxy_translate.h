@@ -47,7 +47,37 @@ struct ax_response_opts {
     double usage_scale;          /* 1.0 normally; compaction steering scales input tokens */
 };
 
-/* Complete OpenAI chat.completion -> new Anthropic message (id "msg_..." from ax_id_make). */
+/* The signature of thinking blocks made from upstream reasoning. It only has to be a
+ * non-empty opaque string: clients (Claude Code) send it back and the request translator
+ * drops it. */
+#define AX_THINKING_SIGNATURE "anthroxy-reasoning"
+
+/* Where a truncated call keeps arguments that could not be repaired (see below). */
+#define AX_RAW_ARGUMENTS_KEY "_raw_arguments"
+/* printf format (tool name), followed by the raw arguments: the text block an invalid call
+ * becomes. */
+#define AX_INVALID_CALL_TEXT "Tool call to %s was not made: its arguments are not valid JSON:\n"
+
+/* Complete OpenAI chat.completion -> new Anthropic message (id "msg_..." from ax_id_make).
+ * Content order: a thinking block from `reasoning_content` (or vLLM's `reasoning`) first,
+ * then the text, then one tool_use per tool call ("toolu_" + the upstream id, unless it
+ * already starts with "toolu_"; a new id when the upstream gave none). "content": [] when
+ * nothing was produced; "model" is opts->client_model.
+ *
+ * Tool-call arguments, a string of JSON, become the block's `input`:
+ * - an object: as is; empty or blank arguments: {} (a call without arguments);
+ * - anything else when finish_reason is "length" (cut by max_tokens): the tool_use is kept
+ *   with the longest well-formed prefix of the arguments, brackets closed
+ *   ({"a":2,"b" -> {"a":2}), or, when there is none, {AX_RAW_ARGUMENTS_KEY: "<text>"};
+ *   stop_reason stays max_tokens, so clients do not run it;
+ * - anything else otherwise: no tool_use; a text block AX_INVALID_CALL_TEXT + the raw text
+ *   keeps the model's output visible, and stop_reason is end_turn when no call is left.
+ * stop_reason: finish_reason mapped by ax_stop_reason_from_finish; "stop" with tool calls is
+ * tool_use; stop_sequence when the choice names the matched string (vLLM's `stop_reason`,
+ * SGLang's `matched_stop`, `stopping_word`) and it is one of opts->stop_sequences. llama-
+ * server's chat endpoint does not report it (tests/fixtures/llama-server/chat_stop_seq.json),
+ * so there the answer is end_turn with stop_sequence null. Usage as ax_usage_add_anthropic
+ * with opts->usage_scale. Errors: 502 api_error when there is no choices[0].message. */
 int ax_translate_response(const cJSON *openai, const struct ax_response_opts *opts,
                           cJSON **out, struct ax_error *err);
 
@@ -60,5 +90,15 @@ int ax_translate_response(const cJSON *openai, const struct ax_response_opts *op
  * *n_ctx when it was an overflow (else leaves them 0). Never fails. */
 void ax_translate_upstream_error(int status, const char *body, size_t len, int retry_after,
                                  struct ax_error *err, int64_t *n_prompt, int64_t *n_ctx);
+
+/* The request's stop sequence that ended this choice, when the upstream names it (see
+ * ax_translate_response); NULL otherwise. Shared with stream.c. */
+const char *ax_matched_stop_sequence(const cJSON *choice, const cJSON *stop_sequences);
+
+/* For core files only: cuts s[0..n) to its longest well-formed JSON prefix ending just after
+ * an opening bracket or a complete value, and appends it with its open brackets closed to
+ * out. Returns 0, AX_EINVAL (no such prefix) or AX_ENOMEM/AX_ETOOBIG. */
+struct ax_buf;
+int ax__json_repair_prefix(const char *s, size_t n, struct ax_buf *out);
 
 #endif

@@ -1,0 +1,988 @@
+/* translate_request.c - Anthropic Messages request -> OpenAI chat.completions request.
+ *
+ * One pass over the Anthropic tree, validating as it goes, building a new OpenAI tree (the
+ * input is never modified). Its neighbours: routes.c/request.c call it after on_request,
+ * the policy engine's on_upstream_request edits what it builds, json.c prints it once.
+ *
+ * Message shaping (what chat templates of local models accept):
+ * - system: the top-level `system` (string or text blocks) and any role:"system" message
+ *   that comes before the first user/assistant message become ONE leading system message.
+ * - A role:"system" message later in `messages` (Claude Code's mid-conversation system
+ *   message) is carried in a user turn, wrapped in <system-reminder> tags: appended to the
+ *   user message just before it, or else put at the front of the next user message (or,
+ *   when none follows, a user message of its own). Merging it into the leading system
+ *   message would also keep the text, but it would change the prompt's prefix, and
+ *   llama-server then re-processes the whole prompt instead of reusing its cache.
+ * - Consecutive Anthropic messages of one role merge into one OpenAI message (Anthropic
+ *   merges them too; templates that insist on alternation reject the split).
+ * - An assistant turn is ONE message: its text blocks joined, `reasoning_content` from its
+ *   thinking blocks (llama-server renders it for templates that show reasoning;
+ *   redacted_thinking and signatures are dropped), all its tool_use blocks as `tool_calls`,
+ *   and content "" (not null) when it has only tool calls, as llama-server itself answers.
+ * - A user turn's tool_result blocks become role:"tool" messages first, in order, directly
+ *   after the assistant message; then one user message with the turn's text and images.
+ *   Tool messages carry text only (few templates render images there): an image inside a
+ *   tool_result is replaced by a note and sent, in order, at the start of that user message.
+ *   `is_error` prefixes the tool text with "Error: " (OpenAI has no error flag).
+ *   A tool_result whose id is not a tool call of the assistant message just before becomes
+ *   user text ("[tool result for <id>] ...") so templates never see an orphan tool message.
+ * - Text-only user content is sent as one string (blocks joined by a blank line); content
+ *   with images as a parts array (text and image_url parts in order).
+ * - Tool ids: a leading "toolu_" is stripped, so an upstream id given to the client as
+ *   "toolu_" + id (translate_response.c) comes back exactly as the upstream made it.
+ *
+ * Knobs: thinking {enabled|adaptive} -> chat_template_kwargs.enable_thinking:true,
+ * {disabled} -> false (the Qwen3-style switch llama-server and vLLM both pass to the
+ * template). Against llama-server we also send reasoning_format:"deepseek", so reasoning
+ * comes back in `reasoning_content` whatever the server's --reasoning-format is ("deepseek"
+ * rather than "auto" because older builds do not know "auto"). */
+#include "anthroxy_translate.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "anthroxy_buf.h"
+#include "anthroxy_json.h"
+
+#define TEXT_MAX ((size_t)1 << 30) /* the body cap bounds it long before */
+#define JOIN "\n\n"
+#define SYS_OPEN "<system-reminder>\n"
+#define SYS_CLOSE "\n</system-reminder>"
+#define ERR_PREFIX "Error: "
+#define TOOL_IMAGE_NOTE "[image: attached in the next message]"
+
+enum open_kind { OPEN_NONE, OPEN_USER, OPEN_ASSISTANT, OPEN_TOOL };
+
+struct treq {
+    const struct ax_translate_opts *opts;
+    struct ax_error *err;
+    cJSON *msgs;             /* output messages (owned by the output root) */
+    enum open_kind open;     /* the message being built, not yet in msgs */
+    int started;             /* a user or assistant message was seen */
+    struct ax_buf sys;       /* leading system text */
+    struct ax_buf pending;   /* mid-conversation system text waiting for a user message */
+    /* OPEN_USER */
+    cJSON *parts;            /* text and image_url parts */
+    int has_image;
+    /* OPEN_ASSISTANT */
+    struct ax_buf text, reasoning;
+    int have_text, have_reasoning;
+    cJSON *tool_calls;       /* NULL until the first tool_use */
+    /* the tool_calls of the last assistant message flushed (owned by msgs) */
+    const cJSON *last_calls;
+    /* images from tool_results of the current user turn */
+    cJSON *tool_images;
+    struct ax_buf scratch;
+};
+
+static int bad(struct treq *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int bad(struct treq *t, const char *fmt, ...)
+{
+    char msg[AX_ERROR_MSG_MAX];
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    return ax_error_set(t->err, 400, "invalid_request_error", "%s", msg);
+}
+
+static int nomem(struct treq *t)
+{
+    ax_error_set(t->err, 500, "api_error", "out of memory translating the request");
+    return AX_ENOMEM;
+}
+
+static int buf_join(struct ax_buf *b, int *have, const char *s)
+{
+    int rc;
+    if (*have && (rc = ax_buf_append(b, JOIN, sizeof(JOIN) - 1)) < 0)
+        return rc;
+    *have = 1;
+    return ax_buf_puts(b, s);
+}
+
+static const char *strip_toolu(const char *id)
+{
+    return strncmp(id, "toolu_", 6) == 0 ? id + 6 : id;
+}
+
+/* ---- building messages ------------------------------------------------------------- */
+
+static cJSON *new_msg(const char *role)
+{
+    cJSON *m = cJSON_CreateObject();
+    if (m && cJSON_AddStringToObject(m, "role", role) == NULL) {
+        cJSON_Delete(m);
+        return NULL;
+    }
+    return m;
+}
+
+/* Parts that are all text become one string: every template accepts that. */
+static int flush_user(struct treq *t)
+{
+    cJSON *m = new_msg("user"), *p, *content;
+    int have = 0;
+
+    if (m == NULL)
+        return AX_ENOMEM;
+    if (t->has_image) {
+        content = t->parts;
+        t->parts = NULL;
+    } else {
+        ax_buf_reset(&t->scratch);
+        cJSON_ArrayForEach(p, t->parts)
+        {
+            const cJSON *tx = cJSON_GetObjectItemCaseSensitive(p, "text");
+            if (buf_join(&t->scratch, &have, tx->valuestring) < 0)
+                goto fail;
+        }
+        content = cJSON_CreateString(t->scratch.data ? t->scratch.data : "");
+        cJSON_Delete(t->parts);
+        t->parts = NULL;
+    }
+    if (content == NULL || !cJSON_AddItemToObject(m, "content", content)) {
+        cJSON_Delete(content);
+        goto fail;
+    }
+    t->has_image = 0;
+    cJSON_AddItemToArray(t->msgs, m);
+    return 0;
+fail:
+    cJSON_Delete(m);
+    return AX_ENOMEM;
+}
+
+static int flush_assistant(struct treq *t)
+{
+    cJSON *m = new_msg("assistant");
+
+    if (m == NULL)
+        return AX_ENOMEM;
+    if (cJSON_AddStringToObject(m, "content", t->have_text ? t->text.data : "") == NULL)
+        goto fail;
+    if (t->have_reasoning &&
+        cJSON_AddStringToObject(m, "reasoning_content", t->reasoning.data) == NULL)
+        goto fail;
+    if (t->tool_calls != NULL) {
+        cJSON_AddItemToObject(m, "tool_calls", t->tool_calls);
+        t->last_calls = t->tool_calls;
+        t->tool_calls = NULL;
+    } else {
+        t->last_calls = NULL;
+    }
+    ax_buf_reset(&t->text);
+    ax_buf_reset(&t->reasoning);
+    t->have_text = t->have_reasoning = 0;
+    cJSON_AddItemToArray(t->msgs, m);
+    return 0;
+fail:
+    cJSON_Delete(m);
+    return AX_ENOMEM;
+}
+
+/* Puts the open message into msgs. last_calls (what tool messages may answer) lives from
+ * an assistant message's flush to the next user message's. */
+static int flush_open(struct treq *t)
+{
+    int rc = 0;
+    if (t->open == OPEN_USER) {
+        rc = flush_user(t);
+        t->last_calls = NULL;
+    } else if (t->open == OPEN_ASSISTANT) {
+        rc = flush_assistant(t);
+    }
+    t->open = OPEN_NONE;
+    return rc;
+}
+
+static int add_text_part(struct treq *t, const char *s)
+{
+    cJSON *p = cJSON_CreateObject();
+    if (p == NULL || cJSON_AddStringToObject(p, "type", "text") == NULL ||
+        cJSON_AddStringToObject(p, "text", s) == NULL) {
+        cJSON_Delete(p);
+        return AX_ENOMEM;
+    }
+    cJSON_AddItemToArray(t->parts, p);
+    return 0;
+}
+
+/* Opens (or keeps open) the user message; pending system text goes first. */
+static int open_user(struct treq *t)
+{
+    int rc;
+
+    if (t->open == OPEN_USER)
+        return 0;
+    if ((rc = flush_open(t)) < 0)
+        return rc;
+    if ((t->parts = cJSON_CreateArray()) == NULL)
+        return AX_ENOMEM;
+    t->open = OPEN_USER;
+    t->has_image = 0;
+    if (t->pending.len > 0) {
+        rc = add_text_part(t, t->pending.data);
+        ax_buf_reset(&t->pending);
+    }
+    return rc;
+}
+
+static int open_assistant(struct treq *t)
+{
+    int rc;
+
+    if (t->open == OPEN_ASSISTANT)
+        return 0;
+    if ((rc = flush_open(t)) < 0)
+        return rc;
+    t->open = OPEN_ASSISTANT;
+    return 0;
+}
+
+/* ---- blocks ------------------------------------------------------------------------- */
+
+static int block_text(struct treq *t, const cJSON *blk, const char *where, const char **out)
+{
+    const cJSON *tx = cJSON_GetObjectItemCaseSensitive(blk, "text");
+    if (!cJSON_IsString(tx))
+        return bad(t, "%s.text: expected a string", where);
+    *out = tx->valuestring;
+    return 0;
+}
+
+/* image block -> {"type":"image_url","image_url":{"url":...}} */
+static int image_part(struct treq *t, const cJSON *blk, const char *where, cJSON **out)
+{
+    const cJSON *src = cJSON_GetObjectItemCaseSensitive(blk, "source"), *ty, *v;
+    cJSON *part = NULL, *iu;
+    struct ax_buf b;
+    const char *url;
+
+    if (!cJSON_IsObject(src))
+        return bad(t, "%s.source: expected an object", where);
+    ty = cJSON_GetObjectItemCaseSensitive(src, "type");
+    if (!cJSON_IsString(ty))
+        return bad(t, "%s.source.type: expected a string", where);
+    ax_buf_init(&b, TEXT_MAX);
+    if (strcmp(ty->valuestring, "base64") == 0) {
+        const cJSON *mt = cJSON_GetObjectItemCaseSensitive(src, "media_type");
+        v = cJSON_GetObjectItemCaseSensitive(src, "data");
+        if (!cJSON_IsString(mt))
+            return bad(t, "%s.source.media_type: expected a string", where);
+        if (!cJSON_IsString(v))
+            return bad(t, "%s.source.data: expected a string", where);
+        if (ax_buf_printf(&b, "data:%s;base64,", mt->valuestring) < 0 ||
+            ax_buf_puts(&b, v->valuestring) < 0)
+            goto fail;
+        url = b.data;
+    } else if (strcmp(ty->valuestring, "url") == 0) {
+        v = cJSON_GetObjectItemCaseSensitive(src, "url");
+        if (!cJSON_IsString(v))
+            return bad(t, "%s.source.url: expected a string", where);
+        url = v->valuestring;
+    } else {
+        return bad(t, "%s.source.type: unsupported image source '%s'", where, ty->valuestring);
+    }
+    if ((part = cJSON_CreateObject()) == NULL ||
+        cJSON_AddStringToObject(part, "type", "image_url") == NULL ||
+        (iu = cJSON_AddObjectToObject(part, "image_url")) == NULL ||
+        cJSON_AddStringToObject(iu, "url", url) == NULL)
+        goto fail;
+    ax_buf_free(&b);
+    *out = part;
+    return 0;
+fail:
+    ax_buf_free(&b);
+    cJSON_Delete(part);
+    return nomem(t);
+}
+
+static const char *block_type(struct treq *t, const cJSON *blk, const char *where, int *rc)
+{
+    const cJSON *ty;
+    if (!cJSON_IsObject(blk)) {
+        *rc = bad(t, "%s: expected an object", where);
+        return NULL;
+    }
+    ty = cJSON_GetObjectItemCaseSensitive(blk, "type");
+    if (!cJSON_IsString(ty)) {
+        *rc = bad(t, "%s.type: expected a string", where);
+        return NULL;
+    }
+    *rc = 0;
+    return ty->valuestring;
+}
+
+/* Text of a string-or-text-blocks value (system, role:"system" content) into b. */
+static int text_or_blocks(struct treq *t, const cJSON *v, const char *where, struct ax_buf *b,
+                          int *have)
+{
+    const cJSON *blk;
+    char w[96];
+    int i = 0, rc;
+
+    if (cJSON_IsString(v))
+        return buf_join(b, have, v->valuestring) < 0 ? nomem(t) : 0;
+    if (!cJSON_IsArray(v))
+        return bad(t, "%s: expected a string or an array of text blocks", where);
+    cJSON_ArrayForEach(blk, v)
+    {
+        const char *ty, *tx;
+        snprintf(w, sizeof(w), "%s.%d", where, i++);
+        if ((ty = block_type(t, blk, w, &rc)) == NULL)
+            return rc;
+        if (strcmp(ty, "text") != 0)
+            return bad(t, "%s.type: expected 'text', got '%s'", w, ty);
+        if ((rc = block_text(t, blk, w, &tx)) < 0)
+            return rc;
+        if (buf_join(b, have, tx) < 0)
+            return nomem(t);
+    }
+    return 0;
+}
+
+/* ---- tool results ------------------------------------------------------------------- */
+
+static int call_is_pending(const struct treq *t, const char *id)
+{
+    const cJSON *c;
+    if (t->last_calls == NULL || (t->open != OPEN_NONE && t->open != OPEN_TOOL))
+        return 0;
+    cJSON_ArrayForEach(c, t->last_calls)
+    {
+        const cJSON *cid = cJSON_GetObjectItemCaseSensitive(c, "id");
+        if (cJSON_IsString(cid) && strcmp(cid->valuestring, id) == 0)
+            return 1;
+    }
+    return 0;
+}
+
+/* The text of a tool_result's content into t->scratch; its images go to t->tool_images. */
+static int tool_result_text(struct treq *t, const cJSON *content, const char *where)
+{
+    const cJSON *blk;
+    char w[96];
+    int i = 0, have = 0, rc;
+
+    if (content == NULL || cJSON_IsNull(content))
+        return 0;
+    if (cJSON_IsString(content))
+        return ax_buf_puts(&t->scratch, content->valuestring) < 0 ? nomem(t) : 0;
+    if (!cJSON_IsArray(content))
+        return bad(t, "%s.content: expected a string or an array of blocks", where);
+    cJSON_ArrayForEach(blk, content)
+    {
+        const char *ty, *tx;
+        snprintf(w, sizeof(w), "%s.content.%d", where, i++);
+        if ((ty = block_type(t, blk, w, &rc)) == NULL)
+            return rc;
+        if (strcmp(ty, "text") == 0) {
+            if ((rc = block_text(t, blk, w, &tx)) < 0)
+                return rc;
+        } else if (strcmp(ty, "image") == 0) {
+            cJSON *part;
+            if ((rc = image_part(t, blk, w, &part)) < 0)
+                return rc;
+            if (t->tool_images == NULL && (t->tool_images = cJSON_CreateArray()) == NULL) {
+                cJSON_Delete(part);
+                return nomem(t);
+            }
+            cJSON_AddItemToArray(t->tool_images, part);
+            tx = TOOL_IMAGE_NOTE;
+        } else {
+            return bad(t, "%s.type: unknown block type '%s' in a tool_result", w, ty);
+        }
+        if (buf_join(&t->scratch, &have, tx) < 0)
+            return nomem(t);
+    }
+    return 0;
+}
+
+static int tool_result(struct treq *t, const cJSON *blk, const char *where)
+{
+    const cJSON *idv = cJSON_GetObjectItemCaseSensitive(blk, "tool_use_id");
+    const cJSON *ie = cJSON_GetObjectItemCaseSensitive(blk, "is_error");
+    const char *id;
+    cJSON *m;
+    int rc;
+
+    if (!cJSON_IsString(idv) || idv->valuestring[0] == '\0')
+        return bad(t, "%s.tool_use_id: expected a non-empty string", where);
+    if (ie != NULL && !cJSON_IsBool(ie) && !cJSON_IsNull(ie))
+        return bad(t, "%s.is_error: expected a boolean", where);
+    id = strip_toolu(idv->valuestring);
+    ax_buf_reset(&t->scratch);
+    if (cJSON_IsTrue(ie) && ax_buf_puts(&t->scratch, ERR_PREFIX) < 0)
+        return nomem(t);
+    if ((rc = tool_result_text(t, cJSON_GetObjectItemCaseSensitive(blk, "content"), where)) < 0)
+        return rc;
+    if (!call_is_pending(t, id)) {
+        /* orphan: keep its text as user text rather than send a tool message no
+         * template can place */
+        struct ax_buf b;
+        ax_buf_init(&b, TEXT_MAX);
+        rc = ax_buf_printf(&b, "[tool result for %s]\n%s", idv->valuestring,
+                           t->scratch.data ? t->scratch.data : "");
+        if (rc == 0 && (rc = open_user(t)) == 0)
+            rc = add_text_part(t, b.data);
+        ax_buf_free(&b);
+        return rc < 0 ? nomem(t) : 0;
+    }
+    if ((m = new_msg("tool")) == NULL || cJSON_AddStringToObject(m, "tool_call_id", id) == NULL ||
+        cJSON_AddStringToObject(m, "content", t->scratch.data ? t->scratch.data : "") == NULL) {
+        cJSON_Delete(m);
+        return nomem(t);
+    }
+    cJSON_AddItemToArray(t->msgs, m);
+    t->open = OPEN_TOOL;
+    return 0;
+}
+
+/* ---- messages ----------------------------------------------------------------------- */
+
+static int user_blocks(struct treq *t, const cJSON *content, const char *where)
+{
+    const cJSON *blk;
+    char w[96];
+    int i, rc;
+
+    /* pass 1: tool results, directly after the assistant message */
+    i = 0;
+    cJSON_ArrayForEach(blk, content)
+    {
+        const char *ty;
+        snprintf(w, sizeof(w), "%s.%d", where, i++);
+        if ((ty = block_type(t, blk, w, &rc)) == NULL)
+            return rc;
+        if (strcmp(ty, "tool_result") == 0 && (rc = tool_result(t, blk, w)) < 0)
+            return rc;
+    }
+    if (t->tool_images != NULL) {
+        cJSON *p, *next;
+        if ((rc = open_user(t)) < 0)
+            return nomem(t);
+        for (p = t->tool_images->child; p != NULL; p = next) {
+            next = p->next;
+            cJSON_AddItemToArray(t->parts, cJSON_DetachItemViaPointer(t->tool_images, p));
+        }
+        t->has_image = 1;
+        cJSON_Delete(t->tool_images);
+        t->tool_images = NULL;
+    }
+    /* pass 2: the rest, in order */
+    i = 0;
+    cJSON_ArrayForEach(blk, content)
+    {
+        const char *ty = cJSON_GetObjectItemCaseSensitive(blk, "type")->valuestring, *tx;
+        snprintf(w, sizeof(w), "%s.%d", where, i++);
+        if (strcmp(ty, "tool_result") == 0) {
+            continue;
+        } else if (strcmp(ty, "text") == 0) {
+            if ((rc = block_text(t, blk, w, &tx)) < 0)
+                return rc;
+            if (open_user(t) < 0 || add_text_part(t, tx) < 0)
+                return nomem(t);
+        } else if (strcmp(ty, "image") == 0) {
+            cJSON *part;
+            if ((rc = image_part(t, blk, w, &part)) < 0)
+                return rc;
+            if (open_user(t) < 0) {
+                cJSON_Delete(part);
+                return nomem(t);
+            }
+            cJSON_AddItemToArray(t->parts, part);
+            t->has_image = 1;
+        } else if (strcmp(ty, "document") == 0) {
+            const cJSON *src = cJSON_GetObjectItemCaseSensitive(blk, "source");
+            const cJSON *d = cJSON_GetObjectItemCaseSensitive(src, "data");
+            const cJSON *st = cJSON_GetObjectItemCaseSensitive(src, "type");
+            if (!cJSON_IsString(st) || strcmp(st->valuestring, "text") != 0 || !cJSON_IsString(d))
+                return bad(t, "%s.source: only plain-text documents are supported", w);
+            if (open_user(t) < 0 || add_text_part(t, d->valuestring) < 0)
+                return nomem(t);
+        } else if (strcmp(ty, "thinking") == 0 || strcmp(ty, "redacted_thinking") == 0) {
+            continue; /* meaningless in a user turn; never sent */
+        } else {
+            return bad(t, "%s.type: unknown block type '%s'", w, ty);
+        }
+    }
+    return 0;
+}
+
+static int tool_use(struct treq *t, const cJSON *blk, const char *where)
+{
+    const cJSON *id = cJSON_GetObjectItemCaseSensitive(blk, "id");
+    const cJSON *name = cJSON_GetObjectItemCaseSensitive(blk, "name");
+    const cJSON *input = cJSON_GetObjectItemCaseSensitive(blk, "input");
+    cJSON *call = NULL, *fn;
+    char *args = NULL;
+
+    if (!cJSON_IsString(id) || id->valuestring[0] == '\0')
+        return bad(t, "%s.id: expected a non-empty string", where);
+    if (!cJSON_IsString(name) || name->valuestring[0] == '\0')
+        return bad(t, "%s.name: expected a non-empty string", where);
+    if (input != NULL && !cJSON_IsObject(input) && !cJSON_IsNull(input))
+        return bad(t, "%s.input: expected an object", where);
+    if (t->tool_calls == NULL && (t->tool_calls = cJSON_CreateArray()) == NULL)
+        return nomem(t);
+    if (cJSON_IsObject(input) && (args = cJSON_PrintUnformatted(input)) == NULL)
+        return nomem(t);
+    if ((call = cJSON_CreateObject()) == NULL ||
+        cJSON_AddStringToObject(call, "id", strip_toolu(id->valuestring)) == NULL ||
+        cJSON_AddStringToObject(call, "type", "function") == NULL ||
+        (fn = cJSON_AddObjectToObject(call, "function")) == NULL ||
+        cJSON_AddStringToObject(fn, "name", name->valuestring) == NULL ||
+        cJSON_AddStringToObject(fn, "arguments", args ? args : "{}") == NULL) {
+        cJSON_free(args);
+        cJSON_Delete(call);
+        return nomem(t);
+    }
+    cJSON_free(args);
+    cJSON_AddItemToArray(t->tool_calls, call);
+    return 0;
+}
+
+static int assistant_blocks(struct treq *t, const cJSON *content, const char *where)
+{
+    const cJSON *blk;
+    char w[96];
+    int i = 0, rc;
+
+    if (cJSON_IsString(content)) {
+        if (content->valuestring[0] != '\0' &&
+            buf_join(&t->text, &t->have_text, content->valuestring) < 0)
+            return nomem(t);
+        return 0;
+    }
+    cJSON_ArrayForEach(blk, content)
+    {
+        const char *ty, *tx;
+        snprintf(w, sizeof(w), "%s.%d", where, i++);
+        if ((ty = block_type(t, blk, w, &rc)) == NULL)
+            return rc;
+        if (strcmp(ty, "text") == 0) {
+            if ((rc = block_text(t, blk, w, &tx)) < 0)
+                return rc;
+            if (tx[0] != '\0' && buf_join(&t->text, &t->have_text, tx) < 0)
+                return nomem(t);
+        } else if (strcmp(ty, "tool_use") == 0) {
+            if ((rc = tool_use(t, blk, w)) < 0)
+                return rc;
+        } else if (strcmp(ty, "thinking") == 0) {
+            const cJSON *th = cJSON_GetObjectItemCaseSensitive(blk, "thinking");
+            if (th != NULL && !cJSON_IsString(th))
+                return bad(t, "%s.thinking: expected a string", w);
+            if (th != NULL && th->valuestring[0] != '\0' &&
+                buf_join(&t->reasoning, &t->have_reasoning, th->valuestring) < 0)
+                return nomem(t);
+        } else if (strcmp(ty, "redacted_thinking") == 0) {
+            continue; /* opaque to anyone but Anthropic */
+        } else {
+            return bad(t, "%s.type: unknown block type '%s'", w, ty);
+        }
+    }
+    return 0;
+}
+
+/* A role:"system" message: see the file comment for where its text goes. */
+static int system_message(struct treq *t, const cJSON *content, const char *where)
+{
+    struct ax_buf b;
+    int have = 0, rc;
+
+    if (!t->started) {
+        int h = t->sys.len > 0;
+        return text_or_blocks(t, content, where, &t->sys, &h);
+    }
+    ax_buf_init(&b, TEXT_MAX);
+    if ((rc = ax_buf_puts(&b, SYS_OPEN)) < 0 || (rc = text_or_blocks(t, content, where, &b,
+                                                                      &have)) < 0 ||
+        (rc = ax_buf_puts(&b, SYS_CLOSE)) < 0)
+        goto done;
+    if (t->open == OPEN_USER) {
+        rc = add_text_part(t, b.data);
+    } else {
+        if (t->pending.len > 0)
+            rc = ax_buf_append(&t->pending, JOIN, sizeof(JOIN) - 1);
+        if (rc == 0)
+            rc = ax_buf_append(&t->pending, b.data, b.len);
+    }
+done:
+    ax_buf_free(&b);
+    if (rc < 0 && rc != AX_EINVAL)
+        return nomem(t);
+    return rc;
+}
+
+static int one_message(struct treq *t, const cJSON *m, int idx)
+{
+    const cJSON *role, *content;
+    char where[64];
+    int rc;
+
+    snprintf(where, sizeof(where), "messages.%d", idx);
+    if (!cJSON_IsObject(m))
+        return bad(t, "%s: expected an object", where);
+    role = cJSON_GetObjectItemCaseSensitive(m, "role");
+    content = cJSON_GetObjectItemCaseSensitive(m, "content");
+    if (!cJSON_IsString(role))
+        return bad(t, "%s.role: expected \"user\", \"assistant\" or \"system\"", where);
+    snprintf(where, sizeof(where), "messages.%d.content", idx);
+    if (strcmp(role->valuestring, "system") == 0)
+        return system_message(t, content, where);
+    if (!cJSON_IsString(content) && !cJSON_IsArray(content))
+        return bad(t, "%s: expected a string or an array of blocks", where);
+    if (strcmp(role->valuestring, "user") == 0) {
+        t->started = 1;
+        if (t->open == OPEN_ASSISTANT && flush_open(t) < 0) /* sets last_calls */
+            return nomem(t);
+        if (cJSON_IsString(content)) {
+            if ((rc = open_user(t)) < 0 || (rc = add_text_part(t, content->valuestring)) < 0)
+                return nomem(t);
+            return 0;
+        }
+        if (content->child == NULL) /* empty turn: keep the alternation */
+            return open_user(t) < 0 ? nomem(t) : 0;
+        return user_blocks(t, content, where);
+    }
+    if (strcmp(role->valuestring, "assistant") == 0) {
+        t->started = 1;
+        if (open_assistant(t) < 0)
+            return nomem(t);
+        return assistant_blocks(t, content, where);
+    }
+    snprintf(where, sizeof(where), "messages.%d.role", idx);
+    return bad(t, "%s: expected \"user\", \"assistant\" or \"system\", got '%s'", where,
+               role->valuestring);
+}
+
+static int build_messages(struct treq *t, const cJSON *req, cJSON *out)
+{
+    const cJSON *system = cJSON_GetObjectItemCaseSensitive(req, "system");
+    const cJSON *msgs = cJSON_GetObjectItemCaseSensitive(req, "messages"), *m;
+    cJSON *sysmsg;
+    int idx = 0, rc, have = 0;
+
+    if (!cJSON_IsArray(msgs) || msgs->child == NULL)
+        return bad(t, "messages: expected a non-empty array");
+    if (system != NULL && !cJSON_IsNull(system) &&
+        (rc = text_or_blocks(t, system, "system", &t->sys, &have)) < 0)
+        return rc;
+    if ((t->msgs = cJSON_AddArrayToObject(out, "messages")) == NULL)
+        return nomem(t);
+    cJSON_ArrayForEach(m, msgs)
+    {
+        if ((rc = one_message(t, m, idx++)) < 0)
+            return rc;
+    }
+    if (t->pending.len > 0 && (rc = open_user(t)) < 0)
+        return nomem(t);
+    if (flush_open(t) < 0)
+        return nomem(t);
+    if (t->sys.len > 0) {
+        if ((sysmsg = new_msg("system")) == NULL ||
+            cJSON_AddStringToObject(sysmsg, "content", t->sys.data) == NULL) {
+            cJSON_Delete(sysmsg);
+            return nomem(t);
+        }
+        cJSON_InsertItemInArray(t->msgs, 0, sysmsg);
+    }
+    return 0;
+}
+
+/* ---- tools and knobs ---------------------------------------------------------------- */
+
+static int add_tool(struct treq *t, cJSON *arr, const cJSON *tool)
+{
+    const cJSON *name = cJSON_GetObjectItemCaseSensitive(tool, "name");
+    const cJSON *desc = cJSON_GetObjectItemCaseSensitive(tool, "description");
+    const cJSON *schema = cJSON_GetObjectItemCaseSensitive(tool, "input_schema");
+    cJSON *ft, *fn, *params;
+
+    if ((ft = cJSON_CreateObject()) == NULL)
+        return nomem(t);
+    cJSON_AddItemToArray(arr, ft);
+    if (cJSON_AddStringToObject(ft, "type", "function") == NULL ||
+        (fn = cJSON_AddObjectToObject(ft, "function")) == NULL ||
+        cJSON_AddStringToObject(fn, "name", name->valuestring) == NULL)
+        return nomem(t);
+    if (cJSON_IsString(desc) && cJSON_AddStringToObject(fn, "description", desc->valuestring) ==
+                                    NULL)
+        return nomem(t);
+    if (schema != NULL)
+        params = cJSON_Duplicate(schema, 1);
+    else
+        params = cJSON_Parse("{\"type\":\"object\",\"properties\":{}}");
+    if (params == NULL || !cJSON_AddItemToObject(fn, "parameters", params)) {
+        cJSON_Delete(params);
+        return nomem(t);
+    }
+    return 0;
+}
+
+/* Checks one tool; returns 1 when it is a function tool to send, 0 to skip it. */
+static int check_tool(struct treq *t, const cJSON *tool, int i, int *rc)
+{
+    const cJSON *name = cJSON_GetObjectItemCaseSensitive(tool, "name");
+    const cJSON *ty = cJSON_GetObjectItemCaseSensitive(tool, "type");
+    const cJSON *desc = cJSON_GetObjectItemCaseSensitive(tool, "description");
+    const cJSON *schema = cJSON_GetObjectItemCaseSensitive(tool, "input_schema");
+    char w[48];
+
+    *rc = 0;
+    snprintf(w, sizeof(w), "tools.%d", i);
+    if (!cJSON_IsObject(tool))
+        return *rc = bad(t, "%s: expected an object", w);
+    if (!cJSON_IsString(name) || name->valuestring[0] == '\0')
+        return *rc = bad(t, "%s.name: expected a non-empty string", w);
+    if (desc != NULL && !cJSON_IsString(desc) && !cJSON_IsNull(desc))
+        return *rc = bad(t, "%s.description: expected a string", w);
+    if (schema != NULL && !cJSON_IsObject(schema))
+        return *rc = bad(t, "%s.input_schema: expected an object", w);
+    /* Anthropic's server tools (web_search_...) have a type and no schema: nothing here
+     * can run them, so they are not offered to the model. */
+    if (ty != NULL && (!cJSON_IsString(ty) || strcmp(ty->valuestring, "custom") != 0) &&
+        schema == NULL)
+        return 0;
+    return 1;
+}
+
+struct choice {
+    const char *mode; /* "auto", "required", "none", or NULL when absent */
+    const char *name; /* the named tool */
+    int no_parallel;
+};
+
+static int parse_tool_choice(struct treq *t, const cJSON *tc, struct choice *c)
+{
+    const cJSON *ty, *name, *dp;
+
+    memset(c, 0, sizeof(*c));
+    if (tc == NULL || cJSON_IsNull(tc))
+        return 0;
+    if (!cJSON_IsObject(tc))
+        return bad(t, "tool_choice: expected an object");
+    ty = cJSON_GetObjectItemCaseSensitive(tc, "type");
+    if (!cJSON_IsString(ty))
+        return bad(t, "tool_choice.type: expected a string");
+    dp = cJSON_GetObjectItemCaseSensitive(tc, "disable_parallel_tool_use");
+    if (dp != NULL && !cJSON_IsBool(dp))
+        return bad(t, "tool_choice.disable_parallel_tool_use: expected a boolean");
+    c->no_parallel = cJSON_IsTrue(dp);
+    if (strcmp(ty->valuestring, "auto") == 0) {
+        c->mode = "auto";
+    } else if (strcmp(ty->valuestring, "any") == 0) {
+        c->mode = "required";
+    } else if (strcmp(ty->valuestring, "none") == 0) {
+        c->mode = "none";
+    } else if (strcmp(ty->valuestring, "tool") == 0) {
+        name = cJSON_GetObjectItemCaseSensitive(tc, "name");
+        if (!cJSON_IsString(name) || name->valuestring[0] == '\0')
+            return bad(t, "tool_choice.name: expected a non-empty string");
+        c->mode = "required";
+        c->name = name->valuestring;
+    } else {
+        return bad(t, "tool_choice.type: unknown type '%s'", ty->valuestring);
+    }
+    return 0;
+}
+
+static int build_tools(struct treq *t, const cJSON *req, cJSON *out)
+{
+    const cJSON *tools = cJSON_GetObjectItemCaseSensitive(req, "tools"), *tool;
+    struct choice c;
+    cJSON *arr;
+    int i = 0, rc, n = 0, found = 0;
+
+    if ((rc = parse_tool_choice(t, cJSON_GetObjectItemCaseSensitive(req, "tool_choice"), &c)) <
+        0)
+        return rc;
+    if (tools == NULL || cJSON_IsNull(tools))
+        return 0;
+    if (!cJSON_IsArray(tools))
+        return bad(t, "tools: expected an array");
+    cJSON_ArrayForEach(tool, tools)
+    {
+        int send = check_tool(t, tool, i++, &rc);
+        if (rc < 0)
+            return rc;
+        if (send && c.name != NULL &&
+            strcmp(cJSON_GetObjectItemCaseSensitive(tool, "name")->valuestring, c.name) == 0)
+            found = 1;
+        n += send;
+    }
+    if (c.name != NULL && !found)
+        return bad(t, "tool_choice.name: no tool named '%s' in tools", c.name);
+    if (n == 0)
+        return 0; /* no tools: a tool_choice alone is rejected by OpenAI servers */
+    if ((arr = cJSON_AddArrayToObject(out, "tools")) == NULL)
+        return nomem(t);
+    i = 0;
+    cJSON_ArrayForEach(tool, tools)
+    {
+        const char *name = cJSON_GetObjectItemCaseSensitive(tool, "name")->valuestring;
+        if (!check_tool(t, tool, i++, &rc))
+            continue;
+        /* llama-server ignores a named tool_choice: offer only that tool, required */
+        if (c.name != NULL && t->opts->llama_server && strcmp(name, c.name) != 0)
+            continue;
+        if ((rc = add_tool(t, arr, tool)) < 0)
+            return rc;
+    }
+    if (c.name != NULL && !t->opts->llama_server) {
+        cJSON *o = cJSON_CreateObject(), *fn;
+        if (o == NULL || !cJSON_AddItemToObject(out, "tool_choice", o) ||
+            cJSON_AddStringToObject(o, "type", "function") == NULL ||
+            (fn = cJSON_AddObjectToObject(o, "function")) == NULL ||
+            cJSON_AddStringToObject(fn, "name", c.name) == NULL)
+            return nomem(t);
+    } else if (c.mode != NULL && cJSON_AddStringToObject(out, "tool_choice", c.mode) == NULL) {
+        return nomem(t);
+    }
+    if (c.no_parallel && cJSON_AddFalseToObject(out, "parallel_tool_calls") == NULL)
+        return nomem(t);
+    return 0;
+}
+
+static int copy_number(struct treq *t, const cJSON *req, const char *key, cJSON *out, int integer)
+{
+    double d;
+    int64_t i;
+    int rc = integer ? ax_json_get_int(req, key, "", &i, t->err)
+                     : ax_json_get_number(req, key, "", &d, t->err);
+    if (rc <= 0)
+        return rc;
+    if (integer)
+        d = (double)i;
+    return cJSON_AddNumberToObject(out, key, d) == NULL ? nomem(t) : 0;
+}
+
+static int build_knobs(struct treq *t, const cJSON *req, cJSON *out)
+{
+    const cJSON *stops = NULL, *meta = NULL, *thinking = NULL, *s, *v;
+    int64_t max_tokens;
+    int rc, on = -1, stream;
+
+    if ((rc = ax_json_get_int(req, "max_tokens", "", &max_tokens, t->err)) < 0)
+        return rc;
+    if (rc > 0) {
+        if (max_tokens < 1)
+            return bad(t, "max_tokens: expected a positive integer");
+        if (cJSON_AddNumberToObject(out, "max_tokens", (double)max_tokens) == NULL)
+            return nomem(t);
+    }
+    if ((rc = copy_number(t, req, "temperature", out, 0)) < 0 ||
+        (rc = copy_number(t, req, "top_p", out, 0)) < 0 ||
+        (rc = copy_number(t, req, "top_k", out, 1)) < 0)
+        return rc;
+    if ((rc = ax_json_get_bool(req, "stream", "", &stream, t->err)) < 0)
+        return rc;
+    if ((rc = ax_json_get_array(req, "stop_sequences", "", &stops, t->err)) < 0)
+        return rc;
+    if (stops != NULL && stops->child != NULL) {
+        int i = 0;
+        char w[48];
+        cJSON_ArrayForEach(s, stops)
+        {
+            snprintf(w, sizeof(w), "stop_sequences.%d", i++);
+            if (!cJSON_IsString(s))
+                return bad(t, "%s: expected a string", w);
+        }
+        if ((v = cJSON_Duplicate(stops, 1)) == NULL || !cJSON_AddItemToObject(out, "stop",
+                                                                               (cJSON *)v)) {
+            cJSON_Delete((cJSON *)v);
+            return nomem(t);
+        }
+    }
+    if ((rc = ax_json_get_object(req, "metadata", "", &meta, t->err)) < 0)
+        return rc;
+    if (meta != NULL) {
+        const char *uid = NULL;
+        if ((rc = ax_json_get_string(meta, "user_id", "metadata", &uid, t->err)) < 0)
+            return rc;
+        if (uid != NULL && cJSON_AddStringToObject(out, "user", uid) == NULL)
+            return nomem(t);
+    }
+    if ((rc = ax_json_get_object(req, "thinking", "", &thinking, t->err)) < 0)
+        return rc;
+    if (thinking != NULL) {
+        const char *ty = NULL;
+        if ((rc = ax_json_get_string(thinking, "type", "thinking", &ty, t->err)) < 0)
+            return rc;
+        if (ty && (strcmp(ty, "enabled") == 0 || strcmp(ty, "adaptive") == 0))
+            on = 1;
+        else if (ty && strcmp(ty, "disabled") == 0)
+            on = 0;
+    }
+    if (on >= 0) {
+        cJSON *kw = cJSON_AddObjectToObject(out, "chat_template_kwargs");
+        if (kw == NULL || cJSON_AddBoolToObject(kw, "enable_thinking", on) == NULL)
+            return nomem(t);
+    }
+    if (t->opts->llama_server && cJSON_AddStringToObject(out, "reasoning_format", "deepseek") ==
+                                     NULL)
+        return nomem(t);
+    if (t->opts->stream) {
+        cJSON *so;
+        if (cJSON_AddTrueToObject(out, "stream") == NULL ||
+            (so = cJSON_AddObjectToObject(out, "stream_options")) == NULL ||
+            cJSON_AddTrueToObject(so, "include_usage") == NULL)
+            return nomem(t);
+    }
+    return 0;
+}
+
+int ax_translate_request(const cJSON *anthropic, const struct ax_translate_opts *opts,
+                         cJSON **out, struct ax_error *err)
+{
+    struct treq t;
+    const char *model = NULL;
+    cJSON *o = NULL;
+    int rc;
+
+    *out = NULL;
+    memset(&t, 0, sizeof(t));
+    t.opts = opts;
+    t.err = err;
+    ax_buf_init(&t.sys, TEXT_MAX);
+    ax_buf_init(&t.pending, TEXT_MAX);
+    ax_buf_init(&t.text, TEXT_MAX);
+    ax_buf_init(&t.reasoning, TEXT_MAX);
+    ax_buf_init(&t.scratch, TEXT_MAX);
+    if (!cJSON_IsObject(anthropic)) {
+        rc = ax_error_set(err, 400, "invalid_request_error", "body: expected a JSON object");
+        goto done;
+    }
+    if ((rc = ax_json_get_string(anthropic, "model", "", &model, err)) < 0)
+        goto done;
+    if (opts->upstream_model != NULL)
+        model = opts->upstream_model;
+    if ((o = cJSON_CreateObject()) == NULL) {
+        rc = nomem(&t);
+        goto done;
+    }
+    if (model != NULL && cJSON_AddStringToObject(o, "model", model) == NULL) {
+        rc = nomem(&t);
+        goto done;
+    }
+    if ((rc = build_messages(&t, anthropic, o)) < 0 || (rc = build_tools(&t, anthropic, o)) < 0 ||
+        (rc = build_knobs(&t, anthropic, o)) < 0)
+        goto done;
+    *out = o;
+    o = NULL;
+    rc = 0;
+done:
+    cJSON_Delete(o);
+    cJSON_Delete(t.parts);
+    cJSON_Delete(t.tool_calls);
+    cJSON_Delete(t.tool_images);
+    ax_buf_free(&t.sys);
+    ax_buf_free(&t.pending);
+    ax_buf_free(&t.text);
+    ax_buf_free(&t.reasoning);
+    ax_buf_free(&t.scratch);
+    return rc;
+}
