@@ -1,0 +1,93 @@
+-- compaction_steering: makes Claude Code compact its own conversation before the proxy has
+-- to prune it. Claude Code decides to compact from the input_tokens it is told (usage and
+-- count_tokens) against the window it assumes for its model: 200,000 tokens, or a 1M-class
+-- window when it announces the context-1m beta. Its trigger is that window minus a reserve
+-- for the summary it will write (min(max_tokens, 20,000)) and a fixed 13,000-token buffer:
+-- 167,000 tokens, 83.5 %, on a 200k window. Against a 32k local model it would never get
+-- there, and pruning would silently throw history away instead of the client's far better
+-- summary. So this policy sets ctx.report_scale, by which the core multiplies the
+-- input_tokens it reports (the monitor and the logs keep the real numbers), such that the
+-- client's trigger falls at `steer_at` of the real window, below the prune threshold. The
+-- prune policy, which runs after this one, scales further by what it removed, so the client
+-- always sees the size of what it sent.
+-- Settings: enabled; all_clients (steer every client, not only Claude Code);
+-- client_window (200000); client_window_1m (the window assumed under the context-1m beta);
+-- client_output_reserve (20000) and client_buffer (13000): Claude Code's trigger; steer_at
+-- (0.70 of the real window, kept under the prune threshold); max_fixed_share (0.5: the
+-- scaled system prompt and tools stay under half the client's trigger, so a freshly
+-- compacted conversation never looks full at once); min_scale (1.0: never under-report).
+local ax = require "anthroxy"
+local conv = require "anthroxy.conv"
+
+local M = {
+  name = "compaction_steering",
+  defaults = {
+    enabled = true,
+    all_clients = false,
+    client_window = 200000,
+    -- Claude Code's auto-compact window under the 1M beta is not the full 1M for every
+    -- model and is tuned by Anthropic; 500k is where 2.1.19x compacts by default. Assuming
+    -- too large a window here would make the client compact again and again.
+    client_window_1m = 500000,
+    client_output_reserve = 20000,
+    client_buffer = 13000,
+    steer_at = 0.70,
+    max_fixed_share = 0.5,
+    min_scale = 1.0,
+  },
+}
+
+function M.is_claude_code(ua)
+  if type(ua) ~= "string" then return false end
+  return ua:sub(1, 11) == "claude-cli/" or ua:find("claude-code", 1, true) ~= nil
+end
+
+-- The window and the compaction trigger the client believes in, in its own tokens.
+function M.client_trigger(req, ctx)
+  local s = ctx.settings
+  local window = s.client_window
+  local beta = ctx.anthropic_beta
+  if type(beta) == "string" and beta:find("context-1m", 1, true) then
+    window = s.client_window_1m
+  end
+  local out = type(req.max_tokens) == "number" and req.max_tokens or s.client_output_reserve
+  local reserve = math.min(out, s.client_output_reserve) + s.client_buffer
+  return window - reserve, window
+end
+
+-- The scale for this request, or nil when the policy does not apply.
+function M.scale(req, ctx)
+  local s = ctx.settings
+  if not s.enabled then return nil end
+  if not s.all_clients and not M.is_claude_code(ctx.user_agent) then return nil end
+  local real_window = ctx.context_window or 0
+  if real_window <= 0 then return nil end
+  local trigger = M.client_trigger(req, ctx)
+  -- Never at or past the prune threshold: the client must get there first.
+  local threshold = ctx.prune_threshold or 0.75
+  local steer_at = math.min(s.steer_at, threshold - 0.05)
+  local scale = trigger / (steer_at * real_window)
+  -- The part the client cannot compact (system prompt, tools) must stay well below its
+  -- trigger once scaled, else every turn would look full right after a compaction.
+  local fixed = ax.request_tokens(req)
+  local msgs = req.messages
+  if conv.is_array(msgs) then
+    for i = 1, #msgs do fixed = fixed - ax.message_tokens(msgs[i]) end
+  end
+  fixed = ax.calibrated(math.max(fixed, 0), ctx)
+  if fixed > 0 and scale * fixed > s.max_fixed_share * trigger then
+    scale = s.max_fixed_share * trigger / fixed
+  end
+  if scale < s.min_scale then scale = s.min_scale end
+  return scale
+end
+
+function M.on_request(req, ctx)
+  local scale = M.scale(req, ctx)
+  if scale == nil then return end
+  ctx.report_scale = scale
+  ax.log.debug("reporting input tokens x%.2f (client trigger %d, real window %d)", scale,
+    (M.client_trigger(req, ctx)), ctx.context_window)
+end
+
+return M

@@ -1,0 +1,24 @@
+-- The default policy chain: each entry names a policy file in this directory (or a path
+-- ending in .lua, relative to it) followed by its settings. Order matters: every hook of a
+-- policy sees the request as the policies before it left it. docs/default-policies.md
+-- explains each policy and when to change its settings; environment variables
+-- (ANTHROXY_POLICY_<NAME>_<KEY>) and --policy-set name.key=value override what is here.
+return {
+  -- Scales the input_tokens reported to Claude Code so that it compacts by itself before
+  -- pruning is needed. Sets the scale that prune then corrects: keep it before prune.
+  { "compaction_steering", enabled = true, client_window = 200000, steer_at = 0.70 },
+
+  -- Our working protocol appended to the system prompt: full | minimal | off.
+  { "agentic_supplement", mode = "full" },
+
+  -- Forcing tool calls in agent loops: off by default (a forced model cannot end its turn);
+  -- see docs/default-policies.md before turning it on.
+  { "tool_choice", enabled = false, max_forced = 3 },
+
+  -- From the prune threshold (the server's, 0.75 of the window, PROXY_CONTEXT_PRUNE_THRESHOLD)
+  -- down to target.
+  { "prune", target = 0.65 },
+
+  -- After anything that grows the prompt.
+  { "max_tokens", floor = 16384, margin = 0.15 },
+}
