@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Runs every test: a -Werror build with unit, Lua and integration tests (the real Anthropic
+# SDK and Claude Code against the real binary and a mock llama-server), then the same
+# under AddressSanitizer + UndefinedBehaviorSanitizer, and the formatting check.
+source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
+ax_setup_packages clang-format
+ax_setup_node
+ulimit -n 65536 2>/dev/null || true
+
+status=0
+echo "== build (-Werror) and test"
+ax_build "$AX_ROOT/build-test" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DAX_WERROR=ON
+(cd "$AX_ROOT/build-test" && ctest --output-on-failure -j2 --timeout 900) || status=1
+
+echo "== build with ASan+UBSan and test"
+ax_build "$AX_ROOT/build-asan" -DCMAKE_BUILD_TYPE=Debug -DAX_SANITIZE=ON -DAX_WERROR=ON
+(cd "$AX_ROOT/build-asan" &&
+    ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
+    ctest --output-on-failure -j2 --timeout 900 -E 'claude_code') || status=1
+
+echo "== format check"
+if clang-format --dry-run -Werror "$AX_ROOT"/core/*.c "$AX_ROOT"/core/*.h >/dev/null 2>&1; then
+    echo "format: ok"
+else
+    echo "format: core/ differs from .clang-format (run clang-format -i core/*.[ch])"
+    status=1
+fi
+exit $status
