@@ -1,0 +1,179 @@
+// claude-code.test.mjs - Claude Code itself (pinned in package.json), run as a user runs it in
+// print mode, through anthroxy against the scripted mock llama-server. The mock answers by the
+// conversation's content: the first turn calls Claude Code's own tools (names and schemas taken
+// from what Claude Code sent), the last one answers in text.
+import { test, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { useProxy, HERE, oaiText } from './helpers.mjs';
+
+// A window large enough for Claude Code's ~20k-token fixed prefix, so no policy prunes.
+const env = useProxy({ name: 'claude-code', mock: { nCtx: 200000 } });
+const tmpRoot = fs.mkdtempSync(path.join(os.tmpdir(), 'anthroxy-cc-'));
+after(() => fs.rmSync(tmpRoot, { recursive: true, force: true }));
+
+/** The native claude binary: bin/claude.exe once the postinstall ran, else the platform package. */
+function claudeBin() {
+  const wrapper = path.join(HERE, 'node_modules', '@anthropic-ai', 'claude-code', 'bin', 'claude.exe');
+  const isElf = (f) => {
+    try {
+      const fd = fs.openSync(f, 'r');
+      const b = Buffer.alloc(4);
+      fs.readSync(fd, b, 0, 4, 0);
+      fs.closeSync(fd);
+      return b.toString('latin1') === '\x7fELF';
+    } catch {
+      return false;
+    }
+  };
+  if (isElf(wrapper)) return wrapper;
+  const libc = fs.existsSync('/etc/alpine-release') ? '-musl' : '';
+  const native = path.join(HERE, 'node_modules', '@anthropic-ai', `claude-code-linux-${process.arch}${libc}`, 'claude');
+  if (isElf(native)) return native;
+  return path.join(HERE, 'node_modules', '.bin', 'claude');
+}
+
+/** Runs `claude -p task` in a fresh HOME and cwd; returns { code, out, err, json, cwd }. */
+async function runClaude(task, { cwd, timeoutMs = 120000 } = {}) {
+  const home = fs.mkdtempSync(path.join(tmpRoot, 'home-'));
+  const args = ['-p', task, '--output-format', 'json', '--permission-mode', 'acceptEdits',
+    '--allowedTools', 'Write,Read,Edit', '--max-turns', '8'];
+  const child = spawn(claudeBin(), args, {
+    cwd,
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: {
+      PATH: process.env.PATH,
+      HOME: home,
+      TMPDIR: os.tmpdir(),
+      ANTHROPIC_BASE_URL: env.proxy.url,
+      ANTHROPIC_API_KEY: 'dummy',
+      DISABLE_TELEMETRY: '1',
+      DISABLE_ERROR_REPORTING: '1',
+      DISABLE_AUTOUPDATER: '1',
+      DISABLE_BUG_COMMAND: '1',
+      CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC: '1',
+      CLAUDE_CODE_DISABLE_NONSTREAMING_FALLBACK: '1',
+      CLAUDE_CODE_DISABLE_TERMINAL_TITLE: '1',
+      NO_PROXY: '127.0.0.1,localhost',
+    },
+  });
+  let out = '';
+  let err = '';
+  child.stdout.on('data', (d) => { out += d; });
+  child.stderr.on('data', (d) => { err += d; });
+  const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+  const code = await new Promise((resolve) => child.on('exit', (c, s) => resolve(c ?? s)));
+  clearTimeout(timer);
+  let json = null;
+  try { json = JSON.parse(out.trim().split('\n').pop()); } catch { /* reported below */ }
+  return { code, out, err, json };
+}
+
+const toolMsgs = (body) => body.messages.filter((m) => m.role === 'tool');
+const allText = (body) => body.messages.map((m) => oaiText(m.content)).join('\n');
+/** Claude Code's own tool whose parameters have all these properties (its file tools). */
+function findTool(body, props) {
+  return (body.tools || []).map((t) => t.function).find((f) => f && f.parameters && f.parameters.properties &&
+    props.every((p) => p in f.parameters.properties));
+}
+
+/** Scripts the mock for a task: `turns[k]` answers the request with k tool results so far. */
+function scriptTask(marker, turns, { reasoning = false } = {}) {
+  const seen = [];
+  env.mock.script((req) => {
+    const body = req.body;
+    if (!allText(body).includes(marker)) return { text: 'ok' }; // a side request
+    const k = toolMsgs(body).length;
+    seen.push(req);
+    const turn = turns[Math.min(k, turns.length - 1)](body);
+    if (reasoning) turn.reasoning = `Reasoning for turn ${k}: I will do the next step.`;
+    return turn;
+  });
+  return seen;
+}
+
+function explain(r) {
+  return `claude exit ${r.code}\nstdout: ${r.out.slice(-2000)}\nstderr: ${r.err.slice(-2000)}`;
+}
+
+test('Claude Code writes a file with its own Write tool, then reports', { timeout: 180000 }, env.wrap(async () => {
+  const cwd = fs.mkdtempSync(path.join(tmpRoot, 'work-'));
+  const target = path.join(cwd, 'hello.txt');
+  const FINAL = 'I created hello.txt with the requested content.';
+  let writeTool = null;
+  const seen = scriptTask('Create hello.txt', [
+    (body) => {
+      writeTool = findTool(body, ['file_path', 'content']);
+      if (!writeTool) return { text: 'no file tool offered' };
+      return { toolCalls: [{ name: writeTool.name, arguments: { file_path: target, content: 'hello from anthroxy\n' } }] };
+    },
+    () => ({ text: FINAL }),
+  ]);
+  const r = await runClaude('Create hello.txt containing exactly: hello from anthroxy', { cwd });
+  assert.equal(r.code, 0, explain(r));
+  assert.ok(writeTool, 'the mock saw a file-writing tool among the tools Claude Code sent');
+  assert.equal(writeTool.name, 'Write');
+  assert.deepEqual(writeTool.parameters.required.slice().sort(), ['content', 'file_path']);
+  assert.equal(fs.readFileSync(target, 'utf8'), 'hello from anthroxy\n');
+  assert.ok(r.json, explain(r));
+  assert.equal(r.json.is_error, false, explain(r));
+  assert.equal(r.json.result, FINAL);
+  // Streaming all the way; the tool call and its result paired by id.
+  assert.ok(seen.every((q) => q.body.stream === true));
+  const second = seen.find((q) => toolMsgs(q.body).length === 1).body;
+  const asst = second.messages.find((m) => m.role === 'assistant' && m.tool_calls);
+  assert.equal(asst.tool_calls[0].function.name, 'Write');
+  assert.equal(toolMsgs(second)[0].tool_call_id, asst.tool_calls[0].id);
+  const roles = second.messages.map((m) => m.role);
+  assert.ok(roles.slice(1).every((x) => x !== 'system'), `only a leading system message: ${roles}`);
+}));
+
+test('Claude Code reads, edits, then answers', { timeout: 180000 }, env.wrap(async () => {
+  const cwd = fs.mkdtempSync(path.join(tmpRoot, 'work-'));
+  const file = path.join(cwd, 'notes.txt');
+  fs.writeFileSync(file, 'colour: red\nsize: large\n');
+  const FINAL = 'Changed the colour from red to blue.';
+  const seen = scriptTask('In notes.txt', [
+    (body) => ({ toolCalls: [{ name: findTool(body, ['file_path', 'offset']).name, arguments: { file_path: file } }] }),
+    (body) => ({
+      toolCalls: [{
+        name: findTool(body, ['file_path', 'old_string', 'new_string']).name,
+        arguments: { file_path: file, old_string: 'colour: red', new_string: 'colour: blue' },
+      }],
+    }),
+    () => ({ text: FINAL }),
+  ]);
+  const r = await runClaude('In notes.txt change the colour red to blue.', { cwd });
+  assert.equal(r.code, 0, explain(r));
+  assert.equal(fs.readFileSync(file, 'utf8'), 'colour: blue\nsize: large\n', explain(r));
+  assert.equal(r.json?.result, FINAL, explain(r));
+  const afterRead = seen.find((q) => toolMsgs(q.body).length === 1);
+  assert.ok(afterRead, 'a turn after the Read');
+  assert.ok(oaiText(toolMsgs(afterRead.body)[0].content).includes('colour: red'), 'the Read result reached the model');
+  const last = seen.find((q) => toolMsgs(q.body).length === 2).body;
+  const calls = last.messages.filter((m) => m.role === 'assistant' && m.tool_calls).map((m) => m.tool_calls[0].function.name);
+  assert.deepEqual(calls, ['Read', 'Edit']);
+}));
+
+test('Claude Code with a reasoning model replays its thinking through the proxy', { timeout: 180000 },
+  env.wrap(async () => {
+    const cwd = fs.mkdtempSync(path.join(tmpRoot, 'work-'));
+    const target = path.join(cwd, 'thought.txt');
+    const FINAL = 'Done after thinking.';
+    const seen = scriptTask('Create thought.txt', [
+      (body) => ({ toolCalls: [{ name: findTool(body, ['file_path', 'content']).name, arguments: { file_path: target, content: 'deep\n' } }] }),
+      () => ({ text: FINAL }),
+    ], { reasoning: true });
+    const r = await runClaude('Create thought.txt containing exactly: deep', { cwd });
+    assert.equal(r.code, 0, explain(r));
+    assert.equal(fs.readFileSync(target, 'utf8'), 'deep\n');
+    assert.equal(r.json?.result, FINAL, explain(r));
+    const second = seen.find((q) => toolMsgs(q.body).length === 1).body;
+    const asst = second.messages.find((m) => m.role === 'assistant' && m.tool_calls);
+    assert.equal(asst.reasoning_content, 'Reasoning for turn 0: I will do the next step.',
+      `the replayed thinking reaches the upstream as reasoning: ${JSON.stringify(asst).slice(0, 500)}`);
+    assert.ok(!JSON.stringify(second.messages).includes('"signature"'), 'no raw thinking blocks upstream');
+  }));
