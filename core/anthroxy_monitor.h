@@ -5,7 +5,9 @@
  * token estimate against the upstream's real prompt_tokens. Sessions live in a monitor
  * (one per server, owned by the loop thread: no locks), found by key in O(1), expired
  * after an idle TTL and capped in number, the least recently seen unreferenced session
- * going first. Time is always a parameter: nothing here reads a clock. */
+ * going first. Time is always a parameter: nothing here reads a clock. Pass a monotonic
+ * time (uv_now): the LRU order, which expiry walks from its old end, assumes it never goes
+ * backwards. */
 #ifndef ANTHROXY_MONITOR_H
 #define ANTHROXY_MONITOR_H
 
