@@ -1,0 +1,263 @@
+-- prune: threshold edges, what goes first, orphan-pair protection, the tail, the fixed part,
+-- the overflow retry by real numbers, and the real Claude Code request inflated to overflow.
+local T = require "anthroxy.testing"
+local ax = require "anthroxy"
+local conv = require "anthroxy.conv"
+
+local p = T.load("prune")
+
+-- A task, then n tool turns whose results are `size` characters each.
+local function loop_conversation(n, size, opts)
+  opts = opts or {}
+  local msgs = { T.user("Fix the failing test in src/parser.c") }
+  for k = 1, n do
+    local say = "Looking at step " .. k .. (opts.talk and string.rep(" and thinking aloud", opts.talk // 18) or "")
+    msgs[#msgs + 1] = T.assistant({ T.text(say),
+                                    T.tool_use("toolu_" .. k, "Read", { path = "f" .. k .. ".c" }) })
+    local body = (opts.sizes and opts.sizes[k] or size)
+    msgs[#msgs + 1] = T.user({ T.tool_result("toolu_" .. k,
+      string.rep(string.format("line %d of file %d;\n", k, k), body // 20)) })
+  end
+  return T.request{ system = opts.system or "You are a coding agent.",
+                    tools = { T.tool("Read"), T.tool("Bash") }, max_tokens = 8000,
+                    messages = msgs }
+end
+
+local function tokens(req, ctx) return ax.calibrated(ax.request_tokens(req), ctx) end
+
+local function no_broken_pairs(req)
+  local problems = conv.broken_pairs(req.messages, true)
+  T.eq(#problems, 0, #problems > 0 and (problems[1].kind .. " " .. problems[1].id) or nil)
+end
+
+local function marker_of(req)
+  local c = req.messages[1].content
+  if type(c) ~= "table" then return nil end
+  for _, b in ipairs(c) do
+    if b.type == "text" and conv.is_marker_text(b.text) then return b.text end
+  end
+end
+
+T.test("threshold edge: just below is left alone, at the threshold prunes", function()
+  local req = loop_conversation(20, 2000)
+  local raw = ax.request_tokens(req)
+  local at = math.floor(raw / 0.75)          -- raw >= 0.75 * at
+  local below = at + 1                       -- raw < 0.75 * below
+  local ctx1 = T.ctx{ context_window = below }
+  local out1 = T.run(p, "on_request", req, ctx1)
+  T.eq(#out1.messages, #req.messages)
+  T.eq(out1, req, "untouched below the threshold")
+  T.eq(ctx1.session.prune_count, 0)
+  local ctx2 = T.ctx{ context_window = at }
+  local out2 = T.run(p, "on_request", req, ctx2)
+  T.ok(tokens(out2, ctx2) <= 0.65 * at, "fits the target")
+  T.eq(ctx2.session.prune_count, 1)
+end)
+
+T.test("oldest tool results go first, the conversation keeps its shape", function()
+  local req = loop_conversation(20, 2000)
+  local raw = ax.request_tokens(req)
+  -- Just over the threshold: dropping a few outputs is enough.
+  local w = math.floor(raw / 0.76)
+  local ctx = T.ctx{ context_window = w }
+  local out = T.run(p, "on_request", req, ctx)
+  T.eq(#out.messages, #req.messages, "no message removed")
+  T.ok(tokens(out, ctx) <= 0.65 * w, "fits the target")
+  local r2 = out.messages[3].content[1]
+  T.eq(r2.type, "tool_result")
+  T.ok(r2.content:find("^%[output of this tool call removed"), "the oldest output went")
+  local last = out.messages[#out.messages].content[1]
+  T.eq(last.content, req.messages[#req.messages].content[1].content, "the newest stayed")
+  T.ok(marker_of(out), "a marker says what went")
+  T.ok(marker_of(out):find("older tool call"), "the marker names tool output")
+  no_broken_pairs(out)
+end)
+
+T.test("a large overflow removes whole turns, oldest first, pairs intact", function()
+  local req = loop_conversation(30, 3000, { talk = 3000 })
+  local raw = ax.request_tokens(req)
+  local w = math.floor(raw / 1.5)           -- far over the window, even without tool output
+  local ctx = T.ctx{ context_window = w }
+  local out = T.run(p, "on_request", req, ctx)
+  T.ok(#out.messages < #req.messages, "turns removed")
+  T.ok(tokens(out, ctx) <= 0.65 * w, "fits the target")
+  T.eq(out.messages[1].content[1].text, req.messages[1].content, "first user message kept")
+  T.eq(out.messages[#out.messages], req.messages[#req.messages], "last turn kept")
+  T.eq(out.messages[#out.messages - 1], req.messages[#req.messages - 1], "last turn kept")
+  T.ok(marker_of(out):find("earlier message"), "the marker names removed messages")
+  -- What stayed is the newest turns: tool ids form a run ending at the last one.
+  local ids = {}
+  for i = 2, #out.messages do
+    for _, id in ipairs(conv.tool_use_ids(out.messages[i])) do ids[#ids + 1] = tonumber(id:match("%d+")) end
+  end
+  T.ok(#ids >= 1 and ids[#ids] == 30, "newest kept")
+  for k = 2, #ids do T.eq(ids[k], ids[k - 1] + 1, "a contiguous run of the newest turns") end
+  T.ok(ids[1] > 1, "the oldest went")
+  no_broken_pairs(out)
+  -- Roles still alternate after the first user message.
+  for i = 2, #out.messages do
+    T.ok(out.messages[i].role ~= out.messages[i - 1].role, "alternating roles at " .. i)
+  end
+end)
+
+T.test("orphan-pair protection over many windows and awkward pairings", function()
+  -- Two calls in one turn answered in two user messages; a result that comes a turn late.
+  local msgs = { T.user("start") }
+  for k = 1, 12 do
+    local a, b = "a" .. k, "b" .. k
+    msgs[#msgs + 1] = T.assistant({ T.tool_use(a, "Read", { n = k }), T.tool_use(b, "Bash", { n = k }) })
+    msgs[#msgs + 1] = T.user({ T.tool_result(a, string.rep("A", 3000)) })
+    msgs[#msgs + 1] = T.assistant({ T.text("and the other one?" .. string.rep(" please", 200)) })
+    msgs[#msgs + 1] = T.user({ T.tool_result(b, string.rep("B", 3000)), T.text("here") })
+  end
+  local req = T.request{ system = "s", tools = { T.tool("Read") }, messages = msgs }
+  local raw = ax.request_tokens(req)
+  local fs = { 0.74 }
+  for k = 0, 60 do fs[#fs + 1] = 0.75 + k * 0.1 end
+  for _, f in ipairs(fs) do
+    local w = math.floor(raw / f)
+    local ctx = T.ctx{ context_window = w }
+    local ok, out = pcall(T.run, p, "on_request", req, ctx)
+    if ok then
+      no_broken_pairs(out)
+      if f >= 0.75 then T.ok(tokens(out, ctx) <= 0.65 * w, "fits at " .. f) end
+    else
+      T.ok(type(out) == "table" and out.fail, "only a deliberate rejection: " .. tostring(out))
+    end
+  end
+end)
+
+T.test("conv.units never splits a pair", function()
+  local msgs = { T.user("x"),
+    T.assistant({ T.tool_use("t1", "Read") }), T.user({ T.text("wait") }),
+    T.assistant({ T.text("ok") }), T.user({ T.tool_result("t1", "late") }),
+    T.assistant({ T.tool_use("t2", "Read") }), T.user({ T.tool_result("t2", "ok") }) }
+  local units = conv.units(msgs, 2)
+  T.eq(units, { { first = 2, last = 5 }, { first = 6, last = 7 } })
+  T.eq(#conv.broken_pairs(msgs), 0)
+  local broken = { T.user("x"), T.assistant({ T.tool_use("t9", "Read") }), T.user("no result") }
+  T.eq(conv.broken_pairs(broken)[1].kind, "use_without_result")
+end)
+
+T.test("a tail too big alone: its long tool results are shortened", function()
+  local req = loop_conversation(3, 1000, { sizes = { 1000, 1000, 120000 } })
+  local w = 16384
+  local ctx = T.ctx{ context_window = w }
+  T.ok(tokens(req, ctx) > w, "the last result alone overflows")
+  local out = T.run(p, "on_request", req, ctx)
+  T.ok(tokens(out, ctx) <= 0.65 * w, "fits the target")
+  local last = out.messages[#out.messages].content[1]
+  T.eq(last.tool_use_id, "toolu_3")
+  T.ok(last.content:find("characters removed by the proxy", 1, true), "shortened in the middle")
+  T.ok(last.content:find("^line 3 of file 3"), "its beginning kept")
+  T.ok(last.content:find("line 3 of file 3;\n$"), "its end kept")
+  T.ok(marker_of(out):find("long tool result"), "the marker says so")
+  no_broken_pairs(out)
+end)
+
+T.test("the fixed part alone over the window: prompt is too long", function()
+  local req = loop_conversation(4, 500, { system = string.rep("You must obey rule 7. ", 8000) })
+  local ctx = T.ctx{ context_window = 8192 }
+  local err = T.fails(function() T.run(p, "on_request", req, ctx) end)
+  T.eq(err.fail.status, 400)
+  T.eq(err.fail.type, "invalid_request_error")
+  local n, m, k = err.fail.message:match(
+    "^prompt is too long: (%d+) tokens > (%d+) maximum %(the tools and system prompt alone take (%d+) tokens%)$")
+  T.ok(n, "Anthropic's wording: " .. err.fail.message)
+  T.eq(tonumber(n), tokens(req, ctx))
+  T.eq(tonumber(m), 8192)
+  T.ok(tonumber(k) > 8192, "the system prompt alone is too big")
+end)
+
+T.test("threshold: the server's by default, the setting when given, calibrated", function()
+  local req = loop_conversation(20, 2000)
+  local raw = ax.request_tokens(req)
+  local w = math.floor(raw / 0.7)           -- at 0.70
+  T.eq((T.run(p, "on_request", req, T.ctx{ context_window = w })), req, "0.70 < 0.75")
+  local c1 = T.ctx{ context_window = w, prune_threshold = 0.6 }
+  T.run(p, "on_request", req, c1)
+  T.eq(c1.session.prune_count, 1, "the server's threshold 0.6")
+  local q = T.load("prune", { threshold = 0.65, target = 0.5 })
+  local c2 = T.ctx{ context_window = w }
+  local out = T.run(q, "on_request", req, c2)
+  T.eq(c2.session.prune_count, 1, "the setting's threshold 0.65")
+  T.ok(tokens(out, c2) <= 0.5 * w, "the setting's target")
+  local c3 = T.ctx{ context_window = w, session = T.session{ calibration = 1.2 } }
+  T.run(p, "on_request", req, c3)
+  T.eq(c3.session.prune_count, 1, "0.70 * 1.2 = 0.84: over once calibrated")
+end)
+
+T.test("the client is told the size it sent (report_scale)", function()
+  local req = loop_conversation(30, 3000)
+  local raw = ax.request_tokens(req)
+  local ctx = T.ctx{ context_window = math.floor(raw / 1.2), report_scale = 2.0 }
+  local out = T.run(p, "on_request", req, ctx)
+  local after = ax.request_tokens(out)
+  T.ok(math.abs(ctx.report_scale - 2.0 * raw / after) < 1e-9, "scaled by before/after")
+  local q = T.load("prune", { report_sent_size = false })
+  local c2 = T.ctx{ context_window = math.floor(raw / 1.2) }
+  T.run(q, "on_request", req, c2)
+  T.eq(c2.report_scale, 1.0)
+end)
+
+T.test("overflow retry: pruned by the upstream's real numbers", function()
+  local req = loop_conversation(30, 3000)
+  local raw = ax.request_tokens(req)
+  local w = math.floor(raw / 0.7)
+  -- Below our threshold by the estimate, but the upstream counted 50 % more than we did.
+  local ctx = T.ctx{ context_window = w }
+  T.ok(raw < 0.75 * w, "the estimate did not trigger pruning")
+  local n_prompt = math.floor(raw * 1.5)
+  T.ok(n_prompt > w, "the real size overflows")
+  local err = { status = 400, type = "invalid_request_error", message = "too long",
+                n_prompt_tokens = n_prompt, n_ctx = w }
+  local out, retry = T.run(p, "on_upstream_error", req, err, ctx)
+  T.eq(retry, true)
+  local real_after = ax.request_tokens(out) * n_prompt / raw
+  T.ok(real_after <= 0.65 * w, "fits the target in real tokens")
+  T.ok(out.max_tokens <= w - real_after, "the answer fits too")
+  no_broken_pairs(out)
+  T.eq(ctx.session.prune_count, 1)
+end)
+
+T.test("overflow retry refused when even the fixed part cannot fit", function()
+  local req = loop_conversation(2, 500, { system = string.rep("rule ", 20000) })
+  local raw = ax.request_tokens(req)
+  local err = { status = 400, type = "invalid_request_error", message = "too long",
+                n_prompt_tokens = raw, n_ctx = math.floor(raw / 2) }
+  local out, retry = T.run(p, "on_upstream_error", req, err, T.ctx())
+  T.ok(not retry, "no retry")
+  T.eq(out, req, "request unchanged")
+  local _, r2 = T.run(p, "on_upstream_error", req,
+    { status = 500, type = "api_error", message = "boom" }, T.ctx())
+  T.ok(not r2, "not an overflow: no retry")
+end)
+
+T.test("the real Claude Code request, inflated to overflow", function()
+  local req = T.fixture("claude-code/after-tool-call.json")
+  local msgs = req.messages
+  -- Insert 40 earlier Read turns with 6 KB outputs before the last pair.
+  local last_a, last_u = msgs[#msgs - 1], msgs[#msgs]
+  msgs[#msgs], msgs[#msgs - 1] = nil, nil
+  for k = 1, 40 do
+    local id = string.format("toolu_01Inflated%04d", k)
+    msgs[#msgs + 1] = { role = "assistant", content = { { type = "tool_use", id = id, name = "Read",
+      input = { file_path = "/src/file" .. k .. ".c" } } } }
+    msgs[#msgs + 1] = { role = "user", content = { { type = "tool_result", tool_use_id = id,
+      content = string.rep("int f" .. k .. "(void) { return " .. k .. "; }\n", 200) } } }
+  end
+  msgs[#msgs + 1] = last_a
+  msgs[#msgs + 1] = last_u
+  local w = 65536
+  local ctx = T.ctx{ context_window = w, user_agent = "claude-cli/2.1.197 (external, sdk-cli)" }
+  T.ok(tokens(req, ctx) > w, "inflated past the window")
+  local out = T.run(p, "on_request", req, ctx)
+  T.ok(tokens(out, ctx) <= 0.65 * w, "fits the target")
+  no_broken_pairs(out)
+  T.eq(out.messages[2], req.messages[2], "the system message inside the conversation stays")
+  T.eq(out.messages[1].content[2], req.messages[1].content[2], "the first user message stays")
+  T.eq(out.messages[#out.messages], last_u, "the last turn stays")
+  T.eq(out.messages[#out.messages - 1], last_a, "the last turn stays")
+  T.eq(#out.tools, #req.tools)
+  T.ok(marker_of(out), "marker present")
+end)
