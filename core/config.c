@@ -865,9 +865,32 @@ void ax_config_log(const struct ax_config *cfg)
     }
 }
 
+/* Prints text word-wrapped to 100 columns, continuation lines under column `indent`. */
+static void print_wrapped(FILE *out, const char *text, int col, int indent)
+{
+    const char *p = text;
+
+    while (*p != '\0') {
+        size_t len = strcspn(p, " ");
+        if (col > indent && col + 1 + (int)len > 100) {
+            fprintf(out, "\n%*s", indent, "");
+            col = indent;
+        } else if (col > indent) {
+            fputc(' ', out);
+            col++;
+        }
+        fprintf(out, "%.*s", (int)len, p);
+        col += (int)len;
+        p += len;
+        while (*p == ' ')
+            p++;
+    }
+    fputc('\n', out);
+}
+
 void ax_config_usage(FILE *out)
 {
-    char env[64], flag[64];
+    char env[64], flag[64], line[256];
     size_t i;
 
     fprintf(out, "usage: anthroxy [flags]\n"
@@ -883,9 +906,12 @@ void ax_config_usage(FILE *out)
         else
             snprintf(flag, sizeof(flag), "--%s %s", o->name, o->metavar);
         env_name(o, env, sizeof(env));
-        fprintf(out, "  %-28s %s\n", flag, o->help);
-        fprintf(out, "  %-28s (default: %s; env: %s%s%s)\n", "", o->def != NULL ? o->def : "none",
-                env, o->seed_env != NULL ? ", " : "", o->seed_env != NULL ? o->seed_env : "");
+        fprintf(out, "  %-28s ", flag);
+        print_wrapped(out, o->help, 31, 31);
+        snprintf(line, sizeof(line), "(default: %s; env: %s%s%s)", o->def != NULL ? o->def : "none",
+                 env, o->seed_env != NULL ? ", " : "", o->seed_env != NULL ? o->seed_env : "");
+        fprintf(out, "%31s", "");
+        print_wrapped(out, line, 31, 31);
     }
     fprintf(out, "  %-28s %s\n  %-28s %s\n", "--help", "this text", "--version",
             "print the version");
