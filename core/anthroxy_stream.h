@@ -10,7 +10,7 @@
  *     pings after it), then content blocks opened lazily in arrival order with consecutive
  *     indexes, one open at a time (as Anthropic's API does), each closed exactly once:
  *   - thinking, from delta.reasoning_content (or delta.reasoning): thinking_delta events,
- *     then a signature_delta carrying AX_STREAM_SIGNATURE before content_block_stop;
+ *     then a signature_delta carrying AX_THINKING_SIGNATURE before content_block_stop;
  *   - text, from delta.content (null or "" opens nothing, so a pure tool-call turn has no
  *     empty text block in front);
  *   - tool_use, from delta.tool_calls[]: the block opens when the call's name is known, as
@@ -31,12 +31,13 @@
  * (ax_tokens_text) over the text of every content, reasoning and argument delta.
  * message_start carries the estimate (or the upstream usage if already known).
  *
- * stop_reason: ax_stop_reason_from_finish(finish_reason, matched). A stop string is known
- * to have matched only when the upstream says which (vLLM's choices[].stop_reason string,
- * found in opts->stop_sequences): then "stop_sequence" with that string. llama-server's
- * OpenAI endpoint does not say (tests/fixtures/llama-server/chat_stop_seq.json: plain
- * finish_reason "stop"), so that is end_turn with stop_sequence null. A turn that made tool
- * calls but finished with "stop" (Ollama does this) reports "tool_use".
+ * stop_reason: as for complete answers (translate_response.c): ax_stop_reason_from_finish
+ * of the finish_reason ("stop" when only [DONE] came), with the matched stop string when the
+ * server names it (ax_matched_stop_sequence: vLLM's choices[].stop_reason, SGLang's
+ * matched_stop, stopping_word, when it is one of opts->stop_sequences). llama-server's
+ * OpenAI endpoint does not say (tests/fixtures/llama-server/chat_stop_seq.json: a plain
+ * "stop"), so that is end_turn with stop_sequence null. A turn with tool calls that
+ * finished with "stop" (Ollama) reports tool_use; "tool_calls" without any call, end_turn.
  *
  * Memory per stream: this struct, one small record per tool call and per content block
  * (for the summary), and the tool calls' argument text up to max_tool_args_bytes in all;
@@ -52,10 +53,6 @@
 #include "anthroxy_buf.h"
 #include "anthroxy_error.h"
 #include "anthroxy_translate.h"
-
-/* The signature given to streamed thinking blocks. Claude Code sends it back with the
- * block; the request translator drops it. */
-#define AX_STREAM_SIGNATURE "anthroxy-local-reasoning"
 
 #define AX_STREAM_MAX_TOOLS 512   /* tool calls in one turn: more fails the stream */
 #define AX_STREAM_MAX_BLOCKS 1024 /* content blocks recorded for the summary */

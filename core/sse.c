@@ -167,7 +167,8 @@ int ax_sse_feed(struct ax_sse *r, const char *p, size_t n, ax_sse_event_fn cb, v
             }
         }
         e = i + find_eol(p + i, n - i);
-        part = r->_buf.len - r->_data_len;              /* partial line already buffered */
+        /* partial line already buffered (none while the data lies in the input) */
+        part = r->_ext != NULL ? 0 : r->_buf.len - r->_data_len;
         if (part + (e - i) > r->_max) {
             rc = AX_ETOOBIG;
             goto fail;

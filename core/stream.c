@@ -8,16 +8,7 @@
 #include "anthroxy_stream.h"
 #include "anthroxy_ids.h"
 #include "anthroxy_json.h"
-#if __has_include("anthroxy_tokens.h")
 #include "anthroxy_tokens.h"
-#else
-/* until tokens.c lands */
-static int64_t ax_tokens_text(const char *s, size_t n)
-{
-    (void)s;
-    return (int64_t)(n + 3) / 4;
-}
-#endif
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -288,8 +279,8 @@ static int close_block(struct ax_stream *st, struct ax_buf *o)
         return 0;
     case AX_STREAM_BLOCK_THINKING:
         /* Claude Code keeps the block and sends it back only when it has a signature */
-        if ((rc = EMIT_DELTA(st, o, "\"signature_delta\",\"signature\":", AX_STREAM_SIGNATURE,
-                             sizeof(AX_STREAM_SIGNATURE) - 1)) < 0)
+        if ((rc = EMIT_DELTA(st, o, "\"signature_delta\",\"signature\":", AX_THINKING_SIGNATURE,
+                             sizeof(AX_THINKING_SIGNATURE) - 1)) < 0)
             return rc;
         break;
     case AX_STREAM_BLOCK_TOOL:
@@ -578,22 +569,6 @@ static int on_tool_fragment(struct ax_stream *st, struct ax_buf *o, const cJSON 
     return 0;
 }
 
-/* vLLM names the stop string that matched in choices[].stop_reason; accept it only when it
- * is one of the request's stop sequences (it may also be a token id or an EOS string). */
-static void note_stop_string(struct ax_stream *st, const cJSON *jstop)
-{
-    const cJSON *s;
-
-    if (!cJSON_IsString(jstop) || st->_stop_sequences == NULL)
-        return;
-    cJSON_ArrayForEach(s, st->_stop_sequences) {
-        if (cJSON_IsString(s) && strcmp(s->valuestring, jstop->valuestring) == 0) {
-            st->stop_sequence = s->valuestring;
-            return;
-        }
-    }
-}
-
 static const char *delta_string(const cJSON *delta, const char *key)
 {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(delta, key);
@@ -628,7 +603,8 @@ static int on_choice(struct ax_stream *st, struct ax_buf *o, const cJSON *choice
     if (cJSON_IsString(finish) && finish->valuestring[0] != '\0') {
         snprintf(st->finish_reason, sizeof(st->finish_reason), "%s", finish->valuestring);
         st->saw_finish = 1;
-        note_stop_string(st, cJSON_GetObjectItemCaseSensitive(choice, "stop_reason"));
+        /* the matched stop string, when the server names it (vLLM, SGLang) */
+        st->stop_sequence = ax_matched_stop_sequence(choice, st->_stop_sequences);
     }
     return 0;
 }
@@ -757,13 +733,18 @@ static int flush_unopened_tools(struct ax_stream *st, struct ax_buf *o)
     return 0;
 }
 
+/* As translate_response.c decides for complete answers. */
 static const char *final_stop_reason(const struct ax_stream *st)
 {
-    const char *finish = st->finish_reason[0] != '\0' ? st->finish_reason : "stop";
+    const char *reason = ax_stop_reason_from_finish(st->finish_reason[0] != '\0'
+                                                        ? st->finish_reason : "stop",
+                                                    st->stop_sequence != NULL);
 
-    if (st->_n_tools > 0 && strcmp(finish, "stop") == 0)
-        return "tool_use";
-    return ax_stop_reason_from_finish(finish, st->stop_sequence != NULL);
+    if (strcmp(reason, "end_turn") == 0 && st->_n_tools > 0)
+        return "tool_use";          /* some servers say "stop" next to tool calls */
+    if (strcmp(reason, "tool_use") == 0 && st->_n_tools == 0)
+        return "end_turn";
+    return reason;
 }
 
 static int emit_end(struct ax_stream *st, struct ax_buf *o)

@@ -1,0 +1,568 @@
+/* test_stream.c - the SSE reader and the streaming translator together, on recorded-style
+ * upstream streams: tests/fixtures/streams/<case>.openai.sse in, <case>.anthropic.sse
+ * expected byte for byte, at every split position of the input; every output is also
+ * checked against the Anthropic event grammar. AX_UPDATE_FIXTURES=1 rewrites the expected
+ * files (review the diff). */
+#include "anthroxy_sse.h"
+#include "anthroxy_stream.h"
+#include "anthroxy_ids.h"
+#include "anthroxy_json.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int failures;
+
+#define CHECK(cond)                                                                          \
+    do {                                                                                     \
+        if (!(cond)) {                                                                       \
+            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);         \
+            failures++;                                                                      \
+        }                                                                                    \
+    } while (0)
+#define CHECKF(cond, ...)                                                                    \
+    do {                                                                                     \
+        if (!(cond)) {                                                                       \
+            fprintf(stderr, "%s:%d: ", __FILE__, __LINE__);                                  \
+            fprintf(stderr, __VA_ARGS__);                                                    \
+            fputc('\n', stderr);                                                             \
+            failures++;                                                                      \
+        }                                                                                    \
+    } while (0)
+
+/* ---- deterministic ids ---- */
+
+static int id_counter;
+
+static void test_ids(char *out, size_t n, const char *prefix, void *ud)
+{
+    (void)ud;
+    snprintf(out, n, "%s%024d", prefix, ++id_counter);
+}
+
+/* ---- files ---- */
+
+static char *read_file(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    char *p = NULL;
+    long n;
+
+    if (f == NULL)
+        return NULL;
+    if (fseek(f, 0, SEEK_END) == 0 && (n = ftell(f)) >= 0 && fseek(f, 0, SEEK_SET) == 0 &&
+        (p = malloc((size_t)n + 1)) != NULL) {
+        *len = fread(p, 1, (size_t)n, f);
+        p[*len] = '\0';
+    }
+    fclose(f);
+    return p;
+}
+
+static void write_file(const char *path, const char *p, size_t n)
+{
+    FILE *f = fopen(path, "wb");
+
+    if (f == NULL || fwrite(p, 1, n, f) != n)
+        fprintf(stderr, "cannot write %s\n", path);
+    if (f)
+        fclose(f);
+}
+
+/* ---- the pipeline under test: reader -> translator ---- */
+
+struct run {
+    struct ax_stream st;
+    struct ax_buf out;
+    struct ax_error err;
+    int failed;        /* ax_stream_fail was called */
+};
+
+static int on_event(const char *event, const char *data, size_t len, void *ud)
+{
+    struct run *r = ud;
+    int rc;
+
+    (void)event;
+    rc = ax_stream_feed(&r->st, data, len, &r->out, &r->err);
+    if (rc == AX_EUPSTREAM) {
+        r->failed = 1;
+        return ax_stream_fail(&r->st, &r->err, &r->out) < 0 ? AX_ENOMEM : AX_ECANCELED;
+    }
+    return rc;
+}
+
+/* Runs input split at the given ascending offsets; returns the output (caller frees). */
+static char *run_split(const char *in, size_t n, const size_t *cuts, int ncuts,
+                       const struct ax_stream_opts *o, size_t *outlen, cJSON **summary)
+{
+    struct ax_sse rd;
+    struct run r;
+    size_t pos = 0;
+    int i, rc = 0;
+
+    id_counter = 0;
+    memset(&r, 0, sizeof(r));
+    ax_buf_init(&r.out, 1 << 24);
+    ax_sse_init(&rd, 1 << 20);
+    if (ax_stream_init(&r.st, o) < 0)
+        abort();
+    for (i = 0; i <= ncuts && rc == 0; i++) {
+        size_t end = i < ncuts ? cuts[i] : n;
+        rc = ax_sse_feed(&rd, in + pos, end - pos, on_event, &r);
+        pos = end;
+    }
+    if (rc == 0 || rc == AX_ECANCELED) {
+        ax_sse_finish(&rd);
+        if (!r.failed && ax_stream_end(&r.st, &r.out, &r.err) == AX_EUPSTREAM)
+            ax_stream_fail(&r.st, &r.err, &r.out);
+    } else {
+        fprintf(stderr, "feed failed: %s\n", ax_strerror(rc));
+        failures++;
+    }
+    if (summary != NULL)
+        *summary = ax_stream_summary(&r.st);
+    ax_sse_free(&rd);
+    ax_stream_free(&r.st);
+    if (r.out.data == NULL)
+        r.out.data = calloc(1, 1);
+    return ax_buf_take(&r.out, outlen);
+}
+
+/* ---- the Anthropic event grammar ---- */
+
+/* message_start first (unless the stream failed before it), blocks with consecutive
+ * indexes, started and stopped once, deltas matching their block's type, one open at a
+ * time, thinking signed before its stop; ends with message_stop or error, nothing after. */
+static void check_grammar(const char *name, const char *p, size_t n)
+{
+    const char *end = p + n;
+    int started = 0, open = -1, next = 0, finished = 0, signed_ = 0;
+    char open_type[16] = "";
+
+    while (p < end) {
+        const char *nl = memchr(p, '\n', (size_t)(end - p)), *dl, *dnl;
+        char ev[64];
+        cJSON *d;
+        const char *type;
+        int idx;
+
+        if (nl == NULL || strncmp(p, "event: ", 7) != 0 || (size_t)(nl - p - 7) >= sizeof(ev)) {
+            CHECKF(0, "%s: bad event line", name);
+            return;
+        }
+        memcpy(ev, p + 7, (size_t)(nl - p - 7));
+        ev[nl - p - 7] = '\0';
+        dl = nl + 1;
+        dnl = memchr(dl, '\n', (size_t)(end - dl));
+        if (dnl == NULL || strncmp(dl, "data: ", 6) != 0 || dnl + 1 >= end || dnl[1] != '\n') {
+            CHECKF(0, "%s: bad data line after %s", name, ev);
+            return;
+        }
+        d = cJSON_ParseWithLength(dl + 6, (size_t)(dnl - dl - 6));
+        CHECKF(d != NULL, "%s: %s data is not JSON", name, ev);
+        type = d ? cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(d, "type")) : NULL;
+        CHECKF(type != NULL && strcmp(type, ev) == 0, "%s: event %s has type %s", name, ev,
+               type ? type : "(none)");
+        CHECKF(!finished, "%s: %s after the end", name, ev);
+        idx = d ? (int)cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(d, "index")) : -1;
+        if (strcmp(ev, "message_start") == 0) {
+            CHECKF(!started, "%s: second message_start", name);
+            started = 1;
+        } else if (strcmp(ev, "ping") == 0) {
+        } else if (strcmp(ev, "error") == 0) {
+            CHECKF(open < 0, "%s: error with block %d open", name, open);
+            finished = 1;
+        } else {
+            CHECKF(started, "%s: %s before message_start", name, ev);
+        }
+        if (strcmp(ev, "content_block_start") == 0) {
+            const char *bt = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(
+                cJSON_GetObjectItemCaseSensitive(d, "content_block"), "type"));
+            CHECKF(open < 0, "%s: block %d starts while %d open", name, idx, open);
+            CHECKF(idx == next, "%s: block index %d, expected %d", name, idx, next);
+            open = idx;
+            next++;
+            signed_ = 0;
+            snprintf(open_type, sizeof(open_type), "%s", bt ? bt : "?");
+        } else if (strcmp(ev, "content_block_delta") == 0) {
+            const char *dt = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(
+                cJSON_GetObjectItemCaseSensitive(d, "delta"), "type"));
+            CHECKF(idx == open, "%s: delta for %d while %d open", name, idx, open);
+            dt = dt ? dt : "?";
+            CHECKF((strcmp(open_type, "text") == 0 && strcmp(dt, "text_delta") == 0) ||
+                       (strcmp(open_type, "thinking") == 0 &&
+                        (strcmp(dt, "thinking_delta") == 0 || strcmp(dt, "signature_delta") == 0)) ||
+                       (strcmp(open_type, "tool_use") == 0 && strcmp(dt, "input_json_delta") == 0),
+                   "%s: %s in a %s block", name, dt, open_type);
+            if (strcmp(dt, "signature_delta") == 0)
+                signed_ = 1;
+        } else if (strcmp(ev, "content_block_stop") == 0) {
+            CHECKF(idx == open, "%s: stop for %d while %d open", name, idx, open);
+            CHECKF(strcmp(open_type, "thinking") != 0 || signed_, "%s: thinking unsigned", name);
+            open = -1;
+        } else if (strcmp(ev, "message_delta") == 0) {
+            CHECKF(open < 0, "%s: message_delta with a block open", name);
+        } else if (strcmp(ev, "message_stop") == 0) {
+            finished = 1;
+        }
+        cJSON_Delete(d);
+        p = dnl + 2;
+    }
+    CHECKF(finished, "%s: no message_stop or error at the end", name);
+}
+
+/* ---- the cases ---- */
+
+struct scase {
+    const char *name;     /* fixture base name */
+    const char *variant;  /* NULL, or a suffix of the expected file */
+    int fallback;
+    double scale;
+    int stop_ug;          /* stop_sequences: ["UG"] */
+    int full_splits;      /* every split position (else a sample) */
+};
+
+static const struct scase cases[] = {
+    {"text_only", NULL, 0, 0, 0, 1},
+    {"text_only", "scaled", 0, 0.5, 0, 0},
+    {"text_no_usage", NULL, 0, 0, 0, 1},
+    {"reasoning_then_text", NULL, 0, 0, 0, 1},
+    {"tool_5_fragments", NULL, 0, 0, 0, 1},
+    {"parallel_tools", NULL, 0, 0, 0, 1},
+    {"text_then_tool", NULL, 0, 0, 0, 1},
+    {"tool_then_text", NULL, 0, 0, 0, 1},
+    {"upstream_error", NULL, 0, 0, 0, 1},
+    {"truncated", NULL, 0, 0, 0, 1},
+    {"garbage_and_comments", NULL, 0, 0, 0, 1},
+    {"reasoning_only_fallback", NULL, 1, 0, 0, 1},
+    {"reasoning_only_fallback", "nofallback", 0, 0, 0, 0},
+    {"stop_sequence_vllm", NULL, 0, 0, 1, 1},
+    {"overflow_in_stream", NULL, 0, 0, 0, 1},
+    {"finish_without_done", NULL, 0, 0, 0, 1},
+    {"interleaved_tools", NULL, 0, 0, 0, 1},
+    {"llama_tools_required", NULL, 0, 0, 0, 1},
+    {"llama_tools_auto", NULL, 0, 0, 0, 0},
+    {"llama_tools_truncated", NULL, 0, 0, 0, 0},
+};
+
+static cJSON *stop_ug;
+
+static void case_opts(const struct scase *c, struct ax_stream_opts *o)
+{
+    memset(o, 0, sizeof(*o));
+    o->model = "claude-test";
+    o->input_estimate = 1234;
+    o->usage_scale = c->scale;
+    o->reasoning_fallback = c->fallback;
+    o->stop_sequences = c->stop_ug ? stop_ug : NULL;
+}
+
+static void run_case(const struct scase *c, int update)
+{
+    char path[512], name[128];
+    struct ax_stream_opts o;
+    char *in, *want, *got, *got2;
+    size_t n, wn, gn, gn2, k, cuts[3];
+    int mismatches = 0;
+
+    snprintf(name, sizeof(name), "%s%s%s", c->name, c->variant ? "." : "",
+             c->variant ? c->variant : "");
+    snprintf(path, sizeof(path), "%s/streams/%s.openai.sse", AX_FIXTURES, c->name);
+    if ((in = read_file(path, &n)) == NULL) {
+        CHECKF(0, "%s: cannot read %s", name, path);
+        return;
+    }
+    case_opts(c, &o);
+    got = run_split(in, n, NULL, 0, &o, &gn, NULL);
+    check_grammar(name, got, gn);
+    snprintf(path, sizeof(path), "%s/streams/%s.anthropic.sse", AX_FIXTURES, name);
+    if (update)
+        write_file(path, got, gn);
+    want = read_file(path, &wn);
+    CHECKF(want != NULL && wn == gn && memcmp(want, got, gn) == 0,
+           "%s: output differs from %s", name, path);
+
+    /* every split position (one cut), and for the sampled cases every 7th, with a second
+     * and third cut further on; then byte by byte */
+    for (k = 1; k < n && mismatches < 3; k++) {
+        int ncuts = 1;
+        if (!c->full_splits && k % 7 != 0)
+            continue;
+        cuts[0] = k;
+        if (k + 13 < n) {
+            cuts[ncuts++] = k + 13;
+            if (k + 14 < n)
+                cuts[ncuts++] = k + 14;
+        }
+        got2 = run_split(in, n, cuts, 1, &o, &gn2, NULL);
+        if (gn2 != gn || memcmp(got, got2, gn) != 0) {
+            CHECKF(0, "%s: split at %zu gives different output", name, k);
+            mismatches++;
+        }
+        free(got2);
+        got2 = run_split(in, n, cuts, ncuts, &o, &gn2, NULL);
+        if (gn2 != gn || memcmp(got, got2, gn) != 0) {
+            CHECKF(0, "%s: splits at %zu.. give different output", name, k);
+            mismatches++;
+        }
+        free(got2);
+    }
+    {
+        size_t *all = malloc(n * sizeof(*all));
+        for (k = 1; k < n; k++)
+            all[k - 1] = k;
+        got2 = run_split(in, n, all, (int)(n - 1), &o, &gn2, NULL);
+        CHECKF(gn2 == gn && memcmp(got, got2, gn) == 0, "%s: byte-by-byte differs", name);
+        free(got2);
+        free(all);
+    }
+    free(in);
+    free(want);
+    free(got);
+}
+
+/* ---- targeted checks on top of the golden files ---- */
+
+static char *run_text(const char *in, const struct ax_stream_opts *o, cJSON **summary)
+{
+    size_t n;
+    return run_split(in, strlen(in), NULL, 0, o, &n, summary);
+}
+
+static void test_tool_arguments_not_lost(void)
+{
+    struct ax_stream_opts o = {.model = "m"};
+    cJSON *sum = NULL, *blk, *input;
+    char *out;
+    const char *in =
+        "data: {\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"id\":\"a1\","
+        "\"function\":{\"name\":\"Write\",\"arguments\":\"{\"}}]}}]}\n\n"
+        "data: {\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":"
+        "{\"arguments\":\"\\\"k\\\": [1, \"}}]}}]}\n\n"
+        "data: {\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":"
+        "{\"arguments\":\"2]}\"}}]}}]}\n\n"
+        "data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"tool_calls\"}]}\n\n"
+        "data: [DONE]\n\n";
+
+    out = run_text(in, &o, &sum);
+    CHECK(strstr(out, "\"content_block\":{\"type\":\"tool_use\",\"id\":\"toolu_a1\",\"name\":"
+                      "\"Write\",\"input\":{}}") != NULL);
+    CHECK(strstr(out, "\"partial_json\":\"{\"") != NULL);
+    CHECK(strstr(out, "\"partial_json\":\"\\\"k\\\": [1, \"") != NULL);
+    CHECK(strstr(out, "\"partial_json\":\"2]}\"") != NULL);
+    CHECK(strstr(out, "\"stop_reason\":\"tool_use\"") != NULL);
+    CHECK(strstr(out, "\"type\":\"text\"") == NULL);        /* no empty text block */
+    blk = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(sum, "content"), 0);
+    input = cJSON_GetObjectItemCaseSensitive(blk, "input");
+    CHECK(cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(input, "k")) == 2);
+    CHECK(cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(blk, "arguments_length")) == 13);
+    CHECK(strcmp(cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(sum, "stop_reason")),
+                 "tool_use") == 0);
+    cJSON_Delete(sum);
+    free(out);
+}
+
+static void test_name_after_arguments(void)
+{
+    /* a server that sends the id, then arguments, then the name: nothing is lost */
+    struct ax_stream_opts o = {.model = "m"};
+    char *out;
+    const char *in =
+        "data: {\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"id\":\"z\","
+        "\"function\":{\"arguments\":\"{\\\"a\\\"\"}}]}}]}\n\n"
+        "data: {\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":"
+        "{\"name\":\"f\",\"arguments\":\":1}\"}}]}}]}\n\n"
+        "data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"tool_calls\"}]}\n\n";
+
+    out = run_text(in, &o, NULL);
+    CHECK(strstr(out, "\"name\":\"f\"") != NULL);
+    CHECK(strstr(out, "\"partial_json\":\"{\\\"a\\\":1}\"") != NULL);
+    check_grammar("name_after_arguments", out, strlen(out));
+    free(out);
+}
+
+static void test_escaping(void)
+{
+    struct ax_stream_opts o = {.model = "m\"x", .message_id = "msg_fixed"};
+    char *out;
+    const char *in =
+        "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"q\\\"b\\\\ \\n\\t\\u0001"
+        "\\u0000z</\\u00e9\"}}]}\n\n"
+        "data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n";
+
+    out = run_text(in, &o, NULL);
+    /* the escaped NUL does not cut the text short (it becomes U+FFFD) */
+    CHECK(strstr(out, "\"text\":\"q\\\"b\\\\ \\n\\t\\u0001\xEF\xBF\xBDz</\xC3\xA9\"") != NULL);
+    CHECK(strstr(out, "\"id\":\"msg_fixed\"") != NULL);
+    CHECK(strstr(out, "\"model\":\"m\\\"x\"") != NULL);
+    check_grammar("escaping", out, strlen(out));
+    free(out);
+}
+
+static void test_begin_ping_then_chunks(void)
+{
+    struct ax_stream_opts o = {.model = "m", .input_estimate = 77};
+    struct ax_stream st;
+    struct ax_buf out;
+    struct ax_error err;
+    const char *c1 = "{\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"}}]}";
+    const char *c2 = "{\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}";
+    size_t len1;
+
+    id_counter = 0;
+    ax_buf_init(&out, 1 << 20);
+    CHECK(ax_stream_init(&st, &o) == 0);
+    CHECK(ax_stream_begin(&st, &out) == 0);
+    CHECK(ax_stream_ping(&out) == 0);
+    len1 = out.len;
+    CHECK(ax_stream_begin(&st, &out) == 0 && out.len == len1);      /* idempotent */
+    CHECK(strncmp(out.data, "event: message_start\n", 21) == 0);
+    CHECK(strstr(out.data, "\"input_tokens\":77") != NULL);
+    CHECK(strstr(out.data, "event: ping\ndata: {\"type\": \"ping\"}\n\n") != NULL);
+    CHECK(strstr(out.data, "\"id\":\"msg_000000000000000000000001\"") != NULL);
+    CHECK(ax_stream_feed(&st, c1, strlen(c1), &out, &err) == 0);
+    CHECK(ax_stream_feed(&st, c2, strlen(c2), &out, &err) == 0);
+    CHECK(ax_stream_end(&st, &out, &err) == 0);
+    CHECK(st.state == AX_STREAM_ENDED);
+    CHECK(strcmp(st.stop_reason, "end_turn") == 0);
+    CHECK(st.output_estimate > 0);
+    /* without upstream usage: the estimate, and the output estimate, in message_delta */
+    CHECK(strstr(out.data, "\"stop_reason\":\"end_turn\",\"stop_sequence\":null},\"usage\":{"
+                           "\"input_tokens\":77") != NULL);
+    check_grammar("begin_ping", out.data, out.len);
+    len1 = out.len;
+    CHECK(ax_stream_end(&st, &out, &err) == 0 && out.len == len1);  /* once */
+    CHECK(ax_stream_fail(&st, NULL, &out) == 0 && out.len == len1); /* no error after end */
+    CHECK(ax_stream_feed(&st, c1, strlen(c1), &out, &err) == 0 && out.len == len1);
+    ax_stream_free(&st);
+    ax_buf_free(&out);
+}
+
+static void test_truncated_is_not_end_turn(void)
+{
+    struct ax_stream_opts o = {.model = "m"};
+    struct ax_stream st;
+    struct ax_buf out;
+    struct ax_error err;
+    const char *c1 = "{\"choices\":[{\"index\":0,\"delta\":{\"reasoning_content\":\"hm\"}}]}";
+
+    ax_buf_init(&out, 1 << 20);
+    CHECK(ax_stream_init(&st, &o) == 0);
+    CHECK(ax_stream_feed(&st, c1, strlen(c1), &out, &err) == 0);
+    memset(&err, 0, sizeof(err));
+    CHECK(ax_stream_end(&st, &out, &err) == AX_EUPSTREAM);
+    CHECK(err.status == 502 && strcmp(err.type, "api_error") == 0);
+    CHECK(strstr(out.data, "end_turn") == NULL && strstr(out.data, "message_delta") == NULL);
+    CHECK(ax_stream_fail(&st, &err, &out) == 0);
+    CHECK(strstr(out.data, "\"type\":\"signature_delta\"") != NULL);
+    CHECK(strstr(out.data, "event: content_block_stop") != NULL);
+    CHECK(strstr(out.data, "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":"
+                           "\"api_error\",\"message\":") != NULL);
+    CHECK(strstr(out.data, "end_turn") == NULL);
+    check_grammar("truncated_api", out.data, out.len);
+    {
+        cJSON *sum = ax_stream_summary(&st);
+        CHECK(strcmp(cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(sum, "stop_reason")),
+                     "error") == 0);
+        cJSON_Delete(sum);
+    }
+    ax_stream_free(&st);
+    ax_buf_free(&out);
+}
+
+static void test_out_limit_leaves_no_half_event(void)
+{
+    struct ax_stream_opts o = {.model = "m"};
+    struct ax_stream st;
+    struct ax_buf out;
+    struct ax_error err;
+    char chunk[512];
+    size_t before;
+    int rc = 0, i;
+
+    ax_buf_init(&out, 700);
+    CHECK(ax_stream_init(&st, &o) == 0);
+    snprintf(chunk, sizeof(chunk), "{\"choices\":[{\"index\":0,\"delta\":{\"content\":\"%s\"}}]}",
+             "0123456789012345678901234567890123456789");
+    for (i = 0; i < 20 && rc == 0; i++) {
+        before = out.len;
+        rc = ax_stream_feed(&st, chunk, strlen(chunk), &out, &err);
+    }
+    CHECK(rc == AX_ETOOBIG);
+    CHECK(out.len == before);
+    CHECK(out.len >= 2 && memcmp(out.data + out.len - 2, "\n\n", 2) == 0);
+    ax_stream_free(&st);
+    ax_buf_free(&out);
+}
+
+static void test_garbage_counted(void)
+{
+    struct ax_stream_opts o = {.model = "m"};
+    struct ax_stream st;
+    struct ax_buf out;
+    struct ax_error err;
+
+    ax_buf_init(&out, 1 << 20);
+    CHECK(ax_stream_init(&st, &o) == 0);
+    CHECK(ax_stream_feed(&st, "nope", 4, &out, &err) == 0);
+    CHECK(ax_stream_feed(&st, "{\"a\":1} x", 9, &out, &err) == 0);   /* trailing garbage */
+    CHECK(ax_stream_feed(&st, "[1]", 3, &out, &err) == 0);
+    CHECK(st.garbage == 3);
+    CHECK(out.len == 0);     /* nothing emitted for garbage, not even message_start */
+    ax_stream_free(&st);
+    ax_buf_free(&out);
+}
+
+static void test_summary_budget(void)
+{
+    struct ax_stream_opts o = {.model = "m", .max_tool_args_bytes = 4};
+    cJSON *sum = NULL, *blk;
+    char *out;
+    const char *in =
+        "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"abc\"}}]}\n\n"
+        "data: {\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"id\":\"a\","
+        "\"function\":{\"name\":\"f\",\"arguments\":\"{\\\"x\\\":\"}}]}}]}\n\n"
+        "data: {\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,"
+        "\"function\":{\"arguments\":\"1}\"}}]}}]}\n\n"
+        "data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"tool_calls\"}]}\n\n";
+
+    out = run_text(in, &o, &sum);
+    CHECK(strstr(out, "\"partial_json\":\"1}\"") != NULL);   /* streamed even over budget */
+    blk = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(sum, "content"), 0);
+    CHECK(strcmp(cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(blk, "type")), "text") == 0);
+    CHECK(cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(blk, "text_length")) == 3);
+    blk = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(sum, "content"), 1);
+    CHECK(strcmp(cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(blk, "input_error")),
+                 "truncated") == 0);
+    CHECK(cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(blk, "arguments_length")) == 7);
+    cJSON_Delete(sum);
+    free(out);
+}
+
+int main(void)
+{
+    const char *upd = getenv("AX_UPDATE_FIXTURES");
+    size_t i;
+
+    ax_ids_set_source(test_ids, NULL);
+    stop_ug = cJSON_Parse("[\"UG\"]");
+    for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
+        run_case(&cases[i], upd != NULL && upd[0] == '1');
+    test_tool_arguments_not_lost();
+    test_name_after_arguments();
+    test_escaping();
+    test_begin_ping_then_chunks();
+    test_truncated_is_not_end_turn();
+    test_out_limit_leaves_no_half_event();
+    test_garbage_counted();
+    test_summary_budget();
+    cJSON_Delete(stop_ug);
+    if (failures) {
+        fprintf(stderr, "test_stream: %d check(s) failed\n", failures);
+        return 1;
+    }
+    printf("test_stream: ok\n");
+    return 0;
+}
