@@ -1,0 +1,1217 @@
+/* view.c - the request view: a Lua userdata over a cJSON node, and JSON <-> Lua conversion.
+ *
+ * Reads convert only what they touch; writes go straight into the tree and log what they
+ * replaced (anthroxy_view.h), so commit frees the replaced nodes and discard undoes the log.
+ * policy.c opens and closes the scopes; policy_api.c adds these functions to `anthroxy`. */
+#include "anthroxy_view.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <lauxlib.h>
+
+#include "anthroxy_json.h"
+
+#define MAX_DEPTH 200
+#define CACHE_MIN 8 /* arrays indexed past this position get a child-pointer cache */
+
+enum undo_kind { U_REPLACE, U_INSERT, U_REMOVE };
+
+struct ax__undo {
+    enum undo_kind kind;
+    cJSON *parent;
+    cJSON *a; /* REPLACE: old node; INSERT: the new node; REMOVE: the removed node */
+    cJSON *b; /* REPLACE: the new node; REMOVE: the sibling it followed (NULL: was first) */
+};
+
+struct ax__acache {
+    const cJSON *arr; /* NULL: free slot */
+    cJSON **items;    /* NULL: stale, rebuild on next use */
+    int n;
+};
+
+struct view {
+    cJSON *node;
+    uint64_t scope_id;
+};
+
+struct jbox {
+    cJSON *root;
+};
+
+enum jkind { JK_OBJECT = 1, JK_ARRAY = 2 };
+
+static char obj_mt_key, arr_mt_key, null_key, vs_key;
+
+/* ---- cJSON list surgery (the prev of the first child points at the last one) ---------- */
+
+static void list_replace(cJSON *parent, cJSON *old, cJSON *nw)
+{
+    nw->next = old->next;
+    nw->prev = old->prev == old ? nw : old->prev;
+    if (old == parent->child)
+        parent->child = nw;
+    else
+        old->prev->next = nw;
+    if (old->next != NULL)
+        old->next->prev = nw;
+    else
+        parent->child->prev = nw;
+    old->next = old->prev = NULL;
+}
+
+static void list_insert_after(cJSON *parent, cJSON *prev, cJSON *item)
+{
+    if (prev == NULL) {
+        if (parent->child == NULL) {
+            item->prev = item;
+            item->next = NULL;
+        } else {
+            item->next = parent->child;
+            item->prev = parent->child->prev;
+            parent->child->prev = item;
+        }
+        parent->child = item;
+        return;
+    }
+    item->prev = prev;
+    item->next = prev->next;
+    if (prev->next != NULL)
+        prev->next->prev = item;
+    else
+        parent->child->prev = item;
+    prev->next = item;
+}
+
+static cJSON *prev_sibling(const cJSON *parent, cJSON *item)
+{
+    return item == parent->child ? NULL : item->prev;
+}
+
+/* ---- array caches --------------------------------------------------------------------- */
+
+static struct ax__acache *cache_slot(struct ax__scope *sc, const cJSON *arr, int create)
+{
+    size_t i, mask;
+
+    if (sc->cache_cap == 0) {
+        if (!create)
+            return NULL;
+        sc->cache = calloc(8, sizeof(*sc->cache));
+        if (sc->cache == NULL)
+            return NULL;
+        sc->cache_cap = 8;
+    } else if (create && (sc->cache_n + 1) * 2 > sc->cache_cap) {
+        struct ax__acache *old = sc->cache, *nc;
+        size_t j, oldcap = sc->cache_cap;
+        nc = calloc(oldcap * 2, sizeof(*nc));
+        if (nc == NULL)
+            return NULL;
+        sc->cache = nc;
+        sc->cache_cap = oldcap * 2;
+        for (j = 0; j < oldcap; j++) {
+            if (old[j].arr == NULL)
+                continue;
+            mask = sc->cache_cap - 1;
+            for (i = ((uintptr_t)old[j].arr >> 4) & mask; nc[i].arr != NULL; i = (i + 1) & mask)
+                ;
+            nc[i] = old[j];
+        }
+        free(old);
+    }
+    mask = sc->cache_cap - 1;
+    for (i = ((uintptr_t)arr >> 4) & mask; sc->cache[i].arr != NULL; i = (i + 1) & mask)
+        if (sc->cache[i].arr == arr)
+            return &sc->cache[i];
+    if (!create)
+        return NULL;
+    sc->cache[i].arr = arr;
+    sc->cache[i].items = NULL;
+    sc->cache[i].n = 0;
+    sc->cache_n++;
+    return &sc->cache[i];
+}
+
+static void cache_invalidate(struct ax__scope *sc, const cJSON *arr)
+{
+    struct ax__acache *c = cache_slot(sc, arr, 0);
+    if (c != NULL) {
+        free(c->items);
+        c->items = NULL;
+    }
+}
+
+/* A valid cache for arr, built on demand; NULL when memory is short (callers walk). */
+static struct ax__acache *cache_get(struct ax__scope *sc, const cJSON *arr)
+{
+    struct ax__acache *c = cache_slot(sc, arr, 1);
+    const cJSON *it;
+    int n = 0;
+
+    if (c == NULL)
+        return NULL;
+    if (c->items != NULL)
+        return c;
+    for (it = arr->child; it != NULL; it = it->next)
+        n++;
+    c->items = malloc(sizeof(cJSON *) * (size_t)(n > 0 ? n : 1));
+    if (c->items == NULL)
+        return NULL;
+    c->n = 0;
+    for (it = arr->child; it != NULL; it = it->next)
+        c->items[c->n++] = (cJSON *)it;
+    return c;
+}
+
+static void cache_free(struct ax__scope *sc)
+{
+    size_t i;
+    for (i = 0; i < sc->cache_cap; i++)
+        free(sc->cache[i].items);
+    free(sc->cache);
+    sc->cache = NULL;
+    sc->cache_cap = sc->cache_n = 0;
+}
+
+static int array_len(struct ax__scope *sc, const cJSON *arr)
+{
+    struct ax__acache *c = cache_slot(sc, arr, 0);
+    const cJSON *it;
+    int n = 0;
+
+    if (c != NULL && c->items != NULL)
+        return c->n;
+    for (it = arr->child; it != NULL; it = it->next)
+        n++;
+    if (n > CACHE_MIN * 2)
+        cache_get(sc, arr);
+    return n;
+}
+
+static cJSON *array_get(struct ax__scope *sc, const cJSON *arr, lua_Integer i)
+{
+    cJSON *it;
+    struct ax__acache *c;
+
+    if (i < 1)
+        return NULL;
+    if (i > CACHE_MIN && (c = cache_get(sc, arr)) != NULL)
+        return i <= c->n ? c->items[i - 1] : NULL;
+    for (it = arr->child; it != NULL && --i > 0; it = it->next)
+        ;
+    return it;
+}
+
+/* ---- scopes and the undo log ---------------------------------------------------------- */
+
+void ax__scope_open(struct ax__vstate *vs, struct ax__scope *sc, int readonly)
+{
+    memset(sc, 0, sizeof(*sc));
+    sc->id = ++vs->next_id;
+    sc->readonly = readonly;
+}
+
+static void scope_end(struct ax__scope *sc)
+{
+    free(sc->log);
+    sc->log = NULL;
+    sc->n_log = sc->cap_log = 0;
+    cache_free(sc);
+    sc->id = 0;
+}
+
+void ax__scope_commit(struct ax__scope *sc)
+{
+    size_t i;
+    for (i = 0; i < sc->n_log; i++) {
+        struct ax__undo *u = &sc->log[i];
+        if (u->kind == U_REPLACE || u->kind == U_REMOVE)
+            cJSON_Delete(u->a);
+    }
+    scope_end(sc);
+}
+
+void ax__scope_discard(struct ax__scope *sc)
+{
+    size_t i = sc->n_log;
+    while (i-- > 0) {
+        struct ax__undo *u = &sc->log[i];
+        switch (u->kind) {
+        case U_REPLACE:
+            list_replace(u->parent, u->b, u->a);
+            cJSON_Delete(u->b);
+            break;
+        case U_INSERT:
+            cJSON_Delete(cJSON_DetachItemViaPointer(u->parent, u->a));
+            break;
+        case U_REMOVE:
+            list_insert_after(u->parent, u->b, u->a);
+            break;
+        }
+    }
+    scope_end(sc);
+}
+
+/* Makes room for one more log entry; raises when memory is short (nothing changed yet). */
+static void log_reserve(lua_State *L, struct ax__scope *sc)
+{
+    if (sc->n_log == sc->cap_log) {
+        size_t nc = sc->cap_log ? sc->cap_log * 2 : 16;
+        struct ax__undo *nl = realloc(sc->log, nc * sizeof(*nl));
+        if (nl == NULL)
+            luaL_error(L, "not enough memory");
+        sc->log = nl;
+        sc->cap_log = nc;
+    }
+}
+
+static void log_add(struct ax__scope *sc, enum undo_kind k, cJSON *parent, cJSON *a, cJSON *b)
+{
+    struct ax__undo *u = &sc->log[sc->n_log++];
+    u->kind = k;
+    u->parent = parent;
+    u->a = a;
+    u->b = b;
+}
+
+static void charge(lua_State *L, struct ax__scope *sc, size_t bytes)
+{
+    size_t extra;
+    if (sc->charge == NULL)
+        return;
+    extra = sc->charge_extra ? *sc->charge_extra : 0;
+    if (sc->charge_max && *sc->charge + bytes + extra > sc->charge_max)
+        luaL_error(L, "not enough memory (request memory cap: %zu bytes)", sc->charge_max);
+    *sc->charge += bytes;
+}
+
+/* ---- Lua -> cJSON ----------------------------------------------------------------------- */
+
+void ax__push_null(lua_State *L)
+{
+    lua_pushlightuserdata(L, &null_key);
+}
+
+static int is_null(lua_State *L, int idx)
+{
+    return lua_islightuserdata(L, idx) && lua_touserdata(L, idx) == &null_key;
+}
+
+static struct ax__vstate *vstate(lua_State *L)
+{
+    return lua_touserdata(L, lua_upvalueindex(1));
+}
+
+static struct view *test_view(lua_State *L, int idx)
+{
+    return luaL_testudata(L, idx, AX_VIEW_MT);
+}
+
+static struct view *valid_view(lua_State *L, struct ax__vstate *vs, int idx)
+{
+    struct view *v = luaL_checkudata(L, idx, AX_VIEW_MT);
+    if (vs->cur == NULL || vs->cur->id != v->scope_id)
+        luaL_error(L, "view used outside its hook (keep ax.json.totable copies across hooks)");
+    return v;
+}
+
+static size_t tree_bytes(const cJSON *n)
+{
+    size_t b = sizeof(cJSON);
+    const cJSON *c;
+    if (n->string != NULL)
+        b += strlen(n->string) + 1;
+    if (n->valuestring != NULL)
+        b += strlen(n->valuestring) + 1;
+    for (c = n->child; c != NULL; c = c->next)
+        b += tree_bytes(c);
+    return b;
+}
+
+static int marker_kind(lua_State *L, int idx)
+{
+    int kind = 0;
+    if (!lua_getmetatable(L, idx))
+        return 0;
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &obj_mt_key);
+    if (lua_rawequal(L, -1, -2))
+        kind = JK_OBJECT;
+    lua_pop(L, 1);
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &arr_mt_key);
+    if (lua_rawequal(L, -1, -2))
+        kind = JK_ARRAY;
+    lua_pop(L, 2);
+    return kind;
+}
+
+/* Object or array for the table at idx (absolute). */
+static int table_kind(lua_State *L, int idx, int hint)
+{
+    lua_Integer n_int = 0, max = 0;
+    lua_Integer n_str = 0;
+    int kind = marker_kind(L, idx);
+
+    if (kind)
+        return kind;
+    lua_pushnil(L);
+    while (lua_next(L, idx) != 0) {
+        lua_pop(L, 1);
+        if (lua_type(L, -1) == LUA_TSTRING) {
+            n_str++;
+        } else if (lua_isinteger(L, -1) && lua_tointeger(L, -1) >= 1) {
+            n_int++;
+            if (lua_tointeger(L, -1) > max)
+                max = lua_tointeger(L, -1);
+        } else {
+            return luaL_error(L, "cannot convert a table with a %s key to JSON",
+                              luaL_typename(L, -1));
+        }
+    }
+    if (n_int == 0 && n_str == 0)
+        return hint ? hint : JK_OBJECT;
+    if (n_str == 0 && max == n_int)
+        return JK_ARRAY;
+    if (n_int == 0)
+        return JK_OBJECT;
+    return luaL_error(L, "cannot convert a table mixing array and object keys to JSON");
+}
+
+static cJSON *nomem(lua_State *L)
+{
+    luaL_error(L, "not enough memory");
+    return NULL;
+}
+
+static void fill(lua_State *L, int idx, cJSON *node, int kind, int depth, size_t *bytes);
+static void check_views_valid(lua_State *L, int idx);
+
+/* Creates the node for the value at idx (absolute); containers come back empty with *kind
+ * set, to be attached before fill() so a raise leaves nothing unreachable. */
+static cJSON *make_node(lua_State *L, int idx, int hint, int *kind, size_t *bytes)
+{
+    cJSON *n = NULL;
+    *kind = 0;
+    switch (lua_type(L, idx)) {
+    case LUA_TBOOLEAN:
+        n = cJSON_CreateBool(lua_toboolean(L, idx));
+        break;
+    case LUA_TNUMBER:
+        if (lua_isinteger(L, idx)) {
+            lua_Integer i = lua_tointeger(L, idx);
+            if (i > (1LL << 53) || i < -(1LL << 53)) {
+                char buf[32];
+                snprintf(buf, sizeof(buf), "%lld", (long long)i);
+                n = cJSON_CreateRaw(buf);
+            } else {
+                n = cJSON_CreateNumber((double)i);
+            }
+        } else {
+            double d = lua_tonumber(L, idx);
+            if (!isfinite(d))
+                luaL_error(L, "cannot convert %f to JSON", d);
+            n = cJSON_CreateNumber(d);
+        }
+        break;
+    case LUA_TSTRING: {
+        size_t len;
+        const char *s = lua_tolstring(L, idx, &len);
+        if (memchr(s, 0, len) != NULL)
+            luaL_error(L, "cannot convert a string holding a NUL byte to JSON");
+        n = cJSON_CreateString(s);
+        *bytes += len + 1;
+        break;
+    }
+    case LUA_TLIGHTUSERDATA:
+        if (!is_null(L, idx))
+            luaL_error(L, "cannot convert a light userdata to JSON");
+        n = cJSON_CreateNull();
+        break;
+    case LUA_TUSERDATA: {
+        struct view *v = test_view(L, idx);
+        if (v == NULL)
+            luaL_error(L, "cannot convert a userdata to JSON");
+        check_views_valid(L, idx);
+        n = cJSON_Duplicate(v->node, 1);
+        if (n != NULL)
+            *bytes += tree_bytes(n);
+        break;
+    }
+    case LUA_TTABLE:
+        *kind = table_kind(L, idx, hint);
+        n = *kind == JK_ARRAY ? cJSON_CreateArray() : cJSON_CreateObject();
+        break;
+    default:
+        luaL_error(L, "cannot convert a %s to JSON", luaL_typename(L, idx));
+    }
+    if (n == NULL)
+        return nomem(L);
+    *bytes += sizeof(cJSON);
+    return n;
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+static void fill_child(lua_State *L, cJSON *node, const char *key, int depth, size_t *bytes)
+{
+    int kind, top = lua_gettop(L);
+    cJSON *c = make_node(L, top, 0, &kind, bytes);
+    if (key != NULL) {
+        if (!cJSON_AddItemToObject(node, key, c)) {
+            cJSON_Delete(c);
+            nomem(L);
+        }
+        *bytes += strlen(key) + 1;
+    } else if (!cJSON_AddItemToArray(node, c)) {
+        cJSON_Delete(c);
+        nomem(L);
+    }
+    if (kind)
+        fill(L, top, c, kind, depth + 1, bytes);
+}
+
+static void fill(lua_State *L, int idx, cJSON *node, int kind, int depth, size_t *bytes)
+{
+    if (depth > MAX_DEPTH)
+        luaL_error(L, "cannot convert to JSON: nesting over %d (a cycle?)", MAX_DEPTH);
+    luaL_checkstack(L, 6, "JSON conversion");
+    if (kind == JK_ARRAY) {
+        lua_Integer i, n = (lua_Integer)lua_rawlen(L, idx);
+        for (i = 1; i <= n; i++) {
+            lua_rawgeti(L, idx, i); /* v */
+            if (lua_isnil(L, -1)) {
+                lua_pop(L, 1);
+                break;
+            }
+            fill_child(L, node, NULL, depth, bytes);
+            lua_pop(L, 1);
+        }
+        return;
+    }
+    {
+        size_t nk = 0, cap = 0, i, len;
+        const char **keys;
+        lua_pushnil(L);
+        while (lua_next(L, idx) != 0) {
+            lua_pop(L, 1);
+            if (lua_type(L, -1) != LUA_TSTRING)
+                luaL_error(L, "cannot convert an object with a %s key to JSON",
+                           luaL_typename(L, -1));
+            if (strlen(lua_tolstring(L, -1, &len)) != len)
+                luaL_error(L, "cannot convert an object key holding a NUL byte to JSON");
+            cap++;
+        }
+        /* key array in a userdata: collected even if a conversion below raises */
+        keys = lua_newuserdatauv(L, sizeof(char *) * (cap ? cap : 1), 0); /* keys */
+        lua_pushnil(L);                                                   /* keys, nil */
+        while (lua_next(L, idx) != 0) {                                   /* keys, k, v */
+            lua_pop(L, 1);                                                /* keys, k */
+            if (nk < cap)
+                keys[nk++] = lua_tostring(L, -1); /* kept alive: a key of the table */
+        }
+        qsort(keys, nk, sizeof(*keys), cmp_str);
+        for (i = 0; i < nk; i++) {
+            lua_getfield(L, idx, keys[i]); /* keys, v */
+            fill_child(L, node, keys[i], depth, bytes);
+            lua_pop(L, 1);
+        }
+        lua_pop(L, 1);
+    }
+}
+
+static int jbox_gc(lua_State *L)
+{
+    struct jbox *b = lua_touserdata(L, 1);
+    if (b->root != NULL)
+        cJSON_Delete(b->root);
+    b->root = NULL;
+    return 0;
+}
+
+static struct jbox *push_box(lua_State *L)
+{
+    struct jbox *b = lua_newuserdatauv(L, sizeof(*b), 0);
+    b->root = NULL;
+    luaL_setmetatable(L, AX_JBOX_MT);
+    return b;
+}
+
+/* Converts the value at idx into a new tree held by a box pushed on the stack (the box frees
+ * it unless the caller takes it); hint is the type of a node it replaces. */
+static struct jbox *box_convert(lua_State *L, int idx, int hint, size_t *bytes)
+{
+    int kind;
+    struct jbox *b;
+
+    idx = lua_absindex(L, idx);
+    b = push_box(L);
+    b->root = make_node(L, idx, hint, &kind, bytes);
+    if (kind)
+        fill(L, idx, b->root, kind, 1, bytes);
+    return b;
+}
+
+cJSON *ax__json_from_lua(lua_State *L, int idx)
+{
+    size_t bytes = 0;
+    struct jbox *b = box_convert(L, idx, 0, &bytes);
+    cJSON *n = b->root;
+    b->root = NULL;
+    lua_pop(L, 1);
+    return n;
+}
+
+const cJSON *ax__json_arg(lua_State *L, int idx, int *boxed)
+{
+    struct view *v = test_view(L, idx);
+    size_t bytes = 0;
+
+    *boxed = 0;
+    if (v != NULL) {
+        check_views_valid(L, idx);
+        return v->node;
+    }
+    *boxed = 1;
+    return box_convert(L, idx, 0, &bytes)->root;
+}
+
+/* ---- cJSON -> Lua ----------------------------------------------------------------------- */
+
+static void push_number(lua_State *L, double d)
+{
+    if (d >= -9.2e18 && d <= 9.2e18 && (double)(lua_Integer)d == d)
+        lua_pushinteger(L, (lua_Integer)d);
+    else
+        lua_pushnumber(L, d);
+}
+
+static void push_raw(lua_State *L, const char *s)
+{
+    if (s == NULL || lua_stringtonumber(L, s) == 0)
+        lua_pushstring(L, s ? s : "");
+}
+
+static void push_scalar(lua_State *L, const cJSON *n)
+{
+    switch (n->type & 0xFF) {
+    case cJSON_False:
+        lua_pushboolean(L, 0);
+        break;
+    case cJSON_True:
+        lua_pushboolean(L, 1);
+        break;
+    case cJSON_NULL:
+        ax__push_null(L);
+        break;
+    case cJSON_Number:
+        push_number(L, n->valuedouble);
+        break;
+    case cJSON_String:
+        lua_pushstring(L, n->valuestring ? n->valuestring : "");
+        break;
+    case cJSON_Raw:
+        push_raw(L, n->valuestring);
+        break;
+    default:
+        lua_pushnil(L);
+    }
+}
+
+static void push_table_rec(lua_State *L, const cJSON *node, int depth)
+{
+    const cJSON *c;
+    lua_Integer i = 0;
+
+    if (!cJSON_IsArray(node) && !cJSON_IsObject(node)) {
+        push_scalar(L, node);
+        return;
+    }
+    if (depth > 1000)
+        luaL_error(L, "JSON nesting too deep");
+    luaL_checkstack(L, 4, "JSON conversion");
+    lua_createtable(L, cJSON_IsArray(node) ? 4 : 0, cJSON_IsObject(node) ? 4 : 0); /* t */
+    lua_rawgetp(L, LUA_REGISTRYINDEX, cJSON_IsArray(node) ? &arr_mt_key : &obj_mt_key);
+    lua_setmetatable(L, -2);
+    for (c = node->child; c != NULL; c = c->next) {
+        push_table_rec(L, c, depth + 1); /* t, v */
+        if (cJSON_IsArray(node))
+            lua_rawseti(L, -2, ++i);
+        else
+            lua_setfield(L, -2, c->string ? c->string : "");
+    }
+}
+
+void ax__json_push_table(lua_State *L, const cJSON *node)
+{
+    push_table_rec(L, node, 0);
+}
+
+void ax__view_push(lua_State *L, struct ax__vstate *vs, struct ax__scope *sc, cJSON *node)
+{
+    struct view *v = lua_newuserdatauv(L, sizeof(*v), 0);
+    (void)vs;
+    v->node = node;
+    v->scope_id = sc->id;
+    luaL_setmetatable(L, AX_VIEW_MT);
+}
+
+static void push_value(lua_State *L, struct ax__vstate *vs, cJSON *n)
+{
+    if (cJSON_IsArray(n) || cJSON_IsObject(n))
+        ax__view_push(L, vs, vs->cur, n);
+    else
+        push_scalar(L, n);
+}
+
+/* ---- view metamethods --------------------------------------------------------------------- */
+
+/* A view inside a value being converted must belong to the active scope too. */
+static void check_views_valid(lua_State *L, int idx)
+{
+    struct view *v = test_view(L, idx);
+    struct ax__vstate *vs;
+    if (v == NULL)
+        return;
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &vs_key); /* the vstate, registered at init */
+    vs = lua_touserdata(L, -1);
+    lua_pop(L, 1);
+    if (vs == NULL || vs->cur == NULL || vs->cur->id != v->scope_id)
+        luaL_error(L, "view used outside its hook (keep ax.json.totable copies across hooks)");
+}
+
+static int view_index(lua_State *L)
+{
+    struct ax__vstate *vs = vstate(L);
+    struct view *v = valid_view(L, vs, 1);
+    cJSON *child = NULL;
+
+    if (cJSON_IsObject(v->node)) {
+        if (lua_type(L, 2) == LUA_TSTRING)
+            child = cJSON_GetObjectItemCaseSensitive(v->node, lua_tostring(L, 2));
+    } else if (lua_type(L, 2) == LUA_TNUMBER) {
+        int isnum;
+        lua_Integer i = lua_tointegerx(L, 2, &isnum);
+        if (isnum)
+            child = array_get(vs->cur, v->node, i);
+    }
+    if (child == NULL)
+        return lua_pushnil(L), 1;
+    push_value(L, vs, child);
+    return 1;
+}
+
+static int node_kind(const cJSON *n)
+{
+    return cJSON_IsArray(n) ? JK_ARRAY : cJSON_IsObject(n) ? JK_OBJECT : 0;
+}
+
+static cJSON *convert_value(lua_State *L, struct ax__scope *sc, int idx, int hint)
+{
+    size_t bytes = 0;
+    cJSON *n;
+    struct jbox *b = box_convert(L, idx, hint, &bytes); /* the box owns it until it is in */
+
+    charge(L, sc, bytes);
+    log_reserve(L, sc);
+    n = b->root;
+    b->root = NULL;
+    lua_pop(L, 1);
+    return n;
+}
+
+static void check_writable(lua_State *L, struct ax__scope *sc)
+{
+    if (sc->readonly)
+        luaL_error(L, "the view is read-only in this hook");
+}
+
+static void set_key(lua_State *L, struct ax__scope *sc, cJSON *obj, const char *key, int vidx)
+{
+    cJSON *old = cJSON_GetObjectItemCaseSensitive(obj, key);
+    cJSON *nw;
+
+    if (lua_isnil(L, vidx)) {
+        if (old == NULL)
+            return;
+        log_reserve(L, sc);
+        log_add(sc, U_REMOVE, obj, old, prev_sibling(obj, old));
+        cJSON_DetachItemViaPointer(obj, old);
+        return;
+    }
+    nw = convert_value(L, sc, vidx, old ? node_kind(old) : 0);
+    if (old == NULL) {
+        if (!cJSON_AddItemToObject(obj, key, nw)) {
+            cJSON_Delete(nw);
+            nomem(L);
+        }
+        log_add(sc, U_INSERT, obj, nw, NULL);
+        return;
+    }
+    nw->string = cJSON_malloc(strlen(key) + 1);
+    if (nw->string == NULL) {
+        cJSON_Delete(nw);
+        nomem(L);
+    }
+    memcpy(nw->string, key, strlen(key) + 1);
+    list_replace(obj, old, nw);
+    log_add(sc, U_REPLACE, obj, old, nw);
+}
+
+static void append_item(lua_State *L, struct ax__scope *sc, cJSON *arr, int vidx)
+{
+    struct ax__acache *c;
+    cJSON *nw = convert_value(L, sc, vidx, 0);
+
+    c = cache_slot(sc, arr, 0);
+    if (c != NULL && c->items != NULL) {
+        cJSON **ni = realloc(c->items, sizeof(cJSON *) * (size_t)(c->n + 1));
+        if (ni == NULL) {
+            free(c->items);
+            c->items = NULL;
+        } else {
+            c->items = ni;
+            c->items[c->n++] = nw;
+        }
+    }
+    cJSON_AddItemToArray(arr, nw);
+    log_add(sc, U_INSERT, arr, nw, NULL);
+}
+
+static void remove_item(lua_State *L, struct ax__scope *sc, cJSON *arr, cJSON *it)
+{
+    log_reserve(L, sc);
+    cache_invalidate(sc, arr);
+    log_add(sc, U_REMOVE, arr, it, prev_sibling(arr, it));
+    cJSON_DetachItemViaPointer(arr, it);
+}
+
+static void set_index(lua_State *L, struct ax__scope *sc, cJSON *arr, lua_Integer i, int vidx)
+{
+    int n = array_len(sc, arr);
+    cJSON *old, *nw;
+    struct ax__acache *c;
+
+    if (i < 1 || i > (lua_Integer)n + 1)
+        luaL_error(L, "array index %I out of range (length %d)", (LUAI_UACINT)i, n);
+    if (lua_isnil(L, vidx)) {
+        if (i == n + 1)
+            return;
+        if (i != n)
+            luaL_error(L, "cannot assign nil to element %I of %d: use ax.remove",
+                       (LUAI_UACINT)i, n);
+        remove_item(L, sc, arr, array_get(sc, arr, i));
+        return;
+    }
+    if (i == n + 1) {
+        append_item(L, sc, arr, vidx);
+        return;
+    }
+    old = array_get(sc, arr, i);
+    nw = convert_value(L, sc, vidx, node_kind(old));
+    list_replace(arr, old, nw);
+    c = cache_slot(sc, arr, 0);
+    if (c != NULL && c->items != NULL && i <= c->n)
+        c->items[i - 1] = nw;
+    log_add(sc, U_REPLACE, arr, old, nw);
+}
+
+static int view_newindex(lua_State *L)
+{
+    struct ax__vstate *vs = vstate(L);
+    struct view *v = valid_view(L, vs, 1);
+
+    check_writable(L, vs->cur);
+    if (cJSON_IsObject(v->node)) {
+        size_t len;
+        const char *key;
+        if (lua_type(L, 2) != LUA_TSTRING)
+            return luaL_error(L, "object keys are strings (got %s)", luaL_typename(L, 2));
+        key = lua_tolstring(L, 2, &len);
+        if (strlen(key) != len)
+            return luaL_error(L, "object key holds a NUL byte");
+        set_key(L, vs->cur, v->node, key, 3);
+    } else {
+        int isnum;
+        lua_Integer i = lua_tointegerx(L, 2, &isnum);
+        if (!isnum)
+            return luaL_error(L, "array index must be an integer (got %s)",
+                              luaL_typename(L, 2));
+        set_index(L, vs->cur, v->node, i, 3);
+    }
+    return 0;
+}
+
+static int view_len(lua_State *L)
+{
+    struct ax__vstate *vs = vstate(L);
+    struct view *v = valid_view(L, vs, 1);
+    lua_pushinteger(L, cJSON_IsArray(v->node) ? array_len(vs->cur, v->node) : 0);
+    return 1;
+}
+
+static int view_eq(lua_State *L)
+{
+    struct view *a = test_view(L, 1), *b = test_view(L, 2);
+    lua_pushboolean(L, a != NULL && b != NULL && a->node == b->node);
+    return 1;
+}
+
+static int view_tostring(lua_State *L)
+{
+    struct view *v = luaL_checkudata(L, 1, AX_VIEW_MT);
+    lua_pushfstring(L, "anthroxy.view(%s): %p", cJSON_IsArray(v->node) ? "array" : "object",
+                    (void *)v);
+    return 1;
+}
+
+/* pairs iterator: upvalues vs, next node (light userdata or nil = first), index. */
+static int view_pairs_next(lua_State *L)
+{
+    struct ax__vstate *vs = vstate(L);
+    struct view *v = valid_view(L, vs, 1);
+    cJSON *n;
+    lua_Integer i = lua_tointeger(L, lua_upvalueindex(3));
+
+    if (lua_isnil(L, lua_upvalueindex(2)))
+        n = i == 0 ? v->node->child : NULL;
+    else
+        n = lua_touserdata(L, lua_upvalueindex(2));
+    if (n == NULL)
+        return lua_pushnil(L), 1;
+    if (n->next != NULL)
+        lua_pushlightuserdata(L, n->next);
+    else
+        lua_pushnil(L);
+    lua_replace(L, lua_upvalueindex(2));
+    lua_pushinteger(L, i + 1);
+    lua_replace(L, lua_upvalueindex(3));
+    if (cJSON_IsArray(v->node))
+        lua_pushinteger(L, i + 1);
+    else
+        lua_pushstring(L, n->string ? n->string : "");
+    push_value(L, vs, n);
+    return 2;
+}
+
+static int view_pairs(lua_State *L)
+{
+    struct ax__vstate *vs = vstate(L);
+    valid_view(L, vs, 1);
+    lua_pushlightuserdata(L, vs);
+    lua_pushnil(L);
+    lua_pushinteger(L, 0);
+    lua_pushcclosure(L, view_pairs_next, 3);
+    lua_pushvalue(L, 1);
+    lua_pushnil(L);
+    return 3;
+}
+
+/* ---- module functions ------------------------------------------------------------------- */
+
+static int l_is_view(lua_State *L)
+{
+    lua_pushboolean(L, test_view(L, 1) != NULL);
+    return 1;
+}
+
+static int ipairs_aux(lua_State *L)
+{
+    lua_Integer i = luaL_checkinteger(L, 2);
+    i = luaL_intop(+, i, 1);
+    lua_pushinteger(L, i);
+    return lua_geti(L, 1, i) == LUA_TNIL ? 1 : 2;
+}
+
+static int l_ipairs(lua_State *L)
+{
+    luaL_checkany(L, 1);
+    lua_pushcfunction(L, ipairs_aux);
+    lua_pushvalue(L, 1);
+    lua_pushinteger(L, 0);
+    return 3;
+}
+
+static int next_aux(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_settop(L, 2);
+    if (lua_next(L, 1))
+        return 2;
+    lua_pushnil(L);
+    return 1;
+}
+
+static int l_pairs(lua_State *L)
+{
+    if (test_view(L, 1) != NULL) {
+        lua_pushcfunction(L, view_pairs);
+        lua_pushvalue(L, 1);
+        lua_call(L, 1, 3);
+        return 3;
+    }
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_pushcfunction(L, next_aux);
+    lua_pushvalue(L, 1);
+    lua_pushnil(L);
+    return 3;
+}
+
+static int l_len(lua_State *L)
+{
+    lua_len(L, 1);
+    return 1;
+}
+
+static int l_insert(lua_State *L)
+{
+    struct ax__vstate *vs = vstate(L);
+    int nargs = lua_gettop(L);
+    struct view *v = test_view(L, 1);
+    lua_Integer n, pos;
+
+    if (nargs != 2 && nargs != 3)
+        return luaL_error(L, "wrong number of arguments to 'insert'");
+    if (v == NULL) {
+        luaL_checktype(L, 1, LUA_TTABLE);
+        lua_len(L, 1);
+        n = lua_tointeger(L, -1);
+        lua_pop(L, 1);
+        pos = nargs == 3 ? luaL_checkinteger(L, 2) : n + 1;
+        luaL_argcheck(L, pos >= 1 && pos <= n + 1, 2, "position out of bounds");
+        for (lua_Integer i = n; i >= pos; i--) {
+            lua_geti(L, 1, i);
+            lua_seti(L, 1, i + 1);
+        }
+        lua_pushvalue(L, nargs);
+        lua_seti(L, 1, pos);
+        return 0;
+    }
+    valid_view(L, vs, 1);
+    check_writable(L, vs->cur);
+    if (!cJSON_IsArray(v->node))
+        return luaL_error(L, "ax.insert: not an array");
+    n = array_len(vs->cur, v->node);
+    pos = nargs == 3 ? luaL_checkinteger(L, 2) : n + 1;
+    luaL_argcheck(L, pos >= 1 && pos <= n + 1, 2, "position out of bounds");
+    if (lua_isnil(L, nargs))
+        return luaL_error(L, "ax.insert: cannot insert nil (use ax.json.null)");
+    if (pos == n + 1) {
+        append_item(L, vs->cur, v->node, nargs);
+    } else {
+        cJSON *at = array_get(vs->cur, v->node, pos);
+        cJSON *nw = convert_value(L, vs->cur, nargs, 0);
+        cache_invalidate(vs->cur, v->node);
+        list_insert_after(v->node, prev_sibling(v->node, at), nw);
+        log_add(vs->cur, U_INSERT, v->node, nw, NULL);
+    }
+    return 0;
+}
+
+static int l_remove(lua_State *L)
+{
+    struct ax__vstate *vs = vstate(L);
+    struct view *v = test_view(L, 1);
+    lua_Integer n, pos;
+    cJSON *it;
+
+    if (v == NULL) {
+        luaL_checktype(L, 1, LUA_TTABLE);
+        lua_len(L, 1);
+        n = lua_tointeger(L, -1);
+        lua_pop(L, 1);
+        pos = luaL_optinteger(L, 2, n);
+        if (n == 0 && lua_isnoneornil(L, 2))
+            return 0;
+        luaL_argcheck(L, pos >= 1 && pos <= n, 2, "position out of bounds");
+        lua_geti(L, 1, pos); /* result */
+        for (; pos < n; pos++) {
+            lua_geti(L, 1, pos + 1);
+            lua_seti(L, 1, pos);
+        }
+        lua_pushnil(L);
+        lua_seti(L, 1, n);
+        return 1;
+    }
+    valid_view(L, vs, 1);
+    check_writable(L, vs->cur);
+    if (!cJSON_IsArray(v->node))
+        return luaL_error(L, "ax.remove: not an array");
+    n = array_len(vs->cur, v->node);
+    if (n == 0 && lua_isnoneornil(L, 2))
+        return 0;
+    pos = luaL_optinteger(L, 2, n);
+    luaL_argcheck(L, pos >= 1 && pos <= n, 2, "position out of bounds");
+    it = array_get(vs->cur, v->node, pos);
+    remove_item(L, vs->cur, v->node, it);
+    push_value(L, vs, it); /* still valid: removed nodes live until the scope ends */
+    return 1;
+}
+
+static int l_encode(lua_State *L)
+{
+    int boxed;
+    const cJSON *n;
+    char *s;
+
+    luaL_checkany(L, 1);
+    n = ax__json_arg(L, 1, &boxed);
+    s = cJSON_PrintUnformatted(n);
+    if (s == NULL)
+        return luaL_error(L, "not enough memory");
+    lua_pushstring(L, s);
+    cJSON_free(s);
+    return 1;
+}
+
+static int l_decode(lua_State *L)
+{
+    size_t len;
+    const char *s = luaL_checklstring(L, 1, &len);
+    char *copy = lua_newuserdatauv(L, len + 1, 0); /* mutable copy, collected */
+    struct ax_error err;
+    struct jbox *b;
+
+    memcpy(copy, s, len);
+    copy[len] = 0;
+    b = push_box(L);
+    b->root = ax_json_parse(copy, len, &err);
+    if (b->root == NULL)
+        return luaL_error(L, "ax.json.decode: %s", err.message);
+    ax__json_push_table(L, b->root);
+    cJSON_Delete(b->root);
+    b->root = NULL;
+    return 1;
+}
+
+static int mark(lua_State *L, void *key)
+{
+    if (lua_isnoneornil(L, 1)) {
+        lua_settop(L, 0);
+        lua_newtable(L);
+    } else {
+        luaL_checktype(L, 1, LUA_TTABLE);
+        lua_settop(L, 1);
+    }
+    lua_rawgetp(L, LUA_REGISTRYINDEX, key);
+    lua_setmetatable(L, 1);
+    return 1;
+}
+
+static int l_object(lua_State *L)
+{
+    return mark(L, &obj_mt_key);
+}
+
+static int l_array(lua_State *L)
+{
+    return mark(L, &arr_mt_key);
+}
+
+static int l_totable(lua_State *L)
+{
+    struct ax__vstate *vs = vstate(L);
+    struct view *v = test_view(L, 1);
+    if (v == NULL) {
+        lua_settop(L, 1);
+        return 1;
+    }
+    valid_view(L, vs, 1);
+    ax__json_push_table(L, v->node);
+    return 1;
+}
+
+static int l_type(lua_State *L)
+{
+    struct view *v = test_view(L, 1);
+    const char *t = NULL;
+    switch (lua_type(L, 1)) {
+    case LUA_TSTRING:
+        t = "string";
+        break;
+    case LUA_TNUMBER:
+        t = "number";
+        break;
+    case LUA_TBOOLEAN:
+        t = "boolean";
+        break;
+    case LUA_TLIGHTUSERDATA:
+        t = is_null(L, 1) ? "null" : NULL;
+        break;
+    case LUA_TUSERDATA:
+        t = v == NULL ? NULL : cJSON_IsArray(v->node) ? "array" : "object";
+        break;
+    case LUA_TTABLE: {
+        int k = marker_kind(L, 1);
+        if (!k)
+            k = lua_rawlen(L, 1) > 0 ? JK_ARRAY : JK_OBJECT;
+        t = k == JK_ARRAY ? "array" : "object";
+        break;
+    }
+    default:
+        break;
+    }
+    if (t == NULL)
+        lua_pushnil(L);
+    else
+        lua_pushstring(L, t);
+    return 1;
+}
+
+void ax__view_open_api(lua_State *L, struct ax__vstate *vs)
+{
+    static const luaL_Reg top[] = {{"is_view", l_is_view}, {"ipairs", l_ipairs},
+                                   {"pairs", l_pairs},     {"insert", l_insert},
+                                   {"remove", l_remove},   {"len", l_len},
+                                   {NULL, NULL}};
+    static const luaL_Reg json[] = {{"encode", l_encode}, {"decode", l_decode},
+                                    {"object", l_object}, {"array", l_array},
+                                    {"totable", l_totable}, {"type", l_type},
+                                    {NULL, NULL}};
+
+    lua_pushlightuserdata(L, vs);         /* M, vs */
+    luaL_setfuncs(L, top, 1);             /* M */
+    lua_newtable(L);                      /* M, json */
+    lua_pushlightuserdata(L, vs);         /* M, json, vs */
+    luaL_setfuncs(L, json, 1);            /* M, json */
+    ax__push_null(L);                     /* M, json, null */
+    lua_setfield(L, -2, "null");          /* M, json */
+    lua_setfield(L, -2, "json");          /* M */
+}
+
+void ax__view_init(lua_State *L, struct ax__vstate *vs)
+{
+    static const luaL_Reg mt[] = {{"__index", view_index},   {"__newindex", view_newindex},
+                                  {"__len", view_len},       {"__pairs", view_pairs},
+                                  {"__eq", view_eq},         {"__tostring", view_tostring},
+                                  {NULL, NULL}};
+
+    luaL_newmetatable(L, AX_VIEW_MT);     /* mt */
+    lua_pushlightuserdata(L, vs);         /* mt, vs */
+    luaL_setfuncs(L, mt, 1);              /* mt */
+    lua_pushboolean(L, 0);                /* mt, false */
+    lua_setfield(L, -2, "__metatable");   /* mt */
+    lua_pop(L, 1);                        /* (empty) */
+
+    luaL_newmetatable(L, AX_JBOX_MT);     /* bmt */
+    lua_pushcfunction(L, jbox_gc);        /* bmt, gc */
+    lua_setfield(L, -2, "__gc");          /* bmt */
+    lua_pushboolean(L, 0);
+    lua_setfield(L, -2, "__metatable");
+    lua_pop(L, 1);
+
+    lua_newtable(L);                      /* omt */
+    lua_pushliteral(L, "json.object");
+    lua_setfield(L, -2, "__name");
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &obj_mt_key);
+    lua_newtable(L);                      /* amt */
+    lua_pushliteral(L, "json.array");
+    lua_setfield(L, -2, "__name");
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &arr_mt_key);
+
+    /* the vstate, for conversions that meet a view outside a view metamethod */
+    lua_pushlightuserdata(L, vs);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &vs_key);
+}
