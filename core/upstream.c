@@ -175,6 +175,22 @@ static void pend_push(struct ax_xfer *x)
     up_schedule(up);
 }
 
+/* The pend list is short (transfers touched since the last idle pass): a walk is fine. */
+static void pend_remove(struct ax_xfer *x)
+{
+    struct ax_upstream *up = x->up;
+    struct ax_xfer **pp;
+
+    if (!x->in_pend)
+        return;
+    for (pp = &up->pend; *pp != x; pp = &(*pp)->pend_next)
+        ;
+    *pp = x->pend_next;
+    if (up->pend_tail == &x->pend_next)
+        up->pend_tail = pp;
+    x->in_pend = 0;
+}
+
 static char *xstrdup(const char *s)
 {
     size_t n = strlen(s) + 1;
@@ -560,6 +576,7 @@ static void xfer_release(struct ax_xfer *x)
 {
     struct ax_upstream *up = x->up;
 
+    pend_remove(x);
     if (x->easy != NULL)
         curl_easy_cleanup(x->easy);
     x->easy = NULL;
@@ -1187,6 +1204,7 @@ static void probe_finish(struct ax_upstream *up)
     uint64_t next;
 
     changed = in->state != up->probe_state || in->n_ctx != up->probe_n_ctx ||
+              (in->n_ctx_source != up->probe_n_ctx_source && up->probe_n_ctx > 0) ||
               in->llama_server != up->probe_llama ||
               strcmp(in->model_id, up->probe_old_model) != 0;
     if (in->state != up->probe_state)
