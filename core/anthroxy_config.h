@@ -27,59 +27,59 @@ enum ax_config_source { AX_SRC_DEFAULT, AX_SRC_FILE, AX_SRC_ENV, AX_SRC_FLAG };
 
 struct ax_config {
     /* listening */
-    char *host;                /* "127.0.0.1" */
-    int port;                  /* 4000; 0 picks a free port (tests) */
-    char **api_keys;           /* inbound keys; none = no auth */
+    char *host;      /* "127.0.0.1" */
+    int port;        /* 4000; 0 picks a free port (tests) */
+    char **api_keys; /* inbound keys; none = no auth */
     size_t n_api_keys;
-    char *api_key_file;        /* one key per line, '#' comments */
+    char *api_key_file; /* one key per line, '#' comments */
 
     /* upstream */
-    char *upstream_base;       /* "http://127.0.0.1:8080/v1"; a trailing /v1 is optional */
-    char *upstream_api_key;    /* sent as Authorization: Bearer */
-    char *upstream_model;      /* NULL: the first id the upstream lists at /v1/models */
+    char *upstream_base;    /* "http://127.0.0.1:8080/v1"; a trailing /v1 is optional */
+    char *upstream_api_key; /* sent as Authorization: Bearer */
+    char *upstream_model;   /* NULL: the first id the upstream lists at /v1/models */
     struct ax_model_map *model_map;
     size_t n_model_map;
-    int max_upstream;          /* concurrent upstream transfers (PROXY_MAX_CONNECTIONS, 20) */
-    int upstream_queue_max;    /* requests waiting for a transfer slot before 529 (1024) */
-    uint64_t connect_timeout_ms;   /* 10000 */
-    uint64_t read_timeout_ms;      /* idle read timeout (PROXY_READ_TIMEOUT, 600 s) */
-    uint64_t total_timeout_ms;     /* whole transfer; 0 = none */
-    int connect_retries;           /* 2: retries after a failed connect, never after */
-    uint64_t retry_delay_ms;       /* 500, doubled each retry */
+    int max_upstream;            /* concurrent upstream transfers (PROXY_MAX_CONNECTIONS, 20) */
+    int upstream_queue_max;      /* requests waiting for a transfer slot before 529 (1024) */
+    uint64_t connect_timeout_ms; /* 10000 */
+    uint64_t read_timeout_ms;    /* idle read timeout (PROXY_READ_TIMEOUT, 600 s) */
+    uint64_t total_timeout_ms;   /* whole transfer; 0 = none */
+    int connect_retries;         /* 2: retries after a failed connect, never after */
+    uint64_t retry_delay_ms;     /* 500, doubled each retry */
 
     /* context */
-    int64_t context_window;        /* 0: probe /props, then /slots, else 131072 */
-    double prune_threshold;        /* 0.75 (for the pruning policy) */
+    int64_t context_window; /* 0: probe /props, then /slots, else 131072 */
+    double prune_threshold; /* 0.75 (for the pruning policy) */
 
     /* limits */
-    size_t max_body_bytes;         /* 32 MiB */
-    size_t max_header_bytes;       /* 64 KiB */
-    size_t max_response_bytes;     /* a complete upstream answer: 64 MiB */
-    size_t write_high_water;       /* pause the upstream past this many queued bytes: 64 KiB */
-    size_t write_low_water;        /* resume below: 16 KiB */
-    uint64_t client_stall_timeout_ms;  /* no write progress this long: cut off (60 s) */
-    uint64_t keepalive_timeout_ms;     /* idle keep-alive connection (75 s) */
-    uint64_t shutdown_grace_ms;        /* finish in-flight requests on SIGTERM (10 s) */
+    size_t max_body_bytes;            /* 32 MiB */
+    size_t max_header_bytes;          /* 64 KiB */
+    size_t max_response_bytes;        /* a complete upstream answer: 64 MiB */
+    size_t write_high_water;          /* pause the upstream past this many queued bytes: 64 KiB */
+    size_t write_low_water;           /* resume below: 16 KiB */
+    uint64_t client_stall_timeout_ms; /* no write progress this long: cut off (60 s) */
+    uint64_t keepalive_timeout_ms;    /* idle keep-alive connection (75 s) */
+    uint64_t shutdown_grace_ms;       /* finish in-flight requests on SIGTERM (10 s) */
 
     /* streaming */
-    uint64_t ping_interval_ms;     /* 10000 */
-    uint64_t first_byte_hold_ms;   /* wait this long for the upstream status before 200 (2000) */
-    int reasoning_fallback;        /* reasoning but no text and no tool call: emit it as text (0) */
+    uint64_t ping_interval_ms;   /* 10000 */
+    uint64_t first_byte_hold_ms; /* wait this long for the upstream status before 200 (2000) */
+    int reasoning_fallback;      /* reasoning but no text and no tool call: emit it as text (0) */
 
     /* policies */
-    char *policies_path;           /* chain file; NULL: <policy dir>/default.lua */
-    char *lua_dir;                 /* runtime Lua; NULL: the built-in AX_LUA_DIR */
-    size_t lua_mem_max;            /* all policies together: 256 MiB */
-    size_t lua_req_mem_max;        /* one request: 16 MiB */
-    uint64_t lua_instr_budget;     /* per hook call: 10,000,000 instructions */
-    int policy_fail_closed;        /* a failing policy fails the request (0: skip it) */
+    char *policies_path;       /* chain file; NULL: <policy dir>/default.lua */
+    char *lua_dir;             /* runtime Lua; NULL: the built-in AX_LUA_DIR */
+    size_t lua_mem_max;        /* all policies together: 256 MiB */
+    size_t lua_req_mem_max;    /* one request: 16 MiB */
+    uint64_t lua_instr_budget; /* per hook call: 10,000,000 instructions */
+    int policy_fail_closed;    /* a failing policy fails the request (0: skip it) */
 
     /* sessions */
-    int max_sessions;              /* 1024 */
-    uint64_t session_ttl_ms;       /* 6 h */
+    int max_sessions;        /* 1024 */
+    uint64_t session_ttl_ms; /* 6 h */
 
     /* logging */
-    int log_level;                 /* enum ax_log_level; PROXY_LOG_LEVEL */
+    int log_level; /* enum ax_log_level; PROXY_LOG_LEVEL */
 
     /* the config file read (--config, ANTHROXY_CONFIG); NULL: none */
     char *config_path;

@@ -84,8 +84,8 @@ void ax_session_record_request(struct ax_session *s, int64_t input_tokens, uint6
  * that was sent, real_prompt the upstream's prompt_tokens (<= 0: unknown). With both, the
  * calibration is updated and the real count replaces the estimate in last_input_tokens,
  * the newest history entry and the peak. */
-void ax_session_record_response(struct ax_session *s, int64_t estimated_prompt,
-                                int64_t real_prompt, int64_t output_tokens);
+void ax_session_record_response(struct ax_session *s, int64_t estimated_prompt, int64_t real_prompt,
+                                int64_t output_tokens);
 /* The tool calls of a response (fps: n fingerprints, appended to the recent ones), and
  * whether that turn's tool choice was forced: forced increments forced_tool_turns, not
  * forced resets it to 0. */

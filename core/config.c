@@ -34,11 +34,11 @@ struct opt {
     const char *name;     /* flag without "--"; also the file key and ANTHROXY_<NAME> */
     const char *seed_env; /* the seed's variable, or NULL */
     enum opt_type type;
-    size_t off;           /* of the field in struct ax_config */
-    const char *def;      /* default as a user would write it; NULL: unset */
-    double min, max;      /* numbers only; OPT_SECS in seconds */
+    size_t off;      /* of the field in struct ax_config */
+    const char *def; /* default as a user would write it; NULL: unset */
+    double min, max; /* numbers only; OPT_SECS in seconds */
     unsigned flags;
-    const char *metavar;  /* for --help */
+    const char *metavar; /* for --help */
     const char *help;
 };
 
@@ -55,8 +55,8 @@ static const struct opt opts[] = {
      "comma-separated in the environment; none: no authentication"},
     {"api-key-file", NULL, OPT_STR, F(api_key_file), NULL, 0, 0, 0, "PATH",
      "file of inbound keys, one per line, '#' comments; added to --api-key"},
-    {"upstream", "LLAMA_CPP_BASE", OPT_STR, F(upstream_base), "http://127.0.0.1:8080/v1", 0, 0,
-     0, "URL", "OpenAI-compatible base URL; a trailing /v1 is optional"},
+    {"upstream", "LLAMA_CPP_BASE", OPT_STR, F(upstream_base), "http://127.0.0.1:8080/v1", 0, 0, 0,
+     "URL", "OpenAI-compatible base URL; a trailing /v1 is optional"},
     {"upstream-api-key", NULL, OPT_STR, F(upstream_api_key), NULL, 0, 0, OPT_SECRET, "KEY",
      "sent upstream as Authorization: Bearer"},
     {"upstream-model", NULL, OPT_STR, F(upstream_model), NULL, 0, 0, 0, "MODEL",
@@ -78,8 +78,8 @@ static const struct opt opts[] = {
      "retries after a failed connect (never after the request was sent)"},
     {"retry-delay", NULL, OPT_SECS, F(retry_delay_ms), "0.5", 0, 3600, 0, "SEC",
      "delay before the first connect retry, doubled for each next one"},
-    {"context-window", "PROXY_CONTEXT_WINDOW", OPT_I64, F(context_window), "0", 0, 1e9, 0,
-     "N", "context window in tokens; 0: probe /props, then /slots, else 131072"},
+    {"context-window", "PROXY_CONTEXT_WINDOW", OPT_I64, F(context_window), "0", 0, 1e9, 0, "N",
+     "context window in tokens; 0: probe /props, then /slots, else 131072"},
     {"prune-threshold", "PROXY_CONTEXT_PRUNE_THRESHOLD", OPT_DOUBLE, F(prune_threshold), "0.75",
      0.01, 1, 0, "F", "fraction of the window at which the pruning policy acts"},
     {"max-body-bytes", NULL, OPT_SIZE, F(max_body_bytes), "32M", 1024, BIG, 0, "BYTES",
@@ -338,13 +338,20 @@ static int parse_scaled(const char *s, const struct unit *units, double *out)
 }
 
 static const struct unit plain_units[] = {{"", 1}, {NULL, 0}};
-static const struct unit size_units[] = {
-    {"", 1},           {"b", 1},           {"k", 1024.0},        {"kb", 1024.0},
-    {"kib", 1024.0},   {"m", 1048576.0},   {"mb", 1048576.0},    {"mib", 1048576.0},
-    {"g", 1073741824.0}, {"gb", 1073741824.0}, {"gib", 1073741824.0}, {NULL, 0}};
-static const struct unit sec_units[] = {{"", 1},    {"s", 1},       {"ms", 0.001},
-                                        {"m", 60},  {"min", 60},    {"h", 3600},
-                                        {NULL, 0}};
+static const struct unit size_units[] = {{"", 1},
+                                         {"b", 1},
+                                         {"k", 1024.0},
+                                         {"kb", 1024.0},
+                                         {"kib", 1024.0},
+                                         {"m", 1048576.0},
+                                         {"mb", 1048576.0},
+                                         {"mib", 1048576.0},
+                                         {"g", 1073741824.0},
+                                         {"gb", 1073741824.0},
+                                         {"gib", 1073741824.0},
+                                         {NULL, 0}};
+static const struct unit sec_units[] = {{"", 1},     {"s", 1},    {"ms", 0.001}, {"m", 60},
+                                        {"min", 60}, {"h", 3600}, {NULL, 0}};
 
 /* Integers: a plain decimal with no fraction (doubles hold every value we accept). */
 static int parse_integer(const char *s, double *out)
@@ -838,8 +845,7 @@ cJSON *ax_config_to_json(const struct ax_config *cfg)
         if ((val = opt_value_json(cfg, &opts[i])) == NULL)
             goto fail;
         cJSON_AddItemToObject(item, "value", val);
-        if (cJSON_AddStringToObject(item, "source", ax_config_source_name(cfg->source[i])) ==
-            NULL)
+        if (cJSON_AddStringToObject(item, "source", ax_config_source_name(cfg->source[i])) == NULL)
             goto fail;
     }
     return root;

@@ -332,8 +332,8 @@ static double clamp(double v, double lo, double hi)
     return v < lo ? lo : v > hi ? hi : v;
 }
 
-void ax_session_record_response(struct ax_session *s, int64_t estimated_prompt,
-                                int64_t real_prompt, int64_t output_tokens)
+void ax_session_record_response(struct ax_session *s, int64_t estimated_prompt, int64_t real_prompt,
+                                int64_t output_tokens)
 {
     double real, est, ratio;
 
@@ -356,8 +356,8 @@ void ax_session_record_response(struct ax_session *s, int64_t estimated_prompt,
     if (s->n_calibration == 0)
         s->calibration = ratio;
     else
-        s->calibration = clamp(s->calibration + CAL_ALPHA * (ratio - s->calibration), CAL_MIN,
-                               CAL_MAX);
+        s->calibration =
+            clamp(s->calibration + CAL_ALPHA * (ratio - s->calibration), CAL_MIN, CAL_MAX);
     s->n_calibration++;
     s->last_estimate = estimated_prompt;
     s->last_real_prompt = real_prompt;
@@ -504,8 +504,7 @@ static cJSON *calibration_json(const struct ax_session *s)
         cJSON_AddNumberToObject(c, "last_real_prompt", (double)s->last_real_prompt) == NULL ||
         (raw >= 0 ? cJSON_AddNumberToObject(c, "mean_abs_error_pct_raw", round_to(raw, 100))
                   : cJSON_AddNullToObject(c, "mean_abs_error_pct_raw")) == NULL ||
-        (cal >= 0 ? cJSON_AddNumberToObject(c, "mean_abs_error_pct_calibrated",
-                                            round_to(cal, 100))
+        (cal >= 0 ? cJSON_AddNumberToObject(c, "mean_abs_error_pct_calibrated", round_to(cal, 100))
                   : cJSON_AddNullToObject(c, "mean_abs_error_pct_calibrated")) == NULL) {
         cJSON_Delete(c);
         return NULL;

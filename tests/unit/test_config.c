@@ -13,22 +13,22 @@ extern char **environ;
 
 static int failures;
 
-#define CHECK(cond)                                                                          \
-    do {                                                                                     \
-        if (!(cond)) {                                                                       \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);         \
-            failures++;                                                                      \
-        }                                                                                    \
+#define CHECK(cond)                                                                                \
+    do {                                                                                           \
+        if (!(cond)) {                                                                             \
+            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);               \
+            failures++;                                                                            \
+        }                                                                                          \
     } while (0)
 
-#define CHECK_STR(a, b)                                                                      \
-    do {                                                                                     \
-        const char *a_ = (a), *b_ = (b);                                                     \
-        if (a_ == NULL || b_ == NULL || strcmp(a_, b_) != 0) {                               \
-            fprintf(stderr, "%s:%d: %s is \"%s\", expected \"%s\"\n", __FILE__, __LINE__, #a,  \
-                    a_ ? a_ : "(null)", b_ ? b_ : "(null)");                                 \
-            failures++;                                                                      \
-        }                                                                                    \
+#define CHECK_STR(a, b)                                                                            \
+    do {                                                                                           \
+        const char *a_ = (a), *b_ = (b);                                                           \
+        if (a_ == NULL || b_ == NULL || strcmp(a_, b_) != 0) {                                     \
+            fprintf(stderr, "%s:%d: %s is \"%s\", expected \"%s\"\n", __FILE__, __LINE__, #a,      \
+                    a_ ? a_ : "(null)", b_ ? b_ : "(null)");                                       \
+            failures++;                                                                            \
+        }                                                                                          \
     } while (0)
 
 #define SRC(cfg, name) ax_config_source_name(ax_config_source_of((cfg), (name)))
@@ -271,8 +271,8 @@ static void test_value_syntax(void)
 }
 
 /* A rejected value: the call fails and the message names where, the key and the value. */
-static void expect_bad(const char *a1, const char *a2, const char *needle1,
-                       const char *needle2, int line)
+static void expect_bad(const char *a1, const char *a2, const char *needle1, const char *needle2,
+                       int line)
 {
     struct ax_config c;
     struct ax_error err;
@@ -283,8 +283,8 @@ static void expect_bad(const char *a1, const char *a2, const char *needle1,
         failures++;
     } else if (strstr(err.message, needle1) == NULL ||
                (needle2 != NULL && strstr(err.message, needle2) == NULL)) {
-        fprintf(stderr, "%s:%d: message \"%s\" lacks \"%s\"/\"%s\"\n", __FILE__, line,
-                err.message, needle1, needle2 ? needle2 : "");
+        fprintf(stderr, "%s:%d: message \"%s\" lacks \"%s\"/\"%s\"\n", __FILE__, line, err.message,
+                needle1, needle2 ? needle2 : "");
         failures++;
     }
     ax_config_free(&c);
@@ -370,15 +370,44 @@ static char *capture_usage(void)
 /* --help names every setting the JSON knows, and every flag of the brief. */
 static void test_help(void)
 {
-    static const char *const required[] = {
-        "host", "port", "api-key", "api-key-file", "upstream", "upstream-api-key",
-        "upstream-model", "model-map", "max-upstream", "upstream-queue-max", "connect-timeout",
-        "read-timeout", "total-timeout", "connect-retries", "retry-delay", "context-window",
-        "prune-threshold", "max-body-bytes", "max-header-bytes", "max-response-bytes",
-        "write-high-water", "write-low-water", "client-stall-timeout", "keepalive-timeout",
-        "shutdown-grace", "ping-interval", "first-byte-hold", "reasoning-fallback", "policies",
-        "lua-dir", "lua-mem-max", "lua-req-mem-max", "lua-instr-budget", "policy-fail-closed",
-        "max-sessions", "session-ttl", "log-level", "config"};
+    static const char *const required[] = {"host",
+                                           "port",
+                                           "api-key",
+                                           "api-key-file",
+                                           "upstream",
+                                           "upstream-api-key",
+                                           "upstream-model",
+                                           "model-map",
+                                           "max-upstream",
+                                           "upstream-queue-max",
+                                           "connect-timeout",
+                                           "read-timeout",
+                                           "total-timeout",
+                                           "connect-retries",
+                                           "retry-delay",
+                                           "context-window",
+                                           "prune-threshold",
+                                           "max-body-bytes",
+                                           "max-header-bytes",
+                                           "max-response-bytes",
+                                           "write-high-water",
+                                           "write-low-water",
+                                           "client-stall-timeout",
+                                           "keepalive-timeout",
+                                           "shutdown-grace",
+                                           "ping-interval",
+                                           "first-byte-hold",
+                                           "reasoning-fallback",
+                                           "policies",
+                                           "lua-dir",
+                                           "lua-mem-max",
+                                           "lua-req-mem-max",
+                                           "lua-instr-budget",
+                                           "policy-fail-closed",
+                                           "max-sessions",
+                                           "session-ttl",
+                                           "log-level",
+                                           "config"};
     struct ax_config c;
     char *usage = capture_usage(), flag[80];
     cJSON *json, *item;
@@ -417,8 +446,13 @@ static void test_model_map(void)
 {
     struct ax_config c;
     struct ax_error err;
-    char *argv[] = {"anthroxy",     "--model-map", "claude*=general", "--model-map",
-                    "claude-3-5-haiku*=small", "--model-map=claude-sonnet-4 = big", NULL};
+    char *argv[] = {"anthroxy",
+                    "--model-map",
+                    "claude*=general",
+                    "--model-map",
+                    "claude-3-5-haiku*=small",
+                    "--model-map=claude-sonnet-4 = big",
+                    NULL};
 
     ax_config_init(&c);
     CHECK(ax_config_map_model(&c, "claude-sonnet-4") == NULL);
@@ -454,8 +488,15 @@ static void test_api_keys_and_redaction(void)
     struct ax_config c, copy;
     struct ax_error err = {0};
     const char *keyfile = write_temp("# operators\nfile-key-1\n\n  file-key-2  \n");
-    char *argv[] = {"anthroxy", "--api-key", "flag-key-1", "--api-key=flag-key-2",
-                    "--upstream-api-key", "up-secret", "--api-key-file", (char *)keyfile, NULL};
+    char *argv[] = {"anthroxy",
+                    "--api-key",
+                    "flag-key-1",
+                    "--api-key=flag-key-2",
+                    "--upstream-api-key",
+                    "up-secret",
+                    "--api-key-file",
+                    (char *)keyfile,
+                    NULL};
     cJSON *json;
     char *text;
 

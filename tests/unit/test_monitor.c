@@ -13,22 +13,22 @@
 
 static int failures;
 
-#define CHECK(cond)                                                                          \
-    do {                                                                                     \
-        if (!(cond)) {                                                                       \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);         \
-            failures++;                                                                      \
-        }                                                                                    \
+#define CHECK(cond)                                                                                \
+    do {                                                                                           \
+        if (!(cond)) {                                                                             \
+            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);               \
+            failures++;                                                                            \
+        }                                                                                          \
     } while (0)
 
-#define CHECK_STR(a, b)                                                                      \
-    do {                                                                                     \
-        const char *a_ = (a), *b_ = (b);                                                     \
-        if (a_ == NULL || b_ == NULL || strcmp(a_, b_) != 0) {                               \
-            fprintf(stderr, "%s:%d: %s is \"%s\", expected \"%s\"\n", __FILE__, __LINE__, #a,  \
-                    a_ ? a_ : "(null)", b_ ? b_ : "(null)");                                 \
-            failures++;                                                                      \
-        }                                                                                    \
+#define CHECK_STR(a, b)                                                                            \
+    do {                                                                                           \
+        const char *a_ = (a), *b_ = (b);                                                           \
+        if (a_ == NULL || b_ == NULL || strcmp(a_, b_) != 0) {                                     \
+            fprintf(stderr, "%s:%d: %s is \"%s\", expected \"%s\"\n", __FILE__, __LINE__, #a,      \
+                    a_ ? a_ : "(null)", b_ ? b_ : "(null)");                                       \
+            failures++;                                                                            \
+        }                                                                                          \
     } while (0)
 
 static cJSON *load_json(const char *name)
@@ -363,8 +363,8 @@ static void test_seed_figures(void)
     arr = cJSON_GetObjectItemCaseSensitive(j, "items");
     CHECK(cJSON_GetArraySize(arr) == 2);
     CHECK(arr != NULL && arr->child != NULL &&
-          strcmp(cJSON_GetObjectItemCaseSensitive(arr->child, "session")->valuestring,
-                 "flat") == 0);
+          strcmp(cJSON_GetObjectItemCaseSensitive(arr->child, "session")->valuestring, "flat") ==
+              0);
     CHECK(cJSON_GetObjectItemCaseSensitive(j, "sessions")->valuedouble == 2);
     cJSON_Delete(j);
     ax_monitor_free(m);
