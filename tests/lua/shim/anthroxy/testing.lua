@@ -25,7 +25,10 @@ local function merge(dst, src)
 end
 
 function T.load(name, settings)
-  local path = name:find("%.lua$") and name or (SRC .. "/policies/" .. name .. ".lua")
+  local path = SRC .. "/policies/" .. name .. ".lua"
+  if name:find("%.lua$") then
+    path = name:sub(1, 1) == "/" and name or (SRC .. "/" .. name) -- relative to the source tree
+  end
   local chunk = assert(loadfile(path, "t"))
   local module = chunk()
   local merged = merge(merge({}, module.defaults), settings)
