@@ -5,14 +5,20 @@
  * llama-server's /props, /slots and /v1/models (bodies from tests/fixtures/llama-server). */
 #include "anthroxy_buf.h"
 #include "anthroxy_error.h"
+#include "anthroxy_log.h"
 #include "anthroxy_upstream.h"
 
+#include <arpa/inet.h>
 #include <cjson/cJSON.h>
+#include <fcntl.h>
+#include <netinet/in.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/socket.h>
+#include <unistd.h>
 #include <uv.h>
 
 static int failures;
@@ -550,6 +556,8 @@ struct rec {
     int pauses;
     int pause_ms;            /* resume the first pause from a timer after this long */
     int cancel_on_data;      /* cancel from inside the first on_data */
+    int fail_headers;        /* on_headers returns AX_EINVAL */
+    int fail_data;           /* on_data returns AX_EIO */
     int in_cancel;           /* set around an outside ax_xfer_cancel call */
     int done_inside_cancel;
     int done_inside_start;
@@ -587,7 +595,7 @@ static int rec_on_headers(struct ax_xfer *x, int status, int retry_after, void *
     r->headers_calls++;
     r->status = status;
     r->retry_after = retry_after;
-    return 0;
+    return r->fail_headers ? AX_EINVAL : 0;
 }
 
 static void rec_on_resume_timer(uv_timer_t *t)
@@ -605,6 +613,8 @@ static int rec_on_data(struct ax_xfer *x, const char *p, size_t n, void *ud)
     if (r->data_calls++ == 0 && r->srv != NULL)
         r->first_data_pieces = r->srv->sse_pieces_sent;
     CHECK(r->headers_calls == 1); /* headers always come first */
+    if (r->fail_data)
+        return AX_EIO;
     if (r->cancel_on_data) {
         ax_xfer_cancel(x);
         ax_xfer_cancel(x); /* idempotent */
@@ -945,6 +955,41 @@ static void test_cancel(void)
     finish(loop, up, &s);
 }
 
+static void test_callback_errors(void)
+{
+    uv_loop_t *loop = loop_new();
+    struct srv s;
+    struct ax_upstream_opts o = {0};
+    struct ax_upstream *up;
+    struct rec r1, r2, r3;
+
+    srv_start(&s, loop);
+    up = up_new(loop, &s, "/v1", &o);
+    rec_init(&r1, loop, &s);
+    r1.fail_headers = 1;
+    rec_start(up, &r1, "GET", "/hold", NULL, NULL);
+    CHECK(run_until(loop, &r1.done_calls, 1, 3000));
+    CHECK(r1.rc == AX_ECANCELED && r1.headers_calls == 1 && r1.data_calls == 0);
+
+    rec_init(&r2, loop, &s);
+    r2.fail_data = 1;
+    rec_start(up, &r2, "GET", "/hold", NULL, NULL);
+    CHECK(run_until(loop, &r2.done_calls, 1, 3000));
+    CHECK(r2.rc == AX_ECANCELED && r2.data_calls == 1);
+    CHECK(run_until(loop, &s.peer_closes, 2, 3000));
+
+    /* resume of a transfer that is not paused changes nothing */
+    rec_init(&r3, loop, &s);
+    rec_start(up, &r3, "POST", "/sse", "{}", NULL);
+    ax_xfer_resume(r3.x);
+    CHECK(run_until(loop, &r3.done_calls, 1, 5000));
+    CHECK(r3.rc == 0 && r3.data.len > SSE_BIG);
+    rec_free(&r1);
+    rec_free(&r2);
+    rec_free(&r3);
+    finish(loop, up, &s);
+}
+
 static void test_timeouts(void)
 {
     uv_loop_t *loop = loop_new();
@@ -1018,6 +1063,59 @@ static void test_connect_retry(void)
     CHECK(st.connect_retries == 2);
     CHECK(r.done_at - t0 >= 30 + 60); /* backoff doubled */
     rec_free(&r);
+    finish(loop, up, NULL);
+}
+
+/* A listener with a full accept queue drops SYNs, so connecting hangs: the connect timeout
+ * fires before any byte was sent, which is retried like a refused connection. */
+static void test_connect_timeout(void)
+{
+    uv_loop_t *loop = loop_new();
+    struct ax_upstream_opts o = {0};
+    struct ax_upstream *up;
+    struct ax_upstream_stats st;
+    struct rec r;
+    int l, fill[4];
+    struct sockaddr_in a;
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof(ss);
+    int port, i;
+    char url[64];
+    uint64_t t0;
+
+    /* plain sockets: libuv would accept on its own and so drain the queue */
+    memset(&a, 0, sizeof(a));
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    REQUIRE((l = socket(AF_INET, SOCK_STREAM, 0)) >= 0);
+    REQUIRE(bind(l, (struct sockaddr *)&a, sizeof(a)) == 0);
+    REQUIRE(listen(l, 0) == 0);
+    REQUIRE(getsockname(l, (struct sockaddr *)&ss, &len) == 0);
+    port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
+    a.sin_port = htons((uint16_t)port);
+    for (i = 0; i < 4; i++) {
+        REQUIRE((fill[i] = socket(AF_INET, SOCK_STREAM, 0)) >= 0);
+        fcntl(fill[i], F_SETFL, O_NONBLOCK);
+        connect(fill[i], (struct sockaddr *)&a, sizeof(a)); /* EINPROGRESS once full */
+    }
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d/v1", port);
+    o.base_url = url;
+    o.connect_timeout_ms = 100;
+    o.connect_retries = 1;
+    o.retry_delay_ms = 10;
+    REQUIRE(ax_upstream_new(loop, &o, &up) == 0);
+    rec_init(&r, loop, NULL);
+    t0 = uv_now(loop);
+    rec_start(up, &r, "POST", "/v1/chat/completions", "{}", NULL);
+    CHECK(run_until(loop, &r.done_calls, 1, 5000));
+    CHECK(r.rc == AX_ETIMEDOUT);
+    ax_upstream_stats(up, &st);
+    CHECK(st.connect_retries == 1);
+    CHECK(r.done_at - t0 >= 2 * 100 + 10);
+    rec_free(&r);
+    for (i = 0; i < 4; i++)
+        close(fill[i]);
+    close(l);
     finish(loop, up, NULL);
 }
 
@@ -1232,6 +1330,8 @@ static void test_close_cancels(void)
 
 int main(void)
 {
+    if (getenv("AX_TEST_VERBOSE") == NULL)
+        ax_log_set_level(AX_LOG_LVL_ERROR); /* the failures below are expected */
     test_paths();
     test_post_and_reuse();
     test_sse_incremental();
@@ -1240,8 +1340,10 @@ int main(void)
     test_pause_resume(0, 350); /* paused for longer than the idle timeout */
     test_cap_and_queue();
     test_cancel();
+    test_callback_errors();
     test_timeouts();
     test_connect_retry();
+    test_connect_timeout();
     test_statuses_and_reset();
     test_fetch();
     test_probe();
