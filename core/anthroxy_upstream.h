@@ -22,10 +22,15 @@ struct ax_upstream_opts {
     const char *api_key;  /* NULL/"" or sent as Authorization: Bearer key (copied) */
     int max_concurrent;   /* running transfers (<= 0: 64); more wait in a FIFO */
     int queue_max;        /* waiting transfers beyond which start fails AX_EBUSY (< 0: 0) */
-    uint64_t connect_timeout_ms, idle_timeout_ms, total_timeout_ms; /* 0 = none */
-    int connect_retries;     /* retries after a connect failure only (never after the
-                                request was sent), with backoff */
-    uint64_t retry_delay_ms; /* first delay, doubled each retry */
+    /* 0 = none for each. idle: no byte from the upstream for this long, counted from the
+     * start of each attempt, so it covers waiting for the response headers too (llama-server
+     * sends nothing while it processes the prompt: make it generous); a paused transfer is
+     * never idle. total: curl's CURLOPT_TIMEOUT_MS per attempt, also while paused. */
+    uint64_t connect_timeout_ms, idle_timeout_ms, total_timeout_ms;
+    /* Retries after a connect failure only (refused, unresolvable, connect timeout: nothing
+     * of the request was sent), never after; probes never retry. */
+    int connect_retries;
+    uint64_t retry_delay_ms;   /* first delay, doubled each retry */
     size_t max_response_bytes; /* for ax_upstream_fetch (0: 8 MiB) */
 };
 
@@ -65,9 +70,10 @@ struct ax_xfer_cbs {
      * May be NULL (bytes dropped). */
     int (*on_data)(struct ax_xfer *x, const char *p, size_t n, void *ud);
     /* Exactly once, from the loop, never from inside ax_upstream_start or ax_xfer_cancel:
-     * rc 0 (complete response, whatever the status), AX_ETIMEDOUT (connect/idle/total),
-     * AX_EUPSTREAM (could not connect after retries: the caller answers 529),
-     * AX_EIO (reset/truncated after the request was sent), AX_ECANCELED. The transfer is
+     * rc 0 (complete response, whatever the status), AX_ETIMEDOUT (connect timeout after
+     * the retries, idle or total timeout), AX_EUPSTREAM (refused or unresolvable after the
+     * retries: the caller answers 529), AX_EIO (reset/truncated after the request was sent),
+     * AX_ECANCELED (ax_xfer_cancel, a callback's error, ax_upstream_close). The transfer is
      * freed when on_done returns. */
     void (*on_done)(struct ax_xfer *x, int rc, void *ud);
 };
@@ -108,11 +114,11 @@ int ax_upstream_fetch(struct ax_upstream *up, const char *method, const char *pa
 
 /* Counters, for /health and tests. */
 struct ax_upstream_stats {
-    int running;            /* transfers holding a slot now */
-    int queued;             /* waiting for one */
-    uint64_t started;       /* transfers ever started (queued ones once they got a slot) */
+    int running;              /* transfers holding a slot now */
+    int queued;               /* waiting for one */
+    uint64_t started;         /* transfers ever started (queued ones once they got a slot) */
     uint64_t connect_retries; /* connect retries performed */
-    uint64_t failed;        /* on_done with rc != 0 and != AX_ECANCELED */
+    uint64_t failed;          /* on_done with rc != 0 and != AX_ECANCELED */
 };
 void ax_upstream_stats(const struct ax_upstream *up, struct ax_upstream_stats *out);
 
@@ -127,18 +133,21 @@ enum ax_upstream_state {
 struct ax_upstream_info {
     int state;                /* enum ax_upstream_state */
     int64_t n_ctx;            /* per-slot context: /props default_generation_settings.n_ctx,
-                                 else /slots[0].n_ctx, else 0 (unknown) */
-    const char *n_ctx_source; /* "props", "slots", or NULL */
+                                 else /slots[0].n_ctx, else /v1/models data[0].max_model_len
+                                 (vLLM), else 0 (unknown). Kept while down or loading. */
+    const char *n_ctx_source; /* "props", "slots", "models", or NULL (static strings) */
     int llama_server;         /* /props answered like llama-server */
     char model_id[256];       /* first id from GET /v1/models data[], "" unknown */
     cJSON *models;            /* the upstream's /v1/models "data" array (owned), or NULL */
     uint64_t last_probe_ms;   /* uv_now of the last completed probe, 0 never */
 };
 
-/* Starts background probing: a probe now, then every interval_ms while state != OK or n_ctx
- * is unknown; once OK with n_ctx known, re-probes slowly (60 s). A probe is GET /props,
- * then GET /slots when /props gave no n_ctx, then GET /v1/models. Probe transfers bypass
- * the concurrency cap. */
+/* Starts background probing: a probe now, then every interval_ms (0: 2000) while state != OK
+ * or (llama-server) n_ctx is unknown; once OK, re-probes slowly (60 s). A probe is GET
+ * /props (503: LOADING, other 5xx or unreachable: DOWN, and stop), then GET /slots when
+ * /props gave no n_ctx, then GET /v1/models (5xx there decides the state too). Probe
+ * transfers bypass the concurrency cap and never retry; their failures log at DEBUG, state
+ * changes at INFO/WARN. */
 void ax_upstream_probe_start(struct ax_upstream *up, uint64_t interval_ms);
 /* Probes now (no effect while a probe runs). Works without probe_start too. */
 void ax_upstream_probe_now(struct ax_upstream *up);

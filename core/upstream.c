@@ -18,10 +18,10 @@
 
 /* Logged without a request id: a transfer does not know which request owns it. Calls
  * ax_log_write directly so this file does not depend on request.c. */
-#define UP_LOG(lvl, ...)                                                                     \
-    do {                                                                                     \
-        if ((lvl) >= ax_log_level_current)                                                   \
-            ax_log_write((lvl), NULL, __VA_ARGS__);                                          \
+#define UP_LOG(lvl, ...)                                                                           \
+    do {                                                                                           \
+        if ((lvl) >= ax_log_level_current)                                                         \
+            ax_log_write((lvl), NULL, __VA_ARGS__);                                                \
     } while (0)
 
 #define UP_DEFAULT_CONCURRENT 64
@@ -60,17 +60,17 @@ struct ax_xfer {
     int status;      /* HTTP status once headers are complete */
     int retry_after; /* seconds, from Retry-After */
     int headers_done;
-    int paused;      /* the write callback returned CURL_WRITEFUNC_PAUSE */
-    int want_resume; /* ax_xfer_resume since the last on_data */
-    int in_pend;     /* linked on up->pend */
-    int abort_rc;    /* nonzero: abort with this rc (cancel, idle timeout, callback error) */
-    int rc;          /* the rc on_done gets */
+    int paused;             /* the write callback returned CURL_WRITEFUNC_PAUSE */
+    int want_resume;        /* ax_xfer_resume since the last on_data */
+    int in_pend;            /* linked on up->pend */
+    int abort_rc;           /* nonzero: abort with this rc (cancel, idle timeout, callback error) */
+    int rc;                 /* the rc on_done gets */
     uint64_t last_activity; /* uv_now of the last header or body bytes */
     char errbuf[CURL_ERROR_SIZE];
 
-    struct ax_xfer *next, *prev;          /* queue or done list */
-    struct ax_xfer *all_next, *all_prev;  /* every live transfer */
-    struct ax_xfer *pend_next;            /* up->pend */
+    struct ax_xfer *next, *prev;         /* queue or done list */
+    struct ax_xfer *all_next, *all_prev; /* every live transfer */
+    struct ax_xfer *pend_next;           /* up->pend */
 };
 
 struct up_sock {
@@ -93,16 +93,16 @@ struct ax_upstream {
     char *base_url;
     struct ax_upstream_opts opts;
 
-    struct xlist queue;   /* FIFO of transfers waiting for a slot */
-    struct xlist launchq; /* probe transfers waiting to be added (never capped) */
-    struct xlist done;    /* finished, on_done pending */
-    struct ax_xfer *all;  /* every live transfer */
+    struct xlist queue;                /* FIFO of transfers waiting for a slot */
+    struct xlist launchq;              /* probe transfers waiting to be added (never capped) */
+    struct xlist done;                 /* finished, on_done pending */
+    struct ax_xfer *all;               /* every live transfer */
     struct ax_xfer *pend, **pend_tail; /* aborts and resumes to do outside curl */
     struct up_sock *socks;
     int running, queued;
-    int in_curl;       /* depth of calls into curl that may run our callbacks */
-    int nlive;         /* transfers not yet freed */
-    int nhandles;      /* uv handles not yet closed */
+    int in_curl;  /* depth of calls into curl that may run our callbacks */
+    int nlive;    /* transfers not yet freed */
+    int nhandles; /* uv handles not yet closed */
     int closing, finishing;
     void (*on_closed)(void *ud);
     void *closed_ud;
@@ -616,8 +616,7 @@ static int xfer_connect_failed(struct ax_xfer *x, CURLcode code)
 {
     curl_off_t connect_us = 0, total_us = 0;
     long req_size = 0;
-    uint64_t total =
-        x->total_timeout_ms ? x->total_timeout_ms : x->up->opts.total_timeout_ms;
+    uint64_t total = x->total_timeout_ms ? x->total_timeout_ms : x->up->opts.total_timeout_ms;
 
     if (code == CURLE_COULDNT_CONNECT || code == CURLE_COULDNT_RESOLVE_HOST)
         return 1;
@@ -665,8 +664,8 @@ static void xfer_on_curl_done(struct ax_xfer *x, CURLcode code)
         delay = up->opts.retry_delay_ms << (x->attempt < 20 ? x->attempt : 20);
         x->attempt++;
         up->stats.connect_retries++;
-        UP_LOG(AX_LOG_LVL_WARN, "upstream: %s %s: %s; retry %d/%d in %llu ms", x->method,
-               x->path, x->errbuf[0] ? x->errbuf : curl_easy_strerror(code), x->attempt,
+        UP_LOG(AX_LOG_LVL_WARN, "upstream: %s %s: %s; retry %d/%d in %llu ms", x->method, x->path,
+               x->errbuf[0] ? x->errbuf : curl_easy_strerror(code), x->attempt,
                up->opts.connect_retries, (unsigned long long)delay);
         x->state = XS_BACKOFF;
         uv_timer_start(&x->timer, xfer_on_timer, delay, 0);
@@ -800,8 +799,7 @@ static char *derive_root(const char *base)
 static int up_build_headers(struct ax_upstream *up)
 {
     static const char *const fixed[] = {
-        "Content-Type: application/json",
-        "Accept: application/json, text/event-stream",
+        "Content-Type: application/json", "Accept: application/json, text/event-stream",
         "Expect:", /* no 100-continue round trip */
     };
     struct curl_slist *l = NULL, *n;
@@ -857,7 +855,8 @@ int ax_upstream_new(uv_loop_t *loop, const struct ax_upstream_opts *o, struct ax
     if (up->opts.max_response_bytes == 0)
         up->opts.max_response_bytes = UP_DEFAULT_FETCH_MAX;
     up->pend_tail = &up->pend;
-    if ((up->base_url = xstrdup(o->base_url)) == NULL || (up->root = derive_root(o->base_url)) == NULL)
+    if ((up->base_url = xstrdup(o->base_url)) == NULL ||
+        (up->root = derive_root(o->base_url)) == NULL)
         goto fail;
     if (o->api_key != NULL && (up->opts.api_key = xstrdup(o->api_key)) == NULL)
         goto fail;
@@ -931,8 +930,7 @@ void ax_upstream_close(struct ax_upstream *up, void (*on_closed)(void *ud), void
 
 /* bypass: a probe, which neither counts against the cap nor waits in the queue */
 static int upstream_start(struct ax_upstream *up, const struct ax_xfer_spec *spec,
-                         const struct ax_xfer_cbs *cbs, void *ud, int bypass,
-                         struct ax_xfer **out)
+                          const struct ax_xfer_cbs *cbs, void *ud, int bypass, struct ax_xfer **out)
 {
     struct ax_xfer *x;
 
@@ -1088,8 +1086,8 @@ int ax_upstream_fetch(struct ax_upstream *up, const char *method, const char *pa
                       const char *body, size_t body_len, uint64_t timeout_ms, ax_fetch_cb cb,
                       void *ud, struct ax_xfer **out)
 {
-    return fetch_start(up, method, path, body, body_len, timeout_ms,
-                       up->opts.max_response_bytes, cb, ud, 0, out);
+    return fetch_start(up, method, path, body, body_len, timeout_ms, up->opts.max_response_bytes,
+                       cb, ud, 0, out);
 }
 
 /* ---- probes ---- */
@@ -1205,8 +1203,7 @@ static void probe_finish(struct ax_upstream *up)
 
     changed = in->state != up->probe_state || in->n_ctx != up->probe_n_ctx ||
               (in->n_ctx_source != up->probe_n_ctx_source && up->probe_n_ctx > 0) ||
-              in->llama_server != up->probe_llama ||
-              strcmp(in->model_id, up->probe_old_model) != 0;
+              in->llama_server != up->probe_llama || strcmp(in->model_id, up->probe_old_model) != 0;
     if (in->state != up->probe_state)
         UP_LOG(up->probe_state == AX_UP_OK ? AX_LOG_LVL_INFO : AX_LOG_LVL_WARN,
                "upstream: %s is %s", up->root, state_name(up->probe_state));

@@ -23,21 +23,21 @@
 
 static int failures;
 
-#define CHECK(cond)                                                                          \
-    do {                                                                                     \
-        if (!(cond)) {                                                                       \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);         \
-            failures++;                                                                      \
-        }                                                                                    \
+#define CHECK(cond)                                                                                \
+    do {                                                                                           \
+        if (!(cond)) {                                                                             \
+            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);               \
+            failures++;                                                                            \
+        }                                                                                          \
     } while (0)
 
 /* A check after which the test cannot go on meaningfully. */
-#define REQUIRE(cond)                                                                        \
-    do {                                                                                     \
-        if (!(cond)) {                                                                       \
-            fprintf(stderr, "%s:%d: required check failed: %s\n", __FILE__, __LINE__, #cond); \
-            exit(1);                                                                         \
-        }                                                                                    \
+#define REQUIRE(cond)                                                                              \
+    do {                                                                                           \
+        if (!(cond)) {                                                                             \
+            fprintf(stderr, "%s:%d: required check failed: %s\n", __FILE__, __LINE__, #cond);      \
+            exit(1);                                                                               \
+        }                                                                                          \
     } while (0)
 
 /* ---- the test server ---- */
@@ -60,11 +60,11 @@ struct srv_conn {
     uv_timer_t timer;
     struct srv *srv;
     struct ax_buf in;
-    int open;          /* not yet closing */
-    int peer_closed;   /* EOF or error from the client */
-    int busy;          /* answering a request */
-    int holding;       /* /hold: waiting for srv_release */
-    int step;          /* SSE pieces sent */
+    int open;        /* not yet closing */
+    int peer_closed; /* EOF or error from the client */
+    int busy;        /* answering a request */
+    int holding;     /* /hold: waiting for srv_release */
+    int step;        /* SSE pieces sent */
     int pending_closes;
 };
 
@@ -289,8 +289,9 @@ static void srv_answer(struct srv_conn *c, struct srv_req *r)
         /* never answers */
     } else if (strcmp(p, "/props") == 0) {
         if (s->props_mode == 0) {
-            srv_send_json(c, 503, "", "{\"error\":{\"code\":503,\"message\":\"Loading model\","
-                                      "\"type\":\"unavailable_error\"}}");
+            srv_send_json(c, 503, "",
+                          "{\"error\":{\"code\":503,\"message\":\"Loading model\","
+                          "\"type\":\"unavailable_error\"}}");
         } else if (s->props_mode == 1) {
             body = read_fixture_body("props.json");
             srv_send_json(c, 200, "", body);
@@ -312,8 +313,9 @@ static void srv_answer(struct srv_conn *c, struct srv_req *r)
         if (s->props_mode == 0) {
             srv_send_json(c, 503, "", "{\"error\":{\"code\":503}}");
         } else if (s->props_mode == 3) {
-            srv_send_json(c, 200, "", "{\"object\":\"list\",\"data\":[{\"id\":\"qwen-vllm\","
-                                      "\"max_model_len\":32768}]}");
+            srv_send_json(c, 200, "",
+                          "{\"object\":\"list\",\"data\":[{\"id\":\"qwen-vllm\","
+                          "\"max_model_len\":32768}]}");
         } else {
             body = read_fixture_body("v1_models.json");
             srv_send_json(c, 200, "", body);
@@ -551,18 +553,18 @@ static struct ax_upstream *up_new(uv_loop_t *loop, const struct srv *s, const ch
 struct rec {
     struct ax_buf data;
     int status, retry_after, headers_calls, data_calls, done_calls, rc;
-    int pause_every_other;   /* return AX_EAGAIN on every other on_data */
-    int resume_inside;       /* call ax_xfer_resume before returning AX_EAGAIN */
+    int pause_every_other; /* return AX_EAGAIN on every other on_data */
+    int resume_inside;     /* call ax_xfer_resume before returning AX_EAGAIN */
     int pauses;
-    int pause_ms;            /* resume the first pause from a timer after this long */
-    int cancel_on_data;      /* cancel from inside the first on_data */
-    int fail_headers;        /* on_headers returns AX_EINVAL */
-    int fail_data;           /* on_data returns AX_EIO */
-    int in_cancel;           /* set around an outside ax_xfer_cancel call */
+    int pause_ms;       /* resume the first pause from a timer after this long */
+    int cancel_on_data; /* cancel from inside the first on_data */
+    int fail_headers;   /* on_headers returns AX_EINVAL */
+    int fail_data;      /* on_data returns AX_EIO */
+    int in_cancel;      /* set around an outside ax_xfer_cancel call */
     int done_inside_cancel;
     int done_inside_start;
     int in_start;
-    int first_data_pieces;   /* server pieces sent when the first bytes arrived */
+    int first_data_pieces; /* server pieces sent when the first bytes arrived */
     struct srv *srv;
     uv_timer_t resume_timer;
     int timer_init;
@@ -743,8 +745,8 @@ static void test_paths(void)
         o.base_url = cases[i].base;
         REQUIRE(ax_upstream_new(loop, &o, &up) == 0);
         if (strcmp(ax_upstream_root(up), cases[i].root) != 0) {
-            fprintf(stderr, "root of %s: got %s, want %s\n", cases[i].base,
-                    ax_upstream_root(up), cases[i].root);
+            fprintf(stderr, "root of %s: got %s, want %s\n", cases[i].base, ax_upstream_root(up),
+                    cases[i].root);
             failures++;
         }
         ax_upstream_close(up, NULL, NULL);
@@ -783,7 +785,7 @@ static void test_sse_incremental(void)
     rec_start(up, &r, "POST", "/sse", "{}", NULL);
     CHECK(run_until(loop, &r.done_calls, 1, 5000));
     CHECK(r.rc == 0 && r.status == 200);
-    CHECK(r.data_calls >= SSE_PIECES);     /* one or more per timed piece */
+    CHECK(r.data_calls >= SSE_PIECES);       /* one or more per timed piece */
     CHECK(r.first_data_pieces < SSE_PIECES); /* bytes arrived before the answer ended */
     CHECK(r.data.len == len && memcmp(r.data.data, want, len) == 0);
     free(want);
@@ -813,8 +815,8 @@ static void test_pause_resume(int resume_inside, int pause_ms)
     CHECK(r.rc == 0);
     /* curl hands over what it kept at a pause in one piece, so fewer calls than pieces */
     if (r.pauses < 3) {
-        fprintf(stderr, "pause/resume (inside=%d, ms=%d): %d pauses in %d calls\n",
-                resume_inside, pause_ms, r.pauses, r.data_calls);
+        fprintf(stderr, "pause/resume (inside=%d, ms=%d): %d pauses in %d calls\n", resume_inside,
+                pause_ms, r.pauses, r.data_calls);
         failures++;
     }
     if (r.data.len != len || memcmp(r.data.data, want, len) != 0) {
