@@ -881,6 +881,41 @@ static void test_cap_and_queue(void)
     finish(loop, up, &s);
 }
 
+/* Many streams at once over many sockets, half of them pausing: every byte, in order. */
+static void test_many(void)
+{
+    enum { N = 30 };
+    uv_loop_t *loop = loop_new();
+    struct srv s;
+    struct ax_upstream_opts o = {0};
+    struct ax_upstream *up;
+    struct rec *r = calloc(N, sizeof(*r));
+    size_t len;
+    char *want = sse_expected(&len);
+    int i, ok = 0;
+
+    srv_start(&s, loop);
+    o.max_concurrent = 20; /* 10 wait in the queue */
+    o.queue_max = N;
+    up = up_new(loop, &s, "/v1", &o);
+    for (i = 0; i < N; i++) {
+        rec_init(&r[i], loop, &s);
+        r[i].pause_every_other = i % 2;
+        rec_start(up, &r[i], "POST", "/sse", "{}", NULL);
+    }
+    for (i = 0; i < N; i++) {
+        CHECK(run_until(loop, &r[i].done_calls, 1, 10000));
+        ok += r[i].rc == 0 && r[i].data.len == len && memcmp(r[i].data.data, want, len) == 0;
+    }
+    CHECK(ok == N);
+    CHECK(s.nconn <= 20); /* connections are reused, never more than the cap */
+    for (i = 0; i < N; i++)
+        rec_free(&r[i]);
+    free(r);
+    free(want);
+    finish(loop, up, &s);
+}
+
 static void on_cancel_timer(uv_timer_t *t)
 {
     struct rec *r = t->data;
@@ -1341,6 +1376,7 @@ int main(void)
     test_pause_resume(1, 0);
     test_pause_resume(0, 350); /* paused for longer than the idle timeout */
     test_cap_and_queue();
+    test_many();
     test_cancel();
     test_callback_errors();
     test_timeouts();
