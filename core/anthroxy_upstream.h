@@ -61,20 +61,20 @@ struct ax_xfer_spec {
 struct ax_xfer_cbs {
     /* Once, when the status line and headers are complete (before any on_data). status is
      * the HTTP status; retry_after is the Retry-After seconds or 0. Return <0 to abort
-     * (on_done then gets AX_ECANCELED). May be NULL. */
+     * (on_done then gets that code). May be NULL. */
     int (*on_headers)(struct ax_xfer *x, int status, int retry_after, void *ud);
     /* Response body bytes, incrementally. Return 0 when consumed, AX_EAGAIN to pause
      * (NOTHING of p was consumed: the same bytes come again after ax_xfer_resume), or < 0 to
-     * abort the transfer (on_done then gets AX_ECANCELED). A paused transfer is not subject
-     * to the idle timeout (the stall is the client's); the total timeout still applies.
-     * May be NULL (bytes dropped). */
+     * abort the transfer (on_done then gets that code, e.g. AX_ETOOBIG or AX_ECANCELED). A paused
+     * transfer is not subject to the idle timeout (the stall is the client's); the total timeout
+     * still applies. May be NULL (bytes dropped). */
     int (*on_data)(struct ax_xfer *x, const char *p, size_t n, void *ud);
     /* Exactly once, from the loop, never from inside ax_upstream_start or ax_xfer_cancel:
      * rc 0 (complete response, whatever the status), AX_ETIMEDOUT (connect timeout after
      * the retries, idle or total timeout), AX_EUPSTREAM (refused or unresolvable after the
      * retries: the caller answers 529), AX_EIO (reset/truncated after the request was sent),
-     * AX_ECANCELED (ax_xfer_cancel, a callback's error, ax_upstream_close). The transfer is
-     * freed when on_done returns. */
+     * AX_ECANCELED (ax_xfer_cancel, ax_upstream_close), or the code on_headers/on_data
+     * returned to abort. The transfer is freed when on_done returns. */
     void (*on_done)(struct ax_xfer *x, int rc, void *ud);
 };
 

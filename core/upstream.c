@@ -358,7 +358,7 @@ static void xfer_deliver_headers(struct ax_xfer *x)
         return;
     rc = x->cbs.on_headers(x, x->status, x->retry_after, x->ud);
     if (rc < 0 && x->abort_rc == 0)
-        x->abort_rc = AX_ECANCELED;
+        x->abort_rc = rc;
 }
 
 static int parse_retry_after(const char *v, size_t n)
@@ -429,7 +429,7 @@ static size_t xfer_on_write(char *p, size_t size, size_t nmemb, void *ud)
         return CURL_WRITEFUNC_PAUSE;
     }
     if (rc < 0) {
-        x->abort_rc = AX_ECANCELED;
+        x->abort_rc = rc; /* on_done reports the callback's own reason */
         return 0;
     }
     return n;
