@@ -90,6 +90,19 @@ export async function startProxy({ upstream, args = [], env = {}, timeoutMs = 15
   return proxy;
 }
 
+/** Waits (up to timeoutMs) until /health says the start-up probes of the upstream are done, so
+ * tests do not race them (the upstream model and window are learnt after listening starts). */
+export async function waitUpstreamProbed(proxy, timeoutMs = 3000) {
+  return until(async () => {
+    try {
+      const h = await request(proxy, { path: '/health' });
+      return h.json && h.json.upstream && h.json.upstream.state === 'ok' && h.json.upstream.model;
+    } catch {
+      return false;
+    }
+  }, timeoutMs, 20);
+}
+
 export function sdkClient(proxy, opts = {}) {
   return new Anthropic({ baseURL: proxy.url, apiKey: 'test', maxRetries: 0, timeout: 30000, ...opts });
 }
@@ -145,6 +158,7 @@ export function useProxy(opts = {}) {
       return null;
     });
     env.proxy = await startProxy({ upstream: env.mock.base, args: opts.args || [], env: opts.env || {} });
+    await waitUpstreamProbed(env.proxy);
     env.client = sdkClient(env.proxy);
   });
   after(async () => {

@@ -254,6 +254,13 @@ export async function startMock(opts = {}) {
       if (raw.length > 0) {
         try { rec.body = JSON.parse(raw); } catch { rec.bodyError = true; }
       }
+      // Set before anyone waiting on the request sees it: scripts and tests pick by content.
+      rec.lastText = lastMessageText(rec.body);
+      if (rec.body && Array.isArray(rec.body.messages)) {
+        const msgs = rec.body.messages;
+        rec.lastRole = msgs.length ? msgs[msgs.length - 1].role : undefined;
+        rec.promptTokens = mock.promptTokens(rec.body);
+      }
       res.on('close', () => {
         if (!res.writableFinished) {
           rec.clientClosed = true;
@@ -347,9 +354,6 @@ export async function startMock(opts = {}) {
     if (!body || !Array.isArray(body.messages)) {
       return sendJson(res, 400, llamaError(400, "'messages' is required", 'invalid_request_error'));
     }
-    rec.lastText = lastMessageText(body);
-    rec.lastRole = body.messages.length ? body.messages[body.messages.length - 1].role : undefined;
-    rec.promptTokens = mock.promptTokens(body);
 
     let reply = null;
     if (state.script) reply = await state.script(rec);
