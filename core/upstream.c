@@ -463,6 +463,8 @@ static int xfer_setup(struct ax_xfer *x)
     curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
     curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
     curl_easy_setopt(e, CURLOPT_HTTPHEADER, up->headers);
+    /* curl's smallest upload buffer (the default is 64 KiB): bounded memory per stream */
+    curl_easy_setopt(e, CURLOPT_UPLOAD_BUFFERSIZE, 16384L);
     curl_easy_setopt(e, CURLOPT_ERRORBUFFER, x->errbuf);
     curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, xfer_on_header);
     curl_easy_setopt(e, CURLOPT_HEADERDATA, x);

@@ -708,12 +708,35 @@ static void test_post_and_reuse(void)
     CHECK(strstr(q->headers, "\r\nContent-Type: application/json\r\n") != NULL);
     CHECK(!has_header(q->headers, "expect"));
 
-    /* a second request goes over the same kept-alive connection */
+    /* a body larger than curl's buffers arrives whole and unchanged */
+    {
+        struct rec r3;
+        struct ax_buf big;
+        int i;
+
+        ax_buf_init(&big, 1 << 22);
+        ax_buf_puts(&big, "{\"messages\":[");
+        for (i = 0; i < 3000; i++)
+            ax_buf_printf(&big, "%s{\"role\":\"user\",\"content\":\"message number %d\"}",
+                          i ? "," : "", i);
+        ax_buf_puts(&big, "]}");
+        rec_init(&r3, loop, &s);
+        rec_start(up, &r3, "POST", "/v1/chat/completions", big.data, NULL);
+        CHECK(run_until(loop, &r3.done_calls, 1, 3000));
+        CHECK(r3.rc == 0 && r3.status == 200);
+        REQUIRE(s.nreq == 2);
+        CHECK(s.req[1].body_len == big.len && memcmp(s.req[1].body, big.data, big.len) == 0);
+        CHECK(big.len > 100000);
+        ax_buf_free(&big);
+        rec_free(&r3);
+    }
+
+    /* a third request goes over the same kept-alive connection */
     rec_init(&r2, loop, &s);
     rec_start(up, &r2, "GET", "/health", NULL, NULL);
     CHECK(run_until(loop, &r2.done_calls, 1, 3000));
     CHECK(r2.rc == 0 && r2.status == 200);
-    CHECK(s.nreq == 2 && strcmp(s.req[1].method, "GET") == 0);
+    CHECK(s.nreq == 3 && strcmp(s.req[2].method, "GET") == 0);
     CHECK(s.nconn == 1);
     finish(loop, up, &s);
     rec_free(&r1);
