@@ -178,7 +178,7 @@ test('100 concurrent streams complete with their own, non-interleaved content', 
 }));
 
 test('upstream reset mid-stream: the SDK gets an error, the next request succeeds', env.wrap(async () => {
-  env.on('reset halfway', { text: 'this will be cut off before the end', resetAfter: 5 });
+  env.on('reset halfway', { text: 'this will be cut off before the end', resetAfter: 5, chunkDelayMs: 50 });
   const stream = env.client.messages.stream({ model: MODEL, max_tokens: 100, messages: [{ role: 'user', content: 'reset halfway' }] });
   await assert.rejects(stream.finalMessage());
   const raw = await rawStream({ messages: [{ role: 'user', content: 'reset halfway' }] });
