@@ -101,6 +101,7 @@ struct ax_upstream {
     struct up_sock *socks;
     int running, queued;
     int in_curl;  /* depth of calls into curl that may run our callbacks */
+    int curl_due; /* curl asked for a 0 ms timeout: socket_action from the idle pass */
     int nlive;    /* transfers not yet freed */
     int nhandles; /* uv handles not yet closed */
     int closing, finishing;
@@ -334,13 +335,18 @@ static int up_on_curl_timeout(CURLM *multi, long timeout_ms, void *userp)
     struct ax_upstream *up = userp;
 
     (void)multi;
-    if (timeout_ms < 0) {
-        uv_timer_stop(&up->curl_timer);
+    uv_timer_stop(&up->curl_timer);
+    if (timeout_ms < 0)
         return 0;
+    /* 0 means "call socket_action now", but we are inside curl: multi-uv.c arms 1 ms, which
+     * delays every new transfer by a millisecond. The idle handle runs it on the next loop
+     * pass instead, after I/O has had its turn, so curl asking again cannot starve it. */
+    if (timeout_ms == 0) {
+        up->curl_due = 1;
+        up_schedule(up);
+    } else {
+        uv_timer_start(&up->curl_timer, up_on_curl_timer, (uint64_t)timeout_ms, 0);
     }
-    /* 0 means "call socket_action now": we are inside curl, so do it from the loop. */
-    uv_timer_start(&up->curl_timer, up_on_curl_timer, timeout_ms == 0 ? 1 : (uint64_t)timeout_ms,
-                   0);
     return 0;
 }
 
@@ -753,7 +759,14 @@ static void up_on_idle(uv_idle_t *h)
 {
     struct ax_upstream *up = h->data;
     struct ax_xfer *x;
+    int running;
 
+    if (up->curl_due && !up->finishing) {
+        up->curl_due = 0;
+        up->in_curl++;
+        curl_multi_socket_action(up->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+        up->in_curl--;
+    }
     while ((x = up->pend) != NULL) {
         if ((up->pend = x->pend_next) == NULL)
             up->pend_tail = &up->pend;
@@ -767,7 +780,7 @@ static void up_on_idle(uv_idle_t *h)
     }
     up_reap(up);
     up_flush(up);
-    if (up->pend == NULL && up->done.head == NULL)
+    if (up->pend == NULL && up->done.head == NULL && !up->curl_due)
         uv_idle_stop(&up->idle);
     up_maybe_finish(up);
 }
