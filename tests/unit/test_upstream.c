@@ -12,6 +12,7 @@
 #include <cjson/cJSON.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1157,6 +1158,19 @@ static void test_connect_timeout(void)
         REQUIRE((fill[i] = socket(AF_INET, SOCK_STREAM, 0)) >= 0);
         fcntl(fill[i], F_SETFL, O_NONBLOCK);
         connect(fill[i], (struct sockaddr *)&a, sizeof(a)); /* EINPROGRESS once full */
+    }
+    {
+        /* a kernel that still completes handshakes cannot make connecting hang: skip */
+        struct pollfd pfd = {fill[3], POLLOUT, 0};
+        if (poll(&pfd, 1, 100) == 1) {
+            fprintf(stderr, "test_connect_timeout: skipped (the backlog does not drop SYNs)\n");
+            for (i = 0; i < 4; i++)
+                close(fill[i]);
+            close(l);
+            uv_loop_close(loop);
+            free(loop);
+            return;
+        }
     }
     snprintf(url, sizeof(url), "http://127.0.0.1:%d/v1", port);
     o.base_url = url;
