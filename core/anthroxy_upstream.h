@@ -1,8 +1,10 @@
 /* anthroxy_upstream.h - the upstream client: libcurl multi driven by the libuv loop.
  *
  * One struct ax_upstream per model server: a CURLM (connection reuse, keep-alive), one
- * uv_poll per socket, one uv_timer for curl's timeout, a concurrency cap with a FIFO wait
- * queue, and a background probe of the server's facts (/props, /slots, /v1/models).
+ * uv_poll per socket, one uv_timer for curl's timeout, one uv_idle for work deferred out of
+ * curl's callbacks (and curl's 0 ms timeouts), a uv_timer per transfer (idle timeout,
+ * retry backoff), a concurrency cap with a FIFO wait queue, and a background probe of the
+ * server's facts (/props, /slots, /v1/models).
  * Everything runs on the loop thread; no call blocks. */
 #ifndef ANTHROXY_UPSTREAM_H
 #define ANTHROXY_UPSTREAM_H
@@ -87,8 +89,9 @@ int ax_upstream_start(struct ax_upstream *up, const struct ax_xfer_spec *spec,
 
 /* Resumes a transfer paused by on_data returning AX_EAGAIN. Safe to call from anywhere,
  * including write-completion callbacks and on_data itself: the real
- * curl_easy_pause(CURLPAUSE_CONT) runs later from a timer callback, never from inside
- * curl's callbacks. No effect on a transfer that is not paused or already finished. */
+ * curl_easy_pause(CURLPAUSE_CONT) runs later from the loop (an idle callback), never from
+ * inside curl's callbacks; on_data may then run from inside it with the kept bytes. No effect on a
+ * transfer that is not paused or already finished. */
 void ax_xfer_resume(struct ax_xfer *x);
 
 /* Aborts (the upstream connection is closed, so the model server stops generating);
@@ -138,7 +141,8 @@ struct ax_upstream_info {
     const char *n_ctx_source; /* "props", "slots", "models", or NULL (static strings) */
     int llama_server;         /* /props answered like llama-server */
     char model_id[256];       /* first id from GET /v1/models data[], "" unknown */
-    cJSON *models;            /* the upstream's /v1/models "data" array (owned), or NULL */
+    cJSON *models;            /* the upstream's /v1/models "data" array (owned by up, replaced
+                                 by each probe that reads it: do not keep it), or NULL */
     uint64_t last_probe_ms;   /* uv_now of the last completed probe, 0 never */
 };
 
