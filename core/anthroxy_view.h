@@ -73,4 +73,136 @@ void ax__push_null(lua_State *L);
  * insert, remove, len. */
 void ax__view_open_api(lua_State *L, struct ax__vstate *vs);
 
+/* ---- engine internals shared by policy.c and policy_api.c ------------------------------ */
+
+#include <uv.h>
+
+#include "anthroxy_error.h"
+#include "anthroxy_policy.h"
+
+/* What a running coroutine is charged with: instructions and memory of one hook call (or of
+ * a chain load). The engine points cur_rs at the one running. */
+struct ax__run_slot {
+    lua_State *co;
+    uint64_t instr, budget;
+    int budget_hit;
+    size_t mem, json_mem, mem_max;
+    int mem_hit;
+};
+
+/* A waiting API call (ax.sleep, ax.tokenize, ax.complete); outlives a cancelled request. */
+struct ax__pend {
+    struct ax_policy_req *pr; /* NULL once the request gave up on it */
+    uv_timer_t timer;
+    int has_timer;
+    struct ax_xfer *xfer;
+    char *body; /* kept alive for the upstream fetch */
+    int kind;
+};
+
+struct ax__gen_policy {
+    char *name, *file;
+    int fn_ref[AX_HOOK_COUNT]; /* LUA_NOREF when absent */
+    int settings_ref;          /* read-only proxy */
+    cJSON *settings;           /* {key: {value, source}} for status */
+};
+
+struct ax__gen {
+    int refs;
+    uint64_t id;
+    int64_t loaded_at_ms; /* wall clock */
+    struct ax__gen_policy *p;
+    int n;
+    int loaded_ref; /* this generation's package.loaded */
+    int require_ref;
+    char **files;
+    int n_files;
+    int has_hook[AX_HOOK_COUNT];
+};
+
+struct ax_policy_engine {
+    struct ax_policy_env env;
+    lua_State *L;
+    struct ax__vstate vs;
+    int test_mode; /* `anthroxy test-lua`: no loop; ax.sleep returns at once, fakes answer */
+
+    size_t mem_total, mem_max, req_mem_max;
+    struct ax__run_slot *cur_rs;  /* charged now, or NULL */
+    struct ax_policy_req *cur;    /* request whose coroutine runs now, or NULL */
+    int protected_alloc;          /* inside a protected call: allocations may fail */
+    uint64_t budget;
+
+    char *chain_path, *lua_dir;
+    struct ax__gen *gen; /* in force */
+    struct ax__gen *building;
+    uint64_t gen_counter;
+    int api_ref, base_ref, fail_mt_ref, session_mt_ref;
+    char **ov_keys, **ov_vals;
+    int n_ov;
+
+    char last_error[1024];
+    int64_t last_error_at_ms;
+    uint64_t n_errors, n_budget_kills, n_memory_kills, n_failures, n_reloads, n_reload_errors;
+    int in_flight;
+
+    uv_idle_t idle; /* runs deferred done callbacks */
+    struct ax_policy_req *done_head, *done_tail;
+    uv_timer_t debounce;
+    uv_fs_event_t *watch;
+    int n_watch;
+    int handles_init, pending_closes, closing;
+    void (*on_closed)(void *ud);
+    void *on_closed_ud;
+
+    /* `anthroxy check`: called after each successful hook with the tree before and after */
+    void (*trace)(void *ud, const char *policy, enum ax_hook hook, const cJSON *before,
+                  const cJSON *after);
+    void *trace_ud;
+};
+
+struct ax_policy_req {
+    struct ax_policy_engine *eng;
+    struct ax__gen *gen;
+    struct ax__run_slot rs;
+    int co_ref, ctx_ref, states_ref;
+    char *request_id, *session_id, *client_model, *user_agent, *arm;
+    int stream;
+    struct ax_session *session;
+    double report_scale;
+
+    /* the run in progress */
+    int running, in_hook, cancelled, queued;
+    enum ax_hook hook;
+    cJSON *tree;
+    const cJSON *aux;
+    cJSON *before; /* trace only */
+    ax_policy_done_fn done;
+    void *done_ud;
+    int idx;   /* policy index in gen */
+    int retry; /* AX_HOOK_UPSTREAM_ERROR: some policy returned true */
+    int rc;
+    struct ax_error err;
+    struct ax__scope scope;
+    struct ax__pend *pend;
+    int64_t saved_session[3]; /* prune_count, overflow_count, forced_tool_turns at hook start */
+    double saved_scale;
+    struct ax_policy_req *qnext, *qprev;
+};
+
+/* policy.c */
+struct ax_policy_engine *ax__engine_of(lua_State *L);
+const char *ax__req_policy_name(const struct ax_policy_req *pr);
+/* Parks the running request on p (the caller then yields) / resumes it with nargs values
+ * pushed on its coroutine. */
+void ax__req_park(struct ax_policy_req *pr, struct ax__pend *p);
+void ax__req_wake(struct ax_policy_req *pr, int nargs);
+void ax__pend_release(struct ax__pend *p); /* frees p once its handles are closed */
+
+/* policy_api.c: pushes the `anthroxy` module table (built once per state) */
+void ax__api_open(lua_State *L, struct ax_policy_engine *eng);
+/* Builds the shared read-only sandbox base; pushes it. */
+void ax__sandbox_base(lua_State *L, struct ax_policy_engine *eng);
+/* Pushes ax.fail's error-object metatable (to recognise the object). */
+int ax__is_fail(lua_State *L, int idx, struct ax_error *err);
+
 #endif
