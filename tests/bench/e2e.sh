@@ -9,6 +9,8 @@
 #   tests/bench/e2e.sh                       all cases, 5 s each
 #   DURATION=10 CONNS=64 tests/bench/e2e.sh  longer runs, more connections
 #   POLICIES=off tests/bench/e2e.sh          only the policies-off pass (default: both)
+#   ANTHROXY_BIN=path tests/bench/e2e.sh     use that binary instead of building Release
+#   KEEP=1 tests/bench/e2e.sh                keep the temporary directory (logs, wrk output)
 #
 # Needs wrk and nginx (Debian packages; installed when missing and running as root), node (to
 # pre-render answers) and cmake. Not part of ctest: it prints figures, it does not pass or fail.
@@ -30,17 +32,21 @@ need() {
 need wrk wrk
 need cmake cmake
 
-echo "== building Release in $build" >&2
-cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release >/dev/null
-cmake --build "$build" -j2 --target anthroxy >/dev/null
-bin=$build/anthroxy
+if [ -n "${ANTHROXY_BIN:-}" ]; then
+    bin=$ANTHROXY_BIN           # a binary built elsewhere (then no Release build here)
+else
+    echo "== building Release in $build" >&2
+    cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release >/dev/null
+    cmake --build "$build" -j2 --target anthroxy >/dev/null
+    bin=$build/anthroxy
+fi
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/anthroxy-bench.XXXXXX")
 pids=""
 cleanup() {
     for p in $pids; do kill "$p" 2>/dev/null || true; done
     "$root/tests/bench/static-upstream/run.sh" stop "$tmp/upstream" 2>/dev/null || true
-    rm -rf "$tmp"
+    if [ -n "${KEEP:-}" ]; then echo "kept $tmp" >&2; else rm -rf "$tmp"; fi
 }
 trap cleanup EXIT INT TERM
 

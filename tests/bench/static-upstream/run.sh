@@ -34,7 +34,11 @@ start)
     mkdir -p "$dir/www" "$dir/tmp"
     dir=$(cd "$dir" && pwd)
     node "$here/render.mjs" "$dir/www" "$chunks"
+    # As root, nginx's workers would run as www-data, who may not enter a private temp dir.
+    user=""
+    [ "$(id -u)" = 0 ] && user="user root root;"
     cat > "$dir/nginx.conf" <<CONF
+$user
 daemon on;
 worker_processes 1;
 pid $dir/nginx.pid;
