@@ -144,6 +144,15 @@ cJSON *ax_json_parse(char *text, size_t len, struct ax_error *err)
                      "invalid JSON in request body near byte %zu", off);
         return NULL;
     }
+    /* cJSON takes a raw NUL inside a string as its end: the rest of the string would be
+     * lost without an error. Raw NULs are not JSON anyway (only trailing ones are let be). */
+    if (memchr(text, '\0', (size_t)(end - text)) != NULL) {
+        size_t off = (size_t)((const char *)memchr(text, '\0', (size_t)(end - text)) - text);
+        cJSON_Delete(root);
+        ax_error_set(err, 400, "invalid_request_error",
+                     "invalid JSON in request body: NUL byte at byte %zu", off);
+        return NULL;
+    }
     for (skip = (size_t)(end - text); skip < len; skip++) {
         char c = text[skip];
         if (c != ' ' && c != '\t' && c != '\r' && c != '\n' && c != '\0') {
