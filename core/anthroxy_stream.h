@@ -67,6 +67,7 @@ struct ax_stream_opts {
     const cJSON *stop_sequences; /* the request's stop_sequences, borrowed: must outlive st */
     size_t max_tool_args_bytes;  /* argument text kept for the summary; 0: 1 MiB */
     size_t max_fallback_bytes;   /* reasoning kept for the fallback; 0: 256 KiB */
+    int parse_with_cjson;        /* tests and benchmarks: skip the lean chunk parser */
 };
 
 enum ax_stream_state { AX_STREAM_NEW, AX_STREAM_STARTED, AX_STREAM_ENDED, AX_STREAM_FAILED };
@@ -109,6 +110,8 @@ struct ax_stream {
     int _cap_recs;
     uint64_t _recs_omitted;
     struct ax_buf _reasoning;    /* kept for the fallback only */
+    struct ax_buf _scratch;      /* decoded text of the chunk in hand (lean parser) */
+    int _cjson_only;
 };
 
 /* Prepares st (no output). Returns 0 or AX_ENOMEM. */

@@ -176,6 +176,8 @@ int ax_stream_init(struct ax_stream *st, const struct ax_stream_opts *o)
     st->_stop_sequences = o->stop_sequences;
     st->_args_budget = o->max_tool_args_bytes ? o->max_tool_args_bytes : DEFAULT_ARGS_BUDGET;
     st->_last_tool = -1;
+    st->_cjson_only = o->parse_with_cjson;
+    ax_buf_init(&st->_scratch, (size_t)1 << 30);   /* bounded by the payload in practice */
     ax_buf_init(&st->_reasoning, o->max_fallback_bytes ? o->max_fallback_bytes
                                                        : DEFAULT_FALLBACK_MAX);
     return 0;
@@ -194,6 +196,7 @@ void ax_stream_free(struct ax_stream *st)
     free(st->_recs);
     free(st->_model);
     ax_buf_free(&st->_reasoning);
+    ax_buf_free(&st->_scratch);
     st->_tools = NULL;
     st->_recs = NULL;
     st->_model = NULL;
@@ -246,6 +249,14 @@ static int put_delta_head(struct ax_buf *o, int index)
     return PUT_LIT(o, ",\"delta\":{\"type\":");
 }
 
+/* A piece of streamed text: s[0..n) decoded, and, when the lean parser found it, raw[0..
+ * rawlen) the literal's inside as it came, already a valid JSON string body that escapes
+ * exactly as put_str would (only \" \\ \b \f \n \r \t), so it is copied, not re-escaped. */
+struct piece {
+    const char *s, *raw;
+    size_t n, rawlen;
+};
+
 static int emit_delta(struct ax_stream *st, struct ax_buf *o, const char *kind_and_key,
                       size_t klen, const char *s, size_t n)
 {
@@ -257,7 +268,29 @@ static int emit_delta(struct ax_stream *st, struct ax_buf *o, const char *kind_a
     return PUT_LIT(o, "}}\n\n");
 }
 
+static int emit_piece(struct ax_stream *st, struct ax_buf *o, const char *kind_and_key,
+                      size_t klen, const struct piece *pc)
+{
+    int rc;
+
+    if (pc->raw == NULL)
+        return emit_delta(st, o, kind_and_key, klen, pc->s, pc->n);
+    if ((rc = put_delta_head(o, st->_n_blocks - 1)) < 0 ||
+        (rc = ax_buf_reserve(o, klen + pc->rawlen + 6)) < 0)
+        return rc;
+    memcpy(o->data + o->len, kind_and_key, klen);
+    o->len += klen;
+    o->data[o->len++] = '"';
+    memcpy(o->data + o->len, pc->raw, pc->rawlen);
+    o->len += pc->rawlen;
+    memcpy(o->data + o->len, "\"}}\n\n", 5);
+    o->len += 5;
+    o->data[o->len] = '\0';
+    return 0;
+}
+
 #define EMIT_DELTA(st, o, kk, s, n) emit_delta((st), (o), (kk), sizeof(kk) - 1, (s), (n))
+#define EMIT_PIECE(st, o, kk, pc) emit_piece((st), (o), (kk), sizeof(kk) - 1, (pc))
 
 static int emit_block_stop(struct ax_buf *o, int index)
 {
@@ -370,39 +403,39 @@ static int open_block(struct ax_stream *st, struct ax_buf *o, enum ax_stream_blo
 
 /* ---- translation of one chunk ---- */
 
-static int on_reasoning(struct ax_stream *st, struct ax_buf *o, const char *s, size_t n)
+static int on_reasoning(struct ax_stream *st, struct ax_buf *o, const struct piece *pc)
 {
     int rc;
 
     if (st->_open != AX_STREAM_BLOCK_THINKING &&
         (rc = open_block(st, o, AX_STREAM_BLOCK_THINKING, -1)) < 0)
         return rc;
-    if ((rc = EMIT_DELTA(st, o, "\"thinking_delta\",\"thinking\":", s, n)) < 0)
+    if ((rc = EMIT_PIECE(st, o, "\"thinking_delta\",\"thinking\":", pc)) < 0)
         return rc;
     st->_saw_reasoning = 1;
-    count_block_bytes(st, n);
-    st->output_estimate += ax_tokens_text(s, n);
+    count_block_bytes(st, pc->n);
+    st->output_estimate += ax_tokens_text(pc->s, pc->n);
     if (st->_fallback && !st->_saw_text && st->_n_tools == 0) {
         size_t room = st->_reasoning.max - st->_reasoning.len;
-        ax_buf_append(&st->_reasoning, s, n < room ? n : room); /* best effort, bounded */
+        ax_buf_append(&st->_reasoning, pc->s, pc->n < room ? pc->n : room); /* bounded */
     }
     return 0;
 }
 
-static int on_text(struct ax_stream *st, struct ax_buf *o, const char *s, size_t n)
+static int on_text(struct ax_stream *st, struct ax_buf *o, const struct piece *pc)
 {
     int rc;
 
     if (st->_open != AX_STREAM_BLOCK_TEXT && (rc = open_block(st, o, AX_STREAM_BLOCK_TEXT, -1)) < 0)
         return rc;
-    if ((rc = EMIT_DELTA(st, o, "\"text_delta\",\"text\":", s, n)) < 0)
+    if ((rc = EMIT_PIECE(st, o, "\"text_delta\",\"text\":", pc)) < 0)
         return rc;
     if (!st->_saw_text) {
         st->_saw_text = 1;
         ax_buf_free(&st->_reasoning);     /* the fallback can no longer apply */
     }
-    count_block_bytes(st, n);
-    st->output_estimate += ax_tokens_text(s, n);
+    count_block_bytes(st, pc->n);
+    st->output_estimate += ax_tokens_text(pc->s, pc->n);
     return 0;
 }
 
@@ -445,24 +478,31 @@ static struct ax__stream_tool *add_tool(struct ax_stream *st, int index)
     return t;
 }
 
-static char *tool_id(const char *upstream_id)
+/* "toolu_" + the upstream's id (kept as is when it already has the prefix), or a new id. */
+static char *tool_id(const char *upstream_id, size_t n)
 {
     char gen[64];
     char *s;
-    size_t n;
+    size_t pre;
 
-    if (upstream_id == NULL || upstream_id[0] == '\0') {
+    if (upstream_id == NULL || n == 0) {
         ax_id_make(gen, sizeof(gen), "toolu_");
         return strdup(gen);
     }
-    if (strncmp(upstream_id, "toolu_", 6) == 0)
-        return strdup(upstream_id);
-    n = strlen(upstream_id);
-    if ((s = malloc(n + 7)) == NULL)
+    pre = n >= 6 && memcmp(upstream_id, "toolu_", 6) == 0 ? 0 : 6;
+    if ((s = malloc(pre + n + 1)) == NULL)
         return NULL;
-    memcpy(s, "toolu_", 6);
-    memcpy(s + 6, upstream_id, n + 1);
+    memcpy(s, "toolu_", pre);
+    memcpy(s + pre, upstream_id, n);
+    s[pre + n] = '\0';
     return s;
+}
+
+static int same_id(const char *ours, const char *upstream_id, size_t n)
+{
+    if (!(n >= 6 && memcmp(upstream_id, "toolu_", 6) == 0))
+        ours += 6;
+    return strlen(ours) == n && memcmp(ours, upstream_id, n) == 0;
 }
 
 /* Keeps argument text for the summary (within the stream's budget) and hashes it all. */
@@ -488,7 +528,7 @@ static int open_tool(struct ax_stream *st, struct ax_buf *o, struct ax__stream_t
     size_t held = t->args.len, i;
     int rc;
 
-    if (t->id == NULL && (t->id = tool_id(NULL)) == NULL)
+    if (t->id == NULL && (t->id = tool_id(NULL, 0)) == NULL)
         return AX_ENOMEM;
     if ((rc = open_block(st, o, AX_STREAM_BLOCK_TOOL, (int)(t - st->_tools))) < 0)
         return rc;
@@ -509,36 +549,39 @@ static int open_tool(struct ax_stream *st, struct ax_buf *o, struct ax__stream_t
     return 0;
 }
 
+/* One tool_calls[] entry, read by either parser. Strings are decoded; absent members (or
+ * members of the wrong type) are NULL, empty strings count as absent except arguments. */
+struct frag {
+    int has_index, index;
+    const char *id, *name;
+    size_t id_len, name_len;
+    struct piece args;           /* args.s NULL when absent */
+};
+
 /* Index of the call a fragment belongs to. Without an index (some servers) a new id starts
  * a new call and anything else continues the last one. */
-static int fragment_index(const struct ax_stream *st, const cJSON *jidx, const cJSON *jid)
+static int fragment_index(const struct ax_stream *st, const struct frag *f)
 {
-    int index;
+    const struct ax__stream_tool *last;
 
-    if (cJSON_IsNumber(jidx))
-        return jidx->valueint;
+    if (f->has_index)
+        return f->index;
     if (st->_last_tool < 0)
         return 0;
-    index = st->_tools[st->_last_tool].index;
-    if (cJSON_IsString(jid) && jid->valuestring[0] != '\0' &&
-        st->_tools[st->_last_tool].id != NULL)
-        index++;
-    return index;
+    last = &st->_tools[st->_last_tool];
+    if (f->id != NULL && last->id != NULL && !same_id(last->id, f->id, f->id_len))
+        return last->index + 1;
+    return last->index;
 }
 
-static int on_tool_fragment(struct ax_stream *st, struct ax_buf *o, const cJSON *tc,
+static int on_tool_fragment(struct ax_stream *st, struct ax_buf *o, const struct frag *f,
                             struct ax_error *err)
 {
-    const cJSON *jid = cJSON_GetObjectItemCaseSensitive(tc, "id");
-    const cJSON *fn = cJSON_GetObjectItemCaseSensitive(tc, "function");
-    const cJSON *jname = cJSON_GetObjectItemCaseSensitive(fn, "name");
-    const cJSON *jargs = cJSON_GetObjectItemCaseSensitive(fn, "arguments");
-    const char *args = cJSON_IsString(jargs) ? jargs->valuestring : NULL;
-    size_t alen = args != NULL ? strlen(args) : 0;
+    const struct piece *a = &f->args;
     struct ax__stream_tool *t;
     int index, rc;
 
-    index = fragment_index(st, cJSON_GetObjectItemCaseSensitive(tc, "index"), jid);
+    index = fragment_index(st, f);
     if ((t = find_tool(st, index)) == NULL) {
         if (st->_n_tools >= AX_STREAM_MAX_TOOLS)
             return fail_upstream(err, "upstream sent too many tool calls in one turn");
@@ -547,26 +590,53 @@ static int on_tool_fragment(struct ax_stream *st, struct ax_buf *o, const cJSON 
     }
     st->_last_tool = (int)(t - st->_tools);
     if (t->block < 0) {
-        if (t->id == NULL && cJSON_IsString(jid) && jid->valuestring[0] != '\0' &&
-            (t->id = tool_id(jid->valuestring)) == NULL)
+        if (t->id == NULL && f->id != NULL && (t->id = tool_id(f->id, f->id_len)) == NULL)
             return AX_ENOMEM;
-        if (t->name == NULL && cJSON_IsString(jname) && jname->valuestring[0] != '\0' &&
-            (t->name = strdup(jname->valuestring)) == NULL)
+        if (t->name == NULL && f->name != NULL &&
+            (t->name = strndup(f->name, f->name_len)) == NULL)
             return AX_ENOMEM;
-        if (alen > 0 && ax_buf_append(&t->args, args, alen) < 0)
+        if (a->n > 0 && ax_buf_append(&t->args, a->s, a->n) < 0)
             return fail_upstream(err, "upstream tool call arguments before its name over "
                                       "the limit");
         return t->name != NULL ? open_tool(st, o, t) : 0;  /* else held for the name */
     }
-    if (alen == 0)
+    if (a->n == 0)
         return 0;
     if (t->closed || st->_open != AX_STREAM_BLOCK_TOOL || &st->_tools[st->_open_tool] != t)
         return fail_upstream(err, "upstream interleaved the arguments of parallel tool calls");
-    if ((rc = EMIT_DELTA(st, o, "\"input_json_delta\",\"partial_json\":", args, alen)) < 0)
+    if ((rc = EMIT_PIECE(st, o, "\"input_json_delta\",\"partial_json\":", a)) < 0)
         return rc;
-    keep_args(st, t, args, alen);
-    st->output_estimate += ax_tokens_text(args, alen);
+    keep_args(st, t, a->s, a->n);
+    st->output_estimate += ax_tokens_text(a->s, a->n);
     return 0;
+}
+
+/* The cJSON path's reading of a tool_calls[] entry. */
+static void frag_from_cjson(const cJSON *tc, struct frag *f)
+{
+    const cJSON *jidx = cJSON_GetObjectItemCaseSensitive(tc, "index");
+    const cJSON *jid = cJSON_GetObjectItemCaseSensitive(tc, "id");
+    const cJSON *fn = cJSON_GetObjectItemCaseSensitive(tc, "function");
+    const cJSON *jname = cJSON_GetObjectItemCaseSensitive(fn, "name");
+    const cJSON *jargs = cJSON_GetObjectItemCaseSensitive(fn, "arguments");
+
+    memset(f, 0, sizeof(*f));
+    if (cJSON_IsNumber(jidx)) {
+        f->has_index = 1;
+        f->index = jidx->valueint;
+    }
+    if (cJSON_IsString(jid) && jid->valuestring[0] != '\0') {
+        f->id = jid->valuestring;
+        f->id_len = strlen(f->id);
+    }
+    if (cJSON_IsString(jname) && jname->valuestring[0] != '\0') {
+        f->name = jname->valuestring;
+        f->name_len = strlen(f->name);
+    }
+    if (cJSON_IsString(jargs)) {
+        f->args.s = jargs->valuestring;
+        f->args.n = strlen(f->args.s);
+    }
 }
 
 static const char *delta_string(const cJSON *delta, const char *key)
@@ -583,20 +653,28 @@ static int on_choice(struct ax_stream *st, struct ax_buf *o, const cJSON *choice
     const cJSON *delta = cJSON_GetObjectItemCaseSensitive(choice, "delta");
     const cJSON *finish = cJSON_GetObjectItemCaseSensitive(choice, "finish_reason");
     const cJSON *tcs, *tc;
-    const char *s;
+    struct piece pc = {NULL, NULL, 0, 0};
     int rc;
 
     if (cJSON_IsObject(delta)) {
-        if ((s = delta_string(delta, "reasoning_content")) != NULL ||
-            (s = delta_string(delta, "reasoning")) != NULL)
-            if ((rc = on_reasoning(st, o, s, strlen(s))) < 0)
+        if ((pc.s = delta_string(delta, "reasoning_content")) != NULL ||
+            (pc.s = delta_string(delta, "reasoning")) != NULL) {
+            pc.n = strlen(pc.s);
+            if ((rc = on_reasoning(st, o, &pc)) < 0)
                 return rc;
-        if ((s = delta_string(delta, "content")) != NULL &&
-            (rc = on_text(st, o, s, strlen(s))) < 0)
-            return rc;
+        }
+        if ((pc.s = delta_string(delta, "content")) != NULL) {
+            pc.n = strlen(pc.s);
+            if ((rc = on_text(st, o, &pc)) < 0)
+                return rc;
+        }
         tcs = cJSON_GetObjectItemCaseSensitive(delta, "tool_calls");
         cJSON_ArrayForEach(tc, tcs) {
-            if (cJSON_IsObject(tc) && (rc = on_tool_fragment(st, o, tc, err)) < 0)
+            struct frag f;
+            if (!cJSON_IsObject(tc))
+                continue;
+            frag_from_cjson(tc, &f);
+            if ((rc = on_tool_fragment(st, o, &f, err)) < 0)
                 return rc;
         }
     }
@@ -668,19 +746,475 @@ static cJSON *parse_chunk(const char *data, size_t len)
     return root;
 }
 
+/* ---- the lean path: most chunks without cJSON ----
+ *
+ * Nearly every chunk is one text or reasoning delta; parsing it into a cJSON tree costs a
+ * dozen allocations. This scanner validates the whole payload as strict JSON without
+ * allocating and pulls out choices[].{index, delta.{content, reasoning_content, reasoning},
+ * finish_reason}. It gives up (and the cJSON path takes the chunk, from scratch) on
+ * anything else it would have to interpret: tool_calls, a non-null usage, error or
+ * stop-string member, a \u or \/ escape anywhere, raw control bytes, duplicate keys that
+ * matter, deep nesting, a non-integer index. So when it accepts, cJSON would have accepted
+ * the same text and read the same values: both paths emit identical bytes (the tests run
+ * every fixture both ways). */
+
+#define LEAN_DEPTH 32
+#define LEAN_CHOICES 2
+
+struct lean {
+    const char *p, *e;
+};
+
+struct lean_choice {
+    struct piece text, reasoning;
+    const char *finish;
+    size_t finish_len;
+    int skip;                 /* index present and not 0 (or not a number) */
+};
+
+static void lean_ws(struct lean *l)
+{
+    while (l->p < l->e && (*l->p == ' ' || *l->p == '\n' || *l->p == '\r' || *l->p == '\t'))
+        l->p++;
+}
+
+static int lean_expect(struct lean *l, char c)
+{
+    lean_ws(l);
+    if (l->p >= l->e || *l->p != c)
+        return -1;
+    l->p++;
+    return 0;
+}
+
+#define SWAR_ONES 0x0101010101010101ull
+#define SWAR_HIGH 0x8080808080808080ull
+
+/* The first byte in [p, e) that is '"', '\\' or a control byte, or e; eight bytes a step
+ * (the text deltas are where the time goes). */
+static const char *plain_run(const char *p, const char *e)
+{
+    uint64_t w, q, b, c;
+
+    while (e - p >= 8) {
+        memcpy(&w, p, 8);
+        q = w ^ (SWAR_ONES * '"');
+        b = w ^ (SWAR_ONES * '\\');
+        c = ((q - SWAR_ONES) & ~q) | ((b - SWAR_ONES) & ~b) | ((w - SWAR_ONES * 0x20) & ~w);
+        if ((c & SWAR_HIGH) != 0)
+            break;          /* a candidate in this word: finish it bytewise */
+        p += 8;
+    }
+    while (p < e && *p != '"' && *p != '\\' && (unsigned char)*p >= 0x20)
+        p++;
+    return p;
+}
+
+/* A string: raw[0..len) is its inside; *plain says it holds no escape at all. */
+static int lean_string(struct lean *l, const char **raw, size_t *len, int *plain)
+{
+    const char *p, *start;
+    int esc = 0;
+
+    lean_ws(l);
+    if (l->p >= l->e || *l->p != '"')
+        return -1;
+    start = p = l->p + 1;
+    for (;;) {
+        p = plain_run(p, l->e);
+        if (p >= l->e || (unsigned char)*p < 0x20)
+            return -1;
+        if (*p == '"')
+            break;
+        if (p + 1 >= l->e || strchr("\"\\bfnrt", p[1]) == NULL || p[1] == '\0')
+            return -1;        /* \u and \/ would not come back byte-identical: cJSON path */
+        esc = 1;
+        p += 2;
+    }
+    *raw = start;
+    *len = (size_t)(p - start);
+    *plain = !esc;
+    l->p = p + 1;
+    return 0;
+}
+
+static int lean_number(struct lean *l, int *is_int)
+{
+    const char *p = l->p;
+
+    *is_int = 1;
+    if (p < l->e && *p == '-')
+        p++;
+    if (p >= l->e || *p < '0' || *p > '9')
+        return -1;
+    if (*p == '0')
+        p++;
+    else
+        while (p < l->e && *p >= '0' && *p <= '9')
+            p++;
+    if (p < l->e && *p == '.') {
+        *is_int = 0;
+        if (++p >= l->e || *p < '0' || *p > '9')
+            return -1;
+        while (p < l->e && *p >= '0' && *p <= '9')
+            p++;
+    }
+    if (p < l->e && (*p == 'e' || *p == 'E')) {
+        *is_int = 0;
+        p++;
+        if (p < l->e && (*p == '+' || *p == '-'))
+            p++;
+        if (p >= l->e || *p < '0' || *p > '9')
+            return -1;
+        while (p < l->e && *p >= '0' && *p <= '9')
+            p++;
+    }
+    l->p = p;
+    return 0;
+}
+
+static int lean_literal(struct lean *l, const char *lit, size_t n)
+{
+    if ((size_t)(l->e - l->p) < n || memcmp(l->p, lit, n) != 0)
+        return -1;
+    l->p += n;
+    return 0;
+}
+
+static int lean_skip(struct lean *l, int depth);
+
+/* Walks a container's members or elements; `member` says whether keys come first. */
+static int lean_skip_container(struct lean *l, int depth, char close, int member)
+{
+    const char *k;
+    size_t kl;
+    int plain;
+
+    l->p++;
+    lean_ws(l);
+    if (l->p < l->e && *l->p == close) {
+        l->p++;
+        return 0;
+    }
+    for (;;) {
+        if (member && (lean_string(l, &k, &kl, &plain) < 0 || lean_expect(l, ':') < 0))
+            return -1;
+        if (lean_skip(l, depth + 1) < 0)
+            return -1;
+        lean_ws(l);
+        if (l->p >= l->e)
+            return -1;
+        if (*l->p == close) {
+            l->p++;
+            return 0;
+        }
+        if (*l->p++ != ',')
+            return -1;
+    }
+}
+
+static int lean_skip(struct lean *l, int depth)
+{
+    const char *s;
+    size_t n;
+    int x;
+
+    lean_ws(l);
+    if (l->p >= l->e || depth > LEAN_DEPTH)
+        return -1;
+    switch (*l->p) {
+    case '"': return lean_string(l, &s, &n, &x);
+    case '{': return lean_skip_container(l, depth, '}', 1);
+    case '[': return lean_skip_container(l, depth, ']', 0);
+    case 't': return lean_literal(l, "true", 4);
+    case 'f': return lean_literal(l, "false", 5);
+    case 'n': return lean_literal(l, "null", 4);
+    default: return lean_number(l, &x);
+    }
+}
+
+static int lean_is_null(struct lean *l)
+{
+    lean_ws(l);
+    return lean_literal(l, "null", 4) == 0;
+}
+
+#define KEY_IS(k, kl, lit) ((kl) == sizeof(lit) - 1 && memcmp((k), (lit), (kl)) == 0)
+
+/* Iterates an object: calls fn for each member with l at its value; fn consumes it. */
+typedef int (*lean_member_fn)(struct lean *l, const char *k, size_t kl, void *ud);
+
+static int lean_object(struct lean *l, lean_member_fn fn, void *ud)
+{
+    const char *k;
+    size_t kl;
+    int plain;
+
+    if (lean_expect(l, '{') < 0)
+        return -1;
+    lean_ws(l);
+    if (l->p < l->e && *l->p == '}') {
+        l->p++;
+        return 0;
+    }
+    for (;;) {
+        if (lean_string(l, &k, &kl, &plain) < 0 || lean_expect(l, ':') < 0 ||
+            fn(l, k, kl, ud) < 0)
+            return -1;
+        lean_ws(l);
+        if (l->p >= l->e)
+            return -1;
+        if (*l->p == '}') {
+            l->p++;
+            return 0;
+        }
+        if (*l->p++ != ',')
+            return -1;
+    }
+}
+
+/* A string member the translator reads: non-strings and "" count as absent, as in
+ * delta_string(); a second occurrence gives up (cJSON would take the first). */
+static int lean_text(struct lean *l, struct piece *pc, int *seen)
+{
+    int plain;
+
+    if ((*seen)++)
+        return -1;
+    lean_ws(l);
+    if (l->p < l->e && *l->p == '"') {
+        if (lean_string(l, &pc->raw, &pc->rawlen, &plain) < 0)
+            return -1;
+        if (pc->rawlen == 0)
+            pc->raw = NULL;
+        else if (plain) {
+            pc->s = pc->raw;
+            pc->n = pc->rawlen;
+        }
+        return 0;
+    }
+    return lean_skip(l, 2);
+}
+
+struct lean_delta {
+    struct lean_choice *c;
+    int seen_content, seen_rc, seen_r, seen_tools;
+};
+
+static int lean_delta_member(struct lean *l, const char *k, size_t kl, void *ud)
+{
+    struct lean_delta *d = ud;
+    struct piece rc = {NULL, NULL, 0, 0};
+
+    if (KEY_IS(k, kl, "content"))
+        return lean_text(l, &d->c->text, &d->seen_content);
+    if (KEY_IS(k, kl, "reasoning_content")) {
+        if (lean_text(l, &rc, &d->seen_rc) < 0)
+            return -1;
+        if (rc.raw != NULL)
+            d->c->reasoning = rc;     /* preferred over "reasoning", whatever the order */
+        return 0;
+    }
+    if (KEY_IS(k, kl, "reasoning")) {
+        if (lean_text(l, &rc, &d->seen_r) < 0)
+            return -1;
+        if (rc.raw != NULL && d->c->reasoning.raw == NULL)
+            d->c->reasoning = rc;     /* only when reasoning_content gave none */
+        return 0;
+    }
+    if (KEY_IS(k, kl, "tool_calls"))
+        return d->seen_tools++ || !lean_is_null(l) ? -1 : 0;
+    return lean_skip(l, 3);
+}
+
+struct lean_ch {
+    struct lean_choice *c;
+    int seen_index, seen_delta, seen_finish;
+};
+
+static int lean_choice_member(struct lean *l, const char *k, size_t kl, void *ud)
+{
+    struct lean_ch *ch = ud;
+    int is_int, plain;
+    const char *num;
+
+    if (KEY_IS(k, kl, "index")) {
+        if (ch->seen_index++)
+            return -1;
+        lean_ws(l);
+        num = l->p;
+        if (l->p < l->e && (*l->p == '-' || (*l->p >= '0' && *l->p <= '9'))) {
+            if (lean_number(l, &is_int) < 0 || !is_int || (num[0] == '-' && num[1] == '0'))
+                return -1;            /* -0 is 0 to cJSON: leave such oddities to it */
+            ch->c->skip = !(l->p - num == 1 && *num == '0');
+            return 0;
+        }
+        ch->c->skip = 1;              /* an index that is not a number: not the answer */
+        return lean_skip(l, 2);
+    }
+    if (KEY_IS(k, kl, "delta")) {
+        struct lean_delta d = {ch->c, 0, 0, 0, 0};
+        if (ch->seen_delta++)
+            return -1;
+        lean_ws(l);
+        if (l->p < l->e && *l->p == '{')
+            return lean_object(l, lean_delta_member, &d);
+        return lean_skip(l, 2);
+    }
+    if (KEY_IS(k, kl, "finish_reason")) {
+        if (ch->seen_finish++)
+            return -1;
+        lean_ws(l);
+        if (l->p < l->e && *l->p == '"') {
+            if (lean_string(l, &ch->c->finish, &ch->c->finish_len, &plain) < 0 || !plain)
+                return -1;
+            return 0;
+        }
+        return lean_skip(l, 2);
+    }
+    if (KEY_IS(k, kl, "stop_reason") || KEY_IS(k, kl, "matched_stop") ||
+        KEY_IS(k, kl, "stopping_word"))
+        return lean_is_null(l) ? 0 : -1;
+    return lean_skip(l, 2);
+}
+
+struct lean_root {
+    struct lean_choice choices[LEAN_CHOICES];
+    int n;
+    int seen_choices;
+};
+
+static int lean_root_member(struct lean *l, const char *k, size_t kl, void *ud)
+{
+    struct lean_root *r = ud;
+
+    if (KEY_IS(k, kl, "choices")) {
+        if (r->seen_choices++ || lean_expect(l, '[') < 0)
+            return -1;
+        lean_ws(l);
+        if (l->p < l->e && *l->p == ']') {
+            l->p++;
+            return 0;
+        }
+        for (;;) {
+            lean_ws(l);
+            if (l->p < l->e && *l->p == '{') {
+                struct lean_ch ch;
+                if (r->n == LEAN_CHOICES)
+                    return -1;
+                memset(&r->choices[r->n], 0, sizeof(r->choices[0]));
+                memset(&ch, 0, sizeof(ch));
+                ch.c = &r->choices[r->n++];
+                if (lean_object(l, lean_choice_member, &ch) < 0)
+                    return -1;
+            } else if (lean_skip(l, 2) < 0) {  /* not an object: cJSON reads nothing either */
+                return -1;
+            }
+            lean_ws(l);
+            if (l->p >= l->e)
+                return -1;
+            if (*l->p == ']') {
+                l->p++;
+                return 0;
+            }
+            if (*l->p++ != ',')
+                return -1;
+        }
+    }
+    if (KEY_IS(k, kl, "usage") || KEY_IS(k, kl, "error"))
+        return lean_is_null(l) ? 0 : -1;
+    return lean_skip(l, 1);
+}
+
+/* Decodes the simple escapes of pc->raw into the stream's scratch buffer. */
+static int lean_decode(struct ax_stream *st, struct piece *pc)
+{
+    const char *r = pc->raw, *end = pc->raw + pc->rawlen;
+    char *d;
+    int rc;
+
+    if (pc->raw == NULL || pc->s != NULL)
+        return 0;
+    ax_buf_reset(&st->_scratch);
+    if ((rc = ax_buf_reserve(&st->_scratch, pc->rawlen)) < 0)
+        return rc;
+    d = st->_scratch.data;
+    while (r < end) {
+        if (*r != '\\') {
+            *d++ = *r++;
+            continue;
+        }
+        switch (r[1]) {
+        case 'b': *d++ = '\b'; break;
+        case 'f': *d++ = '\f'; break;
+        case 'n': *d++ = '\n'; break;
+        case 'r': *d++ = '\r'; break;
+        case 't': *d++ = '\t'; break;
+        default: *d++ = r[1]; break;    /* '"' or '\\' */
+        }
+        r += 2;
+    }
+    pc->s = st->_scratch.data;
+    pc->n = (size_t)(d - st->_scratch.data);
+    return 0;
+}
+
+/* Returns 1 when the chunk was translated here (*rc set), 0 to hand it to cJSON. */
+static int lean_chunk(struct ax_stream *st, const char *data, size_t len, struct ax_buf *out,
+                      int *rc)
+{
+    struct lean l = {data, data + len};
+    struct lean_root root;
+    struct lean_choice *c;
+    int i;
+
+    root.n = 0;
+    root.seen_choices = 0;
+    if (lean_object(&l, lean_root_member, &root) < 0)
+        return 0;
+    lean_ws(&l);
+    if (l.p != l.e)
+        return 0;
+    if ((*rc = ax_stream_begin(st, out)) < 0)
+        return 1;
+    for (i = 0; i < root.n; i++) {
+        c = &root.choices[i];
+        if (c->skip)
+            continue;
+        if (c->reasoning.raw != NULL &&
+            ((*rc = lean_decode(st, &c->reasoning)) < 0 ||
+             (*rc = on_reasoning(st, out, &c->reasoning)) < 0))
+            return 1;
+        if (c->text.raw != NULL &&
+            ((*rc = lean_decode(st, &c->text)) < 0 || (*rc = on_text(st, out, &c->text)) < 0))
+            return 1;
+        if (c->finish != NULL && c->finish_len > 0) {
+            snprintf(st->finish_reason, sizeof(st->finish_reason), "%.*s", (int)c->finish_len,
+                     c->finish);
+            st->saw_finish = 1;
+            st->stop_sequence = NULL;   /* no stop-string member: nothing matched */
+        }
+    }
+    *rc = 0;
+    return 1;
+}
+
 static int feed_chunk(struct ax_stream *st, const char *data, size_t len, struct ax_buf *out,
                       struct ax_error *err)
 {
-    const cJSON *choices, *choice, *usage, *idx;
+    const cJSON *choices, *choice, *usage, *idx, *e;
     cJSON *root;
     int rc = 0;
 
+    if (!st->_cjson_only && lean_chunk(st, data, len, out, &rc))
+        return rc;
     if ((root = parse_chunk(data, len)) == NULL || !cJSON_IsObject(root)) {
         st->garbage++;                  /* a garbage data line: skipped, never fatal */
         cJSON_Delete(root);
         return 0;
     }
-    if (cJSON_GetObjectItemCaseSensitive(root, "error") != NULL) {
+    e = cJSON_GetObjectItemCaseSensitive(root, "error");
+    if (e != NULL && !cJSON_IsNull(e)) {
         rc = on_upstream_error(root, data, len, err);
         goto done;
     }

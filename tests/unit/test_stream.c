@@ -8,6 +8,7 @@
 #include "anthroxy_ids.h"
 #include "anthroxy_json.h"
 
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -249,9 +250,10 @@ static const struct scase cases[] = {
 
 static cJSON *stop_ug;
 
-static void case_opts(const struct scase *c, struct ax_stream_opts *o)
+static void case_opts(const struct scase *c, struct ax_stream_opts *o, int cjson)
 {
     memset(o, 0, sizeof(*o));
+    o->parse_with_cjson = cjson;
     o->model = "claude-test";
     o->input_estimate = 1234;
     o->usage_scale = c->scale;
@@ -259,7 +261,8 @@ static void case_opts(const struct scase *c, struct ax_stream_opts *o)
     o->stop_sequences = c->stop_ug ? stop_ug : NULL;
 }
 
-static void run_case(const struct scase *c, int update)
+/* cjson: 1 forces the cJSON chunk parser; both parsers must give the golden output. */
+static void run_case(const struct scase *c, int update, int cjson)
 {
     char path[512], name[128];
     struct ax_stream_opts o;
@@ -267,17 +270,18 @@ static void run_case(const struct scase *c, int update)
     size_t n, wn, gn, gn2, k, cuts[3];
     int mismatches = 0;
 
-    snprintf(name, sizeof(name), "%s%s%s", c->name, c->variant ? "." : "",
-             c->variant ? c->variant : "");
+    snprintf(name, sizeof(name), "%s%s%s%s", c->name, c->variant ? "." : "",
+             c->variant ? c->variant : "", cjson ? " (cJSON path)" : "");
     snprintf(path, sizeof(path), "%s/streams/%s.openai.sse", AX_FIXTURES, c->name);
     if ((in = read_file(path, &n)) == NULL) {
         CHECKF(0, "%s: cannot read %s", name, path);
         return;
     }
-    case_opts(c, &o);
+    case_opts(c, &o, cjson);
     got = run_split(in, n, NULL, 0, &o, &gn, NULL);
     check_grammar(name, got, gn);
-    snprintf(path, sizeof(path), "%s/streams/%s.anthropic.sse", AX_FIXTURES, name);
+    snprintf(path, sizeof(path), "%s/streams/%s%s%s.anthropic.sse", AX_FIXTURES, c->name,
+             c->variant ? "." : "", c->variant ? c->variant : "");
     if (update)
         write_file(path, got, gn);
     want = read_file(path, &wn);
@@ -321,6 +325,171 @@ static void run_case(const struct scase *c, int update)
     free(in);
     free(want);
     free(got);
+}
+
+/* ---- the lean chunk parser against cJSON ---- */
+
+static char *find(char *p, size_t n, const char *needle)
+{
+    size_t m = strlen(needle), i;
+
+    for (i = 0; i + m <= n; i++)
+        if (memcmp(p + i, needle, m) == 0)
+            return p + i;
+    return NULL;
+}
+
+static uint32_t rng_state = 12345;
+
+static uint32_t rng(void)
+{
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 17;
+    rng_state ^= rng_state << 5;
+    return rng_state;
+}
+
+/* Feeds prefix chunks then payload to a fresh stream, parser chosen; output + codes. */
+static void one_payload(const char *payload, size_t len, int cjson, struct ax_buf *out,
+                        int *rc_feed, int *rc_end, uint64_t *garbage)
+{
+    struct ax_stream_opts o = {.model = "m", .input_estimate = 5, .parse_with_cjson = cjson};
+    static const char pre[] = "{\"choices\":[{\"index\":0,\"delta\":{\"content\":\"x\"}}]}";
+    struct ax_stream st;
+    struct ax_error err;
+
+    id_counter = 0;
+    ax_buf_reset(out);
+    memset(&err, 0, sizeof(err));
+    ax_stream_init(&st, &o);
+    ax_stream_feed(&st, pre, sizeof(pre) - 1, out, &err);
+    *rc_feed = ax_stream_feed(&st, payload, len, out, &err);
+    if (*rc_feed == AX_EUPSTREAM)
+        ax_stream_fail(&st, &err, out);
+    *rc_end = ax_stream_feed(&st, "[DONE]", 6, out, &err);
+    if (*rc_end == 0)
+        *rc_end = ax_stream_end(&st, out, &err);
+    *garbage = st.garbage;
+    ax_stream_free(&st);
+}
+
+static int compare_parsers(const char *payload, size_t len)
+{
+    struct ax_buf a, b;
+    int fa, ea, fb, eb, same;
+    uint64_t ga, gb;
+
+    ax_buf_init(&a, 1 << 22);
+    ax_buf_init(&b, 1 << 22);
+    one_payload(payload, len, 0, &a, &fa, &ea, &ga);
+    one_payload(payload, len, 1, &b, &fb, &eb, &gb);
+    same = fa == fb && ea == eb && ga == gb && a.len == b.len &&
+           (a.len == 0 || memcmp(a.data, b.data, a.len) == 0);
+    if (!same)
+        fprintf(stderr, "lean and cJSON parsers differ on: %.*s\n", (int)len, payload);
+    ax_buf_free(&a);
+    ax_buf_free(&b);
+    return same;
+}
+
+static void test_lean_matches_cjson(void)
+{
+    static const char *const edge[] = {
+        "{\"choices\":[{\"index\":0,\"delta\":{\"content\":\"a\\\"b\\\\c\\n\\t\\r\\b\\f\"}}]}",
+        "{\"choices\":[{\"index\":0,\"delta\":{\"content\":\"\\u00e9\\/\"}}]}",
+        "{\"choices\":[{\"index\":1,\"delta\":{\"content\":\"other choice\"}}]}",
+        "{\"choices\":[{\"delta\":{\"content\":\"no index\"},\"index\":0.0}]}",
+        "{\"choices\":[{\"delta\":{\"content\":\"neg zero\"},\"index\":-0}]}",
+        "{\"choices\":[{\"delta\":{\"content\":\"null index\"},\"index\":null}]}",
+        "{\"choices\":[{\"delta\":{\"content\":\"a\",\"content\":\"b\"}}]}",
+        "{\"choices\":[{\"delta\":{\"reasoning\":\"r\",\"reasoning_content\":\"rc\"}}]}",
+        "{\"choices\":[{\"delta\":{\"reasoning_content\":\"\",\"reasoning\":\"r\"}}]}",
+        "{\"choices\":[{\"delta\":{\"reasoning_content\":5,\"content\":null}}]}",
+        "{\"choices\":[{\"delta\":{\"tool_calls\":null,\"content\":\"t\"}}]}",
+        "{\"choices\":[{\"delta\":{\"tool_calls\":[],\"content\":\"t\"}}]}",
+        "{\"choices\":[{\"delta\":[1],\"finish_reason\":\"stop\"}]}",
+        "{\"choices\":[1,\"x\",{\"delta\":{\"content\":\"c\"}}]}",
+        "{\"choices\":{\"delta\":{\"content\":\"obj\"}}}",
+        "{\"choices\":[],\"usage\":null,\"error\":null}",
+        "{\"choices\":[{\"delta\":{},\"finish_reason\":\"stop\",\"stop_reason\":null}]}",
+        "{\"choices\":[{\"delta\":{},\"finish_reason\":\"stop\",\"stop_reason\":\"x\"}]}",
+        "{\"choices\":[{\"delta\":{},\"finish_reason\":\"\"}]}",
+        "{\"choices\":[{\"delta\":{\"content\":\"x\"}}]} ",
+        "{\"choices\":[{\"delta\":{\"content\":\"x\"}}]}x",
+        "{\"choices\":[{\"delta\":{\"content\":\"x\"}}],}",
+        "{\"a\":[1e5,-2.5E-3,true,false,null,{\"b\":{}}],\"choices\":[{\"delta\":{\"content\":\"n\"}}]}",
+        "{\"a\":01}",
+        "{\"a\":1.}",
+        "{\"a\":\"ctl\x01\"}",
+        "\xEF\xBB\xBF{\"choices\":[]}",
+        "{\"error\":{\"message\":\"boom\"}}",
+        "{\"choices\":[{\"delta\":{\"content\":\"caf\xC3\xA9 \xFF\"}}]}",
+        "   {\"choices\":[{\"delta\":{\"content\":\"lead ws\"}}]}",
+    };
+    static const char alphabet[] = "\"\\{}[],:0-1.eEnulltrf \x01\xC3";
+    char buf[2048];
+    size_t i, k, n;
+    int bad = 0, m;
+    struct ax_buf corpus;
+    char path[512];
+
+    for (i = 0; i < sizeof(edge) / sizeof(edge[0]); i++)
+        if (!compare_parsers(edge[i], strlen(edge[i])))
+            failures++;
+    /* mutations of every chunk of the fixtures: a byte replaced, inserted or dropped, the
+     * payload cut short; the two parsers must agree on every one */
+    ax_buf_init(&corpus, 1 << 24);
+    for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        char *in;
+        size_t len;
+        if (cases[i].variant != NULL)
+            continue;
+        snprintf(path, sizeof(path), "%s/streams/%s.openai.sse", AX_FIXTURES, cases[i].name);
+        if ((in = read_file(path, &len)) != NULL) {
+            ax_buf_append(&corpus, in, len);
+            free(in);
+        }
+    }
+    for (k = 0; k + 6 < corpus.len && bad < 5;) {
+        char *line = find(corpus.data + k, corpus.len - k, "data: {");
+        char *end;
+        if (line == NULL)
+            break;
+        line += 6;
+        end = memchr(line, '\n', corpus.len - (size_t)(line - corpus.data));
+        if (end == NULL)
+            break;
+        n = (size_t)(end - line);
+        k = (size_t)(end - corpus.data);
+        if (end > line && end[-1] == '\r')
+            n--;
+        if (n + 2 >= sizeof(buf))
+            continue;
+        for (m = 0; m < 40 && bad < 5; m++) {
+            size_t len = n, pos;
+            memcpy(buf, line, n);
+            pos = rng() % n;
+            switch (rng() % 4) {
+            case 0: buf[pos] = alphabet[rng() % (sizeof(alphabet) - 1)]; break;
+            case 1:
+                memmove(buf + pos + 1, buf + pos, n - pos);
+                buf[pos] = alphabet[rng() % (sizeof(alphabet) - 1)];
+                len++;
+                break;
+            case 2: memmove(buf + pos, buf + pos + 1, n - pos - 1); len--; break;
+            default: len = pos; break;
+            }
+            if (!compare_parsers(buf, len)) {
+                failures++;
+                bad++;
+            }
+        }
+        if (!compare_parsers(line, n)) {
+            failures++;
+            bad++;
+        }
+    }
+    ax_buf_free(&corpus);
 }
 
 /* ---- targeted checks on top of the golden files ---- */
@@ -548,8 +717,11 @@ int main(void)
 
     ax_ids_set_source(test_ids, NULL);
     stop_ug = cJSON_Parse("[\"UG\"]");
-    for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
-        run_case(&cases[i], upd != NULL && upd[0] == '1');
+    for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        run_case(&cases[i], upd != NULL && upd[0] == '1', 0);
+        run_case(&cases[i], 0, 1);
+    }
+    test_lean_matches_cjson();
     test_tool_arguments_not_lost();
     test_name_after_arguments();
     test_escaping();
