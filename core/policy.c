@@ -1504,10 +1504,184 @@ int ax_policy_check_main(int argc, char **argv)
     return 2;
 }
 
+/* host.run_hook(fn, hook, tree, aux, ctx) -> tree after, ret: one hook over a real view of
+ * tree (a plain table), committed on success; the hook's error is re-raised. */
+static int host_run_hook(lua_State *L)
+{
+    struct ax_policy_engine *eng = ax__engine_of(L);
+    const char *hook = luaL_checkstring(L, 2);
+    struct ax__scope sc, *prev;
+    cJSON *root;
+    int boxed, status, nargs = 2;
+
+    luaL_checktype(L, 1, LUA_TFUNCTION);
+    luaL_checktype(L, 3, LUA_TTABLE);
+    lua_settop(L, 5);
+    root = (cJSON *)ax__json_arg(L, 3, &boxed); /* 6: the box owning root */
+    ax__scope_open(&eng->vs, &sc, strcmp(hook, "on_response") == 0);
+    prev = eng->vs.cur;
+    eng->vs.cur = &sc;
+    lua_pushvalue(L, 1);
+    if (strcmp(hook, "on_upstream_error") == 0) {
+        lua_pushvalue(L, 4);
+        nargs = 3;
+    }
+    ax__view_push(L, &eng->vs, &sc, root);
+    lua_pushvalue(L, 5);
+    status = lua_pcall(L, nargs, 1, 0);                 /* ..., box, ret|err */
+    eng->vs.cur = prev;
+    if (status != LUA_OK) {
+        ax__scope_discard(&sc);
+        return lua_error(L);
+    }
+    ax__scope_commit(&sc);
+    ax__json_push_table(L, root);                       /* ..., box, ret, tree */
+    lua_insert(L, -2);                                  /* ..., box, tree, ret */
+    return 2;
+}
+
+static int host_where(lua_State *L)
+{
+    lua_Debug ar;
+    int level = (int)luaL_optinteger(L, 1, 1);
+    if (lua_getstack(L, level, &ar) && lua_getinfo(L, "Sl", &ar) && ar.currentline > 0)
+        lua_pushfstring(L, "%s:%d", ar.short_src, ar.currentline);
+    else
+        lua_pushliteral(L, "?");
+    return 1;
+}
+
+static int host_traceback(lua_State *L)
+{
+    luaL_traceback(L, L, luaL_optstring(L, 1, ""), (int)luaL_optinteger(L, 2, 1));
+    return 1;
+}
+
+static int host_stderr(lua_State *L)
+{
+    size_t n;
+    const char *s = luaL_checklstring(L, 1, &n);
+    fwrite(s, 1, n, stderr);
+    return 0;
+}
+
+static int msgh_traceback(lua_State *L)
+{
+    const char *m = lua_tostring(L, 1);
+    luaL_traceback(L, L, m ? m : luaL_tolstring(L, 1, NULL), 1);
+    return 1;
+}
+
+static int test_protected(lua_State *L)
+{
+    struct ax_policy_engine *eng = lua_touserdata(L, 1);
+    const char *file = lua_tostring(L, 2);
+    char err[512];
+    size_t len;
+    char *text;
+    int top;
+
+    gen_make_require(L, eng, eng->gen);                 /* eng, file, require (3) */
+    push_runtime_module(L, eng, "chain.lua", 3);        /* ..., chain (4) */
+    push_host(L, eng, 3);                               /* ..., chain, host (5) */
+    lua_pushcfunction(L, host_run_hook);
+    lua_setfield(L, 5, "run_hook");
+    lua_pushcfunction(L, host_where);
+    lua_setfield(L, 5, "where");
+    lua_pushcfunction(L, host_traceback);
+    lua_setfield(L, 5, "traceback");
+    lua_pushcfunction(L, host_stderr);
+    lua_setfield(L, 5, "stderr");
+    lua_getfield(L, LUA_REGISTRYINDEX, "anthroxy.set_fake");
+    lua_setfield(L, 5, "set_fake");
+    /* testing.lua gets (host, chain) as its chunk arguments */
+    {
+        char path[4096];
+        snprintf(path, sizeof(path), "%s/anthroxy/testing.lua", eng->lua_dir);
+        text = read_file(path, &len, err, sizeof(err));
+        if (text == NULL)
+            return luaL_error(L, "%s", err);
+        lua_pushfstring(L, "@%s", path);
+        if (luaL_loadbufferx(L, text, len, lua_tostring(L, -1), "t") != LUA_OK) {
+            free(text);
+            return lua_error(L);
+        }
+        free(text);
+        lua_remove(L, -2);                              /* ..., host, f */
+        push_newenv(L, eng, 3);
+        lua_setupvalue(L, -2, 1);
+        lua_pushvalue(L, 5);
+        lua_pushvalue(L, 4);
+        lua_call(L, 2, 1);                              /* ..., host, T (6) */
+    }
+    lua_rawgeti(L, LUA_REGISTRYINDEX, eng->gen->loaded_ref);
+    lua_pushvalue(L, 6);
+    lua_setfield(L, -2, "anthroxy.testing");
+    lua_pop(L, 1);
+    text = read_file(file, &len, err, sizeof(err));
+    if (text == NULL)
+        return luaL_error(L, "%s", err);
+    lua_pushcfunction(L, msgh_traceback);              /* ..., T, msgh (7) */
+    lua_pushfstring(L, "@%s", file);
+    if (luaL_loadbufferx(L, text, len, lua_tostring(L, -1), "t") != LUA_OK) {
+        free(text);
+        return lua_error(L);
+    }
+    free(text);
+    lua_remove(L, -2);                                  /* ..., T, msgh, f */
+    push_newenv(L, eng, 3);
+    lua_setupvalue(L, -2, 1);
+    top = lua_gettop(L);
+    if (lua_pcall(L, 0, 0, top - 1) != LUA_OK)
+        return lua_error(L);
+    lua_getfield(L, 6, "failures");
+    lua_call(L, 0, 1);
+    lua_getfield(L, 6, "passed");
+    lua_call(L, 0, 1);
+    return 2;
+}
+
 int ax_policy_test_lua_main(int argc, char **argv)
 {
-    (void)argc;
-    (void)argv;
-    fprintf(stderr, "anthroxy test-lua: not implemented yet\n");
-    return 2;
+    struct ax_config cfg;
+    struct ax_policy_env env;
+    struct ax_policy_engine *eng;
+    int status, rc = 1;
+
+    if (argc < 2) {
+        fprintf(stderr, "usage: anthroxy test-lua FILE.lua\n");
+        return 2;
+    }
+    ax_config_init(&cfg);
+    memset(&env, 0, sizeof(env));
+    env.cfg = &cfg;
+    if (engine_create(&env, NULL, 1, &eng) < 0) {
+        fprintf(stderr, "anthroxy test-lua: out of memory\n");
+        ax_config_free(&cfg);
+        return 1;
+    }
+    eng->gen = calloc(1, sizeof(*eng->gen));
+    if (eng->gen == NULL)
+        goto done;
+    eng->gen->refs = 1;
+    eng->gen->loaded_ref = eng->gen->require_ref = LUA_NOREF;
+    eng->protected_alloc = 1;
+    lua_pushcfunction(eng->L, test_protected);
+    lua_pushlightuserdata(eng->L, eng);
+    lua_pushstring(eng->L, argv[1]);
+    status = lua_pcall(eng->L, 2, 2, 0);
+    eng->protected_alloc = 0;
+    if (status != LUA_OK) {
+        const char *m = lua_tostring(eng->L, -1);
+        fprintf(stderr, "%s\n", m ? m : "(error object is not a string)");
+    } else {
+        lua_Integer failed = lua_tointeger(eng->L, -2), passed = lua_tointeger(eng->L, -1);
+        fprintf(stderr, "%s: %lld passed, %lld failed\n", argv[1], (long long)passed,
+                (long long)failed);
+        rc = failed > 0 ? 1 : 0;
+    }
+done:
+    engine_destroy(eng);
+    ax_config_free(&cfg);
+    return rc;
 }
