@@ -8,7 +8,7 @@ import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { useProxy, HERE, oaiText } from './helpers.mjs';
+import { useProxy, HERE, oaiText, request, FIXTURES_DIR } from './helpers.mjs';
 
 // A window large enough for Claude Code's ~20k-token fixed prefix, so no policy prunes.
 const env = useProxy({ name: 'claude-code', mock: { nCtx: 200000 } });
@@ -177,3 +177,45 @@ test('Claude Code with a reasoning model replays its thinking through the proxy'
       `the replayed thinking reaches the upstream as reasoning: ${JSON.stringify(asst).slice(0, 500)}`);
     assert.ok(!JSON.stringify(second.messages).includes('"signature"'), 'no raw thinking blocks upstream');
   }));
+
+test('the recorded Claude Code requests become upstream requests llama-server accepts', env.wrap(async () => {
+  const hdrs = JSON.parse(fs.readFileSync(path.join(FIXTURES_DIR, 'claude-code', 'request-headers.json'), 'utf8'));
+  const headers = { ...hdrs.headers };
+  for (const h of ['host', 'content-length', 'x-api-key', 'connection', 'accept-encoding']) delete headers[h];
+  for (const f of ['first-turn.json', 'after-tool-call.json', 'thinking-replay.json']) {
+    const body = JSON.parse(fs.readFileSync(path.join(FIXTURES_DIR, 'claude-code', f), 'utf8'));
+    const marker = `fixture ${f}`;
+    env.mock.script((req) => (req.raw.includes(marker) ? { text: 'fixture answered', pieceSize: 100 } : { text: 'ok' }));
+    // Mark the request so the mock can pick it: appended to the last user text block.
+    const last = body.messages[body.messages.length - 1];
+    if (typeof last.content === 'string') last.content += ` ${marker}`;
+    else last.content.push({ type: 'text', text: marker });
+    const before = env.mock.requests.length;
+    const r = await request(env.proxy, { method: 'POST', path: hdrs.path, headers, body });
+    assert.equal(r.status, 200, `${f}: ${r.text.slice(0, 500)}`);
+    assert.match(r.headers['content-type'], /^text\/event-stream/);
+    assert.ok(r.text.includes('fixture answered'), `${f}: streamed answer`);
+    const up = env.mock.requests.slice(before).find((q) => q.raw.includes(marker)).body;
+    // Every tool, with parameters equal to its schema.
+    assert.equal(up.tools.length, body.tools.length, f);
+    for (const t of body.tools) {
+      const u = up.tools.find((x) => x.function.name === t.name);
+      assert.ok(u, `${f}: tool ${t.name} sent`);
+      assert.deepEqual(u.function.parameters, t.input_schema, `${f}: ${t.name} parameters`);
+    }
+    // Roles in an order chat templates accept: one leading system message, no system later.
+    const roles = up.messages.map((m) => m.role);
+    assert.equal(roles[0], 'system', f);
+    assert.ok(!roles.slice(1).includes('system'), `${f}: ${roles}`);
+    // The mid-conversation system text is kept, after the first user turn's text.
+    const sysText = body.messages.find((m) => m.role === 'system').content;
+    const flat = up.messages.map((m) => oaiText(m.content)).join('\n');
+    assert.ok(flat.includes(sysText.slice(0, 200)), `${f}: mid-conversation system text kept`);
+    // Tool calls and results paired by id.
+    const calls = up.messages.filter((m) => m.role === 'assistant').flatMap((m) => m.tool_calls || []);
+    const results = up.messages.filter((m) => m.role === 'tool');
+    assert.deepEqual(results.map((m) => m.tool_call_id), calls.map((c) => c.id), `${f}: pairs`);
+    assert.ok(!JSON.stringify(up).includes('"cache_control"'), `${f}: no Anthropic-only fields upstream`);
+    assert.equal(up.stream, true);
+  }
+}));
