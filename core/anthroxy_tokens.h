@@ -15,7 +15,8 @@
 
 /* Tokens of the UTF-8 text s[0..n) (invalid bytes count as one token each):
  * - a run of Latin letters (split at lower-to-upper case changes, so camelCase counts as
- *   its words): 1 token per 7 letters, rounded up; one space or symbol before it is free;
+ *   its words): 1 token up to 10 letters, then 1 more per 8 (11-18: 2, 19-26: 3); one
+ *   space or symbol before it is free;
  * - letters of other alphabets (Greek, Cyrillic, Arabic, ...): 1 per 2 letters;
  * - CJK ideographs, kana, Hangul, emoji and other non-ASCII symbols: 1 each;
  * - a run of digits: 1 per 2 digits (Qwen splits every digit, Llama 3 groups three);

@@ -87,9 +87,11 @@ static inline enum cls cls_at(const unsigned char *s, size_t n, size_t i, size_t
     return cls_of_cp(cp);
 }
 
+/* Common words up to 10 letters are single tokens in 100k+ vocabularies; longer (rarer)
+ * words and identifiers split about every 8 letters. */
 static inline int64_t latin_piece(size_t letters)
 {
-    return (int64_t)((letters + 6) / 7);
+    return letters == 0 ? 0 : letters <= 10 ? 1 : (int64_t)((letters + 5) / 8);
 }
 
 /* A letter run from i: camelCase pieces of Latin letters, other letters at half rate. */
