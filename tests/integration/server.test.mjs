@@ -4,7 +4,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import http from 'node:http';
 import {
-  useProxy, startProxy, request, rawExchange, parseResponses, assertAnthropicError, sdkClient,
+  useProxy, startProxy, request, rawExchange, parseResponses, assertAnthropicError, sdkClient, until,
 } from './helpers.mjs';
 
 const env = useProxy({ name: 'server' });
@@ -202,5 +202,36 @@ test('SIGTERM lets an in-flight request finish, then exits 0', env.wrap(async ()
     assert.equal(code, 0, p.tail());
   } finally {
     await p.stop();
+  }
+}));
+
+test('an upstream that is loading is probed again until it is ready', env.wrap(async () => {
+  const { startMock } = await import('./mock-llama.mjs');
+  const mock = await startMock({ loading: true, nCtx: 4096, models: ['loaded-model'] });
+  const p = await startProxy({ upstream: mock.url }); // no trailing /v1: it is optional
+  try {
+    let h = await request(p, { path: '/health' });
+    assert.notEqual(h.json?.upstream?.state, 'ok', `while loading: ${h.text.slice(0, 300)}`);
+    env.on('while loading', { text: 'x' });
+    mock.script(() => ({ text: 'ready now' }));
+    const early = await request(p, { method: 'POST', path: '/v1/messages', body: msgBody('while loading') });
+    assert.ok(early.status >= 500, `answered ${early.status} while the upstream loads`);
+    assert.equal(early.json?.type, 'error');
+    mock.setLoading(false);
+    const ok = await until(async () => {
+      h = await request(p, { path: '/health' });
+      return h.json?.upstream?.state === 'ok' && h.json?.upstream?.model === 'loaded-model';
+    }, 15000, 100);
+    assert.ok(ok, `re-probed after loading: ${h.text.slice(0, 400)}`);
+    assert.equal(h.json.context_window?.value ?? h.json.context_window, 4096, 'window from /props once loaded');
+    const r = await request(p, { method: 'POST', path: '/v1/messages', body: msgBody('after loading') });
+    assert.equal(r.status, 200, r.text);
+    assert.equal(r.json.content[0].text, 'ready now');
+    assert.equal(mock.lastChat().path, '/v1/chat/completions', 'the /v1 is added to a base without it');
+    assert.equal(mock.lastChat().body.model, 'loaded-model');
+  } finally {
+    const { code } = await p.stop();
+    await mock.close();
+    assert.equal(code, 0, p.tail());
   }
 }));
