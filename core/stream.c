@@ -750,9 +750,10 @@ static cJSON *parse_chunk(const char *data, size_t len)
  *
  * Nearly every chunk is one text or reasoning delta; parsing it into a cJSON tree costs a
  * dozen allocations. This scanner validates the whole payload as strict JSON without
- * allocating and pulls out choices[].{index, delta.{content, reasoning_content, reasoning},
- * finish_reason}. It gives up (and the cJSON path takes the chunk, from scratch) on
- * anything else it would have to interpret: tool_calls, a non-null usage, error or
+ * allocating and pulls out choices[].{index, delta.{content, reasoning_content, reasoning,
+ * tool_calls[].{index, id, function.{name, arguments}}}, finish_reason}. It gives up (and
+ * the cJSON path takes the chunk, from scratch) on anything else it would have to
+ * interpret: more than a few choices or tool fragments, a non-null usage, error or
  * stop-string member, a \u or \/ escape anywhere, raw control bytes, duplicate keys that
  * matter, deep nesting, a non-integer index. So when it accepts, cJSON would have accepted
  * the same text and read the same values: both paths emit identical bytes (the tests run
@@ -760,6 +761,7 @@ static cJSON *parse_chunk(const char *data, size_t len)
 
 #define LEAN_DEPTH 32
 #define LEAN_CHOICES 2
+#define LEAN_FRAGS 4
 
 struct lean {
     const char *p, *e;
@@ -767,6 +769,8 @@ struct lean {
 
 struct lean_choice {
     struct piece text, reasoning;
+    struct frag frags[LEAN_FRAGS];
+    int n_frags;
     const char *finish;
     size_t finish_len;
     int skip;                 /* index present and not 0 (or not a number) */
@@ -996,6 +1000,131 @@ static int lean_text(struct lean *l, struct piece *pc, int *seen)
     return lean_skip(l, 2);
 }
 
+/* An identifier-like string member (id, name): plain text only; "" counts as absent. */
+static int lean_name(struct lean *l, const char **out, size_t *len, int *seen)
+{
+    const char *raw;
+    size_t n;
+    int plain;
+
+    if ((*seen)++)
+        return -1;
+    lean_ws(l);
+    if (l->p < l->e && *l->p == '"') {
+        if (lean_string(l, &raw, &n, &plain) < 0 || !plain)
+            return -1;
+        if (n > 0) {
+            *out = raw;
+            *len = n;
+        }
+        return 0;
+    }
+    return lean_skip(l, 5);
+}
+
+struct lean_fn {
+    struct frag *f;
+    int seen_name, seen_args;
+};
+
+static int lean_fn_member(struct lean *l, const char *k, size_t kl, void *ud)
+{
+    struct lean_fn *fn = ud;
+    int plain;
+
+    if (KEY_IS(k, kl, "name"))
+        return lean_name(l, &fn->f->name, &fn->f->name_len, &fn->seen_name);
+    if (KEY_IS(k, kl, "arguments")) {
+        struct piece *a = &fn->f->args;
+        if (fn->seen_args++)
+            return -1;
+        lean_ws(l);
+        if (l->p < l->e && *l->p == '"') {
+            if (lean_string(l, &a->raw, &a->rawlen, &plain) < 0)
+                return -1;
+            if (plain) {
+                a->s = a->raw;
+                a->n = a->rawlen;
+            }
+            return 0;
+        }
+        return lean_skip(l, 5);
+    }
+    return lean_skip(l, 5);
+}
+
+struct lean_tc {
+    struct frag *f;
+    int seen_index, seen_id, seen_fn;
+};
+
+static int lean_tc_member(struct lean *l, const char *k, size_t kl, void *ud)
+{
+    struct lean_tc *tc = ud;
+    const char *num;
+    int is_int;
+
+    if (KEY_IS(k, kl, "index")) {
+        if (tc->seen_index++)
+            return -1;
+        lean_ws(l);
+        num = l->p;
+        if (l->p < l->e && (*l->p == '-' || (*l->p >= '0' && *l->p <= '9'))) {
+            if (lean_number(l, &is_int) < 0 || !is_int || l->p - num > 9 ||
+                (num[0] == '-' && num[1] == '0'))
+                return -1;        /* big, fractional or -0: cJSON's reading, not ours */
+            tc->f->has_index = 1;
+            tc->f->index = atoi(num);
+            return 0;
+        }
+        return lean_skip(l, 4);   /* not a number: no index */
+    }
+    if (KEY_IS(k, kl, "id"))
+        return lean_name(l, &tc->f->id, &tc->f->id_len, &tc->seen_id);
+    if (KEY_IS(k, kl, "function")) {
+        struct lean_fn fn = {tc->f, 0, 0};
+        if (tc->seen_fn++)
+            return -1;
+        if (lean_is_null(l))
+            return 0;
+        return lean_object(l, lean_fn_member, &fn);
+    }
+    return lean_skip(l, 4);
+}
+
+/* delta.tool_calls: null, or an array of objects. */
+static int lean_tool_calls(struct lean *l, struct lean_choice *c)
+{
+    if (lean_is_null(l))
+        return 0;
+    if (lean_expect(l, '[') < 0)
+        return -1;
+    lean_ws(l);
+    if (l->p < l->e && *l->p == ']') {
+        l->p++;
+        return 0;
+    }
+    for (;;) {
+        struct lean_tc tc;
+        if (c->n_frags == LEAN_FRAGS)
+            return -1;
+        memset(&tc, 0, sizeof(tc));
+        tc.f = &c->frags[c->n_frags++];
+        memset(tc.f, 0, sizeof(*tc.f));
+        if (lean_object(l, lean_tc_member, &tc) < 0)
+            return -1;
+        lean_ws(l);
+        if (l->p >= l->e)
+            return -1;
+        if (*l->p == ']') {
+            l->p++;
+            return 0;
+        }
+        if (*l->p++ != ',')
+            return -1;
+    }
+}
+
 struct lean_delta {
     struct lean_choice *c;
     int seen_content, seen_rc, seen_r, seen_tools;
@@ -1023,7 +1152,7 @@ static int lean_delta_member(struct lean *l, const char *k, size_t kl, void *ud)
         return 0;
     }
     if (KEY_IS(k, kl, "tool_calls"))
-        return d->seen_tools++ || !lean_is_null(l) ? -1 : 0;
+        return d->seen_tools++ ? -1 : lean_tool_calls(l, d->c);
     return lean_skip(l, 3);
 }
 
@@ -1107,8 +1236,8 @@ static int lean_root_member(struct lean *l, const char *k, size_t kl, void *ud)
                 ch.c = &r->choices[r->n++];
                 if (lean_object(l, lean_choice_member, &ch) < 0)
                     return -1;
-            } else if (lean_skip(l, 2) < 0) {  /* not an object: cJSON reads nothing either */
-                return -1;
+            } else {
+                return -1;                     /* not an object: leave it to cJSON */
             }
             lean_ws(l);
             if (l->p >= l->e)
@@ -1161,12 +1290,12 @@ static int lean_decode(struct ax_stream *st, struct piece *pc)
 
 /* Returns 1 when the chunk was translated here (*rc set), 0 to hand it to cJSON. */
 static int lean_chunk(struct ax_stream *st, const char *data, size_t len, struct ax_buf *out,
-                      int *rc)
+                      struct ax_error *err, int *rc)
 {
     struct lean l = {data, data + len};
     struct lean_root root;
     struct lean_choice *c;
-    int i;
+    int i, k;
 
     root.n = 0;
     root.seen_choices = 0;
@@ -1188,6 +1317,10 @@ static int lean_chunk(struct ax_stream *st, const char *data, size_t len, struct
         if (c->text.raw != NULL &&
             ((*rc = lean_decode(st, &c->text)) < 0 || (*rc = on_text(st, out, &c->text)) < 0))
             return 1;
+        for (k = 0; k < c->n_frags; k++)
+            if ((*rc = lean_decode(st, &c->frags[k].args)) < 0 ||
+                (*rc = on_tool_fragment(st, out, &c->frags[k], err)) < 0)
+                return 1;
         if (c->finish != NULL && c->finish_len > 0) {
             snprintf(st->finish_reason, sizeof(st->finish_reason), "%.*s", (int)c->finish_len,
                      c->finish);
@@ -1206,7 +1339,7 @@ static int feed_chunk(struct ax_stream *st, const char *data, size_t len, struct
     cJSON *root;
     int rc = 0;
 
-    if (!st->_cjson_only && lean_chunk(st, data, len, out, &rc))
+    if (!st->_cjson_only && lean_chunk(st, data, len, out, err, &rc))
         return rc;
     if ((root = parse_chunk(data, len)) == NULL || !cJSON_IsObject(root)) {
         st->garbage++;                  /* a garbage data line: skipped, never fatal */

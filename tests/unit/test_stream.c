@@ -425,6 +425,21 @@ static void test_lean_matches_cjson(void)
         "{\"error\":{\"message\":\"boom\"}}",
         "{\"choices\":[{\"delta\":{\"content\":\"caf\xC3\xA9 \xFF\"}}]}",
         "   {\"choices\":[{\"delta\":{\"content\":\"lead ws\"}}]}",
+        "{\"choices\":[{\"delta\":{\"tool_calls\":[{\"index\":0,\"id\":\"a\",\"function\":"
+        "{\"name\":\"f\",\"arguments\":\"{\\\"k\\\":\\n1\"}}]}}]}",
+        "{\"choices\":[{\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":{\"arguments\":5}}]}}]}",
+        "{\"choices\":[{\"delta\":{\"tool_calls\":[{\"id\":\"a\",\"function\":{\"name\":\"f\"}},"
+        "{\"id\":\"b\",\"function\":{\"name\":\"g\",\"arguments\":\"{}\"}}]}}]}",
+        "{\"choices\":[{\"delta\":{\"tool_calls\":[{\"index\":1.5,\"function\":{\"name\":\"f\"}}]}}]}",
+        "{\"choices\":[{\"delta\":{\"tool_calls\":[{\"index\":\"0\",\"function\":{\"name\":\"f\"}}]}}]}",
+        "{\"choices\":[{\"delta\":{\"tool_calls\":[{\"index\":3000000000,\"function\":{\"name\":\"f\"}}]}}]}",
+        "{\"choices\":[{\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":null,\"id\":\"\"}]}}]}",
+        "{\"choices\":[{\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":[1]}]}}]}",
+        "{\"choices\":[{\"delta\":{\"tool_calls\":[1]}}]}",
+        "{\"choices\":[{\"delta\":{\"tool_calls\":{\"index\":0}}}]}",
+        "{\"choices\":[{\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":{\"name\":\"f\",\"name\":\"g\"}}]}}]}",
+        "{\"choices\":[{\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":{\"name\":\"f\"}},"
+        "{\"index\":0,\"function\":{\"arguments\":\"{\\\"x\\\"\"}},{\"index\":0,\"function\":{\"arguments\":\":1}\"}}]}}]}",
     };
     static const char alphabet[] = "\"\\{}[],:0-1.eEnulltrf \x01\xC3";
     char buf[2048];
