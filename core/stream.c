@@ -792,23 +792,30 @@ static int lean_expect(struct lean *l, char c)
 }
 
 #define SWAR_ONES 0x0101010101010101ull
-#define SWAR_HIGH 0x8080808080808080ull
+#define SWAR_LOW7 0x7f7f7f7f7f7f7f7full
+
+/* High bit set in exactly the zero bytes of x. */
+static inline uint64_t swar_zero(uint64_t x)
+{
+    return ~(((x & SWAR_LOW7) + SWAR_LOW7) | x | SWAR_LOW7);
+}
 
 /* The first byte in [p, e) that is '"', '\\' or a control byte, or e; eight bytes a step
  * (the text deltas are where the time goes). */
 static const char *plain_run(const char *p, const char *e)
 {
-    uint64_t w, q, b, c;
+#if defined(__GNUC__) && defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    uint64_t w, m;
 
     while (e - p >= 8) {
         memcpy(&w, p, 8);
-        q = w ^ (SWAR_ONES * '"');
-        b = w ^ (SWAR_ONES * '\\');
-        c = ((q - SWAR_ONES) & ~q) | ((b - SWAR_ONES) & ~b) | ((w - SWAR_ONES * 0x20) & ~w);
-        if ((c & SWAR_HIGH) != 0)
-            break;          /* a candidate in this word: finish it bytewise */
+        m = swar_zero(w ^ (SWAR_ONES * '"')) | swar_zero(w ^ (SWAR_ONES * '\\')) |
+            swar_zero(w & (SWAR_ONES * 0xE0));
+        if (m != 0)
+            return p + (__builtin_ctzll(m) >> 3);
         p += 8;
     }
+#endif
     while (p < e && *p != '"' && *p != '\\' && (unsigned char)*p >= 0x20)
         p++;
     return p;

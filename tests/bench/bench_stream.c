@@ -5,7 +5,8 @@
  * deltas, a tool call in many fragments, two parallel calls, the finish and usage chunks
  * and [DONE]; then runs reader + translator over it N times (argument 1, default 200), fed
  * in 16 KiB reads as curl hands them over, the output drained as a write queue would.
- * Prints chunks per second on one core and ns per chunk. For instruction counts:
+ * Prints chunks per second on one core and ns per chunk; a second argument "cjson" forces
+ * the cJSON chunk parser (for comparison). For instruction counts:
  *   valgrind --tool=callgrind ./bench_stream 3 */
 #include "anthroxy_sse.h"
 #include "anthroxy_stream.h"
@@ -115,9 +116,12 @@ static int on_event(const char *event, const char *data, size_t len, void *ud)
     return rc;
 }
 
+static int use_cjson;
+
 static int run_once(const char *in, size_t n, size_t *out_bytes)
 {
-    struct ax_stream_opts o = {.model = "claude-sonnet-4-5", .input_estimate = 100};
+    struct ax_stream_opts o = {.model = "claude-sonnet-4-5", .input_estimate = 100,
+                               .parse_with_cjson = use_cjson};
     struct ax_sse rd;
     struct ctx c;
     size_t pos;
@@ -150,6 +154,7 @@ int main(int argc, char **argv)
 
     if (iters <= 0)
         iters = 1;
+    use_cjson = argc > 2 && strcmp(argv[2], "cjson") == 0;
     ax_buf_init(&in, (size_t)1 << 30);
     chunks = build_stream(&in, 1);
     if (run_once(in.data, in.len, &out_bytes) != 0) {     /* warm-up, and a sanity check */
@@ -163,8 +168,8 @@ int main(int argc, char **argv)
     secs = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
     printf("stream: %zu chunks, %zu bytes in, %zu bytes out; %d runs in %.3f s\n", chunks,
            in.len, out_bytes, iters, secs);
-    printf("%.0f chunks/s on one core, %.0f ns/chunk, %.1f MB/s in\n",
-           (double)chunks * iters / secs, secs * 1e9 / ((double)chunks * iters),
+    printf("%s parser: %.0f chunks/s on one core, %.0f ns/chunk, %.1f MB/s in\n",
+           use_cjson ? "cJSON" : "lean", (double)chunks * iters / secs, secs * 1e9 / ((double)chunks * iters),
            (double)in.len * iters / secs / 1e6);
     ax_buf_free(&in);
     return 0;
