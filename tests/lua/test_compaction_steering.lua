@@ -113,7 +113,9 @@ T.test("after pruning, the client is told what it sent", function()
   -- Big steps jump over the compaction point: prune cuts, and the report still
   -- reflects the full size the client sent, so the client compacts right after.
   local req = small_req()
-  for k = 1, 12 do
+  local k = 0
+  while ax.request_tokens(req) < 0.8 * 32768 do
+    k = k + 1
     req.messages[#req.messages + 1] = T.assistant({ T.tool_use("b" .. k, "Read", { k = k }) })
     req.messages[#req.messages + 1] = T.user({ T.tool_result("b" .. k, string.rep("data ", 2000)) })
   end

@@ -74,7 +74,7 @@ T.test("oldest tool results go first, the conversation keeps its shape", functio
 end)
 
 T.test("a large overflow removes whole turns, oldest first, pairs intact", function()
-  local req = loop_conversation(30, 3000, { talk = 3000 })
+  local req = loop_conversation(30, 100, { talk = 3000 }) -- mostly talk, little tool output
   local raw = ax.request_tokens(req)
   local w = math.floor(raw / 1.5)           -- far over the window, even without tool output
   local ctx = T.ctx{ context_window = w }
