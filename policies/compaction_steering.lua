@@ -2,7 +2,7 @@
 -- to prune it. Claude Code decides to compact from the input_tokens it is told (usage and
 -- count_tokens) against the window it assumes for its model: 200,000 tokens, or a 1M-class
 -- window when it announces the context-1m beta. Its trigger is that window minus a reserve
--- for the summary it will write (min(max_tokens, 20,000)) and a fixed 13,000-token buffer:
+-- for the summary it will write (min(model's max output, 20,000)) and a 13,000-token buffer:
 -- 167,000 tokens, 83.5 %, on a 200k window. Against a 32k local model it would never get
 -- there, and pruning would silently throw history away instead of the client's far better
 -- summary. So this policy sets ctx.report_scale, by which the core multiplies the
@@ -12,7 +12,8 @@
 -- always sees the size of what it sent.
 -- Settings: enabled; all_clients (steer every client, not only Claude Code);
 -- client_window (200000); client_window_1m (the window assumed under the context-1m beta);
--- client_output_reserve (20000) and client_buffer (13000): Claude Code's trigger; steer_at
+-- client_output_reserve (20000) and client_buffer (13000): Claude Code's trigger is the
+-- window minus both; steer_at
 -- (0.70 of the real window, kept under the prune threshold); max_fixed_share (0.5: the
 -- scaled system prompt and tools stay under half the client's trigger, so a freshly
 -- compacted conversation never looks full at once); min_scale (1.0: never under-report).
@@ -50,9 +51,10 @@ function M.client_trigger(req, ctx)
   if type(beta) == "string" and beta:find("context-1m", 1, true) then
     window = s.client_window_1m
   end
-  local out = type(req.max_tokens) == "number" and req.max_tokens or s.client_output_reserve
-  local reserve = math.min(out, s.client_output_reserve) + s.client_buffer
-  return window - reserve, window
+  -- Claude Code reserves min(the model's maximum output, 20000): the main models' maximum is
+  -- above 20000, and the figure must not vary with each request's max_tokens (side requests
+  -- ask for little), so the setting alone decides.
+  return window - s.client_output_reserve - s.client_buffer, window
 end
 
 -- The scale for this request, or nil when the policy does not apply.

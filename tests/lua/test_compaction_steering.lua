@@ -35,11 +35,11 @@ T.test("only Claude Code by default; every client with all_clients", function()
 end)
 
 T.test("arithmetic: the client's trigger lands at steer_at of the real window", function()
-  -- Claude Code's trigger on its 200k window: 200000 - min(max_tokens, 20000) - 13000.
+  -- Claude Code's trigger on its 200k window: 200000 - 20000 - 13000.
   near((scale_of(small_req(64000), { context_window = 32768, user_agent = CC })),
        167000 / (0.70 * 32768))
-  near((scale_of(small_req(8000), { context_window = 32768, user_agent = CC })),
-       (200000 - 8000 - 13000) / (0.70 * 32768))
+  near((scale_of(small_req(50), { context_window = 32768, user_agent = CC })),
+       167000 / (0.70 * 32768), "a side request's small max_tokens changes nothing")
   -- Under the context-1m beta the 1M-class window applies.
   near((scale_of(small_req(64000), { context_window = 32768, user_agent = CC,
          anthropic_beta = "claude-code-20250219,context-1m-2025-08-07" })),

@@ -37,7 +37,7 @@ end
 
 function T.run(p, hook, tree, a, b)
   local aux, ctx
-  if b ~= nil then aux, ctx = a, b else ctx = a end
+  if b ~= nil or hook == "on_upstream_error" then aux, ctx = a, b else ctx = a end
   ctx = ctx or T.ctx()
   if ctx.settings == nil then ctx.settings = p.settings end
   if ctx.state == nil then ctx.state = {} end
