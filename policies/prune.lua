@@ -250,6 +250,9 @@ end
 
 function M.on_request(req, ctx)
   local window = ctx.context_window or 0
+  -- A count_tokens request is measured, never sent: the client must learn its full size
+  -- (Anthropic's count_tokens answers beyond the window too), so nothing to cut or refuse.
+  if ctx.count_only then return end
   if window <= 0 or not conv.is_array(req.messages) or #req.messages == 0 then return end
   local s = ctx.settings
   local threshold = M.threshold(ctx)

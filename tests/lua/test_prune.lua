@@ -169,6 +169,13 @@ T.test("the fixed part alone over the window: prompt is too long", function()
   T.ok(tonumber(k) > 8192, "the system prompt alone is too big")
 end)
 
+T.test("count_tokens requests are measured, never cut or refused", function()
+  local req = loop_conversation(30, 3000)
+  local ctx = T.ctx{ context_window = 4096, count_only = true }
+  T.eq((T.run(p, "on_request", req, ctx)), req)
+  T.eq(ctx.session.prune_count, 0)
+end)
+
 T.test("threshold: the server's by default, the setting when given, calibrated", function()
   local req = loop_conversation(20, 2000)
   local raw = ax.request_tokens(req)
