@@ -37,9 +37,27 @@ struct ax_translate_opts {
 
 /* Anthropic request -> new OpenAI chat.completions request. Validates as it goes: on bad
  * input returns AX_EINVAL with err = 400 invalid_request_error naming the field
- * ("messages.3.content.0.type: unknown block type 'foo'"). */
-int ax_translate_request(const cJSON *anthropic, const struct ax_translate_opts *opts,
-                         cJSON **out, struct ax_error *err);
+ * ("messages.3.content.0.type: unknown block type 'foo'"); AX_ENOMEM with a 500. The input
+ * is not modified; unknown fields are tolerated and not forwarded. The rules, in short
+ * (the whole list opens translate_request.c):
+ * - one leading system message (top-level system + role:"system" messages before the first
+ *   turn); a later role:"system" message goes into a user turn inside <system-reminder>
+ *   tags, so the prompt's prefix (and llama-server's cache of it) stays stable;
+ * - one assistant message per turn: text, `reasoning_content` from thinking blocks
+ *   (redacted_thinking and signatures dropped), all `tool_calls`, content "" if no text;
+ * - tool_result blocks -> role:"tool" messages right after it, in order, text only
+ *   ("Error: " prefix for is_error; images move to the user message that follows); then
+ *   the turn's text and images as one user message; an orphan tool_result becomes text;
+ * - tool ids lose a leading "toolu_"; tools -> function tools (parameters = a deep copy of
+ *   input_schema); server tools without a schema are not offered;
+ * - tool_choice auto/any/none -> auto/required/none, tool -> the named function, or with
+ *   opts->llama_server only that tool and "required"; dropped when no tool is sent;
+ * - thinking enabled/adaptive/disabled -> chat_template_kwargs.enable_thinking true/false,
+ *   and reasoning_format:"deepseek" when opts->llama_server;
+ * - max_tokens, temperature, top_p, top_k, stop_sequences -> stop, metadata.user_id -> user;
+ *   opts->stream adds stream:true and stream_options.include_usage:true. */
+int ax_translate_request(const cJSON *anthropic, const struct ax_translate_opts *opts, cJSON **out,
+                         struct ax_error *err);
 
 struct ax_response_opts {
     const char *client_model;    /* the model name the client asked for: goes in "model" */
@@ -78,8 +96,8 @@ struct ax_response_opts {
  * server's chat endpoint does not report it (tests/fixtures/llama-server/chat_stop_seq.json),
  * so there the answer is end_turn with stop_sequence null. Usage as ax_usage_add_anthropic
  * with opts->usage_scale. Errors: 502 api_error when there is no choices[0].message. */
-int ax_translate_response(const cJSON *openai, const struct ax_response_opts *opts,
-                          cJSON **out, struct ax_error *err);
+int ax_translate_response(const cJSON *openai, const struct ax_response_opts *opts, cJSON **out,
+                          struct ax_error *err);
 
 /* Upstream non-2xx status + body (OpenAI-shaped, llama-server's or vLLM's) -> client error.
  * Maps statuses to Anthropic types, passes retry_after (seconds, 0 none) for 429,

@@ -7,18 +7,19 @@
 #include <string.h>
 
 enum cls {
-    K_LOWER,  /* ASCII a-z, Latin-1 and Latin Extended letters */
-    K_UPPER,  /* ASCII A-Z (camelCase boundaries) */
-    K_OTHER,  /* letters of other alphabets */
-    K_WIDE,   /* CJK, kana, Hangul, emoji, symbols, invalid bytes: one token each */
+    K_LOWER, /* ASCII a-z, Latin-1 and Latin Extended letters */
+    K_UPPER, /* ASCII A-Z (camelCase boundaries) */
+    K_OTHER, /* letters of other alphabets */
+    K_WIDE,  /* CJK, kana, Hangul, emoji, symbols, invalid bytes: one token each */
     K_DIGIT,
-    K_SPACE,  /* space, tab */
-    K_NL,     /* \r, \n */
-    K_PUNCT,  /* ASCII punctuation, general punctuation (dashes, quotes) */
+    K_SPACE, /* space, tab */
+    K_NL,    /* \r, \n */
+    K_PUNCT, /* ASCII punctuation, general punctuation (dashes, quotes) */
 };
 
 #define IS_LETTER(k) ((k) <= K_OTHER)
 
+/* clang-format off */
 static const unsigned char ascii_cls[128] = {
 #define P K_PUNCT
     /* 0x00-0x1f: controls count as punctuation, \t as space, \n \r as newline */
@@ -35,6 +36,7 @@ static const unsigned char ascii_cls[128] = {
     K_LOWER, K_LOWER, K_LOWER, K_LOWER, K_LOWER, K_LOWER, K_LOWER, P, P, P, P, P,
 #undef P
 };
+/* clang-format on */
 
 static enum cls cls_of_cp(uint32_t cp)
 {
@@ -249,8 +251,7 @@ int64_t ax_tokens_text(const char *text, size_t n)
             break;
         case K_SPACE:
             /* the common case: one space before a word or symbol, merged into it */
-            if (p + 1 < end && *p == ' ' &&
-                (T[p[1]] <= K_UPPER || T[p[1]] == K_PUNCT)) {
+            if (p + 1 < end && *p == ' ' && (T[p[1]] <= K_UPPER || T[p[1]] == K_PUNCT)) {
                 p++;
                 break;
             }

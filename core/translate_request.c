@@ -57,18 +57,18 @@ enum open_kind { OPEN_NONE, OPEN_USER, OPEN_ASSISTANT, OPEN_TOOL };
 struct treq {
     const struct ax_translate_opts *opts;
     struct ax_error *err;
-    cJSON *msgs;             /* output messages (owned by the output root) */
-    enum open_kind open;     /* the message being built, not yet in msgs */
-    int started;             /* a user or assistant message was seen */
-    struct ax_buf sys;       /* leading system text */
-    struct ax_buf pending;   /* mid-conversation system text waiting for a user message */
+    cJSON *msgs;           /* output messages (owned by the output root) */
+    enum open_kind open;   /* the message being built, not yet in msgs */
+    int started;           /* a user or assistant message was seen */
+    struct ax_buf sys;     /* leading system text */
+    struct ax_buf pending; /* mid-conversation system text waiting for a user message */
     /* OPEN_USER */
-    cJSON *parts;            /* text and image_url parts */
+    cJSON *parts; /* text and image_url parts */
     int has_image;
     /* OPEN_ASSISTANT */
     struct ax_buf text, reasoning;
     int have_text, have_reasoning;
-    cJSON *tool_calls;       /* NULL until the first tool_use */
+    cJSON *tool_calls; /* NULL until the first tool_use */
     /* the tool_calls of the last assistant message flushed (owned by msgs) */
     const cJSON *last_calls;
     /* images from tool_results of the current user turn */
@@ -483,7 +483,7 @@ static int user_blocks(struct treq *t, const cJSON *content, const char *where)
         } else if (strcmp(ty, "text") == 0) {
             if ((rc = block_text(t, blk, w, &tx)) < 0)
                 return rc;
-            if (open_user(t) < 0 || add_text_part(t, tx) < 0)
+            if (open_user(t) < 0 || (tx[0] != '\0' && add_text_part(t, tx) < 0))
                 return nomem(t);
         } else if (strcmp(ty, "image") == 0) {
             cJSON *part;
@@ -598,8 +598,8 @@ static int system_message(struct treq *t, const cJSON *content, const char *wher
         return text_or_blocks(t, content, where, &t->sys, &h);
     }
     ax_buf_init(&b, TEXT_MAX);
-    if ((rc = ax_buf_puts(&b, SYS_OPEN)) < 0 || (rc = text_or_blocks(t, content, where, &b,
-                                                                      &have)) < 0 ||
+    if ((rc = ax_buf_puts(&b, SYS_OPEN)) < 0 ||
+        (rc = text_or_blocks(t, content, where, &b, &have)) < 0 ||
         (rc = ax_buf_puts(&b, SYS_CLOSE)) < 0)
         goto done;
     if (t->open == OPEN_USER) {
@@ -709,8 +709,8 @@ static int add_tool(struct treq *t, cJSON *arr, const cJSON *tool)
         (fn = cJSON_AddObjectToObject(ft, "function")) == NULL ||
         cJSON_AddStringToObject(fn, "name", name->valuestring) == NULL)
         return nomem(t);
-    if (cJSON_IsString(desc) && cJSON_AddStringToObject(fn, "description", desc->valuestring) ==
-                                    NULL)
+    if (cJSON_IsString(desc) &&
+        cJSON_AddStringToObject(fn, "description", desc->valuestring) == NULL)
         return nomem(t);
     if (schema != NULL)
         params = cJSON_Duplicate(schema, 1);
@@ -797,8 +797,7 @@ static int build_tools(struct treq *t, const cJSON *req, cJSON *out)
     cJSON *arr;
     int i = 0, rc, n = 0, found = 0;
 
-    if ((rc = parse_tool_choice(t, cJSON_GetObjectItemCaseSensitive(req, "tool_choice"), &c)) <
-        0)
+    if ((rc = parse_tool_choice(t, cJSON_GetObjectItemCaseSensitive(req, "tool_choice"), &c)) < 0)
         return rc;
     if (tools == NULL || cJSON_IsNull(tools))
         return 0;
@@ -891,8 +890,8 @@ static int build_knobs(struct treq *t, const cJSON *req, cJSON *out)
             if (!cJSON_IsString(s))
                 return bad(t, "%s: expected a string", w);
         }
-        if ((v = cJSON_Duplicate(stops, 1)) == NULL || !cJSON_AddItemToObject(out, "stop",
-                                                                               (cJSON *)v)) {
+        if ((v = cJSON_Duplicate(stops, 1)) == NULL ||
+            !cJSON_AddItemToObject(out, "stop", (cJSON *)v)) {
             cJSON_Delete((cJSON *)v);
             return nomem(t);
         }
@@ -922,8 +921,8 @@ static int build_knobs(struct treq *t, const cJSON *req, cJSON *out)
         if (kw == NULL || cJSON_AddBoolToObject(kw, "enable_thinking", on) == NULL)
             return nomem(t);
     }
-    if (t->opts->llama_server && cJSON_AddStringToObject(out, "reasoning_format", "deepseek") ==
-                                     NULL)
+    if (t->opts->llama_server &&
+        cJSON_AddStringToObject(out, "reasoning_format", "deepseek") == NULL)
         return nomem(t);
     if (t->opts->stream) {
         cJSON *so;
@@ -935,8 +934,8 @@ static int build_knobs(struct treq *t, const cJSON *req, cJSON *out)
     return 0;
 }
 
-int ax_translate_request(const cJSON *anthropic, const struct ax_translate_opts *opts,
-                         cJSON **out, struct ax_error *err)
+int ax_translate_request(const cJSON *anthropic, const struct ax_translate_opts *opts, cJSON **out,
+                         struct ax_error *err)
 {
     struct treq t;
     const char *model = NULL;

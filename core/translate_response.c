@@ -61,8 +61,8 @@ int ax_usage_add_anthropic(cJSON *obj, const struct ax_usage *u, double scale)
         input = 0;
     if (cJSON_AddNumberToObject(obj, "input_tokens", scaled(input, scale)) == NULL ||
         cJSON_AddNumberToObject(obj, "cache_creation_input_tokens", 0) == NULL ||
-        cJSON_AddNumberToObject(obj, "cache_read_input_tokens",
-                                scaled(u->cached_tokens, scale)) == NULL ||
+        cJSON_AddNumberToObject(obj, "cache_read_input_tokens", scaled(u->cached_tokens, scale)) ==
+            NULL ||
         cJSON_AddNumberToObject(obj, "output_tokens", (double)u->completion_tokens) == NULL)
         return AX_ENOMEM;
     return 0;
@@ -229,7 +229,7 @@ static int only_space(const char *s)
 
 struct tresp {
     cJSON *content;
-    int truncated;      /* finish_reason "length" */
+    int truncated; /* finish_reason "length" */
     int n_tool_use;
     struct ax_buf scratch;
 };
@@ -278,9 +278,8 @@ static int add_text(struct tresp *r, const cJSON *msg)
         if (cJSON_IsString(tx) && ax_buf_puts(&r->scratch, tx->valuestring) < 0)
             return AX_ENOMEM;
     }
-    return !r->scratch.len || add_block(r->content, "text", "text", r->scratch.data)
-               ? 0
-               : AX_ENOMEM;
+    return !r->scratch.len || add_block(r->content, "text", "text", r->scratch.data) ? 0
+                                                                                     : AX_ENOMEM;
 }
 
 static int add_tool_use(struct tresp *r, const char *id, const char *name, cJSON *input)
@@ -372,8 +371,8 @@ static int fill_message(cJSON *m, const cJSON *openai, const cJSON *choice,
         cJSON_AddStringToObject(m, "role", "assistant") == NULL)
         return AX_ENOMEM;
     if (opts->client_model != NULL || cJSON_IsString(model)) {
-        if (!cJSON_AddStringToObject(m, "model", opts->client_model ? opts->client_model
-                                                                    : model->valuestring))
+        if (!cJSON_AddStringToObject(m, "model",
+                                     opts->client_model ? opts->client_model : model->valuestring))
             return AX_ENOMEM;
     }
     if ((r->content = cJSON_AddArrayToObject(m, "content")) == NULL)
@@ -402,8 +401,8 @@ static int fill_message(cJSON *m, const cJSON *openai, const cJSON *choice,
     return ax_usage_add_anthropic(usage, &u, opts->usage_scale);
 }
 
-int ax_translate_response(const cJSON *openai, const struct ax_response_opts *opts,
-                          cJSON **out, struct ax_error *err)
+int ax_translate_response(const cJSON *openai, const struct ax_response_opts *opts, cJSON **out,
+                          struct ax_error *err)
 {
     const cJSON *choices = cJSON_GetObjectItemCaseSensitive(openai, "choices");
     const cJSON *choice = cJSON_IsArray(choices) ? choices->child : NULL;
@@ -416,12 +415,12 @@ int ax_translate_response(const cJSON *openai, const struct ax_response_opts *op
     ax_buf_init(&r.scratch, SCRATCH_MAX);
     if (!cJSON_IsObject(openai) || !cJSON_IsObject(choice) ||
         !cJSON_IsObject(cJSON_GetObjectItemCaseSensitive(choice, "message"))) {
-        rc = ax_error_set(err, 502, "api_error",
-                          "upstream answer has no choices[0].message object");
+        rc =
+            ax_error_set(err, 502, "api_error", "upstream answer has no choices[0].message object");
         goto done;
     }
-    if ((m = cJSON_CreateObject()) == NULL || (rc = fill_message(m, openai, choice, opts, &r)) <
-                                                   0) {
+    if ((m = cJSON_CreateObject()) == NULL ||
+        (rc = fill_message(m, openai, choice, opts, &r)) < 0) {
         rc = AX_ENOMEM;
         ax_error_set(err, 500, "api_error", "out of memory translating the response");
         goto done;
@@ -517,8 +516,9 @@ found:
  * cannot help, so the client must see a 400. */
 static int is_parse_failure(const char *msg)
 {
-    static const char *const pats[] = {"[json.exception", "jinja", "chat template",
-                                       "must alternate", "failed to parse", "unsupported content",
+    static const char *const pats[] = {"[json.exception",    "jinja",
+                                       "chat template",      "must alternate",
+                                       "failed to parse",    "unsupported content",
                                        "expected 'content'", "invalid tool_choice"};
     size_t i;
 
@@ -597,8 +597,8 @@ void ax_translate_upstream_error(int status, const char *body, size_t len, int r
     if (msg[0] == '\0')
         ax_error_set(err, cs, ax_error_type_for_status(cs), "upstream returned HTTP %d", status);
     else
-        ax_error_set(err, cs, ax_error_type_for_status(cs), "upstream returned HTTP %d: %s",
-                     status, msg);
+        ax_error_set(err, cs, ax_error_type_for_status(cs), "upstream returned HTTP %d: %s", status,
+                     msg);
     if (cs == 429 || cs == 529)
         err->retry_after = retry_after > 0 ? retry_after : 0;
 done:

@@ -8,14 +8,14 @@
 
 static int failures;
 
-#define CHECKF(cond, ...)                                                                    \
-    do {                                                                                     \
-        if (!(cond)) {                                                                       \
-            fprintf(stderr, "%s:%d: check failed: %s: ", __FILE__, __LINE__, #cond);         \
-            fprintf(stderr, __VA_ARGS__);                                                    \
-            fputc('\n', stderr);                                                             \
-            failures++;                                                                      \
-        }                                                                                    \
+#define CHECKF(cond, ...)                                                                          \
+    do {                                                                                           \
+        if (!(cond)) {                                                                             \
+            fprintf(stderr, "%s:%d: check failed: %s: ", __FILE__, __LINE__, #cond);               \
+            fprintf(stderr, __VA_ARGS__);                                                          \
+            fputc('\n', stderr);                                                                   \
+            failures++;                                                                            \
+        }                                                                                          \
     } while (0)
 #define CHECK(cond) CHECKF(cond, "%s", "")
 
@@ -182,7 +182,8 @@ static void test_getters(void)
     /* wrong types name the field */
     memset(&err, 0, sizeof(err));
     rc = ax_json_get_int(v, "f", "req", &i, &err);
-    CHECKF(rc == AX_EINVAL && err.status == 400 && strcmp(err.message, "req.f: expected an integer") == 0,
+    CHECKF(rc == AX_EINVAL && err.status == 400 &&
+               strcmp(err.message, "req.f: expected an integer") == 0,
            "'%s'", err.message);
     rc = ax_json_get_string(v, "i", "", &s, &err);
     CHECKF(rc == AX_EINVAL && strcmp(err.message, "i: expected a string") == 0, "'%s'",
@@ -201,8 +202,8 @@ static void test_add_stringn(void)
 {
     cJSON *o = cJSON_CreateObject();
     cJSON *item = ax_json_add_stringn(o, "k", "abcdef", 3);
-    CHECK(item != NULL && strcmp(cJSON_GetObjectItemCaseSensitive(o, "k")->valuestring, "abc") ==
-                              0);
+    CHECK(item != NULL &&
+          strcmp(cJSON_GetObjectItemCaseSensitive(o, "k")->valuestring, "abc") == 0);
     cJSON_Delete(o);
 }
 

@@ -10,14 +10,14 @@
 
 static int failures;
 
-#define CHECKF(cond, ...)                                                                    \
-    do {                                                                                     \
-        if (!(cond)) {                                                                       \
-            fprintf(stderr, "%s:%d: check failed: %s: ", __FILE__, __LINE__, #cond);         \
-            fprintf(stderr, __VA_ARGS__);                                                    \
-            fputc('\n', stderr);                                                             \
-            failures++;                                                                      \
-        }                                                                                    \
+#define CHECKF(cond, ...)                                                                          \
+    do {                                                                                           \
+        if (!(cond)) {                                                                             \
+            fprintf(stderr, "%s:%d: check failed: %s: ", __FILE__, __LINE__, #cond);               \
+            fprintf(stderr, __VA_ARGS__);                                                          \
+            fputc('\n', stderr);                                                                   \
+            failures++;                                                                            \
+        }                                                                                          \
     } while (0)
 #define CHECK(cond) CHECKF(cond, "%s", "")
 
@@ -26,40 +26,40 @@ static int64_t tt(const char *s)
     return ax_tokens_text(s, strlen(s));
 }
 
-#define TEXT_IS(s, want)                                                                     \
-    do {                                                                                     \
-        int64_t got_ = tt(s);                                                                \
-        CHECKF(got_ == (want), "'%s': %lld, expected %lld", s, (long long)got_,              \
-               (long long)(want));                                                           \
+#define TEXT_IS(s, want)                                                                           \
+    do {                                                                                           \
+        int64_t got_ = tt(s);                                                                      \
+        CHECKF(got_ == (want), "'%s': %lld, expected %lld", s, (long long)got_,                    \
+               (long long)(want));                                                                 \
     } while (0)
 
 static void test_text_rules(void)
 {
     TEXT_IS("", 0);
     TEXT_IS("hello", 1);
-    TEXT_IS(" hello", 1);                 /* one space merges into the word */
+    TEXT_IS(" hello", 1); /* one space merges into the word */
     TEXT_IS("hello world", 2);
     TEXT_IS("The quick brown fox jumps over the lazy dog.", 10);
-    TEXT_IS("internationalization", 3);   /* 20 letters: 7 per token */
-    TEXT_IS("additionalProperties", 2);   /* camelCase: two words */
-    TEXT_IS("getHTTPResponse", 3);        /* get | HTTPResponse (12) */
-    TEXT_IS("input_schema", 2);           /* '_' merges into "schema" */
-    TEXT_IS("12345", 3);                  /* two digits per token */
-    TEXT_IS("{\"", 1);                    /* punctuation: three per token */
+    TEXT_IS("internationalization", 3); /* 20 letters: 7 per token */
+    TEXT_IS("additionalProperties", 2); /* camelCase: two words */
+    TEXT_IS("getHTTPResponse", 3);      /* get | HTTPResponse (12) */
+    TEXT_IS("input_schema", 2);         /* '_' merges into "schema" */
+    TEXT_IS("12345", 3);                /* two digits per token */
+    TEXT_IS("{\"", 1);                  /* punctuation: three per token */
     TEXT_IS("\":\"", 1);
     TEXT_IS("\"},{\"", 2);
-    TEXT_IS("{\"type\":\"object\"}", 5);  /* {" type ":" object "} */
-    TEXT_IS("a  b", 3);                   /* a, one space, " b" */
-    TEXT_IS("a\n    b", 4);               /* a, \n, indentation, " b" */
-    TEXT_IS("x;\n", 2);                   /* the line end stays with ';' */
+    TEXT_IS("{\"type\":\"object\"}", 5); /* {" type ":" object "} */
+    TEXT_IS("a  b", 3);                  /* a, one space, " b" */
+    TEXT_IS("a\n    b", 4);              /* a, \n, indentation, " b" */
+    TEXT_IS("x;\n", 2);                  /* the line end stays with ';' */
     TEXT_IS("\n\n", 1);
     TEXT_IS("   ", 1);
     TEXT_IS("\xe4\xbd\xa0\xe5\xa5\xbd\xe4\xb8\x96\xe7\x95\x8c", 4); /* 4 CJK ideographs */
     TEXT_IS("\xd0\xbf\xd1\x80\xd0\xb8\xd0\xb2\xd0\xb5\xd1\x82", 3); /* 6 Cyrillic letters */
     TEXT_IS("\xf0\x9f\x98\x80", 1);                                 /* one emoji */
     TEXT_IS("\xff\xfe", 2);                                         /* invalid bytes */
-    TEXT_IS("caf\xc3\xa9", 2);            /* ASCII part, then the rest of the word */
-    TEXT_IS("\xe2\x80\x94", 1);           /* an em dash */
+    TEXT_IS("caf\xc3\xa9", 2);  /* ASCII part, then the rest of the word */
+    TEXT_IS("\xe2\x80\x94", 1); /* an em dash */
     /* a truncated multi-byte sequence at the end is one invalid byte each */
     TEXT_IS("\xe4\xbd", 2);
 }
@@ -78,8 +78,8 @@ static void test_prose_ratio(void)
         words += *p == ' ';
     words++;
     /* real BPE tokenizers spend 1.1 to 1.4 tokens per English word */
-    CHECKF(t >= words * 11 / 10 && t <= words * 14 / 10, "%lld tokens for %lld words",
-           (long long)t, (long long)words);
+    CHECKF(t >= words * 11 / 10 && t <= words * 14 / 10, "%lld tokens for %lld words", (long long)t,
+           (long long)words);
 }
 
 static char *read_file(const char *path, size_t *len)
@@ -218,8 +218,7 @@ static void test_messages(void)
     CHECK(ax_tokens_message(NULL) == 0);
 }
 
-static const char b64chars[] =
-    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+static const char b64chars[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
 static void b64(const unsigned char *in, size_t n, char *out)
 {
@@ -251,13 +250,15 @@ static int64_t image_tokens(const unsigned char *hdr, size_t n)
 
 static void test_images(void)
 {
-    unsigned char png[27] = {0x89, 'P', 'N', 'G', 0x0D, 0x0A, 0x1A, 0x0A, 0, 0, 0, 13, 'I', 'H',
-                             'D', 'R', 0, 0, 0x03, 0xE8, 0, 0, 0x01, 0xF4, 8, 2, 0}; /* 1000x500 */
+    unsigned char png[27] = {0x89, 'P',  'N', 'G', 0x0D, 0x0A, 0x1A, 0x0A, 0,
+                             0,    0,    13,  'I', 'H',  'D',  'R',  0,    0,
+                             0x03, 0xE8, 0,   0,   0x01, 0xF4, 8,    2,    0}; /* 1000x500 */
     unsigned char big[27];
     unsigned char gif[12] = {'G', 'I', 'F', '8', '9', 'a', 100, 0, 100, 0, 0, 0};
-    unsigned char jpg[33] = {0xFF, 0xD8, 0xFF, 0xE0, 0, 16, 'J', 'F', 'I', 'F', 0, 1, 1, 0, 0, 1,
-                             0, 1, 0, 0, 0xFF, 0xC0, 0, 17, 8, 0x01, 0xE0, 0x02, 0x80, 3, 0, 0,
-                             0}; /* 640x480 after an APP0 segment */
+    unsigned char jpg[33] = {0xFF, 0xD8, 0xFF, 0xE0, 0,    16, 'J', 'F', 'I',  'F',  0, 1,
+                             1,    0,    0,    1,    0,    1,  0,   0,   0xFF, 0xC0, 0, 17,
+                             8,    0x01, 0xE0, 0x02, 0x80, 3,  0,   0,   0}; /* 640x480 after an
+                                                                                APP0 segment */
     cJSON *url;
     int64_t t;
 

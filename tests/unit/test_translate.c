@@ -13,21 +13,21 @@
 
 static int failures;
 
-#define CHECK(cond)                                                                          \
-    do {                                                                                     \
-        if (!(cond)) {                                                                       \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);         \
-            failures++;                                                                      \
-        }                                                                                    \
+#define CHECK(cond)                                                                                \
+    do {                                                                                           \
+        if (!(cond)) {                                                                             \
+            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);               \
+            failures++;                                                                            \
+        }                                                                                          \
     } while (0)
-#define CHECKF(cond, ...)                                                                    \
-    do {                                                                                     \
-        if (!(cond)) {                                                                       \
-            fprintf(stderr, "%s:%d: check failed: %s: ", __FILE__, __LINE__, #cond);         \
-            fprintf(stderr, __VA_ARGS__);                                                    \
-            fputc('\n', stderr);                                                             \
-            failures++;                                                                      \
-        }                                                                                    \
+#define CHECKF(cond, ...)                                                                          \
+    do {                                                                                           \
+        if (!(cond)) {                                                                             \
+            fprintf(stderr, "%s:%d: check failed: %s: ", __FILE__, __LINE__, #cond);               \
+            fprintf(stderr, __VA_ARGS__);                                                          \
+            fputc('\n', stderr);                                                                   \
+            failures++;                                                                            \
+        }                                                                                          \
     } while (0)
 
 #define TDIR AX_FIXTURES "/translate"
@@ -293,8 +293,8 @@ static void check_template_order(const char *name, const cJSON *msgs)
     cJSON_ArrayForEach(m, msgs)
     {
         const cJSON *content = get(m, "content");
-        CHECKF(cJSON_IsString(content) || cJSON_IsArray(content), "%s: message %d content",
-               name, idx);
+        CHECKF(cJSON_IsString(content) || cJSON_IsArray(content), "%s: message %d content", name,
+               idx);
         if (role_is(m, "system")) {
             CHECKF(idx == 0, "%s: system message at %d", name, idx);
         } else if (role_is(m, "tool")) {
@@ -312,8 +312,7 @@ static void check_template_order(const char *name, const cJSON *msgs)
                        "%s: %d answers for the calls before %d", name, answered, idx);
             CHECKF(prev == NULL || role_is(prev, "system") || role_is(prev, "tool") ||
                        !role_is(prev, get(m, "role")->valuestring),
-                   "%s: two %s messages in a row at %d", name, get(m, "role")->valuestring,
-                   idx);
+                   "%s: two %s messages in a row at %d", name, get(m, "role")->valuestring, idx);
             assistant = role_is(m, "assistant") ? m : NULL;
             answered = 0;
         }
@@ -385,8 +384,8 @@ static void check_claude_code(const char *file)
     CHECK(get(out, "max_tokens")->valuedouble == 64000);
     printed = cJSON_PrintUnformatted(out);
     CHECKF(strstr(printed, "cache_control") == NULL, "%s: cache_control forwarded", file);
-    CHECKF(strstr(printed, "context_management") == NULL && strstr(printed, "output_config") ==
-                                                                 NULL,
+    CHECKF(strstr(printed, "context_management") == NULL &&
+               strstr(printed, "output_config") == NULL,
            "%s: unknown fields forwarded", file);
     CHECKF(strstr(printed, "signature") == NULL && strstr(printed, "c3R1Yi1zaWduYXR1cmU=") == NULL,
            "%s: thinking signature forwarded", file);
@@ -400,8 +399,8 @@ static void check_claude_code(const char *file)
         }
         CHECK(a != NULL && cJSON_IsString(get(a, "reasoning_content")) &&
               strcmp(get(a, "reasoning_content")->valuestring, "I should call Write.") == 0);
-        CHECK(a != NULL && strcmp(get(get(a, "tool_calls")->child, "id")->valuestring, "stub4") ==
-                               0);
+        CHECK(a != NULL &&
+              strcmp(get(get(a, "tool_calls")->child, "id")->valuestring, "stub4") == 0);
     }
     cJSON_free(printed);
     cJSON_Delete(out);
@@ -441,8 +440,8 @@ static void recorded_error(const char *file, int want_status, const char *want_t
     if (rec == NULL)
         return;
     body = cJSON_PrintUnformatted(get(rec, "body"));
-    upstream_error_case(file, (int)get(rec, "status")->valuedouble, body, 0, want_status,
-                        want_type, want_msg, want_n, want_m);
+    upstream_error_case(file, (int)get(rec, "status")->valuedouble, body, 0, want_status, want_type,
+                        want_msg, want_n, want_m);
     cJSON_free(body);
     cJSON_Delete(rec);
 }
@@ -459,8 +458,8 @@ static void test_upstream_errors(void)
                        "prompt is too long: 15076 tokens > 2048 maximum", 15076, 2048);
     recorded_error("error_bad_json.json", 400, "invalid_request_error",
                    "[json.exception.parse_error.101]", 0, 0);
-    recorded_error("error_no_messages.json", 400, "invalid_request_error",
-                   "'messages' is required", 0, 0);
+    recorded_error("error_no_messages.json", 400, "invalid_request_error", "'messages' is required",
+                   0, 0);
     recorded_error("error_tools_with_grammar.json", 400, "invalid_request_error",
                    "Cannot use custom grammar constraints with tools.", 0, 0);
     recorded_error("error_unknown_path.json", 404, "not_found_error", "File Not Found", 0, 0);
