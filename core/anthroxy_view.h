@@ -32,6 +32,7 @@ struct ax__scope {
     size_t *charge;       /* JSON bytes written by this scope are added here (may be NULL) */
     size_t charge_max;    /* ... and a write pushing *charge past this raises */
     size_t *charge_extra; /* counted against charge_max too (the request's Lua memory) */
+    int *charge_hit;      /* set to 1 when a write is refused for the cap (may be NULL) */
 };
 
 /* Per lua_State view state; every view function gets it as upvalue 1. */

@@ -697,6 +697,7 @@ static void engine_init_handles(struct ax_policy_engine *eng)
     uv_idle_init(eng->env.loop, &eng->idle);
     eng->idle.data = eng;
     uv_timer_init(eng->env.loop, &eng->debounce);
+    uv_unref((uv_handle_t *)&eng->debounce);
     eng->debounce.data = eng;
     eng->handles_init = 1;
 }
@@ -837,6 +838,7 @@ int ax_policy_engine_watch(struct ax_policy_engine *eng)
     for (i = 0; i < nd; i++) {
         uv_fs_event_init(eng->env.loop, &eng->watch[i]);
         eng->watch[i].data = eng;
+        uv_unref((uv_handle_t *)&eng->watch[i]); /* watching alone keeps no loop running */
         eng->n_watch++;
         if (uv_fs_event_start(&eng->watch[i], engine_on_fs_event, dirs[i], 0) < 0) {
             AX_LOG_WARN(NULL, "policies: cannot watch %s", dirs[i]);
@@ -1185,6 +1187,7 @@ static int hook_begin(struct ax_policy_req *pr)
     pr->scope.charge = &pr->rs.json_mem;
     pr->scope.charge_extra = &pr->rs.mem;
     pr->scope.charge_max = eng->req_mem_max;
+    pr->scope.charge_hit = &pr->rs.mem_hit;
     pr->rs.instr = 0;
     pr->rs.budget = eng->budget;
     pr->rs.budget_hit = pr->rs.mem_hit = 0;

@@ -281,8 +281,12 @@ static void charge(lua_State *L, struct ax__scope *sc, size_t bytes)
     if (sc->charge == NULL)
         return;
     extra = sc->charge_extra ? *sc->charge_extra : 0;
-    if (sc->charge_max && *sc->charge + bytes + extra > sc->charge_max)
-        luaL_error(L, "not enough memory (request memory cap: %zu bytes)", sc->charge_max);
+    if (sc->charge_max && *sc->charge + bytes + extra > sc->charge_max) {
+        if (sc->charge_hit != NULL)
+            *sc->charge_hit = 1;
+        luaL_error(L, "not enough memory (request memory cap: %I bytes)",
+                   (LUAI_UACINT)sc->charge_max);
+    }
     *sc->charge += bytes;
 }
 

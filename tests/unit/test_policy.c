@@ -1,0 +1,580 @@
+/* test_policy.c - the policy engine on a real loop: concurrency of yielding hooks, budget
+ * and memory kills, failed hooks leave the request untouched, ax.fail, sandbox, stale
+ * views, session write-back, hot reload by generation, cancel. Policies live in
+ * tests/fixtures/policy/; chains are written to a temporary directory per test. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <uv.h>
+
+#include "anthroxy_config.h"
+#include "anthroxy_json.h"
+#include "anthroxy_log.h"
+#include "anthroxy_monitor.h"
+#include "anthroxy_policy.h"
+
+static int failures;
+
+#define CHECK(c)                                                                             \
+    do {                                                                                     \
+        if (!(c)) {                                                                          \
+            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #c);            \
+            failures++;                                                                      \
+        }                                                                                    \
+    } while (0)
+
+#define FIX AX_FIXTURES "/policy/"
+
+struct env {
+    uv_loop_t loop;
+    struct ax_config cfg;
+    struct ax_policy_engine *eng;
+    char dir[256];
+    char chain[300];
+};
+
+static void write_file(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "w");
+    if (f == NULL) {
+        perror(path);
+        exit(2);
+    }
+    fputs(text, f);
+    fclose(f);
+}
+
+static char *read_all(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    char *buf;
+    long n;
+    if (f == NULL)
+        return NULL;
+    fseek(f, 0, SEEK_END);
+    n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    buf = malloc((size_t)n + 1);
+    if (fread(buf, 1, (size_t)n, f) != (size_t)n)
+        n = 0;
+    buf[n] = 0;
+    fclose(f);
+    return buf;
+}
+
+static int setup(struct env *e, const char *chain_text, uint64_t budget, size_t req_mem)
+{
+    struct ax_policy_env pe;
+    struct ax_error err;
+    int rc;
+
+    memset(e, 0, sizeof(*e));
+    snprintf(e->dir, sizeof(e->dir), "/tmp/ax_test_policy_XXXXXX");
+    if (mkdtemp(e->dir) == NULL) {
+        perror("mkdtemp");
+        exit(2);
+    }
+    snprintf(e->chain, sizeof(e->chain), "%s/chain.lua", e->dir);
+    write_file(e->chain, chain_text);
+    uv_loop_init(&e->loop);
+    ax_config_init(&e->cfg);
+    free(e->cfg.policies_path);
+    e->cfg.policies_path = strdup(e->chain);
+    if (budget)
+        e->cfg.lua_instr_budget = budget;
+    if (req_mem)
+        e->cfg.lua_req_mem_max = req_mem;
+    memset(&pe, 0, sizeof(pe));
+    pe.loop = &e->loop;
+    pe.cfg = &e->cfg;
+    memset(&err, 0, sizeof(err));
+    rc = ax_policy_engine_new(&pe, &e->eng, &err);
+    if (rc < 0)
+        fprintf(stderr, "engine_new: %s\n", err.message);
+    return rc;
+}
+
+static void teardown(struct env *e)
+{
+    char cmd[400];
+    if (e->eng != NULL)
+        ax_policy_engine_close(e->eng, NULL, NULL);
+    uv_run(&e->loop, UV_RUN_DEFAULT);
+    CHECK(uv_loop_close(&e->loop) == 0);
+    ax_config_free(&e->cfg);
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", e->dir);
+    if (system(cmd) != 0)
+        fprintf(stderr, "cleanup of %s failed\n", e->dir);
+}
+
+struct job {
+    struct ax_policy_req *pr;
+    cJSON *tree;
+    int done, rc, order;
+    struct ax_error err;
+};
+
+static int done_counter;
+
+static void on_done(struct ax_policy_req *pr, int rc, const struct ax_error *err, void *ud)
+{
+    struct job *j = ud;
+    (void)pr;
+    j->done++;
+    j->rc = rc;
+    if (err != NULL)
+        j->err = *err;
+    j->order = done_counter++;
+}
+
+static void job_start(struct env *e, struct job *j, enum ax_hook hook, const char *json,
+                      const cJSON *aux, struct ax_session *s)
+{
+    struct ax_policy_req_info info;
+    memset(j, 0, sizeof(*j));
+    memset(&info, 0, sizeof(info));
+    info.request_id = "req_test";
+    info.session_id = "sess";
+    info.client_model = "claude-test";
+    info.user_agent = "claude-cli/2.1.197";
+    info.session = s;
+    j->tree = cJSON_Parse(json);
+    CHECK(j->tree != NULL);
+    CHECK(ax_policy_req_new(e->eng, &info, &j->pr) == 0);
+    CHECK(ax_policy_req_run(j->pr, hook, j->tree, aux, on_done, j) == 0);
+    CHECK(j->done == 0); /* never before run returns */
+}
+
+static void job_free(struct job *j)
+{
+    ax_policy_req_free(j->pr);
+    cJSON_Delete(j->tree);
+}
+
+static const cJSON *get(const cJSON *o, const char *k)
+{
+    return cJSON_GetObjectItemCaseSensitive(o, k);
+}
+
+static int is_true(const cJSON *o, const char *k)
+{
+    return cJSON_IsTrue(get(o, k));
+}
+
+static void run_one(struct env *e, struct job *j, enum ax_hook hook, const char *json)
+{
+    job_start(e, j, hook, json, NULL, NULL);
+    uv_run(&e->loop, UV_RUN_DEFAULT);
+    CHECK(j->done == 1);
+}
+
+static const char *behave_chain = "return {\n"
+                                  "  { '" FIX "behave.lua' },\n"
+                                  "  { '" FIX "marker.lua', tag = 'g1' },\n"
+                                  "}\n";
+
+#define REQ(act) "{\"act\":\"" act "\",\"model\":\"m\",\"metadata\":{\"user_id\":\"u\"}," \
+                 "\"messages\":[{\"role\":\"user\",\"content\":\"hello\"}]}"
+
+/* A policy sleeping in ax.sleep does not hold up 200 other requests. */
+static void test_sleep_concurrency(void)
+{
+    struct env e;
+    struct job *jobs = calloc(201, sizeof(*jobs));
+    int i, others_before = 1;
+
+    CHECK(setup(&e, behave_chain, 0, 0) == 0);
+    done_counter = 0;
+    job_start(&e, &jobs[0], AX_HOOK_REQUEST,
+              "{\"act\":\"sleep\",\"sleep_ms\":40,\"messages\":[]}", NULL, NULL);
+    for (i = 1; i <= 200; i++)
+        job_start(&e, &jobs[i], AX_HOOK_REQUEST, "{\"act\":\"settings\",\"messages\":[]}",
+                  NULL, NULL);
+    uv_run(&e.loop, UV_RUN_DEFAULT);
+    for (i = 0; i <= 200; i++) {
+        CHECK(jobs[i].done == 1);
+        CHECK(jobs[i].rc == 0);
+        CHECK(is_true(jobs[i].tree, "marked"));
+        if (i > 0 && jobs[i].order > jobs[0].order)
+            others_before = 0;
+    }
+    CHECK(others_before);
+    CHECK(jobs[0].order == 200);
+    CHECK(is_true(jobs[0].tree, "slept"));
+    CHECK(cJSON_IsString(get(jobs[1].tree, "greeting")) &&
+          strcmp(get(jobs[1].tree, "greeting")->valuestring, "hi") == 0);
+    CHECK(is_true(jobs[1].tree, "settings_readonly"));
+    for (i = 0; i <= 200; i++)
+        job_free(&jobs[i]);
+    free(jobs);
+    teardown(&e);
+}
+
+/* A failed hook leaves the request exactly as before; the next policy still runs. */
+static void check_unchanged_and_marked(struct job *j, const char *act)
+{
+    cJSON *expect = cJSON_Parse(REQ("x"));
+    cJSON_ReplaceItemInObjectCaseSensitive(expect, "act", cJSON_CreateString(act));
+    cJSON_AddTrueToObject(expect, "marked");
+    cJSON_AddStringToObject(expect, "generation_marker", "g1");
+    CHECK(j->done == 1);
+    CHECK(j->rc == 0);
+    CHECK(cJSON_Compare(j->tree, expect, 1));
+    if (!cJSON_Compare(j->tree, expect, 1)) {
+        char *s = cJSON_PrintUnformatted(j->tree);
+        fprintf(stderr, "  %s: got %s\n", act, s);
+        free(s);
+    }
+    cJSON_Delete(expect);
+}
+
+static uint64_t status_num(struct env *e, const char *k)
+{
+    cJSON *st = ax_policy_engine_status(e->eng);
+    uint64_t v = (uint64_t)cJSON_GetNumberValue(get(st, k));
+    cJSON_Delete(st);
+    return v;
+}
+
+static void test_failures_discarded(void)
+{
+    struct env e;
+    struct job j;
+
+    CHECK(setup(&e, behave_chain, 2000000, 4u << 20) == 0);
+
+    run_one(&e, &j, AX_HOOK_REQUEST, REQ("loop"));
+    check_unchanged_and_marked(&j, "loop");
+    job_free(&j);
+    CHECK(status_num(&e, "budget_kills") == 1);
+
+    run_one(&e, &j, AX_HOOK_REQUEST, REQ("pcall_loop"));
+    check_unchanged_and_marked(&j, "pcall_loop");
+    job_free(&j);
+    CHECK(status_num(&e, "budget_kills") == 2);
+
+    run_one(&e, &j, AX_HOOK_REQUEST, REQ("error_half"));
+    check_unchanged_and_marked(&j, "error_half");
+    job_free(&j);
+
+    run_one(&e, &j, AX_HOOK_REQUEST, REQ("hog_lua"));
+    check_unchanged_and_marked(&j, "hog_lua");
+    job_free(&j);
+
+    run_one(&e, &j, AX_HOOK_REQUEST, REQ("hog_json"));
+    check_unchanged_and_marked(&j, "hog_json");
+    job_free(&j);
+
+    run_one(&e, &j, AX_HOOK_REQUEST, REQ("hog_caught"));
+    check_unchanged_and_marked(&j, "hog_caught");
+    job_free(&j);
+    CHECK(status_num(&e, "memory_kills") >= 3);
+    CHECK(status_num(&e, "errors") == 6);
+
+    /* the state still serves requests normally afterwards */
+    run_one(&e, &j, AX_HOOK_REQUEST, REQ("settings"));
+    CHECK(is_true(j.tree, "marked"));
+    CHECK(is_true(j.tree, "settings_readonly"));
+    job_free(&j);
+    teardown(&e);
+}
+
+static void test_fail_closed_and_ax_fail(void)
+{
+    struct env e;
+    struct job j;
+
+    CHECK(setup(&e, behave_chain, 0, 0) == 0);
+    run_one(&e, &j, AX_HOOK_REQUEST, REQ("fail"));
+    CHECK(j.rc < 0);
+    CHECK(j.err.status == 413);
+    CHECK(strcmp(j.err.type, "request_too_large") == 0);
+    CHECK(strstr(j.err.message, "too big for this policy") != NULL);
+    CHECK(get(j.tree, "marked") == NULL); /* the chain stopped */
+    job_free(&j);
+    ax_policy_engine_close(e.eng, NULL, NULL);
+    e.eng = NULL;
+
+    {
+        struct ax_policy_env pe;
+        struct ax_error err;
+        memset(&pe, 0, sizeof(pe));
+        pe.loop = &e.loop;
+        pe.cfg = &e.cfg;
+        e.cfg.policy_fail_closed = 1;
+        CHECK(ax_policy_engine_new(&pe, &e.eng, &err) == 0);
+    }
+    run_one(&e, &j, AX_HOOK_REQUEST, REQ("error_half"));
+    CHECK(j.rc < 0);
+    CHECK(j.err.status == 500);
+    CHECK(strstr(j.err.message, "boom halfway") != NULL);
+    CHECK(strstr(j.err.message, "behave.lua:") != NULL); /* file and line */
+    CHECK(get(j.tree, "half") == NULL);
+    job_free(&j);
+    teardown(&e);
+}
+
+static void test_sandbox(void)
+{
+    struct env e;
+    struct job j;
+    const cJSON *sb, *it;
+
+    CHECK(setup(&e, behave_chain, 0, 0) == 0);
+    run_one(&e, &j, AX_HOOK_REQUEST, REQ("sandbox"));
+    sb = get(j.tree, "sandbox");
+    CHECK(cJSON_IsObject(sb));
+    CHECK(cJSON_GetArraySize(sb) >= 15);
+    cJSON_ArrayForEach(it, sb)
+    {
+        if (!cJSON_IsTrue(it)) {
+            fprintf(stderr, "  sandbox probe %s is not true\n", it->string);
+            failures++;
+        }
+    }
+    job_free(&j);
+
+    run_one(&e, &j, AX_HOOK_REQUEST, REQ("nested_yield"));
+    CHECK(cJSON_IsFalse(get(j.tree, "nested_ok")));
+    CHECK(strstr(cJSON_GetStringValue(get(j.tree, "nested_err")), "request's coroutine") !=
+          NULL);
+    job_free(&j);
+
+    /* no upstream: ax.tokenize answers nil, err without yielding forever */
+    run_one(&e, &j, AX_HOOK_REQUEST, REQ("tokenize"));
+    CHECK(cJSON_IsNull(get(j.tree, "tok_n")));
+    CHECK(cJSON_IsString(get(j.tree, "tok_err")));
+    job_free(&j);
+    teardown(&e);
+}
+
+/* A view kept in ctx.state is dead in the next hook; the response view is read-only;
+ * on_upstream_error can ask for a retry. */
+static void test_hooks(void)
+{
+    struct env e;
+    struct job j;
+    cJSON *oreq, *aux;
+
+    CHECK(setup(&e, behave_chain, 0, 0) == 0);
+    job_start(&e, &j, AX_HOOK_REQUEST, REQ("stash"), NULL, NULL);
+    uv_run(&e.loop, UV_RUN_DEFAULT);
+    CHECK(is_true(j.tree, "stashed"));
+    oreq = cJSON_Parse("{\"model\":\"m\",\"messages\":[]}");
+    CHECK(ax_policy_req_run(j.pr, AX_HOOK_UPSTREAM_REQUEST, oreq, NULL, on_done, &j) == 0);
+    uv_run(&e.loop, UV_RUN_DEFAULT);
+    CHECK(j.done == 2);
+    CHECK(cJSON_IsFalse(get(oreq, "stale_ok")));
+    CHECK(strstr(cJSON_GetStringValue(get(oreq, "stale_err")), "outside its hook") != NULL);
+    cJSON_Delete(oreq);
+
+    oreq = cJSON_Parse("{\"act\":\"write_response\",\"content\":[]}");
+    CHECK(ax_policy_req_run(j.pr, AX_HOOK_RESPONSE, oreq, NULL, on_done, &j) == 0);
+    uv_run(&e.loop, UV_RUN_DEFAULT);
+    CHECK(j.done == 3 && j.rc == 0);
+    CHECK(get(oreq, "x") == NULL);
+    cJSON_Delete(oreq);
+
+    aux = cJSON_Parse("{\"status\":400,\"type\":\"invalid_request_error\",\"message\":\"m\","
+                      "\"n_prompt_tokens\":9000,\"n_ctx\":8192}");
+    CHECK(ax_policy_req_run(j.pr, AX_HOOK_UPSTREAM_ERROR, j.tree, aux, on_done, &j) == 0);
+    uv_run(&e.loop, UV_RUN_DEFAULT);
+    CHECK(j.done == 4);
+    CHECK(j.rc == 1);
+    CHECK(cJSON_GetNumberValue(get(j.tree, "retried_with")) == 8192);
+    cJSON_Delete(aux);
+
+    aux = cJSON_Parse("{\"status\":500,\"type\":\"api_error\",\"message\":\"m\"}");
+    CHECK(ax_policy_req_run(j.pr, AX_HOOK_UPSTREAM_ERROR, j.tree, aux, on_done, &j) == 0);
+    uv_run(&e.loop, UV_RUN_DEFAULT);
+    CHECK(j.done == 5 && j.rc == 0);
+    cJSON_Delete(aux);
+    job_free(&j);
+    teardown(&e);
+}
+
+static void test_session(void)
+{
+    struct env e;
+    struct job j;
+    struct ax_monitor *m = ax_monitor_new(8, 0);
+    struct ax_session *s = ax_monitor_get(m, "sess", 1);
+
+    CHECK(setup(&e, behave_chain, 0, 0) == 0);
+    ax_session_record_request(s, 1000, 2);
+    job_start(&e, &j, AX_HOOK_REQUEST, REQ("session"), NULL, s);
+    uv_run(&e.loop, UV_RUN_DEFAULT);
+    CHECK(j.rc == 0);
+    CHECK(s->prune_count == 1);
+    CHECK(s->forced_tool_turns == 2);
+    CHECK(ax_policy_req_report_scale(j.pr) == 2.5);
+    CHECK(cJSON_GetNumberValue(get(j.tree, "session_seen")) == 1);
+    job_free(&j);
+
+    job_start(&e, &j, AX_HOOK_REQUEST, REQ("session_then_error"), NULL, s);
+    uv_run(&e.loop, UV_RUN_DEFAULT);
+    CHECK(s->prune_count == 1); /* the failed hook's note is discarded */
+    CHECK(ax_policy_req_report_scale(j.pr) == 1.0);
+    job_free(&j);
+    teardown(&e);
+    ax_session_unref(s);
+    ax_monitor_free(m);
+}
+
+static void on_guard(uv_timer_t *t)
+{
+    (void)t;
+}
+
+static void write_version(const char *path, int v)
+{
+    char text[512];
+    snprintf(text, sizeof(text),
+             "local ax = require 'anthroxy'\n"
+             "local M = { name = 'version' }\n"
+             "function M.on_request(req)\n"
+             "  if req.sleep_ms then ax.sleep(req.sleep_ms) end\n"
+             "  req.version = %d\n"
+             "end\n"
+             "return M\n",
+             v);
+    write_file(path, text);
+}
+
+static int version_of(const struct job *j)
+{
+    return (int)cJSON_GetNumberValue(get(j->tree, "version"));
+}
+
+/* Reload swaps generations; a request in flight finishes on the one it pinned; a broken
+ * file keeps the old generation and records the error. */
+static void test_reload(void)
+{
+    struct env e;
+    struct job a, b;
+    char vpath[400], *bad;
+    cJSON *st;
+
+    {
+        char d[256];
+        snprintf(d, sizeof(d), "/tmp/ax_test_policy_XXXXXX");
+        CHECK(mkdtemp(d) != NULL);
+        snprintf(vpath, sizeof(vpath), "%s/version.lua", d);
+        write_version(vpath, 1);
+        char chain[600];
+        snprintf(chain, sizeof(chain), "return { { '%s' } }\n", vpath);
+        CHECK(setup(&e, chain, 0, 0) == 0);
+        /* the policy file lives in its own directory: removed with it below */
+        snprintf(e.dir + strlen(e.dir), sizeof(e.dir) - strlen(e.dir), "' '%s", d);
+    }
+    CHECK(ax_policy_engine_generation(e.eng) == 1);
+    run_one(&e, &a, AX_HOOK_REQUEST, "{\"messages\":[]}");
+    CHECK(version_of(&a) == 1);
+    job_free(&a);
+
+    /* A pins generation 1 and parks in ax.sleep; the file changes; B sees version 2 */
+    job_start(&e, &a, AX_HOOK_REQUEST, "{\"sleep_ms\":30,\"messages\":[]}", NULL, NULL);
+    write_version(vpath, 2);
+    ax_policy_engine_reload(e.eng);
+    CHECK(ax_policy_engine_generation(e.eng) == 2);
+    job_start(&e, &b, AX_HOOK_REQUEST, "{\"messages\":[]}", NULL, NULL);
+    uv_run(&e.loop, UV_RUN_DEFAULT);
+    CHECK(a.done == 1 && b.done == 1);
+    CHECK(version_of(&a) == 1);
+    CHECK(version_of(&b) == 2);
+    job_free(&a);
+    job_free(&b);
+
+    /* a syntax error keeps generation 2 */
+    bad = read_all(FIX "syntax_error.lua");
+    CHECK(bad != NULL);
+    write_file(vpath, bad ? bad : "");
+    free(bad);
+    ax_policy_engine_reload(e.eng);
+    CHECK(ax_policy_engine_generation(e.eng) == 2);
+    st = ax_policy_engine_status(e.eng);
+    CHECK(cJSON_IsString(get(st, "last_error")));
+    CHECK(strstr(cJSON_GetStringValue(get(st, "last_error")), "version.lua") != NULL);
+    cJSON_Delete(st);
+    run_one(&e, &a, AX_HOOK_REQUEST, "{\"messages\":[]}");
+    CHECK(version_of(&a) == 2);
+    job_free(&a);
+
+    /* the watcher: a saved file reloads by itself (debounced) */
+    CHECK(ax_policy_engine_watch(e.eng) == 0);
+    write_version(vpath, 4);
+    {
+        /* the watchers and the debounce timer are unreferenced: a guard timer keeps the
+         * loop turning while we wait */
+        uv_timer_t guard;
+        uint64_t t0 = uv_now(&e.loop);
+        uv_timer_init(&e.loop, &guard);
+        uv_timer_start(&guard, on_guard, 50, 50);
+        while (ax_policy_engine_generation(e.eng) == 2 && uv_now(&e.loop) - t0 < 3000)
+            uv_run(&e.loop, UV_RUN_ONCE);
+        uv_close((uv_handle_t *)&guard, NULL);
+    }
+    CHECK(ax_policy_engine_generation(e.eng) == 3);
+    run_one(&e, &a, AX_HOOK_REQUEST, "{\"messages\":[]}");
+    CHECK(version_of(&a) == 4);
+    job_free(&a);
+    teardown(&e);
+}
+
+/* A cancelled request parked in ax.sleep is never resumed and done never runs. */
+static void test_cancel(void)
+{
+    struct env e;
+    struct job j;
+
+    CHECK(setup(&e, behave_chain, 0, 0) == 0);
+    job_start(&e, &j, AX_HOOK_REQUEST, "{\"act\":\"sleep\",\"sleep_ms\":20,\"messages\":[]}",
+              NULL, NULL);
+    uv_run(&e.loop, UV_RUN_NOWAIT);
+    ax_policy_req_cancel(j.pr);
+    uv_run(&e.loop, UV_RUN_DEFAULT);
+    CHECK(j.done == 0);
+    CHECK(get(j.tree, "slept") == NULL);
+    job_free(&j);
+
+    /* cancelled with its done already deferred: not called either */
+    job_start(&e, &j, AX_HOOK_REQUEST, REQ("settings"), NULL, NULL);
+    ax_policy_req_cancel(j.pr);
+    uv_run(&e.loop, UV_RUN_DEFAULT);
+    CHECK(j.done == 0);
+    job_free(&j);
+    teardown(&e);
+}
+
+static void test_bad_chain(void)
+{
+    struct env e;
+    CHECK(setup(&e, "return { { 'nonexistent_policy' } }\n", 0, 0) < 0);
+    CHECK(e.eng == NULL);
+    teardown(&e);
+    CHECK(setup(&e, "return { { '" FIX "syntax_error.lua' } }\n", 0, 0) < 0);
+    teardown(&e);
+    CHECK(setup(&e, "return { { 'x', } \n", 0, 0) < 0);
+    teardown(&e);
+    CHECK(setup(&e, "local M = {}\nreturn { { '" FIX "marker.lua' } }\n", 0, 0) == 0);
+    teardown(&e);
+}
+
+int main(void)
+{
+    ax_log_set_level(AX_LOG_LVL_ERROR);
+    test_sleep_concurrency();
+    test_failures_discarded();
+    test_fail_closed_and_ax_fail();
+    test_sandbox();
+    test_hooks();
+    test_session();
+    test_reload();
+    test_cancel();
+    test_bad_chain();
+    if (failures)
+        fprintf(stderr, "test_policy: %d failed checks\n", failures);
+    return failures ? 1 : 0;
+}
