@@ -94,9 +94,12 @@ static int nomem(struct treq *t)
     return AX_ENOMEM;
 }
 
+/* Appends s after a blank line when b already has text; empty strings add nothing. */
 static int buf_join(struct ax_buf *b, int *have, const char *s)
 {
     int rc;
+    if (*s == '\0')
+        return 0;
     if (*have && (rc = ax_buf_append(b, JOIN, sizeof(JOIN) - 1)) < 0)
         return rc;
     *have = 1;
@@ -599,9 +602,9 @@ static int system_message(struct treq *t, const cJSON *content, const char *wher
     }
     ax_buf_init(&b, TEXT_MAX);
     if ((rc = ax_buf_puts(&b, SYS_OPEN)) < 0 ||
-        (rc = text_or_blocks(t, content, where, &b, &have)) < 0 ||
+        (rc = text_or_blocks(t, content, where, &b, &have)) < 0 || !have ||
         (rc = ax_buf_puts(&b, SYS_CLOSE)) < 0)
-        goto done;
+        goto done; /* an empty system message adds nothing */
     if (t->open == OPEN_USER) {
         rc = add_text_part(t, b.data);
     } else {
