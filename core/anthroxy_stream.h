@@ -39,10 +39,19 @@
  * "stop"), so that is end_turn with stop_sequence null. A turn with tool calls that
  * finished with "stop" (Ollama) reports tool_use; "tool_calls" without any call, end_turn.
  *
+ * Input: each payload is parsed whole. A lean scanner (no allocation) reads the usual
+ * chunks (text, reasoning and tool-call deltas, finish_reason) and copies their string
+ * literals to the output unescaped-and-re-escaped in one step; anything unusual (usage,
+ * error, \u escapes, odd types or duplicates) goes to cJSON, and both give identical
+ * bytes (tests/unit/test_stream.c checks it on every fixture and on mutated chunks). Only
+ * the choice with index 0 is translated (n > 1 is not supported). A payload that is not a
+ * JSON object is skipped and counted in `garbage`, never fatal.
+ *
  * Memory per stream: this struct, one small record per tool call and per content block
- * (for the summary), and the tool calls' argument text up to max_tool_args_bytes in all;
- * streamed text is only counted, except the reasoning kept for reasoning_fallback while no
- * text or tool call has appeared (bounded by max_fallback_bytes). */
+ * (for the summary), the tool calls' argument text up to max_tool_args_bytes in all, and a
+ * scratch buffer as large as the largest escaped string of one chunk; streamed text is only
+ * counted, except the reasoning kept for reasoning_fallback while no text or tool call has
+ * appeared (bounded by max_fallback_bytes). */
 #ifndef ANTHROXY_STREAM_H
 #define ANTHROXY_STREAM_H
 
