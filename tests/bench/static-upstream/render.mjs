@@ -1,5 +1,5 @@
 // render.mjs - pre-renders llama-server's answers for the static benchmark upstream.
-// Usage: node render.mjs OUTDIR [CHUNKS]
+// Usage: [N_CTX=262144] node render.mjs OUTDIR [CHUNKS]
 // Writes OUTDIR/{json,sse}/{props,slots,health,v1/models,v1/chat/completions}: the JSON files are
 // the bodies recorded in tests/fixtures/llama-server/; json/v1/chat/completions is a complete
 // answer, sse/v1/chat/completions a stream of CHUNKS content chunks in llama-server's exact
@@ -42,11 +42,19 @@ sse += chunk([], {
 });
 sse += 'data: [DONE]\n\n';
 
+// A per-slot window that takes Claude Code's ~80 KB requests (the recorded server had 2048,
+// which the proxy's policies would rightly refuse before any upstream call).
+const nCtx = Number(process.env.N_CTX || 262144);
+const props = fx('props.json').body;
+props.default_generation_settings.n_ctx = nCtx;
+const slots = fx('slots.json').body.map((s) => ({ ...s, n_ctx: nCtx }));
+const models = fx('v1_models.json').body;
+for (const m of models.data) m.meta.n_ctx = nCtx;
 for (const mode of ['json', 'sse']) {
-  write(`${mode}/props`, JSON.stringify(fx('props.json').body));
-  write(`${mode}/slots`, JSON.stringify(fx('slots.json').body));
+  write(`${mode}/props`, JSON.stringify(props));
+  write(`${mode}/slots`, JSON.stringify(slots));
   write(`${mode}/health`, JSON.stringify(fx('health.json').body));
-  write(`${mode}/v1/models`, JSON.stringify(fx('v1_models.json').body));
+  write(`${mode}/v1/models`, JSON.stringify(models));
 }
 write('json/v1/chat/completions', JSON.stringify(fx('chat_nonstream.json').body));
 write('sse/v1/chat/completions', sse);
