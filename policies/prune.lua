@@ -26,6 +26,8 @@ local M = {
     keep_last = 6,          -- messages always kept at the end (whole turns)
     result_floor = 256,     -- tail tool results are never shortened below this (tokens)
     elide_min = 64,         -- tool results smaller than this are not worth replacing
+    -- step: the cut moves in steps of this share of the window (default threshold - target);
+    -- 0 cuts exactly to the target every turn (and loses the server's prompt cache each time)
     report_sent_size = true -- report the size the client sent, not the pruned one
   },
 }
@@ -103,23 +105,44 @@ local function fixed_min(p, s)
   return t
 end
 
-local function elide_results(p, s, u1, u2, goal)
+-- Cut points on a grid, so that the cut stays put while the conversation grows. Claude Code
+-- and the SDKs send the whole history every turn, so pruning starts from scratch each time;
+-- cutting "just enough" would move the cut forward a little every turn, and the server's
+-- prompt cache, valid only up to the first changed token, would be lost on every turn. So a
+-- pass stops only where its cumulative savings (counted from the oldest message, which
+-- makes the grid the same every turn) cross a multiple of `quantum` tokens: the cut moves
+-- about once per `quantum` tokens of growth, and the prompt before it stays byte-identical.
+local function stop_here(p, goal, quantum, crossed)
+  return p.cur <= goal and (quantum <= 0 or crossed)
+end
+
+local function crossed_line(before, after, quantum)
+  return quantum <= 0 or math.floor(after / quantum) > math.floor(before / quantum)
+end
+
+local function elide_results(p, s, u1, u2, goal, quantum)
+  local saved, crossed = 0, true
   for _, r in ipairs(results_in(p, u1, u2)) do
-    if p.cur <= goal then return end
+    if stop_here(p, goal, quantum, crossed) then return end
     local text = conv.text(r.b.content)
     local size = ax.tokens(text)
     if size >= s.elide_min and not text:find("^%[output of this tool call removed") then
+      local before = p.cur
       r.b.content = conv.elided_result_text(size)
       refresh(p, r.i)
       p.stats.results = p.stats.results + 1
+      crossed = crossed_line(saved, saved + before - p.cur, quantum)
+      saved = saved + before - p.cur
     end
   end
 end
 
-local function drop_units(p, u1, u2, goal)
+local function drop_units(p, u1, u2, goal, quantum)
+  local saved, crossed = 0, true
   for u = u1, u2 do
-    if p.cur <= goal then return end
+    if stop_here(p, goal, quantum, crossed) then return end
     local unit = p.units[u]
+    local before = p.cur
     for i = unit.first, unit.last do
       if not p.pinned[i] and not p.removed[i] then
         p.removed[i] = true
@@ -127,6 +150,8 @@ local function drop_units(p, u1, u2, goal)
         p.stats.turns = p.stats.turns + 1
       end
     end
+    crossed = crossed_line(saved, saved + before - p.cur, quantum)
+    saved = saved + before - p.cur
   end
 end
 
@@ -180,19 +205,20 @@ end
 
 -- Cuts the request down to goal raw tokens (as far as possible). Returns the plan with
 -- p.total (before) and p.cur (after), both raw.
-local function cut(req, ctx, p, goal)
+local function cut(req, ctx, p, goal, quantum)
   local s = ctx.settings
   local middle_last = p.tail_unit - 1
   -- Room for the marker itself, so adding it cannot push the result over the goal.
   local goal_in = goal - ax.tokens(conv.marker_text({ turns = 999, results = 999,
     truncated = 999, tokens = 9999999 })) - 8
   if middle_last >= 1 then
-    elide_results(p, s, 1, middle_last, goal_in)
-    drop_units(p, 1, middle_last, goal_in)
+    elide_results(p, s, 1, middle_last, goal_in, quantum)
+    drop_units(p, 1, middle_last, goal_in, quantum)
   end
+  -- The tail is only cut in an emergency: no grid there, just what it takes.
   if p.cur > goal_in and #p.units > 0 then
     truncate_results(p, s, p.tail_unit, #p.units, goal_in)
-    drop_units(p, p.tail_unit, #p.units - 1, goal_in)
+    drop_units(p, p.tail_unit, #p.units - 1, goal_in, 0)
   end
   for i = p.n, 1, -1 do
     if p.removed[i] then ax.remove(p.msgs, i) end
@@ -212,9 +238,9 @@ end
 
 -- Prunes req towards goal (raw tokens); returns before and after sizes (raw) and whether
 -- anything changed. factor converts raw estimates to real tokens for the marker and logs.
-function M.prune(req, ctx, goal, factor)
+function M.prune(req, ctx, goal, factor, quantum)
   local p = analyse(req, ctx.settings)
-  cut(req, ctx, p, goal)
+  cut(req, ctx, p, goal, quantum or 0)
   local changed = p.stats.turns + p.stats.results + p.stats.truncated > 0
   if changed then
     local before = p.total
@@ -248,6 +274,15 @@ function M.threshold(ctx)
   return t
 end
 
+-- Grid step of the cut points in raw estimator tokens (uncalibrated on purpose: the grid must
+-- not shift when the session's calibration moves). Default: the distance from target to
+-- threshold, so that the prompt regrows to the threshold between two moves of the cut.
+function M.quantum(ctx, threshold, target, window)
+  local step = ctx.settings.step
+  if type(step) ~= "number" then step = threshold - target end
+  return math.max(step, 0) * window
+end
+
 function M.on_request(req, ctx)
   local window = ctx.context_window or 0
   -- A count_tokens request is measured, never sent: the client must learn its full size
@@ -269,7 +304,7 @@ function M.on_request(req, ctx)
       "prompt is too long: %d tokens > %d maximum (the tools and system prompt alone take "
       .. "%d tokens)", total, window, math.floor(p.overhead * factor + 0.5)))
   end
-  M.prune(req, ctx, target * window / factor, factor)
+  M.prune(req, ctx, target * window / factor, factor, M.quantum(ctx, threshold, target, window))
 end
 
 function M.on_upstream_error(err, req, ctx)
@@ -287,8 +322,10 @@ function M.on_upstream_error(err, req, ctx)
       n_prompt, n_ctx)
     return false
   end
-  local target = math.min(s.target, M.threshold(ctx))
-  local _, after, changed = M.prune(req, ctx, target * n_ctx / factor, factor)
+  local threshold = M.threshold(ctx)
+  local target = math.min(s.target, threshold)
+  local _, after, changed = M.prune(req, ctx, target * n_ctx / factor, factor,
+    M.quantum(ctx, threshold, target, n_ctx))
   local real_after = math.ceil(after * factor)
   if not changed or real_after >= n_ctx then return false end
   -- Some servers (vLLM) count max_tokens against the window as well: the retry must fit

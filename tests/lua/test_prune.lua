@@ -169,6 +169,49 @@ T.test("the fixed part alone over the window: prompt is too long", function()
   T.ok(tonumber(k) > 8192, "the system prompt alone is too big")
 end)
 
+-- Turn after turn the client sends its whole history; count the turns whose pruned request
+-- starts with the previous turn's pruned request (the server's prompt cache survives).
+local function cache_run(settings, turns)
+  local q = T.load("prune", settings)
+  local req = loop_conversation(40, 1500)
+  -- Pruning from the first turn on; each turn adds well under a step (a tenth of the window).
+  local w = math.floor(ax.request_tokens(req) / 0.76)
+  local prev, kept, prunes = nil, 0, 0
+  for turn = 1, turns do
+    local k = 40 + turn
+    req.messages[#req.messages + 1] = T.assistant({ T.tool_use("toolu_" .. k, "Read", { k = k }) })
+    req.messages[#req.messages + 1] = T.user({ T.tool_result("toolu_" .. k,
+      string.rep("text of result " .. k .. "\n", 60)) })
+    local ctx = T.ctx{ context_window = w }
+    local out = T.run(q, "on_request", req, ctx)
+    T.ok(tokens(out, ctx) < 0.75 * w, "under the threshold at turn " .. turn)
+    if ctx.session.prune_count > 0 then
+      T.ok(tokens(out, ctx) <= 0.65 * w, "fits the target at turn " .. turn)
+      no_broken_pairs(out)
+      if prev then
+        prunes = prunes + 1
+        local same = true
+        for i = 1, #prev.messages do
+          if ax.json.encode(prev.messages[i]) ~= ax.json.encode(out.messages[i]) then same = false; break end
+        end
+        if same then kept = kept + 1 end
+      end
+      prev = out
+    end
+  end
+  return kept, prunes
+end
+
+T.test("the cut moves in steps: the pruned prompt stays a prefix turn after turn", function()
+  local kept, prunes = cache_run(nil, 40)
+  T.ok(prunes >= 20, "pruned on most turns: " .. prunes)
+  T.ok(kept >= prunes * 0.7, string.format("prefix kept on %d of %d pruned turns", kept, prunes))
+  local kept0, prunes0 = cache_run({ step = 0 }, 40)
+  print(string.format("prefix kept: %d/%d with steps, %d/%d without", kept, prunes, kept0, prunes0))
+  T.ok(kept0 * 2 < kept, string.format("without steps: prefix kept on %d of %d, with: %d of %d",
+    kept0, prunes0, kept, prunes))
+end)
+
 T.test("count_tokens requests are measured, never cut or refused", function()
   local req = loop_conversation(30, 3000)
   local ctx = T.ctx{ context_window = 4096, count_only = true }
