@@ -41,7 +41,8 @@
  *
  * Input: each payload is parsed whole. A lean scanner (no allocation) reads the usual
  * chunks (text, reasoning and tool-call deltas, finish_reason) and copies their string
- * literals to the output unescaped-and-re-escaped in one step; anything unusual (usage,
+ * literals to the output as they came (only escapes that put_str would write the same way
+ * are accepted, so no decode/re-encode is needed); anything unusual (usage,
  * error, \u escapes, odd types or duplicates) goes to cJSON, and both give identical
  * bytes (tests/unit/test_stream.c checks it on every fixture and on mutated chunks). Only
  * the choice with index 0 is translated (n > 1 is not supported). A payload that is not a
@@ -169,9 +170,10 @@ int ax_stream_ping(struct ax_buf *out);
  *                 {"type":"tool_use","id","name","input":{parsed arguments},
  *                  "arguments_length":BYTES,"arguments_hash":"<16 hex: FNV-1a 64>"} ...],
  *    "anthroxy": {"chunks","garbage","output_estimate","blocks_omitted"}}
- * in block order. A tool_use whose arguments were not kept whole (over the budget) or do
- * not parse as a JSON object has "input": {} and "input_error": "truncated" or "invalid"
- * (the kept text then goes in "partial_json"). Text itself is never kept: lengths only. */
+ * in block order. A tool_use without argument text (or only blanks) has "input": {}; one
+ * whose arguments were not kept whole (over the budget) or do not parse as a JSON object
+ * has "input": {} and "input_error": "truncated" or "invalid" (the kept text then goes in
+ * "partial_json"). Text itself is never kept: lengths only. */
 cJSON *ax_stream_summary(const struct ax_stream *st);
 
 #endif

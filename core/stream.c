@@ -1506,6 +1506,16 @@ int ax_stream_ping(struct ax_buf *out)
 
 /* ---- summary ---- */
 
+static int blank(const char *p, size_t n)
+{
+    size_t i;
+
+    for (i = 0; i < n; i++)
+        if (p[i] != ' ' && p[i] != '\t' && p[i] != '\r' && p[i] != '\n')
+            return 0;
+    return 1;
+}
+
 static int add_tool_summary(cJSON *content, const struct ax__stream_tool *t)
 {
     cJSON *blk = cJSON_CreateObject(), *input = NULL;
@@ -1516,10 +1526,15 @@ static int add_tool_summary(cJSON *content, const struct ax__stream_tool *t)
         return cJSON_Delete(blk), AX_ENOMEM;
     if (t->truncated) {
         why = "truncated";
-    } else {
-        const char *end = NULL;
-        input = cJSON_ParseWithLengthOpts(t->args.data != NULL ? t->args.data : "",
-                                          t->args.len, &end, 0);
+    } else if (!blank(t->args.data, t->args.len)) {   /* no arguments at all: {} */
+        struct ax_error perr;
+        char *copy = malloc(t->args.len + 1);
+        if (copy == NULL)
+            return AX_ENOMEM;
+        memcpy(copy, t->args.data, t->args.len);
+        copy[t->args.len] = '\0';
+        input = ax_json_parse(copy, t->args.len, &perr);    /* the checked parser */
+        free(copy);
         if (!cJSON_IsObject(input)) {
             cJSON_Delete(input);
             input = NULL;

@@ -702,6 +702,36 @@ static void test_garbage_counted(void)
     ax_buf_free(&out);
 }
 
+static void test_summary_inputs(void)
+{
+    /* a call without arguments has input {}; invalid arguments are flagged, not dropped */
+    struct ax_stream_opts o = {.model = "m"};
+    cJSON *sum = NULL, *content, *blk;
+    char *out;
+    const char *in =
+        "data: {\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"id\":\"a\","
+        "\"function\":{\"name\":\"noargs\",\"arguments\":\"\"}}]}}]}\n\n"
+        "data: {\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":1,\"id\":\"b\","
+        "\"function\":{\"name\":\"bad\",\"arguments\":\"{\\\"x\\\": 1} junk\"}}]}}]}\n\n"
+        "data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"tool_calls\"}]}\n\n";
+
+    out = run_text(in, &o, &sum);
+    content = cJSON_GetObjectItemCaseSensitive(sum, "content");
+    CHECK(cJSON_GetArraySize(content) == 2);
+    blk = cJSON_GetArrayItem(content, 0);
+    CHECK(cJSON_IsObject(cJSON_GetObjectItemCaseSensitive(blk, "input")));
+    CHECK(cJSON_GetObjectItemCaseSensitive(blk, "input_error") == NULL);
+    blk = cJSON_GetArrayItem(content, 1);
+    CHECK(strcmp(cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(blk, "input_error")),
+                 "invalid") == 0);
+    CHECK(strcmp(cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(blk, "partial_json")),
+                 "{\"x\": 1} junk") == 0);
+    CHECK(strcmp(cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(blk, "id")),
+                 "toolu_b") == 0);
+    cJSON_Delete(sum);
+    free(out);
+}
+
 static void test_summary_budget(void)
 {
     struct ax_stream_opts o = {.model = "m", .max_tool_args_bytes = 4};
@@ -748,6 +778,7 @@ int main(void)
     test_out_limit_leaves_no_half_event();
     test_garbage_counted();
     test_summary_budget();
+    test_summary_inputs();
     cJSON_Delete(stop_ug);
     if (failures) {
         fprintf(stderr, "test_stream: %d check(s) failed\n", failures);
