@@ -408,8 +408,11 @@ static int image_size(const char *d, size_t n, long *w, long *h)
     int b0 = b64_byte(d, n, 0), b1 = b64_byte(d, n, 1);
 
     if (b0 == 0x89 && b1 == 'P') { /* PNG: IHDR width, height (big-endian 32) */
-        *w = be16(d, n, 18) | be16(d, n, 16) << 16;
-        *h = be16(d, n, 22) | be16(d, n, 20) << 16;
+        long wh = be16(d, n, 16), wl = be16(d, n, 18), hh = be16(d, n, 20), hl = be16(d, n, 22);
+        if (wh < 0 || wl < 0 || hh < 0 || hl < 0 || wh > 0x7FFF || hh > 0x7FFF)
+            return 0;
+        *w = wh << 16 | wl;
+        *h = hh << 16 | hl;
         return *w > 0 && *h > 0;
     }
     if (b0 == 'G' && b1 == 'I') { /* GIF */
@@ -425,10 +428,15 @@ static int image_size(const char *d, size_t n, long *w, long *h)
             *w = le24(d, n, 24) + 1;
             *h = le24(d, n, 27) + 1;
         } else if (kind == ' ') {
-            *w = le16(d, n, 26) & 0x3FFF;
-            *h = le16(d, n, 28) & 0x3FFF;
+            long w16 = le16(d, n, 26), h16 = le16(d, n, 28);
+            if (w16 < 0 || h16 < 0)
+                return 0;
+            *w = w16 & 0x3FFF;
+            *h = h16 & 0x3FFF;
         } else if (kind == 'L') {
             long v = le24(d, n, 21), b3 = b64_byte(d, n, 24);
+            if (v < 0 || b3 < 0)
+                return 0;
             *w = (v & 0x3FFF) + 1;
             *h = ((v >> 14) | (b3 << 10)) & 0x3FFF;
             *h += 1;

@@ -275,6 +275,10 @@ static void test_images(void)
     url = cJSON_Parse("{\"type\":\"url\",\"url\":\"https://example.com/x.png\"}");
     CHECK(ax_tokens_image(url) == AX_TOKENS_IMAGE_MAX);
     cJSON_Delete(url);
+    /* a header cut short (only the PNG signature) is not an image size (and no UB) */
+    url = cJSON_Parse("{\"type\":\"base64\",\"data\":\"iVBORw0KGgo=\"}");
+    CHECK(ax_tokens_image(url) == AX_TOKENS_IMAGE_MAX);
+    cJSON_Delete(url);
     url = cJSON_Parse("{\"type\":\"base64\",\"data\":\"not an image\"}");
     CHECK(ax_tokens_image(url) == AX_TOKENS_IMAGE_MAX);
     cJSON_Delete(url);
