@@ -17,6 +17,7 @@
 #define DEFAULT_ARGS_BUDGET ((size_t)1 << 20)
 #define DEFAULT_FALLBACK_MAX ((size_t)256 << 10)
 #define PENDING_ARGS_MAX ((size_t)16 << 20)  /* arguments held before a call's name arrives */
+#define SCRATCH_KEEP ((size_t)16 << 10)      /* decoding scratch kept between chunks */
 
 struct ax__stream_tool {
     int index;              /* the upstream's tool_calls[].index */
@@ -1335,6 +1336,8 @@ static int lean_chunk(struct ax_stream *st, const char *data, size_t len, struct
             st->stop_sequence = NULL;   /* no stop-string member: nothing matched */
         }
     }
+    if (st->_scratch.cap > SCRATCH_KEEP)
+        ax_buf_free(&st->_scratch);     /* a rare huge escaped string: do not keep it */
     *rc = 0;
     return 1;
 }

@@ -166,6 +166,8 @@ int main(int argc, char **argv)
         run_once(in.data, in.len, &out_bytes);
     clock_gettime(CLOCK_MONOTONIC, &t1);
     secs = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
+    printf("sizeof(struct ax_stream) %zu, sizeof(struct ax_sse) %zu\n", sizeof(struct ax_stream),
+           sizeof(struct ax_sse));
     printf("stream: %zu chunks, %zu bytes in, %zu bytes out; %d runs in %.3f s\n", chunks,
            in.len, out_bytes, iters, secs);
     printf("%s parser: %.0f chunks/s on one core, %.0f ns/chunk, %.1f MB/s in\n",
