@@ -14,20 +14,22 @@
 -- results shortened) exceeds the window, the request is refused with Anthropic's
 -- "prompt is too long" 400, on which Claude Code compacts the conversation itself.
 -- After an upstream context overflow, on_upstream_error prunes again by the upstream's real
--- numbers (n_prompt_tokens, n_ctx) and asks for one retry.
+-- numbers (n_prompt_tokens, n_ctx) and asks for one retry. The cut moves in steps (`step`),
+-- so that the pruned prompt stays the same from turn to turn and the server's prompt cache
+-- keeps working between two moves (see stop_here).
 local ax = require "anthroxy"
 local conv = require "anthroxy.conv"
 
 local M = {
   name = "prune",
-  -- threshold is deliberately absent: unset, it follows the server's prune threshold.
   defaults = {
+    threshold = 0,          -- 0: the server's (--prune-threshold, PROXY_CONTEXT_PRUNE_THRESHOLD)
     target = 0.65,
+    step = 0.10,            -- the cut moves in steps of this share of the window; 0 cuts
+                            -- exactly to the target every turn (losing the prompt cache)
     keep_last = 6,          -- messages always kept at the end (whole turns)
     result_floor = 256,     -- tail tool results are never shortened below this (tokens)
     elide_min = 64,         -- tool results smaller than this are not worth replacing
-    -- step: the cut moves in steps of this share of the window (default threshold - target);
-    -- 0 cuts exactly to the target every turn (and loses the server's prompt cache each time)
     report_sent_size = true -- report the size the client sent, not the pruned one
   },
 }
@@ -269,17 +271,17 @@ end
 
 function M.threshold(ctx)
   local t = ctx.settings.threshold
-  if type(t) ~= "number" then t = ctx.prune_threshold end
+  if type(t) ~= "number" or t <= 0 then t = ctx.prune_threshold end
   if type(t) ~= "number" or t <= 0 then t = 0.75 end
   return t
 end
 
 -- Grid step of the cut points in raw estimator tokens (uncalibrated on purpose: the grid must
--- not shift when the session's calibration moves). Default: the distance from target to
--- threshold, so that the prompt regrows to the threshold between two moves of the cut.
-function M.quantum(ctx, threshold, target, window)
+-- not shift when the session's calibration moves). The default equals threshold - target, so
+-- the prompt regrows to about the threshold between two moves of the cut.
+function M.quantum(ctx, window)
   local step = ctx.settings.step
-  if type(step) ~= "number" then step = threshold - target end
+  if type(step) ~= "number" then step = 0 end
   return math.max(step, 0) * window
 end
 
@@ -304,7 +306,7 @@ function M.on_request(req, ctx)
       "prompt is too long: %d tokens > %d maximum (the tools and system prompt alone take "
       .. "%d tokens)", total, window, math.floor(p.overhead * factor + 0.5)))
   end
-  M.prune(req, ctx, target * window / factor, factor, M.quantum(ctx, threshold, target, window))
+  M.prune(req, ctx, target * window / factor, factor, M.quantum(ctx, window))
 end
 
 function M.on_upstream_error(err, req, ctx)
@@ -325,7 +327,7 @@ function M.on_upstream_error(err, req, ctx)
   local threshold = M.threshold(ctx)
   local target = math.min(s.target, threshold)
   local _, after, changed = M.prune(req, ctx, target * n_ctx / factor, factor,
-    M.quantum(ctx, threshold, target, n_ctx))
+    M.quantum(ctx, n_ctx))
   local real_after = math.ceil(after * factor)
   if not changed or real_after >= n_ctx then return false end
   -- Some servers (vLLM) count max_tokens against the window as well: the retry must fit
