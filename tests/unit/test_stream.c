@@ -732,6 +732,31 @@ static void test_summary_inputs(void)
     free(out);
 }
 
+static void test_ollama_style_calls(void)
+{
+    /* whole calls in one chunk, no index, finish_reason "stop": two blocks, tool_use */
+    struct ax_stream_opts o = {.model = "m"};
+    char *out;
+    const char *in =
+        "data: {\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\","
+        "\"tool_calls\":[{\"id\":\"call_1\",\"function\":{\"name\":\"a\",\"arguments\":"
+        "\"{\\\"x\\\":1}\"}},{\"id\":\"call_2\",\"function\":{\"name\":\"b\",\"arguments\":"
+        "\"{}\"}}]}}]}\n\n"
+        "data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n"
+        "data: [DONE]\n\n";
+
+    out = run_text(in, &o, NULL);
+    CHECK(strstr(out, "\"index\":0,\"content_block\":{\"type\":\"tool_use\",\"id\":\"toolu_call_1\","
+                      "\"name\":\"a\"") != NULL);
+    CHECK(strstr(out, "\"index\":1,\"content_block\":{\"type\":\"tool_use\",\"id\":\"toolu_call_2\","
+                      "\"name\":\"b\"") != NULL);
+    CHECK(strstr(out, "\"partial_json\":\"{\\\"x\\\":1}\"") != NULL);
+    CHECK(strstr(out, "\"stop_reason\":\"tool_use\"") != NULL);
+    CHECK(strstr(out, "\"type\":\"text\"") == NULL);
+    check_grammar("ollama_style", out, strlen(out));
+    free(out);
+}
+
 static void test_summary_budget(void)
 {
     struct ax_stream_opts o = {.model = "m", .max_tool_args_bytes = 4};
@@ -779,6 +804,7 @@ int main(void)
     test_garbage_counted();
     test_summary_budget();
     test_summary_inputs();
+    test_ollama_style_calls();
     cJSON_Delete(stop_ug);
     if (failures) {
         fprintf(stderr, "test_stream: %d check(s) failed\n", failures);
