@@ -159,14 +159,14 @@ static void msg_fail(struct msg *m, const struct ax_error *err)
     if (m->req->canceled)
         return;
     AX_LOG_INFO(m->req, "error %d %s: %s", err->status, err->type, err->message);
+    log_summary(m, err->status);
     if (m->committed) {
         ax_stream_fail(&m->st, err, &m->out);
         flush_out(m);
-        ax_http_stream_end(m->req);
+        ax_http_stream_end(m->req); /* may free m: nothing after this */
     } else {
-        ax_http_send_error(m->req, err);
+        ax_http_send_error(m->req, err); /* may free m */
     }
-    log_summary(m, err->status);
 }
 
 static void fail_transfer(struct msg *m, int rc)
@@ -645,8 +645,8 @@ static void answer_count(struct msg *m, int64_t n, const char *how)
     len = snprintf(body, sizeof(body), "{\"input_tokens\":%lld}", (long long)scaled);
     AX_LOG_DEBUG(m->req, "count_tokens: %lld (%s), reported %lld", (long long)n, how,
                  (long long)scaled);
-    ax_http_respond(m->req, 200, "application/json", NULL, body, (size_t)len);
     log_summary(m, 200);
+    ax_http_respond(m->req, 200, "application/json", NULL, body, (size_t)len); /* may free m */
 }
 
 static void count_by_estimate(struct msg *m)
