@@ -134,6 +134,12 @@ function M.load(host, chain_path)
     error(chain_path .. ": a chain returns an array of { \"policy\", key = value } entries", 0)
   end
   local mods, out, names = {}, {}, {}
+  if chain[1] == nil and next(chain) ~= nil then
+    -- not a chain but a single policy (`anthroxy check policies/x.lua`): a chain of one
+    local base = chain_path:match("[^/]+$")
+    mods[M.resolve(dir, base)] = M.load_module(host, chain_path)
+    chain = { { base } }
+  end
   for i, entry in ipairs(chain) do
     if type(entry) == "string" then entry = { entry } end
     if type(entry) ~= "table" or type(entry[1]) ~= "string" then
