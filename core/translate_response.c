@@ -505,6 +505,9 @@ static int parse_overflow(const cJSON *eobj, const char *msg, int64_t *n, int64_
         goto found;
     if (num_after(msg, "total length", &a) && num_after(msg, "context length", &b))
         goto found;
+    /* SGLang: "The input (N tokens) is longer than the model's context length (M tokens)." */
+    if (num_after(msg, "the input", &a) && num_after(msg, "context length", &b) && a >= b)
+        goto found;
     return 0;
 found:
     *n = a;

@@ -492,6 +492,12 @@ static void test_upstream_errors(void)
                         "\"invalid_request_error\"}}",
                         0, 400, "invalid_request_error",
                         "prompt is too long: 9000 tokens > 8192 maximum", 9000, 8192);
+    upstream_error_case("sglang", 400,
+                        "{\"object\":\"error\",\"message\":\"The input (70000 tokens) is longer "
+                        "than the model's context length (65536 tokens).\",\"type\":"
+                        "\"BadRequestError\",\"code\":400}",
+                        0, 400, "invalid_request_error",
+                        "prompt is too long: 70000 tokens > 65536 maximum", 70000, 65536);
     upstream_error_case("429", 429, "{\"error\":{\"message\":\"slow down\"}}", 7, 429,
                         "rate_limit_error", "slow down", 0, 0);
     upstream_error_case("loading", 503,
