@@ -23,7 +23,8 @@ end
 function M.compute(req, ctx)
   local s = ctx.settings
   local client = req.max_tokens
-  if type(client) ~= "number" then return nil end
+  -- Malformed values are the translator's to reject (it names the field), not ours to fix.
+  if math.type(client) ~= "integer" or client < 1 then return nil end
   local value = client
   if wants_floor(req) and s.floor and value < s.floor then value = s.floor end
   local window = ctx.context_window or 0

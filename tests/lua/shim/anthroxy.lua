@@ -44,8 +44,9 @@ local function encode(v, out)
   if t == "null" or t == "nil" then out[#out + 1] = "null"
   elseif t == "string" then out[#out + 1] = encode_string(v)
   elseif t == "number" then
-    if math.type(v) == "integer" or v ~= math.floor(v) then out[#out + 1] = tostring(v)
-    else out[#out + 1] = string.format("%d", v) end
+    if math.type(v) == "integer" then out[#out + 1] = tostring(v)
+    elseif v == math.floor(v) and math.abs(v) < 2^53 then out[#out + 1] = string.format("%d", v)
+    else out[#out + 1] = string.format("%.17g", v) end
   elseif t == "boolean" then out[#out + 1] = tostring(v)
   elseif t == "array" then
     out[#out + 1] = "["
