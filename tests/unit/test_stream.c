@@ -757,6 +757,72 @@ static void test_ollama_style_calls(void)
     free(out);
 }
 
+/* Random sequences of chunk kinds, randomly split: the output always follows the event
+ * grammar (whatever the upstream does, the client sees a well-formed stream ending in
+ * message_stop or error), and both chunk parsers agree. */
+static void test_random_soup(void)
+{
+    static const char *const pool[] = {
+        "{\"choices\":[{\"index\":0,\"delta\":{\"content\":\"t\\n\\\"x\"}}]}",
+        "{\"choices\":[{\"index\":0,\"delta\":{\"reasoning_content\":\"r\"}}]}",
+        "{\"choices\":[{\"index\":0,\"delta\":{\"content\":null,\"role\":\"assistant\"}}]}",
+        "{\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"id\":\"a\","
+        "\"function\":{\"name\":\"f\",\"arguments\":\"{\"}}]}}]}",
+        "{\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":"
+        "{\"arguments\":\"\\\"k\\\":1\"}}]}}]}",
+        "{\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":1,\"id\":\"b\","
+        "\"function\":{\"name\":\"g\",\"arguments\":\"\"}}]}}]}",
+        "{\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":1,\"function\":"
+        "{\"arguments\":\"}\"}}]}}]}",
+        "{\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":2,\"id\":\"c\","
+        "\"function\":{\"arguments\":\"[\"}}]}}]}",
+        "{\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}",
+        "{\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"length\"}]}",
+        "{\"choices\":[],\"usage\":{\"prompt_tokens\":9,\"completion_tokens\":3}}",
+        "{\"error\":{\"code\":503,\"message\":\"busy\"}}",
+        "not json",
+        "[DONE]",
+    };
+    char stream[8192];
+    int round, bad = 0;
+
+    for (round = 0; round < 400 && bad < 3; round++) {
+        size_t n = 0, cuts[4], gn, gn2;
+        int k, count = 1 + (int)(rng() % 12), ncuts = 0;
+        struct ax_stream_opts o = {.model = "m", .reasoning_fallback = (int)(rng() % 2)};
+        char *got, *got2;
+
+        for (k = 0; k < count; k++) {
+            const char *c = pool[rng() % (sizeof(pool) / sizeof(pool[0]))];
+            /* rarer: the error and [DONE] would end most rounds at once */
+            if ((strncmp(c, "{\"error", 7) == 0 || c[0] == '[') && rng() % 4 != 0)
+                continue;
+            n += (size_t)snprintf(stream + n, sizeof(stream) - n, "data: %s\n\n", c);
+        }
+        if (rng() % 5 == 0 && n > 3)
+            n -= 1 + rng() % 3;          /* cut short */
+        if (n == 0)
+            continue;
+        for (k = 0; k < 4; k++) {
+            size_t c = 1 + rng() % n;
+            if (c < n && (ncuts == 0 || c > cuts[ncuts - 1]))
+                cuts[ncuts++] = c;
+        }
+        got = run_split(stream, n, cuts, ncuts, &o, &gn, NULL);
+        check_grammar("soup", got, gn);
+        o.parse_with_cjson = 1;
+        got2 = run_split(stream, n, NULL, 0, &o, &gn2, NULL);
+        if (gn != gn2 || memcmp(got, got2, gn) != 0) {
+            fprintf(stderr, "%s:%d: soup round %d: parsers or splits differ\n%.*s\n", __FILE__,
+                    __LINE__, round, (int)n, stream);
+            failures++;
+            bad++;
+        }
+        free(got);
+        free(got2);
+    }
+}
+
 static void test_summary_budget(void)
 {
     struct ax_stream_opts o = {.model = "m", .max_tool_args_bytes = 4};
@@ -805,6 +871,7 @@ int main(void)
     test_summary_budget();
     test_summary_inputs();
     test_ollama_style_calls();
+    test_random_soup();
     cJSON_Delete(stop_ug);
     if (failures) {
         fprintf(stderr, "test_stream: %d check(s) failed\n", failures);
