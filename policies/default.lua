@@ -4,12 +4,13 @@
 -- explains each policy and when to change its settings; environment variables
 -- (ANTHROXY_POLICY_<NAME>_<KEY>) and --policy-set name.key=value override what is here.
 return {
+  -- Our working protocol appended to the system prompt: full | minimal | off. First, so
+  -- that every later measurement of the prompt includes it.
+  { "agentic_supplement", mode = "full" },
+
   -- Scales the input_tokens reported to Claude Code so that it compacts by itself before
   -- pruning is needed. Sets the scale that prune then corrects: keep it before prune.
   { "compaction_steering", enabled = true, client_window = 200000, steer_at = 0.70 },
-
-  -- Our working protocol appended to the system prompt: full | minimal | off.
-  { "agentic_supplement", mode = "full" },
 
   -- Forcing tool calls in agent loops: off by default (a forced model cannot end its turn);
   -- see docs/default-policies.md before turning it on.

@@ -9,8 +9,8 @@ local conv = require "anthroxy.conv"
 
 -- Same order and settings as policies/default.lua.
 local chain = {
-  T.load("compaction_steering", { enabled = true, client_window = 200000, steer_at = 0.70 }),
   T.load("agentic_supplement", { mode = "full" }),
+  T.load("compaction_steering", { enabled = true, client_window = 200000, steer_at = 0.70 }),
   T.load("tool_choice", { enabled = true, max_forced = 3 }), -- on here, to exercise it
   T.load("prune", { target = 0.65 }),
   T.load("max_tokens", { floor = 16384, margin = 0.15 }),
