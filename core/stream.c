@@ -1,10 +1,11 @@
 /* stream.c - OpenAI chat.completion.chunk payloads -> Anthropic Messages SSE events.
  *
- * Fed by the request's upstream data path (sse.c dispatches each payload here); its bytes
- * go to the connection's write queue. Pure: no I/O, no timers. Output events are written
- * by hand (no cJSON on the per-chunk path) with a small JSON string escaper; input chunks
- * are parsed with cJSON. Usage and stop reasons come from translate_response.c's helpers,
- * token estimates from tokens.c, so the complete and streamed paths report alike. */
+ * Fed by the request's upstream data path (messages.c: sse.c dispatches each payload here);
+ * its bytes go to the connection's write queue. Pure: no I/O, no timers. Events are written
+ * by hand with a small JSON string escaper; chunks are read by a lean allocation-free
+ * scanner, or by cJSON when the scanner declines. Usage and stop reasons come from
+ * translate_response.c's helpers, token estimates from tokens.c, so the complete and
+ * streamed paths report alike. */
 #include "anthroxy_stream.h"
 #include "anthroxy_ids.h"
 #include "anthroxy_json.h"
