@@ -43,6 +43,7 @@ struct msg {
     cJSON *body;          /* the Anthropic request (after on_request) */
     cJSON *oreq;          /* the OpenAI request */
     cJSON *final;         /* the answer as the client got it (or the stream's summary) */
+    cJSON *shadow;        /* count_tokens: a copy the policies may change (and is dropped) */
     struct ax_buf obody;  /* its text, alive while the transfer runs */
     char model[256];      /* as the client named it */
     const char *upstream_model;
@@ -81,6 +82,7 @@ static void msg_free(struct msg *m)
     cJSON_Delete(m->body);
     cJSON_Delete(m->oreq);
     cJSON_Delete(m->final);
+    cJSON_Delete(m->shadow);
     ax_buf_free(&m->obody);
     ax_buf_free(&m->resp);
     ax_buf_free(&m->out);
@@ -107,6 +109,16 @@ static void close_timer(struct msg *m)
         m->timer_open = 0;
         uv_close((uv_handle_t *)&m->timer, on_timer_closed);
     }
+}
+
+static void open_timer(struct msg *m)
+{
+    if (m->timer_open)
+        return;
+    uv_timer_init(m->srv->loop, &m->timer);
+    m->timer.data = m;
+    m->timer_open = 1;
+    ax_req_ref(m->req); /* dropped in on_timer_closed */
 }
 
 static void on_cancel(struct ax_req *req)
@@ -557,11 +569,8 @@ static void start_transfer(struct msg *m)
         fail_transfer(m, rc);
         return;
     }
-    if (m->stream && !m->committed && !m->timer_open) {
-        uv_timer_init(m->srv->loop, &m->timer);
-        m->timer.data = m;
-        m->timer_open = 1;
-        ax_req_ref(m->req); /* dropped in on_timer_closed */
+    if (m->stream && !m->committed) {
+        open_timer(m);
         uv_timer_start(&m->timer, on_hold_over, m->srv->cfg.first_byte_hold_ms,
                        m->srv->cfg.ping_interval_ms);
     }
@@ -743,6 +752,41 @@ static void count_tokens(struct msg *m)
 
 /* ---- entry ------------------------------------------------------------------------- */
 
+/* Until the first probe of the upstream answered, the upstream model is not known (and
+ * vLLM, Ollama and others reject a claude-... name): wait for it, briefly. */
+#define AX_PROBE_WAIT_MS 5000
+#define AX_PROBE_POLL_MS 20
+
+static int probe_pending(const struct msg *m)
+{
+    const struct ax_upstream_info *info = ax_upstream_info(m->srv->up);
+
+    return info->last_probe_ms == 0 && !(m->srv->cfg.upstream_model && *m->srv->cfg.upstream_model);
+}
+
+static void on_probe_poll(uv_timer_t *t)
+{
+    struct msg *m = t->data;
+
+    if (m->done || m->req->canceled)
+        return;
+    if (probe_pending(m) && uv_now(m->srv->loop) - m->srv->started_ms < AX_PROBE_WAIT_MS)
+        return;
+    uv_timer_stop(t);
+    msg_send_upstream(m);
+}
+
+static void wait_for_probe(struct msg *m)
+{
+    if (!probe_pending(m)) {
+        msg_send_upstream(m);
+        return;
+    }
+    AX_LOG_DEBUG(m->req, "waiting for the first upstream probe");
+    open_timer(m);
+    uv_timer_start(&m->timer, on_probe_poll, AX_PROBE_POLL_MS, AX_PROBE_POLL_MS);
+}
+
 static void on_request_done(struct ax_policy_req *pr, int rc, const struct ax_error *err,
                             void *ud)
 {
@@ -752,7 +796,24 @@ static void on_request_done(struct ax_policy_req *pr, int rc, const struct ax_er
         m->scale = ax_policy_req_report_scale(pr);
         if (m->scale <= 0)
             m->scale = 1.0;
-        msg_send_upstream(m);
+        wait_for_probe(m);
+    }
+    ax_req_unref(m->req);
+}
+
+static void on_count_request_done(struct ax_policy_req *pr, int rc, const struct ax_error *err,
+                                  void *ud)
+{
+    struct msg *m = ud;
+
+    (void)err;
+    m->hooks_running = 0;
+    if (!m->req->canceled && !m->done) {
+        double scale = rc >= 0 ? ax_policy_req_report_scale(pr) : 1.0;
+        m->scale = scale > 0 ? scale : 1.0;
+        cJSON_Delete(m->shadow);
+        m->shadow = NULL;
+        count_tokens(m);
     }
     ax_req_unref(m->req);
 }
@@ -817,10 +878,6 @@ void ax_messages_handle(struct ax_server *srv, struct ax_req *req, int count_onl
                    ax_req_header(req, "x-session-id"), m->body, m->session_key,
                    sizeof(m->session_key));
     m->session = ax_monitor_get(srv->mon, m->session_key, uv_now(srv->loop));
-    if (count_only) {
-        count_tokens(m);
-        return;
-    }
     memset(&info, 0, sizeof(info));
     info.request_id = req->id;
     info.session_id = m->session_key;
@@ -829,6 +886,15 @@ void ax_messages_handle(struct ax_server *srv, struct ax_req *req, int count_onl
     info.arm = "default";
     info.stream = m->stream;
     info.session = m->session;
+    if (count_only) {
+        /* The policies run on a copy, for their report_scale only: the count is of what the
+         * client sent, never of a pruned request. */
+        if ((m->shadow = cJSON_Duplicate(m->body, 1)) == NULL ||
+            ax_policy_req_new(srv->policies, &info, &m->preq) < 0 ||
+            run_hook(m, AX_HOOK_REQUEST, m->shadow, NULL, on_count_request_done) < 0)
+            count_tokens(m);
+        return;
+    }
     if (ax_policy_req_new(srv->policies, &info, &m->preq) < 0 ||
         run_hook(m, AX_HOOK_REQUEST, m->body, NULL, on_request_done) < 0) {
         ax_error_set(&err, 500, "api_error", "policy engine unavailable");
