@@ -30,13 +30,13 @@ struct ax_sse {
     uint64_t garbage; /* lines with an unknown field name (read-only for callers) */
     uint64_t events;  /* events dispatched */
     /* private */
-    struct ax_buf _buf;      /* [0.._data_len) joined data, then the partial line */
+    struct ax_buf _buf; /* [0.._data_len) joined data, then the partial line */
     size_t _data_len;
-    int _has_data;           /* a data: line was seen (the data may still be empty) */
-    int _cr;                 /* the last byte fed was '\r': a '\n' next is part of it */
-    int _started;            /* a line was completed (the BOM check is done) */
+    int _has_data; /* a data: line was seen (the data may still be empty) */
+    int _cr;       /* the last byte fed was '\r': a '\n' next is part of it */
+    int _started;  /* a line was completed (the BOM check is done) */
     size_t _max;
-    const char *_ext;        /* the data when it still lies in the caller's input */
+    const char *_ext; /* the data when it still lies in the caller's input */
     size_t _event_len;
     char _event[AX_SSE_EVENT_MAX + 1];
 };

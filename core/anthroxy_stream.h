@@ -82,8 +82,12 @@ struct ax_stream_opts {
 
 enum ax_stream_state { AX_STREAM_NEW, AX_STREAM_STARTED, AX_STREAM_ENDED, AX_STREAM_FAILED };
 
-enum ax_stream_block { AX_STREAM_BLOCK_NONE, AX_STREAM_BLOCK_THINKING, AX_STREAM_BLOCK_TEXT,
-                       AX_STREAM_BLOCK_TOOL };
+enum ax_stream_block {
+    AX_STREAM_BLOCK_NONE,
+    AX_STREAM_BLOCK_THINKING,
+    AX_STREAM_BLOCK_TEXT,
+    AX_STREAM_BLOCK_TOOL
+};
 
 struct ax__stream_tool;
 struct ax__stream_rec;
@@ -91,16 +95,16 @@ struct ax__stream_rec;
 struct ax_stream {
     /* read-only for callers */
     enum ax_stream_state state;
-    uint64_t chunks;             /* payloads fed, [DONE] included */
-    uint64_t garbage;            /* payloads that were not JSON objects: skipped */
-    int saw_done;                /* "[DONE]" was fed: the caller may end the stream now */
-    int saw_finish;              /* a finish_reason arrived */
-    struct ax_usage usage;       /* the upstream's last usage object (usage.have) */
-    int64_t output_estimate;     /* ax_tokens_text over the streamed text */
-    char id[64];                 /* the message id */
-    char finish_reason[32];      /* as the upstream sent it, "" before */
-    const char *stop_reason;     /* static string once ended, else NULL */
-    const char *stop_sequence;   /* the matched stop string (in opts.stop_sequences) or NULL */
+    uint64_t chunks;           /* payloads fed, [DONE] included */
+    uint64_t garbage;          /* payloads that were not JSON objects: skipped */
+    int saw_done;              /* "[DONE]" was fed: the caller may end the stream now */
+    int saw_finish;            /* a finish_reason arrived */
+    struct ax_usage usage;     /* the upstream's last usage object (usage.have) */
+    int64_t output_estimate;   /* ax_tokens_text over the streamed text */
+    char id[64];               /* the message id */
+    char finish_reason[32];    /* as the upstream sent it, "" before */
+    const char *stop_reason;   /* static string once ended, else NULL */
+    const char *stop_sequence; /* the matched stop string (in opts.stop_sequences) or NULL */
 
     /* private */
     char *_model;
@@ -108,19 +112,19 @@ struct ax_stream {
     double _scale;
     int _fallback;
     const cJSON *_stop_sequences;
-    size_t _args_budget;         /* argument bytes the summary may still keep */
-    enum ax_stream_block _open;  /* the open block's kind */
-    int _open_tool;              /* its tool record when a tool_use block */
-    int _n_blocks;               /* blocks opened so far = the next index */
+    size_t _args_budget;        /* argument bytes the summary may still keep */
+    enum ax_stream_block _open; /* the open block's kind */
+    int _open_tool;             /* its tool record when a tool_use block */
+    int _n_blocks;              /* blocks opened so far = the next index */
     int _saw_text, _saw_reasoning;
     struct ax__stream_tool *_tools;
     int _n_tools, _cap_tools;
-    int _last_tool;              /* tool record that got the last fragment, -1 */
+    int _last_tool; /* tool record that got the last fragment, -1 */
     struct ax__stream_rec *_recs;
     int _cap_recs;
     uint64_t _recs_omitted;
-    struct ax_buf _reasoning;    /* kept for the fallback only */
-    struct ax_buf _scratch;      /* decoded text of the chunk in hand (lean parser) */
+    struct ax_buf _reasoning; /* kept for the fallback only */
+    struct ax_buf _scratch;   /* decoded text of the chunk in hand (lean parser) */
     int _cjson_only;
 };
 

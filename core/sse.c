@@ -74,7 +74,7 @@ static int add_data(struct ax_sse *r, const char *val, size_t vlen, int in_buf)
         r->_has_data = 1;
         r->_data_len = vlen;
         if (!in_buf) {
-            r->_ext = val;         /* zero-copy until the feed returns */
+            r->_ext = val; /* zero-copy until the feed returns */
             return 0;
         }
         memmove(r->_buf.data, val, vlen);
@@ -112,7 +112,7 @@ static int on_line(struct ax_sse *r, const char *line, size_t len, int in_buf, a
 
     if (!r->_started) {
         r->_started = 1;
-        if (len >= 3 && memcmp(line, "\xEF\xBB\xBF", 3) == 0) {   /* a BOM, as the spec allows */
+        if (len >= 3 && memcmp(line, "\xEF\xBB\xBF", 3) == 0) { /* a BOM, as the spec allows */
             line += 3;
             len -= 3;
         }
@@ -120,7 +120,7 @@ static int on_line(struct ax_sse *r, const char *line, size_t len, int in_buf, a
     if (len == 0)
         return dispatch(r, cb, ud);
     if (line[0] == ':')
-        goto done;                                      /* comment: ": keep-alive" */
+        goto done; /* comment: ": keep-alive" */
     colon = memchr(line, ':', len);
     flen = colon != NULL ? (size_t)(colon - line) : len;
     val = colon != NULL ? colon + 1 : line + len;
@@ -130,7 +130,7 @@ static int on_line(struct ax_sse *r, const char *line, size_t len, int in_buf, a
         vlen--;
     }
     if (field_is(line, flen, "data", 4)) {
-        return add_data(r, val, vlen, in_buf);          /* leaves the buffer as it must be */
+        return add_data(r, val, vlen, in_buf); /* leaves the buffer as it must be */
     } else if (field_is(line, flen, "event", 5)) {
         r->_event_len = vlen < AX_SSE_EVENT_MAX ? vlen : AX_SSE_EVENT_MAX;
         memcpy(r->_event, val, r->_event_len);
@@ -139,7 +139,7 @@ static int on_line(struct ax_sse *r, const char *line, size_t len, int in_buf, a
     }
 done:
     if (in_buf)
-        r->_buf.len = r->_data_len;                     /* drop the line, keep the data */
+        r->_buf.len = r->_data_len; /* drop the line, keep the data */
     return rc;
 }
 
@@ -161,7 +161,7 @@ int ax_sse_feed(struct ax_sse *r, const char *p, size_t n, ax_sse_event_fn cb, v
     while (i < n) {
         if (r->_cr) {
             r->_cr = 0;
-            if (p[i] == '\n') {                         /* the rest of a split "\r\n" */
+            if (p[i] == '\n') { /* the rest of a split "\r\n" */
                 i++;
                 continue;
             }
@@ -173,7 +173,7 @@ int ax_sse_feed(struct ax_sse *r, const char *p, size_t n, ax_sse_event_fn cb, v
             rc = AX_ETOOBIG;
             goto fail;
         }
-        if (e == n) {                                   /* no end of line yet: keep the tail */
+        if (e == n) { /* no end of line yet: keep the tail */
             if ((rc = flush_ext(r)) < 0 || (rc = ax_buf_append(&r->_buf, p + i, n - i)) < 0)
                 goto fail;
             return 0;
@@ -197,7 +197,7 @@ int ax_sse_feed(struct ax_sse *r, const char *p, size_t n, ax_sse_event_fn cb, v
             }
         }
     }
-    if ((rc = flush_ext(r)) < 0)                        /* data must outlive the caller's bytes */
+    if ((rc = flush_ext(r)) < 0) /* data must outlive the caller's bytes */
         goto fail;
     return 0;
 fail:

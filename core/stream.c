@@ -17,25 +17,25 @@
 
 #define DEFAULT_ARGS_BUDGET ((size_t)1 << 20)
 #define DEFAULT_FALLBACK_MAX ((size_t)256 << 10)
-#define PENDING_ARGS_MAX ((size_t)16 << 20)  /* arguments held before a call's name arrives */
-#define SCRATCH_KEEP ((size_t)16 << 10)      /* decoding scratch kept between chunks */
+#define PENDING_ARGS_MAX ((size_t)16 << 20) /* arguments held before a call's name arrives */
+#define SCRATCH_KEEP ((size_t)16 << 10)     /* decoding scratch kept between chunks */
 
 struct ax__stream_tool {
-    int index;              /* the upstream's tool_calls[].index */
-    int block;              /* Anthropic block index, -1 until the block is opened */
+    int index; /* the upstream's tool_calls[].index */
+    int block; /* Anthropic block index, -1 until the block is opened */
     int closed;
-    int truncated;          /* args no longer holds the whole argument text */
-    char *id;               /* "toolu_..." */
+    int truncated; /* args no longer holds the whole argument text */
+    char *id;      /* "toolu_..." */
     char *name;
-    struct ax_buf args;     /* argument text: kept for the summary, pending before opening */
-    size_t args_len;        /* argument bytes seen in all */
-    uint64_t hash;          /* FNV-1a 64 of all argument bytes */
+    struct ax_buf args; /* argument text: kept for the summary, pending before opening */
+    size_t args_len;    /* argument bytes seen in all */
+    uint64_t hash;      /* FNV-1a 64 of all argument bytes */
 };
 
-struct ax__stream_rec {     /* one content block, for the summary */
-    int kind;               /* enum ax_stream_block */
-    int tool;               /* tool record, for tool_use */
-    size_t length;          /* bytes of text or thinking */
+struct ax__stream_rec { /* one content block, for the summary */
+    int kind;           /* enum ax_stream_block */
+    int tool;           /* tool record, for tool_use */
+    size_t length;      /* bytes of text or thinking */
 };
 
 /* ---- output helpers: hand-written event framing ---- */
@@ -75,8 +75,10 @@ static int put_str(struct ax_buf *o, const char *s, size_t n)
     for (i = 0; i < n; i++) {
         unsigned char c = (unsigned char)s[i];
         if (needs_escape(c))
-            extra += (c == '"' || c == '\\' || c == '\n' || c == '\r' || c == '\t' ||
-                      c == '\b' || c == '\f') ? 1 : 5;
+            extra += (c == '"' || c == '\\' || c == '\n' || c == '\r' || c == '\t' || c == '\b' ||
+                      c == '\f')
+                         ? 1
+                         : 5;
     }
     if ((rc = ax_buf_reserve(o, n + extra + 2)) < 0)
         return rc;
@@ -96,13 +98,27 @@ static int put_str(struct ax_buf *o, const char *s, size_t n)
             unsigned char c = (unsigned char)s[run];
             *d++ = '\\';
             switch (c) {
-            case '"': *d++ = '"'; break;
-            case '\\': *d++ = '\\'; break;
-            case '\n': *d++ = 'n'; break;
-            case '\r': *d++ = 'r'; break;
-            case '\t': *d++ = 't'; break;
-            case '\b': *d++ = 'b'; break;
-            case '\f': *d++ = 'f'; break;
+            case '"':
+                *d++ = '"';
+                break;
+            case '\\':
+                *d++ = '\\';
+                break;
+            case '\n':
+                *d++ = 'n';
+                break;
+            case '\r':
+                *d++ = 'r';
+                break;
+            case '\t':
+                *d++ = 't';
+                break;
+            case '\b':
+                *d++ = 'b';
+                break;
+            case '\f':
+                *d++ = 'f';
+                break;
             default:
                 *d++ = 'u';
                 *d++ = '0';
@@ -179,9 +195,9 @@ int ax_stream_init(struct ax_stream *st, const struct ax_stream_opts *o)
     st->_args_budget = o->max_tool_args_bytes ? o->max_tool_args_bytes : DEFAULT_ARGS_BUDGET;
     st->_last_tool = -1;
     st->_cjson_only = o->parse_with_cjson;
-    ax_buf_init(&st->_scratch, (size_t)1 << 30);   /* bounded by the payload in practice */
-    ax_buf_init(&st->_reasoning, o->max_fallback_bytes ? o->max_fallback_bytes
-                                                       : DEFAULT_FALLBACK_MAX);
+    ax_buf_init(&st->_scratch, (size_t)1 << 30); /* bounded by the payload in practice */
+    ax_buf_init(&st->_reasoning,
+                o->max_fallback_bytes ? o->max_fallback_bytes : DEFAULT_FALLBACK_MAX);
     return 0;
 }
 
@@ -259,8 +275,8 @@ struct piece {
     size_t n, rawlen;
 };
 
-static int emit_delta(struct ax_stream *st, struct ax_buf *o, const char *kind_and_key,
-                      size_t klen, const char *s, size_t n)
+static int emit_delta(struct ax_stream *st, struct ax_buf *o, const char *kind_and_key, size_t klen,
+                      const char *s, size_t n)
 {
     int rc;
 
@@ -270,8 +286,8 @@ static int emit_delta(struct ax_stream *st, struct ax_buf *o, const char *kind_a
     return PUT_LIT(o, "}}\n\n");
 }
 
-static int emit_piece(struct ax_stream *st, struct ax_buf *o, const char *kind_and_key,
-                      size_t klen, const struct piece *pc)
+static int emit_piece(struct ax_stream *st, struct ax_buf *o, const char *kind_and_key, size_t klen,
+                      const struct piece *pc)
 {
     int rc;
 
@@ -340,7 +356,7 @@ static void record_block(struct ax_stream *st, int index, int kind, int tool)
         if (cap > AX_STREAM_MAX_BLOCKS)
             cap = AX_STREAM_MAX_BLOCKS;
         if (index >= cap || (r = realloc(st->_recs, (size_t)cap * sizeof(*r))) == NULL) {
-            st->_recs_omitted++;   /* only the summary loses the record */
+            st->_recs_omitted++; /* only the summary loses the record */
             return;
         }
         st->_recs = r;
@@ -360,8 +376,7 @@ static void count_block_bytes(struct ax_stream *st, size_t n)
 }
 
 /* Closes the open block and opens a new one of the given kind at the next index. */
-static int open_block(struct ax_stream *st, struct ax_buf *o, enum ax_stream_block kind,
-                      int tool)
+static int open_block(struct ax_stream *st, struct ax_buf *o, enum ax_stream_block kind, int tool)
 {
     struct ax__stream_tool *t;
     int rc, index;
@@ -434,7 +449,7 @@ static int on_text(struct ax_stream *st, struct ax_buf *o, const struct piece *p
         return rc;
     if (!st->_saw_text) {
         st->_saw_text = 1;
-        ax_buf_free(&st->_reasoning);     /* the fallback can no longer apply */
+        ax_buf_free(&st->_reasoning); /* the fallback can no longer apply */
     }
     count_block_bytes(st, pc->n);
     st->output_estimate += ax_tokens_text(pc->s, pc->n);
@@ -451,7 +466,7 @@ static struct ax__stream_tool *find_tool(struct ax_stream *st, int index)
 {
     int i;
 
-    for (i = st->_n_tools - 1; i >= 0; i--)   /* the newest call is the usual target */
+    for (i = st->_n_tools - 1; i >= 0; i--) /* the newest call is the usual target */
         if (st->_tools[i].index == index)
             return &st->_tools[i];
     return NULL;
@@ -557,7 +572,7 @@ struct frag {
     int has_index, index;
     const char *id, *name;
     size_t id_len, name_len;
-    struct piece args;           /* args.s NULL when absent */
+    struct piece args; /* args.s NULL when absent */
 };
 
 /* Index of the call a fragment belongs to. Without an index (some servers) a new id starts
@@ -594,13 +609,12 @@ static int on_tool_fragment(struct ax_stream *st, struct ax_buf *o, const struct
     if (t->block < 0) {
         if (t->id == NULL && f->id != NULL && (t->id = tool_id(f->id, f->id_len)) == NULL)
             return AX_ENOMEM;
-        if (t->name == NULL && f->name != NULL &&
-            (t->name = strndup(f->name, f->name_len)) == NULL)
+        if (t->name == NULL && f->name != NULL && (t->name = strndup(f->name, f->name_len)) == NULL)
             return AX_ENOMEM;
         if (a->n > 0 && ax_buf_append(&t->args, a->s, a->n) < 0)
             return fail_upstream(err, "upstream tool call arguments before its name over "
                                       "the limit");
-        return t->name != NULL ? open_tool(st, o, t) : 0;  /* else held for the name */
+        return t->name != NULL ? open_tool(st, o, t) : 0; /* else held for the name */
     }
     if (a->n == 0)
         return 0;
@@ -671,7 +685,8 @@ static int on_choice(struct ax_stream *st, struct ax_buf *o, const cJSON *choice
                 return rc;
         }
         tcs = cJSON_GetObjectItemCaseSensitive(delta, "tool_calls");
-        cJSON_ArrayForEach(tc, tcs) {
+        cJSON_ArrayForEach(tc, tcs)
+        {
             struct frag f;
             if (!cJSON_IsObject(tc))
                 continue;
@@ -691,8 +706,7 @@ static int on_choice(struct ax_stream *st, struct ax_buf *o, const cJSON *choice
 
 /* An error object inside the stream ({"error":{...}}, llama-server and vLLM send one and
  * end the stream): mapped like an error body, with its code as the status when it has one. */
-static int on_upstream_error(const cJSON *root, const char *data, size_t len,
-                             struct ax_error *err)
+static int on_upstream_error(const cJSON *root, const char *data, size_t len, struct ax_error *err)
 {
     const cJSON *e = cJSON_GetObjectItemCaseSensitive(root, "error");
     const cJSON *code = cJSON_GetObjectItemCaseSensitive(e, "code");
@@ -775,7 +789,7 @@ struct lean_choice {
     int n_frags;
     const char *finish;
     size_t finish_len;
-    int skip;                 /* index present and not 0 (or not a number) */
+    int skip; /* index present and not 0 (or not a number) */
 };
 
 static void lean_ws(struct lean *l)
@@ -840,7 +854,7 @@ static int lean_string(struct lean *l, const char **raw, size_t *len, int *plain
         if (*p == '"')
             break;
         if (p + 1 >= l->e || strchr("\"\\bfnrt", p[1]) == NULL || p[1] == '\0')
-            return -1;        /* \u and \/ would not come back byte-identical: cJSON path */
+            return -1; /* \u and \/ would not come back byte-identical: cJSON path */
         esc = 1;
         p += 2;
     }
@@ -936,13 +950,20 @@ static int lean_skip(struct lean *l, int depth)
     if (l->p >= l->e || depth > LEAN_DEPTH)
         return -1;
     switch (*l->p) {
-    case '"': return lean_string(l, &s, &n, &x);
-    case '{': return lean_skip_container(l, depth, '}', 1);
-    case '[': return lean_skip_container(l, depth, ']', 0);
-    case 't': return lean_literal(l, "true", 4);
-    case 'f': return lean_literal(l, "false", 5);
-    case 'n': return lean_literal(l, "null", 4);
-    default: return lean_number(l, &x);
+    case '"':
+        return lean_string(l, &s, &n, &x);
+    case '{':
+        return lean_skip_container(l, depth, '}', 1);
+    case '[':
+        return lean_skip_container(l, depth, ']', 0);
+    case 't':
+        return lean_literal(l, "true", 4);
+    case 'f':
+        return lean_literal(l, "false", 5);
+    case 'n':
+        return lean_literal(l, "null", 4);
+    default:
+        return lean_number(l, &x);
     }
 }
 
@@ -971,8 +992,7 @@ static int lean_object(struct lean *l, lean_member_fn fn, void *ud)
         return 0;
     }
     for (;;) {
-        if (lean_string(l, &k, &kl, &plain) < 0 || lean_expect(l, ':') < 0 ||
-            fn(l, k, kl, ud) < 0)
+        if (lean_string(l, &k, &kl, &plain) < 0 || lean_expect(l, ':') < 0 || fn(l, k, kl, ud) < 0)
             return -1;
         lean_ws(l);
         if (l->p >= l->e)
@@ -1081,12 +1101,12 @@ static int lean_tc_member(struct lean *l, const char *k, size_t kl, void *ud)
         if (l->p < l->e && (*l->p == '-' || (*l->p >= '0' && *l->p <= '9'))) {
             if (lean_number(l, &is_int) < 0 || !is_int || l->p - num > 9 ||
                 (num[0] == '-' && num[1] == '0'))
-                return -1;        /* big, fractional or -0: cJSON's reading, not ours */
+                return -1; /* big, fractional or -0: cJSON's reading, not ours */
             tc->f->has_index = 1;
             tc->f->index = atoi(num);
             return 0;
         }
-        return lean_skip(l, 4);   /* not a number: no index */
+        return lean_skip(l, 4); /* not a number: no index */
     }
     if (KEY_IS(k, kl, "id"))
         return lean_name(l, &tc->f->id, &tc->f->id_len, &tc->seen_id);
@@ -1150,14 +1170,14 @@ static int lean_delta_member(struct lean *l, const char *k, size_t kl, void *ud)
         if (lean_text(l, &rc, &d->seen_rc) < 0)
             return -1;
         if (rc.raw != NULL)
-            d->c->reasoning = rc;     /* preferred over "reasoning", whatever the order */
+            d->c->reasoning = rc; /* preferred over "reasoning", whatever the order */
         return 0;
     }
     if (KEY_IS(k, kl, "reasoning")) {
         if (lean_text(l, &rc, &d->seen_r) < 0)
             return -1;
         if (rc.raw != NULL && d->c->reasoning.raw == NULL)
-            d->c->reasoning = rc;     /* only when reasoning_content gave none */
+            d->c->reasoning = rc; /* only when reasoning_content gave none */
         return 0;
     }
     if (KEY_IS(k, kl, "tool_calls"))
@@ -1183,11 +1203,11 @@ static int lean_choice_member(struct lean *l, const char *k, size_t kl, void *ud
         num = l->p;
         if (l->p < l->e && (*l->p == '-' || (*l->p >= '0' && *l->p <= '9'))) {
             if (lean_number(l, &is_int) < 0 || !is_int || (num[0] == '-' && num[1] == '0'))
-                return -1;            /* -0 is 0 to cJSON: leave such oddities to it */
+                return -1; /* -0 is 0 to cJSON: leave such oddities to it */
             ch->c->skip = !(l->p - num == 1 && *num == '0');
             return 0;
         }
-        ch->c->skip = 1;              /* an index that is not a number: not the answer */
+        ch->c->skip = 1; /* an index that is not a number: not the answer */
         return lean_skip(l, 2);
     }
     if (KEY_IS(k, kl, "delta")) {
@@ -1246,7 +1266,7 @@ static int lean_root_member(struct lean *l, const char *k, size_t kl, void *ud)
                 if (lean_object(l, lean_choice_member, &ch) < 0)
                     return -1;
             } else {
-                return -1;                     /* not an object: leave it to cJSON */
+                return -1; /* not an object: leave it to cJSON */
             }
             lean_ws(l);
             if (l->p >= l->e)
@@ -1283,12 +1303,24 @@ static int lean_decode(struct ax_stream *st, struct piece *pc)
             continue;
         }
         switch (r[1]) {
-        case 'b': *d++ = '\b'; break;
-        case 'f': *d++ = '\f'; break;
-        case 'n': *d++ = '\n'; break;
-        case 'r': *d++ = '\r'; break;
-        case 't': *d++ = '\t'; break;
-        default: *d++ = r[1]; break;    /* '"' or '\\' */
+        case 'b':
+            *d++ = '\b';
+            break;
+        case 'f':
+            *d++ = '\f';
+            break;
+        case 'n':
+            *d++ = '\n';
+            break;
+        case 'r':
+            *d++ = '\r';
+            break;
+        case 't':
+            *d++ = '\t';
+            break;
+        default:
+            *d++ = r[1];
+            break; /* '"' or '\\' */
         }
         r += 2;
     }
@@ -1319,9 +1351,8 @@ static int lean_chunk(struct ax_stream *st, const char *data, size_t len, struct
         c = &root.choices[i];
         if (c->skip)
             continue;
-        if (c->reasoning.raw != NULL &&
-            ((*rc = lean_decode(st, &c->reasoning)) < 0 ||
-             (*rc = on_reasoning(st, out, &c->reasoning)) < 0))
+        if (c->reasoning.raw != NULL && ((*rc = lean_decode(st, &c->reasoning)) < 0 ||
+                                         (*rc = on_reasoning(st, out, &c->reasoning)) < 0))
             return 1;
         if (c->text.raw != NULL &&
             ((*rc = lean_decode(st, &c->text)) < 0 || (*rc = on_text(st, out, &c->text)) < 0))
@@ -1334,11 +1365,11 @@ static int lean_chunk(struct ax_stream *st, const char *data, size_t len, struct
             snprintf(st->finish_reason, sizeof(st->finish_reason), "%.*s", (int)c->finish_len,
                      c->finish);
             st->saw_finish = 1;
-            st->stop_sequence = NULL;   /* no stop-string member: nothing matched */
+            st->stop_sequence = NULL; /* no stop-string member: nothing matched */
         }
     }
     if (st->_scratch.cap > SCRATCH_KEEP)
-        ax_buf_free(&st->_scratch);     /* a rare huge escaped string: do not keep it */
+        ax_buf_free(&st->_scratch); /* a rare huge escaped string: do not keep it */
     *rc = 0;
     return 1;
 }
@@ -1353,7 +1384,7 @@ static int feed_chunk(struct ax_stream *st, const char *data, size_t len, struct
     if (!st->_cjson_only && lean_chunk(st, data, len, out, err, &rc))
         return rc;
     if ((root = parse_chunk(data, len)) == NULL || !cJSON_IsObject(root)) {
-        st->garbage++;                  /* a garbage data line: skipped, never fatal */
+        st->garbage++; /* a garbage data line: skipped, never fatal */
         cJSON_Delete(root);
         return 0;
     }
@@ -1365,14 +1396,15 @@ static int feed_chunk(struct ax_stream *st, const char *data, size_t len, struct
     if ((rc = ax_stream_begin(st, out)) < 0)
         goto done;
     usage = cJSON_GetObjectItemCaseSensitive(root, "usage");
-    if (cJSON_IsObject(usage))          /* the include_usage chunk (choices: []), or vLLM's
-                                           continuous usage: the last one wins */
+    if (cJSON_IsObject(usage)) /* the include_usage chunk (choices: []), or vLLM's
+                                  continuous usage: the last one wins */
         ax_usage_from_openai(usage, &st->usage);
     choices = cJSON_GetObjectItemCaseSensitive(root, "choices");
-    cJSON_ArrayForEach(choice, choices) {
+    cJSON_ArrayForEach(choice, choices)
+    {
         idx = cJSON_GetObjectItemCaseSensitive(choice, "index");
         if (idx != NULL && (!cJSON_IsNumber(idx) || idx->valueint != 0))
-            continue;                   /* n > 1: only the first choice is the answer */
+            continue; /* n > 1: only the first choice is the answer */
         if ((rc = on_choice(st, out, choice, err)) < 0)
             goto done;
     }
@@ -1414,12 +1446,11 @@ static int flush_unopened_tools(struct ax_stream *st, struct ax_buf *o)
 /* As translate_response.c decides for complete answers. */
 static const char *final_stop_reason(const struct ax_stream *st)
 {
-    const char *reason = ax_stop_reason_from_finish(st->finish_reason[0] != '\0'
-                                                        ? st->finish_reason : "stop",
-                                                    st->stop_sequence != NULL);
+    const char *reason = ax_stop_reason_from_finish(
+        st->finish_reason[0] != '\0' ? st->finish_reason : "stop", st->stop_sequence != NULL);
 
     if (strcmp(reason, "end_turn") == 0 && st->_n_tools > 0)
-        return "tool_use";          /* some servers say "stop" next to tool calls */
+        return "tool_use"; /* some servers say "stop" next to tool calls */
     if (strcmp(reason, "tool_use") == 0 && st->_n_tools == 0)
         return "end_turn";
     return reason;
@@ -1491,9 +1522,8 @@ int ax_stream_fail(struct ax_stream *st, const struct ax_error *err, struct ax_b
     }
     if ((rc = close_block(st, out)) < 0 ||
         (rc = PUT_LIT(out, "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":")) < 0 ||
-        (rc = put_str(out, type, strlen(type))) < 0 ||
-        (rc = PUT_LIT(out, ",\"message\":")) < 0 || (rc = put_str(out, msg, strlen(msg))) < 0 ||
-        (rc = PUT_LIT(out, "}}\n\n")) < 0) {
+        (rc = put_str(out, type, strlen(type))) < 0 || (rc = PUT_LIT(out, ",\"message\":")) < 0 ||
+        (rc = put_str(out, msg, strlen(msg))) < 0 || (rc = PUT_LIT(out, "}}\n\n")) < 0) {
         rollback(out, mark, rc);
         return rc;
     }
@@ -1530,14 +1560,14 @@ static int add_tool_summary(cJSON *content, const struct ax__stream_tool *t)
         return cJSON_Delete(blk), AX_ENOMEM;
     if (t->truncated) {
         why = "truncated";
-    } else if (!blank(t->args.data, t->args.len)) {   /* no arguments at all: {} */
+    } else if (!blank(t->args.data, t->args.len)) { /* no arguments at all: {} */
         struct ax_error perr;
         char *copy = malloc(t->args.len + 1);
         if (copy == NULL)
             return AX_ENOMEM;
         memcpy(copy, t->args.data, t->args.len);
         copy[t->args.len] = '\0';
-        input = ax_json_parse(copy, t->args.len, &perr);    /* the checked parser */
+        input = ax_json_parse(copy, t->args.len, &perr); /* the checked parser */
         free(copy);
         if (!cJSON_IsObject(input)) {
             cJSON_Delete(input);
@@ -1553,9 +1583,10 @@ static int add_tool_summary(cJSON *content, const struct ax__stream_tool *t)
         cJSON_AddStringToObject(blk, "name", t->name != NULL ? t->name : "") == NULL ||
         input == NULL || !cJSON_AddItemToObject(blk, "input", input))
         return cJSON_Delete(input), AX_ENOMEM;
-    if (why != NULL && (cJSON_AddStringToObject(blk, "input_error", why) == NULL ||
-                        ax_json_add_stringn(blk, "partial_json", t->args.data != NULL ?
-                                            t->args.data : "", t->args.len) == NULL))
+    if (why != NULL &&
+        (cJSON_AddStringToObject(blk, "input_error", why) == NULL ||
+         ax_json_add_stringn(blk, "partial_json", t->args.data != NULL ? t->args.data : "",
+                             t->args.len) == NULL))
         return AX_ENOMEM;
     if (cJSON_AddNumberToObject(blk, "arguments_length", (double)t->args_len) == NULL ||
         cJSON_AddStringToObject(blk, "arguments_hash", hash) == NULL)
@@ -1574,8 +1605,8 @@ static int add_block_summary(const struct ax_stream *st, cJSON *content,
     if ((blk = cJSON_CreateObject()) == NULL || !cJSON_AddItemToArray(content, blk))
         return cJSON_Delete(blk), AX_ENOMEM;
     if (cJSON_AddStringToObject(blk, "type", text ? "text" : "thinking") == NULL ||
-        cJSON_AddNumberToObject(blk, text ? "text_length" : "thinking_length",
-                                (double)r->length) == NULL)
+        cJSON_AddNumberToObject(blk, text ? "text_length" : "thinking_length", (double)r->length) ==
+            NULL)
         return AX_ENOMEM;
     return 0;
 }

@@ -18,9 +18,9 @@
 
 #define READ_SIZE 16384
 
-static const char *words[] = {"The", " quick", " brown", " fox", " jumps", " over", " the",
-                              " lazy", " dog", ".", "\n", " \"quoted\"", " caf\xC3\xA9",
-                              " 42", ",", " and"};
+static const char *words[] = {"The",          " quick", " brown", " fox", " jumps", " over",
+                              " the",         " lazy",  " dog",   ".",    "\n",     " \"quoted\"",
+                              " caf\xC3\xA9", " 42",    ",",      " and"};
 
 static void add_chunk(struct ax_buf *b, const char *delta_json, const char *finish)
 {
@@ -65,8 +65,8 @@ static size_t build_stream(struct ax_buf *b, int scale)
         add_chunk(b, delta, "null");
     }
     for (i = 0; i < 2000 * scale; i++, chunks++) {
-        snprintf(delta, sizeof(delta), "{\"content\":\"%s\"}", esc(words[(i * 7) % 16], tmp,
-                                                                    sizeof(tmp)));
+        snprintf(delta, sizeof(delta), "{\"content\":\"%s\"}",
+                 esc(words[(i * 7) % 16], tmp, sizeof(tmp)));
         add_chunk(b, delta, "null");
     }
     for (c = 0; c < 3; c++) {
@@ -109,7 +109,7 @@ static int on_event(const char *event, const char *data, size_t len, void *ud)
 
     (void)event;
     rc = ax_stream_feed(&c->st, data, len, &c->out, &c->err);
-    if (c->out.len > 65536) {          /* the write queue drains */
+    if (c->out.len > 65536) { /* the write queue drains */
         c->out_total += c->out.len;
         ax_buf_reset(&c->out);
     }
@@ -120,8 +120,8 @@ static int use_cjson;
 
 static int run_once(const char *in, size_t n, size_t *out_bytes)
 {
-    struct ax_stream_opts o = {.model = "claude-sonnet-4-5", .input_estimate = 100,
-                               .parse_with_cjson = use_cjson};
+    struct ax_stream_opts o = {
+        .model = "claude-sonnet-4-5", .input_estimate = 100, .parse_with_cjson = use_cjson};
     struct ax_sse rd;
     struct ctx c;
     size_t pos;
@@ -157,7 +157,7 @@ int main(int argc, char **argv)
     use_cjson = argc > 2 && strcmp(argv[2], "cjson") == 0;
     ax_buf_init(&in, (size_t)1 << 30);
     chunks = build_stream(&in, 1);
-    if (run_once(in.data, in.len, &out_bytes) != 0) {     /* warm-up, and a sanity check */
+    if (run_once(in.data, in.len, &out_bytes) != 0) { /* warm-up, and a sanity check */
         fprintf(stderr, "bench_stream: the stream did not translate\n");
         return 1;
     }
@@ -168,11 +168,11 @@ int main(int argc, char **argv)
     secs = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
     printf("sizeof(struct ax_stream) %zu, sizeof(struct ax_sse) %zu\n", sizeof(struct ax_stream),
            sizeof(struct ax_sse));
-    printf("stream: %zu chunks, %zu bytes in, %zu bytes out; %d runs in %.3f s\n", chunks,
-           in.len, out_bytes, iters, secs);
+    printf("stream: %zu chunks, %zu bytes in, %zu bytes out; %d runs in %.3f s\n", chunks, in.len,
+           out_bytes, iters, secs);
     printf("%s parser: %.0f chunks/s on one core, %.0f ns/chunk, %.1f MB/s in\n",
-           use_cjson ? "cJSON" : "lean", (double)chunks * iters / secs, secs * 1e9 / ((double)chunks * iters),
-           (double)in.len * iters / secs / 1e6);
+           use_cjson ? "cJSON" : "lean", (double)chunks * iters / secs,
+           secs * 1e9 / ((double)chunks * iters), (double)in.len * iters / secs / 1e6);
     ax_buf_free(&in);
     return 0;
 }

@@ -9,12 +9,12 @@
 
 static int failures;
 
-#define CHECK(cond)                                                                          \
-    do {                                                                                     \
-        if (!(cond)) {                                                                       \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);         \
-            failures++;                                                                      \
-        }                                                                                    \
+#define CHECK(cond)                                                                                \
+    do {                                                                                           \
+        if (!(cond)) {                                                                             \
+            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);               \
+            failures++;                                                                            \
+        }                                                                                          \
     } while (0)
 
 /* Events are recorded as "name|data\x1e" (name "-" when none) into one string. */
@@ -22,7 +22,7 @@ struct rec {
     char buf[8192];
     size_t len;
     int n;
-    int fail_at;   /* return AX_ECANCELED from this event (1-based), 0 never */
+    int fail_at; /* return AX_ECANCELED from this event (1-based), 0 never */
 };
 
 static int on_event(const char *event, const char *data, size_t len, void *ud)
@@ -39,8 +39,7 @@ static int on_event(const char *event, const char *data, size_t len, void *ud)
 }
 
 /* Feeds s whole, returning the reader's result; events in r. */
-static int feed_all(const char *s, size_t n, size_t max, struct rec *r, uint64_t *garbage,
-                    int *mid)
+static int feed_all(const char *s, size_t n, size_t max, struct rec *r, uint64_t *garbage, int *mid)
 {
     struct ax_sse rd;
     int rc;
@@ -118,7 +117,9 @@ static void test_basic_fields(void)
     CHECK(strcmp(r.buf, "-|[DONE]\x1e") == 0);
 
     /* a leading BOM is dropped */
-    CHECK(feed_all(S("\xEF\xBB\xBF" "data: b\n\n"), 1024, &r, &g, NULL) == 0);
+    CHECK(feed_all(S("\xEF\xBB\xBF"
+                     "data: b\n\n"),
+                   1024, &r, &g, NULL) == 0);
     CHECK(strcmp(r.buf, "-|b\x1e") == 0 && g == 0);
 }
 
@@ -131,7 +132,7 @@ static void test_line_endings(void)
     /* "\r\n" split across two feeds is one line end, not two (no spurious empty line) */
     {
         const char *s = "data: a\r\ndata: b\r\n\r\n";
-        size_t cut = 8;   /* between \r and \n */
+        size_t cut = 8; /* between \r and \n */
         CHECK(feed_cuts(s, strlen(s), &cut, 1, 1024, &r, NULL, NULL) == 0);
         CHECK(strcmp(r.buf, "-|a\nb\x1e") == 0);
     }
@@ -143,9 +144,9 @@ static void test_finish(void)
     int mid;
 
     CHECK(feed_all(S("data: a\n\ndata: b"), 1024, &r, NULL, &mid) == 0);
-    CHECK(r.n == 1 && mid == 1);                 /* partial line */
+    CHECK(r.n == 1 && mid == 1); /* partial line */
     CHECK(feed_all(S("data: a\n\ndata: b\n"), 1024, &r, NULL, &mid) == 0);
-    CHECK(r.n == 1 && mid == 1);                 /* data not dispatched: discarded */
+    CHECK(r.n == 1 && mid == 1); /* data not dispatched: discarded */
     CHECK(feed_all(S("data: a\n\n: c\n"), 1024, &r, NULL, &mid) == 0);
     CHECK(r.n == 1 && mid == 0);
     /* after finish the reader starts a new stream */
@@ -183,8 +184,8 @@ static void test_limits(void)
     CHECK(feed_all(big, 100, 100, &r, NULL, NULL) == 0);
     /* joined data over the limit, each line under it */
     CHECK(feed_all(S("data: 0123456789012345678901234567890123456789\n"
-                     "data: 0123456789012345678901234567890123456789\n\n"), 60, &r, NULL,
-                   NULL) == AX_ETOOBIG);
+                     "data: 0123456789012345678901234567890123456789\n\n"),
+                   60, &r, NULL, NULL) == AX_ETOOBIG);
     CHECK(r.n == 0);
 }
 
@@ -197,29 +198,29 @@ static void test_callback_error_stops(void)
     r.fail_at = 2;
     ax_sse_init(&rd, 1024);
     CHECK(ax_sse_feed(&rd, S("data: 1\n\ndata: 2\n\ndata: 3\n\n"), on_event, &r) == AX_ECANCELED);
-    CHECK(r.n == 2);     /* event 3 never delivered */
+    CHECK(r.n == 2); /* event 3 never delivered */
     ax_sse_free(&rd);
 }
 
 /* Every one- and two-cut split of a stream mixing everything gives the same events. */
 static void test_every_split(void)
 {
-    static const char s[] =
-        "\xEF\xBB\xBF: hi\r\n\r\n"
-        "event: a\r\ndata: {\"t\":\"caf\xC3\xA9 \xF0\x9F\x98\x80\"}\r\n\r\n"
-        "garbage line\n"
-        "data:x\ndata: y\r"
-        "\r"
-        "id: 1\nretry: 5\n"
-        "data: [DONE]\n\n"
-        "data: tail";
+    static const char s[] = "\xEF\xBB\xBF: hi\r\n\r\n"
+                            "event: a\r\ndata: {\"t\":\"caf\xC3\xA9 \xF0\x9F\x98\x80\"}\r\n\r\n"
+                            "garbage line\n"
+                            "data:x\ndata: y\r"
+                            "\r"
+                            "id: 1\nretry: 5\n"
+                            "data: [DONE]\n\n"
+                            "data: tail";
     size_t n = sizeof(s) - 1, i, j, cuts[2];
     struct rec want, got;
     uint64_t g0, g;
     int mid0, mid, bad = 0;
 
     CHECK(feed_all(s, n, 256, &want, &g0, &mid0) == 0);
-    CHECK(strcmp(want.buf, "a|{\"t\":\"caf\xC3\xA9 \xF0\x9F\x98\x80\"}\x1e-|x\ny\x1e-|[DONE]\x1e") == 0);
+    CHECK(strcmp(want.buf,
+                 "a|{\"t\":\"caf\xC3\xA9 \xF0\x9F\x98\x80\"}\x1e-|x\ny\x1e-|[DONE]\x1e") == 0);
     CHECK(g0 == 1 && mid0 == 1);
     for (i = 1; i < n && bad < 3; i++) {
         for (j = i; j < n && bad < 3; j++) {

@@ -15,21 +15,21 @@
 
 static int failures;
 
-#define CHECK(cond)                                                                          \
-    do {                                                                                     \
-        if (!(cond)) {                                                                       \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);         \
-            failures++;                                                                      \
-        }                                                                                    \
+#define CHECK(cond)                                                                                \
+    do {                                                                                           \
+        if (!(cond)) {                                                                             \
+            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);               \
+            failures++;                                                                            \
+        }                                                                                          \
     } while (0)
-#define CHECKF(cond, ...)                                                                    \
-    do {                                                                                     \
-        if (!(cond)) {                                                                       \
-            fprintf(stderr, "%s:%d: ", __FILE__, __LINE__);                                  \
-            fprintf(stderr, __VA_ARGS__);                                                    \
-            fputc('\n', stderr);                                                             \
-            failures++;                                                                      \
-        }                                                                                    \
+#define CHECKF(cond, ...)                                                                          \
+    do {                                                                                           \
+        if (!(cond)) {                                                                             \
+            fprintf(stderr, "%s:%d: ", __FILE__, __LINE__);                                        \
+            fprintf(stderr, __VA_ARGS__);                                                          \
+            fputc('\n', stderr);                                                                   \
+            failures++;                                                                            \
+        }                                                                                          \
     } while (0)
 
 /* ---- deterministic ids ---- */
@@ -77,7 +77,7 @@ struct run {
     struct ax_stream st;
     struct ax_buf out;
     struct ax_error err;
-    int failed;        /* ax_stream_fail was called */
+    int failed; /* ax_stream_fail was called */
 };
 
 static int on_event(const char *event, const char *data, size_t len, void *ud)
@@ -192,11 +192,12 @@ static void check_grammar(const char *name, const char *p, size_t n)
                 cJSON_GetObjectItemCaseSensitive(d, "delta"), "type"));
             CHECKF(idx == open, "%s: delta for %d while %d open", name, idx, open);
             dt = dt ? dt : "?";
-            CHECKF((strcmp(open_type, "text") == 0 && strcmp(dt, "text_delta") == 0) ||
-                       (strcmp(open_type, "thinking") == 0 &&
-                        (strcmp(dt, "thinking_delta") == 0 || strcmp(dt, "signature_delta") == 0)) ||
-                       (strcmp(open_type, "tool_use") == 0 && strcmp(dt, "input_json_delta") == 0),
-                   "%s: %s in a %s block", name, dt, open_type);
+            CHECKF(
+                (strcmp(open_type, "text") == 0 && strcmp(dt, "text_delta") == 0) ||
+                    (strcmp(open_type, "thinking") == 0 &&
+                     (strcmp(dt, "thinking_delta") == 0 || strcmp(dt, "signature_delta") == 0)) ||
+                    (strcmp(open_type, "tool_use") == 0 && strcmp(dt, "input_json_delta") == 0),
+                "%s: %s in a %s block", name, dt, open_type);
             if (strcmp(dt, "signature_delta") == 0)
                 signed_ = 1;
         } else if (strcmp(ev, "content_block_stop") == 0) {
@@ -217,12 +218,12 @@ static void check_grammar(const char *name, const char *p, size_t n)
 /* ---- the cases ---- */
 
 struct scase {
-    const char *name;     /* fixture base name */
-    const char *variant;  /* NULL, or a suffix of the expected file */
+    const char *name;    /* fixture base name */
+    const char *variant; /* NULL, or a suffix of the expected file */
     int fallback;
     double scale;
-    int stop_ug;          /* stop_sequences: ["UG"] */
-    int full_splits;      /* every split position (else a sample) */
+    int stop_ug;     /* stop_sequences: ["UG"] */
+    int full_splits; /* every split position (else a sample) */
 };
 
 static const struct scase cases[] = {
@@ -285,8 +286,8 @@ static void run_case(const struct scase *c, int update, int cjson)
     if (update)
         write_file(path, got, gn);
     want = read_file(path, &wn);
-    CHECKF(want != NULL && wn == gn && memcmp(want, got, gn) == 0,
-           "%s: output differs from %s", name, path);
+    CHECKF(want != NULL && wn == gn && memcmp(want, got, gn) == 0, "%s: output differs from %s",
+           name, path);
 
     /* every split position (one cut) for the full cases, every 7th for the others and for
      * the cJSON path (the lean path is what runs); three cuts close together every 7th;
@@ -420,7 +421,8 @@ static void test_lean_matches_cjson(void)
         "{\"choices\":[{\"delta\":{\"content\":\"x\"}}]} ",
         "{\"choices\":[{\"delta\":{\"content\":\"x\"}}]}x",
         "{\"choices\":[{\"delta\":{\"content\":\"x\"}}],}",
-        "{\"a\":[1e5,-2.5E-3,true,false,null,{\"b\":{}}],\"choices\":[{\"delta\":{\"content\":\"n\"}}]}",
+        "{\"a\":[1e5,-2.5E-3,true,false,null,{\"b\":{}}],\"choices\":[{\"delta\":{\"content\":"
+        "\"n\"}}]}",
         "{\"a\":01}",
         "{\"a\":1.}",
         "{\"a\":\"ctl\x01\"}",
@@ -430,19 +432,26 @@ static void test_lean_matches_cjson(void)
         "   {\"choices\":[{\"delta\":{\"content\":\"lead ws\"}}]}",
         "{\"choices\":[{\"delta\":{\"tool_calls\":[{\"index\":0,\"id\":\"a\",\"function\":"
         "{\"name\":\"f\",\"arguments\":\"{\\\"k\\\":\\n1\"}}]}}]}",
-        "{\"choices\":[{\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":{\"arguments\":5}}]}}]}",
+        "{\"choices\":[{\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":{\"arguments\":5}}]}}]"
+        "}",
         "{\"choices\":[{\"delta\":{\"tool_calls\":[{\"id\":\"a\",\"function\":{\"name\":\"f\"}},"
         "{\"id\":\"b\",\"function\":{\"name\":\"g\",\"arguments\":\"{}\"}}]}}]}",
-        "{\"choices\":[{\"delta\":{\"tool_calls\":[{\"index\":1.5,\"function\":{\"name\":\"f\"}}]}}]}",
-        "{\"choices\":[{\"delta\":{\"tool_calls\":[{\"index\":\"0\",\"function\":{\"name\":\"f\"}}]}}]}",
-        "{\"choices\":[{\"delta\":{\"tool_calls\":[{\"index\":3000000000,\"function\":{\"name\":\"f\"}}]}}]}",
-        "{\"choices\":[{\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":null,\"id\":\"\"}]}}]}",
+        "{\"choices\":[{\"delta\":{\"tool_calls\":[{\"index\":1.5,\"function\":{\"name\":\"f\"}}]}}"
+        "]}",
+        "{\"choices\":[{\"delta\":{\"tool_calls\":[{\"index\":\"0\",\"function\":{\"name\":\"f\"}}]"
+        "}}]}",
+        "{\"choices\":[{\"delta\":{\"tool_calls\":[{\"index\":3000000000,\"function\":{\"name\":"
+        "\"f\"}}]}}]}",
+        "{\"choices\":[{\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":null,\"id\":\"\"}]}}]"
+        "}",
         "{\"choices\":[{\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":[1]}]}}]}",
         "{\"choices\":[{\"delta\":{\"tool_calls\":[1]}}]}",
         "{\"choices\":[{\"delta\":{\"tool_calls\":{\"index\":0}}}]}",
-        "{\"choices\":[{\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":{\"name\":\"f\",\"name\":\"g\"}}]}}]}",
+        "{\"choices\":[{\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":{\"name\":\"f\","
+        "\"name\":\"g\"}}]}}]}",
         "{\"choices\":[{\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":{\"name\":\"f\"}},"
-        "{\"index\":0,\"function\":{\"arguments\":\"{\\\"x\\\"\"}},{\"index\":0,\"function\":{\"arguments\":\":1}\"}}]}}]}",
+        "{\"index\":0,\"function\":{\"arguments\":\"{\\\"x\\\"\"}},{\"index\":0,\"function\":{"
+        "\"arguments\":\":1}\"}}]}}]}",
     };
     static const char alphabet[] = "\"\\{}[],:0-1.eEnulltrf \x01\xC3";
     char buf[2048];
@@ -488,14 +497,21 @@ static void test_lean_matches_cjson(void)
             memcpy(buf, line, n);
             pos = rng() % n;
             switch (rng() % 4) {
-            case 0: buf[pos] = alphabet[rng() % (sizeof(alphabet) - 1)]; break;
+            case 0:
+                buf[pos] = alphabet[rng() % (sizeof(alphabet) - 1)];
+                break;
             case 1:
                 memmove(buf + pos + 1, buf + pos, n - pos);
                 buf[pos] = alphabet[rng() % (sizeof(alphabet) - 1)];
                 len++;
                 break;
-            case 2: memmove(buf + pos, buf + pos + 1, n - pos - 1); len--; break;
-            default: len = pos; break;
+            case 2:
+                memmove(buf + pos, buf + pos + 1, n - pos - 1);
+                len--;
+                break;
+            default:
+                len = pos;
+                break;
             }
             if (!compare_parsers(buf, len)) {
                 failures++;
@@ -540,7 +556,7 @@ static void test_tool_arguments_not_lost(void)
     CHECK(strstr(out, "\"partial_json\":\"\\\"k\\\": [1, \"") != NULL);
     CHECK(strstr(out, "\"partial_json\":\"2]}\"") != NULL);
     CHECK(strstr(out, "\"stop_reason\":\"tool_use\"") != NULL);
-    CHECK(strstr(out, "\"type\":\"text\"") == NULL);        /* no empty text block */
+    CHECK(strstr(out, "\"type\":\"text\"") == NULL); /* no empty text block */
     blk = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(sum, "content"), 0);
     input = cJSON_GetObjectItemCaseSensitive(blk, "input");
     CHECK(cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(input, "k")) == 2);
@@ -604,7 +620,7 @@ static void test_begin_ping_then_chunks(void)
     CHECK(ax_stream_begin(&st, &out) == 0);
     CHECK(ax_stream_ping(&out) == 0);
     len1 = out.len;
-    CHECK(ax_stream_begin(&st, &out) == 0 && out.len == len1);      /* idempotent */
+    CHECK(ax_stream_begin(&st, &out) == 0 && out.len == len1); /* idempotent */
     CHECK(strncmp(out.data, "event: message_start\n", 21) == 0);
     CHECK(strstr(out.data, "\"input_tokens\":77") != NULL);
     CHECK(strstr(out.data, "event: ping\ndata: {\"type\": \"ping\"}\n\n") != NULL);
@@ -694,10 +710,10 @@ static void test_garbage_counted(void)
     ax_buf_init(&out, 1 << 20);
     CHECK(ax_stream_init(&st, &o) == 0);
     CHECK(ax_stream_feed(&st, "nope", 4, &out, &err) == 0);
-    CHECK(ax_stream_feed(&st, "{\"a\":1} x", 9, &out, &err) == 0);   /* trailing garbage */
+    CHECK(ax_stream_feed(&st, "{\"a\":1} x", 9, &out, &err) == 0); /* trailing garbage */
     CHECK(ax_stream_feed(&st, "[1]", 3, &out, &err) == 0);
     CHECK(st.garbage == 3);
-    CHECK(out.len == 0);     /* nothing emitted for garbage, not even message_start */
+    CHECK(out.len == 0); /* nothing emitted for garbage, not even message_start */
     ax_stream_free(&st);
     ax_buf_free(&out);
 }
@@ -726,8 +742,8 @@ static void test_summary_inputs(void)
                  "invalid") == 0);
     CHECK(strcmp(cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(blk, "partial_json")),
                  "{\"x\": 1} junk") == 0);
-    CHECK(strcmp(cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(blk, "id")),
-                 "toolu_b") == 0);
+    CHECK(strcmp(cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(blk, "id")), "toolu_b") ==
+          0);
     cJSON_Delete(sum);
     free(out);
 }
@@ -746,10 +762,12 @@ static void test_ollama_style_calls(void)
         "data: [DONE]\n\n";
 
     out = run_text(in, &o, NULL);
-    CHECK(strstr(out, "\"index\":0,\"content_block\":{\"type\":\"tool_use\",\"id\":\"toolu_call_1\","
-                      "\"name\":\"a\"") != NULL);
-    CHECK(strstr(out, "\"index\":1,\"content_block\":{\"type\":\"tool_use\",\"id\":\"toolu_call_2\","
-                      "\"name\":\"b\"") != NULL);
+    CHECK(strstr(out,
+                 "\"index\":0,\"content_block\":{\"type\":\"tool_use\",\"id\":\"toolu_call_1\","
+                 "\"name\":\"a\"") != NULL);
+    CHECK(strstr(out,
+                 "\"index\":1,\"content_block\":{\"type\":\"tool_use\",\"id\":\"toolu_call_2\","
+                 "\"name\":\"b\"") != NULL);
     CHECK(strstr(out, "\"partial_json\":\"{\\\"x\\\":1}\"") != NULL);
     CHECK(strstr(out, "\"stop_reason\":\"tool_use\"") != NULL);
     CHECK(strstr(out, "\"type\":\"text\"") == NULL);
@@ -800,7 +818,7 @@ static void test_random_soup(void)
             n += (size_t)snprintf(stream + n, sizeof(stream) - n, "data: %s\n\n", c);
         }
         if (rng() % 5 == 0 && n > 3)
-            n -= 1 + rng() % 3;          /* cut short */
+            n -= 1 + rng() % 3; /* cut short */
         if (n == 0)
             continue;
         for (k = 0; k < 4; k++) {
@@ -837,7 +855,7 @@ static void test_summary_budget(void)
         "data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"tool_calls\"}]}\n\n";
 
     out = run_text(in, &o, &sum);
-    CHECK(strstr(out, "\"partial_json\":\"1}\"") != NULL);   /* streamed even over budget */
+    CHECK(strstr(out, "\"partial_json\":\"1}\"") != NULL); /* streamed even over budget */
     blk = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(sum, "content"), 0);
     CHECK(strcmp(cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(blk, "type")), "text") == 0);
     CHECK(cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(blk, "text_length")) == 3);
