@@ -7,7 +7,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 #include <unistd.h>
 
 #include "anthroxy.h"
@@ -43,30 +42,14 @@ static void app_on_signal(uv_signal_t *sig, int signum)
     }
     if (app->stopping) {
         /* a second signal: the operator does not want to wait for the grace period */
-        fprintf(stderr, "anthroxy: second %s, exiting now\n", strsignal(signum));
+        fprintf(stderr, "anthroxy: second %s, exiting now\n",
+                signum == SIGINT ? "SIGINT" : "SIGTERM");
         _exit(128 + signum);
     }
     app->stopping = 1;
     AX_LOG_INFO(NULL, "%s: stopping (in-flight requests get %.1f s; signal again to exit now)",
-                strsignal(signum), (double)app->grace_ms / 1000.0);
+                signum == SIGINT ? "SIGINT" : "SIGTERM", (double)app->grace_ms / 1000.0);
     ax_server_stop(app->srv, app_on_stopped, app);
-}
-
-static int is_loopback(const char *host)
-{
-    return strncmp(host, "127.", 4) == 0 || strcmp(host, "::1") == 0 ||
-           strcmp(host, "[::1]") == 0 || strcasecmp(host, "localhost") == 0;
-}
-
-static void warn_exposure(const struct ax_config *cfg)
-{
-    if (is_loopback(cfg->host) || cfg->n_api_keys > 0)
-        return;
-    AX_LOG_WARN(NULL, "****************************************************************");
-    AX_LOG_WARN(NULL, "* listening on %s with NO api key: anyone who can reach this", cfg->host);
-    AX_LOG_WARN(NULL, "* address can use the model. Set --api-key (or ANTHROXY_API_KEY),");
-    AX_LOG_WARN(NULL, "* or listen on 127.0.0.1.");
-    AX_LOG_WARN(NULL, "****************************************************************");
 }
 
 static int signals_start(uv_loop_t *loop, struct app *app)
@@ -107,15 +90,12 @@ static int run_server(struct ax_config *cfg)
         fprintf(stderr, "anthroxy: signals: %s\n", uv_strerror(rc));
         return 1;
     }
-    AX_LOG_INFO(NULL, "anthroxy %s listening on %s:%d, upstream %s", ANTHROXY_VERSION, cfg->host,
-                ax_server_port(app.srv), cfg->upstream_base);
     uv_run(loop, UV_RUN_DEFAULT);
     ax_server_free(app.srv);
     if ((rc = uv_loop_close(loop)) < 0) {
         AX_LOG_WARN(NULL, "loop closed with handles still open: %s", uv_strerror(rc));
         return 1;
     }
-    AX_LOG_INFO(NULL, "stopped");
     return 0;
 }
 
@@ -123,7 +103,7 @@ int main(int argc, char **argv)
 {
     struct ax_config cfg;
     struct ax_error err = {0};
-    int help = 0, rc;
+    int help = 0, rc, i;
 
     /* libuv writes with write(2): a peer that closed must not kill the process */
     signal(SIGPIPE, SIG_IGN);
@@ -134,8 +114,13 @@ int main(int argc, char **argv)
     if (argc > 1 && strcmp(argv[1], "test-lua") == 0)
         return ax_policy_test_lua_main(argc - 1, argv + 1);
 
+    /* --help and --version answer even when the environment holds a bad value */
+    for (i = 1; i < argc; i++)
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0 ||
+            strcmp(argv[i], "--version") == 0)
+            help = argv[i][2] == 'v' ? 2 : 1;
     ax_config_init(&cfg);
-    if (ax_config_load(&cfg, argc, argv, &help, &err) < 0) {
+    if (help == 0 && ax_config_load(&cfg, argc, argv, &help, &err) < 0) {
         fprintf(stderr, "anthroxy: %s\n", err.message);
         ax_config_free(&cfg);
         return 1;
@@ -150,7 +135,8 @@ int main(int argc, char **argv)
     }
     ax_log_set_level((enum ax_log_level)cfg.log_level);
     ax_config_log(&cfg);
-    warn_exposure(&cfg);
+    /* ax_server_listen logs the address and warns loudly when it is not loopback and no
+     * api key is set: embedders get the warning too */
     rc = run_server(&cfg);
     ax_config_free(&cfg);
     return rc;
