@@ -4,279 +4,227 @@
  * per JSON node: no printing, no allocation. */
 #include "anthroxy_tokens.h"
 
+#include <pthread.h>
 #include <string.h>
 
-enum cls {
-    K_LOWER, /* ASCII a-z, Latin-1 and Latin Extended letters */
-    K_UPPER, /* ASCII A-Z (camelCase boundaries) */
-    K_OTHER, /* letters of other alphabets */
-    K_WIDE,  /* CJK, kana, Hangul, emoji, symbols, invalid bytes: one token each */
-    K_DIGIT,
-    K_SPACE, /* space, tab */
-    K_NL,    /* \r, \n */
-    K_PUNCT, /* ASCII punctuation, general punctuation (dashes, quotes) */
+/* ---- text: a transducer over byte classes ------------------------------------------- */
+
+/* Byte classes. Non-ASCII characters are classed by their UTF-8 lead byte (continuation
+ * bytes change nothing): C3-CD Latin letters (U+00C0-U+036F), C2 Latin-1 symbols and E2
+ * general punctuation and symbols count as punctuation, CE-DF and E0-E1 letters of other
+ * alphabets, E3-F4 (CJK, kana, Hangul, emoji, ...) and invalid bytes one token each. */
+enum cls { C_LO, C_UP, C_DG, C_SP, C_NL, C_PU, C_LAT, C_OTH, C_WIDE, C_CONT, NCLS };
+
+/* States. A Latin letter run is counted by its position k in the current piece (LL: the
+ * last letter was lower case, LU: upper case; a piece restarts at a lower-to-upper change):
+ * entering k = 1 costs the piece's first token, entering k = 11 one more, and k cycles
+ * 11..18 so every 8 letters past 10 cost another. Other states follow the rules of
+ * anthroxy_tokens.h; a cost is charged on the transition, which gives one character of
+ * look-ahead (a lone space or symbol is free when a word follows). */
+enum {
+    S_START = 0,
+    S_LL1 = 1,          /* S_LL1 .. S_LL1 + 17 */
+    S_LU1 = S_LL1 + 18, /* S_LU1 .. S_LU1 + 17 */
+    S_O1 = S_LU1 + 18,  /* other alphabets: 1 token per 2 letters */
+    S_O2,
+    S_PA, /* the first symbol of a punctuation run */
+    S_P2,
+    S_P3,
+    S_P1C, /* the 4th, 7th, ... symbol: one more token */
+    S_PN,  /* line ends right after symbols: free */
+    S_D1,  /* digits: 1 token per 2 */
+    S_D2,
+    S_W,             /* after a wide character */
+    S_S1,            /* S_S1 .. S_S1 + 16: k spaces (no line end yet) */
+    S_N = S_S1 + 17, /* a whitespace run holding a line end */
+    S_NS1,           /* S_NS1 .. S_NS1 + 16: k spaces after the line end */
+    NSTATES = S_NS1 + 17
 };
 
-#define IS_LETTER(k) ((k) <= K_OTHER)
-
-/* clang-format off */
-static const unsigned char ascii_cls[128] = {
-#define P K_PUNCT
-    /* 0x00-0x1f: controls count as punctuation, \t as space, \n \r as newline */
-    P, P, P, P, P, P, P, P, P, K_SPACE, K_NL, P, P, K_NL, P, P,
-    P, P, P, P, P, P, P, P, P, P, P, P, P, P, P, P,
-    K_SPACE, P, P, P, P, P, P, P, P, P, P, P, P, P, P, P,
-    K_DIGIT, K_DIGIT, K_DIGIT, K_DIGIT, K_DIGIT, K_DIGIT, K_DIGIT, K_DIGIT, K_DIGIT, K_DIGIT,
-    P, P, P, P, P, P,
-    P, K_UPPER, K_UPPER, K_UPPER, K_UPPER, K_UPPER, K_UPPER, K_UPPER, K_UPPER, K_UPPER,
-    K_UPPER, K_UPPER, K_UPPER, K_UPPER, K_UPPER, K_UPPER, K_UPPER, K_UPPER, K_UPPER, K_UPPER,
-    K_UPPER, K_UPPER, K_UPPER, K_UPPER, K_UPPER, K_UPPER, K_UPPER, P, P, P, P, P,
-    P, K_LOWER, K_LOWER, K_LOWER, K_LOWER, K_LOWER, K_LOWER, K_LOWER, K_LOWER, K_LOWER,
-    K_LOWER, K_LOWER, K_LOWER, K_LOWER, K_LOWER, K_LOWER, K_LOWER, K_LOWER, K_LOWER, K_LOWER,
-    K_LOWER, K_LOWER, K_LOWER, K_LOWER, K_LOWER, K_LOWER, K_LOWER, P, P, P, P, P,
-#undef P
-};
-/* clang-format on */
-
-static enum cls cls_of_cp(uint32_t cp)
-{
-    if (cp < 0xC0)
-        return cp < 0xA0 ? K_WIDE : K_PUNCT; /* C1 controls; Latin-1 symbols */
-    if (cp < 0x2B0)
-        return (cp == 0xD7 || cp == 0xF7) ? K_PUNCT : K_LOWER;
-    if (cp < 0x1E00)
-        return K_OTHER;
-    if (cp < 0x1F00)
-        return K_LOWER; /* Latin Extended Additional (Vietnamese) */
-    if (cp < 0x2000)
-        return K_OTHER; /* Greek Extended */
-    if (cp < 0x2070)
-        return K_PUNCT; /* general punctuation: dashes, quotes, ellipsis */
-    return K_WIDE;
-}
-
-/* Class and byte length of the character at s[i]. */
-static inline enum cls cls_at(const unsigned char *s, size_t n, size_t i, size_t *len)
-{
-    unsigned char c = s[i];
-    uint32_t cp;
-    size_t k, need;
-
-    if (c < 0x80) {
-        *len = 1;
-        return (enum cls)ascii_cls[c];
-    }
-    if (c >= 0xF0 && c < 0xF8)
-        need = 4, cp = c & 0x07;
-    else if (c >= 0xE0)
-        need = c < 0xF0 ? 3 : 1, cp = c & 0x0F;
-    else if (c >= 0xC2)
-        need = 2, cp = c & 0x1F;
-    else
-        need = 1, cp = 0xFFFD;
-    if (need == 1 || i + need > n) {
-        *len = 1;
-        return K_WIDE;
-    }
-    for (k = 1; k < need; k++) {
-        if ((s[i + k] & 0xC0) != 0x80) {
-            *len = 1;
-            return K_WIDE;
-        }
-        cp = (cp << 6) | (s[i + k] & 0x3F);
-    }
-    *len = need;
-    return cls_of_cp(cp);
-}
-
-/* Common words up to 10 letters are single tokens in 100k+ vocabularies; longer (rarer)
- * words and identifiers split about every 8 letters. */
-static inline int64_t latin_piece(size_t letters)
-{
-    return letters == 0 ? 0 : letters <= 10 ? 1 : (int64_t)((letters + 5) / 8);
-}
-
-/* A letter run from i: camelCase pieces of Latin letters, other letters at half rate. */
-static size_t letter_run(const unsigned char *s, size_t n, size_t i, int64_t *tok)
-{
-    size_t latin = 0, other = 0, len;
-    enum cls prev = K_PUNCT, k;
-
-    while (i < n) {
-        k = cls_at(s, n, i, &len);
-        if (!IS_LETTER(k))
-            break;
-        if (k == K_OTHER) {
-            other++;
-        } else {
-            if (k == K_UPPER && prev == K_LOWER && latin > 0) {
-                *tok += latin_piece(latin);
-                latin = 0;
-            }
-            latin++;
-        }
-        prev = k;
-        i += len;
-    }
-    *tok += latin_piece(latin) + (int64_t)((other + 1) / 2);
-    return i;
-}
-
-/* One run starting at s[i], any character: the general (slower) path, taken for text
- * that starts with a non-ASCII character. Returns the index after the run. */
-static size_t step_generic(const unsigned char *s, size_t n, size_t i, int64_t *tokp)
-{
-    int64_t tok = 0;
-    size_t j, len, nlen;
-    enum cls k = cls_at(s, n, i, &len), next;
-
-    switch (k) {
-    case K_LOWER:
-    case K_UPPER:
-    case K_OTHER:
-        i = letter_run(s, n, i, &tok);
-        break;
-    case K_DIGIT:
-        for (j = i; j < n && s[j] >= '0' && s[j] <= '9'; j++)
-            ;
-        tok += (int64_t)((j - i + 1) / 2);
-        i = j;
-        break;
-    case K_WIDE:
-        tok++;
-        i += len;
-        break;
-    case K_SPACE:
-    case K_NL: {
-        size_t spaces = 0, total = 0;
-        int newline = 0;
-        for (j = i; j < n && (s[j] == ' ' || s[j] == '\t' || s[j] == '\n' || s[j] == '\r'); j++) {
-            total++;
-            if (s[j] == '\n' || s[j] == '\r') {
-                newline = 1;
-                spaces = 0;
-            } else {
-                spaces++;
-            }
-        }
-        i = j;
-        if (i >= n) {
-            tok += 1 + (int64_t)(total / 16);
-            break;
-        }
-        next = cls_at(s, n, i, &nlen);
-        /* the last space before a word or symbol merges into it */
-        if (spaces == 1 && next != K_DIGIT)
-            total--, spaces = 0;
-        if (newline)
-            tok += 1 + (int64_t)(total / 16) + (spaces > 1);
-        else if (total > 0)
-            tok += 1 + (int64_t)((total - 1) / 16);
-        break;
-    }
-    case K_PUNCT: {
-        size_t run = 0;
-        for (j = i; j < n;) {
-            if (cls_at(s, n, j, &nlen) != K_PUNCT)
-                break;
-            run++;
-            j += nlen;
-        }
-        if (run == 1 && j < n && IS_LETTER(cls_at(s, n, j, &nlen))) {
-            i = j; /* a lone symbol before a word merges into it */
-            break;
-        }
-        tok += (int64_t)((run + 2) / 3);
-        while (j < n && (s[j] == '\n' || s[j] == '\r'))
-            j++; /* "{\n", ".\n": BPE keeps line ends with the symbol */
-        i = j;
-        break;
-    }
-    }
-    *tokp += tok;
-    return i;
-}
-
-/* Classes of all 256 byte values for the fast path: ASCII as ascii_cls, every byte of a
- * multi-byte character K_HIGH (handled by step_generic). */
-#define K_HIGH 8
+/* One byte: next state << 2 | cost (0-3). Two bytes: next state << 3 | cost (0-6). */
+static uint16_t step1[NSTATES][16];
+static uint16_t step2[NSTATES][NCLS * NCLS];
 static unsigned char byte_cls[256];
-static int byte_cls_ready;
+static pthread_once_t tables_once = PTHREAD_ONCE_INIT;
 
-static void byte_cls_init(void)
+static int letter_pos(int s)
 {
-    int c;
-    for (c = 0; c < 256; c++)
-        byte_cls[c] = c < 0x80 ? ascii_cls[c] : K_HIGH;
-    byte_cls_ready = 1; /* idempotent: a racing second init writes the same bytes */
+    if (s >= S_LL1 && s < S_LU1)
+        return s - S_LL1 + 1;
+    if (s >= S_LU1 && s < S_O1)
+        return s - S_LU1 + 1;
+    return 0;
 }
 
-/* The ASCII fast path: tight pointer loops per run over byte_cls; anything non-ASCII goes
- * through step_generic. The same rules as step_generic. */
+static int is_space_state(int s)
+{
+    return s >= S_S1 && s < S_N;
+}
+
+static int is_nl_state(int s)
+{
+    return s >= S_N && s < NSTATES;
+}
+
+static int is_punct_state(int s)
+{
+    return s == S_PA || s == S_P2 || s == S_P3 || s == S_P1C;
+}
+
+/* Next Latin position after k: 1..18, then 11..18 again. */
+static int next_pos(int k)
+{
+    return k >= 18 ? 11 : k + 1;
+}
+
+/* The transition of state s on class c: *next and the tokens it completes. */
+static void transition(int s, int c, int *next, int *cost)
+{
+    int k = letter_pos(s), nk;
+
+    /* a lone symbol right before a word merges into it: the word's first token is free */
+    int word_start = s == S_PA ? 0 : 1;
+
+    switch (c) {
+    case C_LO:
+    case C_LAT:
+        if (k) {
+            nk = next_pos(k);
+            *next = S_LL1 + nk - 1, *cost = nk == 11;
+        } else {
+            *next = S_LL1, *cost = word_start;
+        }
+        break;
+    case C_UP:
+        if (k && s < S_LU1) {
+            *next = S_LU1, *cost = 1; /* camelCase: a new piece */
+        } else if (k) {
+            nk = next_pos(k);
+            *next = S_LU1 + nk - 1, *cost = nk == 11;
+        } else {
+            *next = S_LU1, *cost = word_start;
+        }
+        break;
+    case C_OTH:
+        if (s == S_O1)
+            *next = S_O2, *cost = 0;
+        else
+            *next = S_O1, *cost = word_start;
+        break;
+    case C_DG:
+        if (s == S_D1)
+            *next = S_D2, *cost = 0;
+        else /* a lone space before a digit is a token of its own */
+            *next = S_D1, *cost = 1 + (s == S_S1);
+        break;
+    case C_WIDE:
+        *next = S_W, *cost = 1;
+        break;
+    case C_PU:
+        if (s == S_PA)
+            *next = S_P2, *cost = 0;
+        else if (s == S_P2)
+            *next = S_P3, *cost = 0;
+        else if (s == S_P3)
+            *next = S_P1C, *cost = 1;
+        else if (s == S_P1C)
+            *next = S_P2, *cost = 0;
+        else
+            *next = S_PA, *cost = 1;
+        break;
+    case C_SP:
+        /* the run's token is charged at its 2nd space (and every 16 more); a single
+         * space is charged only if a digit or the end follows */
+        if (is_space_state(s)) {
+            nk = s - S_S1 + 1 >= 17 ? 2 : s - S_S1 + 2;
+            *next = S_S1 + nk - 1, *cost = nk == 2;
+        } else if (is_nl_state(s)) {
+            nk = s == S_N ? 1 : (s - S_NS1 + 1 >= 17 ? 2 : s - S_NS1 + 2);
+            *next = S_NS1 + nk - 1, *cost = nk == 2; /* indentation */
+        } else {
+            *next = S_S1, *cost = 0;
+        }
+        break;
+    case C_NL:
+        if (is_punct_state(s) || s == S_PN)
+            *next = S_PN, *cost = 0; /* "{\n", ".\n" */
+        else if (is_nl_state(s))
+            *next = S_N, *cost = 0;
+        else
+            *next = S_N, *cost = !(is_space_state(s) && s != S_S1); /* run charged yet? */
+        break;
+    default: /* C_CONT: the character goes on */
+        *next = s, *cost = 0;
+        break;
+    }
+}
+
+static int byte_class(int b)
+{
+    if (b >= 'a' && b <= 'z')
+        return C_LO;
+    if (b >= 'A' && b <= 'Z')
+        return C_UP;
+    if (b >= '0' && b <= '9')
+        return C_DG;
+    if (b == ' ' || b == '\t')
+        return C_SP;
+    if (b == '\n' || b == '\r')
+        return C_NL;
+    if (b < 0x80)
+        return C_PU;
+    if (b < 0xC0)
+        return C_CONT;
+    if (b == 0xC2 || b == 0xE2)
+        return C_PU;
+    if (b >= 0xC3 && b <= 0xCD)
+        return C_LAT;
+    if ((b >= 0xCE && b <= 0xDF) || b == 0xE0 || b == 0xE1)
+        return C_OTH;
+    return C_WIDE; /* E3-F4, and the invalid C0, C1, F5-FF */
+}
+
+static void tables_init(void)
+{
+    int s, a, b;
+
+    for (b = 0; b < 256; b++)
+        byte_cls[b] = (unsigned char)byte_class(b);
+    for (s = 0; s < NSTATES; s++)
+        for (a = 0; a < NCLS; a++) {
+            int next, cost;
+            transition(s, a, &next, &cost);
+            step1[s][a] = (uint16_t)(next << 2 | cost);
+        }
+    for (s = 0; s < NSTATES; s++)
+        for (a = 0; a < NCLS; a++)
+            for (b = 0; b < NCLS; b++) {
+                unsigned e1 = step1[s][a], e2 = step1[e1 >> 2][b];
+                step2[s][a * NCLS + b] = (uint16_t)((e2 >> 2) << 3 | ((e1 & 3) + (e2 & 3)));
+            }
+}
+
+/* Two bytes per table look-up: the only serial dependency is the state, so the loop runs
+ * at a few cycles per byte with no data-dependent branch. */
 int64_t ax_tokens_text(const char *text, size_t n)
 {
-    const unsigned char *s = (const unsigned char *)text, *p = s, *end = s + n, *st;
-    const unsigned char *T = byte_cls;
+    const unsigned char *p = (const unsigned char *)text, *end = p + n;
+    const unsigned char *cls = byte_cls;
+    unsigned st = S_START, e;
     int64_t tok = 0;
 
-    if (!byte_cls_ready)
-        byte_cls_init();
-    while (p < end) {
-        switch (T[*p]) {
-        case K_LOWER:
-        case K_UPPER:
-            st = p++;
-            for (;;) {
-                while (p < end && T[*p] == K_LOWER)
-                    p++;
-                if (p < end && T[*p] == K_UPPER) {
-                    if (T[p[-1]] == K_LOWER) { /* camelCase boundary */
-                        tok += latin_piece((size_t)(p - st));
-                        st = p;
-                    }
-                    p++;
-                    continue;
-                }
-                break;
-            }
-            tok += latin_piece((size_t)(p - st));
-            if (p < end && *p >= 0x80) /* "café": the rest of the word */
-                p = s + step_generic(s, n, (size_t)(p - s), &tok);
-            break;
-        case K_DIGIT:
-            st = p;
-            while (p < end && T[*p] == K_DIGIT)
-                p++;
-            tok += (int64_t)((p - st + 1) / 2);
-            break;
-        case K_SPACE:
-            /* the common case: one space before a word or symbol, merged into it */
-            if (p + 1 < end && *p == ' ' && (T[p[1]] <= K_UPPER || T[p[1]] == K_PUNCT)) {
-                p++;
-                break;
-            }
-            p = s + step_generic(s, n, (size_t)(p - s), &tok);
-            break;
-        case K_PUNCT:
-            st = p;
-            while (p < end && T[*p] == K_PUNCT)
-                p++;
-            if (p < end && *p >= 0x80) { /* the run or the word goes on past ASCII */
-                p = s + step_generic(s, n, (size_t)(st - s), &tok);
-                break;
-            }
-            if (p - st == 1 && p < end && T[*p] <= K_UPPER)
-                break; /* a lone symbol before a word merges into it */
-            tok += (int64_t)((p - st + 2) / 3);
-            while (p < end && (*p == '\n' || *p == '\r'))
-                p++;
-            break;
-        default: /* newlines, non-ASCII */
-            p = s + step_generic(s, n, (size_t)(p - s), &tok);
-            break;
-        }
+    pthread_once(&tables_once, tables_init);
+    for (; end - p >= 2; p += 2) {
+        e = step2[st][cls[p[0]] * NCLS + cls[p[1]]];
+        tok += e & 7;
+        st = e >> 3;
     }
-    return tok;
+    if (p < end) {
+        e = step1[st][cls[*p]];
+        tok += e & 3;
+        st = e >> 2;
+    }
+    return tok + (st == S_S1); /* a lone space at the end */
 }
 
 static int64_t str_tokens(const char *s)

@@ -58,10 +58,15 @@ static void test_text_rules(void)
     TEXT_IS("\xd0\xbf\xd1\x80\xd0\xb8\xd0\xb2\xd0\xb5\xd1\x82", 3); /* 6 Cyrillic letters */
     TEXT_IS("\xf0\x9f\x98\x80", 1);                                 /* one emoji */
     TEXT_IS("\xff\xfe", 2);                                         /* invalid bytes */
-    TEXT_IS("caf\xc3\xa9", 2);  /* ASCII part, then the rest of the word */
+    TEXT_IS("caf\xc3\xa9", 1);  /* accented letters belong to the word */
     TEXT_IS("\xe2\x80\x94", 1); /* an em dash */
-    /* a truncated multi-byte sequence at the end is one invalid byte each */
-    TEXT_IS("\xe4\xbd", 2);
+    /* a multi-byte character cut at the end still counts once */
+    TEXT_IS("\xe4\xbd", 1);
+    TEXT_IS("1 2", 3);       /* a lone space before a digit is a token */
+    TEXT_IS("a ", 2);        /* and so is one at the end */
+    TEXT_IS("x   \n  y", 4); /* x, spaces and line end (one run), indentation, " y" */
+    /* long runs: one more token per 16 whitespace characters */
+    TEXT_IS("a                                  b", 5); /* a, 33 spaces (3), " b" */
 }
 
 static void test_prose_ratio(void)
