@@ -6,64 +6,81 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Replaces escaped NULs inside strings with U+FFFD, in place (same length). */
-static void neutralise_nul_escapes(char *p, size_t n)
-{
-    size_t i;
-    int in_str = 0;
+/* Byte classes for the pre-parse scan: where a string starts or ends, an escape, and the
+ * characters a number token is made of. */
+enum { C_OTHER, C_QUOTE, C_BSLASH, C_NUM };
+static unsigned char byte_class[256];
 
-    for (i = 0; i < n; i++) {
-        char c = p[i];
-        if (!in_str) {
-            if (c == '"')
-                in_str = 1;
-            continue;
-        }
-        if (c == '"') {
-            in_str = 0;
-        } else if (c == '\\' && i + 1 < n) {
-            if (p[i + 1] == 'u' && i + 5 < n && memcmp(p + i + 2, "0000", 4) == 0)
-                memcpy(p + i + 2, "FFFD", 4);
-            i++; /* skip the escaped character */
-        }
-    }
+static void init_byte_class(void)
+{
+    const char *p;
+
+    if (byte_class['"'] == C_QUOTE)
+        return;
+    for (p = "+-0123456789.eE"; *p; p++)
+        byte_class[(unsigned char)*p] = C_NUM;
+    byte_class['\\'] = C_BSLASH;
+    byte_class['"'] = C_QUOTE;
 }
 
-/* True when the number token at p[0..n) would not survive a double round trip: an integer
- * (no fraction, no exponent) with more than 15 significant digits. */
+/* True when the number token p[0..n) would not survive a double round trip: an integer (no
+ * fraction, no exponent) whose magnitude is above 2^53. Integers up to 2^53 are exact in a
+ * double and cJSON prints them back digit for digit. */
 static int number_is_long_integer(const char *p, size_t n)
 {
-    size_t i = 0, digits = 0;
+    size_t i = 0, digits;
 
     if (i < n && p[i] == '-')
         i++;
     while (i < n && p[i] == '0')
         i++;
-    for (; i < n; i++) {
-        if (p[i] < '0' || p[i] > '9')
+    for (digits = 0; i + digits < n; digits++)
+        if (p[i + digits] < '0' || p[i + digits] > '9')
             return 0;
-        digits++;
-    }
-    return digits > 15;
+    return digits > 16 || (digits == 16 && memcmp(p + i, "9007199254740992", 16) > 0);
 }
 
-/* Scans for number tokens outside strings; returns how many are long integers. */
-static size_t count_long_numbers(const char *p, size_t n)
+/* Returns the end of the string whose opening quote is at p[i-1]. */
+static size_t skip_string(const char *p, size_t n, size_t i)
+{
+    while (i < n) {
+        unsigned char c = byte_class[(unsigned char)p[i]];
+        if (c == C_QUOTE)
+            return i + 1;
+        i += c == C_BSLASH ? 2 : 1;
+    }
+    return n;
+}
+
+/* One pass before parsing: replaces each escaped NUL inside a string with U+FFFD, in place
+ * (same length), and counts the number tokens that are long integers. */
+static size_t prescan(char *p, size_t n)
 {
     size_t i = 0, count = 0;
 
+    init_byte_class();
     while (i < n) {
-        char c = p[i];
-        if (c == '"') {
-            for (i++; i < n && p[i] != '"'; i++)
-                if (p[i] == '\\')
+        unsigned char c = byte_class[(unsigned char)p[i]];
+        if (c == C_QUOTE) {
+            for (i++; i < n;) {
+                unsigned char d = byte_class[(unsigned char)p[i]];
+                if (d == C_QUOTE)
+                    break;
+                if (d == C_BSLASH) {
+                    if (i + 5 < n && p[i + 1] == 'u' && memcmp(p + i + 2, "0000", 4) == 0)
+                        memcpy(p + i + 2, "FFFD", 4);
+                    i += 2;
+                } else {
                     i++;
+                }
+            }
             i++;
-        } else if (c == '-' || (c >= '0' && c <= '9')) {
+        } else if (c == C_NUM) {
             size_t s = i;
-            while (i < n && strchr("+-0123456789.eE", p[i]) != NULL)
+            while (i < n && byte_class[(unsigned char)p[i]] == C_NUM)
                 i++;
-            count += number_is_long_integer(p + s, i - s);
+            if (i - s > 16)
+                count += number_is_long_integer(p + s, i - s);
         } else {
             i++;
         }
@@ -80,15 +97,12 @@ struct numscan {
 static int next_number(struct numscan *s, const char **tok, size_t *len)
 {
     while (s->i < s->n) {
-        char c = s->p[s->i];
-        if (c == '"') {
-            for (s->i++; s->i < s->n && s->p[s->i] != '"'; s->i++)
-                if (s->p[s->i] == '\\')
-                    s->i++;
-            s->i++;
-        } else if (c == '-' || (c >= '0' && c <= '9')) {
+        unsigned char c = byte_class[(unsigned char)s->p[s->i]];
+        if (c == C_QUOTE) {
+            s->i = skip_string(s->p, s->n, s->i + 1);
+        } else if (c == C_NUM) {
             size_t st = s->i;
-            while (s->i < s->n && strchr("+-0123456789.eE", s->p[s->i]) != NULL)
+            while (s->i < s->n && byte_class[(unsigned char)s->p[s->i]] == C_NUM)
                 s->i++;
             *tok = s->p + st;
             *len = s->i - st;
@@ -136,7 +150,8 @@ cJSON *ax_json_parse(char *text, size_t len, struct ax_error *err)
     cJSON *root;
     size_t skip;
 
-    neutralise_nul_escapes(text, len);
+    size_t n_long = prescan(text, len);
+
     root = cJSON_ParseWithLengthOpts(text, len, &end, 0);
     if (root == NULL) {
         size_t off = end && end >= text ? (size_t)(end - text) : 0;
@@ -162,7 +177,7 @@ cJSON *ax_json_parse(char *text, size_t len, struct ax_error *err)
             return NULL;
         }
     }
-    if (count_long_numbers(text, len) > 0) {
+    if (n_long > 0) {
         struct numscan s = {text, len, 0};
         if (restore_long_numbers(root, &s) < 0) {
             cJSON_Delete(root);

@@ -633,7 +633,6 @@ static void msg_send_upstream(struct msg *m)
             return;
         }
         m->st_ready = 1;
-        ax_sse_init(&m->sse, AX_SSE_MAX_LINE);
     }
     if (run_hook(m, AX_HOOK_UPSTREAM_REQUEST, m->oreq, NULL, on_upstream_request_done) < 0) {
         ax_error_set(&err, 500, "api_error", "policy engine unavailable");

@@ -1,0 +1,103 @@
+/* bench_json.c - the reference figure for issue 3's CPU target: what cJSON alone needs to
+ * parse and print Claude Code's ~80 KB request, and what anthroxy's own request-side work
+ * (safe parse, translate, estimate, print) costs on the same body, in one run.
+ *
+ *   build/tests/bench_json [iterations] [fixture.json]
+ *
+ * Runs under valgrind --tool=callgrind with a small iteration count too. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "anthroxy_json.h"
+#include "anthroxy_tokens.h"
+#include "anthroxy_translate.h"
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static char *slurp(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    char *p;
+    long n;
+
+    if (f == NULL)
+        return NULL;
+    fseek(f, 0, SEEK_END);
+    n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    p = malloc((size_t)n + 1);
+    if (p == NULL || fread(p, 1, (size_t)n, f) != (size_t)n) {
+        fclose(f);
+        free(p);
+        return NULL;
+    }
+    fclose(f);
+    p[n] = '\0';
+    *len = (size_t)n;
+    return p;
+}
+
+int main(int argc, char **argv)
+{
+    int iters = argc > 1 ? atoi(argv[1]) : 2000, i;
+    const char *path = argc > 2 ? argv[2] : AX_FIXTURES "/claude-code/first-turn.json";
+    size_t len;
+    char *text = slurp(path, &len), *work;
+    struct ax_translate_opts to = {"tiny", 1, 0};
+    struct ax_buf out;
+    double t0, t_cjson, t_ax;
+    int64_t sink = 0;
+
+    if (text == NULL) {
+        fprintf(stderr, "cannot read %s\n", path);
+        return 1;
+    }
+    work = malloc(len + 1);
+    ax_buf_init(&out, 64u << 20);
+
+    t0 = now_s();
+    for (i = 0; i < iters; i++) {
+        cJSON *j = cJSON_ParseWithLength(text, len);
+        char *s = cJSON_PrintUnformatted(j);
+        sink += (int64_t)strlen(s);
+        cJSON_free(s);
+        cJSON_Delete(j);
+    }
+    t_cjson = (now_s() - t0) / iters;
+
+    t0 = now_s();
+    for (i = 0; i < iters; i++) {
+        struct ax_error err = {0};
+        cJSON *j, *o = NULL;
+        memcpy(work, text, len + 1);
+        j = ax_json_parse(work, len, &err);
+        if (j == NULL || ax_translate_request(j, &to, &o, &err) < 0) {
+            fprintf(stderr, "translate failed: %s\n", err.message);
+            return 1;
+        }
+        sink += ax_tokens_request(j);
+        ax_buf_reset(&out);
+        ax_json_print(o, &out);
+        sink += (int64_t)out.len;
+        cJSON_Delete(o);
+        cJSON_Delete(j);
+    }
+    t_ax = (now_s() - t0) / iters;
+
+    printf("body: %s (%zu bytes), %d iterations\n", path, len, iters);
+    printf("cJSON parse+print:                         %8.1f us/request\n", t_cjson * 1e6);
+    printf("anthroxy parse+translate+estimate+print:   %8.1f us/request (%.2fx cJSON)\n",
+           t_ax * 1e6, t_ax / t_cjson);
+    printf("(sink %lld)\n", (long long)sink);
+    ax_buf_free(&out);
+    free(work);
+    free(text);
+    return 0;
+}
