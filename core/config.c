@@ -82,13 +82,13 @@ static const struct opt opts[] = {
      "context window in tokens; 0: probe /props, then /slots, else 131072"},
     {"prune-threshold", "PROXY_CONTEXT_PRUNE_THRESHOLD", OPT_DOUBLE, F(prune_threshold), "0.75",
      0.01, 1, 0, "F", "fraction of the window at which the pruning policy acts"},
-    {"max-body-bytes", NULL, OPT_SIZE, F(max_body_bytes), "32M", 1024, BIG, 0, "BYTES",
+    {"max-body-bytes", NULL, OPT_SIZE, F(max_body_bytes), "32M", 1, BIG, 0, "BYTES",
      "largest request body (413 request_too_large beyond)"},
     {"max-header-bytes", NULL, OPT_SIZE, F(max_header_bytes), "64K", 1024, BIG, 0, "BYTES",
      "largest request header block"},
-    {"max-response-bytes", NULL, OPT_SIZE, F(max_response_bytes), "64M", 1024, BIG, 0, "BYTES",
+    {"max-response-bytes", NULL, OPT_SIZE, F(max_response_bytes), "64M", 1, BIG, 0, "BYTES",
      "largest complete (non-streaming) upstream answer"},
-    {"write-high-water", NULL, OPT_SIZE, F(write_high_water), "64K", 1024, BIG, 0, "BYTES",
+    {"write-high-water", NULL, OPT_SIZE, F(write_high_water), "64K", 1, BIG, 0, "BYTES",
      "pause the upstream transfer past this many bytes queued for the client"},
     {"write-low-water", NULL, OPT_SIZE, F(write_low_water), "16K", 0, BIG, 0, "BYTES",
      "resume it below this many (must be under --write-high-water)"},
@@ -764,10 +764,49 @@ int ax_config_load(struct ax_config *cfg, int argc, char **argv, int *want_help,
     return ax_config_validate(cfg, err);
 }
 
+/* A numeric field's value in the table's unit (seconds for OPT_SECS); 0 when not numeric. */
+static int opt_number(const struct ax_config *cfg, const struct opt *o, double *out)
+{
+    switch (o->type) {
+    case OPT_INT:
+        *out = *FIELD(cfg, o, const int);
+        return 1;
+    case OPT_I64:
+        *out = (double)*FIELD(cfg, o, const int64_t);
+        return 1;
+    case OPT_U64:
+        *out = (double)*FIELD(cfg, o, const uint64_t);
+        return 1;
+    case OPT_SIZE:
+        *out = (double)*FIELD(cfg, o, const size_t);
+        return 1;
+    case OPT_SECS:
+        *out = (double)*FIELD(cfg, o, const uint64_t) / 1000.0;
+        return 1;
+    case OPT_DOUBLE:
+        *out = *FIELD(cfg, o, const double);
+        return 1;
+    default:
+        return 0;
+    }
+}
+
 int ax_config_validate(const struct ax_config *cfg, struct ax_error *err)
 {
     const char *u = cfg->upstream_base;
+    char buf[160];
+    double v;
+    size_t i;
 
+    /* values set through the table are in range already; embedders set fields directly */
+    for (i = 0; i < N_OPTS; i++) {
+        if (opt_number(cfg, &opts[i], &v) && !(v >= opts[i].min && v <= opts[i].max))
+            return ax_error_set(err, 400, "invalid_request_error", "%s: %g out of range: %s",
+                                opts[i].name, v, expect_text(&opts[i], buf, sizeof(buf)));
+    }
+    if (cfg->log_level < AX_LOG_LVL_DEBUG || cfg->log_level > AX_LOG_LVL_ERROR)
+        return ax_error_set(err, 400, "invalid_request_error", "log-level: %d out of range",
+                            cfg->log_level);
     if (cfg->host == NULL)
         return ax_error_set(err, 400, "invalid_request_error", "host: must not be empty");
     if (u == NULL || (strncasecmp(u, "http://", 7) != 0 && strncasecmp(u, "https://", 8) != 0))

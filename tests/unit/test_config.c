@@ -350,6 +350,19 @@ static void test_bad_values(void)
     c.write_low_water = c.write_high_water;
     CHECK(ax_config_validate(&c, &err) < 0 && strstr(err.message, "write-low-water") != NULL);
     ax_config_free(&c);
+    /* an embedder's direct assignment is range-checked too */
+    ax_config_init(&c);
+    c.port = 70000;
+    CHECK(ax_config_validate(&c, &err) < 0 && strstr(err.message, "port: 70000") != NULL);
+    c.port = 0;
+    c.prune_threshold = 0;
+    CHECK(ax_config_validate(&c, &err) < 0 && strstr(err.message, "prune-threshold") != NULL);
+    c.prune_threshold = 0.5;
+    c.ping_interval_ms = 0;
+    CHECK(ax_config_validate(&c, &err) < 0 && strstr(err.message, "ping-interval") != NULL);
+    c.ping_interval_ms = 1000;
+    CHECK(ax_config_validate(&c, &err) == 0);
+    ax_config_free(&c);
     ax_config_init(&c);
     CHECK(args(&c, &err, NULL, "--upstream", "ftp://x", NULL, NULL) == 0);
     CHECK(ax_config_validate(&c, &err) < 0 && strstr(err.message, "ftp://x") != NULL);
