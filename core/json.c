@@ -7,8 +7,9 @@
 #include <string.h>
 
 /* Byte classes for the pre-parse scan: where a string starts or ends, an escape, and the
- * characters a number token is made of. */
-enum { C_OTHER, C_QUOTE, C_BSLASH, C_NUM };
+ * characters a number token is made of. A number starts only at '-' or a digit: the 'e' of
+ * `true` and `false` must not count as one, or numbers and nodes fall out of step. */
+enum { C_OTHER, C_QUOTE, C_BSLASH, C_NUM, C_NUM_START };
 static unsigned char byte_class[256];
 
 static void init_byte_class(void)
@@ -17,8 +18,10 @@ static void init_byte_class(void)
 
     if (byte_class['"'] == C_QUOTE)
         return;
-    for (p = "+-0123456789.eE"; *p; p++)
+    for (p = "+.eE"; *p; p++)
         byte_class[(unsigned char)*p] = C_NUM;
+    for (p = "-0123456789"; *p; p++)
+        byte_class[(unsigned char)*p] = C_NUM_START;
     byte_class['\\'] = C_BSLASH;
     byte_class['"'] = C_QUOTE;
 }
@@ -75,9 +78,9 @@ static size_t prescan(char *p, size_t n)
                 }
             }
             i++;
-        } else if (c == C_NUM) {
+        } else if (c == C_NUM_START) {
             size_t s = i;
-            while (i < n && byte_class[(unsigned char)p[i]] == C_NUM)
+            while (i < n && byte_class[(unsigned char)p[i]] >= C_NUM)
                 i++;
             if (i - s > 16)
                 count += number_is_long_integer(p + s, i - s);
@@ -100,9 +103,9 @@ static int next_number(struct numscan *s, const char **tok, size_t *len)
         unsigned char c = byte_class[(unsigned char)s->p[s->i]];
         if (c == C_QUOTE) {
             s->i = skip_string(s->p, s->n, s->i + 1);
-        } else if (c == C_NUM) {
+        } else if (c == C_NUM_START) {
             size_t st = s->i;
-            while (s->i < s->n && byte_class[(unsigned char)s->p[s->i]] == C_NUM)
+            while (s->i < s->n && byte_class[(unsigned char)s->p[s->i]] >= C_NUM)
                 s->i++;
             *tok = s->p + st;
             *len = s->i - st;

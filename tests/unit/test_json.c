@@ -125,6 +125,12 @@ static void test_big_integers(void)
     CHECKF(strcmp(out, "{\"s\":\"a\\\"1234567890123456789\",\"x\":[3,{\"n\":"
                        "11111111111111111111}]}") == 0,
            "'%s'", out);
+    /* the e of true and false is not a number: the long integer stays on its node */
+    roundtrip("{\"a\":true,\"b\":false,\"c\":1e2,\"n\":12345678901234567890,\"m\":5}", out,
+              sizeof(out));
+    CHECKF(strcmp(out, "{\"a\":true,\"b\":false,\"c\":100,\"n\":12345678901234567890,"
+                       "\"m\":5}") == 0,
+           "'%s'", out);
     /* small and fractional numbers stay numbers */
     roundtrip("{\"a\":42,\"b\":0.5,\"c\":-7}", out, sizeof(out));
     CHECKF(strcmp(out, "{\"a\":42,\"b\":0.5,\"c\":-7}") == 0, "'%s'", out);
