@@ -519,10 +519,18 @@ found:
  * cannot help, so the client must see a 400. */
 static int is_parse_failure(const char *msg)
 {
-    static const char *const pats[] = {"[json.exception",    "jinja",
-                                       "chat template",      "must alternate",
-                                       "failed to parse",    "unsupported content",
-                                       "expected 'content'", "invalid tool_choice"};
+    static const char *const pats[] = {
+        "[json.exception",
+        "jinja",
+        "chat template",
+        "must alternate",
+        "failed to parse",
+        "unsupported content",
+        "expected 'content'",
+        "invalid tool_choice",
+        "image input is not supported", /* no mmproj loaded: an image can never pass */
+        "prefill is incompatible",
+        "assistant messages at the end"};
     size_t i;
 
     for (i = 0; i < sizeof(pats) / sizeof(pats[0]); i++)

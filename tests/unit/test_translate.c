@@ -518,6 +518,11 @@ static void test_upstream_errors(void)
                         "{\"error\":{\"code\":500,\"message\":\"Conversation roles must alternate "
                         "user/assistant/user/assistant/...\",\"type\":\"server_error\"}}",
                         0, 400, "invalid_request_error", "roles must alternate", 0, 0);
+    upstream_error_case("no mmproj", 500,
+                        "{\"error\":{\"code\":500,\"message\":\"image input is not supported - "
+                        "hint: if this is unexpected, you may need to provide the mmproj\","
+                        "\"type\":\"server_error\"}}",
+                        0, 400, "invalid_request_error", "image input is not supported", 0, 0);
     upstream_error_case("empty body", 500, NULL, 0, 500, "api_error", "upstream returned HTTP 500",
                         0, 0);
 }
