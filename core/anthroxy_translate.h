@@ -105,7 +105,16 @@ int ax_translate_response(const cJSON *openai, const struct ax_response_opts *op
  * n_prompt_tokens/n_ctx; vLLM "maximum context length is M tokens ... N tokens") as
  * 400 invalid_request_error "prompt is too long: N tokens > M maximum", and llama-server's
  * deterministic request-parse 500s ("[json.exception..." etc.) as 400. Fills *n_prompt and
- * *n_ctx when it was an overflow (else leaves them 0). Never fails. */
+ * *n_ctx when it was an overflow (else leaves them 0). Never fails.
+ * Details: the message is "upstream returned HTTP <status>: <the upstream's message>" (its
+ * error.message, a string `error`, FastAPI's `detail`, else the body's printable start).
+ * Statuses: 400, 401, 403, 404, 413, 429 kept; 422 -> 400; 503 (llama-server loading) ->
+ * 529 overloaded_error, which clients retry; other 4xx -> 400; 500 -> 500; other 5xx -> 502.
+ * retry_after is passed on for 429 and 529. Overflow is also recognised in SGLang's words
+ * and in older llama-server messages without the numeric fields; a vLLM answer whose prompt
+ * share fits (max_tokens is what does not) is not an overflow: compaction would not help.
+ * An overflow without numbers says "prompt is too long: the request exceeds the
+ * upstream's context window". */
 void ax_translate_upstream_error(int status, const char *body, size_t len, int retry_after,
                                  struct ax_error *err, int64_t *n_prompt, int64_t *n_ctx);
 
