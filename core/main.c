@@ -80,15 +80,15 @@ static int run_server(struct ax_config *cfg)
         fprintf(stderr, "anthroxy: cannot create the server: %s\n", ax_strerror(rc));
         return 1;
     }
-    if ((rc = ax_server_listen(app.srv, &err)) < 0) {
-        fprintf(stderr, "anthroxy: cannot start: %s\n",
-                err.status != 0 ? err.message : ax_strerror(rc));
-        ax_server_free(app.srv);
-        return 1;
-    }
+    /* handlers before listening: whoever sees the port may signal us at once */
     if ((rc = signals_start(loop, &app)) < 0) {
         fprintf(stderr, "anthroxy: signals: %s\n", uv_strerror(rc));
         return 1;
+    }
+    if ((rc = ax_server_listen(app.srv, &err)) < 0) {
+        fprintf(stderr, "anthroxy: cannot start: %s\n",
+                err.status != 0 ? err.message : ax_strerror(rc));
+        return 1; /* exiting: the loop and its handles go with the process */
     }
     uv_run(loop, UV_RUN_DEFAULT);
     ax_server_free(app.srv);
