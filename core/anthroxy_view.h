@@ -21,6 +21,29 @@
 struct ax__undo;
 struct ax__acache;
 
+/* Token estimates of one request's messages, kept while they do not change, so that the
+ * policies of a chain estimating the same conversation walk it once. Keyed by message node;
+ * a write through a view under a message forgets that message, a write elsewhere forgets
+ * the fixed part (system and tools); freeing nodes (commit, discard) forgets everything. */
+struct ax__memo_entry {
+    const cJSON *msg;
+    int64_t tokens;
+};
+struct ax__tokmemo {
+    const cJSON *root; /* the tree the entries belong to */
+    struct ax__memo_entry *e;
+    size_t cap, n;
+    int64_t fixed; /* system + tools + framing, valid when fixed_ok */
+    int fixed_ok;
+    uint64_t hits, misses;
+};
+void ax__memo_reset(struct ax__tokmemo *m, const cJSON *root);
+void ax__memo_free(struct ax__tokmemo *m);
+/* ax_tokens_message(msg) / ax_tokens_request(req), through the memo when they are the
+ * memo's root and one of its messages. */
+int64_t ax__memo_message(struct ax__tokmemo *m, const cJSON *msg);
+int64_t ax__memo_request(struct ax__tokmemo *m, const cJSON *req);
+
 /* One hook call's writes. */
 struct ax__scope {
     uint64_t id;          /* 0: not open */
@@ -33,6 +56,7 @@ struct ax__scope {
     size_t charge_max;    /* ... and a write pushing *charge past this raises */
     size_t *charge_extra; /* counted against charge_max too (the request's Lua memory) */
     int *charge_hit;      /* set to 1 when a write is refused for the cap (may be NULL) */
+    struct ax__tokmemo *memo; /* told about every write (may be NULL) */
 };
 
 /* Per lua_State view state; every view function gets it as upvalue 1. */
@@ -65,6 +89,10 @@ const cJSON *ax__json_arg(lua_State *L, int idx, int *boxed);
 /* Converts the Lua value at idx into a new cJSON tree the caller owns. Raises on failure (the
  * partial tree is freed by the garbage collector then). */
 cJSON *ax__json_from_lua(lua_State *L, int idx);
+
+/* For the view at idx: its node, depth below the root (0 = the root) and, at depth >= 1,
+ * the root's member it lives under. Returns 0 when idx is not a valid view. */
+int ax__view_info(lua_State *L, int idx, cJSON **node, int *depth, cJSON **field);
 
 /* Pushes ax.json.null. */
 void ax__push_null(lua_State *L);
@@ -184,6 +212,7 @@ struct ax_policy_req {
     int rc;
     struct ax_error err;
     struct ax__scope scope;
+    struct ax__tokmemo memo; /* estimates of this run's tree (AX_HOOK_REQUEST, ..._ERROR) */
     struct ax__pend *pend;
     int64_t saved_session[3]; /* prune_count, overflow_count, forced_tool_turns at hook start */
     double saved_scale;

@@ -902,7 +902,7 @@ cJSON *ax_policy_engine_status(const struct ax_policy_engine *eng)
 {
     cJSON *o = cJSON_CreateObject(), *arr, *files;
     const struct ax__gen *g = eng->gen;
-    char ts[40];
+    char ts[80];
     int i, h;
 
     if (o == NULL)
@@ -1188,6 +1188,7 @@ static int hook_begin(struct ax_policy_req *pr)
     pr->scope.charge_extra = &pr->rs.mem;
     pr->scope.charge_max = eng->req_mem_max;
     pr->scope.charge_hit = &pr->rs.mem_hit;
+    pr->scope.memo = pr->memo.root != NULL ? &pr->memo : NULL;
     pr->rs.instr = 0;
     pr->rs.budget = eng->budget;
     pr->rs.budget_hit = pr->rs.mem_hit = 0;
@@ -1453,6 +1454,9 @@ int ax_policy_req_run(struct ax_policy_req *pr, enum ax_hook hook, cJSON *tree,
     pr->retry = 0;
     pr->rc = 0;
     memset(&pr->err, 0, sizeof(pr->err));
+    /* the caller may have changed the tree between runs: estimates start afresh */
+    ax__memo_reset(&pr->memo, hook == AX_HOOK_REQUEST || hook == AX_HOOK_UPSTREAM_ERROR
+                                  ? tree : NULL);
     if (pr->gen->has_hook[hook])
         ctx_refresh(pr);
     run_step(pr, 0);
@@ -1488,6 +1492,7 @@ void ax_policy_req_free(struct ax_policy_req *pr)
     unref(eng->L, &pr->ctx_ref);
     unref(eng->L, &pr->states_ref);
     gen_unref(eng, pr->gen);
+    ax__memo_free(&pr->memo);
     free(pr->request_id);
     free(pr->session_id);
     free(pr->client_model);

@@ -33,13 +33,25 @@ static int l_tokens(lua_State *L)
     return 1;
 }
 
-static int tokens_of(lua_State *L, int64_t (*fn)(const cJSON *))
+static int tokens_of(lua_State *L, int64_t (*fn)(const cJSON *), int want_depth)
 {
-    int boxed;
+    struct ax_policy_engine *eng = ax__engine_of(L);
+    struct ax_policy_req *pr = eng->cur;
+    cJSON *node, *field;
     const cJSON *n;
+    int boxed, depth;
     int64_t t;
 
     luaL_checkany(L, 1);
+    /* the request's own messages and root go through its memo (anthroxy_view.h) */
+    if (pr != NULL && pr->memo.root != NULL && ax__view_info(L, 1, &node, &depth, &field) &&
+        depth == want_depth &&
+        (depth == 0 ? node == pr->memo.root
+                    : field == cJSON_GetObjectItemCaseSensitive(pr->memo.root, "messages"))) {
+        t = depth == 0 ? ax__memo_request(&pr->memo, node) : ax__memo_message(&pr->memo, node);
+        lua_pushinteger(L, t);
+        return 1;
+    }
     n = ax__json_arg(L, 1, &boxed);
     t = fn(n);
     lua_pushinteger(L, t);
@@ -48,12 +60,12 @@ static int tokens_of(lua_State *L, int64_t (*fn)(const cJSON *))
 
 static int l_message_tokens(lua_State *L)
 {
-    return tokens_of(L, ax_tokens_message);
+    return tokens_of(L, ax_tokens_message, 2);
 }
 
 static int l_request_tokens(lua_State *L)
 {
-    return tokens_of(L, ax_tokens_request);
+    return tokens_of(L, ax_tokens_request, 0);
 }
 
 static int l_calibrated(lua_State *L)

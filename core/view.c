@@ -12,6 +12,7 @@
 #include <lauxlib.h>
 
 #include "anthroxy_json.h"
+#include "anthroxy_tokens.h"
 
 #define MAX_DEPTH 200
 #define CACHE_MIN 8 /* arrays indexed past this position get a child-pointer cache */
@@ -34,6 +35,9 @@ struct ax__acache {
 struct view {
     cJSON *node;
     uint64_t scope_id;
+    int depth;     /* 0: the hook's root */
+    cJSON *field;  /* depth >= 1: the root's member it lives under */
+    cJSON *anchor; /* depth >= 2: the element of that member it lives under (a message) */
 };
 
 struct jbox {
@@ -203,6 +207,155 @@ static cJSON *array_get(struct ax__scope *sc, const cJSON *arr, lua_Integer i)
     return it;
 }
 
+/* ---- token memo --------------------------------------------------------------------------- */
+
+void ax__memo_reset(struct ax__tokmemo *m, const cJSON *root)
+{
+    m->root = root;
+    m->n = 0;
+    if (m->e != NULL)
+        memset(m->e, 0, m->cap * sizeof(*m->e));
+    m->fixed_ok = 0;
+}
+
+void ax__memo_free(struct ax__tokmemo *m)
+{
+    free(m->e);
+    memset(m, 0, sizeof(*m));
+}
+
+static struct ax__memo_entry *memo_slot(struct ax__tokmemo *m, const cJSON *msg, int create)
+{
+    size_t i, mask;
+    if (m->cap == 0 || (create && (m->n + 1) * 2 > m->cap)) {
+        size_t j, ncap = m->cap ? m->cap * 2 : 64;
+        struct ax__memo_entry *ne, *old = m->e;
+        if (!create)
+            return NULL;
+        ne = calloc(ncap, sizeof(*ne));
+        if (ne == NULL)
+            return NULL;
+        for (j = 0; j < m->cap; j++) {
+            if (old[j].msg == NULL)
+                continue;
+            for (i = ((uintptr_t)old[j].msg >> 4) & (ncap - 1); ne[i].msg != NULL;
+                 i = (i + 1) & (ncap - 1))
+                ;
+            ne[i] = old[j];
+        }
+        free(old);
+        m->e = ne;
+        m->cap = ncap;
+    }
+    mask = m->cap - 1;
+    for (i = ((uintptr_t)msg >> 4) & mask; m->e[i].msg != NULL; i = (i + 1) & mask)
+        if (m->e[i].msg == msg)
+            return &m->e[i];
+    if (!create)
+        return NULL;
+    m->e[i].msg = msg;
+    m->e[i].tokens = -1;
+    m->n++;
+    return &m->e[i];
+}
+
+/* Open addressing without tombstones: forgetting marks the value stale instead. */
+static void memo_forget(struct ax__tokmemo *m, const cJSON *msg)
+{
+    struct ax__memo_entry *e = memo_slot(m, msg, 0);
+    if (e != NULL)
+        e->tokens = -1;
+}
+
+static void memo_clear(struct ax__tokmemo *m)
+{
+    if (m != NULL)
+        ax__memo_reset(m, m->root);
+}
+
+int64_t ax__memo_message(struct ax__tokmemo *m, const cJSON *msg)
+{
+    struct ax__memo_entry *e = memo_slot(m, msg, 1);
+    if (e == NULL)
+        return ax_tokens_message(msg);
+    if (e->tokens >= 0) {
+        m->hits++;
+        return e->tokens;
+    }
+    m->misses++;
+    e->tokens = ax_tokens_message(msg);
+    return e->tokens;
+}
+
+/* ax_tokens_request of a request holding only system and tools: shallow copies of the two
+ * members linked into a stack object (nothing is allocated or modified). */
+static int64_t fixed_tokens(const cJSON *req)
+{
+    cJSON obj, parts[2];
+    const char *names[2] = {"system", "tools"};
+    int i, n = 0;
+
+    memset(&obj, 0, sizeof(obj));
+    obj.type = cJSON_Object;
+    for (i = 0; i < 2; i++) {
+        const cJSON *it = cJSON_GetObjectItemCaseSensitive(req, names[i]);
+        if (it == NULL)
+            continue;
+        parts[n] = *it;
+        parts[n].string = (char *)names[i];
+        parts[n].next = NULL;
+        if (n > 0)
+            parts[n - 1].next = &parts[n];
+        parts[n].prev = n > 0 ? &parts[n - 1] : NULL;
+        n++;
+    }
+    if (n > 0) {
+        obj.child = &parts[0];
+        parts[0].prev = &parts[n - 1];
+    }
+    return ax_tokens_request(&obj);
+}
+
+int64_t ax__memo_request(struct ax__tokmemo *m, const cJSON *req)
+{
+    const cJSON *msgs, *x;
+    int64_t tok;
+
+    if (req != m->root)
+        return ax_tokens_request(req);
+    if (!m->fixed_ok) {
+        m->fixed = fixed_tokens(req);
+        m->fixed_ok = 1;
+    }
+    tok = m->fixed;
+    msgs = cJSON_GetObjectItemCaseSensitive(req, "messages");
+    cJSON_ArrayForEach(x, msgs)
+    {
+        tok += ax__memo_message(m, x);
+    }
+    return tok;
+}
+
+/* A write through view v (key: the member written when v is an object). */
+static void memo_note_write(struct ax__scope *sc, const struct view *v)
+{
+    struct ax__tokmemo *m = sc->memo;
+    const cJSON *msgs;
+    if (m == NULL)
+        return;
+    msgs = cJSON_GetObjectItemCaseSensitive(m->root, "messages");
+    if (v->depth == 0) {
+        m->fixed_ok = 0; /* a member of the root: messages itself stays (nodes are kept) */
+        return;
+    }
+    if (v->field != msgs || msgs == NULL) {
+        m->fixed_ok = 0;
+        return;
+    }
+    if (v->depth >= 2)
+        memo_forget(m, v->anchor);
+}
+
 /* ---- scopes and the undo log ---------------------------------------------------------- */
 
 void ax__scope_open(struct ax__vstate *vs, struct ax__scope *sc, int readonly)
@@ -224,17 +377,24 @@ static void scope_end(struct ax__scope *sc)
 void ax__scope_commit(struct ax__scope *sc)
 {
     size_t i;
+    int freed = 0;
     for (i = 0; i < sc->n_log; i++) {
         struct ax__undo *u = &sc->log[i];
-        if (u->kind == U_REPLACE || u->kind == U_REMOVE)
+        if (u->kind == U_REPLACE || u->kind == U_REMOVE) {
             cJSON_Delete(u->a);
+            freed = 1;
+        }
     }
+    if (freed) /* a freed message's address may come back as another message */
+        memo_clear(sc->memo);
     scope_end(sc);
 }
 
 void ax__scope_discard(struct ax__scope *sc)
 {
     size_t i = sc->n_log;
+    if (i > 0)
+        memo_clear(sc->memo);
     while (i-- > 0) {
         struct ax__undo *u = &sc->log[i];
         switch (u->kind) {
@@ -659,15 +819,38 @@ void ax__view_push(lua_State *L, struct ax__vstate *vs, struct ax__scope *sc, cJ
     (void)vs;
     v->node = node;
     v->scope_id = sc->id;
+    v->depth = 0;
+    v->field = v->anchor = NULL;
     luaL_setmetatable(L, AX_VIEW_MT);
 }
 
-static void push_value(lua_State *L, struct ax__vstate *vs, cJSON *n)
+/* Pushes child n of view parent: a view for containers, a Lua value otherwise. */
+static void push_value(lua_State *L, const struct view *parent, cJSON *n)
 {
-    if (cJSON_IsArray(n) || cJSON_IsObject(n))
-        ax__view_push(L, vs, vs->cur, n);
-    else
+    struct view *v;
+    if (!cJSON_IsArray(n) && !cJSON_IsObject(n)) {
         push_scalar(L, n);
+        return;
+    }
+    v = lua_newuserdatauv(L, sizeof(*v), 0);
+    v->node = n;
+    v->scope_id = parent->scope_id;
+    v->depth = parent->depth + 1;
+    v->field = v->depth == 1 ? n : parent->field;
+    v->anchor = v->depth == 2 ? n : parent->anchor;
+    luaL_setmetatable(L, AX_VIEW_MT);
+}
+
+int ax__view_info(lua_State *L, int idx, cJSON **node, int *depth, cJSON **field)
+{
+    struct view *v = test_view(L, idx);
+    if (v == NULL)
+        return 0;
+    check_views_valid(L, idx);
+    *node = v->node;
+    *depth = v->depth;
+    *field = v->field;
+    return 1;
 }
 
 /* ---- view metamethods --------------------------------------------------------------------- */
@@ -703,7 +886,7 @@ static int view_index(lua_State *L)
     }
     if (child == NULL)
         return lua_pushnil(L), 1;
-    push_value(L, vs, child);
+    push_value(L, v, child);
     return 1;
 }
 
@@ -828,6 +1011,7 @@ static int view_newindex(lua_State *L)
     struct view *v = valid_view(L, vs, 1);
 
     check_writable(L, vs->cur);
+    memo_note_write(vs->cur, v);
     if (cJSON_IsObject(v->node)) {
         size_t len;
         const char *key;
@@ -896,7 +1080,7 @@ static int view_pairs_next(lua_State *L)
         lua_pushinteger(L, i + 1);
     else
         lua_pushstring(L, n->string ? n->string : "");
-    push_value(L, vs, n);
+    push_value(L, v, n);
     return 2;
 }
 
@@ -995,6 +1179,7 @@ static int l_insert(lua_State *L)
     }
     valid_view(L, vs, 1);
     check_writable(L, vs->cur);
+    memo_note_write(vs->cur, v);
     if (!cJSON_IsArray(v->node))
         return luaL_error(L, "ax.insert: not an array");
     n = array_len(vs->cur, v->node);
@@ -1041,6 +1226,7 @@ static int l_remove(lua_State *L)
     }
     valid_view(L, vs, 1);
     check_writable(L, vs->cur);
+    memo_note_write(vs->cur, v);
     if (!cJSON_IsArray(v->node))
         return luaL_error(L, "ax.remove: not an array");
     n = array_len(vs->cur, v->node);
@@ -1050,7 +1236,7 @@ static int l_remove(lua_State *L)
     luaL_argcheck(L, pos >= 1 && pos <= n, 2, "position out of bounds");
     it = array_get(vs->cur, v->node, pos);
     remove_item(L, vs->cur, v->node, it);
-    push_value(L, vs, it); /* still valid: removed nodes live until the scope ends */
+    push_value(L, v, it); /* still valid: removed nodes live until the scope ends */
     return 1;
 }
 

@@ -342,6 +342,17 @@ static void test_sandbox(void)
           NULL);
     job_free(&j);
 
+    /* the token memo agrees with fresh estimates through every kind of write, and a
+     * following hook (memo kept across policies) still agrees */
+    run_one(&e, &j, AX_HOOK_REQUEST, REQ("memo"));
+    CHECK(cJSON_GetArraySize(get(j.tree, "memo_bad")) == 0);
+    if (cJSON_GetArraySize(get(j.tree, "memo_bad")) != 0) {
+        char *p = cJSON_PrintUnformatted(get(j.tree, "memo_bad"));
+        fprintf(stderr, "  memo: %s\n", p);
+        free(p);
+    }
+    job_free(&j);
+
     /* no upstream: ax.tokenize answers nil, err without yielding forever */
     run_one(&e, &j, AX_HOOK_REQUEST, REQ("tokenize"));
     CHECK(cJSON_IsNull(get(j.tree, "tok_n")));
