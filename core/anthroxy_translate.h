@@ -63,6 +63,8 @@ struct ax_response_opts {
     const char *client_model;    /* the model name the client asked for: goes in "model" */
     const cJSON *stop_sequences; /* the request's stop_sequences (array or NULL) */
     double usage_scale;          /* 1.0 normally; compaction steering scales input tokens */
+    int reasoning_fallback;      /* reasoning but no text and no tool call: repeat the
+                                    reasoning as a text block at the end (as stream.c does) */
 };
 
 /* The signature of thinking blocks made from upstream reasoning. It only has to be a

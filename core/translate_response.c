@@ -352,6 +352,21 @@ static int one_tool_call(struct tresp *r, const cJSON *call)
     return add_tool_use(r, id, name->valuestring, input);
 }
 
+/* The seed's reasoning fallback: a turn that only reasoned (no text, no tool call) also
+ * gets its reasoning as a text block, for clients that show text only. */
+static int add_reasoning_fallback(struct tresp *r)
+{
+    const cJSON *only = r->content->child;
+    const cJSON *ty = cJSON_GetObjectItemCaseSensitive(only, "type");
+
+    if (only == NULL || only->next != NULL || strcmp(ty->valuestring, "thinking") != 0)
+        return 0;
+    return add_block(r->content, "text", "text",
+                     cJSON_GetObjectItemCaseSensitive(only, "thinking")->valuestring)
+               ? 0
+               : AX_ENOMEM;
+}
+
 static int fill_message(cJSON *m, const cJSON *openai, const cJSON *choice,
                         const struct ax_response_opts *opts, struct tresp *r)
 {
@@ -384,6 +399,8 @@ static int fill_message(cJSON *m, const cJSON *openai, const cJSON *choice,
         if (one_tool_call(r, call) < 0)
             return AX_ENOMEM;
     }
+    if (opts->reasoning_fallback && add_reasoning_fallback(r) < 0)
+        return AX_ENOMEM;
     stop_seq = ax_matched_stop_sequence(choice, opts->stop_sequences);
     reason = ax_stop_reason_from_finish(finish, stop_seq != NULL);
     if (strcmp(reason, "end_turn") == 0 && r->n_tool_use > 0)

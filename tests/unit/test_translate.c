@@ -208,7 +208,7 @@ static void test_response_fixtures(void)
         cJSON *in = load_case(names[i], ".openai-response.json");
         cJSON *want = load_case(names[i], ".anthropic-response.json");
         cJSON *o = load_case(names[i], ".response-opts.json"), *got = NULL;
-        struct ax_response_opts opts = {"claude-x", NULL, 1.0};
+        struct ax_response_opts opts = {"claude-x", NULL, 1.0, 0};
         struct ax_error err;
         const cJSON *v;
         int rc;
@@ -220,6 +220,8 @@ static void test_response_fixtures(void)
             opts.stop_sequences = cJSON_GetObjectItemCaseSensitive(o, "stop_sequences");
             if (cJSON_IsNumber(v = cJSON_GetObjectItemCaseSensitive(o, "usage_scale")))
                 opts.usage_scale = v->valuedouble;
+            opts.reasoning_fallback =
+                cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(o, "reasoning_fallback"));
         }
         CHECKF(in != NULL && want != NULL, "%s: fixture files", names[i]);
         if (in != NULL && want != NULL) {
@@ -241,7 +243,7 @@ static void test_response_fixtures(void)
 
 static void test_response_errors(void)
 {
-    struct ax_response_opts opts = {"claude-x", NULL, 1.0};
+    struct ax_response_opts opts = {"claude-x", NULL, 1.0, 0};
     struct ax_error err;
     cJSON *got = NULL, *in;
     int rc;
