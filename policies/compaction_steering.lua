@@ -26,9 +26,10 @@ local M = {
     enabled = true,
     all_clients = false,
     client_window = 200000,
-    -- Claude Code's auto-compact window under the 1M beta is not the full 1M for every
-    -- model and is tuned by Anthropic; 500k is where 2.1.19x compacts by default. Assuming
-    -- too large a window here would make the client compact again and again.
+    -- Under the 1M beta Claude Code compacts against the model's 1M window unless Anthropic's
+    -- remote configuration sets a smaller one (500k has been seen). Assuming too large a
+    -- window would make the client compact again and again; too small only means it compacts
+    -- late and prune steps in, so the smaller one. Read from ctx.anthropic_beta (the header).
     client_window_1m = 500000,
     client_output_reserve = 20000,
     client_buffer = 13000,
