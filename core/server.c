@@ -245,8 +245,10 @@ static void finish_stop(struct ax_server *srv)
         srv->pending_closes++;
     uv_close((uv_handle_t *)&srv->timer, on_handle_closed);
     ax_upstream_close(srv->up, on_component_closed, srv);
-    if (srv->policies)
-        ax_policy_engine_close(srv->policies, on_component_closed, srv);
+    if (srv->policies) {
+        ax_policy_engine_close(srv->policies, on_component_closed, srv); /* frees it too */
+        srv->policies = NULL;
+    }
     AX_LOG_INFO(NULL, "stopped");
 }
 
@@ -293,8 +295,6 @@ void ax_server_free(struct ax_server *srv)
 {
     if (srv == NULL)
         return;
-    if (srv->policies)
-        ax_policy_engine_free(srv->policies);
     if (srv->mon)
         ax_monitor_free(srv->mon);
     ax_config_free(&srv->cfg);
