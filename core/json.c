@@ -26,9 +26,11 @@ static void init_byte_class(void)
     byte_class['"'] = C_QUOTE;
 }
 
-/* True when the number token p[0..n) would not survive a double round trip: an integer (no
- * fraction, no exponent) whose magnitude is above 2^53. Integers up to 2^53 are exact in a
- * double and cJSON prints them back digit for digit. */
+/* True when the number token p[0..n) would not survive cJSON's round trip: an integer (no
+ * fraction, no exponent) of 16 or more significant digits. Exact in a double is not enough:
+ * cJSON prints 15 significant digits whenever they read back within its tolerance (about
+ * two units at 2^53), so 9007199254740991 (Claude Code's schemas hold it) would come back
+ * as 9007199254740990. */
 static int number_is_long_integer(const char *p, size_t n)
 {
     size_t i = 0, digits;
@@ -40,7 +42,7 @@ static int number_is_long_integer(const char *p, size_t n)
     for (digits = 0; i + digits < n; digits++)
         if (p[i + digits] < '0' || p[i + digits] > '9')
             return 0;
-    return digits > 16 || (digits == 16 && memcmp(p + i, "9007199254740992", 16) > 0);
+    return digits > 15;
 }
 
 /* Returns the end of the string whose opening quote is at p[i-1]. */
@@ -82,7 +84,7 @@ static size_t prescan(char *p, size_t n)
             size_t s = i;
             while (i < n && byte_class[(unsigned char)p[i]] >= C_NUM)
                 i++;
-            if (i - s > 16)
+            if (i - s > 15)
                 count += number_is_long_integer(p + s, i - s);
         } else {
             i++;

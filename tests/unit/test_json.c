@@ -125,6 +125,12 @@ static void test_big_integers(void)
     CHECKF(strcmp(out, "{\"s\":\"a\\\"1234567890123456789\",\"x\":[3,{\"n\":"
                        "11111111111111111111}]}") == 0,
            "'%s'", out);
+    /* 2^53 - 1 alone (Claude Code's schemas hold it): exact in a double, yet cJSON's own
+     * printing keeps only 15 digits of it */
+    roundtrip("{\"maximum\":9007199254740991}", out, sizeof(out));
+    CHECKF(strcmp(out, "{\"maximum\":9007199254740991}") == 0, "'%s'", out);
+    roundtrip("[9007199254740993]", out, sizeof(out));
+    CHECKF(strcmp(out, "[9007199254740993]") == 0, "'%s'", out);
     /* the e of true and false is not a number: the long integer stays on its node */
     roundtrip("{\"a\":true,\"b\":false,\"c\":1e2,\"n\":12345678901234567890,\"m\":5}", out,
               sizeof(out));
