@@ -23,8 +23,8 @@ struct ax__acache;
 
 /* Token estimates of one request's messages, kept while they do not change, so that the
  * policies of a chain estimating the same conversation walk it once. Keyed by message node;
- * a write through a view under a message forgets that message, a write elsewhere forgets
- * the fixed part (system and tools); freeing nodes (commit, discard) forgets everything. */
+ * a write through a view under a message forgets that message, one under system or tools
+ * (or to those members) forgets that part; freeing nodes (commit, discard) forgets all. */
 struct ax__memo_entry {
     const cJSON *msg;
     int64_t tokens;
@@ -33,8 +33,8 @@ struct ax__tokmemo {
     const cJSON *root; /* the tree the entries belong to */
     struct ax__memo_entry *e;
     size_t cap, n;
-    int64_t fixed; /* system + tools + framing, valid when fixed_ok */
-    int fixed_ok;
+    int64_t sys_tokens, tools_tokens; /* ax_tokens_request of {system} / {tools} alone */
+    int sys_ok, tools_ok;
     uint64_t hits, misses;
 };
 void ax__memo_reset(struct ax__tokmemo *m, const cJSON *root);

@@ -215,7 +215,7 @@ void ax__memo_reset(struct ax__tokmemo *m, const cJSON *root)
     m->n = 0;
     if (m->e != NULL)
         memset(m->e, 0, m->cap * sizeof(*m->e));
-    m->fixed_ok = 0;
+    m->sys_ok = m->tools_ok = 0;
 }
 
 void ax__memo_free(struct ax__tokmemo *m)
@@ -287,35 +287,26 @@ int64_t ax__memo_message(struct ax__tokmemo *m, const cJSON *msg)
     return e->tokens;
 }
 
-/* ax_tokens_request of a request holding only system and tools: shallow copies of the two
- * members linked into a stack object (nothing is allocated or modified). */
-static int64_t fixed_tokens(const cJSON *req)
+/* ax_tokens_request of a request holding only its member `name`: a shallow copy of that
+ * member in a stack object (nothing is allocated or modified). */
+static int64_t part_tokens(const cJSON *req, const char *name)
 {
-    cJSON obj, parts[2];
-    const char *names[2] = {"system", "tools"};
-    int i, n = 0;
+    cJSON obj, part;
+    const cJSON *it = cJSON_GetObjectItemCaseSensitive(req, name);
 
     memset(&obj, 0, sizeof(obj));
     obj.type = cJSON_Object;
-    for (i = 0; i < 2; i++) {
-        const cJSON *it = cJSON_GetObjectItemCaseSensitive(req, names[i]);
-        if (it == NULL)
-            continue;
-        parts[n] = *it;
-        parts[n].string = (char *)names[i];
-        parts[n].next = NULL;
-        if (n > 0)
-            parts[n - 1].next = &parts[n];
-        parts[n].prev = n > 0 ? &parts[n - 1] : NULL;
-        n++;
-    }
-    if (n > 0) {
-        obj.child = &parts[0];
-        parts[0].prev = &parts[n - 1];
+    if (it != NULL) {
+        part = *it;
+        part.string = (char *)name;
+        part.next = NULL;
+        part.prev = &part;
+        obj.child = &part;
     }
     return ax_tokens_request(&obj);
 }
 
+/* ax_tokens_request is 3 + system + messages + tools; the empty request costs the 3. */
 int64_t ax__memo_request(struct ax__tokmemo *m, const cJSON *req)
 {
     const cJSON *msgs, *x;
@@ -323,11 +314,15 @@ int64_t ax__memo_request(struct ax__tokmemo *m, const cJSON *req)
 
     if (req != m->root)
         return ax_tokens_request(req);
-    if (!m->fixed_ok) {
-        m->fixed = fixed_tokens(req);
-        m->fixed_ok = 1;
+    if (!m->sys_ok) {
+        m->sys_tokens = part_tokens(req, "system");
+        m->sys_ok = 1;
     }
-    tok = m->fixed;
+    if (!m->tools_ok) {
+        m->tools_tokens = part_tokens(req, "tools");
+        m->tools_ok = 1;
+    }
+    tok = m->sys_tokens + m->tools_tokens - part_tokens(req, "");
     msgs = cJSON_GetObjectItemCaseSensitive(req, "messages");
     cJSON_ArrayForEach(x, msgs)
     {
@@ -336,24 +331,30 @@ int64_t ax__memo_request(struct ax__tokmemo *m, const cJSON *req)
     return tok;
 }
 
-/* A write through view v (key: the member written when v is an object). */
-static void memo_note_write(struct ax__scope *sc, const struct view *v)
+/* A write through view v; key is the member written when v is the root. */
+static void memo_note_write(struct ax__scope *sc, const struct view *v, const char *key)
 {
     struct ax__tokmemo *m = sc->memo;
-    const cJSON *msgs;
+    const cJSON *root;
     if (m == NULL)
         return;
-    msgs = cJSON_GetObjectItemCaseSensitive(m->root, "messages");
+    root = m->root;
     if (v->depth == 0) {
-        m->fixed_ok = 0; /* a member of the root: messages itself stays (nodes are kept) */
+        /* messages replaced whole keep their nodes until commit: nothing to forget */
+        if (key != NULL && strcmp(key, "system") == 0)
+            m->sys_ok = 0;
+        else if (key != NULL && strcmp(key, "tools") == 0)
+            m->tools_ok = 0;
         return;
     }
-    if (v->field != msgs || msgs == NULL) {
-        m->fixed_ok = 0;
-        return;
+    if (v->field == cJSON_GetObjectItemCaseSensitive(root, "messages")) {
+        if (v->depth >= 2)
+            memo_forget(m, v->anchor);
+    } else if (v->field == cJSON_GetObjectItemCaseSensitive(root, "system")) {
+        m->sys_ok = 0;
+    } else if (v->field == cJSON_GetObjectItemCaseSensitive(root, "tools")) {
+        m->tools_ok = 0;
     }
-    if (v->depth >= 2)
-        memo_forget(m, v->anchor);
 }
 
 /* ---- scopes and the undo log ---------------------------------------------------------- */
@@ -1011,7 +1012,7 @@ static int view_newindex(lua_State *L)
     struct view *v = valid_view(L, vs, 1);
 
     check_writable(L, vs->cur);
-    memo_note_write(vs->cur, v);
+    memo_note_write(vs->cur, v, lua_type(L, 2) == LUA_TSTRING ? lua_tostring(L, 2) : NULL);
     if (cJSON_IsObject(v->node)) {
         size_t len;
         const char *key;
@@ -1179,7 +1180,7 @@ static int l_insert(lua_State *L)
     }
     valid_view(L, vs, 1);
     check_writable(L, vs->cur);
-    memo_note_write(vs->cur, v);
+    memo_note_write(vs->cur, v, NULL);
     if (!cJSON_IsArray(v->node))
         return luaL_error(L, "ax.insert: not an array");
     n = array_len(vs->cur, v->node);
@@ -1226,7 +1227,7 @@ static int l_remove(lua_State *L)
     }
     valid_view(L, vs, 1);
     check_writable(L, vs->cur);
-    memo_note_write(vs->cur, v);
+    memo_note_write(vs->cur, v, NULL);
     if (!cJSON_IsArray(v->node))
         return luaL_error(L, "ax.remove: not an array");
     n = array_len(vs->cur, v->node);
