@@ -385,6 +385,11 @@ static void check_claude_code(const char *file)
           0);
     CHECK(get(out, "max_tokens")->valuedouble == 64000);
     printed = cJSON_PrintUnformatted(out);
+    /* on the wire, Claude Code's 2^53 - 1 bounds keep every digit (cJSON alone prints
+     * 9.00719925474099e+15, which compares equal as a double) */
+    CHECKF(strstr(printed, "\"maximum\":9007199254740991") != NULL &&
+               strstr(printed, "e+15") == NULL,
+           "%s: big integers changed on the wire", file);
     CHECKF(strstr(printed, "cache_control") == NULL, "%s: cache_control forwarded", file);
     CHECKF(strstr(printed, "context_management") == NULL &&
                strstr(printed, "output_config") == NULL,
