@@ -681,6 +681,8 @@ static int build_messages(struct treq *t, const cJSON *req, cJSON *out)
         if ((rc = one_message(t, m, idx++)) < 0)
             return rc;
     }
+    if (!t->started)
+        return bad(t, "messages: expected at least one user or assistant message");
     if (t->pending.len > 0 && (rc = open_user(t)) < 0)
         return nomem(t);
     if (flush_open(t) < 0)
