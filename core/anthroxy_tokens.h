@@ -52,4 +52,9 @@ int64_t ax_tokens_message(const cJSON *msg);
  * tool preamble) + 3 for the assistant's turn header. */
 int64_t ax_tokens_request(const cJSON *req);
 
+/* The part of ax_tokens_request that pruning cannot shrink: system, tools and the turn
+ * header (ax_tokens_request minus the messages). When it alone exceeds the window, the
+ * overflow error can say that the tools and system prompt do not fit. */
+int64_t ax_tokens_fixed(const cJSON *req);
+
 #endif

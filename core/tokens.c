@@ -467,19 +467,14 @@ int64_t ax_tokens_message(const cJSON *msg)
     return 4 + blocks_tokens(cJSON_GetObjectItemCaseSensitive(msg, "content"));
 }
 
-int64_t ax_tokens_request(const cJSON *req)
+int64_t ax_tokens_fixed(const cJSON *req)
 {
     const cJSON *sys = cJSON_GetObjectItemCaseSensitive(req, "system");
-    const cJSON *msgs = cJSON_GetObjectItemCaseSensitive(req, "messages");
     const cJSON *tools = cJSON_GetObjectItemCaseSensitive(req, "tools"), *x;
     int64_t tok = 3;
 
     if (cJSON_IsString(sys) || cJSON_IsArray(sys))
         tok += 4 + blocks_tokens(sys);
-    cJSON_ArrayForEach(x, msgs)
-    {
-        tok += ax_tokens_message(x);
-    }
     if (cJSON_IsArray(tools) && tools->child != NULL) {
         tok += 60;
         cJSON_ArrayForEach(x, tools)
@@ -488,6 +483,18 @@ int64_t ax_tokens_request(const cJSON *req)
                    ax_tokens_json(cJSON_GetObjectItemCaseSensitive(x, "description")) +
                    ax_tokens_json(cJSON_GetObjectItemCaseSensitive(x, "input_schema"));
         }
+    }
+    return tok;
+}
+
+int64_t ax_tokens_request(const cJSON *req)
+{
+    const cJSON *msgs = cJSON_GetObjectItemCaseSensitive(req, "messages"), *x;
+    int64_t tok = ax_tokens_fixed(req);
+
+    cJSON_ArrayForEach(x, msgs)
+    {
+        tok += ax_tokens_message(x);
     }
     return tok;
 }

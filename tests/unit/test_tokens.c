@@ -172,6 +172,16 @@ static void test_requests(void)
     /* Claude Code's fixed prefix (24 tools and its system prompt) is about 20k tokens */
     CHECKF(a >= 15000 && a <= 25000, "first turn: %lld", (long long)a);
     CHECKF(b > a, "after the tool call %lld <= first turn %lld", (long long)b, (long long)a);
+    /* the fixed part: system and tools, most of Claude Code's first request */
+    sum = ax_tokens_fixed(first);
+    cJSON_ArrayForEach(m, cJSON_GetObjectItemCaseSensitive(first, "messages"))
+    {
+        sum += ax_tokens_message(m);
+    }
+    CHECKF(sum == a, "fixed + messages %lld != request %lld", (long long)sum, (long long)a);
+    CHECKF(ax_tokens_fixed(first) > a * 9 / 10, "fixed part %lld of %lld",
+           (long long)ax_tokens_fixed(first), (long long)a);
+    sum = 3;
     /* the total is the sum of its parts */
     no_tools = cJSON_Duplicate(first, 1);
     cJSON_DeleteItemFromObjectCaseSensitive(no_tools, "tools");
