@@ -75,13 +75,12 @@ end
 function M.on_request(req, ctx)
   local s = ctx.settings
   if not s.enabled then return end
+  -- The monitor counts consecutive answered turns whose upstream tool_choice was forced
+  -- (and resets on any other turn), so this policy only reads the count.
   local session = ctx.session or {}
   local forced = session.forced_tool_turns or 0
   -- The client decided, or there is nothing to call: never override either.
-  if req.tool_choice ~= nil and req.tool_choice ~= ax.json.null then
-    session.forced_tool_turns = 0
-    return
-  end
+  if req.tool_choice ~= nil and req.tool_choice ~= ax.json.null then return end
   if not (conv.is_array(req.tools) and #req.tools > 0) then return end
   local messages = req.messages
   if not conv.is_array(messages) then return end
@@ -106,11 +105,9 @@ function M.on_request(req, ctx)
 
   if why == nil or release ~= nil then
     if release then ax.log.info("tool_choice left to the model: %s", release) end
-    session.forced_tool_turns = 0
     return
   end
   req.tool_choice = ax.json.object({ type = "any" })
-  session.forced_tool_turns = forced + 1
   ax.log.info("tool_choice forced (%s), forced turn %d of at most %d", why, forced + 1,
     s.max_forced)
 end
