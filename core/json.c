@@ -1,8 +1,10 @@
 /* json.c - cJSON parsing with the safety checks cJSON lacks, typed getters and printing.
  * Used by the translators, routes and the policy view; see anthroxy_json.h. */
+#define _GNU_SOURCE /* memmem */
 #include "anthroxy_json.h"
 
 #include <inttypes.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -125,13 +127,13 @@ static int restore_long_numbers(cJSON *node, struct numscan *s)
 {
     cJSON *c;
 
-    if (cJSON_IsNumber(node)) {
+    if (cJSON_IsNumber(node) || cJSON_IsRaw(node)) {
         const char *tok;
         size_t len;
         char *raw;
         if (!next_number(s, &tok, &len))
             return AX_EINVAL;
-        if (!number_is_long_integer(tok, len))
+        if (cJSON_IsRaw(node) || !number_is_long_integer(tok, len))
             return 0;
         if ((raw = cJSON_malloc(len + 1)) == NULL)
             return AX_ENOMEM;
@@ -149,13 +151,47 @@ static int restore_long_numbers(cJSON *node, struct numscan *s)
     return 0;
 }
 
+/* cJSON prints integers of 16 digits and more inexactly. Those up to 2^53 are exact in the
+ * double, so they become raw nodes printed from it; returns how many lie beyond 2^53, whose
+ * digits only the text still has (restore_long_numbers then scans for them). */
+static int exact_long_integers(cJSON *node)
+{
+    cJSON *c;
+    int beyond = 0;
+
+    if (cJSON_IsNumber(node)) {
+        double d = node->valuedouble, a = d < 0 ? -d : d;
+        char buf[32], *raw;
+        if (a < 1e15)
+            return 0;
+        if (a >= 9007199254740992.0)
+            return 1;
+        if (d != (double)(int64_t)d) /* a fraction: cJSON's %.17g keeps it */
+            return 0;
+        snprintf(buf, sizeof(buf), "%.0f", d);
+        if ((raw = cJSON_malloc(strlen(buf) + 1)) == NULL)
+            return 0;
+        memcpy(raw, buf, strlen(buf) + 1);
+        node->type = cJSON_Raw | (node->type & cJSON_StringIsConst);
+        node->valuestring = raw;
+        return 0;
+    }
+    for (c = node->child; c != NULL; c = c->next)
+        beyond += exact_long_integers(c);
+    return beyond;
+}
+
 cJSON *ax_json_parse(char *text, size_t len, struct ax_error *err)
 {
     const char *end = NULL;
     cJSON *root;
     size_t skip;
 
-    size_t n_long = prescan(text, len);
+    init_byte_class();
+    /* The careful scan (which must tell escaped backslashes from escapes) runs only when
+     * the sequence appears at all: memmem is far cheaper than walking every byte. */
+    if (memmem(text, len, "\\u0000", 6) != NULL)
+        prescan(text, len);
 
     root = cJSON_ParseWithLengthOpts(text, len, &end, 0);
     if (root == NULL) {
@@ -182,7 +218,7 @@ cJSON *ax_json_parse(char *text, size_t len, struct ax_error *err)
             return NULL;
         }
     }
-    if (n_long > 0) {
+    if (exact_long_integers(root) > 0) {
         struct numscan s = {text, len, 0};
         if (restore_long_numbers(root, &s) < 0) {
             cJSON_Delete(root);
