@@ -14,6 +14,7 @@
 #include "anthroxy_log.h"
 #include "anthroxy_monitor.h"
 #include "anthroxy_policy.h"
+#include "anthroxy_upstream.h"
 
 static int failures;
 
@@ -559,6 +560,218 @@ static void test_cancel(void)
     teardown(&e);
 }
 
+/* ---- ax.tokenize / ax.complete against a tiny upstream on the same loop ---------------- */
+
+struct mini {
+    uv_tcp_t srv;
+    int port, n_req, n_closed;
+    char last_path[64];
+    char last_body[2048];
+};
+
+struct mconn {
+    uv_tcp_t tcp;
+    struct mini *m;
+    char buf[16384];
+    size_t len;
+    uv_write_t wr;
+    char resp[1024];
+};
+
+static void mconn_on_close(uv_handle_t *h)
+{
+    struct mconn *c = h->data;
+    c->m->n_closed++;
+    free(c);
+}
+
+static void mconn_on_written(uv_write_t *w, int status)
+{
+    struct mconn *c = w->data;
+    (void)status;
+    uv_close((uv_handle_t *)&c->tcp, mconn_on_close);
+}
+
+static void mconn_alloc(uv_handle_t *h, size_t sz, uv_buf_t *b)
+{
+    struct mconn *c = h->data;
+    (void)sz;
+    b->base = c->buf + c->len;
+    b->len = sizeof(c->buf) - c->len - 1;
+}
+
+static char *find_nocase(char *hay, const char *needle)
+{
+    size_t n = strlen(needle);
+    for (; *hay; hay++) {
+        size_t i;
+        for (i = 0; i < n && hay[i] && (hay[i] | 0x20) == (needle[i] | 0x20); i++)
+            ;
+        if (i == n)
+            return hay;
+    }
+    return NULL;
+}
+
+static void mconn_on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
+{
+    struct mconn *c = s->data;
+    char *hdr_end, *cl, *body;
+    const char *json;
+    size_t need;
+    uv_buf_t out;
+
+    (void)b;
+    if (n < 0) {
+        uv_close((uv_handle_t *)s, mconn_on_close);
+        return;
+    }
+    c->len += (size_t)n;
+    c->buf[c->len] = 0;
+    if ((hdr_end = strstr(c->buf, "\r\n\r\n")) == NULL)
+        return;
+    body = hdr_end + 4;
+    cl = find_nocase(c->buf, "content-length:");
+    need = cl ? (size_t)atoi(cl + 15) : 0;
+    if ((size_t)(c->buf + c->len - body) < need)
+        return;
+    c->m->n_req++;
+    sscanf(c->buf, "%*s %63s", c->m->last_path);
+    snprintf(c->m->last_body, sizeof(c->m->last_body), "%.*s", (int)need, body);
+    if (strstr(body, "hang") != NULL)
+        return; /* never answers: the client cancels */
+    if (strcmp(c->m->last_path, "/tokenize") == 0)
+        json = "{\"tokens\":[1,2,3]}";
+    else
+        json = "{\"id\":\"c1\",\"object\":\"chat.completion\",\"choices\":[{\"index\":0,"
+               "\"message\":{\"role\":\"assistant\",\"content\":\"a summary\"},"
+               "\"finish_reason\":\"stop\"}],\"usage\":{\"prompt_tokens\":5,"
+               "\"completion_tokens\":2}}";
+    snprintf(c->resp, sizeof(c->resp),
+             "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %zu\r\n"
+             "Connection: close\r\n\r\n%s",
+             strlen(json), json);
+    out = uv_buf_init(c->resp, (unsigned)strlen(c->resp));
+    c->wr.data = c;
+    uv_read_stop(s);
+    uv_write(&c->wr, s, &out, 1, mconn_on_written);
+}
+
+static void mini_on_conn(uv_stream_t *srv, int status)
+{
+    struct mini *m = srv->data;
+    struct mconn *c = calloc(1, sizeof(*c));
+    (void)status;
+    c->m = m;
+    uv_tcp_init(srv->loop, &c->tcp);
+    c->tcp.data = c;
+    if (uv_accept(srv, (uv_stream_t *)&c->tcp) == 0)
+        uv_read_start((uv_stream_t *)&c->tcp, mconn_alloc, mconn_on_read);
+    else
+        uv_close((uv_handle_t *)&c->tcp, mconn_on_close);
+}
+
+static void mini_start(uv_loop_t *loop, struct mini *m)
+{
+    struct sockaddr_in a;
+    struct sockaddr_storage got;
+    int len = sizeof(got);
+    memset(m, 0, sizeof(*m));
+    uv_tcp_init(loop, &m->srv);
+    m->srv.data = m;
+    uv_ip4_addr("127.0.0.1", 0, &a);
+    uv_tcp_bind(&m->srv, (const struct sockaddr *)&a, 0);
+    uv_listen((uv_stream_t *)&m->srv, 16, mini_on_conn);
+    uv_tcp_getsockname(&m->srv, (struct sockaddr *)&got, &len);
+    m->port = ntohs(((struct sockaddr_in *)&got)->sin_port);
+}
+
+static const char *test_model(void *ud)
+{
+    (void)ud;
+    return "test-model";
+}
+
+static int up_closed;
+
+static void on_up_closed(void *ud)
+{
+    (void)ud;
+    up_closed = 1;
+}
+
+static void test_upstream_calls(void)
+{
+    struct env e;
+    struct job j;
+    struct mini m;
+    struct ax_upstream *up = NULL;
+    struct ax_upstream_opts uo;
+    struct ax_policy_env pe;
+    struct ax_error err;
+    char base[64];
+
+    CHECK(setup(&e, behave_chain, 0, 0) == 0);
+    ax_policy_engine_close(e.eng, NULL, NULL); /* again, with an upstream */
+    e.eng = NULL;
+    mini_start(&e.loop, &m);
+    snprintf(base, sizeof(base), "http://127.0.0.1:%d/v1", m.port);
+    memset(&uo, 0, sizeof(uo));
+    uo.base_url = base;
+    uo.max_concurrent = 4;
+    uo.queue_max = 16;
+    uo.connect_timeout_ms = 2000;
+    uo.total_timeout_ms = 5000;
+    CHECK(ax_upstream_new(&e.loop, &uo, &up) == 0);
+    memset(&pe, 0, sizeof(pe));
+    pe.loop = &e.loop;
+    pe.cfg = &e.cfg;
+    pe.up = up;
+    pe.upstream_model = test_model;
+    CHECK(ax_policy_engine_new(&pe, &e.eng, &err) == 0);
+
+    job_start(&e, &j, AX_HOOK_REQUEST, REQ("tokenize"), NULL, NULL);
+    while (!j.done)
+        uv_run(&e.loop, UV_RUN_ONCE);
+    CHECK(cJSON_GetNumberValue(get(j.tree, "tok_n")) == 3);
+    CHECK(cJSON_IsNull(get(j.tree, "tok_err")));
+    CHECK(strcmp(m.last_path, "/tokenize") == 0);
+    CHECK(strstr(m.last_body, "\"content\":\"hello world\"") != NULL);
+    job_free(&j);
+
+    job_start(&e, &j, AX_HOOK_REQUEST, REQ("complete"), NULL, NULL);
+    while (!j.done)
+        uv_run(&e.loop, UV_RUN_ONCE);
+    CHECK(cJSON_IsString(get(j.tree, "completion")) &&
+          strcmp(get(j.tree, "completion")->valuestring, "a summary") == 0);
+    CHECK(strcmp(m.last_path, "/v1/chat/completions") == 0);
+    CHECK(strstr(m.last_body, "\"stream\":false") != NULL);
+    CHECK(strstr(m.last_body, "\"model\":\"test-model\"") != NULL);
+    job_free(&j);
+
+    /* cancelled while parked in ax.complete: the transfer is aborted, done never runs */
+    job_start(&e, &j, AX_HOOK_REQUEST,
+              "{\"act\":\"complete\",\"prompt\":\"hang\",\"messages\":[]}", NULL, NULL);
+    {
+        int before = m.n_req;
+        while (m.n_req == before)
+            uv_run(&e.loop, UV_RUN_ONCE);
+    }
+    ax_policy_req_cancel(j.pr);
+    {
+        int closed = m.n_closed;
+        while (m.n_closed == closed)
+            uv_run(&e.loop, UV_RUN_ONCE); /* the server sees the connection close */
+    }
+    CHECK(j.done == 0);
+    job_free(&j);
+
+    ax_upstream_close(up, on_up_closed, NULL);
+    uv_close((uv_handle_t *)&m.srv, NULL);
+    teardown(&e);
+    CHECK(up_closed);
+}
+
 static void test_bad_chain(void)
 {
     struct env e;
@@ -584,6 +797,7 @@ int main(void)
     test_session();
     test_reload();
     test_cancel();
+    test_upstream_calls();
     test_bad_chain();
     if (failures)
         fprintf(stderr, "test_policy: %d failed checks\n", failures);
