@@ -177,8 +177,9 @@ struct ax_policy_engine {
     uv_idle_t idle; /* runs deferred done callbacks */
     struct ax_policy_req *done_head, *done_tail;
     uv_timer_t debounce;
-    uv_fs_event_t *watch;
-    int n_watch;
+    uv_fs_event_t **watch; /* one per directory, each its own allocation */
+    char **watch_dirs;
+    int n_watch, watching;
     int handles_init, pending_closes, closing;
     void (*on_closed)(void *ud);
     void *on_closed_ud;

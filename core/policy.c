@@ -440,6 +440,13 @@ struct load_ctx {
     struct ax__gen *g;
 };
 
+static int report_to_json(lua_State *L)
+{
+    cJSON **out = lua_touserdata(L, 2);
+    *out = ax__json_from_lua(L, 1);
+    return 0;
+}
+
 static void take_policy(lua_State *L, struct ax_policy_engine *eng, struct ax__gen_policy *p)
 {
     int h;
@@ -461,9 +468,14 @@ static void take_policy(lua_State *L, struct ax_policy_engine *eng, struct ax__g
     lua_pop(L, 1);                            /* e */
     lua_getfield(L, -1, "settings");
     p->settings_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    lua_getfield(L, -1, "report");
-    p->settings = ax__json_from_lua(L, -1);
-    lua_pop(L, 1);
+    lua_getfield(L, -1, "report");                  /* e, report */
+    lua_pushcfunction(L, report_to_json);
+    lua_insert(L, -2);                              /* e, f, report */
+    lua_pushlightuserdata(L, &p->settings);
+    if (lua_pcall(L, 2, 0, 0) != LUA_OK) {          /* e, err: settings JSON cannot hold */
+        lua_pop(L, 1);
+        p->settings = cJSON_CreateObject();
+    }
     (void)eng;
 }
 
@@ -657,7 +669,12 @@ static void engine_destroy(struct ax_policy_engine *eng)
     }
     free(eng->ov_keys);
     free(eng->ov_vals);
+    for (i = 0; i < eng->n_watch; i++) {
+        free(eng->watch[i]);
+        free(eng->watch_dirs[i]);
+    }
     free(eng->watch);
+    free(eng->watch_dirs);
     free(eng->chain_path);
     free(eng->lua_dir);
     free(eng);
@@ -755,13 +772,15 @@ void ax_policy_engine_close(struct ax_policy_engine *eng, void (*on_closed)(void
     uv_close((uv_handle_t *)&eng->idle, engine_on_handle_closed);
     uv_close((uv_handle_t *)&eng->debounce, engine_on_handle_closed);
     for (i = 0; i < eng->n_watch; i++)
-        uv_close((uv_handle_t *)&eng->watch[i], engine_on_handle_closed);
+        uv_close((uv_handle_t *)eng->watch[i], engine_on_handle_closed);
 }
 
 void ax_policy_engine_free(struct ax_policy_engine *eng)
 {
     ax_policy_engine_close(eng, NULL, NULL);
 }
+
+static int watch_all(struct ax_policy_engine *eng);
 
 void ax_policy_engine_reload(struct ax_policy_engine *eng)
 {
@@ -778,6 +797,8 @@ void ax_policy_engine_reload(struct ax_policy_engine *eng)
     }
     eng->last_error[0] = 0;
     eng->n_reloads++;
+    if (eng->watching)
+        watch_all(eng);
     AX_LOG_INFO(NULL, "policies: generation %" PRIu64 " loaded from %s (%d policies)",
                 eng->gen->id, eng->chain_path, eng->gen->n);
 }
@@ -812,42 +833,72 @@ static void dir_of(const char *path, char *out, size_t n)
         snprintf(out, n, "%.*s", (int)(slash - path), path);
 }
 
-int ax_policy_engine_watch(struct ax_policy_engine *eng)
+/* Starts a watcher on dir unless one runs there already. */
+static int watch_dir(struct ax_policy_engine *eng, const char *dir)
 {
-    char dirs[16][1024];
-    int nd = 0, i, j, rc = 0;
+    uv_fs_event_t **nw, *w;
+    char **nd, *d;
+    int i;
+
+    for (i = 0; i < eng->n_watch; i++)
+        if (strcmp(eng->watch_dirs[i], dir) == 0)
+            return 0;
+    nw = realloc(eng->watch, sizeof(*nw) * (size_t)(eng->n_watch + 1));
+    if (nw == NULL)
+        return AX_ENOMEM;
+    eng->watch = nw;
+    nd = realloc(eng->watch_dirs, sizeof(*nd) * (size_t)(eng->n_watch + 1));
+    if (nd == NULL)
+        return AX_ENOMEM;
+    eng->watch_dirs = nd;
+    w = calloc(1, sizeof(*w));
+    d = xstrdup(dir);
+    if (w == NULL || d == NULL) {
+        free(w);
+        free(d);
+        return AX_ENOMEM;
+    }
+    uv_fs_event_init(eng->env.loop, w);
+    w->data = eng;
+    uv_unref((uv_handle_t *)w); /* watching alone keeps no loop running */
+    eng->watch[eng->n_watch] = w;
+    eng->watch_dirs[eng->n_watch] = d;
+    eng->n_watch++;
+    if (uv_fs_event_start(w, engine_on_fs_event, dir, 0) < 0) {
+        AX_LOG_WARN(NULL, "policies: cannot watch %s", dir);
+        return AX_EIO;
+    }
+    AX_LOG_DEBUG(NULL, "policies: watching %s", dir);
+    return 0;
+}
+
+/* Watches the directories of the chain, of its policy files and lua/anthroxy/; after a
+ * reload, directories new to the chain are added (none are dropped: harmless). */
+static int watch_all(struct ax_policy_engine *eng)
+{
+    char d[1024];
+    int i, rc = 0, r;
     struct ax__gen *g = eng->gen;
 
-    if (!eng->handles_init || eng->watch != NULL)
-        return eng->handles_init ? 0 : AX_EINVAL;
-    for (i = -1; i < g->n_files && nd < 15; i++) {
-        char d[1024];
-        if (i < 0)
-            dir_of(eng->chain_path, d, sizeof(d));
-        else
-            dir_of(g->files[i], d, sizeof(d));
-        for (j = 0; j < nd && strcmp(dirs[j], d) != 0; j++)
-            ;
-        if (j == nd)
-            snprintf(dirs[nd++], sizeof(dirs[0]), "%s", d);
+    dir_of(eng->chain_path, d, sizeof(d));
+    rc = watch_dir(eng, d);
+    for (i = 0; i < g->n_files; i++) {
+        dir_of(g->files[i], d, sizeof(d));
+        if ((r = watch_dir(eng, d)) < 0)
+            rc = r;
     }
-    snprintf(dirs[nd++], sizeof(dirs[0]), "%s/anthroxy", eng->lua_dir);
-    eng->watch = calloc((size_t)nd, sizeof(*eng->watch));
-    if (eng->watch == NULL)
-        return AX_ENOMEM;
-    for (i = 0; i < nd; i++) {
-        uv_fs_event_init(eng->env.loop, &eng->watch[i]);
-        eng->watch[i].data = eng;
-        uv_unref((uv_handle_t *)&eng->watch[i]); /* watching alone keeps no loop running */
-        eng->n_watch++;
-        if (uv_fs_event_start(&eng->watch[i], engine_on_fs_event, dirs[i], 0) < 0) {
-            AX_LOG_WARN(NULL, "policies: cannot watch %s", dirs[i]);
-            rc = AX_EIO;
-        } else {
-            AX_LOG_DEBUG(NULL, "policies: watching %s", dirs[i]);
-        }
-    }
+    snprintf(d, sizeof(d), "%s/anthroxy", eng->lua_dir);
+    if ((r = watch_dir(eng, d)) < 0)
+        rc = r;
     return rc;
+}
+
+int ax_policy_engine_watch(struct ax_policy_engine *eng)
+{
+    if (!eng->handles_init || eng->closing)
+        return AX_EINVAL;
+    eng->watching = 1;
+    return watch_all(eng);
 }
 
 int ax_policy_engine_set_override(struct ax_policy_engine *eng, const char *name_dot_key,

@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <uv.h>
@@ -33,6 +34,7 @@ struct env {
     struct ax_config cfg;
     struct ax_policy_engine *eng;
     char dir[256];
+    char dir2[256]; /* another temporary directory of the test's, removed with dir */
     char chain[300];
 };
 
@@ -99,13 +101,13 @@ static int setup(struct env *e, const char *chain_text, uint64_t budget, size_t 
 
 static void teardown(struct env *e)
 {
-    char cmd[400];
+    char cmd[600];
     if (e->eng != NULL)
         ax_policy_engine_close(e->eng, NULL, NULL);
     uv_run(&e->loop, UV_RUN_DEFAULT);
     CHECK(uv_loop_close(&e->loop) == 0);
     ax_config_free(&e->cfg);
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", e->dir);
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s' '%s'", e->dir, e->dir2);
     if (system(cmd) != 0)
         fprintf(stderr, "cleanup of %s failed\n", e->dir);
 }
@@ -440,6 +442,21 @@ static void on_guard(uv_timer_t *t)
     (void)t;
 }
 
+/* Turns the loop (watchers and debounce timer are unreferenced: a guard timer keeps it
+ * going) until the engine reaches generation gen, at most 3 s. */
+static void wait_generation(struct env *e, uint64_t gen)
+{
+    uv_timer_t guard;
+    uint64_t t0 = uv_now(&e->loop);
+    uv_timer_init(&e->loop, &guard);
+    uv_timer_start(&guard, on_guard, 50, 50);
+    while (ax_policy_engine_generation(e->eng) < gen && uv_now(&e->loop) - t0 < 3000)
+        uv_run(&e->loop, UV_RUN_ONCE);
+    uv_close((uv_handle_t *)&guard, NULL);
+    uv_run(&e->loop, UV_RUN_NOWAIT);
+    CHECK(ax_policy_engine_generation(e->eng) == gen);
+}
+
 static void write_version(const char *path, int v)
 {
     char text[512];
@@ -478,8 +495,8 @@ static void test_reload(void)
         char chain[600];
         snprintf(chain, sizeof(chain), "return { { '%s' } }\n", vpath);
         CHECK(setup(&e, chain, 0, 0) == 0);
-        /* the policy file lives in its own directory: removed with it below */
-        snprintf(e.dir + strlen(e.dir), sizeof(e.dir) - strlen(e.dir), "' '%s", d);
+        /* the policy file lives in its own directory, removed by teardown */
+        snprintf(e.dir2, sizeof(e.dir2), "%s", d);
     }
     CHECK(ax_policy_engine_generation(e.eng) == 1);
     run_one(&e, &a, AX_HOOK_REQUEST, "{\"messages\":[]}");
@@ -532,6 +549,26 @@ static void test_reload(void)
     run_one(&e, &a, AX_HOOK_REQUEST, "{\"messages\":[]}");
     CHECK(version_of(&a) == 4);
     job_free(&a);
+
+    /* the chain moves to a policy in a new directory: that one is watched from then on */
+    {
+        char d2[300], v2[400], chain[600];
+        snprintf(d2, sizeof(d2), "%s/sub", e.dir);
+        CHECK(mkdir(d2, 0700) == 0);
+        snprintf(v2, sizeof(v2), "%s/version.lua", d2);
+        write_version(v2, 5);
+        snprintf(chain, sizeof(chain), "return { { 'sub/version.lua' } }\n");
+        write_file(e.chain, chain);
+        wait_generation(&e, 4);
+        run_one(&e, &a, AX_HOOK_REQUEST, "{\"messages\":[]}");
+        CHECK(version_of(&a) == 5);
+        job_free(&a);
+        write_version(v2, 6);
+        wait_generation(&e, 5);
+        run_one(&e, &a, AX_HOOK_REQUEST, "{\"messages\":[]}");
+        CHECK(version_of(&a) == 6);
+        job_free(&a);
+    }
     teardown(&e);
 }
 
