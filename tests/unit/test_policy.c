@@ -809,6 +809,57 @@ static void test_upstream_calls(void)
     CHECK(up_closed);
 }
 
+static const char *setting_source(struct env *e, const char *policy, const char *key,
+                                  char *value, size_t n)
+{
+    static char src[64];
+    cJSON *st = ax_policy_engine_status(e->eng), *p;
+    src[0] = value[0] = 0;
+    cJSON_ArrayForEach(p, get(st, "policies"))
+    {
+        const cJSON *k;
+        if (strcmp(cJSON_GetStringValue(get(p, "name")), policy) != 0)
+            continue;
+        k = get(get(p, "settings"), key);
+        snprintf(src, sizeof(src), "%s", cJSON_GetStringValue(get(k, "source")));
+        if (cJSON_IsString(get(k, "value")))
+            snprintf(value, n, "%s", get(k, "value")->valuestring);
+    }
+    cJSON_Delete(st);
+    return src;
+}
+
+/* defaults < chain < ANTHROXY_POLICY_<NAME>_<KEY> < --policy-set, with sources */
+static void test_settings(void)
+{
+    struct env e;
+    struct job j;
+    char v[64];
+
+    setenv("ANTHROXY_POLICY_MARKER_TAG", "from-env", 1);
+    CHECK(setup(&e, behave_chain, 0, 0) == 0);
+    run_one(&e, &j, AX_HOOK_REQUEST, REQ("settings"));
+    CHECK(strcmp(cJSON_GetStringValue(get(j.tree, "generation_marker")), "from-env") == 0);
+    CHECK(strcmp(cJSON_GetStringValue(get(j.tree, "greeting")), "hi") == 0); /* default */
+    job_free(&j);
+    CHECK(strcmp(setting_source(&e, "marker", "tag", v, sizeof(v)),
+                 "env ANTHROXY_POLICY_MARKER_TAG") == 0);
+    CHECK(strcmp(setting_source(&e, "behave", "greeting", v, sizeof(v)), "default") == 0);
+
+    CHECK(ax_policy_engine_set_override(e.eng, "marker.tag", "from-flag") == 0);
+    CHECK(ax_policy_engine_set_override(e.eng, "behave.greeting", "hello") == 0);
+    CHECK(ax_policy_engine_set_override(e.eng, "nodot", "x") < 0);
+    ax_policy_engine_reload(e.eng);
+    run_one(&e, &j, AX_HOOK_REQUEST, REQ("settings"));
+    CHECK(strcmp(cJSON_GetStringValue(get(j.tree, "generation_marker")), "from-flag") == 0);
+    CHECK(strcmp(cJSON_GetStringValue(get(j.tree, "greeting")), "hello") == 0);
+    job_free(&j);
+    CHECK(strcmp(setting_source(&e, "marker", "tag", v, sizeof(v)), "flag --policy-set") == 0);
+    CHECK(strcmp(v, "from-flag") == 0);
+    unsetenv("ANTHROXY_POLICY_MARKER_TAG");
+    teardown(&e);
+}
+
 static void test_bad_chain(void)
 {
     struct env e;
@@ -835,6 +886,7 @@ int main(void)
     test_reload();
     test_cancel();
     test_upstream_calls();
+    test_settings();
     test_bad_chain();
     if (failures)
         fprintf(stderr, "test_policy: %d failed checks\n", failures);
