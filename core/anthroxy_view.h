@@ -173,6 +173,7 @@ struct ax_policy_engine {
     int64_t last_error_at_ms;
     uint64_t n_errors, n_budget_kills, n_memory_kills, n_failures, n_reloads, n_reload_errors;
     int in_flight;
+    int gens_alive; /* the one in force plus older ones still pinned by requests */
 
     uv_idle_t idle; /* runs deferred done callbacks */
     struct ax_policy_req *done_head, *done_tail;

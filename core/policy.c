@@ -219,6 +219,8 @@ static void gen_free(struct ax_policy_engine *eng, struct ax__gen *g)
     free(g->files);
     unref(eng->L, &g->loaded_ref);
     unref(eng->L, &g->require_ref);
+    if (g->refs >= 0 && g->id > 0)
+        eng->gens_alive--;
     free(g);
 }
 
@@ -581,6 +583,7 @@ static int engine_load(struct ax_policy_engine *eng, char *err, size_t errn)
     g->id = ++eng->gen_counter;
     g->loaded_at_ms = wall_ms();
     g->refs = 1;
+    eng->gens_alive++;
     old = eng->gen;
     eng->gen = g;
     gen_unref(eng, old);
@@ -995,6 +998,7 @@ cJSON *ax_policy_engine_status(const struct ax_policy_engine *eng)
     cJSON_AddNumberToObject(o, "reload_errors", (double)eng->n_reload_errors);
     cJSON_AddNumberToObject(o, "lua_memory", (double)eng->mem_total);
     cJSON_AddNumberToObject(o, "requests_in_flight", eng->in_flight);
+    cJSON_AddNumberToObject(o, "generations_alive", eng->gens_alive);
     return o;
 }
 

@@ -509,11 +509,13 @@ static void test_reload(void)
     ax_policy_engine_reload(e.eng);
     CHECK(ax_policy_engine_generation(e.eng) == 2);
     job_start(&e, &b, AX_HOOK_REQUEST, "{\"messages\":[]}", NULL, NULL);
+    CHECK(status_num(&e, "generations_alive") == 2); /* A still pins generation 1 */
     uv_run(&e.loop, UV_RUN_DEFAULT);
     CHECK(a.done == 1 && b.done == 1);
     CHECK(version_of(&a) == 1);
     CHECK(version_of(&b) == 2);
     job_free(&a);
+    CHECK(status_num(&e, "generations_alive") == 1); /* freed with its last request */
     job_free(&b);
 
     /* a syntax error keeps generation 2 */
