@@ -1050,9 +1050,13 @@ static int view_eq(lua_State *L)
 
 static int view_tostring(lua_State *L)
 {
+    struct ax__vstate *vs = vstate(L);
     struct view *v = luaL_checkudata(L, 1, AX_VIEW_MT);
-    lua_pushfstring(L, "anthroxy.view(%s): %p", cJSON_IsArray(v->node) ? "array" : "object",
-                    (void *)v);
+    if (vs->cur == NULL || vs->cur->id != v->scope_id) /* its node may be gone */
+        lua_pushfstring(L, "anthroxy.view(stale): %p", (void *)v);
+    else
+        lua_pushfstring(L, "anthroxy.view(%s): %p",
+                        cJSON_IsArray(v->node) ? "array" : "object", (void *)v);
     return 1;
 }
 
@@ -1332,6 +1336,8 @@ static int l_type(lua_State *L)
         t = is_null(L, 1) ? "null" : NULL;
         break;
     case LUA_TUSERDATA:
+        if (v != NULL)
+            check_views_valid(L, 1);
         t = v == NULL ? NULL : cJSON_IsArray(v->node) ? "array" : "object";
         break;
     case LUA_TTABLE: {

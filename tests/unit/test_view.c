@@ -264,6 +264,11 @@ static void test_stale_view(void)
     CHECK(!run(t, "stale_root.model = 'x'", 1));
     CHECK(!run(t, "local req = ...\nreq.x = stale", 1));
     CHECK(strstr(last_error, "outside its hook") != NULL);
+    CHECK(!run(t, "return ax.json.type(stale)", 1));
+    CHECK(!run(t, "return ax.json.totable(stale)", 1));
+    CHECK(!run(t, "return ax.json.encode(stale)", 1));
+    CHECK(!run(t, "for k in pairs(stale_root) do end", 1));
+    CHECK(run(t, "assert(tostring(stale):find('stale'))", 1));
     CHECK(same_json(t, base_json));
     cJSON_Delete(t);
 }
