@@ -33,13 +33,13 @@ enum ax_hook {
 
 struct ax_policy_env {
     uv_loop_t *loop;
-    const struct ax_config *cfg;              /* policies_path, lua_dir, budgets, fail-closed;
-                                                 borrowed, must outlive the engine */
-    struct ax_upstream *up;                   /* for ax.tokenize / ax.complete (may be NULL) */
-    struct ax_monitor *mon;                   /* may be NULL */
-    int64_t (*context_window)(void *ud);      /* current window (configured or probed); may be
-                                                 NULL: cfg->context_window, else 131072 */
-    const char *(*upstream_model)(void *ud);  /* model for ax.complete requests; may be NULL */
+    const struct ax_config *cfg;             /* policies_path, lua_dir, budgets, fail-closed;
+                                                borrowed, must outlive the engine */
+    struct ax_upstream *up;                  /* for ax.tokenize / ax.complete (may be NULL) */
+    struct ax_monitor *mon;                  /* may be NULL */
+    int64_t (*context_window)(void *ud);     /* current window (configured or probed); may be
+                                                NULL: cfg->context_window, else 131072 */
+    const char *(*upstream_model)(void *ud); /* model for ax.complete requests; may be NULL */
     void *ud;
 };
 
@@ -115,8 +115,8 @@ typedef void (*ax_policy_done_fn)(struct ax_policy_req *pr, int rc, const struct
  * when nothing yields). A request with no hooks of that kind still completes through done.
  * tree must stay alive and untouched by the caller until done. Only one run at a time per
  * request: returns AX_EBUSY if one is in progress (done is then not called). */
-int ax_policy_req_run(struct ax_policy_req *pr, enum ax_hook hook, cJSON *tree,
-                      const cJSON *aux, ax_policy_done_fn done, void *ud);
+int ax_policy_req_run(struct ax_policy_req *pr, enum ax_hook hook, cJSON *tree, const cJSON *aux,
+                      ax_policy_done_fn done, void *ud);
 
 /* ctx.report_scale as policies left it (1.0 by default). */
 double ax_policy_req_report_scale(const struct ax_policy_req *pr);

@@ -52,10 +52,10 @@ struct ax__scope {
     size_t n_log, cap_log;
     struct ax__acache *cache; /* array child-pointer caches, keyed by array node */
     size_t cache_cap, cache_n;
-    size_t *charge;       /* JSON bytes written by this scope are added here (may be NULL) */
-    size_t charge_max;    /* ... and a write pushing *charge past this raises */
-    size_t *charge_extra; /* counted against charge_max too (the request's Lua memory) */
-    int *charge_hit;      /* set to 1 when a write is refused for the cap (may be NULL) */
+    size_t *charge;           /* JSON bytes written by this scope are added here (may be NULL) */
+    size_t charge_max;        /* ... and a write pushing *charge past this raises */
+    size_t *charge_extra;     /* counted against charge_max too (the request's Lua memory) */
+    int *charge_hit;          /* set to 1 when a write is refused for the cap (may be NULL) */
     struct ax__tokmemo *memo; /* told about every write (may be NULL) */
 };
 
@@ -156,9 +156,9 @@ struct ax_policy_engine {
     int test_mode; /* `anthroxy test-lua`: no loop; ax.sleep returns at once, fakes answer */
 
     size_t mem_total, mem_max, req_mem_max;
-    struct ax__run_slot *cur_rs;  /* charged now, or NULL */
-    struct ax_policy_req *cur;    /* request whose coroutine runs now, or NULL */
-    int protected_alloc;          /* inside a protected call: allocations may fail */
+    struct ax__run_slot *cur_rs; /* charged now, or NULL */
+    struct ax_policy_req *cur;   /* request whose coroutine runs now, or NULL */
+    int protected_alloc;         /* inside a protected call: allocations may fail */
     uint64_t budget;
 
     char *chain_path, *lua_dir;

@@ -25,14 +25,14 @@
 #include "anthroxy_translate.h"
 #include "anthroxy_upstream.h"
 
-#define HOOK_STEP 1000              /* instructions between budget checks */
-#define LOAD_BUDGET_FACTOR 10       /* a chain load may spend 10 hook budgets */
-#define MAX_FILE_BYTES (4u << 20)   /* a policy or chain file */
+#define HOOK_STEP 1000            /* instructions between budget checks */
+#define LOAD_BUDGET_FACTOR 10     /* a chain load may spend 10 hook budgets */
+#define MAX_FILE_BYTES (4u << 20) /* a policy or chain file */
 #define DEBOUNCE_MS 200
 #define DEFAULT_WINDOW 131072
 
-static const char *hook_names[AX_HOOK_COUNT] = {"on_request", "on_upstream_request",
-                                                "on_response", "on_upstream_error"};
+static const char *hook_names[AX_HOOK_COUNT] = {"on_request", "on_upstream_request", "on_response",
+                                                "on_upstream_error"};
 static char require_key;
 static struct ax__run_slot killer_slot = {NULL, 0, 0, 1, 0, 0, 0, 0};
 
@@ -235,13 +235,13 @@ static void gen_unref(struct ax_policy_engine *eng, struct ax__gen *g)
 static void push_newenv(lua_State *L, struct ax_policy_engine *eng, int require_idx)
 {
     require_idx = lua_absindex(L, require_idx);
-    lua_newtable(L);                                   /* env */
-    lua_createtable(L, 0, 2);                          /* env, mt */
-    lua_rawgeti(L, LUA_REGISTRYINDEX, eng->base_ref);  /* env, mt, base */
-    lua_setfield(L, -2, "__index");                    /* env, mt */
+    lua_newtable(L);                                  /* env */
+    lua_createtable(L, 0, 2);                         /* env, mt */
+    lua_rawgeti(L, LUA_REGISTRYINDEX, eng->base_ref); /* env, mt, base */
+    lua_setfield(L, -2, "__index");                   /* env, mt */
     lua_pushboolean(L, 0);
     lua_setfield(L, -2, "__metatable");
-    lua_setmetatable(L, -2);                           /* env */
+    lua_setmetatable(L, -2); /* env */
     lua_pushvalue(L, require_idx);
     lua_setfield(L, -2, "require");
     lua_pushvalue(L, -1);
@@ -266,28 +266,29 @@ static int l_require(lua_State *L)
     lua_pop(L, 1);
     if (strncmp(name, "anthroxy.", 9) != 0 || name[9] == 0 ||
         strspn(name + 9, "abcdefghijklmnopqrstuvwxyz0123456789_") != strlen(name + 9))
-        return luaL_error(L, "module '%s' is not available in the policy sandbox (only "
-                             "'anthroxy' and 'anthroxy.<name>')", name);
-    if (eng->cur != NULL)
-        return luaL_error(L, "require '%s' inside a hook: require at the top of the file",
+        return luaL_error(L,
+                          "module '%s' is not available in the policy sandbox (only "
+                          "'anthroxy' and 'anthroxy.<name>')",
                           name);
+    if (eng->cur != NULL)
+        return luaL_error(L, "require '%s' inside a hook: require at the top of the file", name);
     mod = name + 9;
     snprintf(path, sizeof(path), "%s/anthroxy/%s.lua", eng->lua_dir, mod);
     text = read_file(path, &len, err, sizeof(err));
     if (text == NULL)
         return luaL_error(L, "require '%s': %s", name, err);
-    lua_pushfstring(L, "@%s", path);                  /* name, chunkname */
+    lua_pushfstring(L, "@%s", path); /* name, chunkname */
     if (luaL_loadbufferx(L, text, len, lua_tostring(L, -1), "t") != LUA_OK) {
         free(text);
         return lua_error(L);
     }
-    free(text);                                       /* name, chunkname, f */
+    free(text);                                        /* name, chunkname, f */
     lua_rawgetp(L, lua_upvalueindex(1), &require_key); /* name, chunkname, f, require */
-    push_newenv(L, eng, -1);                          /* ..., f, require, env */
-    lua_remove(L, -2);                                /* ..., f, env */
-    lua_setupvalue(L, -2, 1);                         /* ..., f */
+    push_newenv(L, eng, -1);                           /* ..., f, require, env */
+    lua_remove(L, -2);                                 /* ..., f, env */
+    lua_setupvalue(L, -2, 1);                          /* ..., f */
     lua_pushstring(L, name);
-    lua_call(L, 1, 1);                                /* name, chunkname, result */
+    lua_call(L, 1, 1); /* name, chunkname, result */
     if (lua_isnil(L, -1)) {
         lua_pop(L, 1);
         lua_pushboolean(L, 1);
@@ -300,16 +301,16 @@ static int l_require(lua_State *L)
 /* Creates g's package.loaded and require; leaves the require closure on the stack. */
 static void gen_make_require(lua_State *L, struct ax_policy_engine *eng, struct ax__gen *g)
 {
-    lua_newtable(L);                         /* loaded */
-    ax__api_open(L, eng);                    /* loaded, ax */
-    lua_setfield(L, -2, "anthroxy");         /* loaded */
-    lua_pushvalue(L, -1);                    /* loaded, loaded */
-    lua_pushcclosure(L, l_require, 1);       /* loaded, require */
+    lua_newtable(L);                   /* loaded */
+    ax__api_open(L, eng);              /* loaded, ax */
+    lua_setfield(L, -2, "anthroxy");   /* loaded */
+    lua_pushvalue(L, -1);              /* loaded, loaded */
+    lua_pushcclosure(L, l_require, 1); /* loaded, require */
     lua_pushvalue(L, -1);
-    lua_rawsetp(L, -3, &require_key);        /* loaded, require */
+    lua_rawsetp(L, -3, &require_key); /* loaded, require */
     lua_pushvalue(L, -1);
     g->require_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    lua_insert(L, -2);                       /* require, loaded */
+    lua_insert(L, -2);                              /* require, loaded */
     g->loaded_ref = luaL_ref(L, LUA_REGISTRYINDEX); /* require */
 }
 
@@ -385,7 +386,7 @@ static void push_host(lua_State *L, struct ax_policy_engine *eng, int require_id
 {
     int i;
     require_idx = lua_absindex(L, require_idx);
-    lua_newtable(L);                          /* host */
+    lua_newtable(L); /* host */
     lua_pushcfunction(L, host_read);
     lua_setfield(L, -2, "read");
     lua_pushvalue(L, require_idx);
@@ -402,12 +403,12 @@ static void push_host(lua_State *L, struct ax_policy_engine *eng, int require_id
     lua_setfield(L, -2, "lua_dir");
     lua_pushstring(L, AX_POLICY_DIR);
     lua_setfield(L, -2, "policy_dir");
-    lua_newtable(L);                          /* host, ov */
+    lua_newtable(L); /* host, ov */
     for (i = 0; i < eng->n_ov; i++) {
         lua_pushstring(L, eng->ov_vals[i]);
         lua_setfield(L, -2, eng->ov_keys[i]);
     }
-    lua_setfield(L, -2, "overrides");         /* host */
+    lua_setfield(L, -2, "overrides"); /* host */
 }
 
 /* Compiles <lua dir>/anthroxy/<file> in a sandbox env and calls it: pushes its result. */
@@ -460,21 +461,21 @@ static void take_policy(lua_State *L, struct ax_policy_engine *eng, struct ax__g
     lua_pop(L, 1);
     if (p->name == NULL || p->file == NULL)
         luaL_error(L, "not enough memory");
-    lua_getfield(L, -1, "module");            /* e, mod */
+    lua_getfield(L, -1, "module"); /* e, mod */
     for (h = 0; h < AX_HOOK_COUNT; h++) {
         if (lua_getfield(L, -1, hook_names[h]) == LUA_TFUNCTION)
             p->fn_ref[h] = luaL_ref(L, LUA_REGISTRYINDEX);
         else
             lua_pop(L, 1);
     }
-    lua_pop(L, 1);                            /* e */
+    lua_pop(L, 1); /* e */
     lua_getfield(L, -1, "settings");
     p->settings_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    lua_getfield(L, -1, "report");                  /* e, report */
+    lua_getfield(L, -1, "report"); /* e, report */
     lua_pushcfunction(L, report_to_json);
-    lua_insert(L, -2);                              /* e, f, report */
+    lua_insert(L, -2); /* e, f, report */
     lua_pushlightuserdata(L, &p->settings);
-    if (lua_pcall(L, 2, 0, 0) != LUA_OK) {          /* e, err: settings JSON cannot hold */
+    if (lua_pcall(L, 2, 0, 0) != LUA_OK) { /* e, err: settings JSON cannot hold */
         lua_pop(L, 1);
         p->settings = cJSON_CreateObject();
     }
@@ -495,11 +496,11 @@ static int load_protected(lua_State *L)
     push_runtime_module(L, eng, "chain.lua", 1);      /* require, M */
     if (lua_getfield(L, -1, "load") != LUA_TFUNCTION) /* require, M, load */
         return luaL_error(L, "chain.lua: no load function");
-    co = lua_newthread(L);                            /* require, M, load, co */
+    co = lua_newthread(L); /* require, M, load, co */
     lua_pushvalue(L, 3);
     push_host(L, eng, 1);
-    lua_pushstring(L, eng->chain_path);               /* ..., co, load, host, path */
-    lua_xmove(L, co, 3);                              /* require, M, load, co */
+    lua_pushstring(L, eng->chain_path); /* ..., co, load, host, path */
+    lua_xmove(L, co, 3);                /* require, M, load, co */
     memset(&rs, 0, sizeof(rs));
     rs.co = co;
     rs.budget = eng->budget * LOAD_BUDGET_FACTOR;
@@ -517,8 +518,8 @@ static int load_protected(lua_State *L)
         lua_pushstring(L, msg ? msg : "error object is not a string");
         return lua_error(L);
     }
-    lua_xmove(co, L, 1);                              /* ..., co, gen */
-    lua_getfield(L, -1, "policies");                  /* ..., gen, policies */
+    lua_xmove(co, L, 1);             /* ..., co, gen */
+    lua_getfield(L, -1, "policies"); /* ..., gen, policies */
     n = (int)lua_rawlen(L, -1);
     g->p = calloc((size_t)(n ? n : 1), sizeof(*g->p));
     if (g->p == NULL)
@@ -530,14 +531,14 @@ static int load_protected(lua_State *L)
     }
     for (i = 0; i < n; i++) {
         g->n = i + 1;
-        lua_rawgeti(L, -1, i + 1);                    /* ..., policies, e */
+        lua_rawgeti(L, -1, i + 1); /* ..., policies, e */
         take_policy(L, eng, &g->p[i]);
         lua_pop(L, 1);
         for (h = 0; h < AX_HOOK_COUNT; h++)
             if (g->p[i].fn_ref[h] != LUA_NOREF)
                 g->has_hook[h] = 1;
     }
-    lua_pop(L, 1);                                    /* ..., gen */
+    lua_pop(L, 1); /* ..., gen */
     lua_getfield(L, -1, "files");
     n = (int)lua_rawlen(L, -1);
     g->files = calloc((size_t)(n ? n : 1), sizeof(char *));
@@ -624,10 +625,10 @@ static int sess_reset_forced(lua_State *L)
 static int engine_setup(struct ax_policy_engine *eng)
 {
     static const luaL_Reg libs[] = {
-        {LUA_GNAME, luaopen_base},        {LUA_STRLIBNAME, luaopen_string},
-        {LUA_TABLIBNAME, luaopen_table},  {LUA_MATHLIBNAME, luaopen_math},
-        {LUA_UTF8LIBNAME, luaopen_utf8},  {LUA_COLIBNAME, luaopen_coroutine},
-        {LUA_OSLIBNAME, luaopen_os},      {NULL, NULL}};
+        {LUA_GNAME, luaopen_base},       {LUA_STRLIBNAME, luaopen_string},
+        {LUA_TABLIBNAME, luaopen_table}, {LUA_MATHLIBNAME, luaopen_math},
+        {LUA_UTF8LIBNAME, luaopen_utf8}, {LUA_COLIBNAME, luaopen_coroutine},
+        {LUA_OSLIBNAME, luaopen_os},     {NULL, NULL}};
     static const luaL_Reg sess[] = {{"note_prune", sess_note_prune},
                                     {"note_overflow", sess_note_overflow},
                                     {"note_forced_turn", sess_note_forced},
@@ -650,10 +651,10 @@ static int engine_setup(struct ax_policy_engine *eng)
     lua_pop(L, 1);
     ax__sandbox_base(L, eng);
     eng->base_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    lua_newtable(L);                  /* mt */
-    lua_newtable(L);                  /* mt, methods */
+    lua_newtable(L); /* mt */
+    lua_newtable(L); /* mt, methods */
     luaL_setfuncs(L, sess, 0);
-    lua_setfield(L, -2, "__index");   /* mt */
+    lua_setfield(L, -2, "__index"); /* mt */
     eng->session_mt_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     return 0;
 }
@@ -698,7 +699,7 @@ static int engine_create(const struct ax_policy_env *env, const char *chain, int
     eng->mem_max = cfg && cfg->lua_mem_max ? cfg->lua_mem_max : (size_t)256 << 20;
     eng->req_mem_max = cfg && cfg->lua_req_mem_max ? cfg->lua_req_mem_max : (size_t)16 << 20;
     eng->budget = cfg && cfg->lua_instr_budget ? cfg->lua_instr_budget : 10000000;
-    eng->chain_path = xstrdup(chain ? chain
+    eng->chain_path = xstrdup(chain                       ? chain
                               : cfg && cfg->policies_path ? cfg->policies_path
                                                           : AX_POLICY_DIR "/default.lua");
     eng->lua_dir = xstrdup(cfg && cfg->lua_dir ? cfg->lua_dir : AX_LUA_DIR);
@@ -738,8 +739,8 @@ int ax_policy_engine_new(const struct ax_policy_env *env, struct ax_policy_engin
         engine_destroy(eng);
         return AX_ELUA;
     }
-    AX_LOG_INFO(NULL, "policies: generation %" PRIu64 " loaded from %s (%d policies)",
-                eng->gen->id, eng->chain_path, eng->gen->n);
+    AX_LOG_INFO(NULL, "policies: generation %" PRIu64 " loaded from %s (%d policies)", eng->gen->id,
+                eng->chain_path, eng->gen->n);
     engine_init_handles(eng);
     *out = eng;
     return 0;
@@ -802,8 +803,8 @@ void ax_policy_engine_reload(struct ax_policy_engine *eng)
     eng->n_reloads++;
     if (eng->watching)
         watch_all(eng);
-    AX_LOG_INFO(NULL, "policies: generation %" PRIu64 " loaded from %s (%d policies)",
-                eng->gen->id, eng->chain_path, eng->gen->n);
+    AX_LOG_INFO(NULL, "policies: generation %" PRIu64 " loaded from %s (%d policies)", eng->gen->id,
+                eng->chain_path, eng->gen->n);
 }
 
 static void engine_on_debounce(uv_timer_t *t)
@@ -1087,11 +1088,11 @@ static void ctx_refresh(struct ax_policy_req *pr)
     lua_State *L = pr->eng->L;
     int64_t window = context_window(pr->eng);
 
-    lua_rawgeti(L, LUA_REGISTRYINDEX, pr->ctx_ref);  /* ctx */
+    lua_rawgeti(L, LUA_REGISTRYINDEX, pr->ctx_ref); /* ctx */
     setfield_int(L, "context_window", window);
     lua_pushstring(L, hook_names[pr->hook]);
     lua_setfield(L, -2, "hook");
-    lua_getfield(L, -1, "session");                  /* ctx, session */
+    lua_getfield(L, -1, "session"); /* ctx, session */
     session_fill(pr, window);
     lua_pop(L, 2);
 }
@@ -1127,7 +1128,7 @@ int ax_policy_req_new(struct ax_policy_engine *eng, const struct ax_policy_req_i
     pr->gen->refs++;
     pr->rs.co = new_thread(eng, &pr->co_ref);
 
-    lua_createtable(L, 0, 16);                           /* ctx */
+    lua_createtable(L, 0, 16); /* ctx */
     lua_pushstring(L, pr->request_id);
     lua_setfield(L, -2, "request_id");
     lua_pushstring(L, pr->session_id);
@@ -1144,10 +1145,10 @@ int ax_policy_req_new(struct ax_policy_engine *eng, const struct ax_policy_req_i
     lua_setfield(L, -2, "prune_threshold");
     lua_pushnumber(L, 1.0);
     lua_setfield(L, -2, "report_scale");
-    lua_newtable(L);                                     /* ctx, session */
+    lua_newtable(L); /* ctx, session */
     lua_rawgeti(L, LUA_REGISTRYINDEX, eng->session_mt_ref);
     lua_setmetatable(L, -2);
-    lua_setfield(L, -2, "session");                      /* ctx */
+    lua_setfield(L, -2, "session"); /* ctx */
     pr->ctx_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_newtable(L);
     pr->states_ref = luaL_ref(L, LUA_REGISTRYINDEX);
@@ -1250,18 +1251,18 @@ static int hook_begin(struct ax_policy_req *pr)
     pr->rs.mem = pr->rs.json_mem = 0;
     pr->rs.mem_max = eng->req_mem_max;
 
-    lua_rawgeti(L, LUA_REGISTRYINDEX, pr->ctx_ref);       /* ctx */
-    lua_rawgeti(L, LUA_REGISTRYINDEX, p->settings_ref);   /* ctx, settings */
-    lua_setfield(L, -2, "settings");                      /* ctx */
-    lua_rawgeti(L, LUA_REGISTRYINDEX, pr->states_ref);    /* ctx, states */
-    if (lua_rawgeti(L, -1, pr->idx + 1) != LUA_TTABLE) {  /* ctx, states, st */
+    lua_rawgeti(L, LUA_REGISTRYINDEX, pr->ctx_ref);      /* ctx */
+    lua_rawgeti(L, LUA_REGISTRYINDEX, p->settings_ref);  /* ctx, settings */
+    lua_setfield(L, -2, "settings");                     /* ctx */
+    lua_rawgeti(L, LUA_REGISTRYINDEX, pr->states_ref);   /* ctx, states */
+    if (lua_rawgeti(L, -1, pr->idx + 1) != LUA_TTABLE) { /* ctx, states, st */
         lua_pop(L, 1);
         lua_newtable(L);
         lua_pushvalue(L, -1);
         lua_rawseti(L, -3, pr->idx + 1);
     }
-    lua_setfield(L, -3, "state");                         /* ctx, states */
-    lua_pop(L, 1);                                        /* ctx */
+    lua_setfield(L, -3, "state"); /* ctx, states */
+    lua_pop(L, 1);                /* ctx */
     for (i = 0; i < 3; i++)
         pr->saved_session[i] = ctx_session_int(L, sess_fields[i]);
     pr->saved_scale = pr->report_scale;
@@ -1295,7 +1296,7 @@ static void hook_commit(struct ax_policy_req *pr)
     cJSON_Delete(pr->before);
     pr->before = NULL;
     ax__scope_commit(&pr->scope);
-    lua_rawgeti(L, LUA_REGISTRYINDEX, pr->ctx_ref);       /* ctx */
+    lua_rawgeti(L, LUA_REGISTRYINDEX, pr->ctx_ref); /* ctx */
     for (i = 0; i < 3 && pr->session != NULL; i++) {
         int64_t v = ctx_session_int(L, sess_fields[i]);
         if (v == pr->saved_session[i])
@@ -1323,8 +1324,8 @@ static void hook_discard(struct ax_policy_req *pr)
     cJSON_Delete(pr->before);
     pr->before = NULL;
     ax__scope_discard(&pr->scope);
-    lua_rawgeti(L, LUA_REGISTRYINDEX, pr->ctx_ref);       /* ctx */
-    lua_getfield(L, -1, "session");                       /* ctx, session */
+    lua_rawgeti(L, LUA_REGISTRYINDEX, pr->ctx_ref); /* ctx */
+    lua_getfield(L, -1, "session");                 /* ctx, session */
     if (lua_istable(L, -1))
         for (i = 0; i < 3; i++)
             setfield_int(L, sess_fields[i], pr->saved_session[i]);
@@ -1376,15 +1377,17 @@ static void hook_end(struct ax_policy_req *pr, int status, int nres)
                      eng->req_mem_max, where);
         } else if (pr->rs.budget_hit) {
             kind = FK_BUDGET;
-            snprintf(msg, sizeof(msg), "instruction budget exceeded (%" PRIu64 ")%s",
-                     eng->budget, where);
+            snprintf(msg, sizeof(msg), "instruction budget exceeded (%" PRIu64 ")%s", eng->budget,
+                     where);
         } else {
-            snprintf(msg, sizeof(msg), "yielded outside the anthroxy API (coroutine.yield "
-                                       "in a hook?)%s", where);
+            snprintf(msg, sizeof(msg),
+                     "yielded outside the anthroxy API (coroutine.yield "
+                     "in a hook?)%s",
+                     where);
         }
     } else if (ax__is_fail(co, -1, &pr->err)) {
-        AX_LOG_INFO(NULL, "[%s] policy %s rejected the request: %d %s", pr->request_id,
-                    p->name, pr->err.status, pr->err.message);
+        AX_LOG_INFO(NULL, "[%s] policy %s rejected the request: %d %s", pr->request_id, p->name,
+                    pr->err.status, pr->err.message);
         thread_renew(pr);
         pr->rc = AX_EINVAL;
         run_finish(pr);
@@ -1400,8 +1403,8 @@ static void hook_end(struct ax_policy_req *pr, int status, int nres)
         eng->n_budget_kills++;
     else if (kind == FK_MEMORY)
         eng->n_memory_kills++;
-    ax_log_write(AX_LOG_LVL_WARN, pr->request_id, "policy %s (%s) %s failed: %s", p->name,
-                 p->file, hook_names[pr->hook], msg);
+    ax_log_write(AX_LOG_LVL_WARN, pr->request_id, "policy %s (%s) %s failed: %s", p->name, p->file,
+                 hook_names[pr->hook], msg);
     thread_renew(pr);
     if (eng->env.cfg != NULL && eng->env.cfg->policy_fail_closed) {
         eng->n_failures++;
@@ -1492,8 +1495,8 @@ void ax__pend_release(struct ax__pend *p)
     }
 }
 
-int ax_policy_req_run(struct ax_policy_req *pr, enum ax_hook hook, cJSON *tree,
-                      const cJSON *aux, ax_policy_done_fn done, void *ud)
+int ax_policy_req_run(struct ax_policy_req *pr, enum ax_hook hook, cJSON *tree, const cJSON *aux,
+                      ax_policy_done_fn done, void *ud)
 {
     if (pr->running)
         return AX_EBUSY;
@@ -1510,8 +1513,8 @@ int ax_policy_req_run(struct ax_policy_req *pr, enum ax_hook hook, cJSON *tree,
     pr->rc = 0;
     memset(&pr->err, 0, sizeof(pr->err));
     /* the caller may have changed the tree between runs: estimates start afresh */
-    ax__memo_reset(&pr->memo, hook == AX_HOOK_REQUEST || hook == AX_HOOK_UPSTREAM_ERROR
-                                  ? tree : NULL);
+    ax__memo_reset(&pr->memo,
+                   hook == AX_HOOK_REQUEST || hook == AX_HOOK_UPSTREAM_ERROR ? tree : NULL);
     if (pr->gen->has_hook[hook])
         ctx_refresh(pr);
     run_step(pr, 0);
@@ -1583,15 +1586,15 @@ static int host_run_hook(lua_State *L)
     }
     ax__view_push(L, &eng->vs, &sc, root);
     lua_pushvalue(L, 5);
-    status = lua_pcall(L, nargs, 1, 0);                 /* ..., box, ret|err */
+    status = lua_pcall(L, nargs, 1, 0); /* ..., box, ret|err */
     eng->vs.cur = prev;
     if (status != LUA_OK) {
         ax__scope_discard(&sc);
         return lua_error(L);
     }
     ax__scope_commit(&sc);
-    ax__json_push_table(L, root);                       /* ..., box, ret, tree */
-    lua_insert(L, -2);                                  /* ..., box, tree, ret */
+    ax__json_push_table(L, root); /* ..., box, ret, tree */
+    lua_insert(L, -2);            /* ..., box, tree, ret */
     return 2;
 }
 
@@ -1636,9 +1639,9 @@ static int test_protected(lua_State *L)
     char *text;
     int top;
 
-    gen_make_require(L, eng, eng->gen);                 /* eng, file, require (3) */
-    push_runtime_module(L, eng, "chain.lua", 3);        /* ..., chain (4) */
-    push_host(L, eng, 3);                               /* ..., chain, host (5) */
+    gen_make_require(L, eng, eng->gen);          /* eng, file, require (3) */
+    push_runtime_module(L, eng, "chain.lua", 3); /* ..., chain (4) */
+    push_host(L, eng, 3);                        /* ..., chain, host (5) */
     lua_pushcfunction(L, host_run_hook);
     lua_setfield(L, 5, "run_hook");
     lua_pushcfunction(L, host_where);
@@ -1662,12 +1665,12 @@ static int test_protected(lua_State *L)
             return lua_error(L);
         }
         free(text);
-        lua_remove(L, -2);                              /* ..., host, f */
+        lua_remove(L, -2); /* ..., host, f */
         push_newenv(L, eng, 3);
         lua_setupvalue(L, -2, 1);
         lua_pushvalue(L, 5);
         lua_pushvalue(L, 4);
-        lua_call(L, 2, 1);                              /* ..., host, T (6) */
+        lua_call(L, 2, 1); /* ..., host, T (6) */
     }
     lua_rawgeti(L, LUA_REGISTRYINDEX, eng->gen->loaded_ref);
     lua_pushvalue(L, 6);
@@ -1676,14 +1679,14 @@ static int test_protected(lua_State *L)
     text = read_file(file, &len, err, sizeof(err));
     if (text == NULL)
         return luaL_error(L, "%s", err);
-    lua_pushcfunction(L, msgh_traceback);              /* ..., T, msgh (7) */
+    lua_pushcfunction(L, msgh_traceback); /* ..., T, msgh (7) */
     lua_pushfstring(L, "@%s", file);
     if (luaL_loadbufferx(L, text, len, lua_tostring(L, -1), "t") != LUA_OK) {
         free(text);
         return lua_error(L);
     }
     free(text);
-    lua_remove(L, -2);                                  /* ..., T, msgh, f */
+    lua_remove(L, -2); /* ..., T, msgh, f */
     push_newenv(L, eng, 3);
     lua_setupvalue(L, -2, 1);
     top = lua_gettop(L);
@@ -1801,8 +1804,7 @@ static void check_trace(void *ud, const char *policy, enum ax_hook hook, const c
     lua_pop(L, 1);
 }
 
-static void check_on_done(struct ax_policy_req *pr, int rc, const struct ax_error *err,
-                          void *ud)
+static void check_on_done(struct ax_policy_req *pr, int rc, const struct ax_error *err, void *ud)
 {
     struct check_state *cs = ud;
     (void)pr;
@@ -1830,9 +1832,8 @@ static int check_run(struct check_state *cs, uv_loop_t *loop, struct ax_policy_r
     if (!cs->done)
         return -1;
     if (cs->rc < 0) {
-        fprintf(stderr, "anthroxy check: the request fails in %s: %d %s: %s\n",
-                hook_names[hook], cs->err.status, cs->err.type ? cs->err.type : "",
-                cs->err.message);
+        fprintf(stderr, "anthroxy check: the request fails in %s: %d %s: %s\n", hook_names[hook],
+                cs->err.status, cs->err.type ? cs->err.type : "", cs->err.message);
         return -1;
     }
     return 0;

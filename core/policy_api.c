@@ -168,8 +168,8 @@ static int l_fail(lua_State *L)
     const char *msg = luaL_optstring(L, 3, "rejected by policy");
 
     luaL_argcheck(L, status >= 400 && status <= 599, 1, "status must be 4xx or 5xx");
-    lua_createtable(L, 0, 1);  /* e */
-    lua_createtable(L, 0, 3);  /* e, f */
+    lua_createtable(L, 0, 1); /* e */
+    lua_createtable(L, 0, 3); /* e, f */
     lua_pushinteger(L, status);
     lua_setfield(L, -2, "status");
     lua_pushstring(L, type ? type : ax_error_type_for_status((int)status));
@@ -203,10 +203,14 @@ int ax__is_fail(lua_State *L, int idx, struct ax_error *err)
                  lua_tostring(L, -1) ? lua_tostring(L, -1) : "rejected by policy");
     /* keep the policy's type only when it is one of Anthropic's (static strings) */
     {
-        static const char *types[] = {"invalid_request_error", "authentication_error",
-                                      "permission_error",      "not_found_error",
-                                      "request_too_large",     "rate_limit_error",
-                                      "api_error",             "overloaded_error"};
+        static const char *types[] = {"invalid_request_error",
+                                      "authentication_error",
+                                      "permission_error",
+                                      "not_found_error",
+                                      "request_too_large",
+                                      "rate_limit_error",
+                                      "api_error",
+                                      "overloaded_error"};
         const char *t = lua_tostring(L, -2);
         size_t i;
         err->type = ax_error_type_for_status(err->status);
@@ -225,11 +229,15 @@ static struct ax_policy_req *own_request(lua_State *L, struct ax_policy_engine *
 {
     struct ax_policy_req *pr = eng->cur;
     if (pr == NULL || L != pr->rs.co)
-        luaL_error(L, "%s must run on the request's coroutine (in a hook, not at load time "
-                      "nor inside a coroutine of the policy's own)", what);
+        luaL_error(L,
+                   "%s must run on the request's coroutine (in a hook, not at load time "
+                   "nor inside a coroutine of the policy's own)",
+                   what);
     if (!lua_isyieldable(L))
-        luaL_error(L, "%s: attempt to yield across a C-call boundary (table.sort comparator, "
-                      "gsub callback, metamethod or require?)", what);
+        luaL_error(L,
+                   "%s: attempt to yield across a C-call boundary (table.sort comparator, "
+                   "gsub callback, metamethod or require?)",
+                   what);
     return pr;
 }
 
@@ -341,8 +349,7 @@ static void complete_on_done(int rc, int status, const char *body, size_t len, v
         if (rc < 0)
             lua_pushfstring(co, "completion failed: %s", ax_strerror(rc));
         else
-            lua_pushfstring(co, "completion failed: status %d: %s", status,
-                            body ? body : "");
+            lua_pushfstring(co, "completion failed: status %d: %s", status, body ? body : "");
     }
     pend_free_now(p);
     pr->pend = NULL;
@@ -452,8 +459,7 @@ static int l_complete(lua_State *L)
     cJSON_Delete(req);
     if (body == NULL)
         return luaL_error(L, "not enough memory");
-    if (start_fetch(L, eng, pr, PEND_COMPLETE, "/v1/chat/completions", body,
-                    complete_on_done) < 0)
+    if (start_fetch(L, eng, pr, PEND_COMPLETE, "/v1/chat/completions", body, complete_on_done) < 0)
         return 2;
     lua_settop(L, 0);
     return lua_yieldk(L, 0, 0, complete_k);
@@ -494,10 +500,10 @@ static int ro_len(lua_State *L)
 /* Replaces the table at the top with a read-only proxy of it. */
 static void make_readonly(lua_State *L)
 {
-    lua_newtable(L);                      /* t, proxy */
-    lua_createtable(L, 0, 5);             /* t, proxy, mt */
-    lua_pushvalue(L, -3);                 /* t, proxy, mt, t */
-    lua_setfield(L, -2, "__index");       /* t, proxy, mt */
+    lua_newtable(L);                /* t, proxy */
+    lua_createtable(L, 0, 5);       /* t, proxy, mt */
+    lua_pushvalue(L, -3);           /* t, proxy, mt, t */
+    lua_setfield(L, -2, "__index"); /* t, proxy, mt */
     lua_pushcfunction(L, ro_newindex);
     lua_setfield(L, -2, "__newindex");
     lua_pushvalue(L, -3);
@@ -507,9 +513,9 @@ static void make_readonly(lua_State *L)
     lua_pushcclosure(L, ro_len, 1);
     lua_setfield(L, -2, "__len");
     lua_pushboolean(L, 0);
-    lua_setfield(L, -2, "__metatable");   /* t, proxy, mt */
-    lua_setmetatable(L, -2);              /* t, proxy */
-    lua_remove(L, -2);                    /* proxy */
+    lua_setfield(L, -2, "__metatable"); /* t, proxy, mt */
+    lua_setmetatable(L, -2);            /* t, proxy */
+    lua_remove(L, -2);                  /* proxy */
 }
 
 static int l_set_fake(lua_State *L)
@@ -530,33 +536,39 @@ static int l_set_fake(lua_State *L)
 
 void ax__api_open(lua_State *L, struct ax_policy_engine *eng)
 {
-    static const luaL_Reg funcs[] = {
-        {"tokens", l_tokens},     {"message_tokens", l_message_tokens},
-        {"request_tokens", l_request_tokens}, {"calibrated", l_calibrated},
-        {"fail", l_fail},         {"sleep", l_sleep},
-        {"tokenize", l_tokenize}, {"complete", l_complete},
-        {"now_ms", l_now_ms},     {NULL, NULL}};
-    static const luaL_Reg logf[] = {{"debug", l_log_debug}, {"info", l_log_info},
-                                    {"warn", l_log_warn},   {"error", l_log_error},
+    static const luaL_Reg funcs[] = {{"tokens", l_tokens},
+                                     {"message_tokens", l_message_tokens},
+                                     {"request_tokens", l_request_tokens},
+                                     {"calibrated", l_calibrated},
+                                     {"fail", l_fail},
+                                     {"sleep", l_sleep},
+                                     {"tokenize", l_tokenize},
+                                     {"complete", l_complete},
+                                     {"now_ms", l_now_ms},
+                                     {NULL, NULL}};
+    static const luaL_Reg logf[] = {{"debug", l_log_debug},
+                                    {"info", l_log_info},
+                                    {"warn", l_log_warn},
+                                    {"error", l_log_error},
                                     {NULL, NULL}};
 
     if (eng->api_ref != LUA_NOREF) {
         lua_rawgeti(L, LUA_REGISTRYINDEX, eng->api_ref);
         return;
     }
-    lua_newtable(L);                          /* M */
+    lua_newtable(L); /* M */
     luaL_setfuncs(L, funcs, 0);
-    ax__view_open_api(L, &eng->vs);           /* M (json, insert, remove, ...) */
-    lua_getfield(L, -1, "json");              /* M, json */
+    ax__view_open_api(L, &eng->vs); /* M (json, insert, remove, ...) */
+    lua_getfield(L, -1, "json");    /* M, json */
     make_readonly(L);
-    lua_setfield(L, -2, "json");              /* M */
-    lua_newtable(L);                          /* M, log */
+    lua_setfield(L, -2, "json"); /* M */
+    lua_newtable(L);             /* M, log */
     luaL_setfuncs(L, logf, 0);
     make_readonly(L);
-    lua_setfield(L, -2, "log");               /* M */
+    lua_setfield(L, -2, "log"); /* M */
     lua_pushliteral(L, ANTHROXY_VERSION);
     lua_setfield(L, -2, "version");
-    make_readonly(L);                         /* ax */
+    make_readonly(L); /* ax */
     lua_pushvalue(L, -1);
     eng->api_ref = luaL_ref(L, LUA_REGISTRYINDEX);
 
@@ -583,23 +595,22 @@ static int l_sandbox_load(lua_State *L)
     if (has_env) {
         lua_pushvalue(L, 4);
     } else {
-        lua_newtable(L);                            /* f, env */
-        lua_newtable(L);                            /* f, env, mt */
-        lua_pushvalue(L, lua_upvalueindex(1));      /* f, env, mt, base */
+        lua_newtable(L);                       /* f, env */
+        lua_newtable(L);                       /* f, env, mt */
+        lua_pushvalue(L, lua_upvalueindex(1)); /* f, env, mt, base */
         lua_setfield(L, -2, "__index");
-        lua_setmetatable(L, -2);                    /* f, env */
+        lua_setmetatable(L, -2); /* f, env */
     }
-    lua_setupvalue(L, -2, 1);                       /* f */
+    lua_setupvalue(L, -2, 1); /* f */
     return 1;
 }
 
 void ax__sandbox_base(lua_State *L, struct ax_policy_engine *eng)
 {
-    static const char *copied[] = {"assert",   "error",        "ipairs",       "next",
-                                   "pairs",    "pcall",        "xpcall",       "select",
-                                   "tonumber", "tostring",     "type",         "rawequal",
-                                   "rawget",   "rawlen",       "setmetatable", "getmetatable",
-                                   "_VERSION", NULL};
+    static const char *copied[] = {"assert",       "error",    "ipairs", "next",     "pairs",
+                                   "pcall",        "xpcall",   "select", "tonumber", "tostring",
+                                   "type",         "rawequal", "rawget", "rawlen",   "setmetatable",
+                                   "getmetatable", "_VERSION", NULL};
     static const char *libs[] = {"string", "table", "math", "utf8", "coroutine", NULL};
     static const char *osf[] = {"time", "clock", "date", NULL};
     int i;
@@ -611,9 +622,9 @@ void ax__sandbox_base(lua_State *L, struct ax_policy_engine *eng)
         lua_setfield(L, -2, copied[i]);
     }
     for (i = 0; libs[i] != NULL; i++) {
-        lua_getglobal(L, libs[i]);     /* base, lib */
+        lua_getglobal(L, libs[i]); /* base, lib */
         if (strcmp(libs[i], "string") == 0) {
-            lua_newtable(L);           /* base, lib, copy: without string.dump */
+            lua_newtable(L); /* base, lib, copy: without string.dump */
             lua_pushnil(L);
             while (lua_next(L, -3) != 0) {
                 lua_pushvalue(L, -2);
@@ -622,20 +633,20 @@ void ax__sandbox_base(lua_State *L, struct ax_policy_engine *eng)
             }
             lua_pushnil(L);
             lua_setfield(L, -2, "dump");
-            lua_remove(L, -2);         /* base, copy */
+            lua_remove(L, -2); /* base, copy */
         }
         make_readonly(L);
         lua_setfield(L, -2, libs[i]);
     }
-    lua_getglobal(L, "os");            /* base, os */
-    lua_newtable(L);                   /* base, os, safe */
+    lua_getglobal(L, "os"); /* base, os */
+    lua_newtable(L);        /* base, os, safe */
     for (i = 0; osf[i] != NULL; i++) {
         lua_getfield(L, -2, osf[i]);
         lua_setfield(L, -2, osf[i]);
     }
     lua_remove(L, -2);
     make_readonly(L);
-    lua_setfield(L, -2, "os");         /* base */
+    lua_setfield(L, -2, "os"); /* base */
     lua_pushcfunction(L, l_print);
     lua_setfield(L, -2, "print");
     lua_pushvalue(L, -1);

@@ -988,8 +988,8 @@ static void set_index(lua_State *L, struct ax__scope *sc, cJSON *arr, lua_Intege
         if (i == n + 1)
             return;
         if (i != n)
-            luaL_error(L, "cannot assign nil to element %I of %d: use ax.remove",
-                       (LUAI_UACINT)i, n);
+            luaL_error(L, "cannot assign nil to element %I of %d: use ax.remove", (LUAI_UACINT)i,
+                       n);
         remove_item(L, sc, arr, array_get(sc, arr, i));
         return;
     }
@@ -1026,8 +1026,7 @@ static int view_newindex(lua_State *L)
         int isnum;
         lua_Integer i = lua_tointegerx(L, 2, &isnum);
         if (!isnum)
-            return luaL_error(L, "array index must be an integer (got %s)",
-                              luaL_typename(L, 2));
+            return luaL_error(L, "array index must be an integer (got %s)", luaL_typename(L, 2));
         set_index(L, vs->cur, v->node, i, 3);
     }
     return 0;
@@ -1055,8 +1054,8 @@ static int view_tostring(lua_State *L)
     if (vs->cur == NULL || vs->cur->id != v->scope_id) /* its node may be gone */
         lua_pushfstring(L, "anthroxy.view(stale): %p", (void *)v);
     else
-        lua_pushfstring(L, "anthroxy.view(%s): %p",
-                        cJSON_IsArray(v->node) ? "array" : "object", (void *)v);
+        lua_pushfstring(L, "anthroxy.view(%s): %p", cJSON_IsArray(v->node) ? "array" : "object",
+                        (void *)v);
     return 1;
 }
 
@@ -1359,51 +1358,52 @@ static int l_type(lua_State *L)
 
 void ax__view_open_api(lua_State *L, struct ax__vstate *vs)
 {
-    static const luaL_Reg top[] = {{"is_view", l_is_view}, {"ipairs", l_ipairs},
-                                   {"pairs", l_pairs},     {"insert", l_insert},
-                                   {"remove", l_remove},   {"len", l_len},
-                                   {NULL, NULL}};
-    static const luaL_Reg json[] = {{"encode", l_encode}, {"decode", l_decode},
-                                    {"object", l_object}, {"array", l_array},
-                                    {"totable", l_totable}, {"type", l_type},
-                                    {NULL, NULL}};
+    static const luaL_Reg top[] = {
+        {"is_view", l_is_view}, {"ipairs", l_ipairs}, {"pairs", l_pairs}, {"insert", l_insert},
+        {"remove", l_remove},   {"len", l_len},       {NULL, NULL}};
+    static const luaL_Reg json[] = {
+        {"encode", l_encode},   {"decode", l_decode}, {"object", l_object}, {"array", l_array},
+        {"totable", l_totable}, {"type", l_type},     {NULL, NULL}};
 
-    lua_pushlightuserdata(L, vs);         /* M, vs */
-    luaL_setfuncs(L, top, 1);             /* M */
-    lua_newtable(L);                      /* M, json */
-    lua_pushlightuserdata(L, vs);         /* M, json, vs */
-    luaL_setfuncs(L, json, 1);            /* M, json */
-    ax__push_null(L);                     /* M, json, null */
-    lua_setfield(L, -2, "null");          /* M, json */
-    lua_setfield(L, -2, "json");          /* M */
+    lua_pushlightuserdata(L, vs); /* M, vs */
+    luaL_setfuncs(L, top, 1);     /* M */
+    lua_newtable(L);              /* M, json */
+    lua_pushlightuserdata(L, vs); /* M, json, vs */
+    luaL_setfuncs(L, json, 1);    /* M, json */
+    ax__push_null(L);             /* M, json, null */
+    lua_setfield(L, -2, "null");  /* M, json */
+    lua_setfield(L, -2, "json");  /* M */
 }
 
 void ax__view_init(lua_State *L, struct ax__vstate *vs)
 {
-    static const luaL_Reg mt[] = {{"__index", view_index},   {"__newindex", view_newindex},
-                                  {"__len", view_len},       {"__pairs", view_pairs},
-                                  {"__eq", view_eq},         {"__tostring", view_tostring},
+    static const luaL_Reg mt[] = {{"__index", view_index},
+                                  {"__newindex", view_newindex},
+                                  {"__len", view_len},
+                                  {"__pairs", view_pairs},
+                                  {"__eq", view_eq},
+                                  {"__tostring", view_tostring},
                                   {NULL, NULL}};
 
-    luaL_newmetatable(L, AX_VIEW_MT);     /* mt */
-    lua_pushlightuserdata(L, vs);         /* mt, vs */
-    luaL_setfuncs(L, mt, 1);              /* mt */
-    lua_pushboolean(L, 0);                /* mt, false */
-    lua_setfield(L, -2, "__metatable");   /* mt */
-    lua_pop(L, 1);                        /* (empty) */
+    luaL_newmetatable(L, AX_VIEW_MT);   /* mt */
+    lua_pushlightuserdata(L, vs);       /* mt, vs */
+    luaL_setfuncs(L, mt, 1);            /* mt */
+    lua_pushboolean(L, 0);              /* mt, false */
+    lua_setfield(L, -2, "__metatable"); /* mt */
+    lua_pop(L, 1);                      /* (empty) */
 
-    luaL_newmetatable(L, AX_JBOX_MT);     /* bmt */
-    lua_pushcfunction(L, jbox_gc);        /* bmt, gc */
-    lua_setfield(L, -2, "__gc");          /* bmt */
+    luaL_newmetatable(L, AX_JBOX_MT); /* bmt */
+    lua_pushcfunction(L, jbox_gc);    /* bmt, gc */
+    lua_setfield(L, -2, "__gc");      /* bmt */
     lua_pushboolean(L, 0);
     lua_setfield(L, -2, "__metatable");
     lua_pop(L, 1);
 
-    lua_newtable(L);                      /* omt */
+    lua_newtable(L); /* omt */
     lua_pushliteral(L, "json.object");
     lua_setfield(L, -2, "__name");
     lua_rawsetp(L, LUA_REGISTRYINDEX, &obj_mt_key);
-    lua_newtable(L);                      /* amt */
+    lua_newtable(L); /* amt */
     lua_pushliteral(L, "json.array");
     lua_setfield(L, -2, "__name");
     lua_rawsetp(L, LUA_REGISTRYINDEX, &arr_mt_key);

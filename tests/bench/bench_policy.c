@@ -72,8 +72,7 @@ static long one_request(uv_loop_t *loop, struct ax_policy_engine *eng)
         info.client_model = "claude-sonnet-4-5";
         info.user_agent = "claude-cli/2.1.197 (external, cli)";
         info.stream = 1;
-        if (ax_policy_req_new(eng, &info, &pr) < 0 ||
-            run_hook(loop, pr, AX_HOOK_REQUEST, req) < 0)
+        if (ax_policy_req_new(eng, &info, &pr) < 0 || run_hook(loop, pr, AX_HOOK_REQUEST, req) < 0)
             goto done;
     }
     memset(&opts, 0, sizeof(opts));

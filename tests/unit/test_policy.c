@@ -19,12 +19,12 @@
 
 static int failures;
 
-#define CHECK(c)                                                                             \
-    do {                                                                                     \
-        if (!(c)) {                                                                          \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #c);            \
-            failures++;                                                                      \
-        }                                                                                    \
+#define CHECK(c)                                                                                   \
+    do {                                                                                           \
+        if (!(c)) {                                                                                \
+            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #c);                  \
+            failures++;                                                                            \
+        }                                                                                          \
     } while (0)
 
 #define FIX AX_FIXTURES "/policy/"
@@ -178,8 +178,9 @@ static const char *behave_chain = "return {\n"
                                   "  { '" FIX "marker.lua', tag = 'g1' },\n"
                                   "}\n";
 
-#define REQ(act) "{\"act\":\"" act "\",\"model\":\"m\",\"metadata\":{\"user_id\":\"u\"}," \
-                 "\"messages\":[{\"role\":\"user\",\"content\":\"hello\"}]}"
+#define REQ(act)                                                                                   \
+    "{\"act\":\"" act "\",\"model\":\"m\",\"metadata\":{\"user_id\":\"u\"},"                       \
+    "\"messages\":[{\"role\":\"user\",\"content\":\"hello\"}]}"
 
 /* A policy sleeping in ax.sleep does not hold up 200 other requests. */
 static void test_sleep_concurrency(void)
@@ -190,11 +191,11 @@ static void test_sleep_concurrency(void)
 
     CHECK(setup(&e, behave_chain, 0, 0) == 0);
     done_counter = 0;
-    job_start(&e, &jobs[0], AX_HOOK_REQUEST,
-              "{\"act\":\"sleep\",\"sleep_ms\":40,\"messages\":[]}", NULL, NULL);
+    job_start(&e, &jobs[0], AX_HOOK_REQUEST, "{\"act\":\"sleep\",\"sleep_ms\":40,\"messages\":[]}",
+              NULL, NULL);
     for (i = 1; i <= 200; i++)
-        job_start(&e, &jobs[i], AX_HOOK_REQUEST, "{\"act\":\"settings\",\"messages\":[]}",
-                  NULL, NULL);
+        job_start(&e, &jobs[i], AX_HOOK_REQUEST, "{\"act\":\"settings\",\"messages\":[]}", NULL,
+                  NULL);
     uv_run(&e.loop, UV_RUN_DEFAULT);
     for (i = 0; i <= 200; i++) {
         CHECK(jobs[i].done == 1);
@@ -341,8 +342,7 @@ static void test_sandbox(void)
 
     run_one(&e, &j, AX_HOOK_REQUEST, REQ("nested_yield"));
     CHECK(cJSON_IsFalse(get(j.tree, "nested_ok")));
-    CHECK(strstr(cJSON_GetStringValue(get(j.tree, "nested_err")), "request's coroutine") !=
-          NULL);
+    CHECK(strstr(cJSON_GetStringValue(get(j.tree, "nested_err")), "request's coroutine") != NULL);
     job_free(&j);
 
     /* the token memo agrees with fresh estimates through every kind of write, and a
@@ -581,8 +581,8 @@ static void test_cancel(void)
     struct job j;
 
     CHECK(setup(&e, behave_chain, 0, 0) == 0);
-    job_start(&e, &j, AX_HOOK_REQUEST, "{\"act\":\"sleep\",\"sleep_ms\":20,\"messages\":[]}",
-              NULL, NULL);
+    job_start(&e, &j, AX_HOOK_REQUEST, "{\"act\":\"sleep\",\"sleep_ms\":20,\"messages\":[]}", NULL,
+              NULL);
     uv_run(&e.loop, UV_RUN_NOWAIT);
     ax_policy_req_cancel(j.pr);
     uv_run(&e.loop, UV_RUN_DEFAULT);
@@ -789,8 +789,8 @@ static void test_upstream_calls(void)
     job_free(&j);
 
     /* cancelled while parked in ax.complete: the transfer is aborted, done never runs */
-    job_start(&e, &j, AX_HOOK_REQUEST,
-              "{\"act\":\"complete\",\"prompt\":\"hang\",\"messages\":[]}", NULL, NULL);
+    job_start(&e, &j, AX_HOOK_REQUEST, "{\"act\":\"complete\",\"prompt\":\"hang\",\"messages\":[]}",
+              NULL, NULL);
     {
         int before = m.n_req;
         while (m.n_req == before)
@@ -811,8 +811,8 @@ static void test_upstream_calls(void)
     CHECK(up_closed);
 }
 
-static const char *setting_source(struct env *e, const char *policy, const char *key,
-                                  char *value, size_t n)
+static const char *setting_source(struct env *e, const char *policy, const char *key, char *value,
+                                  size_t n)
 {
     static char src[64];
     cJSON *st = ax_policy_engine_status(e->eng), *p;

@@ -14,12 +14,12 @@
 
 static int failures;
 
-#define CHECK(c)                                                                             \
-    do {                                                                                     \
-        if (!(c)) {                                                                          \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #c);            \
-            failures++;                                                                      \
-        }                                                                                    \
+#define CHECK(c)                                                                                   \
+    do {                                                                                           \
+        if (!(c)) {                                                                                \
+            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #c);                  \
+            failures++;                                                                            \
+        }                                                                                          \
     } while (0)
 
 /* ax_json_parse keeps integers above 2^53 exact, as the server's parser does */
@@ -99,35 +99,36 @@ static const char *base_json =
 static void test_reads(void)
 {
     cJSON *t = parse(base_json);
-    CHECK(run_ok(t, "local req = ...\n"
-                    "assert(req.model == 'm')\n"
-                    "assert(math.type(req.max_tokens) == 'integer' and req.max_tokens == 1024)\n"
-                    "assert(req.temperature == 0.5)\n"
-                    "assert(req.stream == false)\n"
-                    "assert(req.stop_sequences == ax.json.null)\n"
-                    "assert(req.nothing == nil)\n"
-                    "assert(#req.messages == 3)\n"
-                    "assert(req.messages[2].content[1].text == 'b')\n"
-                    "assert(req.messages[4] == nil and req.messages[0] == nil)\n"
-                    "assert(req.messages.x == nil and req[1] == nil)\n"
-                    "assert(ax.json.type(req) == 'object')\n"
-                    "assert(ax.json.type(req.messages) == 'array')\n"
-                    "assert(ax.json.type(req.stop_sequences) == 'null')\n"
-                    "assert(ax.is_view(req) and not ax.is_view({}))\n"
-                    "assert(req.messages[1] == req.messages[1])\n"
-                    "local keys = {}\n"
-                    "for k in pairs(req) do keys[#keys + 1] = k end\n"
-                    "assert(table.concat(keys, ',') == "
-                    "'model,max_tokens,temperature,stream,stop_sequences,metadata,messages,tools')\n"
-                    "local n = 0\n"
-                    "for i, m in ipairs(req.messages) do n = n + 1; assert(m.role) end\n"
-                    "assert(n == 3)\n"
-                    "n = 0\n"
-                    "for i, m in ax.ipairs(req.messages) do n = n + i end\n"
-                    "assert(n == 6)\n"
-                    "local t = ax.json.totable(req.messages[2])\n"
-                    "assert(not ax.is_view(t) and t.content[1].text == 'b')\n"
-                    "assert(ax.json.encode(req.metadata) == '{\"user_id\":\"u\"}')\n"));
+    CHECK(run_ok(t,
+                 "local req = ...\n"
+                 "assert(req.model == 'm')\n"
+                 "assert(math.type(req.max_tokens) == 'integer' and req.max_tokens == 1024)\n"
+                 "assert(req.temperature == 0.5)\n"
+                 "assert(req.stream == false)\n"
+                 "assert(req.stop_sequences == ax.json.null)\n"
+                 "assert(req.nothing == nil)\n"
+                 "assert(#req.messages == 3)\n"
+                 "assert(req.messages[2].content[1].text == 'b')\n"
+                 "assert(req.messages[4] == nil and req.messages[0] == nil)\n"
+                 "assert(req.messages.x == nil and req[1] == nil)\n"
+                 "assert(ax.json.type(req) == 'object')\n"
+                 "assert(ax.json.type(req.messages) == 'array')\n"
+                 "assert(ax.json.type(req.stop_sequences) == 'null')\n"
+                 "assert(ax.is_view(req) and not ax.is_view({}))\n"
+                 "assert(req.messages[1] == req.messages[1])\n"
+                 "local keys = {}\n"
+                 "for k in pairs(req) do keys[#keys + 1] = k end\n"
+                 "assert(table.concat(keys, ',') == "
+                 "'model,max_tokens,temperature,stream,stop_sequences,metadata,messages,tools')\n"
+                 "local n = 0\n"
+                 "for i, m in ipairs(req.messages) do n = n + 1; assert(m.role) end\n"
+                 "assert(n == 3)\n"
+                 "n = 0\n"
+                 "for i, m in ax.ipairs(req.messages) do n = n + i end\n"
+                 "assert(n == 6)\n"
+                 "local t = ax.json.totable(req.messages[2])\n"
+                 "assert(not ax.is_view(t) and t.content[1].text == 'b')\n"
+                 "assert(ax.json.encode(req.metadata) == '{\"user_id\":\"u\"}')\n"));
     CHECK(same_json(t, base_json)); /* reading changes nothing */
     cJSON_Delete(t);
 }
@@ -149,14 +150,15 @@ static void test_writes_commit(void)
                     "req.stop_sequences = ax.json.array()\n"
                     "assert(req.max_tokens == 4096 and req.temperature == nil)\n"
                     "assert(#req.messages == 3)\n"));
-    CHECK(same_json(t, "{\"model\":\"m\",\"max_tokens\":4096,\"stream\":false,"
-                       "\"stop_sequences\":[],\"metadata\":{},"
-                       "\"messages\":[{\"role\":\"user\",\"content\":\"A\"},"
-                       "{\"role\":\"assistant\",\"content\":[{\"text\":\"first\",\"type\":\"text\"},"
-                       "{\"type\":\"text\",\"text\":\"b\"}]},"
-                       "{\"content\":\"d\",\"role\":\"assistant\"}],"
-                       "\"tools\":[{\"name\":\"T\",\"input_schema\":{\"type\":\"object\","
-                       "\"properties\":{}}}],\"tool_choice\":{\"type\":\"any\"}}"));
+    CHECK(same_json(t,
+                    "{\"model\":\"m\",\"max_tokens\":4096,\"stream\":false,"
+                    "\"stop_sequences\":[],\"metadata\":{},"
+                    "\"messages\":[{\"role\":\"user\",\"content\":\"A\"},"
+                    "{\"role\":\"assistant\",\"content\":[{\"text\":\"first\",\"type\":\"text\"},"
+                    "{\"type\":\"text\",\"text\":\"b\"}]},"
+                    "{\"content\":\"d\",\"role\":\"assistant\"}],"
+                    "\"tools\":[{\"name\":\"T\",\"input_schema\":{\"type\":\"object\","
+                    "\"properties\":{}}}],\"tool_choice\":{\"type\":\"any\"}}"));
     cJSON_Delete(t);
 }
 
@@ -164,21 +166,22 @@ static void test_writes_commit(void)
 static void test_discard(void)
 {
     cJSON *t = parse(base_json);
-    CHECK(!run(t, "local req = ...\n"
-                  "local m2 = req.messages[2]\n"
-                  "req.max_tokens = 1\n"
-                  "req.temperature = nil\n"
-                  "req.new = { a = { 1, 2, 3 } }\n"
-                  "req.new.a[2] = 'x'\n"
-                  "ax.insert(req.messages, 1, { role = 'user', content = 'z' })\n"
-                  "ax.remove(req.messages, 3)\n"
-                  "m2.content[1].text = 'changed after removal'\n"
-                  "req.messages[1] = req.messages[2]\n"
-                  "req.messages[#req.messages] = nil\n"
-                  "req.tools = ax.json.array()\n"
-                  "req.metadata.user_id = nil\n"
-                  "req.metadata.extra = true\n"
-                  "error('stop here')\n",
+    CHECK(!run(t,
+               "local req = ...\n"
+               "local m2 = req.messages[2]\n"
+               "req.max_tokens = 1\n"
+               "req.temperature = nil\n"
+               "req.new = { a = { 1, 2, 3 } }\n"
+               "req.new.a[2] = 'x'\n"
+               "ax.insert(req.messages, 1, { role = 'user', content = 'z' })\n"
+               "ax.remove(req.messages, 3)\n"
+               "m2.content[1].text = 'changed after removal'\n"
+               "req.messages[1] = req.messages[2]\n"
+               "req.messages[#req.messages] = nil\n"
+               "req.tools = ax.json.array()\n"
+               "req.metadata.user_id = nil\n"
+               "req.metadata.extra = true\n"
+               "error('stop here')\n",
                1));
     CHECK(strstr(last_error, "stop here") != NULL);
     CHECK(same_json(t, base_json));
@@ -230,10 +233,10 @@ static void test_copies_and_conversions(void)
 {
     cJSON *t = parse("{\"m\":[{\"x\":1}],\"big\":12345678901234567890}");
     CHECK(run_ok(t, "local req = ...\n"
-                    "req.c = req.m[1]\n"           /* a view assigned: deep copy */
+                    "req.c = req.m[1]\n" /* a view assigned: deep copy */
                     "req.c.x = 2\n"
                     "assert(req.m[1].x == 1)\n"
-                    "req.i = 9007199254740993\n"  /* > 2^53: kept exactly */
+                    "req.i = 9007199254740993\n" /* > 2^53: kept exactly */
                     "req.f = 0.25\n"
                     "assert(not pcall(function() req.bad = function() end end))\n"
                     "assert(not pcall(function() req.bad = { 1, 2, x = 3 } end))\n"
