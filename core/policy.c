@@ -1396,6 +1396,8 @@ static void hook_end(struct ax_policy_req *pr, int status, int nres)
         const char *m = lua_tostring(co, -1);
         if (status == LUA_ERRMEM || pr->rs.mem_hit)
             kind = FK_MEMORY;
+        else if (pr->rs.budget_hit) /* raised where it could not yield */
+            kind = FK_BUDGET;
         snprintf(msg, sizeof(msg), "%s", m ? m : "(error object is not a string)");
     }
     eng->n_errors++;

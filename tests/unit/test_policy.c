@@ -259,6 +259,12 @@ static void test_failures_discarded(void)
     job_free(&j);
     CHECK(status_num(&e, "budget_kills") == 2);
 
+    /* the loop runs inside a coroutine of the policy's own, whose errors it catches */
+    run_one(&e, &j, AX_HOOK_REQUEST, REQ("coroutine_loop"));
+    check_unchanged_and_marked(&j, "coroutine_loop");
+    job_free(&j);
+    CHECK(status_num(&e, "budget_kills") == 3);
+
     run_one(&e, &j, AX_HOOK_REQUEST, REQ("error_half"));
     check_unchanged_and_marked(&j, "error_half");
     job_free(&j);
@@ -275,7 +281,7 @@ static void test_failures_discarded(void)
     check_unchanged_and_marked(&j, "hog_caught");
     job_free(&j);
     CHECK(status_num(&e, "memory_kills") >= 3);
-    CHECK(status_num(&e, "errors") == 6);
+    CHECK(status_num(&e, "errors") == 7);
 
     /* the state still serves requests normally afterwards */
     run_one(&e, &j, AX_HOOK_REQUEST, REQ("settings"));
