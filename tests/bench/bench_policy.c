@@ -175,6 +175,12 @@ int main(int argc, char **argv)
     printf("default chain: %8.1f us/request (%+.1f%%, body %ld bytes)\n", t_chain,
            100.0 * (t_chain - t_none) / t_none, s_chain);
     printf("ratio chain/none: %.3f\n", t_chain / t_none);
+    {
+        cJSON *st = ax_policy_engine_status(def);
+        printf("Lua memory after %d requests of the default chain: %.0f KiB\n", n + n / 10 + 1,
+               cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(st, "lua_memory")) / 1024);
+        cJSON_Delete(st);
+    }
 out:
     ax_policy_engine_close(def, NULL, NULL);
     ax_policy_engine_close(empty, NULL, NULL);
