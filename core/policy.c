@@ -655,6 +655,8 @@ static int engine_setup(struct ax_policy_engine *eng)
     lua_newtable(L); /* mt, methods */
     luaL_setfuncs(L, sess, 0);
     lua_setfield(L, -2, "__index"); /* mt */
+    lua_pushboolean(L, 0);
+    lua_setfield(L, -2, "__metatable"); /* shared by every request's ctx.session */
     eng->session_mt_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     return 0;
 }

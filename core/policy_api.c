@@ -576,6 +576,8 @@ void ax__api_open(lua_State *L, struct ax_policy_engine *eng)
     lua_newtable(L);
     lua_pushliteral(L, "anthroxy.fail");
     lua_setfield(L, -2, "__name");
+    lua_pushboolean(L, 0);
+    lua_setfield(L, -2, "__metatable");
     eng->fail_mt_ref = luaL_ref(L, LUA_REGISTRYINDEX);
 }
 

@@ -1399,13 +1399,19 @@ void ax__view_init(lua_State *L, struct ax__vstate *vs)
     lua_setfield(L, -2, "__metatable");
     lua_pop(L, 1);
 
+    /* the marker metatables are shared by every policy: protected, so that none can change
+     * them (getmetatable answers the name; a marked table keeps its marker) */
     lua_newtable(L); /* omt */
     lua_pushliteral(L, "json.object");
     lua_setfield(L, -2, "__name");
+    lua_pushliteral(L, "json.object");
+    lua_setfield(L, -2, "__metatable");
     lua_rawsetp(L, LUA_REGISTRYINDEX, &obj_mt_key);
     lua_newtable(L); /* amt */
     lua_pushliteral(L, "json.array");
     lua_setfield(L, -2, "__name");
+    lua_pushliteral(L, "json.array");
+    lua_setfield(L, -2, "__metatable");
     lua_rawsetp(L, LUA_REGISTRYINDEX, &arr_mt_key);
 
     /* the vstate, for conversions that meet a view outside a view metamethod */
