@@ -1362,7 +1362,8 @@ static void hook_end(struct ax_policy_req *pr, int status, int nres)
 
     pr->in_hook = 0;
     if (status == LUA_OK && !pr->rs.mem_hit) {
-        if (pr->hook == AX_HOOK_UPSTREAM_ERROR && nres > 0 && lua_toboolean(co, -nres))
+        if (pr->hook == AX_HOOK_UPSTREAM_ERROR && nres > 0 && lua_isboolean(co, -nres) &&
+            lua_toboolean(co, -nres)) /* exactly true: anything else is no retry */
             pr->retry = 1;
         lua_settop(co, 0);
         hook_commit(pr);
