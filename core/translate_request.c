@@ -170,7 +170,8 @@ static int flush_assistant(struct treq *t)
         cJSON_AddStringToObject(m, "reasoning_content", t->reasoning.data) == NULL)
         goto fail;
     if (t->tool_calls != NULL) {
-        cJSON_AddItemToObject(m, "tool_calls", t->tool_calls);
+        if (!cJSON_AddItemToObject(m, "tool_calls", t->tool_calls))
+            goto fail; /* still ours: freed with the translator's state */
         t->last_calls = t->tool_calls;
         t->tool_calls = NULL;
     } else {
