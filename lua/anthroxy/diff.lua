@@ -2,8 +2,9 @@
 --
 -- M.diff(before, after) -> array of lines, each "+ path: value", "- path: value" or
 -- "~ path: old -> new", paths as in the core's error messages (messages.3.content.0.text,
--- 0-based). Arrays are aligned on their longest common subsequence, so a removed message
--- shows as one removal rather than as every later message changing.
+-- 0-based; removals are numbered as before the change, additions and changes as after).
+-- Arrays are aligned on their longest common subsequence, so a removed message shows as one
+-- removal rather than as every later message changing.
 local ax = require "anthroxy"
 
 local M = {}
@@ -62,17 +63,38 @@ local function diff_array(a, b, path, out)
   end
   local i, j = 1, 1
   local dels, adds = {}, {}
+  -- A run of removed and added elements between two equal ones: pair each added element with
+  -- the most similar removed one still unpaired (in order), show what changed inside the
+  -- pairs, the rest as plain removals and additions.
+  local function similarity(x, y)
+    if kind(x) ~= "object" or kind(y) ~= "object" then return 0 end
+    local same = 0
+    for k, v in pairs(x) do
+      if y[k] ~= nil and encode(v) == encode(y[k]) then same = same + 1 end
+    end
+    return same
+  end
   local function flush()
-    local k = 1
-    while k <= #dels and k <= #adds do -- a replaced element: show what changed inside
-      diff(a[dels[k]], b[adds[k]], join(path, adds[k] - 1), out)
-      k = k + 1
+    local from = 1
+    for _, aj in ipairs(adds) do
+      local best, best_score = nil, 0
+      for x = from, #dels do
+        local score = similarity(a[dels[x]], b[aj])
+        if score > best_score then best, best_score = x, score end
+      end
+      if best == nil and from <= #dels and #dels == #adds then best = from end
+      if best ~= nil then
+        for x = from, best - 1 do
+          out[#out + 1] = "- " .. join(path, dels[x] - 1) .. ": " .. show(a[dels[x]])
+        end
+        from = best + 1
+        diff(a[dels[best]], b[aj], join(path, aj - 1), out)
+      else
+        out[#out + 1] = "+ " .. join(path, aj - 1) .. ": " .. show(b[aj])
+      end
     end
-    for x = k, #dels do
+    for x = from, #dels do
       out[#out + 1] = "- " .. join(path, dels[x] - 1) .. ": " .. show(a[dels[x]])
-    end
-    for x = k, #adds do
-      out[#out + 1] = "+ " .. join(path, adds[x] - 1) .. ": " .. show(b[adds[x]])
     end
     dels, adds = {}, {}
   end

@@ -868,6 +868,82 @@ static void test_settings(void)
     teardown(&e);
 }
 
+/* Runs `anthroxy check argv...` with stdout captured into out; returns its exit status. */
+static int run_check(int argc, char **argv, char *out, size_t n)
+{
+    char path[] = "/tmp/ax_test_check_XXXXXX";
+    int fd = mkstemp(path), saved, rc;
+    FILE *f;
+    size_t got;
+
+    fflush(stdout);
+    saved = dup(1);
+    dup2(fd, 1);
+    rc = ax_policy_check_main(argc, argv);
+    fflush(stdout);
+    dup2(saved, 1);
+    close(saved);
+    close(fd);
+    f = fopen(path, "rb");
+    got = f ? fread(out, 1, n - 1, f) : 0;
+    out[got] = 0;
+    if (f)
+        fclose(f);
+    unlink(path);
+    return rc;
+}
+
+/* `anthroxy check`: each policy's changes (diff.lua) and the OpenAI request */
+static void test_check(void)
+{
+    struct env e;
+    static char out[65536];
+    char req[400], *argv[3];
+
+    CHECK(setup(&e, behave_chain, 0, 0) == 0); /* for its directory and chain file */
+    ax_policy_engine_close(e.eng, NULL, NULL);
+    e.eng = NULL;
+    snprintf(req, sizeof(req), "%s/req.json", e.dir);
+    write_file(req, "{\"act\":\"settings\",\"model\":\"m\",\"max_tokens\":10,"
+                    "\"messages\":[{\"role\":\"user\",\"content\":\"hello\"},"
+                    "{\"role\":\"assistant\",\"content\":\"hi\"},"
+                    "{\"role\":\"user\",\"content\":\"more\"}]}");
+    argv[0] = "check";
+    argv[1] = e.chain;
+    argv[2] = req;
+    CHECK(run_check(3, argv, out, sizeof(out)) == 0);
+    CHECK(strstr(out, "== behave on_request") != NULL);
+    CHECK(strstr(out, "+ greeting: \"hi\"") != NULL);
+    CHECK(strstr(out, "+ settings_readonly: true") != NULL);
+    CHECK(strstr(out, "== marker on_request") != NULL);
+    CHECK(strstr(out, "+ marked: true") != NULL);
+    CHECK(strstr(out, "== OpenAI request") != NULL);
+    CHECK(strstr(out, "\"content\":\t\"more\"") != NULL);
+
+    /* a removed message shows as one removal, not as every later message changing */
+    write_file(e.chain, "return { { 'cut.lua' } }\n");
+    {
+        char cut[400];
+        snprintf(cut, sizeof(cut), "%s/cut.lua", e.dir);
+        write_file(cut, "local ax = require 'anthroxy'\n"
+                        "return { on_request = function(req) ax.remove(req.messages, 1)\n"
+                        "  req.messages[1].content = 'HI' end }\n");
+    }
+    CHECK(run_check(3, argv, out, sizeof(out)) == 0);
+    CHECK(strstr(out, "- messages.0: {\"content\":\"hello\",\"role\":\"user\"}") != NULL ||
+          strstr(out, "- messages.0: {\"role\":\"user\",\"content\":\"hello\"}") != NULL);
+    CHECK(strstr(out, "~ messages.0.content: \"hi\" -> \"HI\"") != NULL);
+    CHECK(strstr(out, "messages.1") == NULL);
+    if (strstr(out, "~ messages.0.content") == NULL)
+        fprintf(stderr, "%s\n", out);
+
+    /* ax.fail: the check says how the request fails, exit status 1 */
+    write_file(e.chain, "return { { '" FIX "behave.lua' } }\n");
+    write_file(req, REQ("fail"));
+    CHECK(run_check(3, argv, out, sizeof(out)) == 1);
+    teardown(&e);
+}
+
 static void test_bad_chain(void)
 {
     struct env e;
@@ -895,6 +971,7 @@ int main(void)
     test_cancel();
     test_upstream_calls();
     test_settings();
+    test_check();
     test_bad_chain();
     if (failures)
         fprintf(stderr, "test_policy: %d failed checks\n", failures);
