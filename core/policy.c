@@ -823,8 +823,11 @@ static void engine_on_fs_event(uv_fs_event_t *h, const char *filename, int event
         return;
     /* editors save through temporary files: only .lua names count, and a burst of events
      * becomes one reload */
-    if (filename != NULL && (n < 4 || strcmp(filename + n - 4, ".lua") != 0))
-        return;
+    if (filename != NULL && (n < 4 || strcmp(filename + n - 4, ".lua") != 0)) {
+        const char *base = strrchr(eng->chain_path, '/');
+        if (strcmp(filename, base ? base + 1 : eng->chain_path) != 0)
+            return; /* nor the chain file, whatever its name */
+    }
     uv_timer_start(&eng->debounce, engine_on_debounce, DEBOUNCE_MS, 0);
 }
 
