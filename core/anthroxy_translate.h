@@ -48,6 +48,7 @@ struct ax_translate_opts {
  * - tool_result blocks -> role:"tool" messages right after it, in order, text only
  *   ("Error: " prefix for is_error; images move to the user message that follows); then
  *   the turn's text and images as one user message; an orphan tool_result becomes text;
+ *   documents and search results become text (a PDF a one-line note);
  * - tool ids lose a leading "toolu_"; tools -> function tools (parameters = a deep copy of
  *   input_schema); server tools without a schema are not offered;
  * - tool_choice auto/any/none -> auto/required/none, tool -> the named function, or with

@@ -422,6 +422,19 @@ int64_t ax_tokens_image(const cJSON *source)
 
 static int64_t blocks_tokens(const cJSON *content);
 
+/* A document's source as translate_request.c sends it: the text of a text or content
+ * source, a one-line note for a PDF or other binary. */
+static int64_t doc_source_tokens(const cJSON *src)
+{
+    const cJSON *ty = cJSON_GetObjectItemCaseSensitive(src, "type");
+
+    if (cJSON_IsString(ty) && strcmp(ty->valuestring, "text") == 0)
+        return ax_tokens_json(cJSON_GetObjectItemCaseSensitive(src, "data"));
+    if (cJSON_IsString(ty) && strcmp(ty->valuestring, "content") == 0)
+        return blocks_tokens(cJSON_GetObjectItemCaseSensitive(src, "content"));
+    return 12;
+}
+
 static int64_t block_tokens(const cJSON *blk)
 {
     const cJSON *ty = cJSON_GetObjectItemCaseSensitive(blk, "type");
@@ -438,10 +451,13 @@ static int64_t block_tokens(const cJSON *blk)
         return ax_tokens_json(cJSON_GetObjectItemCaseSensitive(blk, "thinking"));
     if (strcmp(t, "image") == 0)
         return ax_tokens_image(cJSON_GetObjectItemCaseSensitive(blk, "source"));
-    if (strcmp(t, "document") == 0) {
-        const cJSON *src = cJSON_GetObjectItemCaseSensitive(blk, "source");
-        return ax_tokens_json(cJSON_GetObjectItemCaseSensitive(src, "data"));
-    }
+    if (strcmp(t, "document") == 0)
+        return ax_tokens_json(cJSON_GetObjectItemCaseSensitive(blk, "title")) +
+               doc_source_tokens(cJSON_GetObjectItemCaseSensitive(blk, "source"));
+    if (strcmp(t, "search_result") == 0)
+        return ax_tokens_json(cJSON_GetObjectItemCaseSensitive(blk, "title")) +
+               ax_tokens_json(cJSON_GetObjectItemCaseSensitive(blk, "source")) +
+               blocks_tokens(cJSON_GetObjectItemCaseSensitive(blk, "content"));
     return 0; /* redacted_thinking and the unknown: not sent */
 }
 

@@ -28,6 +28,9 @@
  *   user text ("[tool result for <id>] ...") so templates never see an orphan tool message.
  * - Text-only user content is sent as one string (blocks joined by a blank line); content
  *   with images as a parts array (text and image_url parts in order).
+ * - document and search_result blocks (in user turns and tool results) are sent as their
+ *   text; a PDF or other binary document as a one-line note, never a 400, since a rejected
+ *   block in the history would fail every later request of the conversation.
  * - Tool ids: a leading "toolu_" is stripped, so an upstream id given to the client as
  *   "toolu_" + id (translate_response.c) comes back exactly as the upstream made it.
  *
@@ -348,6 +351,58 @@ static int text_or_blocks(struct treq *t, const cJSON *v, const char *where, str
     return 0;
 }
 
+/* A document or search_result block as text into out. Text documents (a `text` source, or
+ * a `content` source of text blocks) and search results keep their text; a PDF or any
+ * other binary document becomes a one-line note: a 400 here would stick to the
+ * conversation for good (every later request carries it), so it is never one. */
+static int doc_text(struct treq *t, const cJSON *blk, const char *ty, const char *where,
+                    struct ax_buf *out)
+{
+    const cJSON *title = cJSON_GetObjectItemCaseSensitive(blk, "title");
+    const cJSON *src = cJSON_GetObjectItemCaseSensitive(blk, "source"), *body, *st, *b;
+    int have = 0, rc;
+
+    if (cJSON_IsString(title) && (rc = buf_join(out, &have, title->valuestring)) < 0)
+        return nomem(t);
+    if (strcmp(ty, "search_result") == 0) {
+        if (cJSON_IsString(src) &&
+            ax_buf_printf(out, "%s%s", have ? "\n" : "", src->valuestring) < 0)
+            return nomem(t);
+        have = have || cJSON_IsString(src);
+        body = cJSON_GetObjectItemCaseSensitive(blk, "content");
+    } else {
+        if (!cJSON_IsObject(src))
+            return bad(t, "%s.source: expected an object", where);
+        st = cJSON_GetObjectItemCaseSensitive(src, "type");
+        if (cJSON_IsString(st) && strcmp(st->valuestring, "text") == 0)
+            body = cJSON_GetObjectItemCaseSensitive(src, "data");
+        else if (cJSON_IsString(st) && strcmp(st->valuestring, "content") == 0)
+            body = cJSON_GetObjectItemCaseSensitive(src, "content");
+        else
+            return ax_buf_printf(out,
+                                 "%s[document omitted: %s documents cannot be sent to this "
+                                 "model]",
+                                 have ? "\n" : "",
+                                 cJSON_IsString(st) ? st->valuestring : "such") < 0
+                       ? nomem(t)
+                       : 0;
+    }
+    if (cJSON_IsString(body))
+        return buf_join(out, &have, body->valuestring) < 0 ? nomem(t) : 0;
+    cJSON_ArrayForEach(b, body)
+    {
+        const cJSON *tx = cJSON_GetObjectItemCaseSensitive(b, "text");
+        if (cJSON_IsString(tx) && buf_join(out, &have, tx->valuestring) < 0)
+            return nomem(t);
+    }
+    return 0;
+}
+
+static int is_doc_block(const char *ty)
+{
+    return strcmp(ty, "document") == 0 || strcmp(ty, "search_result") == 0;
+}
+
 /* ---- tool results ------------------------------------------------------------------- */
 
 static int call_is_pending(const struct treq *t, const char *id)
@@ -396,6 +451,16 @@ static int tool_result_text(struct treq *t, const cJSON *content, const char *wh
             }
             cJSON_AddItemToArray(t->tool_images, part);
             tx = TOOL_IMAGE_NOTE;
+        } else if (is_doc_block(ty)) {
+            struct ax_buf d;
+            ax_buf_init(&d, TEXT_MAX);
+            rc = doc_text(t, blk, ty, w, &d);
+            if (rc == 0 && d.len > 0 && buf_join(&t->scratch, &have, d.data) < 0)
+                rc = nomem(t);
+            ax_buf_free(&d);
+            if (rc < 0)
+                return rc;
+            continue;
         } else {
             return bad(t, "%s.type: unknown block type '%s' in a tool_result", w, ty);
         }
@@ -499,14 +564,15 @@ static int user_blocks(struct treq *t, const cJSON *content, const char *where)
             }
             cJSON_AddItemToArray(t->parts, part);
             t->has_image = 1;
-        } else if (strcmp(ty, "document") == 0) {
-            const cJSON *src = cJSON_GetObjectItemCaseSensitive(blk, "source");
-            const cJSON *d = cJSON_GetObjectItemCaseSensitive(src, "data");
-            const cJSON *st = cJSON_GetObjectItemCaseSensitive(src, "type");
-            if (!cJSON_IsString(st) || strcmp(st->valuestring, "text") != 0 || !cJSON_IsString(d))
-                return bad(t, "%s.source: only plain-text documents are supported", w);
-            if (open_user(t) < 0 || add_text_part(t, d->valuestring) < 0)
-                return nomem(t);
+        } else if (is_doc_block(ty)) {
+            struct ax_buf d;
+            ax_buf_init(&d, TEXT_MAX);
+            rc = doc_text(t, blk, ty, w, &d);
+            if (rc == 0 && d.len > 0 && (open_user(t) < 0 || add_text_part(t, d.data) < 0))
+                rc = nomem(t);
+            ax_buf_free(&d);
+            if (rc < 0)
+                return rc;
         } else if (strcmp(ty, "thinking") == 0 || strcmp(ty, "redacted_thinking") == 0) {
             continue; /* meaningless in a user turn; never sent */
         } else {

@@ -230,6 +230,16 @@ static void test_messages(void)
                      "\"hmm ok\",\"signature\":\"zzzzzzzzzzzzzzzzzzzz\"}]}") == 4 + 2);
     CHECK(msg_tokens("{\"role\":\"assistant\",\"content\":[{\"type\":\"redacted_thinking\","
                      "\"data\":\"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\"}]}") == 4);
+    /* a PDF is sent as a short note, a text document and a search result as their text */
+    CHECK(msg_tokens("{\"role\":\"user\",\"content\":[{\"type\":\"document\",\"source\":{"
+                     "\"type\":\"base64\",\"media_type\":\"application/pdf\",\"data\":"
+                     "\"JVBERi0xLjQKJcfsj6IKNSAwIG9iago8PC9MZW5ndGggNiAwIFI+PgpzdHJlYW0K\"}}]}") ==
+          4 + 12);
+    CHECK(msg_tokens("{\"role\":\"user\",\"content\":[{\"type\":\"document\",\"title\":\"Notes\","
+                     "\"source\":{\"type\":\"text\",\"data\":\"one two\"}}]}") == 4 + 1 + 2);
+    CHECK(msg_tokens("{\"role\":\"user\",\"content\":[{\"type\":\"search_result\",\"title\":"
+                     "\"T\",\"source\":\"src\",\"content\":[{\"type\":\"text\",\"text\":"
+                     "\"one two\"}]}]}") == 4 + 1 + 1 + 2);
     CHECK(ax_tokens_message(NULL) == 0);
 }
 
