@@ -868,6 +868,85 @@ static void test_settings(void)
     teardown(&e);
 }
 
+/* Many requests at once, mixing sleeps, failures, budget kills and fail(), with cancels and
+ * reloads while they are parked: every request not cancelled completes exactly once, none
+ * that was cancelled completes, and the loop closes with nothing left on it. */
+static void on_soak_timer(uv_timer_t *t);
+
+struct soak {
+    struct env *e;
+    struct job *jobs;
+    char *cancelled; /* per job: cancelled before it completed */
+    int n, next_cancel, reloads;
+    uv_timer_t timer;
+};
+
+static void on_soak_timer(uv_timer_t *t)
+{
+    struct soak *s = t->data;
+    int i;
+    /* cancel a few parked requests, reload now and then */
+    for (i = 0; i < 5 && s->next_cancel < s->n; i++, s->next_cancel += 7)
+        if (!s->jobs[s->next_cancel].done) {
+            ax_policy_req_cancel(s->jobs[s->next_cancel].pr);
+            s->cancelled[s->next_cancel] = 1;
+        }
+    if (s->reloads++ < 5)
+        ax_policy_engine_reload(s->e->eng);
+    else
+        uv_timer_stop(t);
+}
+
+static void test_soak(void)
+{
+    static const char *acts[] = {"sleep", "settings", "error_half", "loop", "fail", "sleep"};
+    struct env e;
+    struct soak s;
+    int i, cancelled = 0, completed = 0, bad = 0;
+    char json[128];
+
+    CHECK(setup(&e, behave_chain, 200000, 0) == 0);
+    memset(&s, 0, sizeof(s));
+    s.e = &e;
+    s.n = 600;
+    s.jobs = calloc((size_t)s.n, sizeof(*s.jobs));
+    s.cancelled = calloc((size_t)s.n, 1);
+    s.next_cancel = 3;
+    for (i = 0; i < s.n; i++) {
+        snprintf(json, sizeof(json), "{\"act\":\"%s\",\"sleep_ms\":%d,\"messages\":[]}",
+                 acts[i % 6], 1 + (i * 7) % 20);
+        job_start(&e, &s.jobs[i], AX_HOOK_REQUEST, json, NULL, NULL);
+    }
+    uv_timer_init(&e.loop, &s.timer);
+    s.timer.data = &s;
+    uv_timer_start(&s.timer, on_soak_timer, 2, 3);
+    uv_run(&e.loop, UV_RUN_DEFAULT);
+    for (i = 0; i < s.n; i++) {
+        struct job *j = &s.jobs[i];
+        int is_cancelled = s.cancelled[i];
+        if (j->done != (is_cancelled ? 0 : 1))
+            bad++;
+        if (is_cancelled)
+            cancelled++;
+        else
+            completed++;
+        if (j->done == 1 && strcmp(acts[i % 6], "fail") == 0 && j->rc >= 0)
+            bad++;
+        if (j->done == 1 && strcmp(acts[i % 6], "sleep") == 0 && !is_true(j->tree, "slept"))
+            bad++;
+        job_free(j);
+    }
+    CHECK(bad == 0);
+    CHECK(cancelled > 0);
+    CHECK(completed + cancelled == s.n);
+    CHECK(status_num(&e, "requests_in_flight") == 0);
+    CHECK(status_num(&e, "generations_alive") == 1);
+    uv_close((uv_handle_t *)&s.timer, NULL);
+    free(s.jobs);
+    free(s.cancelled);
+    teardown(&e);
+}
+
 /* Runs `anthroxy check argv...` with stdout captured into out; returns its exit status. */
 static int run_check(int argc, char **argv, char *out, size_t n)
 {
@@ -972,6 +1051,7 @@ int main(void)
     test_upstream_calls();
     test_settings();
     test_check();
+    test_soak();
     test_bad_chain();
     if (failures)
         fprintf(stderr, "test_policy: %d failed checks\n", failures);
