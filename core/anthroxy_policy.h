@@ -92,7 +92,10 @@ int ax_policy_engine_has_hook(const struct ax_policy_engine *eng, enum ax_hook h
 
 struct ax_policy_req_info {
     const char *request_id, *session_id, *client_model, *user_agent, *arm;
+    const char *anthropic_beta; /* the anthropic-beta header (ctx.anthropic_beta), or NULL */
     int stream;
+    int count_only;             /* count_tokens: the policies run on a copy, for report_scale
+                                   only (ctx.count_only) */
     struct ax_session *session; /* referenced by the caller for the request's life; may be NULL
                                    (ctx.session is then a detached, zeroed table) */
 };

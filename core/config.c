@@ -64,6 +64,8 @@ static const struct opt opts[] = {
     {"model-map", NULL, OPT_MAP, F(model_map), NULL, 0, 0, 0, "FROM=TO",
      "client model name (or prefix ending in '*') to upstream model id; repeatable, "
      "comma-separated in the environment; exact names win, then the first matching prefix"},
+    {"policy-set", NULL, OPT_MAP, F(policy_sets), NULL, 0, 0, 0, "NAME.KEY=VALUE",
+     "a policy setting over the chain's and the environment's (repeatable)"},
     {"max-upstream", "PROXY_MAX_CONNECTIONS", OPT_INT, F(max_upstream), "20", 1, 100000, 0, "N",
      "concurrent upstream transfers"},
     {"upstream-queue-max", NULL, OPT_INT, F(upstream_queue_max), "1024", 0, 10000000, 0, "N",
@@ -187,27 +189,43 @@ static int keys_add(struct ax_config *cfg, const char *key, size_t len)
     return 0;
 }
 
-static void map_clear(struct ax_config *cfg)
+/* The two FROM=TO lists: --model-map and --policy-set. */
+struct mapref {
+    struct ax_model_map **v;
+    size_t *n;
+};
+
+static struct mapref map_of(struct ax_config *cfg, size_t off)
+{
+    struct mapref r = {&cfg->model_map, &cfg->n_model_map};
+
+    if (off == offsetof(struct ax_config, policy_sets)) {
+        r.v = &cfg->policy_sets;
+        r.n = &cfg->n_policy_sets;
+    }
+    return r;
+}
+
+static void map_clear(struct mapref m)
 {
     size_t i;
 
-    for (i = 0; i < cfg->n_model_map; i++) {
-        free(cfg->model_map[i].from);
-        free(cfg->model_map[i].to);
+    for (i = 0; i < *m.n; i++) {
+        free((*m.v)[i].from);
+        free((*m.v)[i].to);
     }
-    free(cfg->model_map);
-    cfg->model_map = NULL;
-    cfg->n_model_map = 0;
+    free(*m.v);
+    *m.v = NULL;
+    *m.n = 0;
 }
 
-static int map_add(struct ax_config *cfg, const char *from, size_t flen, const char *to,
-                   size_t tlen)
+static int map_add(struct mapref m, const char *from, size_t flen, const char *to, size_t tlen)
 {
-    struct ax_model_map *v = realloc(cfg->model_map, (cfg->n_model_map + 1) * sizeof(*v));
+    struct ax_model_map *v = realloc(*m.v, (*m.n + 1) * sizeof(*v));
     if (v == NULL)
         return AX_ENOMEM;
-    cfg->model_map = v;
-    v += cfg->n_model_map;
+    *m.v = v;
+    v += *m.n;
     v->from = strndup(from, flen);
     v->to = strndup(to, tlen);
     if (v->from == NULL || v->to == NULL) {
@@ -215,7 +233,7 @@ static int map_add(struct ax_config *cfg, const char *from, size_t flen, const c
         free(v->to);
         return AX_ENOMEM;
     }
-    cfg->n_model_map++;
+    (*m.n)++;
     return 0;
 }
 
@@ -256,7 +274,7 @@ static int list_add_one(struct ax_config *cfg, const struct opt *o, const char *
         *why = "expected FROM=TO with both names non-empty";
         return AX_EINVAL;
     }
-    return map_add(cfg, p, flen, to, len);
+    return map_add(map_of(cfg, o->off), p, flen, to, len);
 }
 
 /* A higher source replaces the list of a lower one; items from one source accumulate.
@@ -272,7 +290,7 @@ static int list_set(struct ax_config *cfg, int idx, const char *val, enum ax_con
         if (o->type == OPT_KEYS)
             keys_clear(cfg);
         else
-            map_clear(cfg);
+            map_clear(map_of(cfg, o->off));
     }
     cfg->source[idx] = (unsigned char)src;
     if (!split)
@@ -512,7 +530,8 @@ void ax_config_free(struct ax_config *cfg)
     size_t i;
 
     keys_clear(cfg);
-    map_clear(cfg);
+    map_clear(map_of(cfg, F(model_map)));
+    map_clear(map_of(cfg, F(policy_sets)));
     for (i = 0; i < N_OPTS; i++) {
         if (opts[i].type == OPT_STR) {
             free(*FIELD(cfg, &opts[i], char *));
@@ -530,6 +549,8 @@ int ax_config_copy(struct ax_config *dst, const struct ax_config *src)
     dst->n_api_keys = 0;
     dst->model_map = NULL;
     dst->n_model_map = 0;
+    dst->policy_sets = NULL;
+    dst->n_policy_sets = 0;
     for (i = 0; i < N_OPTS; i++)
         if (opts[i].type == OPT_STR)
             *FIELD(dst, &opts[i], char *) = NULL;
@@ -543,7 +564,13 @@ int ax_config_copy(struct ax_config *dst, const struct ax_config *src)
             goto fail;
     for (i = 0; i < src->n_model_map; i++) {
         const struct ax_model_map *m = &src->model_map[i];
-        if (map_add(dst, m->from, strlen(m->from), m->to, strlen(m->to)) < 0)
+        if (map_add(map_of(dst, F(model_map)), m->from, strlen(m->from), m->to, strlen(m->to)) < 0)
+            goto fail;
+    }
+    for (i = 0; i < src->n_policy_sets; i++) {
+        const struct ax_model_map *m = &src->policy_sets[i];
+        if (map_add(map_of(dst, F(policy_sets)), m->from, strlen(m->from), m->to,
+                    strlen(m->to)) < 0)
             goto fail;
     }
     return 0;
@@ -860,12 +887,14 @@ static cJSON *opt_value_json(const struct ax_config *cfg, const struct opt *o)
         for (i = 0; i < cfg->n_api_keys; i++)
             cJSON_AddItemToArray(arr, cJSON_CreateString("***"));
         return arr;
-    case OPT_MAP:
+    case OPT_MAP: {
+        struct mapref m = map_of((struct ax_config *)cfg, o->off);
         if ((arr = cJSON_CreateObject()) == NULL)
             return NULL;
-        for (i = 0; i < cfg->n_model_map; i++)
-            cJSON_AddStringToObject(arr, cfg->model_map[i].from, cfg->model_map[i].to);
+        for (i = 0; i < *m.n; i++)
+            cJSON_AddStringToObject(arr, (*m.v)[i].from, (*m.v)[i].to);
         return arr;
+    }
     }
     return NULL;
 }

@@ -12,11 +12,7 @@
 #include "anthroxy_server.h"
 #include "anthroxy_sse.h"
 #include "anthroxy_stream.h"
-#if __has_include("anthroxy_tokens.h")
 #include "anthroxy_tokens.h"
-#else
-int64_t ax_tokens_request(const cJSON *req);
-#endif
 #include "anthroxy_translate.h"
 #include "anthroxy_upstream.h"
 
@@ -342,6 +338,7 @@ static void complete_nonstream(struct msg *m)
     ro.client_model = m->model;
     ro.stop_sequences = cJSON_GetObjectItemCaseSensitive(m->body, "stop_sequences");
     ro.usage_scale = m->scale;
+    ro.reasoning_fallback = m->srv->cfg.reasoning_fallback;
     if (ax_translate_response(oresp, &ro, &resp, &err) < 0) {
         cJSON_Delete(oresp);
         if (err.status == 0)
@@ -882,6 +879,8 @@ void ax_messages_handle(struct ax_server *srv, struct ax_req *req, int count_onl
     info.session_id = m->session_key;
     info.client_model = m->model;
     info.user_agent = ax_req_header(req, "user-agent");
+    info.anthropic_beta = ax_req_header(req, "anthropic-beta");
+    info.count_only = count_only;
     info.arm = "default";
     info.stream = m->stream;
     info.session = m->session;

@@ -1146,6 +1146,12 @@ int ax_policy_req_new(struct ax_policy_engine *eng, const struct ax_policy_req_i
     lua_setfield(L, -2, "stream");
     lua_pushstring(L, pr->user_agent);
     lua_setfield(L, -2, "user_agent");
+    if (info->anthropic_beta != NULL) {
+        lua_pushstring(L, info->anthropic_beta);
+        lua_setfield(L, -2, "anthropic_beta");
+    }
+    lua_pushboolean(L, info->count_only);
+    lua_setfield(L, -2, "count_only");
     lua_pushnumber(L, eng->env.cfg ? eng->env.cfg->prune_threshold : 0.75);
     lua_setfield(L, -2, "prune_threshold");
     lua_pushnumber(L, 1.0);

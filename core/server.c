@@ -98,11 +98,17 @@ int ax_server_new(uv_loop_t *loop, const struct ax_config *cfg, struct ax_server
 {
     struct ax_server *srv = calloc(1, sizeof(*srv));
     struct ax_upstream_opts uo;
+    struct ax_error verr = {0};
     int rc;
 
     if (srv == NULL)
         return AX_ENOMEM;
     srv->loop = loop;
+    if (ax_config_validate(cfg, &verr) < 0) {
+        AX_LOG_ERROR(NULL, "invalid configuration: %s", verr.message);
+        free(srv);
+        return AX_EINVAL;
+    }
     if ((rc = ax_config_copy(&srv->cfg, cfg)) < 0)
         goto fail;
     memset(&uo, 0, sizeof(uo));
@@ -187,6 +193,16 @@ int ax_server_listen(struct ax_server *srv, struct ax_error *err)
     env.ud = srv;
     if (ax_policy_engine_new(&env, &srv->policies, err) < 0)
         return AX_EINVAL;
+    if (srv->cfg.n_policy_sets > 0) {
+        size_t i;
+        for (i = 0; i < srv->cfg.n_policy_sets; i++)
+            if (ax_policy_engine_set_override(srv->policies, srv->cfg.policy_sets[i].from,
+                                              srv->cfg.policy_sets[i].to) < 0)
+                return ax_error_set(err, 500, "api_error",
+                                    "--policy-set %s: expected NAME.KEY=VALUE",
+                                    srv->cfg.policy_sets[i].from);
+        ax_policy_engine_reload(srv->policies); /* overrides apply from the next generation */
+    }
     ax_policy_engine_watch(srv->policies);
 
     ax_upstream_probe_start(srv->up, AX_PROBE_INTERVAL_MS);

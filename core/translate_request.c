@@ -328,7 +328,7 @@ static int text_or_blocks(struct treq *t, const cJSON *v, const char *where, str
                           int *have)
 {
     const cJSON *blk;
-    char w[96];
+    char w[128];
     int i = 0, rc;
 
     if (cJSON_IsString(v))
@@ -337,7 +337,7 @@ static int text_or_blocks(struct treq *t, const cJSON *v, const char *where, str
         return bad(t, "%s: expected a string or an array of text blocks", where);
     cJSON_ArrayForEach(blk, v)
     {
-        const char *ty, *tx;
+        const char *ty, *tx = "";
         snprintf(w, sizeof(w), "%s.%d", where, i++);
         if ((ty = block_type(t, blk, w, &rc)) == NULL)
             return rc;
@@ -423,7 +423,7 @@ static int call_is_pending(const struct treq *t, const char *id)
 static int tool_result_text(struct treq *t, const cJSON *content, const char *where)
 {
     const cJSON *blk;
-    char w[96];
+    char w[128];
     int i = 0, have = 0, rc;
 
     if (content == NULL || cJSON_IsNull(content))
@@ -434,8 +434,9 @@ static int tool_result_text(struct treq *t, const cJSON *content, const char *wh
         return bad(t, "%s.content: expected a string or an array of blocks", where);
     cJSON_ArrayForEach(blk, content)
     {
-        const char *ty, *tx;
-        snprintf(w, sizeof(w), "%s.content.%d", where, i++);
+        const char *ty, *tx = "";
+        if (snprintf(w, sizeof(w), "%s.content.%d", where, i++) >= (int)sizeof(w))
+            w[sizeof(w) - 1] = '\0'; /* a field path cut short is still readable */
         if ((ty = block_type(t, blk, w, &rc)) == NULL)
             return rc;
         if (strcmp(ty, "text") == 0) {
@@ -515,7 +516,7 @@ static int tool_result(struct treq *t, const cJSON *blk, const char *where)
 static int user_blocks(struct treq *t, const cJSON *content, const char *where)
 {
     const cJSON *blk;
-    char w[96];
+    char w[128];
     int i, rc;
 
     /* pass 1: tool results, directly after the assistant message */
@@ -545,7 +546,7 @@ static int user_blocks(struct treq *t, const cJSON *content, const char *where)
     i = 0;
     cJSON_ArrayForEach(blk, content)
     {
-        const char *ty = cJSON_GetObjectItemCaseSensitive(blk, "type")->valuestring, *tx;
+        const char *ty = cJSON_GetObjectItemCaseSensitive(blk, "type")->valuestring, *tx = "";
         snprintf(w, sizeof(w), "%s.%d", where, i++);
         if (strcmp(ty, "tool_result") == 0) {
             continue;
@@ -618,7 +619,7 @@ static int tool_use(struct treq *t, const cJSON *blk, const char *where)
 static int assistant_blocks(struct treq *t, const cJSON *content, const char *where)
 {
     const cJSON *blk;
-    char w[96];
+    char w[128];
     int i = 0, rc;
 
     if (cJSON_IsString(content)) {
@@ -629,7 +630,7 @@ static int assistant_blocks(struct treq *t, const cJSON *content, const char *wh
     }
     cJSON_ArrayForEach(blk, content)
     {
-        const char *ty, *tx;
+        const char *ty, *tx = "";
         snprintf(w, sizeof(w), "%s.%d", where, i++);
         if ((ty = block_type(t, blk, w, &rc)) == NULL)
             return rc;

@@ -568,11 +568,11 @@ static int client_status(int status)
         return status;
     case 422:
         return 400; /* vLLM's validation errors */
-    case 503:
-        return 529; /* loading or busy: clients retry an overload */
     default:
-        if (status >= 500)
-            return status == 500 ? 500 : 502;
+        /* 5xx keep their status as api_error (a loading llama-server's 503 included): the
+         * client retries them. 529 is kept for an upstream we cannot reach at all. */
+        if (status >= 500 && status <= 599)
+            return status;
         return status >= 400 ? 400 : 502;
     }
 }

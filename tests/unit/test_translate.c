@@ -510,7 +510,7 @@ static void test_upstream_errors(void)
     upstream_error_case("loading", 503,
                         "{\"error\":{\"code\":503,\"message\":\"Loading model\",\"type\":"
                         "\"unavailable_error\"}}",
-                        0, 529, "overloaded_error", "Loading model", 0, 0);
+                        0, 503, "api_error", "Loading model", 0, 0);
     upstream_error_case("401", 401, "{\"error\":\"bad key\"}", 0, 401, "authentication_error",
                         "bad key", 0, 0);
     upstream_error_case("403", 403, "{\"detail\":\"forbidden\"}", 0, 403, "permission_error",
