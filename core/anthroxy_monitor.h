@@ -36,6 +36,8 @@ struct ax_session {
     uint64_t tool_fingerprints[AX_SESSION_FINGERPRINTS]; /* recent tool calls, oldest first */
     int n_fingerprints;
     double calibration; /* real / estimate, EMA-smoothed, in [0.5, 2.0]; 1.0 until measured */
+    uint64_t tools_fp;    /* the last request's tools (a cheap shape fingerprint) ... */
+    int64_t tools_tokens; /* ... and their raw estimate, reused while they stay the same */
 
     /* calibration bookkeeping (reported by ax_session_to_json) */
     int64_t last_estimate;    /* raw estimate of the last measured prompt */

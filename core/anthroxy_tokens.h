@@ -52,6 +52,13 @@ int64_t ax_tokens_message(const cJSON *msg);
  * tool preamble) + 3 for the assistant's turn header. */
 int64_t ax_tokens_request(const cJSON *req);
 
+/* The parts of ax_tokens_request, which is their sum: the system prompt with the request's
+ * fixed overhead, the tools array (pass tools itself, not the request), the messages. The
+ * core keeps a session's tools estimate while the tools stay the same. */
+int64_t ax_tokens_system(const cJSON *req);
+int64_t ax_tokens_tools(const cJSON *tools);
+int64_t ax_tokens_messages(const cJSON *req);
+
 /* The part of ax_tokens_request that pruning cannot shrink: system, tools and the turn
  * header (ax_tokens_request minus the messages). When it alone exceeds the window, the
  * overflow error can say that the tools and system prompt do not fit. */

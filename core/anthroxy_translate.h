@@ -33,6 +33,10 @@ struct ax_translate_opts {
     const char *upstream_model; /* model sent upstream (already mapped by the caller) */
     int llama_server;           /* upstream is llama-server: named tool_choice workaround */
     int stream;                 /* set stream:true and stream_options.include_usage */
+    int share;                  /* the result may point into the Anthropic tree (tool schemas
+                                   and descriptions as cJSON references) instead of copying:
+                                   only when nothing edits the result and the Anthropic tree
+                                   outlives it (printing it is fine) */
 };
 
 /* Anthropic request -> new OpenAI chat.completions request. Validates as it goes: on bad

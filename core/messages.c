@@ -275,6 +275,59 @@ static uint64_t fnv1a(const char *s, size_t n, uint64_t h)
     return h;
 }
 
+/* A fingerprint of the tools' shape: names, and the lengths of every string and key below.
+ * Agents send the same tools every turn; this costs a walk of the nodes, not of the text. */
+static uint64_t shape_hash(const cJSON *n, uint64_t h)
+{
+    const cJSON *c;
+
+    h = (h ^ (uint64_t)(n->type & 0xFF)) * 1099511628211ull;
+    if (n->string)
+        h = (h ^ strlen(n->string)) * 1099511628211ull;
+    if (cJSON_IsString(n) || cJSON_IsRaw(n))
+        h = (h ^ strlen(n->valuestring)) * 1099511628211ull;
+    for (c = n->child; c != NULL; c = c->next)
+        h = shape_hash(c, h);
+    return h;
+}
+
+static uint64_t tools_fingerprint(const cJSON *tools)
+{
+    const cJSON *t, *name;
+    uint64_t h = 14695981039346656037ull;
+
+    cJSON_ArrayForEach(t, tools)
+    {
+        name = cJSON_GetObjectItemCaseSensitive(t, "name");
+        if (cJSON_IsString(name))
+            h = fnv1a(name->valuestring, strlen(name->valuestring), h);
+        h = shape_hash(t, h);
+    }
+    return h;
+}
+
+/* The raw prompt estimate (ax_tokens_request), with the session's tools estimate reused while
+ * the tools are unchanged: they are most of an agent's request and the same every turn. */
+static int64_t estimate_prompt(struct msg *m)
+{
+    const cJSON *tools = cJSON_GetObjectItemCaseSensitive(m->body, "tools");
+    int64_t tools_tokens;
+
+    if (m->session == NULL || !cJSON_IsArray(tools) || tools->child == NULL)
+        return ax_tokens_request(m->body);
+    {
+        uint64_t fp = tools_fingerprint(tools);
+        if (fp != 0 && fp == m->session->tools_fp) {
+            tools_tokens = m->session->tools_tokens;
+        } else {
+            tools_tokens = ax_tokens_tools(tools);
+            m->session->tools_fp = fp;
+            m->session->tools_tokens = tools_tokens;
+        }
+    }
+    return ax_tokens_system(m->body) + tools_tokens + ax_tokens_messages(m->body);
+}
+
 /* Records the turn in the monitor: real prompt size, calibration, tool-call fingerprints. */
 static void record_turn(struct msg *m, const cJSON *resp)
 {
@@ -605,13 +658,17 @@ static void msg_send_upstream(struct msg *m)
     to.upstream_model = m->upstream_model;
     to.llama_server = info->llama_server;
     to.stream = m->stream;
+    /* Without an on_upstream_request hook nothing edits the OpenAI tree before it is
+     * printed, so it can share the tool schemas with the Anthropic tree instead of copying
+     * them (most of Claude Code's 80 KB). */
+    to.share = !ax_policy_engine_has_hook(m->srv->policies, AX_HOOK_UPSTREAM_REQUEST);
     cJSON_Delete(m->oreq);
     m->oreq = NULL;
     if (ax_translate_request(m->body, &to, &m->oreq, &err) < 0) {
         msg_fail(m, &err);
         return;
     }
-    m->est_prompt = ax_tokens_request(m->body);
+    m->est_prompt = estimate_prompt(m);
     if (m->session)
         ax_session_record_request(m->session, ax_session_calibrated(m->session, m->est_prompt),
                                   uv_now(m->srv->loop));
@@ -656,7 +713,7 @@ static void answer_count(struct msg *m, int64_t n, const char *how)
 
 static void count_by_estimate(struct msg *m)
 {
-    int64_t n = ax_tokens_request(m->body);
+    int64_t n = estimate_prompt(m);
     if (m->session)
         n = ax_session_calibrated(m->session, n);
     answer_count(m, n, "estimate");
@@ -721,6 +778,7 @@ static void count_tokens(struct msg *m)
     memset(&to, 0, sizeof(to));
     to.upstream_model = ax_server_upstream_model(m->srv, m->model);
     to.llama_server = info->llama_server;
+    to.share = 1; /* only printed */
     if (ax_translate_request(m->body, &to, &m->oreq, &err) < 0) {
         msg_fail(m, &err);
         return;

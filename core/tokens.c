@@ -483,14 +483,11 @@ int64_t ax_tokens_message(const cJSON *msg)
     return 4 + blocks_tokens(cJSON_GetObjectItemCaseSensitive(msg, "content"));
 }
 
-int64_t ax_tokens_fixed(const cJSON *req)
+int64_t ax_tokens_tools(const cJSON *tools)
 {
-    const cJSON *sys = cJSON_GetObjectItemCaseSensitive(req, "system");
-    const cJSON *tools = cJSON_GetObjectItemCaseSensitive(req, "tools"), *x;
-    int64_t tok = 3;
+    const cJSON *x;
+    int64_t tok = 0;
 
-    if (cJSON_IsString(sys) || cJSON_IsArray(sys))
-        tok += 4 + blocks_tokens(sys);
     if (cJSON_IsArray(tools) && tools->child != NULL) {
         tok += 60;
         cJSON_ArrayForEach(x, tools)
@@ -503,14 +500,31 @@ int64_t ax_tokens_fixed(const cJSON *req)
     return tok;
 }
 
-int64_t ax_tokens_request(const cJSON *req)
+int64_t ax_tokens_system(const cJSON *req)
+{
+    const cJSON *sys = cJSON_GetObjectItemCaseSensitive(req, "system");
+
+    return 3 + (cJSON_IsString(sys) || cJSON_IsArray(sys) ? 4 + blocks_tokens(sys) : 0);
+}
+
+int64_t ax_tokens_fixed(const cJSON *req)
+{
+    return ax_tokens_system(req) + ax_tokens_tools(cJSON_GetObjectItemCaseSensitive(req, "tools"));
+}
+
+int64_t ax_tokens_messages(const cJSON *req)
 {
     const cJSON *msgs = cJSON_GetObjectItemCaseSensitive(req, "messages"), *x;
-    int64_t tok = ax_tokens_fixed(req);
+    int64_t tok = 0;
 
     cJSON_ArrayForEach(x, msgs)
     {
         tok += ax_tokens_message(x);
     }
     return tok;
+}
+
+int64_t ax_tokens_request(const cJSON *req)
+{
+    return ax_tokens_fixed(req) + ax_tokens_messages(req);
 }

@@ -783,10 +783,13 @@ static int add_tool(struct treq *t, cJSON *arr, const cJSON *tool)
         cJSON_AddStringToObject(fn, "name", name->valuestring) == NULL)
         return nomem(t);
     if (cJSON_IsString(desc) &&
-        cJSON_AddStringToObject(fn, "description", desc->valuestring) == NULL)
+        !(t->opts->share ? cJSON_AddItemToObject(fn, "description",
+                                                 cJSON_CreateStringReference(desc->valuestring))
+                         : cJSON_AddStringToObject(fn, "description", desc->valuestring) != NULL))
         return nomem(t);
     if (schema != NULL)
-        params = cJSON_Duplicate(schema, 1);
+        params = t->opts->share ? cJSON_CreateObjectReference(schema->child)
+                                : cJSON_Duplicate(schema, 1);
     else
         params = cJSON_Parse("{\"type\":\"object\",\"properties\":{}}");
     if (params == NULL || !cJSON_AddItemToObject(fn, "parameters", params)) {

@@ -50,7 +50,7 @@ int main(int argc, char **argv)
     const char *path = argc > 2 ? argv[2] : AX_FIXTURES "/claude-code/first-turn.json";
     size_t len;
     char *text = slurp(path, &len), *work;
-    struct ax_translate_opts to = {"tiny", 1, 0};
+    struct ax_translate_opts to = {"tiny", 1, 0, 1}; /* shared schemas, as messages.c */
     struct ax_buf out;
     double t0, t_cjson, t_ax;
     int64_t sink = 0;

@@ -326,7 +326,7 @@ static void check_template_order(const char *name, const cJSON *msgs)
 static void check_claude_code(const char *file)
 {
     char path[512];
-    struct ax_translate_opts opts = {"local-model", 1, 1};
+    struct ax_translate_opts opts = {"local-model", 1, 1, 0};
     struct ax_error err;
     cJSON *in, *out = NULL;
     const cJSON *t, *ft, *m, *so;
@@ -408,6 +408,23 @@ static void check_claude_code(const char *file)
               strcmp(get(a, "reasoning_content")->valuestring, "I should call Write.") == 0);
         CHECK(a != NULL &&
               strcmp(get(get(a, "tool_calls")->child, "id")->valuestring, "stub4") == 0);
+    }
+    {
+        /* Sharing the schemas with the Anthropic tree prints exactly the same request, and
+         * deleting the shared result leaves the Anthropic tree whole. */
+        struct ax_translate_opts sopts = opts;
+        cJSON *shared = NULL;
+        char *sp, *before = cJSON_PrintUnformatted(in), *after;
+        sopts.share = 1;
+        CHECKF(ax_translate_request(in, &sopts, &shared, &err) == 0, "%s: shared translate", file);
+        sp = cJSON_PrintUnformatted(shared);
+        CHECKF(sp != NULL && strcmp(sp, printed) == 0, "%s: shared output differs", file);
+        cJSON_Delete(shared);
+        after = cJSON_PrintUnformatted(in);
+        CHECKF(before && after && strcmp(before, after) == 0, "%s: shared delete hurt input", file);
+        cJSON_free(sp);
+        cJSON_free(before);
+        cJSON_free(after);
     }
     cJSON_free(printed);
     cJSON_Delete(out);
@@ -598,7 +615,7 @@ static void test_usage_and_reasons(void)
 static void test_input_untouched(void)
 {
     char path[512];
-    struct ax_translate_opts opts = {NULL, 0, 0};
+    struct ax_translate_opts opts = {NULL, 0, 0, 0};
     struct ax_error err;
     cJSON *in, *copy, *a = NULL, *b = NULL;
 
