@@ -99,6 +99,10 @@ void ax_session_note_overflow(struct ax_session *s);
 void ax_session_set_arm(struct ax_session *s, const char *arm);
 
 /* estimate * calibration, rounded. */
+/* ax_tokens_tools(tools), kept in the session while the tools keep their shape (names and
+ * the lengths of every string below them): agents send the same ~70 KB of tools every turn,
+ * and walking their shape costs far less than estimating their text. */
+int64_t ax_session_tools_tokens(struct ax_session *s, const cJSON *tools);
 int64_t ax_session_calibrated(const struct ax_session *s, int64_t estimate);
 /* Mean absolute error of the estimate in percent, raw and calibrated; -1 before any
  * measurement. */

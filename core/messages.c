@@ -275,57 +275,16 @@ static uint64_t fnv1a(const char *s, size_t n, uint64_t h)
     return h;
 }
 
-/* A fingerprint of the tools' shape: names, and the lengths of every string and key below.
- * Agents send the same tools every turn; this costs a walk of the nodes, not of the text. */
-static uint64_t shape_hash(const cJSON *n, uint64_t h)
-{
-    const cJSON *c;
-
-    h = (h ^ (uint64_t)(n->type & 0xFF)) * 1099511628211ull;
-    if (n->string)
-        h = (h ^ strlen(n->string)) * 1099511628211ull;
-    if (cJSON_IsString(n) || cJSON_IsRaw(n))
-        h = (h ^ strlen(n->valuestring)) * 1099511628211ull;
-    for (c = n->child; c != NULL; c = c->next)
-        h = shape_hash(c, h);
-    return h;
-}
-
-static uint64_t tools_fingerprint(const cJSON *tools)
-{
-    const cJSON *t, *name;
-    uint64_t h = 14695981039346656037ull;
-
-    cJSON_ArrayForEach(t, tools)
-    {
-        name = cJSON_GetObjectItemCaseSensitive(t, "name");
-        if (cJSON_IsString(name))
-            h = fnv1a(name->valuestring, strlen(name->valuestring), h);
-        h = shape_hash(t, h);
-    }
-    return h;
-}
-
 /* The raw prompt estimate (ax_tokens_request), with the session's tools estimate reused while
  * the tools are unchanged: they are most of an agent's request and the same every turn. */
 static int64_t estimate_prompt(struct msg *m)
 {
     const cJSON *tools = cJSON_GetObjectItemCaseSensitive(m->body, "tools");
-    int64_t tools_tokens;
 
-    if (m->session == NULL || !cJSON_IsArray(tools) || tools->child == NULL)
+    if (m->session == NULL)
         return ax_tokens_request(m->body);
-    {
-        uint64_t fp = tools_fingerprint(tools);
-        if (fp != 0 && fp == m->session->tools_fp) {
-            tools_tokens = m->session->tools_tokens;
-        } else {
-            tools_tokens = ax_tokens_tools(tools);
-            m->session->tools_fp = fp;
-            m->session->tools_tokens = tools_tokens;
-        }
-    }
-    return ax_tokens_system(m->body) + tools_tokens + ax_tokens_messages(m->body);
+    return ax_tokens_system(m->body) + ax_session_tools_tokens(m->session, tools) +
+           ax_tokens_messages(m->body);
 }
 
 /* Records the turn in the monitor: real prompt size, calibration, tool-call fingerprints. */

@@ -5,6 +5,7 @@
  * renders /v1/context from the JSON built below. The figures and thresholds follow the
  * seed's SessionMonitor; calibration, fingerprints and forced turns are ours. */
 #include "anthroxy_monitor.h"
+#include "anthroxy_tokens.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -573,4 +574,58 @@ cJSON *ax_monitor_to_json(const struct ax_monitor *m, int64_t context_window,
 fail:
     cJSON_Delete(o);
     return NULL;
+}
+
+/* ---- the tools estimate ---------------------------------------------------------------- */
+
+static uint64_t str_hash(const char *p, uint64_t h)
+{
+    for (; *p; p++)
+        h = (h ^ (unsigned char)*p) * 1099511628211ull;
+    return h;
+}
+
+/* A fingerprint of the tools' shape: names, and the lengths of every string and key below.
+ * Agents send the same tools every turn; this costs a walk of the nodes, not of the text. */
+static uint64_t shape_hash(const cJSON *n, uint64_t h)
+{
+    const cJSON *c;
+
+    h = (h ^ (uint64_t)(n->type & 0xFF)) * 1099511628211ull;
+    if (n->string)
+        h = (h ^ strlen(n->string)) * 1099511628211ull;
+    if (cJSON_IsString(n) || cJSON_IsRaw(n))
+        h = (h ^ strlen(n->valuestring)) * 1099511628211ull;
+    for (c = n->child; c != NULL; c = c->next)
+        h = shape_hash(c, h);
+    return h;
+}
+
+static uint64_t tools_fingerprint(const cJSON *tools)
+{
+    const cJSON *t, *name;
+    uint64_t h = 14695981039346656037ull;
+
+    cJSON_ArrayForEach(t, tools)
+    {
+        name = cJSON_GetObjectItemCaseSensitive(t, "name");
+        if (cJSON_IsString(name))
+            h = str_hash(name->valuestring, h);
+        h = shape_hash(t, h);
+    }
+    return h;
+}
+
+int64_t ax_session_tools_tokens(struct ax_session *s, const cJSON *tools)
+{
+    uint64_t fp;
+
+    if (!cJSON_IsArray(tools) || tools->child == NULL)
+        return ax_tokens_tools(tools);
+    fp = tools_fingerprint(tools);
+    if (fp == 0 || fp != s->tools_fp) {
+        s->tools_tokens = ax_tokens_tools(tools);
+        s->tools_fp = fp;
+    }
+    return s->tools_tokens;
 }

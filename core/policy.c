@@ -1529,6 +1529,14 @@ int ax_policy_req_run(struct ax_policy_req *pr, enum ax_hook hook, cJSON *tree, 
     /* the caller may have changed the tree between runs: estimates start afresh */
     ax__memo_reset(&pr->memo,
                    hook == AX_HOOK_REQUEST || hook == AX_HOOK_UPSTREAM_ERROR ? tree : NULL);
+    if (pr->memo.root != NULL && pr->session != NULL) {
+        /* the session knows its tools' estimate while they keep their shape */
+        const cJSON *tools = cJSON_GetObjectItemCaseSensitive(tree, "tools");
+        if (cJSON_IsArray(tools) && tools->child != NULL) {
+            pr->memo.tools_tokens = 3 + ax_session_tools_tokens(pr->session, tools);
+            pr->memo.tools_ok = 1;
+        }
+    }
     if (pr->gen->has_hook[hook])
         ctx_refresh(pr);
     run_step(pr, 0);
