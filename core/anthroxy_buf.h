@@ -9,10 +9,10 @@
 #include <stddef.h>
 
 struct ax_buf {
-    char *data;  /* NUL-terminated when non-NULL (the NUL is not counted in len) */
+    char *data; /* NUL-terminated when non-NULL (the NUL is not counted in len) */
     size_t len;
     size_t cap;
-    size_t max;  /* largest len allowed */
+    size_t max; /* largest len allowed */
 };
 
 void ax_buf_init(struct ax_buf *b, size_t max);
@@ -25,8 +25,8 @@ int ax_buf_vprintf(struct ax_buf *b, const char *fmt, va_list ap);
 int ax_buf_reserve(struct ax_buf *b, size_t n);
 /* Drops the first n bytes (consumed input), keeping the rest. */
 void ax_buf_consume(struct ax_buf *b, size_t n);
-void ax_buf_reset(struct ax_buf *b);   /* len = 0, memory kept */
-void ax_buf_free(struct ax_buf *b);    /* memory released, max kept */
+void ax_buf_reset(struct ax_buf *b); /* len = 0, memory kept */
+void ax_buf_free(struct ax_buf *b);  /* memory released, max kept */
 /* Hands the memory over (caller frees with free()); the buffer is left empty. */
 char *ax_buf_take(struct ax_buf *b, size_t *len);
 

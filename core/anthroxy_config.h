@@ -67,12 +67,12 @@ struct ax_config {
     int reasoning_fallback;      /* reasoning but no text and no tool call: emit it as text (0) */
 
     /* policies */
-    char *policies_path;       /* chain file; NULL: <policy dir>/default.lua */
-    char *lua_dir;             /* runtime Lua; NULL: the built-in AX_LUA_DIR */
-    size_t lua_mem_max;        /* all policies together: 256 MiB */
-    size_t lua_req_mem_max;    /* one request: 16 MiB */
-    uint64_t lua_instr_budget; /* per hook call: 10,000,000 instructions */
-    int policy_fail_closed;    /* a failing policy fails the request (0: skip it) */
+    char *policies_path;              /* chain file; NULL: <policy dir>/default.lua */
+    char *lua_dir;                    /* runtime Lua; NULL: the built-in AX_LUA_DIR */
+    size_t lua_mem_max;               /* all policies together: 256 MiB */
+    size_t lua_req_mem_max;           /* one request: 16 MiB */
+    uint64_t lua_instr_budget;        /* per hook call: 10,000,000 instructions */
+    int policy_fail_closed;           /* a failing policy fails the request (0: skip it) */
     struct ax_model_map *policy_sets; /* --policy-set NAME.KEY=VALUE, over chain and env */
     size_t n_policy_sets;
 

@@ -8,17 +8,17 @@
 
 #include <stddef.h>
 
-#define AX_ERRNO_MAP(X)                                                                      \
-    X(NOMEM, -1, "out of memory")                                                            \
-    X(TOOBIG, -2, "over the configured limit")                                               \
-    X(INVAL, -3, "invalid argument or input")                                                \
-    X(BUSY, -4, "too many waiting")                                                          \
-    X(IO, -5, "i/o error")                                                                   \
-    X(CANCELED, -6, "canceled")                                                              \
-    X(TIMEDOUT, -7, "timed out")                                                             \
-    X(UPSTREAM, -8, "upstream error")                                                        \
-    X(NOTFOUND, -9, "not found")                                                             \
-    X(LUA, -10, "policy error")                                                              \
+#define AX_ERRNO_MAP(X)                                                                            \
+    X(NOMEM, -1, "out of memory")                                                                  \
+    X(TOOBIG, -2, "over the configured limit")                                                     \
+    X(INVAL, -3, "invalid argument or input")                                                      \
+    X(BUSY, -4, "too many waiting")                                                                \
+    X(IO, -5, "i/o error")                                                                         \
+    X(CANCELED, -6, "canceled")                                                                    \
+    X(TIMEDOUT, -7, "timed out")                                                                   \
+    X(UPSTREAM, -8, "upstream error")                                                              \
+    X(NOTFOUND, -9, "not found")                                                                   \
+    X(LUA, -10, "policy error")                                                                    \
     X(AGAIN, -11, "try again")
 
 enum {
@@ -33,10 +33,10 @@ const char *ax_strerror(int code);
 
 /* An error as the client sees it: HTTP status, Anthropic error type, message. */
 struct ax_error {
-    int status;               /* 0 while no error is set */
-    const char *type;         /* static string: "invalid_request_error", "api_error", ... */
+    int status;       /* 0 while no error is set */
+    const char *type; /* static string: "invalid_request_error", "api_error", ... */
     char message[AX_ERROR_MSG_MAX];
-    int retry_after;          /* seconds for a `retry-after` header, 0 for none */
+    int retry_after; /* seconds for a `retry-after` header, 0 for none */
 };
 
 /* Fills err (printf-style message) and returns AX_EINVAL, so call sites can

@@ -24,10 +24,10 @@ const char *ax_req_id(const struct ax_req *req);
 void ax_log_write(enum ax_log_level lvl, const char *req_id, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
-#define AX_LOG_AT(lvl, req, ...)                                                             \
-    do {                                                                                     \
-        if ((lvl) >= ax_log_level_current)                                                   \
-            ax_log_write((lvl), ax_req_id(req), __VA_ARGS__);                                \
+#define AX_LOG_AT(lvl, req, ...)                                                                   \
+    do {                                                                                           \
+        if ((lvl) >= ax_log_level_current)                                                         \
+            ax_log_write((lvl), ax_req_id(req), __VA_ARGS__);                                      \
     } while (0)
 #define AX_LOG_DEBUG(req, ...) AX_LOG_AT(AX_LOG_LVL_DEBUG, req, __VA_ARGS__)
 #define AX_LOG_INFO(req, ...) AX_LOG_AT(AX_LOG_LVL_INFO, req, __VA_ARGS__)

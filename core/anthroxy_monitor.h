@@ -35,7 +35,7 @@ struct ax_session {
     int64_t forced_tool_turns; /* consecutive turns whose tool choice was forced */
     uint64_t tool_fingerprints[AX_SESSION_FINGERPRINTS]; /* recent tool calls, oldest first */
     int n_fingerprints;
-    double calibration; /* real / estimate, EMA-smoothed, in [0.5, 2.0]; 1.0 until measured */
+    double calibration;   /* real / estimate, EMA-smoothed, in [0.5, 2.0]; 1.0 until measured */
     uint64_t tools_fp;    /* the last request's tools (a cheap shape fingerprint) ... */
     int64_t tools_tokens; /* ... and their raw estimate, reused while they stay the same */
 

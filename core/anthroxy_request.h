@@ -24,32 +24,32 @@ struct ax_stream;
 struct ax_sse;
 
 struct ax_header {
-    char *name;  /* lower-cased */
+    char *name; /* lower-cased */
     char *value;
 };
 
 enum ax_req_state {
-    AX_REQ_PARSING,        /* headers/body still arriving */
-    AX_REQ_ROUTED,         /* dispatched to a handler */
-    AX_REQ_POLICY,         /* inside a policy hook */
-    AX_REQ_UPSTREAM,       /* transfer running or queued */
-    AX_REQ_STREAMING,      /* committed 200 SSE response, events flowing */
-    AX_REQ_DONE            /* response complete (or abandoned) */
+    AX_REQ_PARSING,   /* headers/body still arriving */
+    AX_REQ_ROUTED,    /* dispatched to a handler */
+    AX_REQ_POLICY,    /* inside a policy hook */
+    AX_REQ_UPSTREAM,  /* transfer running or queued */
+    AX_REQ_STREAMING, /* committed 200 SSE response, events flowing */
+    AX_REQ_DONE       /* response complete (or abandoned) */
 };
 
 struct ax_req {
     int refs;
     struct ax_server *srv;
-    struct ax_conn *conn;        /* NULL once the connection is gone */
-    struct ax_req *next;         /* the connection's pipelined queue */
+    struct ax_conn *conn; /* NULL once the connection is gone */
+    struct ax_req *next;  /* the connection's pipelined queue */
     enum ax_req_state state;
-    char id[40];                 /* "req_" + 24 base62: the request-id header */
-    uint64_t start_ns;           /* uv_hrtime() when the message was complete */
+    char id[40];       /* "req_" + 24 base62: the request-id header */
+    uint64_t start_ns; /* uv_hrtime() when the message was complete */
 
     /* the HTTP message */
-    int method;                  /* llhttp_method_t */
-    char *path;                  /* without the query */
-    char *query;                 /* after '?', or NULL */
+    int method;  /* llhttp_method_t */
+    char *path;  /* without the query */
+    char *query; /* after '?', or NULL */
     struct ax_header *headers;
     int n_headers;
     struct ax_buf body;
@@ -57,14 +57,14 @@ struct ax_req {
     int expect_continue;
 
     /* the response */
-    int status;                  /* status sent, 0 before */
+    int status; /* status sent, 0 before */
     int headers_sent;
-    int chunked;                 /* response framed with chunked encoding */
-    int finished;                /* last byte queued */
+    int chunked;  /* response framed with chunked encoding */
+    int finished; /* last byte queued */
     int canceled;
     void (*on_drain)(struct ax_req *req);  /* write queue fell below the low watermark */
     void (*on_cancel)(struct ax_req *req); /* handler's cleanup when canceled */
-    void *handler;               /* the route handler's state (routes.c / messages.c) */
+    void *handler;                         /* the route handler's state (routes.c / messages.c) */
     void (*on_free)(struct ax_req *req);   /* frees handler with the request */
 };
 

@@ -19,7 +19,7 @@ struct ax_server {
     uv_loop_t *loop;
     struct ax_config cfg;
     uv_tcp_t listener;
-    uv_timer_t timer;            /* shutdown grace, session expiry */
+    uv_timer_t timer; /* shutdown grace, session expiry */
     int listening;
     int stopping;
     int pending_closes;
@@ -28,9 +28,9 @@ struct ax_server {
     int bound_port;
     uint64_t started_ms;
 
-    struct ax_conn *conns;       /* doubly linked list of open connections */
+    struct ax_conn *conns; /* doubly linked list of open connections */
     int n_conns;
-    int n_active;                /* requests being answered */
+    int n_active; /* requests being answered */
 
     struct ax_upstream *up;
     struct ax_monitor *mon;

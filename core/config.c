@@ -569,8 +569,8 @@ int ax_config_copy(struct ax_config *dst, const struct ax_config *src)
     }
     for (i = 0; i < src->n_policy_sets; i++) {
         const struct ax_model_map *m = &src->policy_sets[i];
-        if (map_add(map_of(dst, F(policy_sets)), m->from, strlen(m->from), m->to,
-                    strlen(m->to)) < 0)
+        if (map_add(map_of(dst, F(policy_sets)), m->from, strlen(m->from), m->to, strlen(m->to)) <
+            0)
             goto fail;
     }
     return 0;

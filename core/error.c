@@ -7,8 +7,8 @@
 const char *ax_strerror(int code)
 {
     switch (code) {
-#define AX_STRERROR_CASE(name, val, msg)                                                     \
-    case AX_E##name:                                                                         \
+#define AX_STRERROR_CASE(name, val, msg)                                                           \
+    case AX_E##name:                                                                               \
         return msg;
         AX_ERRNO_MAP(AX_STRERROR_CASE)
 #undef AX_STRERROR_CASE

@@ -18,25 +18,25 @@
 
 struct ax_conn {
     uv_tcp_t tcp;
-    uv_timer_t timer;          /* keep-alive idle, or write stall while bytes are queued */
+    uv_timer_t timer; /* keep-alive idle, or write stall while bytes are queued */
     int pending_closes;
     int closing;
     int reading;
-    int in_parse;              /* inside conn_parse: finishing must not recurse */
+    int in_parse; /* inside conn_parse: finishing must not recurse */
     int close_after_write;
     struct ax_server *srv;
     struct ax_conn *prev, *next;
 
     llhttp_t parser;
-    struct ax_buf in;          /* received but not yet parsed */
-    struct ax_req *cur;        /* the message being parsed */
-    struct ax_req *active;     /* the request being answered; parsing waits for it */
+    struct ax_buf in;      /* received but not yet parsed */
+    struct ax_req *cur;    /* the message being parsed */
+    struct ax_req *active; /* the request being answered; parsing waits for it */
     struct ax_buf field, value;
     int value_started;
     size_t header_bytes;
-    struct ax_error perr;      /* what a parse failure answers */
+    struct ax_error perr; /* what a parse failure answers */
 
-    size_t queued;             /* bytes handed to uv_write and not yet written */
+    size_t queued; /* bytes handed to uv_write and not yet written */
     uint64_t last_progress_ms;
 };
 
@@ -140,8 +140,7 @@ static int on_header_field(llhttp_t *p, const char *at, size_t n)
 
     if (count_header_bytes(p, n) != 0)
         return HPE_USER;
-    return ax_buf_append(&c->field, at, n) == 0 ? 0
-                                                : fail_parse(p, 431, NULL, "header too large");
+    return ax_buf_append(&c->field, at, n) == 0 ? 0 : fail_parse(p, 431, NULL, "header too large");
 }
 
 static int on_header_value(llhttp_t *p, const char *at, size_t n)
@@ -151,8 +150,7 @@ static int on_header_value(llhttp_t *p, const char *at, size_t n)
     if (count_header_bytes(p, n) != 0)
         return HPE_USER;
     c->value_started = 1;
-    return ax_buf_append(&c->value, at, n) == 0 ? 0
-                                                : fail_parse(p, 431, NULL, "header too large");
+    return ax_buf_append(&c->value, at, n) == 0 ? 0 : fail_parse(p, 431, NULL, "header too large");
 }
 
 static int on_header_value_complete(llhttp_t *p)
@@ -338,28 +336,43 @@ static int conn_write(struct ax_conn *c, uv_buf_t *bufs, unsigned int nbufs)
 static const char *status_text(int status)
 {
     switch (status) {
-    case 200: return "OK";
-    case 400: return "Bad Request";
-    case 401: return "Unauthorized";
-    case 403: return "Forbidden";
-    case 404: return "Not Found";
-    case 405: return "Method Not Allowed";
-    case 413: return "Payload Too Large";
-    case 414: return "URI Too Long";
-    case 429: return "Too Many Requests";
-    case 431: return "Request Header Fields Too Large";
-    case 500: return "Internal Server Error";
-    case 502: return "Bad Gateway";
-    case 503: return "Service Unavailable";
-    case 504: return "Gateway Timeout";
-    case 529: return "Overloaded";
-    default: return status < 400 ? "OK" : "Error";
+    case 200:
+        return "OK";
+    case 400:
+        return "Bad Request";
+    case 401:
+        return "Unauthorized";
+    case 403:
+        return "Forbidden";
+    case 404:
+        return "Not Found";
+    case 405:
+        return "Method Not Allowed";
+    case 413:
+        return "Payload Too Large";
+    case 414:
+        return "URI Too Long";
+    case 429:
+        return "Too Many Requests";
+    case 431:
+        return "Request Header Fields Too Large";
+    case 500:
+        return "Internal Server Error";
+    case 502:
+        return "Bad Gateway";
+    case 503:
+        return "Service Unavailable";
+    case 504:
+        return "Gateway Timeout";
+    case 529:
+        return "Overloaded";
+    default:
+        return status < 400 ? "OK" : "Error";
     }
 }
 
-static int write_head(struct ax_req *req, int status, const char *content_type,
-                      const char *extra, long long content_length, const char *body,
-                      size_t body_len)
+static int write_head(struct ax_req *req, int status, const char *content_type, const char *extra,
+                      long long content_length, const char *body, size_t body_len)
 {
     struct ax_conn *c = req->conn;
     char head[1024];
@@ -480,8 +493,8 @@ int ax_http_send_error(struct ax_req *req, const struct ax_error *err)
     int n;
 
     json_escape(msg, sizeof(msg), err->message);
-    n = snprintf(body, sizeof(body), "{\"type\":\"error\",\"error\":{\"type\":\"%s\",\"message\":\"%s\"}}",
-                 type, msg);
+    n = snprintf(body, sizeof(body),
+                 "{\"type\":\"error\",\"error\":{\"type\":\"%s\",\"message\":\"%s\"}}", type, msg);
     if (err->retry_after > 0)
         snprintf(extra, sizeof(extra), "retry-after: %d\r\n", err->retry_after);
     if (req->conn && req->conn->srv)
@@ -614,7 +627,7 @@ static void conn_parse_failed(struct ax_conn *c, llhttp_errno_t e)
     if (c->perr.status == 0)
         ax_error_set(&c->perr, 400, "invalid_request_error", "malformed HTTP request: %s",
                      llhttp_get_error_reason(&c->parser) ? llhttp_get_error_reason(&c->parser)
-                                                          : llhttp_errno_name(e));
+                                                         : llhttp_errno_name(e));
     if (r == NULL) {
         r = ax_req_new(c->srv, c, 0);
         if (r == NULL) {

@@ -31,17 +31,17 @@ struct msg {
     int count_only;
     int stream;
     int retried;
-    int committed;        /* 200 + message_start sent: errors go out as SSE events */
-    int done;             /* the client's answer is complete */
-    int stream_failed;    /* the upstream reported an error inside the stream */
-    int hooks_running;    /* a policy hook holds a reference */
+    int committed;     /* 200 + message_start sent: errors go out as SSE events */
+    int done;          /* the client's answer is complete */
+    int stream_failed; /* the upstream reported an error inside the stream */
+    int hooks_running; /* a policy hook holds a reference */
     int timer_open;
-    cJSON *body;          /* the Anthropic request (after on_request) */
-    cJSON *oreq;          /* the OpenAI request */
-    cJSON *final;         /* the answer as the client got it (or the stream's summary) */
-    cJSON *shadow;        /* count_tokens: a copy the policies may change (and is dropped) */
-    struct ax_buf obody;  /* its text, alive while the transfer runs */
-    char model[256];      /* as the client named it */
+    cJSON *body;         /* the Anthropic request (after on_request) */
+    cJSON *oreq;         /* the OpenAI request */
+    cJSON *final;        /* the answer as the client got it (or the stream's summary) */
+    cJSON *shadow;       /* count_tokens: a copy the policies may change (and is dropped) */
+    struct ax_buf obody; /* its text, alive while the transfer runs */
+    char model[256];     /* as the client named it */
     const char *upstream_model;
     char session_key[128];
     struct ax_session *session;
@@ -49,14 +49,14 @@ struct msg {
     struct ax_xfer *xfer;
     int up_status;
     int retry_after;
-    struct ax_buf resp;   /* a complete answer, or an error body */
+    struct ax_buf resp; /* a complete answer, or an error body */
     struct ax_sse sse;
     struct ax_stream st;
     int st_ready;
-    struct ax_buf out;    /* Anthropic events waiting to be written */
-    uv_timer_t timer;     /* first-byte hold, then pings */
-    int64_t est_prompt;   /* our estimate of the prompt sent (raw, uncalibrated) */
-    double scale;         /* report_scale from the policies */
+    struct ax_buf out;  /* Anthropic events waiting to be written */
+    uv_timer_t timer;   /* first-byte hold, then pings */
+    int64_t est_prompt; /* our estimate of the prompt sent (raw, uncalibrated) */
+    double scale;       /* report_scale from the policies */
     int n_messages, n_tools;
     uint64_t t_sent_ns, t_first_ns;
     struct ax_usage usage;
@@ -186,9 +186,8 @@ static void fail_transfer(struct msg *m, int rc)
         ax_error_set(&err, 504, "api_error", "upstream timed out");
         break;
     case AX_EUPSTREAM:
-        ax_error_set(&err, 529, "overloaded_error",
-                     "upstream unreachable at %s after %d retries", m->srv->cfg.upstream_base,
-                     m->srv->cfg.connect_retries);
+        ax_error_set(&err, 529, "overloaded_error", "upstream unreachable at %s after %d retries",
+                     m->srv->cfg.upstream_base, m->srv->cfg.connect_retries);
         break;
     case AX_EBUSY:
         ax_error_set(&err, 529, "overloaded_error",
@@ -198,8 +197,7 @@ static void fail_transfer(struct msg *m, int rc)
         ax_error_set(&err, 502, "api_error", "upstream answer over the configured limit");
         break;
     default:
-        ax_error_set(&err, 502, "api_error", "upstream connection failed: %s",
-                     ax_strerror(rc));
+        ax_error_set(&err, 502, "api_error", "upstream connection failed: %s", ax_strerror(rc));
         break;
     }
     msg_fail(m, &err);
@@ -240,8 +238,7 @@ static int hook_finished(struct msg *m, int rc, const struct ax_error *err)
     return 1;
 }
 
-static void on_response_done(struct ax_policy_req *pr, int rc, const struct ax_error *err,
-                             void *ud)
+static void on_response_done(struct ax_policy_req *pr, int rc, const struct ax_error *err, void *ud)
 {
     struct msg *m = ud;
 
@@ -310,7 +307,7 @@ static void record_turn(struct msg *m, const cJSON *resp)
         uint64_t h;
         if (!cJSON_IsString(type) || strcmp(type->valuestring, "tool_use") != 0 || n >= 16)
             continue;
-        h = fnv1a(name && cJSON_IsString(name) ? name->valuestring : "", 
+        h = fnv1a(name && cJSON_IsString(name) ? name->valuestring : "",
                   name && cJSON_IsString(name) ? strlen(name->valuestring) : 0,
                   14695981039346656037ull);
         if ((in = cJSON_PrintUnformatted(input)) != NULL) {
@@ -524,8 +521,7 @@ static int on_data(struct ax_xfer *x, const char *p, size_t n, void *ud)
     if (m->timer_open && m->srv->cfg.ping_interval_ms > 0)
         uv_timer_again(&m->timer); /* pings only while the upstream is silent */
     if (rc < 0 && !m->stream_failed) {
-        ax_error_set(&m->err, 502, "api_error", "upstream stream unreadable: %s",
-                     ax_strerror(rc));
+        ax_error_set(&m->err, 502, "api_error", "upstream stream unreadable: %s", ax_strerror(rc));
         m->stream_failed = 1;
     }
     return rc < 0 ? rc : 0;
@@ -585,8 +581,8 @@ static void start_transfer(struct msg *m)
     }
 }
 
-static void on_upstream_request_done(struct ax_policy_req *pr, int rc,
-                                     const struct ax_error *err, void *ud)
+static void on_upstream_request_done(struct ax_policy_req *pr, int rc, const struct ax_error *err,
+                                     void *ud)
 {
     struct msg *m = ud;
 
@@ -685,8 +681,7 @@ static void on_tokenized(int rc, int status, const char *body, size_t len, void 
 
     m->xfer = NULL;
     if (!m->req->canceled && !m->done) {
-        if (rc == 0 && status == 200 &&
-            (j = cJSON_ParseWithLength(body, len)) != NULL &&
+        if (rc == 0 && status == 200 && (j = cJSON_ParseWithLength(body, len)) != NULL &&
             cJSON_IsArray(toks = cJSON_GetObjectItemCaseSensitive(j, "tokens")))
             answer_count(m, cJSON_GetArraySize(toks), "upstream /tokenize");
         else
@@ -756,8 +751,8 @@ static void count_tokens(struct msg *m)
     ax_json_print(tpl, &m->obody);
     cJSON_Delete(tpl);
     ax_req_ref(m->req);
-    if (ax_upstream_fetch(m->srv->up, "POST", "/apply-template", m->obody.data, m->obody.len,
-                          30000, on_templated, m, &m->xfer) < 0) {
+    if (ax_upstream_fetch(m->srv->up, "POST", "/apply-template", m->obody.data, m->obody.len, 30000,
+                          on_templated, m, &m->xfer) < 0) {
         ax_req_unref(m->req);
         count_by_estimate(m);
     }
@@ -800,8 +795,7 @@ static void wait_for_probe(struct msg *m)
     uv_timer_start(&m->timer, on_probe_poll, AX_PROBE_POLL_MS, AX_PROBE_POLL_MS);
 }
 
-static void on_request_done(struct ax_policy_req *pr, int rc, const struct ax_error *err,
-                            void *ud)
+static void on_request_done(struct ax_policy_req *pr, int rc, const struct ax_error *err, void *ud)
 {
     struct msg *m = ud;
 

@@ -17,8 +17,9 @@
 
 /* Model names Claude Code and the SDKs ask for; listed so clients that check find them. */
 static const char *const claude_models[] = {
-    "claude-opus-4-5", "claude-sonnet-4-5", "claude-haiku-4-5", "claude-sonnet-4-20250514",
-    "claude-opus-4-20250514", "claude-3-7-sonnet-20250219", "claude-3-5-haiku-20241022",
+    "claude-opus-4-5",           "claude-sonnet-4-5",      "claude-haiku-4-5",
+    "claude-sonnet-4-20250514",  "claude-opus-4-20250514", "claude-3-7-sonnet-20250219",
+    "claude-3-5-haiku-20241022",
 };
 
 /* Constant-time comparison: the time taken does not depend on where the strings differ. */
@@ -95,9 +96,11 @@ static void route_models(struct ax_server *srv, struct ax_req *req)
             cJSON_AddItemToArray(data, model_entry(srv->cfg.model_map[i].from, NULL));
     cJSON_AddBoolToObject(root, "has_more", 0);
     m = cJSON_GetArrayItem(data, 0);
-    cJSON_AddStringToObject(root, "first_id", cJSON_GetObjectItemCaseSensitive(m, "id")->valuestring);
+    cJSON_AddStringToObject(root, "first_id",
+                            cJSON_GetObjectItemCaseSensitive(m, "id")->valuestring);
     m = cJSON_GetArrayItem(data, cJSON_GetArraySize(data) - 1);
-    cJSON_AddStringToObject(root, "last_id", cJSON_GetObjectItemCaseSensitive(m, "id")->valuestring);
+    cJSON_AddStringToObject(root, "last_id",
+                            cJSON_GetObjectItemCaseSensitive(m, "id")->valuestring);
     ax_http_send_json(req, 200, root);
     cJSON_Delete(root);
 }

@@ -75,8 +75,8 @@ static void on_upstream_info(void *ud)
     static const char *const states[] = {"unknown", "ok", "loading", "down"};
 
     AX_LOG_INFO(NULL, "upstream %s: state %s, model '%s', context window %lld (%s)%s",
-                ax_upstream_root(srv->up), states[info->state & 3], info->model_id,
-                (long long)win, src, info->llama_server ? ", llama-server" : "");
+                ax_upstream_root(srv->up), states[info->state & 3], info->model_id, (long long)win,
+                src, info->llama_server ? ", llama-server" : "");
     if (win < AX_CLAUDE_CODE_PREFIX_TOKENS + AX_CLAUDE_CODE_HEADROOM)
         AX_LOG_WARN(NULL,
                     "context window %lld is below Claude Code's fixed prefix (~%d tokens of "
@@ -209,8 +209,9 @@ int ax_server_listen(struct ax_server *srv, struct ax_error *err)
     uv_timer_start(&srv->timer, on_sweep, AX_SESSION_SWEEP_MS, AX_SESSION_SWEEP_MS);
     srv->started_ms = uv_now(srv->loop);
     if (!is_loopback(host) && srv->cfg.n_api_keys == 0)
-        AX_LOG_WARN(NULL, "*** listening on %s without an API key: anyone who can reach this "
-                          "address can use the model. Set --api-key or listen on 127.0.0.1 ***",
+        AX_LOG_WARN(NULL,
+                    "*** listening on %s without an API key: anyone who can reach this "
+                    "address can use the model. Set --api-key or listen on 127.0.0.1 ***",
                     host);
     AX_LOG_INFO(NULL, "anthroxy %s listening on http://%s:%d (upstream %s)", ANTHROXY_VERSION,
                 strchr(host, ':') ? "[::1]" : host, srv->bound_port, srv->cfg.upstream_base);
@@ -291,8 +292,7 @@ static void on_listener_closed(uv_handle_t *h)
         finish_stop(srv);
 }
 
-void ax_server_stop(struct ax_server *srv, void (*on_stopped)(struct ax_server *, void *),
-                    void *ud)
+void ax_server_stop(struct ax_server *srv, void (*on_stopped)(struct ax_server *, void *), void *ud)
 {
     if (srv->stopping)
         return;

@@ -30,6 +30,14 @@ export function anthroxyBin() {
 
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
+// Proxies still running; killed when the test process exits, whatever happened.
+const live = new Set();
+process.on('exit', () => {
+  for (const p of live) {
+    try { p.kill('SIGKILL'); } catch { /* gone */ }
+  }
+});
+
 /** Polls cond() until it is truthy or timeoutMs passes; returns its last value. */
 export async function until(cond, timeoutMs = 2000, stepMs = 10) {
   const t0 = Date.now();
@@ -55,7 +63,11 @@ export async function startProxy({ upstream, args = [], env = {}, timeoutMs = 15
   let log = '';
   proc.stdout.on('data', (d) => { log += d; });
   proc.stderr.on('data', (d) => { log += d; });
-  const exited = new Promise((resolve) => proc.on('exit', (code, signal) => resolve({ code, signal })));
+  live.add(proc);
+  const exited = new Promise((resolve) => proc.on('exit', (code, signal) => {
+    live.delete(proc);
+    resolve({ code, signal });
+  }));
   const port = await new Promise((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`anthroxy did not start within ${timeoutMs} ms:\n${log}`)), timeoutMs);
     const check = () => {
@@ -162,16 +174,21 @@ export function useProxy(opts = {}) {
     env.client = sdkClient(env.proxy);
   });
   after(async () => {
+    // Everything is released before anything is asserted: a throwing after hook must not
+    // leave a server open, or the test process would never exit.
+    let exit = null;
     if (env.proxy) {
-      const { code, signal } = await env.proxy.stop();
-      if (env.failed || code !== 0) {
+      exit = await env.proxy.stop();
+      if (env.failed || exit.code !== 0) {
         const f = saveLog(opts.name || path.basename(process.argv[1] || 'proxy'), env.proxy.log());
         if (f) console.error(`anthroxy log saved to ${f}`);
       }
-      assert.equal(signal, null, `anthroxy died by signal ${signal}:\n${env.proxy.tail()}`);
-      assert.equal(code, 0, `anthroxy exit code after SIGTERM (graceful shutdown):\n${env.proxy.tail()}`);
     }
     if (env.mock) await env.mock.close();
+    if (exit) {
+      assert.equal(exit.signal, null, `anthroxy died by signal ${exit.signal}:\n${env.proxy.tail()}`);
+      assert.equal(exit.code, 0, `anthroxy exit code after SIGTERM (graceful shutdown):\n${env.proxy.tail()}`);
+    }
   });
   return env;
 }
