@@ -130,6 +130,26 @@ function saveLog(name, text) {
   }
 }
 
+// One after hook for every useProxy of the file: node:test skips the remaining after hooks
+// once one throws, which would leave servers open and the test process hanging.
+const envs = [];
+async function stopAll() {
+  const problems = [];
+  for (const env of envs) {
+    if (env.proxy) {
+      const exit = await env.proxy.stop();
+      if (env.failed || exit.code !== 0) {
+        const f = saveLog(env.name, env.proxy.log());
+        if (f) console.error(`anthroxy log saved to ${f}`);
+      }
+      if (exit.signal !== null) problems.push(`${env.name}: anthroxy died by signal ${exit.signal}:\n${env.proxy.tail()}`);
+      else if (exit.code !== 0) problems.push(`${env.name}: anthroxy exit code ${exit.code} after SIGTERM (graceful shutdown):\n${env.proxy.tail()}`);
+    }
+    if (env.mock) await env.mock.close();
+  }
+  assert.deepEqual(problems, [], problems.join('\n'));
+}
+
 /**
  * Registers before/after hooks that start a mock and a proxy for the file's tests.
  * opts: mock (startMock options), args (extra proxy flags), env, name (for the saved log).
@@ -137,6 +157,7 @@ function saveLog(name, text) {
  */
 export function useProxy(opts = {}) {
   const env = {
+    name: opts.name || path.basename(process.argv[1] || 'proxy', '.test.mjs'),
     mock: null,
     proxy: null,
     client: null,
@@ -173,23 +194,8 @@ export function useProxy(opts = {}) {
     await waitUpstreamProbed(env.proxy);
     env.client = sdkClient(env.proxy);
   });
-  after(async () => {
-    // Everything is released before anything is asserted: a throwing after hook must not
-    // leave a server open, or the test process would never exit.
-    let exit = null;
-    if (env.proxy) {
-      exit = await env.proxy.stop();
-      if (env.failed || exit.code !== 0) {
-        const f = saveLog(opts.name || path.basename(process.argv[1] || 'proxy'), env.proxy.log());
-        if (f) console.error(`anthroxy log saved to ${f}`);
-      }
-    }
-    if (env.mock) await env.mock.close();
-    if (exit) {
-      assert.equal(exit.signal, null, `anthroxy died by signal ${exit.signal}:\n${env.proxy.tail()}`);
-      assert.equal(exit.code, 0, `anthroxy exit code after SIGTERM (graceful shutdown):\n${env.proxy.tail()}`);
-    }
-  });
+  envs.push(env);
+  if (envs.length === 1) after(stopAll);
   return env;
 }
 
