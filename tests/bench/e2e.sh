@@ -38,6 +38,7 @@ else
     echo "== building Release in $build" >&2
     cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release >/dev/null
     cmake --build "$build" -j2 --target anthroxy >/dev/null
+    cmake --build "$build" -j2 --target bench_json >/dev/null 2>&1 || true
     bin=$build/anthroxy
 fi
 
@@ -171,7 +172,7 @@ done
 echo
 echo "added latency (small, c1) = proxy avg - upstream direct avg, from the first and third lines."
 echo "cpu-us/req is the proxy's user+system CPU per completed request; req/s/core = requests per proxy CPU second."
-if [ -x "$build/bench_json" ]; then
-    echo "== cJSON parse+print of the Claude Code body (same machine, same run):"
-    "$build/bench_json"
+if [ -x "$build/tests/bench_json" ]; then
+    echo "== cJSON alone vs anthroxy's request-side work on the Claude Code body (same run):"
+    "$build/tests/bench_json"
 fi
