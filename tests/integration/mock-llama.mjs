@@ -162,7 +162,8 @@ export function llamaError(code, message, type, extra = {}) {
  * Starts the mock on 127.0.0.1 (port 0 unless opts.port).
  * opts: model ('tiny'), models (ids listed at /v1/models; the first is the alias),
  * nCtx (per-slot window, 32768), totalSlots (2), bytesPerToken (4), cached (cached_tokens, 0),
- * loading (answer 503 everywhere), script (fn), defaultReply ({text}).
+ * loading (answer 503 everywhere), script (fn), defaultReply ({text}), endpoints ({props,
+ * slots, tokenize, applyTemplate, health}: false answers 404, as vLLM or Ollama would).
  */
 export async function startMock(opts = {}) {
   const models = opts.models || [opts.model || 'tiny'];
@@ -175,6 +176,8 @@ export async function startMock(opts = {}) {
     loading: !!opts.loading,
     script: opts.script || null,
     defaultReply: opts.defaultReply || { text: 'Hello from the mock.' },
+    // llama-server's own endpoints; switch some off (404) to look like vLLM or Ollama.
+    endpoints: { props: true, slots: true, tokenize: true, applyTemplate: true, health: true, ...(opts.endpoints || {}) },
   };
   const props = fixtureBody('props.json');
   const slots = fixtureBody('slots.json');
@@ -289,17 +292,17 @@ export async function startMock(opts = {}) {
     if (state.loading) {
       return sendJson(res, 503, llamaError(503, 'Loading model', 'unavailable_error'));
     }
-    if (req.method === 'GET' && (p === '/health' || p === '/v1/health')) {
+    if (req.method === 'GET' && (p === '/health' || p === '/v1/health') && state.endpoints.health) {
       return sendJson(res, 200, { status: 'ok' });
     }
-    if (req.method === 'GET' && p === '/props') {
+    if (req.method === 'GET' && p === '/props' && state.endpoints.props) {
       const b = structuredClone(props);
       b.default_generation_settings.n_ctx = state.nCtx;
       b.total_slots = state.totalSlots;
       b.model_alias = state.alias;
       return sendJson(res, 200, b);
     }
-    if (req.method === 'GET' && p === '/slots') {
+    if (req.method === 'GET' && p === '/slots' && state.endpoints.slots) {
       const b = [];
       for (let i = 0; i < state.totalSlots; i++) {
         const s = structuredClone(slots[i % slots.length]);
@@ -323,12 +326,12 @@ export async function startMock(opts = {}) {
       });
       return sendJson(res, 200, b);
     }
-    if (req.method === 'POST' && p === '/tokenize') {
+    if (req.method === 'POST' && p === '/tokenize' && state.endpoints.tokenize) {
       if (rec.bodyError) return badJson(res, rec.raw);
       const toks = tokenize(rec.body.content ?? '', state.bytesPerToken);
       return sendJson(res, 200, { tokens: rec.body.with_pieces ? toks : toks.map((t) => t.id) });
     }
-    if (req.method === 'POST' && p === '/apply-template') {
+    if (req.method === 'POST' && p === '/apply-template' && state.endpoints.applyTemplate) {
       if (rec.bodyError) return badJson(res, rec.raw);
       if (!Array.isArray(rec.body.messages)) {
         return sendJson(res, 400, llamaError(400, "'messages' is required", 'invalid_request_error'));
