@@ -504,6 +504,10 @@ export async function startMock(opts = {}) {
     rec.events = 0;
     for (let i = 0; i < events.length; i++) {
       if (rec.clientClosed) return;
+      if (reply.stallAfter !== undefined && i >= reply.stallAfter) {
+        rec.stalled = true;
+        return; // keeps the connection open and says nothing more
+      }
       if (reply.resetAfter !== undefined && i >= reply.resetAfter) {
         rec.reset = true;
         res.socket.destroy(); // a reset mid-stream

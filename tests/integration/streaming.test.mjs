@@ -2,7 +2,7 @@
 // against the mock, event order, usage, abort, concurrency, resets, pings and early errors.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { useProxy, until } from './helpers.mjs';
+import { useProxy, until, startProxy, request, waitUpstreamProbed } from './helpers.mjs';
 
 const env = useProxy({ name: 'streaming', args: ['--ping-interval', '0.2', '--max-upstream', '128'] });
 const MODEL = 'claude-sonnet-4-5';
@@ -250,4 +250,42 @@ test('a context overflow in a stream is a plain 400 JSON error, before the hold 
   assert.equal(b.type, 'error');
   assert.equal(b.error.type, 'invalid_request_error');
   assert.match(b.error.message, /^prompt is too long: \d+ tokens > 32768 maximum/);
+}));
+
+test('upstream read timeout: before the first byte and in mid-stream, the client gets an error', env.wrap(async () => {
+  const p = await startProxy({
+    upstream: env.mock.base, args: ['--read-timeout', '0.6', '--first-byte-hold', '0.2', '--ping-interval', '0.1'],
+  });
+  try {
+    await waitUpstreamProbed(p);
+    env.on('never answers', { silent: true });
+    env.on('stops talking', { text: 'a few words and then nothing more at all', stallAfter: 4 });
+    // Non-streaming: an ordinary JSON error, and the upstream transfer is dropped.
+    const t0 = Date.now();
+    const r = await request(p, { method: 'POST', path: '/v1/messages', body: { model: MODEL, max_tokens: 20, messages: [{ role: 'user', content: 'never answers' }] } });
+    assert.ok(r.status >= 500, `${r.status} ${r.text}`);
+    assert.equal(r.json?.type, 'error', r.text);
+    assert.ok(Date.now() - t0 < 5000, 'within the read timeout, not the default 600 s');
+    // Streaming, silent from the start: committed after the hold, pings, then event: error.
+    for (const phrase of ['never answers', 'stops talking']) {
+      const res = await fetch(p.url + '/v1/messages', {
+        method: 'POST', headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ model: MODEL, max_tokens: 100, stream: true, messages: [{ role: 'user', content: phrase }] }),
+      });
+      const text = await res.text();
+      assert.equal(res.status, 200, text);
+      const names = [...text.matchAll(/^event: (\w+)/gm)].map((m) => m[1]);
+      assert.equal(names[0], 'message_start', text.slice(0, 300));
+      assert.equal(names[names.length - 1], 'error', `${phrase}: ends with event: error: ${names.join(',')}`);
+      assert.ok(!names.includes('message_stop'), `${phrase}: no message_stop`);
+      assert.equal(names.filter((n) => n === 'content_block_start').length,
+        names.filter((n) => n === 'content_block_stop').length, `${phrase}: blocks closed`);
+      if (phrase === 'never answers') assert.ok(names.includes('ping'), 'pinged while silent');
+    }
+    const recs = env.mock.chats().filter((q) => q.lastText === 'stops talking');
+    assert.ok(await until(() => recs.every((q) => q.clientClosed), 1000), 'the stalled upstream transfer was dropped');
+  } finally {
+    const { code } = await p.stop();
+    assert.equal(code, 0, p.tail());
+  }
 }));
