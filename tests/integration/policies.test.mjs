@@ -6,13 +6,43 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { useProxy, request, until, ROOT, oaiText } from './helpers.mjs';
+import { useProxy, request, until, sleep, ROOT, oaiText, assertAnthropicError } from './helpers.mjs';
 
 const polDir = fs.mkdtempSync(path.join(os.tmpdir(), 'anthroxy-policies-'));
 for (const f of fs.readdirSync(path.join(ROOT, 'policies'))) {
   if (f.endsWith('.lua')) fs.copyFileSync(path.join(ROOT, 'policies', f), path.join(polDir, f));
 }
 after(() => fs.rmSync(polDir, { recursive: true, force: true }));
+
+// A chain of one test policy that misbehaves on request, by the last message's text.
+const chaosDir = fs.mkdtempSync(path.join(os.tmpdir(), 'anthroxy-chaos-'));
+after(() => fs.rmSync(chaosDir, { recursive: true, force: true }));
+fs.writeFileSync(path.join(chaosDir, 'chain.lua'), 'return { { "chaos" } }\n');
+fs.writeFileSync(path.join(chaosDir, 'chaos.lua'), `
+local ax = require "anthroxy"
+local M = { name = "chaos" }
+local function last_text(req)
+  local c = req.messages[#req.messages].content
+  if type(c) == "string" then return c end
+  local t = c[1] and c[1].text
+  return type(t) == "string" and t or ""
+end
+function M.on_request(req, ctx)
+  local t = last_text(req)
+  if t:find("SLEEP", 1, true) then ax.sleep(800); req.system = "slept" end
+  if t:find("PCALL-LOOP", 1, true) then
+    req.system = "looping"
+    while true do pcall(function() while true do end end) end
+  end
+  if t:find("LOOP", 1, true) then req.system = "looping"; while true do end end
+  if t:find("HALFWAY", 1, true) then
+    req.system = "half applied"; req.temperature = 0.123; error("boom halfway")
+  end
+  if t:find("REJECT", 1, true) then ax.fail(403, "permission_error", "denied by policy") end
+end
+return M
+`);
+const chaos = useProxy({ name: 'policies-chaos', args: ['--policies', path.join(chaosDir, 'chain.lua'), '--lua-instr-budget', '2000000'] });
 
 const N_CTX = 16384;
 const env = useProxy({ name: 'policies', mock: { nCtx: N_CTX }, args: ['--policies', path.join(polDir, 'default.lua')] });
@@ -187,3 +217,53 @@ test('pruning after an upstream overflow: pruned by the real numbers and retried
     assert.ok(recs[0].promptTokens * 3 >= N_CTX, 'the first try overflowed');
     assertPairedAndFirstKept(recs[1].body, 'PRUNE2');
   }));
+
+const post = (e, text, extra = {}) => request(e.proxy, {
+  method: 'POST', path: '/v1/messages', body: { model: MODEL, max_tokens: 20, messages: [{ role: 'user', content: text }], ...extra },
+});
+
+test('engine: a policy sleeping in ax.sleep does not hold up 50 other requests', chaos.wrap(async () => {
+  chaos.on('SLEEP', { text: 'woke up' });
+  chaos.on('quick', { text: 'quick answer' });
+  const order = [];
+  const slow = post(chaos, 'SLEEP please').then((r) => { order.push('slow'); return r; });
+  await sleep(50);
+  const quick = await Promise.all(Array.from({ length: 50 }, (_, i) => post(chaos, `quick ${i}`).then((r) => { order.push('quick'); return r; })));
+  for (const r of quick) assert.equal(r.status, 200, r.text);
+  const s = await slow;
+  assert.equal(s.status, 200, s.text);
+  assert.equal(order.indexOf('slow'), 50, 'the sleeping request finished last');
+  const up = await chaos.mock.waitFor((q) => q.lastText === 'SLEEP please');
+  assert.equal(oaiText(up.body.messages[0].content), 'slept', 'its write after the sleep was committed');
+}));
+
+test('engine: an infinite loop is stopped by the budget, the request goes on unchanged', chaos.wrap(async () => {
+  chaos.on('LOOP', { text: 'survived' });
+  for (const text of ['LOOP forever', 'PCALL-LOOP forever']) {
+    const r = await post(chaos, text);
+    assert.equal(r.status, 200, r.text);
+    assert.equal(r.json.content[0].text, 'survived');
+    const up = await chaos.mock.waitFor((q) => q.lastText === text);
+    assert.ok(!up.body.messages.some((m) => m.role === 'system'), `${text}: no half-applied system`);
+  }
+  const h = await request(chaos.proxy, { path: '/health' });
+  assert.ok((h.json.policies?.budget_kills ?? 0) >= 2, `budget kills counted: ${JSON.stringify(h.json.policies)}`);
+}));
+
+test('engine: a policy that errors halfway leaves the request exactly as it was', chaos.wrap(async () => {
+  chaos.on('HALFWAY', { text: 'unchanged' });
+  const r = await post(chaos, 'HALFWAY there', { temperature: 0.5 });
+  assert.equal(r.status, 200, r.text);
+  const up = await chaos.mock.waitFor((q) => q.lastText === 'HALFWAY there');
+  assert.equal(up.body.temperature, 0.5);
+  assert.ok(!up.body.messages.some((m) => m.role === 'system'));
+  assert.match(chaos.proxy.log(), /boom halfway/, 'the error is logged');
+  assert.match(chaos.proxy.log(), /chaos\.lua:\d+/, 'with file and line');
+}));
+
+test('engine: ax.fail rejects the request with the policy\'s error', chaos.wrap(async () => {
+  const before = chaos.mock.chats().length;
+  const r = await post(chaos, 'REJECT me');
+  assertAnthropicError(r, 403, 'permission_error', /denied by policy/);
+  assert.equal(chaos.mock.chats().length, before, 'nothing went upstream');
+}));
