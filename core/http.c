@@ -652,7 +652,7 @@ static void conn_parse(struct ax_conn *c)
         llhttp_errno_t e = llhttp_execute(&c->parser, c->in.data, c->in.len);
         size_t used;
         if (e == HPE_OK) {
-            ax_buf_reset(&c->in);
+            ax_buf_free(&c->in); /* all parsed: hold no read buffer while idle or answering */
             break;
         }
         if (e != HPE_PAUSED) {
@@ -660,7 +660,10 @@ static void conn_parse(struct ax_conn *c)
             break;
         }
         used = (size_t)(llhttp_get_error_pos(&c->parser) - c->in.data);
-        ax_buf_consume(&c->in, used);
+        if (used >= c->in.len)
+            ax_buf_free(&c->in);
+        else
+            ax_buf_consume(&c->in, used);
         llhttp_resume(&c->parser);
         c->active = c->cur;
         c->cur = NULL;

@@ -40,6 +40,8 @@ struct msg {
     cJSON *oreq;         /* the OpenAI request */
     cJSON *final;        /* the answer as the client got it (or the stream's summary) */
     cJSON *shadow;       /* count_tokens: a copy the policies may change (and is dropped) */
+    cJSON *stops;        /* stop_sequences, kept when the request is released mid-stream */
+    int forced;          /* the request forced a tool call (tool_choice any or tool) */
     struct ax_buf obody; /* its text, alive while the transfer runs */
     char model[256];     /* as the client named it */
     const char *upstream_model;
@@ -79,6 +81,7 @@ static void msg_free(struct msg *m)
     cJSON_Delete(m->oreq);
     cJSON_Delete(m->final);
     cJSON_Delete(m->shadow);
+    cJSON_Delete(m->stops);
     ax_buf_free(&m->obody);
     ax_buf_free(&m->resp);
     ax_buf_free(&m->out);
@@ -290,8 +293,6 @@ static void record_turn(struct msg *m, const cJSON *resp)
     uint64_t fps[16];
     int n = 0;
     const cJSON *content = cJSON_GetObjectItemCaseSensitive(resp, "content"), *blk;
-    const cJSON *tc = cJSON_GetObjectItemCaseSensitive(m->body, "tool_choice");
-    const cJSON *tct = cJSON_GetObjectItemCaseSensitive(tc, "type");
 
     if (m->session == NULL)
         return;
@@ -316,9 +317,7 @@ static void record_turn(struct msg *m, const cJSON *resp)
         }
         fps[n++] = h;
     }
-    ax_session_note_tool_calls(m->session, fps, n,
-                               cJSON_IsString(tct) && strcmp(tct->valuestring, "auto") != 0 &&
-                                   strcmp(tct->valuestring, "none") != 0);
+    ax_session_note_tool_calls(m->session, fps, n, m->forced);
 }
 
 static void finish_ok(struct msg *m, cJSON *resp, int status)
@@ -461,6 +460,22 @@ static void on_hold_over(uv_timer_t *t)
     commit_stream(t->data);
 }
 
+/* Once a stream answers 200 the request is of no more use: no retry can follow, and curl
+ * has sent the body (it never re-sends once response headers arrived). Dropping the trees
+ * and the printed body keeps a stream's memory to the translator, the reader and curl's
+ * buffers, whatever the size of the conversation. */
+static void release_request(struct msg *m)
+{
+    if (m->body == NULL)
+        return;
+    m->stops = cJSON_DetachItemFromObjectCaseSensitive(m->body, "stop_sequences");
+    cJSON_Delete(m->oreq); /* may share nodes with body: never read after this */
+    m->oreq = NULL;
+    cJSON_Delete(m->body);
+    m->body = NULL;
+    ax_buf_free(&m->obody);
+}
+
 static int on_headers(struct ax_xfer *x, int status, int retry_after, void *ud)
 {
     struct msg *m = ud;
@@ -471,8 +486,10 @@ static int on_headers(struct ax_xfer *x, int status, int retry_after, void *ud)
     m->t_first_ns = uv_hrtime();
     if (m->req->canceled)
         return AX_ECANCELED;
-    if (status == 200 && m->stream)
+    if (status == 200 && m->stream) {
         commit_stream(m);
+        release_request(m);
+    }
     return 0;
 }
 
@@ -624,6 +641,12 @@ static void msg_send_upstream(struct msg *m)
         return;
     }
     m->est_prompt = estimate_prompt(m);
+    {
+        const cJSON *tct = cJSON_GetObjectItemCaseSensitive(
+            cJSON_GetObjectItemCaseSensitive(m->body, "tool_choice"), "type");
+        m->forced = cJSON_IsString(tct) &&
+                    (strcmp(tct->valuestring, "any") == 0 || strcmp(tct->valuestring, "tool") == 0);
+    }
     if (m->session)
         ax_session_record_request(m->session, ax_session_calibrated(m->session, m->est_prompt),
                                   uv_now(m->srv->loop));
@@ -877,6 +900,7 @@ void ax_messages_handle(struct ax_server *srv, struct ax_req *req, int count_onl
     snprintf(m->session_key, sizeof(m->session_key), "-");
 
     m->body = ax_json_parse(req->body.data ? req->body.data : "", req->body.len, &err);
+    ax_buf_free(&req->body); /* the tree holds its own copies */
     if (m->body == NULL || check_basics(m, &err) < 0) {
         msg_fail(m, &err);
         return;

@@ -11,6 +11,9 @@
 #include "anthroxy_upstream.h"
 
 #include <llhttp.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -140,6 +143,14 @@ static void route_health(struct ax_server *srv, struct ax_req *req)
     cJSON_AddNumberToObject(root, "errors", (double)srv->n_errors);
     cJSON_AddNumberToObject(root, "connections", srv->n_conns);
     cJSON_AddNumberToObject(root, "sessions", (double)ax_monitor_count(srv->mon));
+#ifdef __GLIBC__
+    {
+        /* the allocator's view: what is in use, apart from what it keeps for reuse */
+        struct mallinfo2 mi = mallinfo2();
+        cJSON_AddNumberToObject(root, "heap_in_use_bytes", (double)mi.uordblks);
+        cJSON_AddNumberToObject(root, "heap_free_bytes", (double)mi.fordblks);
+    }
+#endif
     cJSON_AddNumberToObject(root, "uptime_s",
                             (double)(uv_now(srv->loop) - srv->started_ms) / 1000.0);
     if (srv->policies)

@@ -10,6 +10,9 @@
 #include "anthroxy_upstream.h"
 
 #include <stdlib.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 #include <string.h>
 
 #define AX_DEFAULT_CONTEXT_WINDOW 131072
@@ -92,6 +95,10 @@ static void on_sweep(uv_timer_t *t)
     if (srv->stopping)
         return;
     ax_monitor_expire(srv->mon, uv_now(srv->loop));
+#ifdef __GLIBC__
+    /* A burst of large requests leaves freed memory inside glibc's heap; hand it back. */
+    malloc_trim(0);
+#endif
 }
 
 int ax_server_new(uv_loop_t *loop, const struct ax_config *cfg, struct ax_server **out)
