@@ -429,6 +429,7 @@ export async function startMock(opts = {}) {
       if (at >= 0) { text = text.slice(0, at); stopped = true; }
     }
     let textPieces = reply.pieces && !stopped ? reply.pieces : pieces(text, n);
+    if (reply.repeat) textPieces = new Array(reply.repeat.count).fill(reply.repeat.piece); // bulk, cheaply
     const toolCalls = (reply.toolCalls || []).map((tc) => {
       const args = typeof tc.arguments === 'string' ? tc.arguments : JSON.stringify(tc.arguments ?? tc.input ?? {});
       const rest = args.startsWith('{') ? args.slice(1) : args;
@@ -514,7 +515,15 @@ export async function startMock(opts = {}) {
         return;
       }
       if (delay && i > 0) await sleep(delay);
-      res.write('data: ' + JSON.stringify(events[i]) + '\n\n');
+      // Honour backpressure, as a blocking socket write would: a proxy that pauses its
+      // transfer then holds the mock here, and closing the connection shows as clientClosed.
+      if (!res.write('data: ' + JSON.stringify(events[i]) + '\n\n')) {
+        await new Promise((r) => {
+          const done = () => { res.off('drain', done); res.off('close', done); r(); };
+          res.on('drain', done);
+          res.on('close', done);
+        });
+      }
       rec.events++;
     }
     if (rec.clientClosed) return;

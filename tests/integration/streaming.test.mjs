@@ -1,6 +1,8 @@
 // streaming.test.mjs - Anthropic SSE out of OpenAI SSE in (issue 4): the SDK's messages.stream
 // against the mock, event order, usage, abort, concurrency, resets, pings and early errors.
 import { test } from 'node:test';
+import fs from 'node:fs';
+import net from 'node:net';
 import assert from 'node:assert/strict';
 import { useProxy, until, startProxy, request, waitUpstreamProbed } from './helpers.mjs';
 
@@ -289,3 +291,44 @@ test('upstream read timeout: before the first byte and in mid-stream, the client
     assert.equal(code, 0, p.tail());
   }
 }));
+
+const rssKiB = (pid) => Number(/VmRSS:\s+(\d+)/.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'))[1]);
+
+test('a client that stops reading: memory stays bounded, it is cut off, the upstream transfer aborted',
+  env.wrap(async () => {
+    const p = await startProxy({ upstream: env.mock.base, args: ['--client-stall-timeout', '1'] });
+    let sock;
+    try {
+      await waitUpstreamProbed(p);
+      // About 48 MB of text in 12,000 chunks: far more than the socket buffers hold.
+      env.on('flood me', { repeat: { piece: 'x'.repeat(4096), count: 12000 } });
+      const rss0 = rssKiB(p.proc.pid);
+      const body = JSON.stringify({ model: MODEL, max_tokens: 100000000, stream: true, messages: [{ role: 'user', content: 'flood me' }] });
+      sock = net.connect(p.port, '127.0.0.1');
+      await new Promise((r) => sock.on('connect', r));
+      sock.write(`POST /v1/messages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`);
+      let got = 0;
+      let closed = false;
+      sock.on('data', (d) => { got += d.length; sock.pause(); }); // reads once, then never again
+      sock.on('close', () => { closed = true; });
+      sock.on('error', () => {});
+      const rec = await env.mock.waitFor((q) => q.lastText === 'flood me');
+      let peak = 0;
+      const cut = await until(() => {
+        peak = Math.max(peak, rssKiB(p.proc.pid));
+        return rec.clientClosed;
+      }, 8000, 50);
+      assert.ok(cut, `the proxy dropped the upstream transfer of a client that stopped reading (${rec.events} chunks sent; proxy log:\n${p.tail(30)})`);
+      assert.ok(rec.events < 12000, `the upstream was not read to the end (${rec.events} chunks sent)`);
+      assert.ok(peak - rss0 < 24 * 1024, `proxy RSS grew by ${peak - rss0} KiB (from ${rss0})`);
+      assert.ok(await until(() => closed || sock.destroyed, 3000) || got > 0, 'client connection cut off');
+      // And the proxy still serves.
+      env.on('after the flood', { text: 'still here' });
+      const r = await request(p, { method: 'POST', path: '/v1/messages', body: { model: MODEL, max_tokens: 20, messages: [{ role: 'user', content: 'after the flood' }] } });
+      assert.equal(r.status, 200, r.text);
+    } finally {
+      if (sock) sock.destroy();
+      const { code } = await p.stop();
+      assert.equal(code, 0, p.tail());
+    }
+  }));
