@@ -219,3 +219,24 @@ test('the recorded Claude Code requests become upstream requests llama-server ac
     assert.equal(up.stream, true);
   }
 }));
+
+test('Claude Code recognises the proxy\'s context overflow error and does not retry it', { timeout: 180000 },
+  env.wrap(async () => {
+    const cwd = fs.mkdtempSync(path.join(tmpRoot, 'work-'));
+    const seen = [];
+    env.mock.script((req) => {
+      if (!allText(req.body).includes('OVERFLOW-TASK')) return { text: 'ok' };
+      seen.push(req);
+      // The upstream reports a prompt over its window (200000 here), as llama-server does.
+      return { promptTokens: 250000 };
+    });
+    const r = await runClaude('OVERFLOW-TASK: say hello', { cwd });
+    assert.ok(r.json, explain(r));
+    assert.equal(r.json.is_error, true, explain(r));
+    assert.equal(r.json.api_error_status, 400, explain(r));
+    // Claude Code parsed "prompt is too long: N tokens > M maximum" into its own message.
+    assert.match(r.json.result, /Prompt is too long/i, explain(r));
+    assert.match(r.json.result, /250,?000/, explain(r));
+    assert.match(r.json.result, /200,?000/, explain(r));
+    assert.equal(seen.length, 1, `a 400 is not retried (${seen.length} requests)`);
+  }));
