@@ -36,13 +36,16 @@ const home = fs.mkdtempSync(path.join(os.tmpdir(), 'anthroxy-probe-home-'));
 const args = ['-p', 'Read big.txt in slices of 356 lines, then say done.', '--output-format', 'json',
   '--max-turns', String(READS + 6), '--permission-mode', 'acceptEdits', '--allowedTools', 'Read'];
 if (process.env.CCMODEL) args.push('--model', process.env.CCMODEL);
-const child = spawn(path.join(HERE, 'node_modules', '.bin', 'claude'), args, {
+async function runClaude(argv) {
+const child = spawn(path.join(HERE, 'node_modules', '.bin', 'claude'), argv, {
   cwd,
   stdio: ['ignore', 'pipe', 'pipe'],
   env: {
     PATH: process.env.PATH, HOME: home, ANTHROPIC_BASE_URL: p.url, ANTHROPIC_API_KEY: 'dummy',
     DISABLE_TELEMETRY: '1', DISABLE_AUTOUPDATER: '1', CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC: '1',
     CLAUDE_CODE_DISABLE_NONSTREAMING_FALLBACK: '1',
+    // CC_ENV="NAME=value,NAME2=value": extra settings for Claude Code (e.g. its compaction knobs).
+    ...Object.fromEntries((process.env.CC_ENV || '').split(',').filter(Boolean).map((kv) => kv.split('='))),
   },
 });
 let out = '';
@@ -51,7 +54,21 @@ child.stderr.on('data', (d) => { out += d; });
 const timer = setTimeout(() => child.kill('SIGKILL'), 120000);
 await new Promise((r) => child.on('exit', r));
 clearTimeout(timer);
-console.log(`claude: ${out.slice(0, 400)}`);
+console.log(`claude: ${out.slice(0, 300)}`);
+  try {
+    const j = JSON.parse(out.trim().split('\n').pop());
+    console.log('claude modelUsage:', JSON.stringify(j.modelUsage));
+  } catch { /* not JSON */ }
+}
+await runClaude(args);
+// CONTINUE=1: a second user turn in the same session (claude -p --continue), where Claude Code
+// checks the last usage against its threshold before sending.
+if (process.env.CONTINUE) {
+  const i = args.indexOf('-p');
+  const again = [...args];
+  again.splice(i, 2, '-p', 'Now say done again.', '--continue');
+  await runClaude(again);
+}
 for (const l of p.log().split('\n')) {
   if (/compaction_steering: reporting|policy prune|status=\d+/.test(l)) console.log(l.slice(25, 260));
 }
