@@ -225,7 +225,7 @@ test('a silent upstream gets pings, then the answer', env.wrap(async () => {
 }));
 
 test('an upstream error after the hold time becomes event: error with the mapped type', env.wrap(async () => {
-  env.on('late failure', { status: 429, body: { error: { code: 429, message: 'busy', type: 'rate_limit_error' } }, firstByteDelayMs: 2600 });
+  env.on('late failure', { status: 429, body: { error: { code: 429, message: 'busy', type: 'rate_limit_error' } }, firstByteDelayMs: 3500 });
   const raw = await rawStream({ messages: [{ role: 'user', content: 'late failure' }] });
   assert.equal(raw.status, 200);
   assert.equal(raw.events[0].event, 'message_start');
