@@ -122,6 +122,10 @@ int ax_policy_req_run(struct ax_policy_req *pr, enum ax_hook hook, cJSON *tree, 
                       ax_policy_done_fn done, void *ud);
 
 /* ctx.report_scale as policies left it (1.0 by default). */
+/* Whether the generation this request pinned has that hook: without one, a caller may go on
+ * at once instead of running (and waiting a loop turn for) an empty chain. */
+int ax_policy_req_has_hook(const struct ax_policy_req *pr, enum ax_hook hook);
+
 double ax_policy_req_report_scale(const struct ax_policy_req *pr);
 
 /* Cancel: a parked coroutine is closed, never resumed; done is NOT called afterwards (also

@@ -598,23 +598,28 @@ static void start_transfer(struct msg *m)
     }
 }
 
+/* Prints the OpenAI request once and starts the transfer. */
+static void send_translated(struct msg *m)
+{
+    ax_buf_reset(&m->obody);
+    if (ax_json_print(m->oreq, &m->obody) < 0) {
+        struct ax_error e = {0};
+        ax_error_set(&e, 500, "api_error", "out of memory printing the upstream request");
+        msg_fail(m, &e);
+        return;
+    }
+    AX_LOG_DEBUG(m->req, "upstream request: %zu bytes", m->obody.len);
+    start_transfer(m);
+}
+
 static void on_upstream_request_done(struct ax_policy_req *pr, int rc, const struct ax_error *err,
                                      void *ud)
 {
     struct msg *m = ud;
 
     (void)pr;
-    if (hook_finished(m, rc, err)) {
-        ax_buf_reset(&m->obody);
-        if (ax_json_print(m->oreq, &m->obody) < 0) {
-            struct ax_error e = {0};
-            ax_error_set(&e, 500, "api_error", "out of memory printing the upstream request");
-            msg_fail(m, &e);
-        } else {
-            AX_LOG_DEBUG(m->req, "upstream request: %zu bytes", m->obody.len);
-            start_transfer(m);
-        }
-    }
+    if (hook_finished(m, rc, err))
+        send_translated(m);
     ax_req_unref(m->req);
 }
 
@@ -665,6 +670,10 @@ static void msg_send_upstream(struct msg *m)
             return;
         }
         m->st_ready = 1;
+    }
+    if (!ax_policy_req_has_hook(m->preq, AX_HOOK_UPSTREAM_REQUEST)) {
+        send_translated(m); /* no hook to wait a loop turn for */
+        return;
     }
     if (run_hook(m, AX_HOOK_UPSTREAM_REQUEST, m->oreq, NULL, on_upstream_request_done) < 0) {
         ax_error_set(&err, 500, "api_error", "policy engine unavailable");
@@ -922,14 +931,19 @@ void ax_messages_handle(struct ax_server *srv, struct ax_req *req, int count_onl
     if (count_only) {
         /* The policies run on a copy, for their report_scale only: the count is of what the
          * client sent, never of a pruned request. */
-        if ((m->shadow = cJSON_Duplicate(m->body, 1)) == NULL ||
-            ax_policy_req_new(srv->policies, &info, &m->preq) < 0 ||
+        if (ax_policy_req_new(srv->policies, &info, &m->preq) < 0 ||
+            !ax_policy_req_has_hook(m->preq, AX_HOOK_REQUEST) ||
+            (m->shadow = cJSON_Duplicate(m->body, 1)) == NULL ||
             run_hook(m, AX_HOOK_REQUEST, m->shadow, NULL, on_count_request_done) < 0)
             count_tokens(m);
         return;
     }
-    if (ax_policy_req_new(srv->policies, &info, &m->preq) < 0 ||
-        run_hook(m, AX_HOOK_REQUEST, m->body, NULL, on_request_done) < 0) {
+    if (ax_policy_req_new(srv->policies, &info, &m->preq) == 0 &&
+        !ax_policy_req_has_hook(m->preq, AX_HOOK_REQUEST)) {
+        wait_for_probe(m); /* no hook to wait a loop turn for */
+        return;
+    }
+    if (m->preq == NULL || run_hook(m, AX_HOOK_REQUEST, m->body, NULL, on_request_done) < 0) {
         ax_error_set(&err, 500, "api_error", "policy engine unavailable");
         msg_fail(m, &err);
     }

@@ -958,6 +958,11 @@ int ax_policy_engine_has_hook(const struct ax_policy_engine *eng, enum ax_hook h
     return eng->gen != NULL && hook < AX_HOOK_COUNT && eng->gen->has_hook[hook];
 }
 
+int ax_policy_req_has_hook(const struct ax_policy_req *pr, enum ax_hook hook)
+{
+    return pr != NULL && pr->gen != NULL && hook < AX_HOOK_COUNT && pr->gen->has_hook[hook];
+}
+
 cJSON *ax_policy_engine_status(const struct ax_policy_engine *eng)
 {
     cJSON *o = cJSON_CreateObject(), *arr, *files;
