@@ -235,3 +235,37 @@ test('an upstream that is loading is probed again until it is ready', env.wrap(a
     assert.equal(code, 0, p.tail());
   }
 }));
+
+test('garbage on the wire never takes the server down', env.wrap(async () => {
+  let seed = 12345;
+  const rnd = () => { seed = (seed * 1103515245 + 12345) & 0x7fffffff; return seed; };
+  const blobs = [];
+  for (let i = 0; i < 40; i++) {
+    const n = 1 + (rnd() % 600);
+    blobs.push(Buffer.from(Array.from({ length: n }, () => rnd() % 256)));
+  }
+  // Plausible starts that go wrong later, too.
+  blobs.push(Buffer.from('POST /v1/messages HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n'));
+  blobs.push(Buffer.from('POST /v1/messages HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nFFFFFFFFFFFFFFFFFFFF\r\n'));
+  blobs.push(Buffer.from('GET / HTTP/1.1\r\nHost: x\r\nX: \x00\x01\r\n\r\n'));
+  blobs.push(Buffer.from('POST /v1/messages HTTP/1.1\r\nContent-Length: -1\r\n\r\n'));
+  await Promise.all(blobs.map((b) => rawExchange(env.proxy, [b], { timeoutMs: 1500 }).catch(() => '')));
+  env.on('after garbage', { text: 'unharmed' });
+  const r = await request(env.proxy, { method: 'POST', path: '/v1/messages', body: msgBody('after garbage') });
+  assert.equal(r.status, 200, r.text);
+  assert.equal(r.json.content[0].text, 'unharmed');
+}));
+
+test('oversized header block and oversized Content-Length are refused at once', env.wrap(async () => {
+  const big = `GET /health HTTP/1.1\r\nHost: x\r\nX-Big: ${'a'.repeat(200 * 1024)}\r\n\r\n`;
+  const got = await rawExchange(env.proxy, [big], { timeoutMs: 3000 });
+  const res = parseResponses(got);
+  assert.ok(res[0] && res[0].status >= 400 && res[0].status < 500, `header block over the limit: ${got.slice(0, 200)}`);
+  const t0 = Date.now();
+  const head = 'POST /v1/messages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 999999999\r\n\r\n{';
+  const got2 = await rawExchange(env.proxy, [head], { timeoutMs: 3000, until: (t) => t.includes('\r\n\r\n') && /"type"/.test(t) });
+  const res2 = parseResponses(got2);
+  assert.equal(res2[0]?.status, 413, got2.slice(0, 300));
+  assert.equal(JSON.parse(res2[0].body).error.type, 'request_too_large');
+  assert.ok(Date.now() - t0 < 2000, 'without waiting for the body');
+}));
