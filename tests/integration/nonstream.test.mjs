@@ -263,6 +263,9 @@ test('thinking: reasoning_content becomes a thinking block first; replayed histo
     const r1 = await env.client.messages.create({
       model: MODEL, max_tokens: 2048, thinking: { type: 'enabled', budget_tokens: 1024 }, messages: first,
     });
+    const up1 = (await chatWith('think about 6x7')).body;
+    assert.equal(up1.chat_template_kwargs?.enable_thinking, true, 'the reasoning switch llama-server and vLLM read');
+    assert.equal(up1.max_tokens ?? up1.max_completion_tokens, 16384, 'max_tokens raised to the floor when thinking');
     assert.equal(r1.content[0].type, 'thinking');
     assert.equal(r1.content[0].thinking, 'Six times seven is forty-two.');
     assert.equal(typeof r1.content[0].signature, 'string');
@@ -278,6 +281,17 @@ test('thinking: reasoning_content becomes a thinking block first; replayed histo
     if (asst.reasoning_content !== undefined) assert.equal(asst.reasoning_content, 'Six times seven is forty-two.');
     assert.ok(!JSON.stringify(msgs).includes('"signature"'), 'no raw thinking block upstream');
   }));
+
+test('thinking disabled turns the template switch off; no thinking field, no switch', env.wrap(async () => {
+  env.on('no thinking please', { text: 'plain' });
+  env.on('nothing said about thinking', { text: 'plain' });
+  await env.client.messages.create({
+    model: MODEL, max_tokens: 100, thinking: { type: 'disabled' }, messages: [{ role: 'user', content: 'no thinking please' }],
+  });
+  assert.equal((await chatWith('no thinking please')).body.chat_template_kwargs?.enable_thinking, false);
+  await env.client.messages.create({ model: MODEL, max_tokens: 100, messages: [{ role: 'user', content: 'nothing said about thinking' }] });
+  assert.equal((await chatWith('nothing said about thinking')).body.chat_template_kwargs?.enable_thinking, undefined);
+}));
 
 test('client model names: a haiku name comes back as asked, upstream gets the upstream model', env.wrap(async () => {
   env.on('small side request', { text: 'ok' });
