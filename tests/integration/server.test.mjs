@@ -269,3 +269,24 @@ test('oversized header block and oversized Content-Length are refused at once', 
   assert.equal(JSON.parse(res2[0].body).error.type, 'request_too_large');
   assert.ok(Date.now() - t0 < 2000, 'without waiting for the body');
 }));
+
+test('a pipelined request after a stream waits for the stream to end', env.wrap(async () => {
+  env.on('pipelined stream', { text: 'streamed first', chunkDelayMs: 30 });
+  const b = JSON.stringify({ model: MODEL, max_tokens: 50, stream: true, messages: [{ role: 'user', content: 'pipelined stream' }] });
+  const raw = `POST /v1/messages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(b)}\r\n\r\n${b}` +
+    'GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n';
+  const got = await rawExchange(env.proxy, [raw], { timeoutMs: 5000 });
+  const res = parseResponses(got);
+  assert.deepEqual(res.map((r) => r.status), [200, 200], got.slice(0, 1500));
+  assert.match(res[0].headers['content-type'], /^text\/event-stream/);
+  assert.ok(res[0].body.includes('event: message_stop'), 'the whole stream first');
+  assert.match(res[1].body, /"status"/);
+}));
+
+test('HTTP/1.0 without keep-alive: answered, then closed', env.wrap(async () => {
+  env.on('old client', { text: 'hello 1.0' });
+  const b = msgBody('old client');
+  const got = await rawExchange(env.proxy, [`POST /v1/messages HTTP/1.0\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(b)}\r\n\r\n${b}`], { timeoutMs: 3000 });
+  assert.match(got, /^HTTP\/1\.[01] 200/, got.slice(0, 200));
+  assert.ok(got.includes('hello 1.0'));
+}));
