@@ -395,6 +395,23 @@ static void on_upstream_error_done(struct ax_policy_req *pr, int rc, const struc
     ax_req_unref(m->req);
 }
 
+/* When the tools and system prompt alone (nearly) fill the window, no pruning can help:
+ * say so in the overflow error, so the operator raises the server's context. */
+static void note_fixed_part(struct msg *m, int64_t n_prompt, int64_t n_ctx)
+{
+    int64_t est = ax_tokens_request(m->body), fixed = ax_tokens_fixed(m->body);
+    size_t len = strlen(m->err.message);
+
+    if (est > 0 && n_prompt > 0)
+        fixed = fixed * n_prompt / est; /* scaled by the upstream's real count */
+    if (fixed * 10 < n_ctx * 9 || len + 1 >= sizeof(m->err.message))
+        return;
+    snprintf(m->err.message + len, sizeof(m->err.message) - len,
+             " (the tools and system prompt alone take about %lld tokens of the %lld-token "
+             "window: raise the model server's context size, or lower its parallel slots)",
+             (long long)fixed, (long long)n_ctx);
+}
+
 /* A non-2xx upstream answer: map it, and give on_upstream_error one chance to retry. */
 static void handle_upstream_status(struct msg *m)
 {
@@ -408,6 +425,8 @@ static void handle_upstream_status(struct msg *m)
                 m->resp.data ? m->resp.data : "");
     if (n_ctx > 0 && m->session)
         ax_session_note_overflow(m->session);
+    if (n_ctx > 0 && m->body != NULL)
+        note_fixed_part(m, n_prompt, n_ctx);
     if (m->retried || !ax_policy_engine_has_hook(m->srv->policies, AX_HOOK_UPSTREAM_ERROR)) {
         msg_fail(m, &m->err);
         return;
