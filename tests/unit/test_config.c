@@ -8,28 +8,9 @@
 
 #include "anthroxy_config.h"
 #include "anthroxy_log.h"
+#include "ax_test.h"
 
 extern char **environ;
-
-static int failures;
-
-#define CHECK(cond)                                                                                \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);               \
-            failures++;                                                                            \
-        }                                                                                          \
-    } while (0)
-
-#define CHECK_STR(a, b)                                                                            \
-    do {                                                                                           \
-        const char *a_ = (a), *b_ = (b);                                                           \
-        if (a_ == NULL || b_ == NULL || strcmp(a_, b_) != 0) {                                     \
-            fprintf(stderr, "%s:%d: %s is \"%s\", expected \"%s\"\n", __FILE__, __LINE__, #a,      \
-                    a_ ? a_ : "(null)", b_ ? b_ : "(null)");                                       \
-            failures++;                                                                            \
-        }                                                                                          \
-    } while (0)
 
 #define SRC(cfg, name) ax_config_source_name(ax_config_source_of((cfg), (name)))
 
@@ -280,12 +261,12 @@ static void expect_bad(const char *a1, const char *a2, const char *needle1, cons
     ax_config_init(&c);
     if (args(&c, &err, NULL, a1, a2, NULL, NULL) == 0) {
         fprintf(stderr, "%s:%d: %s %s accepted\n", __FILE__, line, a1, a2 ? a2 : "");
-        failures++;
+        ax_test_failures++;
     } else if (strstr(err.message, needle1) == NULL ||
                (needle2 != NULL && strstr(err.message, needle2) == NULL)) {
         fprintf(stderr, "%s:%d: message \"%s\" lacks \"%s\"/\"%s\"\n", __FILE__, line, err.message,
                 needle1, needle2 ? needle2 : "");
-        failures++;
+        ax_test_failures++;
     }
     ax_config_free(&c);
 }
@@ -432,7 +413,7 @@ static void test_help(void)
     for (i = 0; i < sizeof(required) / sizeof(required[0]); i++) {
         if (cJSON_GetObjectItemCaseSensitive(json, required[i]) == NULL) {
             fprintf(stderr, "%s:%d: setting %s missing\n", __FILE__, __LINE__, required[i]);
-            failures++;
+            ax_test_failures++;
         }
     }
     cJSON_ArrayForEach(item, json)
@@ -442,7 +423,7 @@ static void test_help(void)
             snprintf(flag, sizeof(flag), "--[no-]%s ", item->string);
             if (strstr(usage, flag) == NULL) {
                 fprintf(stderr, "%s:%d: --help lacks --%s\n", __FILE__, __LINE__, item->string);
-                failures++;
+                ax_test_failures++;
             }
         }
     }
@@ -616,7 +597,5 @@ int main(void)
     test_model_map();
     test_api_keys_and_redaction();
     test_file_format();
-    if (failures != 0)
-        fprintf(stderr, "test_config: %d check(s) failed\n", failures);
-    return failures != 0;
+    return AX_TEST_DONE("test_config");
 }

@@ -5,19 +5,7 @@
 #include <string.h>
 
 #include "anthroxy_json.h"
-
-static int failures;
-
-#define CHECKF(cond, ...)                                                                          \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            fprintf(stderr, "%s:%d: check failed: %s: ", __FILE__, __LINE__, #cond);               \
-            fprintf(stderr, __VA_ARGS__);                                                          \
-            fputc('\n', stderr);                                                                   \
-            failures++;                                                                            \
-        }                                                                                          \
-    } while (0)
-#define CHECK(cond) CHECKF(cond, "%s", "")
+#include "ax_test.h"
 
 /* Parses a copy of text (ax_json_parse writes into its input). */
 static cJSON *parse(const char *text, struct ax_error *err)
@@ -241,10 +229,5 @@ int main(void)
     test_getters();
     test_add_stringn();
     test_print_limit();
-    if (failures) {
-        fprintf(stderr, "test_json: %d failed\n", failures);
-        return 1;
-    }
-    printf("test_json: ok\n");
-    return 0;
+    return AX_TEST_DONE("test_json");
 }

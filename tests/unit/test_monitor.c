@@ -7,53 +7,26 @@
 
 #include "anthroxy_monitor.h"
 #include "anthroxy_tokens.h"
+#include "ax_test.h"
 
 #ifndef AX_FIXTURES
 #define AX_FIXTURES "tests/fixtures"
 #endif
 
-static int failures;
-
-#define CHECK(cond)                                                                                \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);               \
-            failures++;                                                                            \
-        }                                                                                          \
-    } while (0)
-
-#define CHECK_STR(a, b)                                                                            \
-    do {                                                                                           \
-        const char *a_ = (a), *b_ = (b);                                                           \
-        if (a_ == NULL || b_ == NULL || strcmp(a_, b_) != 0) {                                     \
-            fprintf(stderr, "%s:%d: %s is \"%s\", expected \"%s\"\n", __FILE__, __LINE__, #a,      \
-                    a_ ? a_ : "(null)", b_ ? b_ : "(null)");                                       \
-            failures++;                                                                            \
-        }                                                                                          \
-    } while (0)
-
+/* Parsed by cJSON alone, not ax_json_parse (which would turn the 9007199254740991 of Claude
+ * Code's schemas into raw nodes); exits when the fixture is missing or broken. */
 static cJSON *load_json(const char *name)
 {
     char path[512], *text;
-    FILE *f;
-    long n;
+    size_t n;
     cJSON *j;
 
     snprintf(path, sizeof(path), "%s/%s", AX_FIXTURES, name);
-    if ((f = fopen(path, "rb")) == NULL) {
-        fprintf(stderr, "cannot open %s\n", path);
-        exit(2);
-    }
-    fseek(f, 0, SEEK_END);
-    n = ftell(f);
-    rewind(f);
-    text = malloc((size_t)n);
-    if (text == NULL || fread(text, 1, (size_t)n, f) != (size_t)n) {
+    if ((text = ax_test_read_file(path, &n)) == NULL) {
         fprintf(stderr, "cannot read %s\n", path);
         exit(2);
     }
-    fclose(f);
-    j = cJSON_ParseWithLength(text, (size_t)n);
+    j = cJSON_ParseWithLength(text, n);
     free(text);
     if (j == NULL) {
         fprintf(stderr, "cannot parse %s\n", path);
@@ -454,7 +427,5 @@ int main(void)
     test_calibration_fixtures();
     test_seed_figures();
     test_tool_calls();
-    if (failures != 0)
-        fprintf(stderr, "test_monitor: %d check(s) failed\n", failures);
-    return failures != 0;
+    return AX_TEST_DONE("test_monitor");
 }

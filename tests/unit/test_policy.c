@@ -16,16 +16,7 @@
 #include "anthroxy_monitor.h"
 #include "anthroxy_policy.h"
 #include "anthroxy_upstream.h"
-
-static int failures;
-
-#define CHECK(c)                                                                                   \
-    do {                                                                                           \
-        if (!(c)) {                                                                                \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #c);                  \
-            failures++;                                                                            \
-        }                                                                                          \
-    } while (0)
+#include "ax_test.h"
 
 #define FIX AX_FIXTURES "/policy/"
 
@@ -47,24 +38,6 @@ static void write_file(const char *path, const char *text)
     }
     fputs(text, f);
     fclose(f);
-}
-
-static char *read_all(const char *path)
-{
-    FILE *f = fopen(path, "rb");
-    char *buf;
-    long n;
-    if (f == NULL)
-        return NULL;
-    fseek(f, 0, SEEK_END);
-    n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    buf = malloc((size_t)n + 1);
-    if (fread(buf, 1, (size_t)n, f) != (size_t)n)
-        n = 0;
-    buf[n] = 0;
-    fclose(f);
-    return buf;
 }
 
 static int setup(struct env *e, const char *chain_text, uint64_t budget, size_t req_mem)
@@ -341,7 +314,7 @@ static void test_sandbox(void)
     {
         if (!cJSON_IsTrue(it)) {
             fprintf(stderr, "  sandbox probe %s is not true\n", it->string);
-            failures++;
+            ax_test_failures++;
         }
     }
     job_free(&j);
@@ -525,7 +498,7 @@ static void test_reload(void)
     job_free(&b);
 
     /* a syntax error keeps generation 2 */
-    bad = read_all(FIX "syntax_error.lua");
+    bad = ax_test_read_file(FIX "syntax_error.lua", NULL);
     CHECK(bad != NULL);
     write_file(vpath, bad ? bad : "");
     free(bad);
@@ -1053,7 +1026,5 @@ int main(void)
     test_check();
     test_soak();
     test_bad_chain();
-    if (failures)
-        fprintf(stderr, "test_policy: %d failed checks\n", failures);
-    return failures ? 1 : 0;
+    return AX_TEST_DONE("test_policy");
 }

@@ -2,20 +2,11 @@
  * errors, and identical events at every split position of the input. */
 #include "anthroxy_sse.h"
 #include "anthroxy_error.h"
+#include "ax_test.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-static int failures;
-
-#define CHECK(cond)                                                                                \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);               \
-            failures++;                                                                            \
-        }                                                                                          \
-    } while (0)
 
 /* Events are recorded as "name|data\x1e" (name "-" when none) into one string. */
 struct rec {
@@ -229,7 +220,7 @@ static void test_every_split(void)
             if (feed_cuts(s, n, cuts, 2, 256, &got, &g, &mid) != 0 || got.len != want.len ||
                 memcmp(got.buf, want.buf, want.len) != 0 || g != g0 || mid != mid0) {
                 fprintf(stderr, "%s:%d: split at %zu,%zu differs\n", __FILE__, __LINE__, i, j);
-                failures++;
+                ax_test_failures++;
                 bad++;
             }
         }
@@ -255,10 +246,5 @@ int main(void)
     test_limits();
     test_callback_error_stops();
     test_every_split();
-    if (failures) {
-        fprintf(stderr, "test_sse: %d check(s) failed\n", failures);
-        return 1;
-    }
-    printf("test_sse: ok\n");
-    return 0;
+    return AX_TEST_DONE("test_sse");
 }

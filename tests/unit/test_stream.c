@@ -7,30 +7,12 @@
 #include "anthroxy_stream.h"
 #include "anthroxy_ids.h"
 #include "anthroxy_json.h"
+#include "ax_test.h"
 
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-static int failures;
-
-#define CHECK(cond)                                                                                \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);               \
-            failures++;                                                                            \
-        }                                                                                          \
-    } while (0)
-#define CHECKF(cond, ...)                                                                          \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            fprintf(stderr, "%s:%d: ", __FILE__, __LINE__);                                        \
-            fprintf(stderr, __VA_ARGS__);                                                          \
-            fputc('\n', stderr);                                                                   \
-            failures++;                                                                            \
-        }                                                                                          \
-    } while (0)
 
 /* ---- deterministic ids ---- */
 
@@ -43,23 +25,6 @@ static void test_ids(char *out, size_t n, const char *prefix, void *ud)
 }
 
 /* ---- files ---- */
-
-static char *read_file(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    char *p = NULL;
-    long n;
-
-    if (f == NULL)
-        return NULL;
-    if (fseek(f, 0, SEEK_END) == 0 && (n = ftell(f)) >= 0 && fseek(f, 0, SEEK_SET) == 0 &&
-        (p = malloc((size_t)n + 1)) != NULL) {
-        *len = fread(p, 1, (size_t)n, f);
-        p[*len] = '\0';
-    }
-    fclose(f);
-    return p;
-}
 
 static void write_file(const char *path, const char *p, size_t n)
 {
@@ -120,7 +85,7 @@ static char *run_split(const char *in, size_t n, const size_t *cuts, int ncuts,
             ax_stream_fail(&r.st, &r.err, &r.out);
     } else {
         fprintf(stderr, "feed failed: %s\n", ax_strerror(rc));
-        failures++;
+        ax_test_failures++;
     }
     if (summary != NULL)
         *summary = ax_stream_summary(&r.st);
@@ -274,7 +239,7 @@ static void run_case(const struct scase *c, int update, int cjson)
     snprintf(name, sizeof(name), "%s%s%s%s", c->name, c->variant ? "." : "",
              c->variant ? c->variant : "", cjson ? " (cJSON path)" : "");
     snprintf(path, sizeof(path), "%s/streams/%s.openai.sse", AX_FIXTURES, c->name);
-    if ((in = read_file(path, &n)) == NULL) {
+    if ((in = ax_test_read_file(path, &n)) == NULL) {
         CHECKF(0, "%s: cannot read %s", name, path);
         return;
     }
@@ -285,7 +250,7 @@ static void run_case(const struct scase *c, int update, int cjson)
              c->variant ? "." : "", c->variant ? c->variant : "");
     if (update)
         write_file(path, got, gn);
-    want = read_file(path, &wn);
+    want = ax_test_read_file(path, &wn);
     CHECKF(want != NULL && wn == gn && memcmp(want, got, gn) == 0, "%s: output differs from %s",
            name, path);
 
@@ -462,7 +427,7 @@ static void test_lean_matches_cjson(void)
 
     for (i = 0; i < sizeof(edge) / sizeof(edge[0]); i++)
         if (!compare_parsers(edge[i], strlen(edge[i])))
-            failures++;
+            ax_test_failures++;
     /* mutations of every chunk of the fixtures: a byte replaced, inserted or dropped, the
      * payload cut short; the two parsers must agree on every one */
     ax_buf_init(&corpus, 1 << 24);
@@ -472,7 +437,7 @@ static void test_lean_matches_cjson(void)
         if (cases[i].variant != NULL)
             continue;
         snprintf(path, sizeof(path), "%s/streams/%s.openai.sse", AX_FIXTURES, cases[i].name);
-        if ((in = read_file(path, &len)) != NULL) {
+        if ((in = ax_test_read_file(path, &len)) != NULL) {
             ax_buf_append(&corpus, in, len);
             free(in);
         }
@@ -514,12 +479,12 @@ static void test_lean_matches_cjson(void)
                 break;
             }
             if (!compare_parsers(buf, len)) {
-                failures++;
+                ax_test_failures++;
                 bad++;
             }
         }
         if (!compare_parsers(line, n)) {
-            failures++;
+            ax_test_failures++;
             bad++;
         }
     }
@@ -833,7 +798,7 @@ static void test_random_soup(void)
         if (gn != gn2 || memcmp(got, got2, gn) != 0) {
             fprintf(stderr, "%s:%d: soup round %d: parsers or splits differ\n%.*s\n", __FILE__,
                     __LINE__, round, (int)n, stream);
-            failures++;
+            ax_test_failures++;
             bad++;
         }
         free(got);
@@ -891,10 +856,5 @@ int main(void)
     test_ollama_style_calls();
     test_random_soup();
     cJSON_Delete(stop_ug);
-    if (failures) {
-        fprintf(stderr, "test_stream: %d check(s) failed\n", failures);
-        return 1;
-    }
-    printf("test_stream: ok\n");
-    return 0;
+    return AX_TEST_DONE("test_stream");
 }

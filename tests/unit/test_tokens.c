@@ -7,19 +7,7 @@
 
 #include "anthroxy_json.h"
 #include "anthroxy_tokens.h"
-
-static int failures;
-
-#define CHECKF(cond, ...)                                                                          \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            fprintf(stderr, "%s:%d: check failed: %s: ", __FILE__, __LINE__, #cond);               \
-            fprintf(stderr, __VA_ARGS__);                                                          \
-            fputc('\n', stderr);                                                                   \
-            failures++;                                                                            \
-        }                                                                                          \
-    } while (0)
-#define CHECK(cond) CHECKF(cond, "%s", "")
+#include "ax_test.h"
 
 static int64_t tt(const char *s)
 {
@@ -87,43 +75,12 @@ static void test_prose_ratio(void)
            (long long)words);
 }
 
-static char *read_file(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    char *buf;
-    long n;
-
-    if (f == NULL)
-        return NULL;
-    fseek(f, 0, SEEK_END);
-    n = ftell(f);
-    rewind(f);
-    buf = malloc((size_t)n + 1);
-    if (buf == NULL || fread(buf, 1, (size_t)n, f) != (size_t)n) {
-        free(buf);
-        fclose(f);
-        return NULL;
-    }
-    buf[n] = '\0';
-    fclose(f);
-    *len = (size_t)n;
-    return buf;
-}
-
 static cJSON *load(const char *name)
 {
     char path[512];
-    struct ax_error err;
-    size_t n;
-    char *text;
-    cJSON *v;
 
     snprintf(path, sizeof(path), "%s/claude-code/%s", AX_FIXTURES, name);
-    if ((text = read_file(path, &n)) == NULL)
-        return NULL;
-    v = ax_json_parse(text, n, &err);
-    free(text);
-    return v;
+    return ax_test_load_json(path);
 }
 
 /* Walking a tree must agree with estimating its printed text. */
@@ -317,10 +274,5 @@ int main(void)
     test_requests();
     test_messages();
     test_images();
-    if (failures) {
-        fprintf(stderr, "test_tokens: %d failed\n", failures);
-        return 1;
-    }
-    printf("test_tokens: ok\n");
-    return 0;
+    return AX_TEST_DONE("test_tokens");
 }

@@ -10,72 +10,15 @@
 #include "anthroxy_ids.h"
 #include "anthroxy_json.h"
 #include "anthroxy_translate.h"
-
-static int failures;
-
-#define CHECK(cond)                                                                                \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);               \
-            failures++;                                                                            \
-        }                                                                                          \
-    } while (0)
-#define CHECKF(cond, ...)                                                                          \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            fprintf(stderr, "%s:%d: check failed: %s: ", __FILE__, __LINE__, #cond);               \
-            fprintf(stderr, __VA_ARGS__);                                                          \
-            fputc('\n', stderr);                                                                   \
-            failures++;                                                                            \
-        }                                                                                          \
-    } while (0)
+#include "ax_test.h"
 
 #define TDIR AX_FIXTURES "/translate"
-
-static char *read_file(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    char *buf;
-    long n;
-
-    if (f == NULL)
-        return NULL;
-    fseek(f, 0, SEEK_END);
-    n = ftell(f);
-    rewind(f);
-    buf = malloc((size_t)n + 1);
-    if (buf == NULL || fread(buf, 1, (size_t)n, f) != (size_t)n) {
-        free(buf);
-        fclose(f);
-        return NULL;
-    }
-    buf[n] = '\0';
-    fclose(f);
-    *len = (size_t)n;
-    return buf;
-}
-
-static cJSON *load(const char *path)
-{
-    struct ax_error err;
-    size_t n;
-    char *text = read_file(path, &n);
-    cJSON *v;
-
-    if (text == NULL)
-        return NULL;
-    v = ax_json_parse(text, n, &err);
-    if (v == NULL)
-        fprintf(stderr, "%s: %s\n", path, err.message);
-    free(text);
-    return v;
-}
 
 static cJSON *load_case(const char *name, const char *suffix)
 {
     char path[512];
     snprintf(path, sizeof(path), "%s/%s%s", TDIR, name, suffix);
-    return load(path);
+    return ax_test_load_json(path);
 }
 
 static void print_diff(const char *what, const cJSON *got, const cJSON *want)
@@ -334,7 +277,7 @@ static void check_claude_code(const char *file)
     int rc, n_tools = 0, found_mid = 0;
 
     snprintf(path, sizeof(path), "%s/claude-code/%s", AX_FIXTURES, file);
-    in = load(path);
+    in = ax_test_load_json(path);
     CHECKF(in != NULL, "%s: load", file);
     if (in == NULL)
         return;
@@ -459,7 +402,7 @@ static void recorded_error(const char *file, int want_status, const char *want_t
     char *body;
 
     snprintf(path, sizeof(path), "%s/llama-server/%s", AX_FIXTURES, file);
-    rec = load(path);
+    rec = ax_test_load_json(path);
     CHECKF(rec != NULL, "%s: load", file);
     if (rec == NULL)
         return;
@@ -620,7 +563,7 @@ static void test_input_untouched(void)
     cJSON *in, *copy, *a = NULL, *b = NULL;
 
     snprintf(path, sizeof(path), "%s/claude-code/after-tool-call.json", AX_FIXTURES);
-    in = load(path);
+    in = ax_test_load_json(path);
     copy = cJSON_Duplicate(in, 1);
     CHECK(ax_translate_request(in, &opts, &a, &err) == 0);
     CHECK(ax_translate_request(in, &opts, &b, &err) == 0);
@@ -648,10 +591,5 @@ int main(void)
     test_usage_and_reasons();
     test_input_untouched();
     ax_ids_set_source(NULL, NULL);
-    if (failures) {
-        fprintf(stderr, "test_translate: %d failed\n", failures);
-        return 1;
-    }
-    printf("test_translate: ok\n");
-    return 0;
+    return AX_TEST_DONE("test_translate");
 }

@@ -7,6 +7,7 @@
 #include "anthroxy_error.h"
 #include "anthroxy_log.h"
 #include "anthroxy_upstream.h"
+#include "ax_test.h"
 
 #include <arpa/inet.h>
 #include <cjson/cJSON.h>
@@ -21,16 +22,6 @@
 #include <sys/socket.h>
 #include <unistd.h>
 #include <uv.h>
-
-static int failures;
-
-#define CHECK(cond)                                                                                \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);               \
-            failures++;                                                                            \
-        }                                                                                          \
-    } while (0)
 
 /* A check after which the test cannot go on meaningfully. */
 #define REQUIRE(cond)                                                                              \
@@ -120,20 +111,11 @@ static char *sse_expected(size_t *len)
 static char *read_fixture_body(const char *name)
 {
     char path[512];
-    FILE *f;
-    long n;
     char *text, *out;
     cJSON *j;
 
     snprintf(path, sizeof(path), "%s/llama-server/%s", AX_FIXTURES, name);
-    REQUIRE((f = fopen(path, "rb")) != NULL);
-    fseek(f, 0, SEEK_END);
-    n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    REQUIRE((text = malloc((size_t)n + 1)) != NULL);
-    REQUIRE(fread(text, 1, (size_t)n, f) == (size_t)n);
-    text[n] = '\0';
-    fclose(f);
+    REQUIRE((text = ax_test_read_file(path, NULL)) != NULL);
     REQUIRE((j = cJSON_Parse(text)) != NULL);
     out = cJSON_PrintUnformatted(cJSON_GetObjectItemCaseSensitive(j, "body"));
     cJSON_Delete(j);
@@ -771,7 +753,7 @@ static void test_paths(void)
         if (strcmp(ax_upstream_root(up), cases[i].root) != 0) {
             fprintf(stderr, "root of %s: got %s, want %s\n", cases[i].base, ax_upstream_root(up),
                     cases[i].root);
-            failures++;
+            ax_test_failures++;
         }
         ax_upstream_close(up, NULL, NULL);
     }
@@ -841,12 +823,12 @@ static void test_pause_resume(int resume_inside, int pause_ms)
     if (r.pauses < 3) {
         fprintf(stderr, "pause/resume (inside=%d, ms=%d): %d pauses in %d calls\n", resume_inside,
                 pause_ms, r.pauses, r.data_calls);
-        failures++;
+        ax_test_failures++;
     }
     if (r.data.len != len || memcmp(r.data.data, want, len) != 0) {
         fprintf(stderr, "pause/resume (inside=%d): got %zu bytes, want %zu\n", resume_inside,
                 r.data.len, len);
-        failures++;
+        ax_test_failures++;
     }
     free(want);
     rec_free(&r);
@@ -1424,7 +1406,5 @@ int main(void)
     test_probe();
     test_probe_down();
     test_close_cancels();
-    if (failures)
-        fprintf(stderr, "test_upstream: %d check(s) failed\n", failures);
-    return failures ? 1 : 0;
+    return AX_TEST_DONE("test_upstream");
 }

@@ -11,16 +11,7 @@
 
 #include "anthroxy_json.h"
 #include "anthroxy_view.h"
-
-static int failures;
-
-#define CHECK(c)                                                                                   \
-    do {                                                                                           \
-        if (!(c)) {                                                                                \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #c);                  \
-            failures++;                                                                            \
-        }                                                                                          \
-    } while (0)
+#include "ax_test.h"
 
 /* ax_json_parse keeps integers above 2^53 exact, as the server's parser does */
 static cJSON *parse(const char *text)
@@ -48,7 +39,7 @@ static int run(cJSON *tree, const char *code, int commit)
         snprintf(last_error, sizeof(last_error), "%s", lua_tostring(L, -1));
         fprintf(stderr, "compile: %s\n", last_error);
         lua_pop(L, 1);
-        failures++;
+        ax_test_failures++;
         return 0;
     }
     ax__scope_open(&vs, &sc, 0);
@@ -312,7 +303,5 @@ int main(void)
     test_readonly();
 
     lua_close(L);
-    if (failures)
-        fprintf(stderr, "test_view: %d failed checks\n", failures);
-    return failures ? 1 : 0;
+    return AX_TEST_DONE("test_view");
 }
