@@ -14,6 +14,7 @@
 #include "anthroxy_json.h"
 #include "anthroxy_tokens.h"
 #include "anthroxy_translate.h"
+#include "ax_test.h"
 
 static double now_s(void)
 {
@@ -22,35 +23,12 @@ static double now_s(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-static char *slurp(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    char *p;
-    long n;
-
-    if (f == NULL)
-        return NULL;
-    fseek(f, 0, SEEK_END);
-    n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    p = malloc((size_t)n + 1);
-    if (p == NULL || fread(p, 1, (size_t)n, f) != (size_t)n) {
-        fclose(f);
-        free(p);
-        return NULL;
-    }
-    fclose(f);
-    p[n] = '\0';
-    *len = (size_t)n;
-    return p;
-}
-
 int main(int argc, char **argv)
 {
     int iters = argc > 1 ? atoi(argv[1]) : 2000, i;
     const char *path = argc > 2 ? argv[2] : AX_FIXTURES "/claude-code/first-turn.json";
     size_t len;
-    char *text = slurp(path, &len), *work;
+    char *text = ax_test_read_file(path, &len), *work;
     struct ax_translate_opts to = {"tiny", 1, 0, 1}; /* shared schemas, as messages.c */
     struct ax_buf out;
     const char *only = argc > 3 ? argv[3] : "";

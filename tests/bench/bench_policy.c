@@ -19,6 +19,7 @@
 #include "anthroxy_log.h"
 #include "anthroxy_policy.h"
 #include "anthroxy_translate.h"
+#include "ax_test.h"
 
 static char *fixture;
 static size_t fixture_len;
@@ -136,17 +137,9 @@ int main(int argc, char **argv)
     long s_none, s_empty, s_chain;
     FILE *f;
 
-    f = fopen(AX_FIXTURES "/claude-code/after-tool-call.json", "rb");
-    if (f == NULL)
+    fixture = ax_test_read_file(AX_FIXTURES "/claude-code/after-tool-call.json", &fixture_len);
+    if (fixture == NULL)
         return perror("fixture"), 1;
-    fseek(f, 0, SEEK_END);
-    fixture_len = (size_t)ftell(f);
-    fseek(f, 0, SEEK_SET);
-    fixture = malloc(fixture_len + 1);
-    if (fread(fixture, 1, fixture_len, f) != fixture_len)
-        return 1;
-    fixture[fixture_len] = 0;
-    fclose(f);
     f = fopen(empty_path, "w");
     fputs("return {}\n", f);
     fclose(f);
