@@ -8,7 +8,7 @@ import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { useProxy, HERE, oaiText, request, FIXTURES_DIR } from './helpers.mjs';
+import { useProxy, startProxy, waitUpstreamProbed, HERE, oaiText, request, FIXTURES_DIR } from './helpers.mjs';
 
 // A window large enough for Claude Code's ~20k-token fixed prefix, so no policy prunes.
 const env = useProxy({ name: 'claude-code', mock: { nCtx: 200000 } });
@@ -37,7 +37,7 @@ function claudeBin() {
 }
 
 /** Runs `claude -p task` in a fresh HOME and cwd; returns { code, out, err, json, cwd }. */
-async function runClaude(task, { cwd, timeoutMs = 120000 } = {}) {
+async function runClaude(task, { cwd, timeoutMs = 120000, baseUrl, apiKey = 'dummy' } = {}) {
   const home = fs.mkdtempSync(path.join(tmpRoot, 'home-'));
   const args = ['-p', task, '--output-format', 'json', '--permission-mode', 'acceptEdits',
     '--allowedTools', 'Write,Read,Edit', '--max-turns', '8'];
@@ -48,8 +48,8 @@ async function runClaude(task, { cwd, timeoutMs = 120000 } = {}) {
       PATH: process.env.PATH,
       HOME: home,
       TMPDIR: os.tmpdir(),
-      ANTHROPIC_BASE_URL: env.proxy.url,
-      ANTHROPIC_API_KEY: 'dummy',
+      ANTHROPIC_BASE_URL: baseUrl || env.proxy.url,
+      ANTHROPIC_API_KEY: apiKey,
       DISABLE_TELEMETRY: '1',
       DISABLE_ERROR_REPORTING: '1',
       DISABLE_AUTOUPDATER: '1',
@@ -239,4 +239,21 @@ test('Claude Code recognises the proxy\'s context overflow error and does not re
     assert.match(r.json.result, /250,?000/, explain(r));
     assert.match(r.json.result, /200,?000/, explain(r));
     assert.equal(seen.length, 1, `a 400 is not retried (${seen.length} requests)`);
+  }));
+
+test('Claude Code against a proxy that requires an inbound key', { timeout: 180000 },
+  env.wrap(async () => {
+    const p = await startProxy({ upstream: env.mock.base, args: ['--api-key', 'cc-secret-key'] });
+    try {
+      await waitUpstreamProbed(p);
+      env.mock.script(() => ({ text: 'authorised answer' }));
+      const cwd = fs.mkdtempSync(path.join(tmpRoot, 'work-'));
+      const ok = await runClaude('KEYED-TASK: say hi', { cwd, baseUrl: p.url, apiKey: 'cc-secret-key' });
+      assert.equal(ok.code, 0, explain(ok));
+      assert.equal(ok.json?.result, 'authorised answer', explain(ok));
+      assert.ok(!p.log().includes('cc-secret-key'), 'the key never reaches the log');
+    } finally {
+      const { code } = await p.stop();
+      assert.equal(code, 0, p.tail());
+    }
   }));
