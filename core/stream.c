@@ -975,6 +975,31 @@ static int lean_is_null(struct lean *l)
 
 #define KEY_IS(k, kl, lit) ((kl) == sizeof(lit) - 1 && memcmp((k), (lit), (kl)) == 0)
 
+/* Just after an opening bracket: consumes close and returns 1 when the container is empty. */
+static int lean_empty(struct lean *l, char close)
+{
+    lean_ws(l);
+    if (l->p < l->e && *l->p == close) {
+        l->p++;
+        return 1;
+    }
+    return 0;
+}
+
+/* After an element or member: consumes close (1, the container ends) or a comma (0, another
+ * follows); anything else is -1. */
+static int lean_next(struct lean *l, char close)
+{
+    lean_ws(l);
+    if (l->p >= l->e)
+        return -1;
+    if (*l->p == close) {
+        l->p++;
+        return 1;
+    }
+    return *l->p++ == ',' ? 0 : -1;
+}
+
 /* Iterates an object: calls fn for each member with l at its value; fn consumes it. */
 typedef int (*lean_member_fn)(struct lean *l, const char *k, size_t kl, void *ud);
 
@@ -982,28 +1007,51 @@ static int lean_object(struct lean *l, lean_member_fn fn, void *ud)
 {
     const char *k;
     size_t kl;
-    int plain;
+    int plain, rc;
 
     if (lean_expect(l, '{') < 0)
         return -1;
-    lean_ws(l);
-    if (l->p < l->e && *l->p == '}') {
-        l->p++;
+    if (lean_empty(l, '}'))
         return 0;
-    }
-    for (;;) {
+    do {
         if (lean_string(l, &k, &kl, &plain) < 0 || lean_expect(l, ':') < 0 || fn(l, k, kl, ud) < 0)
             return -1;
-        lean_ws(l);
-        if (l->p >= l->e)
+    } while ((rc = lean_next(l, '}')) == 0);
+    return rc < 0 ? -1 : 0;
+}
+
+/* Iterates an array: calls fn for each element with l at it; fn consumes it. */
+typedef int (*lean_elem_fn)(struct lean *l, void *ud);
+
+static int lean_array(struct lean *l, lean_elem_fn fn, void *ud)
+{
+    int rc;
+
+    if (lean_expect(l, '[') < 0)
+        return -1;
+    if (lean_empty(l, ']'))
+        return 0;
+    do {
+        if (fn(l, ud) < 0)
             return -1;
-        if (*l->p == '}') {
-            l->p++;
-            return 0;
-        }
-        if (*l->p++ != ',')
-            return -1;
-    }
+    } while ((rc = lean_next(l, ']')) == 0);
+    return rc < 0 ? -1 : 0;
+}
+
+/* An "index" member's value: 1 with the integer's text from *num to l->p; 0 when the value is
+ * not a number (the caller skips it); -1 for what only cJSON reads right: a fraction, an
+ * exponent, -0. */
+static int lean_index(struct lean *l, const char **num)
+{
+    int is_int;
+
+    lean_ws(l);
+    *num = l->p;
+    if (l->p >= l->e || (*l->p != '-' && (*l->p < '0' || *l->p > '9')))
+        return 0;
+    if (lean_number(l, &is_int) < 0 || !is_int || ((*num)[0] == '-' && (*num)[1] == '0'))
+        return -1;
+    return 1;
 }
 
 /* A string member the translator reads: non-strings and "" count as absent, as in
@@ -1091,22 +1139,18 @@ static int lean_tc_member(struct lean *l, const char *k, size_t kl, void *ud)
 {
     struct lean_tc *tc = ud;
     const char *num;
-    int is_int;
+    int rc;
 
     if (KEY_IS(k, kl, "index")) {
-        if (tc->seen_index++)
+        if (tc->seen_index++ || (rc = lean_index(l, &num)) < 0)
             return -1;
-        lean_ws(l);
-        num = l->p;
-        if (l->p < l->e && (*l->p == '-' || (*l->p >= '0' && *l->p <= '9'))) {
-            if (lean_number(l, &is_int) < 0 || !is_int || l->p - num > 9 ||
-                (num[0] == '-' && num[1] == '0'))
-                return -1; /* big, fractional or -0: cJSON's reading, not ours */
-            tc->f->has_index = 1;
-            tc->f->index = atoi(num);
-            return 0;
-        }
-        return lean_skip(l, 4); /* not a number: no index */
+        if (rc == 0)
+            return lean_skip(l, 4); /* not a number: no index */
+        if (l->p - num > 9)
+            return -1; /* big: cJSON's reading, not ours */
+        tc->f->has_index = 1;
+        tc->f->index = atoi(num);
+        return 0;
     }
     if (KEY_IS(k, kl, "id"))
         return lean_name(l, &tc->f->id, &tc->f->id_len, &tc->seen_id);
@@ -1121,37 +1165,25 @@ static int lean_tc_member(struct lean *l, const char *k, size_t kl, void *ud)
     return lean_skip(l, 4);
 }
 
+static int lean_tool_call(struct lean *l, void *ud)
+{
+    struct lean_choice *c = ud;
+    struct lean_tc tc;
+
+    if (c->n_frags == LEAN_FRAGS)
+        return -1;
+    memset(&tc, 0, sizeof(tc));
+    tc.f = &c->frags[c->n_frags++];
+    memset(tc.f, 0, sizeof(*tc.f));
+    return lean_object(l, lean_tc_member, &tc);
+}
+
 /* delta.tool_calls: null, or an array of objects. */
 static int lean_tool_calls(struct lean *l, struct lean_choice *c)
 {
     if (lean_is_null(l))
         return 0;
-    if (lean_expect(l, '[') < 0)
-        return -1;
-    lean_ws(l);
-    if (l->p < l->e && *l->p == ']') {
-        l->p++;
-        return 0;
-    }
-    for (;;) {
-        struct lean_tc tc;
-        if (c->n_frags == LEAN_FRAGS)
-            return -1;
-        memset(&tc, 0, sizeof(tc));
-        tc.f = &c->frags[c->n_frags++];
-        memset(tc.f, 0, sizeof(*tc.f));
-        if (lean_object(l, lean_tc_member, &tc) < 0)
-            return -1;
-        lean_ws(l);
-        if (l->p >= l->e)
-            return -1;
-        if (*l->p == ']') {
-            l->p++;
-            return 0;
-        }
-        if (*l->p++ != ',')
-            return -1;
-    }
+    return lean_array(l, lean_tool_call, c);
 }
 
 struct lean_delta {
@@ -1193,22 +1225,18 @@ struct lean_ch {
 static int lean_choice_member(struct lean *l, const char *k, size_t kl, void *ud)
 {
     struct lean_ch *ch = ud;
-    int is_int, plain;
+    int plain, rc;
     const char *num;
 
     if (KEY_IS(k, kl, "index")) {
-        if (ch->seen_index++)
-            return -1;
-        lean_ws(l);
-        num = l->p;
-        if (l->p < l->e && (*l->p == '-' || (*l->p >= '0' && *l->p <= '9'))) {
-            if (lean_number(l, &is_int) < 0 || !is_int || (num[0] == '-' && num[1] == '0'))
-                return -1; /* -0 is 0 to cJSON: leave such oddities to it */
-            ch->c->skip = !(l->p - num == 1 && *num == '0');
-            return 0;
+        if (ch->seen_index++ || (rc = lean_index(l, &num)) < 0)
+            return -1; /* -0 is 0 to cJSON: leave such oddities to it */
+        if (rc == 0) {
+            ch->c->skip = 1; /* an index that is not a number: not the answer */
+            return lean_skip(l, 2);
         }
-        ch->c->skip = 1; /* an index that is not a number: not the answer */
-        return lean_skip(l, 2);
+        ch->c->skip = !(l->p - num == 1 && *num == '0');
+        return 0;
     }
     if (KEY_IS(k, kl, "delta")) {
         struct lean_delta d = {ch->c, 0, 0, 0, 0};
@@ -1242,43 +1270,26 @@ struct lean_root {
     int seen_choices;
 };
 
+static int lean_choice(struct lean *l, void *ud)
+{
+    struct lean_root *r = ud;
+    struct lean_ch ch;
+
+    lean_ws(l);
+    if (l->p >= l->e || *l->p != '{' || r->n == LEAN_CHOICES)
+        return -1; /* not an object: leave it to cJSON */
+    memset(&r->choices[r->n], 0, sizeof(r->choices[0]));
+    memset(&ch, 0, sizeof(ch));
+    ch.c = &r->choices[r->n++];
+    return lean_object(l, lean_choice_member, &ch);
+}
+
 static int lean_root_member(struct lean *l, const char *k, size_t kl, void *ud)
 {
     struct lean_root *r = ud;
 
-    if (KEY_IS(k, kl, "choices")) {
-        if (r->seen_choices++ || lean_expect(l, '[') < 0)
-            return -1;
-        lean_ws(l);
-        if (l->p < l->e && *l->p == ']') {
-            l->p++;
-            return 0;
-        }
-        for (;;) {
-            lean_ws(l);
-            if (l->p < l->e && *l->p == '{') {
-                struct lean_ch ch;
-                if (r->n == LEAN_CHOICES)
-                    return -1;
-                memset(&r->choices[r->n], 0, sizeof(r->choices[0]));
-                memset(&ch, 0, sizeof(ch));
-                ch.c = &r->choices[r->n++];
-                if (lean_object(l, lean_choice_member, &ch) < 0)
-                    return -1;
-            } else {
-                return -1; /* not an object: leave it to cJSON */
-            }
-            lean_ws(l);
-            if (l->p >= l->e)
-                return -1;
-            if (*l->p == ']') {
-                l->p++;
-                return 0;
-            }
-            if (*l->p++ != ',')
-                return -1;
-        }
-    }
+    if (KEY_IS(k, kl, "choices"))
+        return r->seen_choices++ ? -1 : lean_array(l, lean_choice, r);
     if (KEY_IS(k, kl, "usage") || KEY_IS(k, kl, "error"))
         return lean_is_null(l) ? 0 : -1;
     return lean_skip(l, 1);
