@@ -102,6 +102,8 @@ start_proxy() {
 }
 
 stop_proxy() {
+    hwm=$(awk '/^VmHWM/ { print $2 }' "/proc/$proxy_pid/status" 2>/dev/null || echo '?')
+    echo "  (proxy peak RSS over these runs: ${hwm} KiB)"
     kill -TERM "$proxy_pid" 2>/dev/null || true
     wait "$proxy_pid" 2>/dev/null || true
 }
