@@ -2,15 +2,17 @@
 // system prompt): the client gets Anthropic's "prompt is too long" 400, and the message says
 // that the tools and system prompt alone do not fit, whether the default policies catch it
 // before sending or the upstream reports it (policies off).
-import { test } from 'node:test';
+import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { useProxy, request, assertAnthropicError, FIXTURES_DIR } from './helpers.mjs';
 
-const nop = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'anthroxy-nop-')), 'none.lua');
+const nopDir = fs.mkdtempSync(path.join(os.tmpdir(), 'anthroxy-nop-'));
+const nop = path.join(nopDir, 'none.lua');
 fs.writeFileSync(nop, 'return {}\n');
+after(() => fs.rmSync(nopDir, { recursive: true, force: true }));
 
 const withPolicies = useProxy({ name: 'overflow-default', mock: { nCtx: 8192 } });
 const without = useProxy({ name: 'overflow-nopolicies', mock: { nCtx: 8192 }, args: ['--policies', nop] });
