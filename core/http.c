@@ -36,7 +36,8 @@ struct ax_conn {
     size_t header_bytes;
     struct ax_error perr; /* what a parse failure answers */
 
-    size_t queued; /* bytes handed to uv_write and not yet written */
+    uint64_t msg_start_ms; /* when the message being received began */
+    size_t queued;         /* bytes handed to uv_write and not yet written */
     uint64_t last_progress_ms;
 };
 
@@ -92,6 +93,7 @@ static int on_message_begin(llhttp_t *p)
         return fail_parse(p, 500, "api_error", "out of memory");
     c->header_bytes = 0;
     c->value_started = 0;
+    c->msg_start_ms = uv_now(c->srv->loop);
     ax_buf_reset(&c->field);
     ax_buf_reset(&c->value);
     return 0;
@@ -348,6 +350,8 @@ static const char *status_text(int status)
         return "Not Found";
     case 405:
         return "Method Not Allowed";
+    case 408:
+        return "Request Timeout";
     case 413:
         return "Payload Too Large";
     case 414:
@@ -542,6 +546,8 @@ int ax_http_stream_end(struct ax_req *req)
 
 /* ---- the connection ------------------------------------------------------------------ */
 
+static void conn_parse_failed(struct ax_conn *c, llhttp_errno_t e);
+
 static void on_timer(uv_timer_t *t)
 {
     struct ax_conn *c = t->data;
@@ -549,23 +555,38 @@ static void on_timer(uv_timer_t *t)
     if (c->queued > 0) {
         AX_LOG_WARN(c->active, "client made no write progress for %llu ms: cutting it off",
                     (unsigned long long)c->srv->cfg.client_stall_timeout_ms);
+    } else if (c->cur != NULL && c->active == NULL) {
+        /* A request that never finishes arriving (a slow or stuck client) gets an answer
+         * and the connection closes, rather than holding it for ever. */
+        ax_error_set(&c->perr, 408, "invalid_request_error",
+                     "the request did not arrive whole within %llu ms",
+                     (unsigned long long)c->srv->cfg.keepalive_timeout_ms);
+        conn_parse_failed(c, HPE_USER);
+        return;
     }
     conn_close(c);
 }
 
-/* Idle keep-alive: close after keepalive_timeout. Bytes queued: close when no write
- * progress for client_stall_timeout. A request in progress with nothing queued: no timer
- * (the upstream may think for minutes; pings keep streams alive). */
+/* Idle keep-alive: close after keepalive_timeout. A request arriving: it must be whole within
+ * keepalive_timeout of its first byte. Bytes queued: close when no write progress for
+ * client_stall_timeout. A request in progress with nothing queued: no timer (the upstream
+ * may think for minutes; pings keep streams alive). */
 static void conn_arm_timer(struct ax_conn *c)
 {
-    uint64_t ms = 0;
+    uint64_t ms = 0, now, spent;
 
     if (c->closing)
         return;
-    if (c->queued > 0)
+    if (c->queued > 0) {
         ms = c->srv->cfg.client_stall_timeout_ms;
-    else if (c->active == NULL)
+    } else if (c->active == NULL && c->cur != NULL) {
+        now = uv_now(c->srv->loop);
+        spent = now - c->msg_start_ms;
+        ms =
+            spent < c->srv->cfg.keepalive_timeout_ms ? c->srv->cfg.keepalive_timeout_ms - spent : 1;
+    } else if (c->active == NULL) {
         ms = c->srv->cfg.keepalive_timeout_ms;
+    }
     if (ms > 0)
         uv_timer_start(&c->timer, on_timer, ms, 0);
     else
