@@ -20,7 +20,8 @@ void ax_buf_init(struct ax_buf *b, size_t max);
 int ax_buf_append(struct ax_buf *b, const void *p, size_t n);
 int ax_buf_puts(struct ax_buf *b, const char *s);
 int ax_buf_printf(struct ax_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-int ax_buf_vprintf(struct ax_buf *b, const char *fmt, va_list ap);
+int ax_buf_vprintf(struct ax_buf *b, const char *fmt, va_list ap)
+    __attribute__((format(printf, 2, 0)));
 /* Ensures room for n more bytes without changing len. */
 int ax_buf_reserve(struct ax_buf *b, size_t n);
 /* Drops the first n bytes (consumed input), keeping the rest. */
