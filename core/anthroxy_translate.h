@@ -115,9 +115,9 @@ int ax_translate_response(const cJSON *openai, const struct ax_response_opts *op
  * *n_ctx when it was an overflow (else leaves them 0). Never fails.
  * Details: the message is "upstream returned HTTP <status>: <the upstream's message>" (its
  * error.message, a string `error`, FastAPI's `detail`, else the body's printable start).
- * Statuses: 400, 401, 403, 404, 413, 429 kept; 422 -> 400; 503 (llama-server loading) ->
- * 529 overloaded_error, which clients retry; other 4xx -> 400; 500 -> 500; other 5xx -> 502.
- * retry_after is passed on for 429 and 529. Overflow is also recognised in SGLang's words
+ * Statuses: 400, 401, 403, 404, 413, 429 kept; 422 -> 400; other 4xx -> 400; 5xx kept as
+ * api_error (a loading llama-server's 503 included; clients retry them). retry_after is
+ * passed on for 429 and 5xx. Overflow is also recognised in SGLang's words
  * and in older llama-server messages without the numeric fields; a vLLM answer whose prompt
  * share fits (max_tokens is what does not) is not an overflow: compaction would not help.
  * An overflow without numbers says "prompt is too long: the request exceeds the

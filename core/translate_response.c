@@ -627,7 +627,7 @@ void ax_translate_upstream_error(int status, const char *body, size_t len, int r
     else
         ax_error_set(err, cs, ax_error_type_for_status(cs), "upstream returned HTTP %d: %s", status,
                      msg);
-    if (cs == 429 || cs == 529)
+    if (cs == 429 || cs >= 500)
         err->retry_after = retry_after > 0 ? retry_after : 0;
 done:
     cJSON_Delete(root);
