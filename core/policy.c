@@ -1138,7 +1138,7 @@ int ax_policy_req_new(struct ax_policy_engine *eng, const struct ax_policy_req_i
     pr->gen->refs++;
     pr->rs.co = new_thread(eng, &pr->co_ref);
 
-    lua_createtable(L, 0, 16); /* ctx */
+    lua_createtable(L, 0, 24); /* ctx */
     lua_pushstring(L, pr->request_id);
     lua_setfield(L, -2, "request_id");
     lua_pushstring(L, pr->session_id);
@@ -1161,7 +1161,7 @@ int ax_policy_req_new(struct ax_policy_engine *eng, const struct ax_policy_req_i
     lua_setfield(L, -2, "prune_threshold");
     lua_pushnumber(L, 1.0);
     lua_setfield(L, -2, "report_scale");
-    lua_newtable(L); /* ctx, session */
+    lua_createtable(L, 0, 20); /* ctx, session (sized for session_fill's fields) */
     lua_rawgeti(L, LUA_REGISTRYINDEX, eng->session_mt_ref);
     lua_setmetatable(L, -2);
     lua_setfield(L, -2, "session"); /* ctx */
