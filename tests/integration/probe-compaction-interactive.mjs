@@ -5,10 +5,15 @@
 // client saw it (the input_tokens the proxy reported back, read by a recording relay between
 // Claude Code and the proxy), so one can see whether interactive Claude Code compacts by itself
 // at the point compaction steering aims for. See FINDINGS.md. Needs tmux.
+// Seen with 2.1.197: Claude Code compacts by itself only when its window has a source other
+// than "auto" (CC_ENV=CLAUDE_CODE_AUTO_COMPACT_WINDOW=200000, or a model with a default window
+// such as CCMODEL=claude-sonnet-4-6); with claude-sonnet-4-5 or the default Opus [1m] it never
+// does (it waits for a "prompt is too long" error, which pruning never lets happen).
 //
 //   ANTHROXY_BIN=../../build/anthroxy node probe-compaction-interactive.mjs
 //   NCTX=131072 READS=16 CCMODEL=claude-sonnet-4-5 PARGS="..." CC_ENV="NAME=value,..." ...
 //   CC_DEBUG=1: run claude with --debug and print the compaction lines of its debug log
+//   CCMODEL=default: no --model (Claude Code's own default model)
 //   SECOND="Now say done again."   the message typed after the first task ends ('' for none)
 import fs from 'node:fs';
 import os from 'node:os';
@@ -120,7 +125,7 @@ const env = {
 const q = (s) => `'${String(s).replace(/'/g, `'\\''`)}'`;
 const runner = path.join(home, 'run.sh');
 fs.writeFileSync(runner, '#!/bin/sh\n' + Object.entries(env).map(([k, v]) => `export ${k}=${q(v)}\n`).join('') +
-  `cd ${q(cwd)}\nexec ${q(path.join(HERE, 'node_modules', '.bin', 'claude'))} --model ${q(MODEL)} ` +
+  `cd ${q(cwd)}\nexec ${q(path.join(HERE, 'node_modules', '.bin', 'claude'))}${MODEL === 'default' ? '' : ` --model ${q(MODEL)}`} ` +
   `--permission-mode acceptEdits --allowedTools Read${process.env.CC_DEBUG ? ` --debug --debug-file ${q(path.join(home, 'cc-debug.txt'))}` : ''}\n`, { mode: 0o755 });
 
 tmux('new-session', '-d', '-s', SESSION, '-x', '200', '-y', '50', runner);
