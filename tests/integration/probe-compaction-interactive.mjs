@@ -13,6 +13,7 @@
 //   ANTHROXY_BIN=../../build/anthroxy node probe-compaction-interactive.mjs
 //   NCTX=131072 READS=16 CCMODEL=claude-sonnet-4-5 PARGS="..." CC_ENV="NAME=value,..." ...
 //   CC_DEBUG=1: run claude with --debug and print the compaction lines of its debug log
+//   CC_SETTINGS='{"autoCompactWindow":200000}'   Claude Code's ~/.claude/settings.json
 //   CCMODEL=default: no --model (Claude Code's own default model)
 //   SECOND="Now say done again."   the message typed after the first task ends ('' for none)
 import fs from 'node:fs';
@@ -117,6 +118,11 @@ fs.writeFileSync(path.join(home, '.claude.json'), JSON.stringify({
   customApiKeyResponses: { approved: [KEY.slice(-20)], rejected: [] },
   projects: { [cwd]: { hasTrustDialogAccepted: true, allowedTools: ['Read'], hasCompletedProjectOnboarding: true } },
 }));
+// CC_SETTINGS='{"autoCompactWindow":200000}': Claude Code's user settings (~/.claude/settings.json).
+if (process.env.CC_SETTINGS) {
+  fs.mkdirSync(path.join(home, '.claude'), { recursive: true });
+  fs.writeFileSync(path.join(home, '.claude', 'settings.json'), JSON.stringify(JSON.parse(process.env.CC_SETTINGS)));
+}
 const env = {
   PATH: process.env.PATH, HOME: home, TERM: 'xterm-256color', ANTHROPIC_BASE_URL: relayUrl, ANTHROPIC_API_KEY: KEY,
   DISABLE_TELEMETRY: '1', DISABLE_AUTOUPDATER: '1', CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC: '1',
