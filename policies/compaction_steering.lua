@@ -14,7 +14,7 @@
 -- client_window (200000); client_window_1m (the window assumed under the context-1m beta);
 -- client_output_reserve (20000) and client_buffer (13000): Claude Code's trigger is the
 -- window minus both; steer_at
--- (0.70 of the real window, kept under the prune threshold); max_fixed_share (0.5: the
+-- (0.65 of the real window, kept under the prune threshold); max_fixed_share (0.5: the
 -- scaled system prompt and tools stay under half the client's trigger, so a freshly
 -- compacted conversation never looks full at once); min_scale (1.0: never under-report).
 local ax = require "anthroxy"
@@ -33,7 +33,7 @@ local M = {
     client_window_1m = 500000,
     client_output_reserve = 20000,
     client_buffer = 13000,
-    steer_at = 0.70,
+    steer_at = 0.65,
     max_fixed_share = 0.5,
     min_scale = 1.0,
   },

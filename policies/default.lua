@@ -10,7 +10,7 @@ return {
 
   -- Scales the input_tokens reported to Claude Code so that it compacts by itself before
   -- pruning is needed. Sets the scale that prune then corrects: keep it before prune.
-  { "compaction_steering", enabled = true, client_window = 200000, steer_at = 0.70 },
+  { "compaction_steering", enabled = true, client_window = 200000, steer_at = 0.65 },
 
   -- Forcing tool calls in agent loops: off by default (a forced model cannot end its turn);
   -- see docs/default-policies.md before turning it on.

@@ -26,7 +26,10 @@ mock.script((req) => {
   const nTool = b.messages.filter((m) => m.role === 'tool').length;
   console.log(`request ${n}: ${b.messages.length} messages, ${tools.length} tools, ${nTool} tool results, ` +
     `${req.promptTokens} prompt tokens; last: ${req.lastText.slice(0, 100).replace(/\s+/g, ' ')}`);
-  if (!tools.includes('Read')) return { text: '<summary>The user asked to read big.txt in slices.</summary>' };
+  // Claude Code's compaction request carries all its tools; its last message asks for text only.
+  if (!tools.includes('Read') || /^CRITICAL: Respond with TEXT ONLY/.test(req.lastText)) {
+    return { text: '<summary>The user asked to read big.txt in slices.</summary>' };
+  }
   if (nTool < READS) return { toolCalls: [{ name: 'Read', arguments: { file_path: big, offset: 1 + nTool * 356, limit: 356 } }] };
   return { text: 'All done.' };
 });
