@@ -14,6 +14,7 @@ struct ax_conn;
 struct ax_upstream;
 struct ax_monitor;
 struct ax_policy_engine;
+struct msg;
 
 struct ax_server {
     uv_loop_t *loop;
@@ -35,6 +36,7 @@ struct ax_server {
     struct ax_upstream *up;
     struct ax_monitor *mon;
     struct ax_policy_engine *policies;
+    struct msg *live_msgs; /* messages.c's requests alive (in hooks, upstream, ...) */
 
     /* counters for /health and the log */
     uint64_t n_requests;

@@ -26,6 +26,7 @@
 #define AX_ERROR_BODY_MAX (1024 * 1024)
 
 struct msg {
+    struct msg *prev, *next; /* the server's live_msgs */
     struct ax_req *req;
     struct ax_server *srv;
     int count_only;
@@ -73,6 +74,12 @@ static void run_on_response(struct msg *m, cJSON *resp);
 
 static void msg_free(struct msg *m)
 {
+    if (m->prev)
+        m->prev->next = m->next;
+    else if (m->srv->live_msgs == m)
+        m->srv->live_msgs = m->next;
+    if (m->next)
+        m->next->prev = m->prev;
     if (m->preq)
         ax_policy_req_free(m->preq);
     if (m->session)
@@ -916,6 +923,10 @@ void ax_messages_handle(struct ax_server *srv, struct ax_req *req, int count_onl
     }
     m->req = req;
     m->srv = srv;
+    m->next = srv->live_msgs;
+    if (m->next)
+        m->next->prev = m;
+    srv->live_msgs = m;
     m->count_only = count_only;
     m->scale = 1.0;
     ax_buf_init(&m->obody, (size_t)-1 / 2);
@@ -965,5 +976,27 @@ void ax_messages_handle(struct ax_server *srv, struct ax_req *req, int count_onl
     if (m->preq == NULL || run_hook(m, AX_HOOK_REQUEST, m->body, NULL, on_request_done) < 0) {
         ax_error_set(&err, 500, "api_error", "policy engine unavailable");
         msg_fail(m, &err);
+    }
+}
+
+void ax_messages_cancel_all(struct ax_server *srv)
+{
+    struct msg *m, *next;
+
+    for (m = srv->live_msgs; m != NULL; m = next) {
+        next = m->next;
+        ax_req_ref(m->req); /* m stays valid until we are done with it */
+        ax_req_cancel(m->req);
+        if (m->hooks_running && m->preq) { /* on_response of a finished request */
+            ax_policy_req_cancel(m->preq);
+            m->hooks_running = 0;
+            ax_req_unref(m->req);
+        }
+        if (m->preq) {
+            ax_policy_req_free(m->preq);
+            m->preq = NULL;
+        }
+        next = m->next; /* the list may have changed under the cancel */
+        ax_req_unref(m->req);
     }
 }

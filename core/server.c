@@ -4,6 +4,7 @@
 #include "anthroxy.h"
 #include "anthroxy_http.h"
 #include "anthroxy_log.h"
+#include "anthroxy_messages.h"
 #include "anthroxy_monitor.h"
 #include "anthroxy_policy.h"
 #include "anthroxy_server.h"
@@ -264,7 +265,8 @@ static void finish_stop(struct ax_server *srv)
         return;
     srv->stopping = 2;
     uv_timer_stop(&srv->timer);
-    srv->pending_closes = 2; /* timer, upstream */
+    ax_messages_cancel_all(srv); /* before the engine closes: nothing may hold it */
+    srv->pending_closes = 2;     /* timer, upstream */
     if (srv->policies)
         srv->pending_closes++;
     uv_close((uv_handle_t *)&srv->timer, on_handle_closed);
