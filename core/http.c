@@ -469,41 +469,29 @@ int ax_http_send_json(struct ax_req *req, int status, const cJSON *json)
     return rc;
 }
 
-/* Escapes s as the inside of a JSON string into out (truncating safely). */
-static size_t json_escape(char *out, size_t n, const char *s)
-{
-    size_t o = 0;
-
-    for (; *s && o + 7 < n; s++) {
-        unsigned char ch = (unsigned char)*s;
-        if (ch == '"' || ch == '\\') {
-            out[o++] = '\\';
-            out[o++] = (char)ch;
-        } else if (ch < 0x20) {
-            o += (size_t)snprintf(out + o, n - o, "\\u%04x", ch);
-        } else {
-            out[o++] = (char)ch;
-        }
-    }
-    out[o] = '\0';
-    return o;
-}
-
 int ax_http_send_error(struct ax_req *req, const struct ax_error *err)
 {
-    char msg[AX_ERROR_MSG_MAX * 6 + 1], body[sizeof(msg) + 128], extra[64] = "";
-    int status = err->status ? err->status : 500;
+    static const char fallback[] =
+        "{\"type\":\"error\",\"error\":{\"type\":\"api_error\",\"message\":\"out of memory\"}}";
+    char extra[64] = "", *body = NULL;
+    int status = err->status ? err->status : 500, rc;
     const char *type = err->type ? err->type : ax_error_type_for_status(status);
-    int n;
+    cJSON *root = cJSON_CreateObject(), *e;
 
-    json_escape(msg, sizeof(msg), err->message);
-    n = snprintf(body, sizeof(body),
-                 "{\"type\":\"error\",\"error\":{\"type\":\"%s\",\"message\":\"%s\"}}", type, msg);
+    if (root != NULL && cJSON_AddStringToObject(root, "type", "error") != NULL &&
+        (e = cJSON_AddObjectToObject(root, "error")) != NULL &&
+        cJSON_AddStringToObject(e, "type", type) != NULL &&
+        cJSON_AddStringToObject(e, "message", err->message) != NULL)
+        body = cJSON_PrintUnformatted(root);
+    cJSON_Delete(root);
     if (err->retry_after > 0)
         snprintf(extra, sizeof(extra), "retry-after: %d\r\n", err->retry_after);
     if (req->conn && req->conn->srv)
         req->conn->srv->n_errors++;
-    return ax_http_respond(req, status, "application/json", extra, body, (size_t)n);
+    rc = ax_http_respond(req, status, "application/json", extra, body ? body : fallback,
+                         body ? strlen(body) : sizeof(fallback) - 1);
+    cJSON_free(body);
+    return rc;
 }
 
 int ax_http_stream_begin(struct ax_req *req, int status, const char *content_type,
