@@ -678,7 +678,7 @@ static void msg_send_upstream(struct msg *m)
         m->forced = cJSON_IsString(tct) &&
                     (strcmp(tct->valuestring, "any") == 0 || strcmp(tct->valuestring, "tool") == 0);
     }
-    if (m->session)
+    if (m->session && !m->retried) /* a retry is the same turn, not another request */
         ax_session_record_request(m->session, ax_session_calibrated(m->session, m->est_prompt),
                                   uv_now(m->srv->loop));
     if (m->stream && !m->st_ready) {
