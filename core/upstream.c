@@ -357,29 +357,19 @@ static void xfer_deliver_headers(struct ax_xfer *x)
     long code = 0;
     int rc;
 
+    curl_off_t retry_after = 0;
+
     x->headers_done = 1;
     curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &code);
     x->status = (int)code;
+    /* curl parses Retry-After itself, delta-seconds and HTTP-date alike */
+    if (curl_easy_getinfo(x->easy, CURLINFO_RETRY_AFTER, &retry_after) == CURLE_OK)
+        x->retry_after = retry_after > 86400 ? 86400 : retry_after < 0 ? 0 : (int)retry_after;
     if (x->cbs.on_headers == NULL)
         return;
     rc = x->cbs.on_headers(x, x->status, x->retry_after, x->ud);
     if (rc < 0 && x->abort_rc == 0)
         x->abort_rc = rc;
-}
-
-static int parse_retry_after(const char *v, size_t n)
-{
-    long s = 0;
-    size_t i = 0;
-
-    while (i < n && (v[i] == ' ' || v[i] == '\t'))
-        i++;
-    if (i == n || v[i] < '0' || v[i] > '9')
-        return 0; /* an HTTP-date: not worth parsing for a local model server */
-    for (; i < n && v[i] >= '0' && v[i] <= '9'; i++)
-        if ((s = s * 10 + (v[i] - '0')) > 86400)
-            return 86400;
-    return (int)s;
 }
 
 static size_t xfer_on_header(char *p, size_t size, size_t nmemb, void *ud)
@@ -393,8 +383,6 @@ static size_t xfer_on_header(char *p, size_t size, size_t nmemb, void *ud)
     x->last_activity = uv_now(x->up->loop);
     if (n >= 5 && memcmp(p, "HTTP/", 5) == 0) {
         x->retry_after = 0; /* a new response (after a 1xx) */
-    } else if (n >= 12 && strncasecmp(p, "retry-after:", 12) == 0) {
-        x->retry_after = parse_retry_after(p + 12, n - 12);
     } else if ((n == 2 && p[0] == '\r') || (n == 1 && p[0] == '\n')) {
         curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &code);
         if (code >= 200 && !x->headers_done) {
