@@ -10,6 +10,7 @@
 #include "anthroxy_server.h"
 #include "anthroxy_upstream.h"
 
+#include <curl/curl.h>
 #include <llhttp.h>
 #ifdef __GLIBC__
 #include <malloc.h>
@@ -160,8 +161,8 @@ static void route_health(struct ax_server *srv, struct ax_req *req)
     cJSON_Delete(root);
 }
 
-/* Returns the decoded value of name in a query string into out (no %-decoding beyond
- * the characters session keys use). */
+/* The %-decoded value of parameter name in a query string, into out (curl decodes). Returns
+ * 1 when present and decodable into out without a NUL, else 0. */
 static int query_param(const char *query, const char *name, char *out, size_t n)
 {
     size_t nl = strlen(name);
@@ -170,19 +171,17 @@ static int query_param(const char *query, const char *name, char *out, size_t n)
     while (p && *p) {
         if (strncmp(p, name, nl) == 0 && p[nl] == '=') {
             const char *v = p + nl + 1;
-            size_t i = 0;
-            while (*v && *v != '&' && i + 1 < n) {
-                if (*v == '%' && v[1] && v[2]) {
-                    char hex[3] = {v[1], v[2], 0};
-                    out[i++] = (char)strtol(hex, NULL, 16);
-                    v += 3;
-                } else {
-                    out[i++] = *v == '+' ? ' ' : *v;
-                    v++;
-                }
+            size_t len = strcspn(v, "&");
+            int outlen = 0;
+            char *dec = curl_easy_unescape(NULL, v, (int)len, &outlen);
+            int ok = dec != NULL && outlen >= 0 && (size_t)outlen < n &&
+                     memchr(dec, '\0', (size_t)outlen) == NULL;
+            if (ok) {
+                memcpy(out, dec, (size_t)outlen);
+                out[outlen] = '\0';
             }
-            out[i] = '\0';
-            return 1;
+            curl_free(dec);
+            return ok;
         }
         p = strchr(p, '&');
         if (p)
