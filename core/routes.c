@@ -162,7 +162,7 @@ static void route_health(struct ax_server *srv, struct ax_req *req)
 }
 
 /* The %-decoded value of parameter name in a query string, into out (curl decodes). Returns
- * 1 when present and decodable into out without a NUL, else 0. */
+ * 1 when present, 0 when absent, -1 when present but too long or holding a NUL. */
 static int query_param(const char *query, const char *name, char *out, size_t n)
 {
     size_t nl = strlen(name);
@@ -181,7 +181,7 @@ static int query_param(const char *query, const char *name, char *out, size_t n)
                 out[outlen] = '\0';
             }
             curl_free(dec);
-            return ok;
+            return ok ? 1 : -1;
         }
         p = strchr(p, '&');
         if (p)
@@ -195,8 +195,13 @@ static void route_context(struct ax_server *srv, struct ax_req *req)
     char key[256];
     int64_t win = ax_server_context_window(srv, NULL);
     cJSON *root;
+    int q = query_param(req->query, "session", key, sizeof(key));
 
-    if (query_param(req->query, "session", key, sizeof(key))) {
+    if (q < 0) {
+        send_errorf(req, 400, "invalid_request_error", "session: not a valid session key");
+        return;
+    }
+    if (q > 0) {
         struct ax_session *s = ax_monitor_find(srv->mon, key);
         if (s == NULL) {
             send_errorf(req, 404, "not_found_error", "no such session");

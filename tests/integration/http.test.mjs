@@ -44,3 +44,18 @@ test('an idle keep-alive connection is closed after the keep-alive timeout', env
   assert.equal(got, '');
   assert.ok(ms >= 900 && ms < 2500, `closed after ${ms} ms`);
 }));
+
+test('/v1/context?session= is %-decoded; an undecodable key is a 400', env.wrap(async () => {
+  env.on('ctx probe', { text: 'ok' });
+  const r = await request(env.proxy, { method: 'POST', path: '/v1/messages', headers: { 'x-session-id': 'a b/c' },
+    body: { model: 'claude-sonnet-4-5', max_tokens: 10, messages: [{ role: 'user', content: 'ctx probe' }] } });
+  assert.equal(r.status, 200, r.text);
+  const one = await request(env.proxy, { path: '/v1/context?session=a%20b%2Fc' });
+  assert.equal(one.status, 200, one.text);
+  assert.equal(one.json.session, 'a b/c');
+  const bad = await request(env.proxy, { path: '/v1/context?session=a%00b' });
+  assert.equal(bad.status, 400, bad.text);
+  assert.equal(bad.json.type, 'error');
+  const none = await request(env.proxy, { path: '/v1/context?session=nobody' });
+  assert.equal(none.status, 404, none.text);
+}));
