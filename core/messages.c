@@ -3,6 +3,7 @@
  * a stream (first-byte hold, pings, backpressure), on_upstream_error's one retry,
  * on_response, monitor, summary log line. Every step that waits holds a request reference
  * and drops it in its completion, canceled or not. */
+#include "anthroxy_hash.h"
 #include "anthroxy_http.h"
 #include "anthroxy_json.h"
 #include "anthroxy_log.h"
@@ -26,7 +27,6 @@
 #define AX_ERROR_BODY_MAX (1024 * 1024)
 
 struct msg {
-    struct msg *prev, *next; /* the server's live_msgs */
     struct ax_req *req;
     struct ax_server *srv;
     int count_only;
@@ -74,12 +74,6 @@ static void run_on_response(struct msg *m, cJSON *resp);
 
 static void msg_free(struct msg *m)
 {
-    if (m->prev)
-        m->prev->next = m->next;
-    else if (m->srv->live_msgs == m)
-        m->srv->live_msgs = m->next;
-    if (m->next)
-        m->next->prev = m->prev;
     if (m->preq)
         ax_policy_req_free(m->preq);
     if (m->session)
@@ -127,6 +121,9 @@ static void open_timer(struct msg *m)
     ax_req_ref(m->req); /* dropped in on_timer_closed */
 }
 
+/* The client went away, or the server stops (request.c's registry cancels every request,
+ * answered ones still in on_response too): stop all work and let go of the policy engine,
+ * which closes after this. The caller holds a reference across the call. */
 static void on_cancel(struct ax_req *req)
 {
     struct msg *m = req->handler;
@@ -134,10 +131,13 @@ static void on_cancel(struct ax_req *req)
     AX_LOG_INFO(req, "client went away: canceling");
     if (m->xfer)
         ax_xfer_cancel(m->xfer); /* on_done follows with AX_ECANCELED */
-    if (m->hooks_running && m->preq) {
-        ax_policy_req_cancel(m->preq); /* its done callback will not run */
-        m->hooks_running = 0;
-        ax_req_unref(req);
+    if (m->preq) {
+        ax_policy_req_free(m->preq); /* cancels a running hook: its done callback won't run */
+        m->preq = NULL;
+        if (m->hooks_running) {
+            m->hooks_running = 0;
+            ax_req_unref(req); /* the hook's reference */
+        }
     }
     close_timer(m);
 }
@@ -181,9 +181,9 @@ static void msg_fail(struct msg *m, const struct ax_error *err)
     if (m->committed) {
         ax_stream_fail(&m->st, err, &m->out);
         flush_out(m);
-        ax_http_stream_end(m->req); /* may free m: nothing after this */
+        ax_http_stream_end(m->req);
     } else {
-        ax_http_send_error(m->req, err); /* may free m */
+        ax_http_send_error(m->req, err);
     }
 }
 
@@ -222,7 +222,6 @@ static int run_hook(struct msg *m, enum ax_hook hook, cJSON *tree, const cJSON *
 
     ax_req_ref(m->req);
     m->hooks_running = 1;
-    m->req->state = AX_REQ_POLICY;
     if ((rc = ax_policy_req_run(m->preq, hook, tree, aux, done, m)) < 0) {
         m->hooks_running = 0;
         ax_req_unref(m->req);
@@ -272,16 +271,6 @@ static void run_on_response(struct msg *m, cJSON *resp)
 
 /* ---- completion -------------------------------------------------------------------- */
 
-static uint64_t fnv1a(const char *s, size_t n, uint64_t h)
-{
-    size_t i;
-    for (i = 0; i < n; i++) {
-        h ^= (unsigned char)s[i];
-        h *= 1099511628211ull;
-    }
-    return h;
-}
-
 /* The raw prompt estimate (ax_tokens_request), with the session's tools estimate reused while
  * the tools are unchanged: they are most of an agent's request and the same every turn. */
 static int64_t estimate_prompt(struct msg *m)
@@ -315,11 +304,10 @@ static void record_turn(struct msg *m, const cJSON *resp)
         uint64_t h;
         if (!cJSON_IsString(type) || strcmp(type->valuestring, "tool_use") != 0 || n >= 16)
             continue;
-        h = fnv1a(name && cJSON_IsString(name) ? name->valuestring : "",
-                  name && cJSON_IsString(name) ? strlen(name->valuestring) : 0,
-                  14695981039346656037ull);
+        h = ax_fnv1a(name && cJSON_IsString(name) ? name->valuestring : "",
+                     name && cJSON_IsString(name) ? strlen(name->valuestring) : 0, AX_FNV1A_INIT);
         if ((in = cJSON_PrintUnformatted(input)) != NULL) {
-            h = fnv1a(in, strlen(in), h);
+            h = ax_fnv1a(in, strlen(in), h);
             cJSON_free(in);
         }
         fps[n++] = h;
@@ -470,7 +458,6 @@ static void commit_stream(struct msg *m)
     if (m->committed || m->done)
         return;
     m->committed = 1;
-    m->req->state = AX_REQ_STREAMING;
     ax_http_stream_begin(m->req, 200, "text/event-stream; charset=utf-8",
                          "Cache-Control: no-cache\r\n");
     ax_stream_begin(&m->st, &m->out);
@@ -609,7 +596,6 @@ static void start_transfer(struct msg *m)
     ax_buf_reset(&m->resp);
     m->t_sent_ns = uv_hrtime();
     m->t_first_ns = 0;
-    m->req->state = AX_REQ_UPSTREAM;
     ax_req_ref(m->req);
     if ((rc = ax_upstream_start(m->srv->up, &spec, &xfer_cbs, m, &m->xfer)) < 0) {
         m->xfer = NULL;
@@ -721,7 +707,7 @@ static void answer_count(struct msg *m, int64_t n, const char *how)
     AX_LOG_DEBUG(m->req, "count_tokens: %lld (%s), reported %lld", (long long)n, how,
                  (long long)scaled);
     log_summary(m, 200);
-    ax_http_respond(m->req, 200, "application/json", NULL, body, (size_t)len); /* may free m */
+    ax_http_respond(m->req, 200, "application/json", NULL, body, (size_t)len);
 }
 
 static void count_by_estimate(struct msg *m)
@@ -923,10 +909,6 @@ void ax_messages_handle(struct ax_server *srv, struct ax_req *req, int count_onl
     }
     m->req = req;
     m->srv = srv;
-    m->next = srv->live_msgs;
-    if (m->next)
-        m->next->prev = m;
-    srv->live_msgs = m;
     m->count_only = count_only;
     m->scale = 1.0;
     ax_buf_init(&m->obody, (size_t)-1 / 2);
@@ -976,27 +958,5 @@ void ax_messages_handle(struct ax_server *srv, struct ax_req *req, int count_onl
     if (m->preq == NULL || run_hook(m, AX_HOOK_REQUEST, m->body, NULL, on_request_done) < 0) {
         ax_error_set(&err, 500, "api_error", "policy engine unavailable");
         msg_fail(m, &err);
-    }
-}
-
-void ax_messages_cancel_all(struct ax_server *srv)
-{
-    struct msg *m, *next;
-
-    for (m = srv->live_msgs; m != NULL; m = next) {
-        next = m->next;
-        ax_req_ref(m->req); /* m stays valid until we are done with it */
-        ax_req_cancel(m->req);
-        if (m->hooks_running && m->preq) { /* on_response of a finished request */
-            ax_policy_req_cancel(m->preq);
-            m->hooks_running = 0;
-            ax_req_unref(m->req);
-        }
-        if (m->preq) {
-            ax_policy_req_free(m->preq);
-            m->preq = NULL;
-        }
-        next = m->next; /* the list may have changed under the cancel */
-        ax_req_unref(m->req);
     }
 }
