@@ -26,14 +26,23 @@
 #define AX_STREAM_OUT_MAX (4 * 1024 * 1024)
 #define AX_ERROR_BODY_MAX (1024 * 1024)
 
+/* What the client has been sent, which decides what each callback may still do. Policy
+ * runs, transfers and timers come and go within a state (a retry after on_upstream_error
+ * may follow a committed stream); each holds a request reference of its own. */
+enum msg_state {
+    MSG_PENDING,   /* nothing sent yet: a failure is an error answer */
+    MSG_STREAMING, /* 200 and message_start sent: a failure is an SSE error event */
+    MSG_ANSWERED,  /* the answer is complete; on_response may still run */
+    MSG_CANCELED   /* the client went away or the server stops: nothing more is sent */
+};
+
 struct msg {
     struct ax_req *req;
     struct ax_server *srv;
+    enum msg_state state;
     int count_only;
     int stream;
     int retried;
-    int committed;     /* 200 + message_start sent: errors go out as SSE events */
-    int done;          /* the client's answer is complete */
     int stream_failed; /* the upstream reported an error inside the stream */
     int hooks_running; /* a policy hook holds a reference */
     int timer_open;
@@ -129,6 +138,7 @@ static void on_cancel(struct ax_req *req)
     struct msg *m = req->handler;
 
     AX_LOG_INFO(req, "client went away: canceling");
+    m->state = MSG_CANCELED;
     if (m->xfer)
         ax_xfer_cancel(m->xfer); /* on_done follows with AX_ECANCELED */
     if (m->preq) {
@@ -168,17 +178,24 @@ static void flush_out(struct msg *m)
     }
 }
 
+/* The answer goes out now: the state moves first, so that a cancel from a failing write
+ * (which moves it to MSG_CANCELED) is not undone. */
+static void answering(struct msg *m)
+{
+    m->state = MSG_ANSWERED;
+    close_timer(m);
+}
+
 static void msg_fail(struct msg *m, const struct ax_error *err)
 {
-    if (m->done)
+    enum msg_state was = m->state;
+
+    if (was == MSG_ANSWERED || was == MSG_CANCELED)
         return;
-    m->done = 1;
-    close_timer(m);
-    if (m->req->canceled)
-        return;
+    answering(m);
     AX_LOG_INFO(m->req, "error %d %s: %s", err->status, err->type, err->message);
     log_summary(m, err->status);
-    if (m->committed) {
+    if (was == MSG_STREAMING) {
         ax_stream_fail(&m->st, err, &m->out);
         flush_out(m);
         ax_http_stream_end(m->req);
@@ -233,7 +250,7 @@ static int run_hook(struct msg *m, enum ax_hook hook, cJSON *tree, const cJSON *
 static int hook_finished(struct msg *m, int rc, const struct ax_error *err)
 {
     m->hooks_running = 0;
-    if (m->req->canceled || m->done)
+    if (m->state == MSG_ANSWERED || m->state == MSG_CANCELED)
         return 0;
     if (rc < 0) {
         struct ax_error e = {0};
@@ -261,7 +278,7 @@ static void on_response_done(struct ax_policy_req *pr, int rc, const struct ax_e
 
 static void run_on_response(struct msg *m, cJSON *resp)
 {
-    if (resp == NULL || m->req->canceled)
+    if (resp == NULL || m->state != MSG_ANSWERED)
         return;
     if (!ax_policy_engine_has_hook(m->srv->policies, AX_HOOK_RESPONSE))
         return;
@@ -315,10 +332,9 @@ static void record_turn(struct msg *m, const cJSON *resp)
     ax_session_note_tool_calls(m->session, fps, n, m->forced);
 }
 
+/* After the answer went out (answering() came first). */
 static void finish_ok(struct msg *m, cJSON *resp, int status)
 {
-    m->done = 1;
-    close_timer(m);
     m->final = resp; /* freed with m: on_response reads it after the client has it */
     record_turn(m, resp);
     log_summary(m, status);
@@ -350,6 +366,7 @@ static void complete_nonstream(struct msg *m)
         return;
     }
     cJSON_Delete(oresp);
+    answering(m);
     ax_http_send_json(m->req, 200, resp);
     finish_ok(m, resp, 200);
 }
@@ -366,6 +383,7 @@ static void complete_stream(struct msg *m)
         return;
     }
     m->usage = m->st.usage;
+    answering(m);
     flush_out(m);
     ax_http_stream_end(m->req);
     summary = ax_stream_summary(&m->st);
@@ -446,7 +464,7 @@ static void on_ping(uv_timer_t *t)
 {
     struct msg *m = t->data;
 
-    if (m->done || m->req->canceled)
+    if (m->state != MSG_STREAMING)
         return;
     ax_stream_ping(&m->out);
     flush_out(m);
@@ -455,9 +473,9 @@ static void on_ping(uv_timer_t *t)
 /* Sends 200, message_start and a first ping; errors from now on are SSE events. */
 static void commit_stream(struct msg *m)
 {
-    if (m->committed || m->done)
+    if (m->state != MSG_PENDING)
         return;
-    m->committed = 1;
+    m->state = MSG_STREAMING;
     ax_http_stream_begin(m->req, 200, "text/event-stream; charset=utf-8",
                          "Cache-Control: no-cache\r\n");
     ax_stream_begin(&m->st, &m->out);
@@ -497,7 +515,7 @@ static int on_headers(struct ax_xfer *x, int status, int retry_after, void *ud)
     m->up_status = status;
     m->retry_after = retry_after;
     m->t_first_ns = uv_hrtime();
-    if (m->req->canceled)
+    if (m->state == MSG_CANCELED)
         return AX_ECANCELED;
     if (status == 200 && m->stream) {
         commit_stream(m);
@@ -533,7 +551,7 @@ static int on_data(struct ax_xfer *x, const char *p, size_t n, void *ud)
     int rc;
 
     (void)x;
-    if (m->req->canceled)
+    if (m->state == MSG_CANCELED)
         return AX_ECANCELED;
     if (m->up_status != 200 || !m->stream) {
         size_t max = m->up_status == 200 ? m->srv->cfg.max_response_bytes : AX_ERROR_BODY_MAX;
@@ -563,7 +581,12 @@ static void on_done(struct ax_xfer *x, int rc, void *ud)
 
     (void)x;
     m->xfer = NULL;
-    if (m->req->canceled || m->done) {
+    switch (m->state) {
+    case MSG_PENDING:
+    case MSG_STREAMING:
+        break;
+    case MSG_ANSWERED:
+    case MSG_CANCELED:
         ax_req_unref(m->req);
         return;
     }
@@ -603,7 +626,7 @@ static void start_transfer(struct msg *m)
         fail_transfer(m, rc);
         return;
     }
-    if (m->stream && !m->committed) {
+    if (m->stream && m->state == MSG_PENDING) {
         open_timer(m);
         uv_timer_start(&m->timer, on_hold_over, m->srv->cfg.first_byte_hold_ms,
                        m->srv->cfg.ping_interval_ms);
@@ -701,7 +724,7 @@ static void answer_count(struct msg *m, int64_t n, const char *how)
     int len;
     int64_t scaled = (int64_t)llround((double)n * m->scale);
 
-    m->done = 1;
+    answering(m);
     m->usage.prompt_tokens = n;
     len = snprintf(body, sizeof(body), "{\"input_tokens\":%lld}", (long long)scaled);
     AX_LOG_DEBUG(m->req, "count_tokens: %lld (%s), reported %lld", (long long)n, how,
@@ -724,7 +747,7 @@ static void on_tokenized(int rc, int status, const char *body, size_t len, void 
     cJSON *j = NULL, *toks;
 
     m->xfer = NULL;
-    if (!m->req->canceled && !m->done) {
+    if (m->state == MSG_PENDING) {
         if (rc == 0 && status == 200 && (j = cJSON_ParseWithLength(body, len)) != NULL &&
             cJSON_IsArray(toks = cJSON_GetObjectItemCaseSensitive(j, "tokens")))
             answer_count(m, cJSON_GetArraySize(toks), "upstream /tokenize");
@@ -741,7 +764,7 @@ static void on_templated(int rc, int status, const char *body, size_t len, void 
     cJSON *j = NULL, *prompt, *tok = NULL;
 
     m->xfer = NULL;
-    if (m->req->canceled || m->done)
+    if (m->state != MSG_PENDING)
         goto done;
     if (rc != 0 || status != 200 || (j = cJSON_ParseWithLength(body, len)) == NULL ||
         !cJSON_IsString(prompt = cJSON_GetObjectItemCaseSensitive(j, "prompt"))) {
@@ -820,7 +843,7 @@ static void on_probe_poll(uv_timer_t *t)
 {
     struct msg *m = t->data;
 
-    if (m->done || m->req->canceled)
+    if (m->state != MSG_PENDING)
         return;
     if (probe_pending(m) && uv_now(m->srv->loop) - m->srv->started_ms < AX_PROBE_WAIT_MS)
         return;
@@ -859,7 +882,7 @@ static void on_count_request_done(struct ax_policy_req *pr, int rc, const struct
 
     (void)err;
     m->hooks_running = 0;
-    if (!m->req->canceled && !m->done) {
+    if (m->state == MSG_PENDING) {
         double scale = rc >= 0 ? ax_policy_req_report_scale(pr) : 1.0;
         m->scale = scale > 0 ? scale : 1.0;
         cJSON_Delete(m->shadow);
