@@ -6,7 +6,7 @@
  * Each complete message goes to on_request, and the connection parses nothing more until
  * that request's response is finished (ax_http_respond and friends, or ax_http_stream_end),
  * so pipelined requests wait in the socket's input and answer in order. A client that goes
- * away cancels the request it is being answered (ax_req_cancel). */
+ * away cancels the request being answered (ax_req_cancel). */
 #ifndef ANTHROXY_HTTP_H
 #define ANTHROXY_HTTP_H
 
