@@ -1,30 +1,72 @@
-/* anthroxy_http.h - one HTTP/1.1 server connection: llhttp parsing, keep-alive, pipelined
- * requests answered in order, an ordered write queue with watermarks, chunked framing.
+/* anthroxy_http.h - HTTP/1.1 server connections: llhttp parsing under caps, keep-alive,
+ * pipelined requests answered in order, an ordered write queue with watermarks, chunked
+ * framing.
  *
- * The connection hands each complete message to the server (ax_server_dispatch) and parses
- * nothing more until that request's response is finished (ax_http_finish or an ax_http_respond
- * that completes it), so pipelined requests queue in the socket's input and answer in order.
- * A client that goes away cancels its requests (ax_req_cancel). */
+ * A leaf: whoever accepts (server.c) hands in callbacks and http.c calls nothing above it.
+ * Each complete message goes to on_request, and the connection parses nothing more until
+ * that request's response is finished (ax_http_respond and friends, or ax_http_stream_end),
+ * so pipelined requests wait in the socket's input and answer in order. A client that goes
+ * away cancels the request being answered (ax_req_cancel). */
 #ifndef ANTHROXY_HTTP_H
 #define ANTHROXY_HTTP_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include <uv.h>
 
 #include "anthroxy_error.h"
+#include "anthroxy_list.h"
 #include "anthroxy_request.h"
 
-struct ax_server;
 struct ax_conn;
 
+/* The caps and timeouts of every connection (copied at init; struct ax_config's names). */
+struct ax_http_limits {
+    size_t max_body_bytes;            /* 413 past it */
+    size_t max_header_bytes;          /* 431 past it (URL, names and values together) */
+    size_t write_low_water;           /* on_drain once the write queue falls to this */
+    uint64_t keepalive_timeout_ms;    /* idle, and a request's arrival from its first byte */
+    uint64_t client_stall_timeout_ms; /* bytes queued and none written this long: cut off */
+};
+
+struct ax_http_callbacks {
+    /* A complete request, in order per connection, called from the loop (a read, or the
+     * parse of pipelined input that follows an answer), never from inside an ax_http_* call.
+     * The callee answers it exactly once; the connection holds a reference until then. */
+    void (*on_request)(struct ax_req *req, void *ud);
+    /* A connection's handles have closed and its memory is gone (n_conns counted it out
+     * when it began closing). May be NULL. */
+    void (*on_closed)(void *ud);
+    void *ud;
+};
+
+/* The connections accepted for one owner. Embedded by it (a plain struct: no handles of its
+ * own, nothing to close); the owner reads the counters, the rest is http.c's. */
+struct ax_http_server {
+    uv_loop_t *loop;
+    struct ax_http_limits limits;
+    struct ax_http_callbacks cbs;
+    struct ax_req_registry *reqs; /* where requests are listed; may be NULL */
+    int n_conns;                  /* open connections, closing ones not counted */
+    int n_active;                 /* requests being answered */
+    uint64_t n_errors;            /* error answers sent (ax_http_send_error) */
+    int _draining;                /* ax_http_close_all ran: answers say Connection: close */
+    struct ax_list _conns;
+};
+
+void ax_http_server_init(struct ax_http_server *hs, uv_loop_t *loop,
+                         const struct ax_http_limits *limits, const struct ax_http_callbacks *cbs,
+                         struct ax_req_registry *reqs);
 /* Accepts a connection from the listening stream; the connection owns itself from here. */
-int ax_http_accept(struct ax_server *srv, uv_stream_t *listener);
-/* Closes every connection of the server (server stop). Idle ones at once, busy ones after
- * their current response when graceful, or at once. */
-void ax_http_close_all(struct ax_server *srv, int graceful);
+int ax_http_accept(struct ax_http_server *hs, uv_stream_t *listener);
+/* Closes every connection (server stop). Idle ones at once, busy ones after their current
+ * response when graceful, or at once (canceling their requests); from now on every answer
+ * closes its connection. */
+void ax_http_close_all(struct ax_http_server *hs, int graceful);
 
 /* Sends a complete response (status line, headers, body) and finishes the request.
- * extra_headers: NULL or "Name: value\r\n..." lines. */
+ * extra_headers: NULL or "Name: value\r\n..." lines. The connection's reference to req is
+ * dropped here; the caller must hold its own to touch req afterwards. */
 int ax_http_respond(struct ax_req *req, int status, const char *content_type,
                     const char *extra_headers, const char *body, size_t len);
 /* The one place an ax_error becomes bytes: {"type":"error","error":{"type","message"}}. */

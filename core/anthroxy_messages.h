@@ -11,11 +11,10 @@
 
 struct ax_server;
 
-/* Takes over req (answers it exactly once). count_only: /v1/messages/count_tokens. */
+/* Takes over req (answers it exactly once). count_only: /v1/messages/count_tokens.
+ * The request may outlive its answer (on_response); ax_req_cancel (the client gone, or the
+ * server's stop through the request registry) ends all its work and its hold on the
+ * policy engine. */
 void ax_messages_handle(struct ax_server *srv, struct ax_req *req, int count_only);
-
-/* Server stop: cancels every request's policy work and releases its hold on the policy
- * engine (a request can outlive its connection in on_response), so the engine can close. */
-void ax_messages_cancel_all(struct ax_server *srv);
 
 #endif

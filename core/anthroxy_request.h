@@ -3,7 +3,10 @@
  * struct ax_req is reference-counted: the connection, an upstream transfer, the policy
  * coroutine and timers each hold a reference taken before their async work starts and
  * dropped in its completion; only the last ax_req_unref frees it. ax_req_cancel only flags
- * and stops work (client gone, server stopping). */
+ * and stops work (client gone, server stopping).
+ *
+ * A registry lists the requests alive (from ax_req_new to the last unref), whatever holds
+ * them: stopping the server cancels each (ax_req_cancel_all) without knowing its handler. */
 #ifndef ANTHROXY_REQUEST_H
 #define ANTHROXY_REQUEST_H
 
@@ -14,8 +17,8 @@
 
 #include "anthroxy_buf.h"
 #include "anthroxy_error.h"
+#include "anthroxy_list.h"
 
-struct ax_server;
 struct ax_conn;
 struct ax_session;
 struct ax_policy_req;
@@ -28,23 +31,20 @@ struct ax_header {
     char *value;
 };
 
-enum ax_req_state {
-    AX_REQ_PARSING,   /* headers/body still arriving */
-    AX_REQ_ROUTED,    /* dispatched to a handler */
-    AX_REQ_POLICY,    /* inside a policy hook */
-    AX_REQ_UPSTREAM,  /* transfer running or queued */
-    AX_REQ_STREAMING, /* committed 200 SSE response, events flowing */
-    AX_REQ_DONE       /* response complete (or abandoned) */
+/* The requests alive; embedded by its owner (the server), initialised before the first
+ * ax_req_new that names it. */
+struct ax_req_registry {
+    struct ax_list live; /* of struct ax_req, by _link */
+    int n;
 };
 
 struct ax_req {
     int refs;
-    struct ax_server *srv;
-    struct ax_conn *conn; /* NULL once the connection is gone */
-    struct ax_req *next;  /* the connection's pipelined queue */
-    enum ax_req_state state;
-    char id[40];       /* "req_" + 24 base62: the request-id header */
-    uint64_t start_ns; /* uv_hrtime() when the message was complete */
+    struct ax_list _link;              /* in the registry */
+    struct ax_req_registry *_registry; /* NULL: not registered */
+    struct ax_conn *conn; /* NULL once the connection is gone (http.c's, opaque to others) */
+    char id[40];          /* "req_" + 24 base62: the request-id header */
+    uint64_t start_ns;    /* uv_hrtime() when the message was complete */
 
     /* the HTTP message */
     int method;  /* llhttp_method_t */
@@ -71,10 +71,16 @@ struct ax_req {
 /* Header lookup by lower-case name; NULL when absent. */
 const char *ax_req_header(const struct ax_req *req, const char *name);
 
-struct ax_req *ax_req_new(struct ax_server *srv, struct ax_conn *conn, size_t max_body);
+/* A request with one reference (the caller's), listed in reg unless reg is NULL. */
+struct ax_req *ax_req_new(struct ax_req_registry *reg, struct ax_conn *conn, size_t max_body);
 void ax_req_ref(struct ax_req *req);
 void ax_req_unref(struct ax_req *req);
 /* Flags the request canceled and calls its on_cancel once (idempotent). */
 void ax_req_cancel(struct ax_req *req);
+
+void ax_req_registry_init(struct ax_req_registry *reg);
+/* Cancels every request of reg (server stop). Each stays alive until its holders let go:
+ * on_cancel must release what the request holds of shared engines (policy runs). */
+void ax_req_cancel_all(struct ax_req_registry *reg);
 
 #endif

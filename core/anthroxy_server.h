@@ -8,13 +8,12 @@
 
 #include "anthroxy.h"
 #include "anthroxy_config.h"
+#include "anthroxy_http.h"
 #include "anthroxy_request.h"
 
-struct ax_conn;
 struct ax_upstream;
 struct ax_monitor;
 struct ax_policy_engine;
-struct msg;
 
 struct ax_server {
     uv_loop_t *loop;
@@ -29,27 +28,20 @@ struct ax_server {
     int bound_port;
     uint64_t started_ms;
 
-    struct ax_conn *conns; /* doubly linked list of open connections */
-    int n_conns;
-    int n_active; /* requests being answered */
+    struct ax_http_server http;  /* the connections, their counters and error count */
+    struct ax_req_registry reqs; /* every request alive, answered or not */
 
     struct ax_upstream *up;
     struct ax_monitor *mon;
     struct ax_policy_engine *policies;
-    struct msg *live_msgs; /* messages.c's requests alive (in hooks, upstream, ...) */
 
-    /* counters for /health and the log */
+    /* counters for /health and the log (errors: http.n_errors) */
     uint64_t n_requests;
-    uint64_t n_errors;
 };
 
-/* Called by http.c with each complete request, in order per connection. */
-void ax_server_dispatch(struct ax_server *srv, struct ax_req *req);
 /* The context window in force: configured, else probed per-slot n_ctx, else 131072. */
 int64_t ax_server_context_window(const struct ax_server *srv, const char **source);
 /* The model to send upstream for a client model name. */
 const char *ax_server_upstream_model(const struct ax_server *srv, const char *client_model);
-/* Called by http.c when a connection closes, so a stopping server can finish. */
-void ax_server_conn_closed(struct ax_server *srv);
 
 #endif

@@ -1,11 +1,10 @@
-/* http.c - one HTTP/1.1 server connection, as h2o's http1.c: reads into llhttp under caps,
+/* http.c - HTTP/1.1 server connections, as h2o's http1.c: reads into llhttp under caps,
  * pauses after each message so pipelined requests answer in order, keeps an ordered write
  * queue with watermarks, frames chunked responses, and turns an ax_error into bytes
- * (ax_http_send_error). The server (server.c) dispatches each complete request. */
+ * (ax_http_send_error). A leaf: each complete request goes up through the on_request
+ * callback of whoever accepted (server.c wires in routes.c's dispatcher). */
 #include "anthroxy_http.h"
-#include "anthroxy_ids.h"
 #include "anthroxy_log.h"
-#include "anthroxy_server.h"
 
 #include <llhttp.h>
 #include <stdio.h>
@@ -19,13 +18,14 @@
 struct ax_conn {
     uv_tcp_t tcp;
     uv_timer_t timer; /* keep-alive idle, or write stall while bytes are queued */
+    uv_idle_t resume; /* parses pipelined input on the loop turn after an answer */
     int pending_closes;
     int closing;
     int reading;
-    int in_parse; /* inside conn_parse: finishing must not recurse */
+    int in_parse; /* inside conn_parse: its loop goes on once the handler returns */
     int close_after_write;
-    struct ax_server *srv;
-    struct ax_conn *prev, *next;
+    struct ax_http_server *hs;
+    struct ax_list link; /* in hs->_conns */
 
     llhttp_t parser;
     struct ax_buf in;      /* received but not yet parsed */
@@ -52,21 +52,24 @@ static llhttp_settings_t parser_settings;
 static int parser_settings_ready;
 
 static void conn_parse(struct ax_conn *c);
+static void conn_on_resume(uv_idle_t *h);
 static void conn_close(struct ax_conn *c);
 static void conn_arm_timer(struct ax_conn *c);
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
 static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf);
 
-/* ---- requests ---------------------------------------------------------------------- */
+/* ---- the server's connections ------------------------------------------------------ */
 
-const char *ax_req_header(const struct ax_req *req, const char *name)
+void ax_http_server_init(struct ax_http_server *hs, uv_loop_t *loop,
+                         const struct ax_http_limits *limits, const struct ax_http_callbacks *cbs,
+                         struct ax_req_registry *reqs)
 {
-    int i;
-
-    for (i = 0; i < req->n_headers; i++)
-        if (strcmp(req->headers[i].name, name) == 0)
-            return req->headers[i].value;
-    return NULL;
+    memset(hs, 0, sizeof(*hs));
+    hs->loop = loop;
+    hs->limits = *limits;
+    hs->cbs = *cbs;
+    hs->reqs = reqs;
+    ax_list_init(&hs->_conns);
 }
 
 size_t ax_http_queued(const struct ax_req *req)
@@ -88,12 +91,12 @@ static int on_message_begin(llhttp_t *p)
 {
     struct ax_conn *c = p->data;
 
-    c->cur = ax_req_new(c->srv, c, c->srv->cfg.max_body_bytes);
+    c->cur = ax_req_new(c->hs->reqs, c, c->hs->limits.max_body_bytes);
     if (c->cur == NULL)
         return fail_parse(p, 500, "api_error", "out of memory");
     c->header_bytes = 0;
     c->value_started = 0;
-    c->msg_start_ms = uv_now(c->srv->loop);
+    c->msg_start_ms = uv_now(c->hs->loop);
     ax_buf_reset(&c->field);
     ax_buf_reset(&c->value);
     return 0;
@@ -104,7 +107,7 @@ static int count_header_bytes(llhttp_t *p, size_t n)
     struct ax_conn *c = p->data;
 
     c->header_bytes += n;
-    if (c->header_bytes > c->srv->cfg.max_header_bytes)
+    if (c->header_bytes > c->hs->limits.max_header_bytes)
         return fail_parse(p, 431, "invalid_request_error",
                           "request headers over the configured limit");
     return 0;
@@ -260,10 +263,10 @@ static void on_write_done(uv_write_t *w, int status)
         conn_close(c);
         return;
     }
-    c->last_progress_ms = uv_now(c->srv->loop);
+    c->last_progress_ms = uv_now(c->hs->loop);
     if (c->closing)
         return;
-    if (c->active && c->active->on_drain && c->queued <= c->srv->cfg.write_low_water)
+    if (c->active && c->active->on_drain && c->queued <= c->hs->limits.write_low_water)
         c->active->on_drain(c->active);
     if (c->queued == 0 && c->close_after_write) {
         conn_close(c);
@@ -296,7 +299,7 @@ static int conn_write(struct ax_conn *c, uv_buf_t *bufs, unsigned int nbufs)
             return AX_ECANCELED;
         }
         if (done == total) {
-            c->last_progress_ms = uv_now(c->srv->loop);
+            c->last_progress_ms = uv_now(c->hs->loop);
             return 0;
         }
     }
@@ -329,7 +332,7 @@ static int conn_write(struct ax_conn *c, uv_buf_t *bufs, unsigned int nbufs)
         }
     }
     if (c->queued == 0)
-        c->last_progress_ms = uv_now(c->srv->loop);
+        c->last_progress_ms = uv_now(c->hs->loop);
     c->queued += cw->len;
     conn_arm_timer(c);
     return 0;
@@ -380,7 +383,7 @@ static int write_head(struct ax_req *req, int status, const char *content_type, 
 {
     struct ax_conn *c = req->conn;
     char head[1024];
-    int n, keep = req->keep_alive && !c->srv->stopping;
+    int n, keep = req->keep_alive && !c->hs->_draining;
     uv_buf_t bufs[3];
     unsigned int nb = 0;
 
@@ -420,25 +423,26 @@ static int write_head(struct ax_req *req, int status, const char *content_type, 
     return conn_write(c, bufs, nb);
 }
 
-/* The response is complete: release the connection for the next pipelined request. */
+/* The response is complete: release the connection for the next pipelined request. That
+ * one is parsed from the loop (conn_on_resume), never from inside this answer's send, or
+ * by conn_parse's own loop once the handler it called returns. */
 static void finish(struct ax_req *req)
 {
     struct ax_conn *c = req->conn;
 
     req->finished = 1;
-    req->state = AX_REQ_DONE;
     if (c == NULL)
         return;
     if (c->active == req) {
         c->active = NULL;
-        c->srv->n_active--;
+        c->hs->n_active--;
         req->conn = NULL;
-        if (!req->keep_alive || c->srv->stopping) {
+        if (!req->keep_alive || c->hs->_draining) {
             c->close_after_write = 1;
             if (c->queued == 0)
                 conn_close(c);
-        } else if (!c->in_parse) {
-            conn_parse(c);
+        } else if (!c->in_parse && c->in.len > 0) {
+            uv_idle_start(&c->resume, conn_on_resume);
         }
         conn_arm_timer(c);
         ax_req_unref(req);
@@ -486,8 +490,8 @@ int ax_http_send_error(struct ax_req *req, const struct ax_error *err)
     cJSON_Delete(root);
     if (err->retry_after > 0)
         snprintf(extra, sizeof(extra), "retry-after: %d\r\n", err->retry_after);
-    if (req->conn && req->conn->srv)
-        req->conn->srv->n_errors++;
+    if (req->conn)
+        req->conn->hs->n_errors++;
     rc = ax_http_respond(req, status, "application/json", extra, body ? body : fallback,
                          body ? strlen(body) : sizeof(fallback) - 1);
     cJSON_free(body);
@@ -542,13 +546,13 @@ static void on_timer(uv_timer_t *t)
 
     if (c->queued > 0) {
         AX_LOG_WARN(c->active, "client made no write progress for %llu ms: cutting it off",
-                    (unsigned long long)c->srv->cfg.client_stall_timeout_ms);
+                    (unsigned long long)c->hs->limits.client_stall_timeout_ms);
     } else if (c->cur != NULL && c->active == NULL) {
         /* A request that never finishes arriving (a slow or stuck client) gets an answer
          * and the connection closes, rather than holding it for ever. */
         ax_error_set(&c->perr, 408, "invalid_request_error",
                      "the request did not arrive whole within %llu ms",
-                     (unsigned long long)c->srv->cfg.keepalive_timeout_ms);
+                     (unsigned long long)c->hs->limits.keepalive_timeout_ms);
         conn_parse_failed(c, HPE_USER);
         return;
     }
@@ -561,19 +565,19 @@ static void on_timer(uv_timer_t *t)
  * may think for minutes; pings keep streams alive). */
 static void conn_arm_timer(struct ax_conn *c)
 {
+    const struct ax_http_limits *lim = &c->hs->limits;
     uint64_t ms = 0, now, spent;
 
     if (c->closing)
         return;
     if (c->queued > 0) {
-        ms = c->srv->cfg.client_stall_timeout_ms;
+        ms = lim->client_stall_timeout_ms;
     } else if (c->active == NULL && c->cur != NULL) {
-        now = uv_now(c->srv->loop);
+        now = uv_now(c->hs->loop);
         spent = now - c->msg_start_ms;
-        ms =
-            spent < c->srv->cfg.keepalive_timeout_ms ? c->srv->cfg.keepalive_timeout_ms - spent : 1;
+        ms = spent < lim->keepalive_timeout_ms ? lim->keepalive_timeout_ms - spent : 1;
     } else if (c->active == NULL) {
-        ms = c->srv->cfg.keepalive_timeout_ms;
+        ms = lim->keepalive_timeout_ms;
     }
     if (ms > 0)
         uv_timer_start(&c->timer, on_timer, ms, 0);
@@ -594,11 +598,12 @@ static void conn_free(struct ax_conn *c)
 static void on_conn_handle_closed(uv_handle_t *h)
 {
     struct ax_conn *c = h->data;
-    struct ax_server *srv = c->srv;
+    struct ax_http_callbacks cbs = c->hs->cbs;
 
     if (--c->pending_closes == 0) {
         conn_free(c);
-        ax_server_conn_closed(srv);
+        if (cbs.on_closed)
+            cbs.on_closed(cbs.ud);
     }
 }
 
@@ -611,21 +616,17 @@ static void conn_close(struct ax_conn *c)
     c->closing = 1;
     if ((active = c->active) != NULL) {
         c->active = NULL;
-        c->srv->n_active--;
+        c->hs->n_active--;
         active->conn = NULL;
         ax_req_cancel(active);
         ax_req_unref(active);
     }
-    if (c->prev)
-        c->prev->next = c->next;
-    else
-        c->srv->conns = c->next;
-    if (c->next)
-        c->next->prev = c->prev;
-    c->srv->n_conns--;
-    c->pending_closes = 2;
+    ax_list_unlink(&c->link);
+    c->hs->n_conns--;
+    c->pending_closes = 3;
     uv_close((uv_handle_t *)&c->tcp, on_conn_handle_closed);
     uv_close((uv_handle_t *)&c->timer, on_conn_handle_closed);
+    uv_close((uv_handle_t *)&c->resume, on_conn_handle_closed);
 }
 
 /* Answers a parse failure: the message is unusable, so close after the answer. */
@@ -638,7 +639,7 @@ static void conn_parse_failed(struct ax_conn *c, llhttp_errno_t e)
                      llhttp_get_error_reason(&c->parser) ? llhttp_get_error_reason(&c->parser)
                                                          : llhttp_errno_name(e));
     if (r == NULL) {
-        r = ax_req_new(c->srv, c, 0);
+        r = ax_req_new(c->hs->reqs, c, 0);
         if (r == NULL) {
             conn_close(c);
             return;
@@ -647,18 +648,20 @@ static void conn_parse_failed(struct ax_conn *c, llhttp_errno_t e)
     c->cur = NULL;
     r->keep_alive = 0;
     c->active = r;
-    c->srv->n_active++;
+    c->hs->n_active++;
     AX_LOG_INFO(r, "bad request: %s", c->perr.message);
     ax_http_send_error(r, &c->perr);
 }
 
-/* Parses buffered input until a message is complete (then dispatches it) or input runs
- * out. Parsing waits while a request is being answered. */
+/* Parses buffered input until a message is complete (then hands it to on_request) or input
+ * runs out. Parsing waits while a request is being answered; a request answered before
+ * on_request returns lets the loop go on to the next one. */
 static void conn_parse(struct ax_conn *c)
 {
     c->in_parse = 1;
     while (!c->closing && c->active == NULL && c->in.len > 0) {
         llhttp_errno_t e = llhttp_execute(&c->parser, c->in.data, c->in.len);
+        struct ax_req *r;
         size_t used;
         if (e == HPE_OK) {
             ax_buf_free(&c->in); /* all parsed: hold no read buffer while idle or answering */
@@ -674,11 +677,13 @@ static void conn_parse(struct ax_conn *c)
         else
             ax_buf_consume(&c->in, used);
         llhttp_resume(&c->parser);
-        c->active = c->cur;
+        c->active = r = c->cur;
         c->cur = NULL;
-        c->srv->n_active++;
+        c->hs->n_active++;
         uv_timer_stop(&c->timer);
-        ax_server_dispatch(c->srv, c->active);
+        ax_req_ref(r); /* the handler may answer at once: r outlives the call */
+        c->hs->cbs.on_request(r, c->hs->cbs.ud);
+        ax_req_unref(r);
     }
     c->in_parse = 0;
     if (!c->closing) {
@@ -687,6 +692,15 @@ static void conn_parse(struct ax_conn *c)
             c->reading = 1;
         conn_arm_timer(c);
     }
+}
+
+static void conn_on_resume(uv_idle_t *h)
+{
+    struct ax_conn *c = h->data;
+
+    uv_idle_stop(h);
+    if (!c->closing && c->active == NULL)
+        conn_parse(c);
 }
 
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
@@ -726,7 +740,7 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
     }
 }
 
-int ax_http_accept(struct ax_server *srv, uv_stream_t *listener)
+int ax_http_accept(struct ax_http_server *hs, uv_stream_t *listener)
 {
     struct ax_conn *c = calloc(1, sizeof(*c));
     int rc;
@@ -734,19 +748,18 @@ int ax_http_accept(struct ax_server *srv, uv_stream_t *listener)
     if (c == NULL)
         return AX_ENOMEM;
     init_parser_settings();
-    c->srv = srv;
+    c->hs = hs;
     ax_buf_init(&c->in, AX_MAX_PENDING_INPUT + 65536);
-    ax_buf_init(&c->field, srv->cfg.max_header_bytes);
-    ax_buf_init(&c->value, srv->cfg.max_header_bytes);
-    uv_tcp_init(srv->loop, &c->tcp);
-    uv_timer_init(srv->loop, &c->timer);
+    ax_buf_init(&c->field, hs->limits.max_header_bytes);
+    ax_buf_init(&c->value, hs->limits.max_header_bytes);
+    uv_tcp_init(hs->loop, &c->tcp);
+    uv_timer_init(hs->loop, &c->timer);
+    uv_idle_init(hs->loop, &c->resume);
     c->tcp.data = c;
     c->timer.data = c;
-    c->next = srv->conns;
-    if (srv->conns)
-        srv->conns->prev = c;
-    srv->conns = c;
-    srv->n_conns++;
+    c->resume.data = c;
+    ax_list_push_front(&hs->_conns, &c->link);
+    hs->n_conns++;
     if ((rc = uv_accept(listener, (uv_stream_t *)&c->tcp)) < 0) {
         conn_close(c);
         return AX_EIO;
@@ -763,12 +776,14 @@ int ax_http_accept(struct ax_server *srv, uv_stream_t *listener)
     return 0;
 }
 
-void ax_http_close_all(struct ax_server *srv, int graceful)
+void ax_http_close_all(struct ax_http_server *hs, int graceful)
 {
-    struct ax_conn *c, *next;
+    struct ax_list *n, *next;
 
-    for (c = srv->conns; c != NULL; c = next) {
-        next = c->next;
+    hs->_draining = 1;
+    AX_LIST_FOREACH_SAFE(n, next, &hs->_conns)
+    {
+        struct ax_conn *c = AX_LIST_ENTRY(n, struct ax_conn, link);
         if (!graceful || (c->active == NULL && c->queued == 0))
             conn_close(c);
         else

@@ -3,6 +3,7 @@
  * a stream (first-byte hold, pings, backpressure), on_upstream_error's one retry,
  * on_response, monitor, summary log line. Every step that waits holds a request reference
  * and drops it in its completion, canceled or not. */
+#include "anthroxy_hash.h"
 #include "anthroxy_http.h"
 #include "anthroxy_json.h"
 #include "anthroxy_log.h"
@@ -25,15 +26,23 @@
 #define AX_STREAM_OUT_MAX (4 * 1024 * 1024)
 #define AX_ERROR_BODY_MAX (1024 * 1024)
 
+/* What the client has been sent, which decides what each callback may still do. Policy
+ * runs, transfers and timers come and go within a state (a retry after on_upstream_error
+ * may follow a committed stream); each holds a request reference of its own. */
+enum msg_state {
+    MSG_PENDING,   /* nothing sent yet: a failure is an error answer */
+    MSG_STREAMING, /* 200 and message_start sent: a failure is an SSE error event */
+    MSG_ANSWERED,  /* the answer is complete; on_response may still run */
+    MSG_CANCELED   /* the client went away or the server stops: nothing more is sent */
+};
+
 struct msg {
-    struct msg *prev, *next; /* the server's live_msgs */
     struct ax_req *req;
     struct ax_server *srv;
+    enum msg_state state;
     int count_only;
     int stream;
     int retried;
-    int committed;     /* 200 + message_start sent: errors go out as SSE events */
-    int done;          /* the client's answer is complete */
     int stream_failed; /* the upstream reported an error inside the stream */
     int hooks_running; /* a policy hook holds a reference */
     int timer_open;
@@ -74,12 +83,6 @@ static void run_on_response(struct msg *m, cJSON *resp);
 
 static void msg_free(struct msg *m)
 {
-    if (m->prev)
-        m->prev->next = m->next;
-    else if (m->srv->live_msgs == m)
-        m->srv->live_msgs = m->next;
-    if (m->next)
-        m->next->prev = m->prev;
     if (m->preq)
         ax_policy_req_free(m->preq);
     if (m->session)
@@ -127,17 +130,24 @@ static void open_timer(struct msg *m)
     ax_req_ref(m->req); /* dropped in on_timer_closed */
 }
 
+/* The client went away, or the server stops (request.c's registry cancels every request,
+ * answered ones still in on_response too): stop all work and let go of the policy engine,
+ * which closes after this. The caller holds a reference across the call. */
 static void on_cancel(struct ax_req *req)
 {
     struct msg *m = req->handler;
 
     AX_LOG_INFO(req, "client went away: canceling");
+    m->state = MSG_CANCELED;
     if (m->xfer)
         ax_xfer_cancel(m->xfer); /* on_done follows with AX_ECANCELED */
-    if (m->hooks_running && m->preq) {
-        ax_policy_req_cancel(m->preq); /* its done callback will not run */
-        m->hooks_running = 0;
-        ax_req_unref(req);
+    if (m->preq) {
+        ax_policy_req_free(m->preq); /* cancels a running hook: its done callback won't run */
+        m->preq = NULL;
+        if (m->hooks_running) {
+            m->hooks_running = 0;
+            ax_req_unref(req); /* the hook's reference */
+        }
     }
     close_timer(m);
 }
@@ -168,22 +178,29 @@ static void flush_out(struct msg *m)
     }
 }
 
+/* The answer goes out now: the state moves first, so that a cancel from a failing write
+ * (which moves it to MSG_CANCELED) is not undone. */
+static void answering(struct msg *m)
+{
+    m->state = MSG_ANSWERED;
+    close_timer(m);
+}
+
 static void msg_fail(struct msg *m, const struct ax_error *err)
 {
-    if (m->done)
+    enum msg_state was = m->state;
+
+    if (was == MSG_ANSWERED || was == MSG_CANCELED)
         return;
-    m->done = 1;
-    close_timer(m);
-    if (m->req->canceled)
-        return;
+    answering(m);
     AX_LOG_INFO(m->req, "error %d %s: %s", err->status, err->type, err->message);
     log_summary(m, err->status);
-    if (m->committed) {
+    if (was == MSG_STREAMING) {
         ax_stream_fail(&m->st, err, &m->out);
         flush_out(m);
-        ax_http_stream_end(m->req); /* may free m: nothing after this */
+        ax_http_stream_end(m->req);
     } else {
-        ax_http_send_error(m->req, err); /* may free m */
+        ax_http_send_error(m->req, err);
     }
 }
 
@@ -222,7 +239,6 @@ static int run_hook(struct msg *m, enum ax_hook hook, cJSON *tree, const cJSON *
 
     ax_req_ref(m->req);
     m->hooks_running = 1;
-    m->req->state = AX_REQ_POLICY;
     if ((rc = ax_policy_req_run(m->preq, hook, tree, aux, done, m)) < 0) {
         m->hooks_running = 0;
         ax_req_unref(m->req);
@@ -234,7 +250,7 @@ static int run_hook(struct msg *m, enum ax_hook hook, cJSON *tree, const cJSON *
 static int hook_finished(struct msg *m, int rc, const struct ax_error *err)
 {
     m->hooks_running = 0;
-    if (m->req->canceled || m->done)
+    if (m->state == MSG_ANSWERED || m->state == MSG_CANCELED)
         return 0;
     if (rc < 0) {
         struct ax_error e = {0};
@@ -262,7 +278,7 @@ static void on_response_done(struct ax_policy_req *pr, int rc, const struct ax_e
 
 static void run_on_response(struct msg *m, cJSON *resp)
 {
-    if (resp == NULL || m->req->canceled)
+    if (resp == NULL || m->state != MSG_ANSWERED)
         return;
     if (!ax_policy_engine_has_hook(m->srv->policies, AX_HOOK_RESPONSE))
         return;
@@ -271,16 +287,6 @@ static void run_on_response(struct msg *m, cJSON *resp)
 }
 
 /* ---- completion -------------------------------------------------------------------- */
-
-static uint64_t fnv1a(const char *s, size_t n, uint64_t h)
-{
-    size_t i;
-    for (i = 0; i < n; i++) {
-        h ^= (unsigned char)s[i];
-        h *= 1099511628211ull;
-    }
-    return h;
-}
 
 /* The raw prompt estimate (ax_tokens_request), with the session's tools estimate reused while
  * the tools are unchanged: they are most of an agent's request and the same every turn. */
@@ -315,11 +321,10 @@ static void record_turn(struct msg *m, const cJSON *resp)
         uint64_t h;
         if (!cJSON_IsString(type) || strcmp(type->valuestring, "tool_use") != 0 || n >= 16)
             continue;
-        h = fnv1a(name && cJSON_IsString(name) ? name->valuestring : "",
-                  name && cJSON_IsString(name) ? strlen(name->valuestring) : 0,
-                  14695981039346656037ull);
+        h = ax_fnv1a(name && cJSON_IsString(name) ? name->valuestring : "",
+                     name && cJSON_IsString(name) ? strlen(name->valuestring) : 0, AX_FNV1A_INIT);
         if ((in = cJSON_PrintUnformatted(input)) != NULL) {
-            h = fnv1a(in, strlen(in), h);
+            h = ax_fnv1a(in, strlen(in), h);
             cJSON_free(in);
         }
         fps[n++] = h;
@@ -327,10 +332,9 @@ static void record_turn(struct msg *m, const cJSON *resp)
     ax_session_note_tool_calls(m->session, fps, n, m->forced);
 }
 
+/* After the answer went out (answering() came first). */
 static void finish_ok(struct msg *m, cJSON *resp, int status)
 {
-    m->done = 1;
-    close_timer(m);
     m->final = resp; /* freed with m: on_response reads it after the client has it */
     record_turn(m, resp);
     log_summary(m, status);
@@ -362,6 +366,7 @@ static void complete_nonstream(struct msg *m)
         return;
     }
     cJSON_Delete(oresp);
+    answering(m);
     ax_http_send_json(m->req, 200, resp);
     finish_ok(m, resp, 200);
 }
@@ -378,6 +383,7 @@ static void complete_stream(struct msg *m)
         return;
     }
     m->usage = m->st.usage;
+    answering(m);
     flush_out(m);
     ax_http_stream_end(m->req);
     summary = ax_stream_summary(&m->st);
@@ -458,7 +464,7 @@ static void on_ping(uv_timer_t *t)
 {
     struct msg *m = t->data;
 
-    if (m->done || m->req->canceled)
+    if (m->state != MSG_STREAMING)
         return;
     ax_stream_ping(&m->out);
     flush_out(m);
@@ -467,10 +473,9 @@ static void on_ping(uv_timer_t *t)
 /* Sends 200, message_start and a first ping; errors from now on are SSE events. */
 static void commit_stream(struct msg *m)
 {
-    if (m->committed || m->done)
+    if (m->state != MSG_PENDING)
         return;
-    m->committed = 1;
-    m->req->state = AX_REQ_STREAMING;
+    m->state = MSG_STREAMING;
     ax_http_stream_begin(m->req, 200, "text/event-stream; charset=utf-8",
                          "Cache-Control: no-cache\r\n");
     ax_stream_begin(&m->st, &m->out);
@@ -510,7 +515,7 @@ static int on_headers(struct ax_xfer *x, int status, int retry_after, void *ud)
     m->up_status = status;
     m->retry_after = retry_after;
     m->t_first_ns = uv_hrtime();
-    if (m->req->canceled)
+    if (m->state == MSG_CANCELED)
         return AX_ECANCELED;
     if (status == 200 && m->stream) {
         commit_stream(m);
@@ -546,7 +551,7 @@ static int on_data(struct ax_xfer *x, const char *p, size_t n, void *ud)
     int rc;
 
     (void)x;
-    if (m->req->canceled)
+    if (m->state == MSG_CANCELED)
         return AX_ECANCELED;
     if (m->up_status != 200 || !m->stream) {
         size_t max = m->up_status == 200 ? m->srv->cfg.max_response_bytes : AX_ERROR_BODY_MAX;
@@ -576,7 +581,12 @@ static void on_done(struct ax_xfer *x, int rc, void *ud)
 
     (void)x;
     m->xfer = NULL;
-    if (m->req->canceled || m->done) {
+    switch (m->state) {
+    case MSG_PENDING:
+    case MSG_STREAMING:
+        break;
+    case MSG_ANSWERED:
+    case MSG_CANCELED:
         ax_req_unref(m->req);
         return;
     }
@@ -609,7 +619,6 @@ static void start_transfer(struct msg *m)
     ax_buf_reset(&m->resp);
     m->t_sent_ns = uv_hrtime();
     m->t_first_ns = 0;
-    m->req->state = AX_REQ_UPSTREAM;
     ax_req_ref(m->req);
     if ((rc = ax_upstream_start(m->srv->up, &spec, &xfer_cbs, m, &m->xfer)) < 0) {
         m->xfer = NULL;
@@ -617,7 +626,7 @@ static void start_transfer(struct msg *m)
         fail_transfer(m, rc);
         return;
     }
-    if (m->stream && !m->committed) {
+    if (m->stream && m->state == MSG_PENDING) {
         open_timer(m);
         uv_timer_start(&m->timer, on_hold_over, m->srv->cfg.first_byte_hold_ms,
                        m->srv->cfg.ping_interval_ms);
@@ -715,13 +724,13 @@ static void answer_count(struct msg *m, int64_t n, const char *how)
     int len;
     int64_t scaled = (int64_t)llround((double)n * m->scale);
 
-    m->done = 1;
+    answering(m);
     m->usage.prompt_tokens = n;
     len = snprintf(body, sizeof(body), "{\"input_tokens\":%lld}", (long long)scaled);
     AX_LOG_DEBUG(m->req, "count_tokens: %lld (%s), reported %lld", (long long)n, how,
                  (long long)scaled);
     log_summary(m, 200);
-    ax_http_respond(m->req, 200, "application/json", NULL, body, (size_t)len); /* may free m */
+    ax_http_respond(m->req, 200, "application/json", NULL, body, (size_t)len);
 }
 
 static void count_by_estimate(struct msg *m)
@@ -738,7 +747,7 @@ static void on_tokenized(int rc, int status, const char *body, size_t len, void 
     cJSON *j = NULL, *toks;
 
     m->xfer = NULL;
-    if (!m->req->canceled && !m->done) {
+    if (m->state == MSG_PENDING) {
         if (rc == 0 && status == 200 && (j = cJSON_ParseWithLength(body, len)) != NULL &&
             cJSON_IsArray(toks = cJSON_GetObjectItemCaseSensitive(j, "tokens")))
             answer_count(m, cJSON_GetArraySize(toks), "upstream /tokenize");
@@ -755,7 +764,7 @@ static void on_templated(int rc, int status, const char *body, size_t len, void 
     cJSON *j = NULL, *prompt, *tok = NULL;
 
     m->xfer = NULL;
-    if (m->req->canceled || m->done)
+    if (m->state != MSG_PENDING)
         goto done;
     if (rc != 0 || status != 200 || (j = cJSON_ParseWithLength(body, len)) == NULL ||
         !cJSON_IsString(prompt = cJSON_GetObjectItemCaseSensitive(j, "prompt"))) {
@@ -834,7 +843,7 @@ static void on_probe_poll(uv_timer_t *t)
 {
     struct msg *m = t->data;
 
-    if (m->done || m->req->canceled)
+    if (m->state != MSG_PENDING)
         return;
     if (probe_pending(m) && uv_now(m->srv->loop) - m->srv->started_ms < AX_PROBE_WAIT_MS)
         return;
@@ -873,7 +882,7 @@ static void on_count_request_done(struct ax_policy_req *pr, int rc, const struct
 
     (void)err;
     m->hooks_running = 0;
-    if (!m->req->canceled && !m->done) {
+    if (m->state == MSG_PENDING) {
         double scale = rc >= 0 ? ax_policy_req_report_scale(pr) : 1.0;
         m->scale = scale > 0 ? scale : 1.0;
         cJSON_Delete(m->shadow);
@@ -923,10 +932,6 @@ void ax_messages_handle(struct ax_server *srv, struct ax_req *req, int count_onl
     }
     m->req = req;
     m->srv = srv;
-    m->next = srv->live_msgs;
-    if (m->next)
-        m->next->prev = m;
-    srv->live_msgs = m;
     m->count_only = count_only;
     m->scale = 1.0;
     ax_buf_init(&m->obody, (size_t)-1 / 2);
@@ -976,27 +981,5 @@ void ax_messages_handle(struct ax_server *srv, struct ax_req *req, int count_onl
     if (m->preq == NULL || run_hook(m, AX_HOOK_REQUEST, m->body, NULL, on_request_done) < 0) {
         ax_error_set(&err, 500, "api_error", "policy engine unavailable");
         msg_fail(m, &err);
-    }
-}
-
-void ax_messages_cancel_all(struct ax_server *srv)
-{
-    struct msg *m, *next;
-
-    for (m = srv->live_msgs; m != NULL; m = next) {
-        next = m->next;
-        ax_req_ref(m->req); /* m stays valid until we are done with it */
-        ax_req_cancel(m->req);
-        if (m->hooks_running && m->preq) { /* on_response of a finished request */
-            ax_policy_req_cancel(m->preq);
-            m->hooks_running = 0;
-            ax_req_unref(m->req);
-        }
-        if (m->preq) {
-            ax_policy_req_free(m->preq);
-            m->preq = NULL;
-        }
-        next = m->next; /* the list may have changed under the cancel */
-        ax_req_unref(m->req);
     }
 }

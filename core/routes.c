@@ -1,12 +1,13 @@
-/* routes.c - dispatch by method and path, inbound keys, and the small endpoints:
- * HEAD /, GET /health, GET /v1/models, GET /v1/context, POST /v1/messages/count_tokens.
- * POST /v1/messages goes to messages.c. */
+/* routes.c - dispatch by method and path (server.c hands it each request http.c parsed),
+ * inbound keys, and the small endpoints: HEAD /, GET /health, GET /v1/models,
+ * GET /v1/context. POST /v1/messages and /v1/messages/count_tokens go to messages.c. */
 #include "anthroxy_http.h"
 #include "anthroxy_json.h"
 #include "anthroxy_log.h"
 #include "anthroxy_messages.h"
 #include "anthroxy_monitor.h"
 #include "anthroxy_policy.h"
+#include "anthroxy_routes.h"
 #include "anthroxy_server.h"
 #include "anthroxy_upstream.h"
 
@@ -141,8 +142,8 @@ static void route_health(struct ax_server *srv, struct ax_req *req)
     if (srv->cfg.n_api_keys == 0 && strncmp(srv->cfg.host, "127.", 4) != 0)
         cJSON_AddItemToArray(warn, cJSON_CreateString("listening beyond loopback without a key"));
     cJSON_AddNumberToObject(root, "requests", (double)srv->n_requests);
-    cJSON_AddNumberToObject(root, "errors", (double)srv->n_errors);
-    cJSON_AddNumberToObject(root, "connections", srv->n_conns);
+    cJSON_AddNumberToObject(root, "errors", (double)srv->http.n_errors);
+    cJSON_AddNumberToObject(root, "connections", srv->http.n_conns);
     cJSON_AddNumberToObject(root, "sessions", (double)ax_monitor_count(srv->mon));
 #ifdef __GLIBC__
     {
@@ -231,14 +232,13 @@ static const char *normalise_path(const char *path, char *buf, size_t n)
     return path;
 }
 
-void ax_server_dispatch(struct ax_server *srv, struct ax_req *req)
+void ax_routes_dispatch(struct ax_server *srv, struct ax_req *req)
 {
     char buf[512];
     const char *path = normalise_path(req->path ? req->path : "/", buf, sizeof(buf));
     int get = req->method == HTTP_GET || req->method == HTTP_HEAD;
     int post = req->method == HTTP_POST;
 
-    req->state = AX_REQ_ROUTED;
     srv->n_requests++;
     if (strcmp(path, "/") == 0 && get) {
         ax_http_respond(req, 200, "text/plain; charset=utf-8", NULL, "anthroxy\n", 9);

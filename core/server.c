@@ -1,12 +1,12 @@
 /* server.c - the embedding API: a server on the caller's loop, its listener, the wiring of
- * upstream, monitor and policy engine, and the graceful stop. Connections live in http.c,
- * routing in routes.c, the /v1/messages pipeline in messages.c. */
+ * http.c's connections to the router (routes.c) and of upstream, monitor and policy engine,
+ * and the graceful stop, which cancels what is left through request.c's registry. */
 #include "anthroxy.h"
 #include "anthroxy_http.h"
 #include "anthroxy_log.h"
-#include "anthroxy_messages.h"
 #include "anthroxy_monitor.h"
 #include "anthroxy_policy.h"
+#include "anthroxy_routes.h"
 #include "anthroxy_server.h"
 #include "anthroxy_upstream.h"
 
@@ -89,6 +89,22 @@ static void on_upstream_info(void *ud)
                     (long long)win, AX_CLAUDE_CODE_PREFIX_TOKENS);
 }
 
+static void finish_stop(struct ax_server *srv);
+
+static void server_on_request(struct ax_req *req, void *ud)
+{
+    ax_routes_dispatch(ud, req);
+}
+
+/* A connection is gone: a stopping server finishes once the last one is. */
+static void server_on_conn_closed(void *ud)
+{
+    struct ax_server *srv = ud;
+
+    if (srv->stopping == 1 && srv->http.n_conns == 0 && srv->listener.data == NULL)
+        finish_stop(srv);
+}
+
 static void on_sweep(uv_timer_t *t)
 {
     struct ax_server *srv = t->data;
@@ -106,6 +122,8 @@ int ax_server_new(uv_loop_t *loop, const struct ax_config *cfg, struct ax_server
 {
     struct ax_server *srv = calloc(1, sizeof(*srv));
     struct ax_upstream_opts uo;
+    struct ax_http_limits lim;
+    struct ax_http_callbacks hcb = {server_on_request, server_on_conn_closed, NULL};
     struct ax_error verr = {0};
     int rc;
 
@@ -119,6 +137,14 @@ int ax_server_new(uv_loop_t *loop, const struct ax_config *cfg, struct ax_server
     }
     if ((rc = ax_config_copy(&srv->cfg, cfg)) < 0)
         goto fail;
+    ax_req_registry_init(&srv->reqs);
+    lim.max_body_bytes = srv->cfg.max_body_bytes;
+    lim.max_header_bytes = srv->cfg.max_header_bytes;
+    lim.write_low_water = srv->cfg.write_low_water;
+    lim.keepalive_timeout_ms = srv->cfg.keepalive_timeout_ms;
+    lim.client_stall_timeout_ms = srv->cfg.client_stall_timeout_ms;
+    hcb.ud = srv;
+    ax_http_server_init(&srv->http, loop, &lim, &hcb, &srv->reqs);
     memset(&uo, 0, sizeof(uo));
     uo.base_url = srv->cfg.upstream_base;
     uo.api_key = srv->cfg.upstream_api_key;
@@ -162,7 +188,7 @@ static void on_connection(uv_stream_t *listener, int status)
     }
     if (srv->stopping)
         return;
-    if (ax_http_accept(srv, listener) < 0)
+    if (ax_http_accept(&srv->http, listener) < 0)
         AX_LOG_WARN(NULL, "could not accept a connection");
 }
 
@@ -265,8 +291,8 @@ static void finish_stop(struct ax_server *srv)
         return;
     srv->stopping = 2;
     uv_timer_stop(&srv->timer);
-    ax_messages_cancel_all(srv); /* before the engine closes: nothing may hold it */
-    srv->pending_closes = 2;     /* timer, upstream */
+    ax_req_cancel_all(&srv->reqs); /* before the engine closes: nothing may hold it */
+    srv->pending_closes = 2;       /* timer, upstream */
     if (srv->policies)
         srv->pending_closes++;
     uv_close((uv_handle_t *)&srv->timer, on_handle_closed);
@@ -278,18 +304,12 @@ static void finish_stop(struct ax_server *srv)
     AX_LOG_INFO(NULL, "stopped");
 }
 
-void ax_server_conn_closed(struct ax_server *srv)
-{
-    if (srv->stopping == 1 && srv->n_conns == 0 && srv->listener.data == NULL)
-        finish_stop(srv);
-}
-
 static void on_grace_over(uv_timer_t *t)
 {
     struct ax_server *srv = t->data;
 
-    AX_LOG_WARN(NULL, "shutdown grace period over: canceling %d request(s)", srv->n_active);
-    ax_http_close_all(srv, 0);
+    AX_LOG_WARN(NULL, "shutdown grace period over: canceling %d request(s)", srv->http.n_active);
+    ax_http_close_all(&srv->http, 0);
 }
 
 static void on_listener_closed(uv_handle_t *h)
@@ -297,7 +317,7 @@ static void on_listener_closed(uv_handle_t *h)
     struct ax_server *srv = h->data;
 
     srv->listener.data = NULL;
-    if (srv->n_conns == 0)
+    if (srv->http.n_conns == 0)
         finish_stop(srv);
 }
 
@@ -308,11 +328,11 @@ void ax_server_stop(struct ax_server *srv, void (*on_stopped)(struct ax_server *
     srv->stopping = 1;
     srv->on_stopped = on_stopped;
     srv->on_stopped_ud = ud;
-    AX_LOG_INFO(NULL, "stopping: %d connection(s), %d request(s) in flight", srv->n_conns,
-                srv->n_active);
+    AX_LOG_INFO(NULL, "stopping: %d connection(s), %d request(s) in flight", srv->http.n_conns,
+                srv->http.n_active);
     uv_timer_stop(&srv->timer);
     uv_timer_start(&srv->timer, on_grace_over, srv->cfg.shutdown_grace_ms, 0);
-    ax_http_close_all(srv, 1);
+    ax_http_close_all(&srv->http, 1);
     uv_close((uv_handle_t *)&srv->listener, on_listener_closed);
 }
 
