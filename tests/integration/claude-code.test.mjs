@@ -8,11 +8,16 @@ import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { useProxy, startProxy, waitUpstreamProbed, HERE, oaiText, request, FIXTURES_DIR } from './helpers.mjs';
+import {
+  useProxy, startProxy, waitUpstreamProbed, HERE, oaiText, request, FIXTURES_DIR, startRecorder, betas,
+} from './helpers.mjs';
 
 // A window large enough for Claude Code's ~20k-token fixed prefix, so no policy prunes.
 const env = useProxy({ name: 'claude-code', mock: { nCtx: 200000 } });
 const tmpRoot = fs.mkdtempSync(path.join(os.tmpdir(), 'anthroxy-cc-'));
+/** The installed (pinned) Claude Code version, e.g. "2.1.332". */
+const CC_VERSION = JSON.parse(fs.readFileSync(path.join(HERE, 'node_modules', '@anthropic-ai', 'claude-code', 'package.json'), 'utf8')).version;
+const CC_DIR = path.join(FIXTURES_DIR, 'claude-code');
 after(() => fs.rmSync(tmpRoot, { recursive: true, force: true }));
 
 /** The native claude binary: bin/claude.exe once the postinstall ran, else the platform package. */
@@ -178,47 +183,116 @@ test('Claude Code with a reasoning model replays its thinking through the proxy'
     assert.ok(!JSON.stringify(second.messages).includes('"signature"'), 'no raw thinking blocks upstream');
   }));
 
+/** Every recorded capture: 2.1.197's at the top of fixtures/claude-code/ (three requests of one
+ * session), newer versions in fixtures/claude-code/<version>/. */
+function captures() {
+  const out = [{ version: '2.1.197', dir: CC_DIR, files: ['first-turn.json', 'after-tool-call.json', 'thinking-replay.json'] }];
+  for (const d of fs.readdirSync(CC_DIR).sort()) {
+    const dir = path.join(CC_DIR, d);
+    if (!fs.statSync(dir).isDirectory() || !fs.existsSync(path.join(dir, 'request-headers.json'))) continue;
+    out.push({ version: d, dir, files: fs.readdirSync(dir).filter((f) => f.endsWith('.json') && f !== 'request-headers.json' && f !== 'session.json').sort() });
+  }
+  return out;
+}
+
 test('the recorded Claude Code requests become upstream requests llama-server accepts', env.wrap(async () => {
-  const hdrs = JSON.parse(fs.readFileSync(path.join(FIXTURES_DIR, 'claude-code', 'request-headers.json'), 'utf8'));
-  const headers = { ...hdrs.headers };
-  for (const h of ['host', 'content-length', 'x-api-key', 'connection', 'accept-encoding']) delete headers[h];
-  for (const f of ['first-turn.json', 'after-tool-call.json', 'thinking-replay.json']) {
-    const body = JSON.parse(fs.readFileSync(path.join(FIXTURES_DIR, 'claude-code', f), 'utf8'));
-    const marker = `fixture ${f}`;
-    env.mock.script((req) => (req.raw.includes(marker) ? { text: 'fixture answered', pieceSize: 100 } : { text: 'ok' }));
-    // Mark the request so the mock can pick it: appended to the last user text block.
-    const last = body.messages[body.messages.length - 1];
-    if (typeof last.content === 'string') last.content += ` ${marker}`;
-    else last.content.push({ type: 'text', text: marker });
-    const before = env.mock.requests.length;
-    const r = await request(env.proxy, { method: 'POST', path: hdrs.path, headers, body });
-    assert.equal(r.status, 200, `${f}: ${r.text.slice(0, 500)}`);
-    assert.match(r.headers['content-type'], /^text\/event-stream/);
-    assert.ok(r.text.includes('fixture answered'), `${f}: streamed answer`);
-    const up = env.mock.requests.slice(before).find((q) => q.raw.includes(marker)).body;
-    // Every tool, with parameters equal to its schema.
-    assert.equal(up.tools.length, body.tools.length, f);
-    for (const t of body.tools) {
-      const u = up.tools.find((x) => x.function.name === t.name);
-      assert.ok(u, `${f}: tool ${t.name} sent`);
-      assert.deepEqual(u.function.parameters, t.input_schema, `${f}: ${t.name} parameters`);
+  const caps = captures();
+  assert.ok(caps.some((c) => c.version === CC_VERSION), `a capture of the pinned Claude Code ${CC_VERSION} is kept`);
+  for (const cap of caps) {
+    const hdrs = JSON.parse(fs.readFileSync(path.join(cap.dir, 'request-headers.json'), 'utf8'));
+    const headers = { ...hdrs.headers };
+    for (const h of ['host', 'content-length', 'x-api-key', 'connection', 'accept-encoding']) delete headers[h];
+    for (const f of cap.files) {
+      const what = `${cap.version}/${f}`;
+      const body = JSON.parse(fs.readFileSync(path.join(cap.dir, f), 'utf8'));
+      const marker = `fixture ${what}`;
+      env.mock.script((req) => (req.raw.includes(marker) ? { text: 'fixture answered', pieceSize: 100 } : { text: 'ok' }));
+      // Mark the request so the mock can pick it: appended to the last user text block.
+      const last = body.messages[body.messages.length - 1];
+      if (typeof last.content === 'string') last.content += ` ${marker}`;
+      else last.content.push({ type: 'text', text: marker });
+      const before = env.mock.requests.length;
+      const r = await request(env.proxy, { method: 'POST', path: hdrs.path, headers, body });
+      assert.equal(r.status, 200, `${what}: ${r.text.slice(0, 500)}`);
+      assert.match(r.headers['content-type'], /^text\/event-stream/);
+      assert.ok(r.text.includes('fixture answered'), `${what}: streamed answer`);
+      const up = env.mock.requests.slice(before).find((q) => q.raw.includes(marker)).body;
+      // Every tool, with parameters equal to its schema.
+      assert.equal(up.tools.length, body.tools.length, what);
+      for (const t of body.tools) {
+        const u = up.tools.find((x) => x.function.name === t.name);
+        assert.ok(u, `${what}: tool ${t.name} sent`);
+        assert.deepEqual(u.function.parameters, t.input_schema, `${what}: ${t.name} parameters`);
+      }
+      // Roles in an order chat templates accept: one leading system message, no system later.
+      const roles = up.messages.map((m) => m.role);
+      assert.equal(roles[0], 'system', what);
+      assert.ok(!roles.slice(1).includes('system'), `${what}: ${roles}`);
+      // The mid-conversation system message (both versions send one) keeps its text.
+      const sys = body.messages.find((m) => m.role === 'system');
+      assert.ok(sys, `${what}: has a mid-conversation system message`);
+      const sysText = typeof sys.content === 'string' ? sys.content : sys.content.map((b) => b.text || '').join('');
+      const flat = up.messages.map((m) => oaiText(m.content)).join('\n');
+      assert.ok(flat.includes(sysText.slice(0, 200)), `${what}: mid-conversation system text kept`);
+      // Tool calls and results paired by id.
+      const calls = up.messages.filter((m) => m.role === 'assistant').flatMap((m) => m.tool_calls || []);
+      const results = up.messages.filter((m) => m.role === 'tool');
+      assert.deepEqual(results.map((m) => m.tool_call_id), calls.map((c) => c.id), `${what}: pairs`);
+      assert.ok(!JSON.stringify(up).includes('"cache_control"'), `${what}: no Anthropic-only fields upstream`);
+      assert.equal(up.stream, true);
     }
-    // Roles in an order chat templates accept: one leading system message, no system later.
-    const roles = up.messages.map((m) => m.role);
-    assert.equal(roles[0], 'system', f);
-    assert.ok(!roles.slice(1).includes('system'), `${f}: ${roles}`);
-    // The mid-conversation system text is kept, after the first user turn's text.
-    const sysText = body.messages.find((m) => m.role === 'system').content;
-    const flat = up.messages.map((m) => oaiText(m.content)).join('\n');
-    assert.ok(flat.includes(sysText.slice(0, 200)), `${f}: mid-conversation system text kept`);
-    // Tool calls and results paired by id.
-    const calls = up.messages.filter((m) => m.role === 'assistant').flatMap((m) => m.tool_calls || []);
-    const results = up.messages.filter((m) => m.role === 'tool');
-    assert.deepEqual(results.map((m) => m.tool_call_id), calls.map((c) => c.id), `${f}: pairs`);
-    assert.ok(!JSON.stringify(up).includes('"cache_control"'), `${f}: no Anthropic-only fields upstream`);
-    assert.equal(up.stream, true);
   }
 }));
+
+/** The shape of a capture that does not change from run to run: betas, tools, body keys. */
+function captureShape(headers, body) {
+  return {
+    userAgent: headers['user-agent'],
+    betas: betas(headers),
+    bodyKeys: Object.keys(body).sort(),
+    tools: (body.tools || []).map((t) => t.name).sort(),
+    thinking: body.thinking,
+    stream: body.stream,
+  };
+}
+
+// Claude Code's first main request, as it reached the proxy (a recorder sits in between), must
+// match the capture kept for the pinned version: a new release that announces other betas or
+// sends other fields fails here, and gets a capture of its own. ANTHROXY_RECORD=1 (re)writes
+// fixtures/claude-code/<version>/ from this run instead.
+test(`Claude Code ${CC_VERSION} sends what its capture records (betas, tools, fields)`, { timeout: 180000 },
+  env.wrap(async () => {
+    const rec = await startRecorder(env.proxy);
+    try {
+      const cwd = fs.mkdtempSync(path.join(tmpRoot, 'work-'));
+      env.mock.script(() => ({ text: 'captured' }));
+      const r = await runClaude('CAPTURE-TASK: say hi', { cwd, baseUrl: rec.url });
+      assert.equal(r.code, 0, explain(r));
+      const main = rec.requests.find((q) => q.method === 'POST' && q.path.startsWith('/v1/messages') &&
+        !q.path.includes('count_tokens') && q.raw.includes('CAPTURE-TASK') && (JSON.parse(q.raw).tools || []).length > 0);
+      assert.ok(main, `the main request reached the proxy: ${rec.requests.map((q) => `${q.method} ${q.path}`).join(', ')}`);
+      const body = JSON.parse(main.raw);
+      const headers = { ...main.headers, 'x-api-key': 'REDACTED' };
+      const dir = path.join(CC_DIR, CC_VERSION);
+      if (process.env.ANTHROXY_RECORD === '1') {
+        fs.mkdirSync(dir, { recursive: true });
+        fs.writeFileSync(path.join(dir, 'request-headers.json'), JSON.stringify({ method: main.method, path: main.path, headers }, null, 1) + '\n');
+        fs.writeFileSync(path.join(dir, 'first-turn.json'), JSON.stringify(body, null, 1) + '\n');
+        fs.writeFileSync(path.join(dir, 'session.json'), JSON.stringify(rec.requests.map((q) => {
+          const b = q.raw ? JSON.parse(q.raw) : null;
+          return { method: q.method, path: q.path, betas: betas(q.headers), model: b?.model, tools: b?.tools?.length ?? 0 };
+        }), null, 1) + '\n');
+      }
+      assert.ok(fs.existsSync(path.join(dir, 'request-headers.json')),
+        `no capture for Claude Code ${CC_VERSION} in ${dir}: record one with ANTHROXY_RECORD=1`);
+      const want = JSON.parse(fs.readFileSync(path.join(dir, 'request-headers.json'), 'utf8'));
+      const wantBody = JSON.parse(fs.readFileSync(path.join(dir, 'first-turn.json'), 'utf8'));
+      assert.deepEqual(captureShape(headers, body), captureShape(want.headers, wantBody));
+      assert.equal(main.path, want.path);
+    } finally {
+      await rec.close();
+    }
+  }));
 
 test('Claude Code recognises the proxy\'s context overflow error and does not retry it', { timeout: 180000 },
   env.wrap(async () => {

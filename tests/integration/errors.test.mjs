@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 import net from 'node:net';
 import fs from 'node:fs';
 import path from 'node:path';
-import { useProxy, startProxy, request, assertAnthropicError, FIXTURES_DIR } from './helpers.mjs';
+import { useProxy, startProxy, request, assertAnthropicError, until, FIXTURES_DIR } from './helpers.mjs';
 
 const env = useProxy({ name: 'errors', mock: { nCtx: 32768 } });
 const small = useProxy({ name: 'errors-small-body', args: ['--max-body-bytes', '2048'] });
@@ -139,16 +139,47 @@ test('llama-server\'s malformed-JSON 500 -> 400 invalid_request_error', env.wrap
   await stillServes();
 }));
 
-test('tool call arguments that are not JSON are never a silent {}', env.wrap(async () => {
-  env.on('broken arguments', { toolCalls: [{ name: 'add', arguments: '{"a": 1, "b": ' }], finish: 'tool_calls' });
-  const r = await post(env, {
-    ...good('broken arguments'),
-    tools: [{ name: 'add', input_schema: { type: 'object', properties: { a: { type: 'integer' } } } }],
+// docs/translation.md, "Answers": unparsable arguments are never a silent {}.
+const ADD_TOOL = [{ name: 'add', input_schema: { type: 'object', properties: { a: { type: 'integer' } } } }];
+
+test('tool call arguments that are not JSON: a text block naming the call, end_turn', env.wrap(async () => {
+  const raw = '{"a": 1, "b": ';
+  env.on('broken arguments', { toolCalls: [{ name: 'add', arguments: raw }], finish: 'tool_calls' });
+  const r = await post(env, { ...good('broken arguments'), tools: ADD_TOOL });
+  assert.equal(r.status, 200, r.text);
+  assert.deepEqual(r.json.content, [{ type: 'text', text: `Tool call to add was not made: its arguments are not valid JSON:\n${raw}` }], r.text);
+  assert.equal(r.json.stop_reason, 'end_turn', r.text);
+  await stillServes();
+}));
+
+test('tool call arguments that are not JSON beside a valid call: the valid one stays, tool_use', env.wrap(async () => {
+  env.on('one broken of two', {
+    toolCalls: [{ name: 'add', arguments: { a: 1 }, id: 'goodcall' }, { name: 'add', arguments: '{"a": ' }], finish: 'tool_calls',
   });
-  assert.ok(r.status === 200 || r.json?.type === 'error', r.text);
-  if (r.status === 200) {
-    const tu = r.json.content.find((b) => b.type === 'tool_use');
-    if (tu) assert.notDeepEqual(tu.input, {}, 'unparsable arguments must not become {} silently');
+  const r = await post(env, { ...good('one broken of two'), tools: ADD_TOOL });
+  assert.equal(r.status, 200, r.text);
+  const types = r.json.content.map((b) => b.type).sort();
+  assert.deepEqual(types, ['text', 'tool_use'], r.text);
+  const tu = r.json.content.find((b) => b.type === 'tool_use');
+  assert.deepEqual([tu.id, tu.name, tu.input], ['toolu_goodcall', 'add', { a: 1 }], r.text);
+  assert.match(r.json.content.find((b) => b.type === 'text').text, /^Tool call to add was not made: its arguments are not valid JSON:\n\{"a": $/);
+  assert.equal(r.json.stop_reason, 'tool_use', r.text);
+}));
+
+test('tool call arguments cut by max_tokens: the longest well-formed prefix, stop_reason max_tokens', env.wrap(async () => {
+  for (const [phrase, raw, input] of [
+    ['cut after a value', '{"a":2,"b"', { a: 2 }],
+    // The prefix ends after an opening bracket or a complete value (anthroxy_translate.h).
+    ['cut inside the first key', '{"a', {}],
+    ['no well-formed prefix', 'nul', { _raw_arguments: 'nul' }],
+  ]) {
+    env.on(phrase, { toolCalls: [{ name: 'add', arguments: raw }], finish: 'length' });
+    const r = await post(env, { ...good(phrase), tools: ADD_TOOL });
+    assert.equal(r.status, 200, r.text);
+    const tu = r.json.content.filter((b) => b.type === 'tool_use');
+    assert.equal(tu.length, 1, `${phrase}: ${r.text}`);
+    assert.deepEqual(tu[0].input, input, `${phrase}: ${r.text}`);
+    assert.equal(r.json.stop_reason, 'max_tokens', `${phrase}: ${r.text}`);
   }
   await stillServes();
 }));
@@ -165,11 +196,35 @@ test('upstream unreachable -> 529 overloaded_error', env.wrap(async () => {
       const r = await request(p, { method: 'POST', path: '/v1/messages', body: { ...good(), stream } });
       assertAnthropicError(r, 529, 'overloaded_error');
     }
+    // Probes have run (they failed): /health reports the upstream down, the proxy degraded.
     const h = await request(p, { path: '/health' });
-    assert.ok(h.status === 200 || h.status === 503, `health ${h.status}`);
+    const b = JSON.parse(h.text);
+    assert.equal(b.status, 'degraded', h.text.slice(0, 400));
+    assert.equal(b.proxy, 'ok');
+    assert.equal(b.upstream.state, 'down', h.text.slice(0, 400));
+    assert.deepEqual(b.context_window, { value: 8192, source: 'config' });
   } finally {
     const { code } = await p.stop();
     assert.equal(code, 0, p.tail());
   }
   await stillServes();
 }));
+
+// A load balancer or `curl -f` reads the status code, not the body: a degraded proxy whose
+// upstream is down should say so with 503 (docs/operations.md names only the body's status).
+test('GET /health answers 503 while the upstream is down', { todo: 'core answers 200 with status "degraded"' }, async () => {
+  const port = await freePort();
+  const p = await startProxy({ upstream: `http://127.0.0.1:${port}/v1`, args: ['--upstream-model', 'tiny'] });
+  try {
+    const h = await until(async () => {
+      const r = await request(p, { path: '/health' });
+      return r.json?.upstream?.state === 'down' && r;
+    }, 3000, 50);
+    assert.ok(h, 'the probe found the upstream down');
+    assert.equal(JSON.parse(h.text).status, 'degraded');
+    assert.equal(h.status, 503, h.text.slice(0, 300));
+  } finally {
+    const { code } = await p.stop();
+    assert.equal(code, 0, p.tail());
+  }
+});

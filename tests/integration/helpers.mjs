@@ -307,3 +307,36 @@ export function oaiText(content) {
 }
 
 export const userMsg = (text) => ({ role: 'user', content: text });
+
+/**
+ * A recording HTTP forwarder in front of a proxy: every request the client sends (method,
+ * path, headers, raw body) is kept in `requests` as it arrived, then relayed unchanged to
+ * `target` (a startProxy result) and the answer streamed back. Used to see exactly what
+ * Claude Code sends, since the mock only sees the translated upstream request.
+ */
+export async function startRecorder(target) {
+  const requests = [];
+  const server = http.createServer((req, res) => {
+    const chunks = [];
+    req.on('data', (c) => chunks.push(c));
+    req.on('end', () => {
+      const raw = Buffer.concat(chunks);
+      requests.push({ method: req.method, path: req.url, headers: { ...req.headers }, raw: raw.toString('utf8') });
+      const up = http.request({ host: '127.0.0.1', port: target.port, method: req.method, path: req.url, headers: req.headers },
+        (ures) => { res.writeHead(ures.statusCode, ures.headers); ures.pipe(res); });
+      up.on('error', () => res.destroy());
+      up.end(raw);
+    });
+  });
+  await new Promise((r) => server.listen(0, '127.0.0.1', r));
+  const { port } = server.address();
+  return {
+    requests,
+    port,
+    url: `http://127.0.0.1:${port}`,
+    close: () => new Promise((r) => { server.closeAllConnections?.(); server.close(() => r()); }),
+  };
+}
+
+/** The betas an `anthropic-beta` header announces, as a sorted list. */
+export const betas = (headers) => String(headers['anthropic-beta'] || '').split(',').map((s) => s.trim()).filter(Boolean).sort();

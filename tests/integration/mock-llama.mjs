@@ -163,7 +163,19 @@ export function llamaError(code, message, type, extra = {}) {
  * opts: model ('tiny'), models (ids listed at /v1/models; the first is the alias),
  * nCtx (per-slot window, 32768), totalSlots (2), bytesPerToken (4), cached (cached_tokens, 0),
  * loading (answer 503 everywhere), script (fn), defaultReply ({text}), endpoints ({props,
- * slots, tokenize, applyTemplate, health}: false answers 404, as vLLM or Ollama would).
+ * slots, tokenize, applyTemplate, health}: false answers 404, as vLLM or Ollama would),
+ * flavor ('llama' | 'vllm' | 'ollama'): which server's own endpoints to imitate (below).
+ *
+ * flavor 'vllm' (vllm/entrypoints/openai/protocol.py): no llama-server endpoints; GET /health
+ * is 200 with an empty body; /v1/models lists ModelCards {id, object, created, owned_by
+ * "vllm", root, parent, max_model_len (= nCtx), permission[]}; unknown paths are FastAPI's
+ * 404 {"detail":"Not Found"}.
+ * flavor 'ollama' (ollama/ollama api/types.go): no llama-server endpoints; GET / is
+ * "Ollama is running"; GET /api/tags {models:[{name, model, modified_at, size, digest,
+ * details}]}; POST /api/show {model} -> {license, modelfile, parameters, template, details,
+ * model_info {"general.architecture", "<arch>.context_length" (= nCtx), ...}, capabilities,
+ * modified_at}; GET /api/version; /v1/models {object:"list", data:[{id, object, created,
+ * owned_by:"library"}]}; unknown paths are a text/plain "404 page not found".
  */
 export async function startMock(opts = {}) {
   const models = opts.models || [opts.model || 'tiny'];
@@ -178,7 +190,11 @@ export async function startMock(opts = {}) {
     defaultReply: opts.defaultReply || { text: 'Hello from the mock.' },
     // llama-server's own endpoints; switch some off (404) to look like vLLM or Ollama.
     endpoints: { props: true, slots: true, tokenize: true, applyTemplate: true, health: true, ...(opts.endpoints || {}) },
+    flavor: opts.flavor || 'llama',
   };
+  if (state.flavor !== 'llama') {
+    Object.assign(state.endpoints, { props: false, slots: false, tokenize: false, applyTemplate: false, health: false });
+  }
   const props = fixtureBody('props.json');
   const slots = fixtureBody('slots.json');
   const modelsBody = fixtureBody('v1_models.json');
@@ -312,6 +328,13 @@ export async function startMock(opts = {}) {
       }
       return sendJson(res, 200, b);
     }
+    if (state.flavor === 'vllm') {
+      const r = vllmRoute(rec, req, res);
+      if (r !== undefined) return r;
+    } else if (state.flavor === 'ollama') {
+      const r = ollamaRoute(rec, req, res);
+      if (r !== undefined) return r;
+    }
     if (req.method === 'GET' && (p === '/v1/models' || p === '/models')) {
       const b = structuredClone(modelsBody);
       const tmplM = b.models[0];
@@ -341,7 +364,80 @@ export async function startMock(opts = {}) {
     if (req.method === 'POST' && (p === '/v1/chat/completions' || p === '/chat/completions')) {
       return chat(rec, req, res);
     }
+    if (state.flavor === 'vllm') return sendJson(res, 404, { detail: 'Not Found' }, { 'Content-Type': 'application/json' });
+    if (state.flavor === 'ollama') {
+      res.writeHead(404, { 'Content-Type': 'text/plain', 'Content-Length': 18 });
+      return res.end('404 page not found');
+    }
     return sendJson(res, 404, { error: { message: 'File Not Found', type: 'not_found_error', code: 404 } });
+  }
+
+  // vLLM's own endpoints; undefined: not one of them.
+  function vllmRoute(rec, req, res) {
+    const p = rec.path;
+    if (req.method === 'GET' && p === '/health') {
+      res.writeHead(200, { 'Content-Length': 0 });
+      return res.end();
+    }
+    if (req.method === 'GET' && (p === '/v1/models' || p === '/models')) {
+      const created = Math.floor(Date.now() / 1000);
+      return sendJson(res, 200, {
+        object: 'list',
+        data: models.map((id) => ({
+          id, object: 'model', created, owned_by: 'vllm', root: id, parent: null, max_model_len: state.nCtx,
+          permission: [{
+            id: 'modelperm-' + crypto.randomUUID().replace(/-/g, ''), object: 'model_permission', created,
+            allow_create_engine: false, allow_sampling: true, allow_logprobs: true, allow_search_indices: false,
+            allow_view: true, allow_fine_tuning: false, organization: '*', group: null, is_blocking: false,
+          }],
+        })),
+      }, { 'Content-Type': 'application/json' });
+    }
+    return undefined;
+  }
+
+  // Ollama's own endpoints; undefined: not one of them.
+  function ollamaDetails() {
+    return { parent_model: '', format: 'gguf', family: 'qwen2', families: ['qwen2'], parameter_size: '7.6B', quantization_level: 'Q4_K_M' };
+  }
+  function ollamaRoute(rec, req, res) {
+    const p = rec.path;
+    const modified = '2026-08-01T10:00:00.000000000Z';
+    if ((req.method === 'GET' || req.method === 'HEAD') && p === '/') {
+      res.writeHead(200, { 'Content-Type': 'text/plain; charset=utf-8', 'Content-Length': 17 });
+      return res.end('Ollama is running');
+    }
+    if (req.method === 'GET' && p === '/api/version') return sendJson(res, 200, { version: '0.12.3' }, { 'Content-Type': 'application/json; charset=utf-8' });
+    if (req.method === 'GET' && p === '/api/tags') {
+      return sendJson(res, 200, {
+        models: models.map((id) => ({ name: id, model: id, modified_at: modified, size: 4683087332, digest: crypto.createHash('sha256').update(id).digest('hex'), details: ollamaDetails() })),
+      }, { 'Content-Type': 'application/json; charset=utf-8' });
+    }
+    if (req.method === 'POST' && p === '/api/show') {
+      const name = rec.body && (rec.body.model || rec.body.name);
+      if (!models.includes(name)) return sendJson(res, 404, { error: `model '${name}' not found` }, { 'Content-Type': 'application/json; charset=utf-8' });
+      return sendJson(res, 200, {
+        license: 'Apache License 2.0',
+        modelfile: `# Modelfile generated by "ollama show"\nFROM ${name}\n`,
+        parameters: 'stop                           "<|im_start|>"\nstop                           "<|im_end|>"',
+        template: '{{- if .Messages }}...{{ end }}',
+        details: ollamaDetails(),
+        model_info: {
+          'general.architecture': 'qwen2', 'general.file_type': 15, 'general.parameter_count': 7615616512,
+          'general.quantization_version': 2, 'qwen2.attention.head_count': 28, 'qwen2.attention.head_count_kv': 4,
+          'qwen2.block_count': 28, 'qwen2.context_length': state.nCtx, 'qwen2.embedding_length': 3584,
+          'qwen2.feed_forward_length': 18944, 'tokenizer.ggml.model': 'gpt2',
+        },
+        capabilities: ['completion', 'tools'],
+        modified_at: modified,
+      }, { 'Content-Type': 'application/json; charset=utf-8' });
+    }
+    if (req.method === 'GET' && (p === '/v1/models' || p === '/models')) {
+      const created = Math.floor(Date.now() / 1000);
+      return sendJson(res, 200, { object: 'list', data: models.map((id) => ({ id, object: 'model', created, owned_by: 'library' })) },
+        { 'Content-Type': 'application/json' });
+    }
+    return undefined;
   }
 
   function badJson(res, raw) {

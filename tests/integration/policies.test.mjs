@@ -158,6 +158,30 @@ test('compaction steering: Claude Code sees scaled input_tokens, other clients t
   assert.ok(ct.json.input_tokens > ctPlain.json.input_tokens * 1.5, `count_tokens scaled: ${ct.text} vs ${ctPlain.text}`);
 }));
 
+// The client window the steering assumes hangs on the context-1m beta: 2.1.197 announced it
+// (500k assumed), 2.1.332 does not (200k). Both captures' own headers, side by side.
+test('compaction steering: the context-1m beta (2.1.197) assumes a larger client window than 2.1.332\'s betas',
+  env.wrap(async () => {
+    const hdr = (v) => {
+      const f = v === '2.1.197' ? 'request-headers.json' : `${v}/request-headers.json`;
+      const h = JSON.parse(fs.readFileSync(path.join(ROOT, 'tests', 'fixtures', 'claude-code', f), 'utf8')).headers;
+      return { 'user-agent': h['user-agent'], 'anthropic-beta': h['anthropic-beta'] };
+    };
+    const [old, cur] = [hdr('2.1.197'), hdr('2.1.332')];
+    assert.ok(old['anthropic-beta'].includes('context-1m'), '2.1.197 announces context-1m');
+    assert.ok(!cur['anthropic-beta'].includes('context-1m'), '2.1.332 does not announce context-1m');
+    env.on('beta window', { text: 'ok' });
+    const body = { model: MODEL, max_tokens: 50, messages: [{ role: 'user', content: `beta window ${'y'.repeat(4000)}` }] };
+    const a = await request(env.proxy, { method: 'POST', path: '/v1/messages', body, headers: old });
+    const b = await request(env.proxy, { method: 'POST', path: '/v1/messages', body, headers: cur });
+    assert.equal(a.status, 200, a.text);
+    assert.equal(b.status, 200, b.text);
+    const real = env.mock.lastChat().usage.prompt_tokens;
+    assert.ok(b.json.usage.input_tokens > real, `2.1.332 steered: ${b.json.usage.input_tokens} vs real ${real}`);
+    assert.ok(a.json.usage.input_tokens > b.json.usage.input_tokens * 1.5,
+      `context-1m scales further: ${a.json.usage.input_tokens} vs ${b.json.usage.input_tokens}`);
+  }));
+
 /** A long agent conversation: user task, then n rounds of tool_use + big tool_result. */
 function longConversation(n, resultBytes, marker) {
   const msgs = [{ role: 'user', content: `${marker}: the original task` }];

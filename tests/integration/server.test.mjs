@@ -38,11 +38,22 @@ test('GET /v1/models: Anthropic list shape with the upstream models and Claude n
   assert.ok(page.data.length >= 1, 'the SDK reads it');
 }));
 
-test('GET /health answers with proxy and upstream status', env.wrap(async () => {
+test('GET /health with the upstream up: 200, status ok, the upstream\'s model and window', env.wrap(async () => {
   const r = await request(env.proxy, { path: '/health' });
   assert.equal(r.status, 200, r.text);
-  assert.equal(typeof r.json, 'object');
-  assert.match(r.text, /upstream/);
+  assert.match(r.headers['content-type'], /^application\/json/);
+  const h = JSON.parse(r.text);
+  assert.equal(h.status, 'ok');
+  assert.equal(h.proxy, 'ok');
+  assert.equal(typeof h.version, 'string');
+  const { url, ...up } = h.upstream;
+  assert.equal(url, env.mock.base);
+  assert.deepEqual(up, { state: 'ok', model: 'tiny', llama_server: true, n_ctx: 32768, running: 0, queued: 0 });
+  // The mock's per-slot n_ctx, read from llama-server's /props.
+  assert.deepEqual(h.context_window, { value: 32768, source: 'props' });
+  assert.deepEqual(h.warnings, []);
+  for (const k of ['requests', 'errors', 'connections', 'sessions', 'uptime_s']) assert.equal(typeof h[k], 'number', k);
+  assert.equal(typeof h.config, 'object');
 }));
 
 test('GET /v1/context, for all sessions and for one', env.wrap(async () => {
@@ -51,12 +62,23 @@ test('GET /v1/context, for all sessions and for one', env.wrap(async () => {
     method: 'POST', path: '/v1/messages', body: msgBody('context probe'), headers: { 'x-session-id': 'probe-session' },
   });
   assert.equal(m.status, 200, m.text);
+  const real = env.mock.lastChat().usage.prompt_tokens;
   const all = await request(env.proxy, { path: '/v1/context' });
   assert.equal(all.status, 200, all.text);
-  assert.equal(typeof all.json, 'object');
+  const a = JSON.parse(all.text);
+  assert.equal(a.context_window, 32768);
+  assert.equal(a.sessions, a.items.length, all.text.slice(0, 400));
+  assert.ok(a.items.some((it) => it.session === 'probe-session'), `listed: ${all.text.slice(0, 400)}`);
   const one = await request(env.proxy, { path: '/v1/context?session=probe-session' });
   assert.equal(one.status, 200, one.text);
-  assert.match(one.text, /context_window|window/);
+  const o = JSON.parse(one.text);
+  assert.equal(o.session, 'probe-session');
+  assert.equal(o.context_window, 32768);
+  assert.equal(o.total_requests, 1);
+  assert.equal(o.last_input_tokens, real, 'the upstream\'s prompt_tokens');
+  assert.equal(o.peak_input_tokens, real);
+  assert.ok(Math.abs(o.utilization - real / 32768) < 1e-3, `utilization ${o.utilization} for ${real}/32768`);
+  assert.equal(typeof o.calibration.factor, 'number');
 }));
 
 test('HEAD / answers 200 (Claude Code\'s connectivity probe)', env.wrap(async () => {

@@ -309,7 +309,8 @@ test('a client that stops reading: memory stays bounded, it is cut off, the upst
       sock.write(`POST /v1/messages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`);
       let got = 0;
       let closed = false;
-      sock.on('data', (d) => { got += d.length; sock.pause(); }); // reads once, then never again
+      let paused = false;
+      sock.on('data', (d) => { got += d.length; if (!paused) { paused = true; sock.pause(); } }); // reads once, then stops
       sock.on('close', () => { closed = true; });
       sock.on('error', () => {});
       const rec = await env.mock.waitFor((q) => q.lastText === 'flood me');
@@ -321,7 +322,16 @@ test('a client that stops reading: memory stays bounded, it is cut off, the upst
       assert.ok(cut, `the proxy dropped the upstream transfer of a client that stopped reading (${rec.events} chunks sent; proxy log:\n${p.tail(30)})`);
       assert.ok(rec.events < 12000, `the upstream was not read to the end (${rec.events} chunks sent)`);
       assert.ok(peak - rss0 < 24 * 1024, `proxy RSS grew by ${peak - rss0} KiB (from ${rss0})`);
-      assert.ok(await until(() => closed || sock.destroyed, 3000) || got > 0, 'client connection cut off');
+      // Cut off after --client-stall-timeout (1 s), not merely once the upstream ran dry.
+      const cutAfter = rec.closedAt - rec.time;
+      assert.ok(cutAfter < 1000 + 2500, `upstream transfer aborted ${cutAfter} ms after it started (stall timeout 1 s)`);
+      // The proxy closed the client's connection too: reading again drains what the kernel
+      // buffered, then meets the proxy's FIN (a paused socket does not see it).
+      assert.ok(got > 0, 'the client got the start of the stream');
+      let ended = false;
+      sock.on('end', () => { ended = true; });
+      sock.resume();
+      assert.ok(await until(() => ended || closed, 3000), `the proxy closed the stalled client's connection (${got} bytes read)`);
       // And the proxy still serves.
       env.on('after the flood', { text: 'still here' });
       const r = await request(p, { method: 'POST', path: '/v1/messages', body: { model: MODEL, max_tokens: 20, messages: [{ role: 'user', content: 'after the flood' }] } });
