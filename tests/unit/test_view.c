@@ -10,7 +10,7 @@
 #include <lualib.h>
 
 #include "anthroxy_json.h"
-#include "anthroxy_view.h"
+#include "policy/view.h"
 #include "ax_test.h"
 
 /* ax_json_parse keeps integers above 2^53 exact, as the server's parser does */

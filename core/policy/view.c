@@ -3,7 +3,7 @@
  * Reads convert only what they touch; writes go straight into the tree and log what they
  * replaced (anthroxy_view.h), so commit frees the replaced nodes and discard undoes the log.
  * policy.c opens and closes the scopes; policy_api.c adds these functions to `anthroxy`. */
-#include "anthroxy_view.h"
+#include "view.h"
 
 #include <math.h>
 #include <stdlib.h>

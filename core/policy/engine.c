@@ -5,7 +5,7 @@
  * their own coroutine, resumed here after the API's waiting calls (policy_api.c) complete.
  * Hooks edit a view (view.c) whose writes are committed or undone per hook. Also the
  * `anthroxy check` and `anthroxy test-lua` commands. */
-#include "anthroxy_view.h"
+#include "view.h"
 
 #include <errno.h>
 #include <inttypes.h>

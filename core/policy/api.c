@@ -3,7 +3,7 @@
  * Estimates (tokens.c), logging stamped with request id and policy, ax.fail, and the calls
  * that yield the request's coroutine (sleep, tokenize, complete), resumed by policy.c when
  * their timer or upstream fetch completes. The JSON and view helpers come from view.c. */
-#include "anthroxy_view.h"
+#include "view.h"
 
 #include <math.h>
 #include <stdlib.h>
