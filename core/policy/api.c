@@ -1,9 +1,10 @@
-/* policy_api.c - the `anthroxy` Lua module and the sandbox's shared base.
+/* api.c - the `anthroxy` Lua module.
  *
  * Estimates (tokens.c), logging stamped with request id and policy, ax.fail, and the calls
- * that yield the request's coroutine (sleep, tokenize, complete), resumed by policy.c when
- * their timer or upstream fetch completes. The JSON and view helpers come from view.c. */
-#include "view.h"
+ * that yield the request's coroutine (sleep, tokenize, complete), resumed by run.c when
+ * their timer or upstream fetch completes. The view and JSON helpers come from view.c and
+ * lua_json.c; the sandbox they run in is engine.c's. */
+#include "internal.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -139,7 +140,7 @@ static int l_log_error(lua_State *L)
     return log_at(L, AX_LOG_LVL_ERROR);
 }
 
-static int l_print(lua_State *L)
+int ax__api_print(lua_State *L)
 {
     luaL_Buffer b;
     int i, n = lua_gettop(L);
@@ -201,23 +202,10 @@ int ax__is_fail(lua_State *L, int idx, struct ax_error *err)
     lua_getfield(L, -3, "message");
     ax_error_set(err, (int)lua_tointeger(L, -3), "invalid_request_error", "%s",
                  lua_tostring(L, -1) ? lua_tostring(L, -1) : "rejected by policy");
-    /* keep the policy's type only when it is one of Anthropic's (static strings) */
-    {
-        static const char *types[] = {"invalid_request_error",
-                                      "authentication_error",
-                                      "permission_error",
-                                      "not_found_error",
-                                      "request_too_large",
-                                      "rate_limit_error",
-                                      "api_error",
-                                      "overloaded_error"};
-        const char *t = lua_tostring(L, -2);
-        size_t i;
+    /* keep the policy's type only when it is one of Anthropic's (error.c's static strings) */
+    err->type = ax_error_type_known(lua_tostring(L, -2));
+    if (err->type == NULL)
         err->type = ax_error_type_for_status(err->status);
-        for (i = 0; t != NULL && i < sizeof(types) / sizeof(types[0]); i++)
-            if (strcmp(t, types[i]) == 0)
-                err->type = types[i];
-    }
     lua_pop(L, 4);
     return 1;
 }
@@ -497,8 +485,7 @@ static int ro_len(lua_State *L)
     return 1;
 }
 
-/* Replaces the table at the top with a read-only proxy of it. */
-static void make_readonly(lua_State *L)
+void ax__make_readonly(lua_State *L)
 {
     lua_newtable(L);                /* t, proxy */
     lua_createtable(L, 0, 5);       /* t, proxy, mt */
@@ -560,15 +547,15 @@ void ax__api_open(lua_State *L, struct ax_policy_engine *eng)
     luaL_setfuncs(L, funcs, 0);
     ax__view_open_api(L, &eng->vs); /* M (json, insert, remove, ...) */
     lua_getfield(L, -1, "json");    /* M, json */
-    make_readonly(L);
+    ax__make_readonly(L);
     lua_setfield(L, -2, "json"); /* M */
     lua_newtable(L);             /* M, log */
     luaL_setfuncs(L, logf, 0);
-    make_readonly(L);
+    ax__make_readonly(L);
     lua_setfield(L, -2, "log"); /* M */
     lua_pushliteral(L, ANTHROXY_VERSION);
     lua_setfield(L, -2, "version");
-    make_readonly(L); /* ax */
+    ax__make_readonly(L); /* ax */
     lua_pushvalue(L, -1);
     eng->api_ref = luaL_ref(L, LUA_REGISTRYINDEX);
 
@@ -579,93 +566,6 @@ void ax__api_open(lua_State *L, struct ax_policy_engine *eng)
     lua_pushboolean(L, 0);
     lua_setfield(L, -2, "__metatable");
     eng->fail_mt_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-}
-
-/* `load` in the sandbox: text only; without env, into a fresh sandbox environment. */
-static int l_sandbox_load(lua_State *L)
-{
-    size_t len;
-    const char *s = luaL_checklstring(L, 1, &len);
-    const char *name = luaL_optstring(L, 2, "=(load)");
-    int has_env = !lua_isnone(L, 4);
-
-    if (luaL_loadbufferx(L, s, len, name, "t") != LUA_OK) {
-        lua_pushnil(L);
-        lua_insert(L, -2);
-        return 2;
-    }
-    if (has_env) {
-        lua_pushvalue(L, 4);
-    } else {
-        lua_newtable(L);                       /* f, env */
-        lua_newtable(L);                       /* f, env, mt */
-        lua_pushvalue(L, lua_upvalueindex(1)); /* f, env, mt, base */
-        lua_setfield(L, -2, "__index");
-        lua_setmetatable(L, -2); /* f, env */
-    }
-    lua_setupvalue(L, -2, 1); /* f */
-    return 1;
-}
-
-void ax__sandbox_base(lua_State *L, struct ax_policy_engine *eng)
-{
-    static const char *copied[] = {"assert",       "error",    "ipairs", "next",     "pairs",
-                                   "pcall",        "xpcall",   "select", "tonumber", "tostring",
-                                   "type",         "rawequal", "rawget", "rawlen",   "setmetatable",
-                                   "getmetatable", "_VERSION", NULL};
-    static const char *libs[] = {"string", "table", "math", "utf8", "coroutine", NULL};
-    static const char *osf[] = {"time", "clock", "date", NULL};
-    int i;
-
-    (void)eng;
-    lua_newtable(L); /* base */
-    for (i = 0; copied[i] != NULL; i++) {
-        lua_getglobal(L, copied[i]);
-        lua_setfield(L, -2, copied[i]);
-    }
-    for (i = 0; libs[i] != NULL; i++) {
-        lua_getglobal(L, libs[i]); /* base, lib */
-        if (strcmp(libs[i], "string") == 0) {
-            lua_newtable(L); /* base, lib, copy: without string.dump */
-            lua_pushnil(L);
-            while (lua_next(L, -3) != 0) {
-                lua_pushvalue(L, -2);
-                lua_insert(L, -2);
-                lua_settable(L, -4);
-            }
-            lua_pushnil(L);
-            lua_setfield(L, -2, "dump");
-            lua_remove(L, -2); /* base, copy */
-        }
-        make_readonly(L);
-        lua_setfield(L, -2, libs[i]);
-    }
-    lua_getglobal(L, "os"); /* base, os */
-    lua_newtable(L);        /* base, os, safe */
-    for (i = 0; osf[i] != NULL; i++) {
-        lua_getfield(L, -2, osf[i]);
-        lua_setfield(L, -2, osf[i]);
-    }
-    lua_remove(L, -2);
-    make_readonly(L);
-    lua_setfield(L, -2, "os"); /* base */
-    lua_pushcfunction(L, l_print);
-    lua_setfield(L, -2, "print");
-    lua_pushvalue(L, -1);
-    lua_pushcclosure(L, l_sandbox_load, 1); /* upvalue: base (reached via env's __index) */
-    lua_setfield(L, -2, "load");
-
-    /* the string metatable: locked, so no policy can change what s:method() means */
-    lua_pushliteral(L, "");
-    if (lua_getmetatable(L, -1)) {
-        lua_pushboolean(L, 0);
-        lua_setfield(L, -2, "__metatable");
-        lua_pop(L, 1);
-    }
-    lua_pop(L, 1);
-
-    /* base itself read-only: policies' environments index it */
-    make_readonly(L);
 
     /* test hook for fakes: registered in the registry, handed to testing.lua only */
     lua_pushcfunction(L, l_set_fake);

@@ -1,4 +1,4 @@
--- chain.lua: loads a policy chain into a generation (run by the engine, core/policy.c).
+-- chain.lua: loads a policy chain into a generation (run by core/policy/load.c).
 --
 -- `host` holds the engine's privileged functions (read, compile, newenv, getenv, log,
 -- overrides); policies never see it. Resolves entries, loads each module once, rejects

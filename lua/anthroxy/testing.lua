@@ -1,4 +1,4 @@
--- testing.lua: helpers for policy tests run by `anthroxy test-lua FILE.lua` (core/policy.c).
+-- testing.lua: helpers for policy tests run by `anthroxy test-lua FILE.lua` (core/policy/tools.c).
 --
 -- Loaded by the engine with its privileged host functions; test files get it through
 -- `require "anthroxy.testing"`. Hooks run over the real request view (host.run_hook), so a

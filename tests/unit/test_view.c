@@ -1,4 +1,4 @@
-/* test_view.c - the request view (core/view.c) on a bare Lua state: reads, writes, commit,
+/* test_view.c - the request view (core/policy/view.c) on a bare Lua state: reads, writes, commit,
  * discard restoring the exact tree, `{}` keeping the replaced node's type, explicit
  * constructors, array operations and the child-pointer cache, views dead after their
  * scope, conversions. Each case runs a Lua chunk `local req = ...` over a view. */
