@@ -26,47 +26,96 @@ static char fakes_key;
 
 /* ---- estimates ----------------------------------------------------------------------- */
 
-static int l_tokens(lua_State *L)
+/* The calibration factor in ctx.session (ctx a table at idx), 1.0 when it has none usable. */
+static double ctx_calibration(lua_State *L, int idx)
 {
-    size_t n;
-    const char *s = luaL_checklstring(L, 1, &n);
-    lua_pushinteger(L, ax_tokens_text(s, n));
-    return 1;
+    double c = 1.0;
+    if (lua_getfield(L, idx, "session") == LUA_TTABLE &&
+        lua_getfield(L, -1, "calibration") == LUA_TNUMBER) {
+        c = lua_tonumber(L, -1);
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+    return c > 0 && isfinite(c) ? c : 1.0;
 }
 
-static int tokens_of(lua_State *L, int64_t (*fn)(const cJSON *), int want_depth)
+/* Pushes the estimate t, calibrated for the session when a ctx table is at ctx_idx: the same
+ * figure as ax.calibrated(t, ctx). */
+static int push_estimate(lua_State *L, int64_t t, int ctx_idx)
 {
-    struct ax_policy_engine *eng = ax__engine_of(L);
-    struct ax_policy_req *pr = eng->cur;
-    cJSON *node, *field;
-    const cJSON *n;
-    int boxed, depth;
-    int64_t t;
-
-    luaL_checkany(L, 1);
-    /* the request's own messages and root go through its memo (anthroxy_view.h) */
-    if (pr != NULL && pr->memo.root != NULL && ax__view_info(L, 1, &node, &depth, &field) &&
-        depth == want_depth &&
-        (depth == 0 ? node == pr->memo.root
-                    : field == cJSON_GetObjectItemCaseSensitive(pr->memo.root, "messages"))) {
-        t = depth == 0 ? ax__memo_request(&pr->memo, node) : ax__memo_message(&pr->memo, node);
-        lua_pushinteger(L, t);
-        return 1;
-    }
-    n = ax__json_arg(L, 1, &boxed);
-    t = fn(n);
+    if (lua_istable(L, ctx_idx))
+        t = (int64_t)floor((double)t * ctx_calibration(L, ctx_idx) + 0.5);
     lua_pushinteger(L, t);
     return 1;
 }
 
+static int l_tokens(lua_State *L)
+{
+    size_t n;
+    const char *s = luaL_checklstring(L, 1, &n);
+    return push_estimate(L, ax_tokens_text(s, n), 2);
+}
+
+enum est_kind { EST_MESSAGE, EST_REQUEST, EST_SYSTEM, EST_TOOLS };
+
+/* ax.<kind>_tokens(value [, ctx]): the request's own messages and root go through its memo
+ * (view.h), anything else is estimated afresh. */
+static int tokens_of(lua_State *L, enum est_kind kind)
+{
+    struct ax_policy_engine *eng = ax__engine_of(L);
+    struct ax_policy_req *pr = eng->cur;
+    struct ax__tokmemo *m = pr != NULL && pr->memo.root != NULL ? &pr->memo : NULL;
+    int want_depth = kind == EST_MESSAGE ? 2 : 0;
+    cJSON *node, *field;
+    const cJSON *n;
+    int boxed, depth;
+
+    luaL_checkany(L, 1);
+    if (m != NULL && ax__view_info(L, 1, &node, &depth, &field) && depth == want_depth &&
+        (depth == 0 ? node == m->root
+                    : field == cJSON_GetObjectItemCaseSensitive(m->root, "messages"))) {
+        switch (kind) {
+        case EST_MESSAGE:
+            return push_estimate(L, ax__memo_message(m, node), 2);
+        case EST_REQUEST:
+            return push_estimate(L, ax__memo_request(m, node), 2);
+        case EST_SYSTEM:
+            return push_estimate(L, ax__memo_system(m, node), 2);
+        case EST_TOOLS:
+            return push_estimate(L, ax__memo_tools(m, node), 2);
+        }
+    }
+    n = ax__json_arg(L, 1, &boxed);
+    switch (kind) {
+    case EST_MESSAGE:
+        return push_estimate(L, ax_tokens_message(n), 2);
+    case EST_REQUEST:
+        return push_estimate(L, ax_tokens_request(n), 2);
+    case EST_SYSTEM:
+        return push_estimate(L, ax_tokens_system(n), 2);
+    default:
+        return push_estimate(L, ax_tokens_tools(cJSON_GetObjectItemCaseSensitive(n, "tools")), 2);
+    }
+}
+
 static int l_message_tokens(lua_State *L)
 {
-    return tokens_of(L, ax_tokens_message, 2);
+    return tokens_of(L, EST_MESSAGE);
 }
 
 static int l_request_tokens(lua_State *L)
 {
-    return tokens_of(L, ax_tokens_request, 0);
+    return tokens_of(L, EST_REQUEST);
+}
+
+static int l_system_tokens(lua_State *L)
+{
+    return tokens_of(L, EST_SYSTEM);
+}
+
+static int l_tools_tokens(lua_State *L)
+{
+    return tokens_of(L, EST_TOOLS);
 }
 
 static int l_calibrated(lua_State *L)
@@ -74,13 +123,10 @@ static int l_calibrated(lua_State *L)
     struct ax_policy_engine *eng = ax__engine_of(L);
     double n = luaL_checknumber(L, 1), c = 1.0;
 
-    if (lua_istable(L, 2)) {
-        if (lua_getfield(L, 2, "session") == LUA_TTABLE &&
-            lua_getfield(L, -1, "calibration") == LUA_TNUMBER)
-            c = lua_tonumber(L, -1);
-    } else if (eng->cur != NULL && eng->cur->session != NULL) {
+    if (lua_istable(L, 2))
+        c = ctx_calibration(L, 2);
+    else if (eng->cur != NULL && eng->cur->session != NULL)
         c = eng->cur->session->calibration;
-    }
     if (!(c > 0) || !isfinite(c))
         c = 1.0;
     lua_pushinteger(L, (lua_Integer)floor(n * c + 0.5));
@@ -526,6 +572,8 @@ void ax__api_open(lua_State *L, struct ax_policy_engine *eng)
     static const luaL_Reg funcs[] = {{"tokens", l_tokens},
                                      {"message_tokens", l_message_tokens},
                                      {"request_tokens", l_request_tokens},
+                                     {"system_tokens", l_system_tokens},
+                                     {"tools_tokens", l_tools_tokens},
                                      {"calibrated", l_calibrated},
                                      {"fail", l_fail},
                                      {"sleep", l_sleep},

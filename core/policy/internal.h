@@ -47,6 +47,7 @@ struct ax__gen_policy {
     char *name, *file;
     int fn_ref[AX_HOOK_COUNT]; /* LUA_NOREF when absent */
     int settings_ref;          /* read-only proxy */
+    int old_error_order;       /* on_upstream_error(err, req, ctx): deprecated, see load.c */
     cJSON *settings;           /* {key: {value, source}} for status */
 };
 
@@ -168,6 +169,10 @@ void ax__gen_make_require(lua_State *L, struct ax_policy_engine *eng, struct ax_
 /* Compiles and validates the chain into a new generation and swaps it in; err says why not. */
 int ax__engine_load(struct ax_policy_engine *eng, char *err, size_t errn);
 void ax__gen_unref(struct ax_policy_engine *eng, struct ax__gen *g);
+/* Whether the function at fn_idx is an on_upstream_error of the deprecated (err, req, ctx)
+ * order: its first parameter is named err or error. The order of 0.1; it keeps working,
+ * with a warning at load, for one release. */
+int ax__old_error_order(lua_State *L, int fn_idx);
 /* Pushes the privileged host table for chain.lua / testing.lua (require at require_idx). */
 void ax__push_host(lua_State *L, struct ax_policy_engine *eng, int require_idx);
 /* Compiles <lua dir>/anthroxy/<file> in a sandbox env, calls it and pushes its result. */

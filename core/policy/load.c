@@ -198,6 +198,18 @@ struct load_ctx {
     struct ax__gen *g;
 };
 
+int ax__old_error_order(lua_State *L, int fn_idx)
+{
+    const char *name;
+    int old;
+
+    lua_pushvalue(L, fn_idx);        /* fn */
+    name = lua_getlocal(L, NULL, 1); /* fn: parameters only, nothing pushed */
+    old = name != NULL && (strcmp(name, "err") == 0 || strcmp(name, "error") == 0);
+    lua_pop(L, 1);
+    return old;
+}
+
 static int report_to_json(lua_State *L)
 {
     cJSON **out = lua_touserdata(L, 2);
@@ -218,10 +230,17 @@ static void take_policy(lua_State *L, struct ax_policy_engine *eng, struct ax__g
         luaL_error(L, "not enough memory");
     lua_getfield(L, -1, "module"); /* e, mod */
     for (h = 0; h < AX_HOOK_COUNT; h++) {
-        if (lua_getfield(L, -1, ax__hook_names[h]) == LUA_TFUNCTION)
-            p->fn_ref[h] = luaL_ref(L, LUA_REGISTRYINDEX);
-        else
+        if (lua_getfield(L, -1, ax__hook_names[h]) != LUA_TFUNCTION) {
             lua_pop(L, 1);
+            continue;
+        }
+        if (h == AX_HOOK_UPSTREAM_ERROR && (p->old_error_order = ax__old_error_order(L, -1)))
+            AX_LOG_WARN(NULL,
+                        "policy %s (%s): on_upstream_error(err, req, ctx) is deprecated and "
+                        "will stop working in the next release: declare "
+                        "on_upstream_error(req, ctx, err), as the other hooks take (req, ctx)",
+                        p->name, p->file);
+        p->fn_ref[h] = luaL_ref(L, LUA_REGISTRYINDEX);
     }
     lua_pop(L, 1); /* e */
     lua_getfield(L, -1, "settings");

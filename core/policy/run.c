@@ -312,6 +312,15 @@ static void run_finish(struct ax_policy_req *pr)
     enqueue_done(pr);
 }
 
+/* on_upstream_error's err table (a plain copy of aux). */
+static void push_error_arg(struct ax_policy_req *pr, lua_State *co)
+{
+    if (pr->aux != NULL)
+        ax__json_push_table(co, pr->aux);
+    else
+        lua_newtable(co);
+}
+
 /* Pushes the hook's arguments on the coroutine; returns their count. */
 static int hook_begin(struct ax_policy_req *pr)
 {
@@ -353,14 +362,12 @@ static int hook_begin(struct ax_policy_req *pr)
         pr->before = cJSON_Duplicate(pr->tree, 1);
     lua_settop(co, 0);
     lua_rawgeti(co, LUA_REGISTRYINDEX, p->fn_ref[pr->hook]);
-    if (pr->hook == AX_HOOK_UPSTREAM_ERROR) {
-        if (pr->aux != NULL)
-            ax__json_push_table(co, pr->aux);
-        else
-            lua_newtable(co);
-    }
+    if (pr->hook == AX_HOOK_UPSTREAM_ERROR && p->old_error_order)
+        push_error_arg(pr, co); /* the deprecated (err, req, ctx) */
     ax__view_push(co, &eng->vs, &pr->scope, pr->tree);
     lua_rawgeti(co, LUA_REGISTRYINDEX, pr->ctx_ref);
+    if (pr->hook == AX_HOOK_UPSTREAM_ERROR && !p->old_error_order)
+        push_error_arg(pr, co); /* (req, ctx, err) */
     pr->in_hook = 1;
     return pr->hook == AX_HOOK_UPSTREAM_ERROR ? 3 : 2;
 }

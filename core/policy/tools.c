@@ -26,7 +26,7 @@ static int host_run_hook(lua_State *L)
     const char *hook = luaL_checkstring(L, 2);
     struct ax__scope sc, *prev;
     cJSON *root;
-    int boxed, status, nargs = 2;
+    int boxed, status, nargs = 2, old_order = 0;
 
     luaL_checktype(L, 1, LUA_TFUNCTION);
     luaL_checktype(L, 3, LUA_TTABLE);
@@ -35,13 +35,18 @@ static int host_run_hook(lua_State *L)
     ax__scope_open(&eng->vs, &sc, strcmp(hook, "on_response") == 0);
     prev = eng->vs.cur;
     eng->vs.cur = &sc;
+    if (strcmp(hook, "on_upstream_error") == 0)
+        old_order = ax__old_error_order(L, 1);
     lua_pushvalue(L, 1);
-    if (strcmp(hook, "on_upstream_error") == 0) {
+    if (old_order) /* the deprecated (err, req, ctx), as run.c passes it */
         lua_pushvalue(L, 4);
-        nargs = 3;
-    }
     ax__view_push(L, &eng->vs, &sc, root);
     lua_pushvalue(L, 5);
+    if (strcmp(hook, "on_upstream_error") == 0) {
+        if (!old_order)
+            lua_pushvalue(L, 4);
+        nargs = 3;
+    }
     status = lua_pcall(L, nargs, 1, 0); /* ..., box, ret|err */
     eng->vs.cur = prev;
     if (status != LUA_OK) {
@@ -108,6 +113,10 @@ static int test_protected(lua_State *L)
     lua_setfield(L, 5, "stderr");
     lua_getfield(L, LUA_REGISTRYINDEX, "anthroxy.set_fake");
     lua_setfield(L, 5, "set_fake");
+    lua_rawgeti(L, LUA_REGISTRYINDEX, eng->session_mt_ref); /* T.session: the real methods */
+    lua_setfield(L, 5, "session_mt");
+    ax__session_push_counters(L);
+    lua_setfield(L, 5, "session_counters");
     /* testing.lua gets (host, chain) as its chunk arguments */
     {
         char path[4096];

@@ -300,7 +300,32 @@ static int64_t part_tokens(const cJSON *req, const char *name)
     return ax_tokens_request(&obj);
 }
 
-/* ax_tokens_request is 3 + system + messages + tools; the empty request costs the 3. */
+/* ax_tokens_system(req) (the system prompt and the request's fixed 3), kept in the memo. */
+int64_t ax__memo_system(struct ax__tokmemo *m, const cJSON *req)
+{
+    if (req != m->root)
+        return ax_tokens_system(req);
+    if (!m->sys_ok) {
+        m->sys_tokens = part_tokens(req, "system");
+        m->sys_ok = 1;
+    }
+    return m->sys_tokens;
+}
+
+/* ax_tokens_tools(req.tools); the memo keeps it with the request's 3 (the session's tools
+ * estimate may have filled it, see run.c). */
+int64_t ax__memo_tools(struct ax__tokmemo *m, const cJSON *req)
+{
+    if (req != m->root)
+        return ax_tokens_tools(cJSON_GetObjectItemCaseSensitive(req, "tools"));
+    if (!m->tools_ok) {
+        m->tools_tokens = part_tokens(req, "tools");
+        m->tools_ok = 1;
+    }
+    return m->tools_tokens - part_tokens(req, "");
+}
+
+/* ax_tokens_request is 3 + system + messages + tools: the system part carries the 3. */
 int64_t ax__memo_request(struct ax__tokmemo *m, const cJSON *req)
 {
     const cJSON *msgs, *x;
@@ -308,15 +333,7 @@ int64_t ax__memo_request(struct ax__tokmemo *m, const cJSON *req)
 
     if (req != m->root)
         return ax_tokens_request(req);
-    if (!m->sys_ok) {
-        m->sys_tokens = part_tokens(req, "system");
-        m->sys_ok = 1;
-    }
-    if (!m->tools_ok) {
-        m->tools_tokens = part_tokens(req, "tools");
-        m->tools_ok = 1;
-    }
-    tok = m->sys_tokens + m->tools_tokens - part_tokens(req, "");
+    tok = ax__memo_system(m, req) + ax__memo_tools(m, req);
     msgs = cJSON_GetObjectItemCaseSensitive(req, "messages");
     cJSON_ArrayForEach(x, msgs)
     {

@@ -42,6 +42,10 @@ void ax__memo_free(struct ax__tokmemo *m);
  * memo's root and one of its messages. */
 int64_t ax__memo_message(struct ax__tokmemo *m, const cJSON *msg);
 int64_t ax__memo_request(struct ax__tokmemo *m, const cJSON *req);
+/* ax_tokens_system(req) / ax_tokens_tools(req.tools), the fixed parts of ax__memo_request,
+ * through the memo when req is its root. */
+int64_t ax__memo_system(struct ax__tokmemo *m, const cJSON *req);
+int64_t ax__memo_tools(struct ax__tokmemo *m, const cJSON *req);
 
 /* One hook call's writes. */
 struct ax__scope {
