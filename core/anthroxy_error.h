@@ -49,4 +49,8 @@ int ax_error_set(struct ax_error *err, int status, const char *type, const char 
  * 429 rate_limit_error, 529 overloaded_error, other 5xx api_error). */
 const char *ax_error_type_for_status(int status);
 
+/* type itself (as error.c's static string) when it is one of Anthropic's error types, else
+ * NULL (also for NULL). */
+const char *ax_error_type_known(const char *type);
+
 #endif

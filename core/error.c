@@ -3,6 +3,7 @@
 
 #include <stdarg.h>
 #include <stdio.h>
+#include <string.h>
 
 const char *ax_strerror(int code)
 {
@@ -54,4 +55,17 @@ const char *ax_error_type_for_status(int status)
     default:
         return status >= 500 ? "api_error" : "invalid_request_error";
     }
+}
+
+const char *ax_error_type_known(const char *type)
+{
+    static const char *const types[] = {
+        "invalid_request_error", "authentication_error", "permission_error", "not_found_error",
+        "request_too_large",     "rate_limit_error",     "api_error",        "overloaded_error"};
+    size_t i;
+
+    for (i = 0; type != NULL && i < sizeof(types) / sizeof(types[0]); i++)
+        if (strcmp(type, types[i]) == 0)
+            return types[i];
+    return NULL;
 }

@@ -72,7 +72,7 @@ function M.on_request(req, ctx)
   elseif conv.is_array(system) then
     -- A block of its own at the end: the client's blocks, and any cache_control breakpoint
     -- on them, stay byte-identical, so a prompt cache over them keeps working.
-    ax.insert(system, ax.json.object({ type = "text", text = text }))
+    ax.insert(system, { type = "text", text = text })
   else
     ax.log.warn("agentic_supplement: system is neither string nor block list, left alone")
   end

@@ -18,7 +18,6 @@
 -- scaled system prompt and tools stay under half the client's trigger, so a freshly
 -- compacted conversation never looks full at once); min_scale (1.0: never under-report).
 local ax = require "anthroxy"
-local conv = require "anthroxy.conv"
 
 local M = {
   name = "compaction_steering",
@@ -72,12 +71,7 @@ function M.scale(req, ctx)
   local scale = trigger / (steer_at * real_window)
   -- The part the client cannot compact (system prompt, tools) must stay well below its
   -- trigger once scaled, else every turn would look full right after a compaction.
-  local fixed = ax.request_tokens(req)
-  local msgs = req.messages
-  if conv.is_array(msgs) then
-    for i = 1, #msgs do fixed = fixed - ax.message_tokens(msgs[i]) end
-  end
-  fixed = ax.calibrated(math.max(fixed, 0), ctx)
+  local fixed = ax.calibrated(ax.system_tokens(req) + ax.tools_tokens(req), ctx)
   if fixed > 0 and scale * fixed > s.max_fixed_share * trigger then
     scale = s.max_fixed_share * trigger / fixed
   end

@@ -30,7 +30,7 @@ function M.compute(req, ctx)
   local window = ctx.context_window or 0
   local prompt
   if window > 0 then
-    prompt = ax.calibrated(ax.request_tokens(req), ctx)
+    prompt = ax.request_tokens(req, ctx)
     local cap = window - prompt - math.floor((s.margin or 0) * window)
     if value > cap then value = cap end
   end

@@ -187,8 +187,7 @@ local function put_marker(req, p, stats, factor)
     truncated = stats.truncated, tokens = math.floor(stats.tokens * factor + 0.5) })
   if head == nil then return end
   if type(head.content) == "string" then
-    head.content = ax.json.array({ ax.json.object({ type = "text", text = head.content }),
-                                   ax.json.object({ type = "text", text = text }) })
+    head.content = { { type = "text", text = head.content }, { type = "text", text = text } }
   else
     local blocks = conv.blocks(head)
     if not blocks then return end
@@ -200,7 +199,7 @@ local function put_marker(req, p, stats, factor)
         return
       end
     end
-    ax.insert(blocks, ax.json.object({ type = "text", text = text }))
+    ax.insert(blocks, { type = "text", text = text })
   end
   refresh(p, p.head)
 end
@@ -309,7 +308,7 @@ function M.on_request(req, ctx)
   M.prune(req, ctx, target * window / factor, factor, M.quantum(ctx, window))
 end
 
-function M.on_upstream_error(err, req, ctx)
+function M.on_upstream_error(req, ctx, err)
   local n_prompt, n_ctx = tonumber(err.n_prompt_tokens), tonumber(err.n_ctx)
   if not n_prompt or not n_ctx or n_ctx <= 0 then return false end
   if not conv.is_array(req.messages) or #req.messages == 0 then return false end

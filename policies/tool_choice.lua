@@ -96,7 +96,7 @@ function M.on_request(req, ctx)
   else
     local window = ctx.context_window or 0
     if window > 0 then
-      local used = ax.calibrated(ax.request_tokens(req), ctx) / window
+      local used = ax.request_tokens(req, ctx) / window
       if used >= s.release_utilization then
         release = string.format("the context is %.0f%% full", used * 100)
       end
@@ -107,7 +107,7 @@ function M.on_request(req, ctx)
     if release then ax.log.info("tool_choice left to the model: %s", release) end
     return
   end
-  req.tool_choice = ax.json.object({ type = "any" })
+  req.tool_choice = { type = "any" }
   ax.log.info("tool_choice forced (%s), forced turn %d of at most %d", why, forced + 1,
     s.max_forced)
 end

@@ -1,4 +1,4 @@
--- chain.lua: loads a policy chain into a generation (run by the engine, core/policy.c).
+-- chain.lua: loads a policy chain into a generation (run by core/policy/load.c).
 --
 -- `host` holds the engine's privileged functions (read, compile, newenv, getenv, log,
 -- overrides); policies never see it. Resolves entries, loads each module once, rejects
@@ -87,19 +87,14 @@ local function upper_id(s)
   return (s:upper():gsub("[^%w]", "_"))
 end
 
--- Returns settings, sources for policy `name`.
+-- Returns settings, sources for policy `name`. Server-wide knobs (the prune threshold, the
+-- window) are not settings: policies read them from ctx (ctx.prune_threshold), whatever their
+-- name.
 function M.merge(host, name, defaults, entry)
   local settings, sources = {}, {}
   for k, v in pairs(defaults or {}) do settings[k] = v; sources[k] = "default" end
   for k, v in pairs(entry or {}) do
     if type(k) == "string" then settings[k] = v; sources[k] = "chain" end
-  end
-  if name == "prune" then
-    local v = host.getenv("PROXY_CONTEXT_PRUNE_THRESHOLD")
-    if v and v ~= "" then
-      settings.threshold = M.parse_value(v)
-      sources.threshold = "env PROXY_CONTEXT_PRUNE_THRESHOLD"
-    end
   end
   local keys = {}
   for k in pairs(settings) do keys[#keys + 1] = k end

@@ -1,4 +1,4 @@
--- diff.lua: what a policy changed, for `anthroxy check` (core/policy.c).
+-- diff.lua: what a policy changed, for `anthroxy check` (core/policy/tools.c).
 --
 -- M.diff(before, after) -> array of lines, each "+ path: value", "- path: value" or
 -- "~ path: old -> new", paths as in the core's error messages (messages.3.content.0.text,

@@ -1,4 +1,4 @@
--- testing.lua: helpers for policy tests run by `anthroxy test-lua FILE.lua` (core/policy.c).
+-- testing.lua: helpers for policy tests run by `anthroxy test-lua FILE.lua` (core/policy/tools.c).
 --
 -- Loaded by the engine with its privileged host functions; test files get it through
 -- `require "anthroxy.testing"`. Hooks run over the real request view (host.run_hook), so a
@@ -48,18 +48,32 @@ function T.run(p, hook, tree, a, b)
   return host.run_hook(fn, hook, tree, aux or {}, ctx)
 end
 
+-- T.load_chain("policies/default.lua", { tool_choice = { enabled = true } }) -> the chain's
+-- policies, as the server loads them (chain.lua), each usable with T.run; settings given
+-- per policy name override the chain's, as --policy-set does.
+function T.load_chain(rel, settings)
+  local path = rel:sub(1, 1) == "/" and rel or (source_dir .. "/" .. rel)
+  local overrides = {}
+  for name, kv in pairs(settings or {}) do
+    for k, v in pairs(kv) do overrides[name .. "." .. k] = tostring(v) end
+  end
+  local quiet = setmetatable({ overrides = overrides, log = function() end },
+    { __index = host })
+  return chain.load(quiet, path).policies
+end
+
 function T.session(fields)
   local s = merge({
     key = "test", total_requests = 0, last_input_tokens = 0, last_output_tokens = 0,
-    peak_input_tokens = 0, history = {}, prune_count = 0, overflow_count = 0,
-    forced_tool_turns = 0, tool_fingerprints = {}, calibration = 1.0, utilization = 0,
+    peak_input_tokens = 0, history = {}, tool_fingerprints = {}, calibration = 1.0,
+    utilization = 0,
     warning_level = "NORMAL", turns_remaining = -1,
   }, fields)
-  function s:note_prune() self.prune_count = self.prune_count + 1 end
-  function s:note_overflow() self.overflow_count = self.overflow_count + 1 end
-  function s:note_forced_turn() self.forced_tool_turns = self.forced_tool_turns + 1 end
-  function s:reset_forced_turns() self.forced_tool_turns = 0 end
-  return s
+  -- the writable counters and their methods are the engine's own (core/policy/run.c)
+  for _, k in ipairs(host.session_counters) do
+    if s[k] == nil then s[k] = 0 end
+  end
+  return setmetatable(s, host.session_mt)
 end
 
 function T.ctx(fields)

@@ -1,4 +1,4 @@
--- The default chain (policies/default.lua's order and settings) over every recorded request:
+-- The default chain (policies/default.lua itself) over every recorded request:
 -- Claude Code's, the llama-server captures', and the translator's fixtures, malformed ones
 -- included (policies run before translation validates). In windows from tiny to large, no
 -- policy may raise: the only allowed failure is the deliberate "prompt is too long", and no
@@ -7,14 +7,10 @@ local T = require "anthroxy.testing"
 local ax = require "anthroxy"
 local conv = require "anthroxy.conv"
 
--- Same order and settings as policies/default.lua.
-local chain = {
-  T.load("agentic_supplement", { mode = "full" }),
-  T.load("compaction_steering", { enabled = true, client_window = 200000, steer_at = 0.70 }),
-  T.load("tool_choice", { enabled = true, max_forced = 3 }), -- on here, to exercise it
-  T.load("prune", { target = 0.65 }),
-  T.load("max_tokens", { floor = 16384, margin = 0.15 }),
-}
+-- The shipped chain itself (policies/default.lua, loaded as the server loads it), with
+-- tool_choice turned on to exercise it: it ships off.
+local chain = T.load_chain("policies/default.lua", { tool_choice = { enabled = true } })
+T.ok(#chain == 5, "the default chain has its five policies")
 
 local fixtures = {
   "claude-code/first-turn.json", "claude-code/after-tool-call.json",

@@ -1,4 +1,4 @@
-/* test_view.c - the request view (core/view.c) on a bare Lua state: reads, writes, commit,
+/* test_view.c - the request view (core/policy/view.c) on a bare Lua state: reads, writes, commit,
  * discard restoring the exact tree, `{}` keeping the replaced node's type, explicit
  * constructors, array operations and the child-pointer cache, views dead after their
  * scope, conversions. Each case runs a Lua chunk `local req = ...` over a view. */
@@ -10,7 +10,7 @@
 #include <lualib.h>
 
 #include "anthroxy_json.h"
-#include "anthroxy_view.h"
+#include "policy/view.h"
 #include "ax_test.h"
 
 /* ax_json_parse keeps integers above 2^53 exact, as the server's parser does */

@@ -37,14 +37,14 @@ function M.on_request(req, ctx)
   local note = string.format("[anthroxy: loop detected] You have made this same tool call %d "
     .. "times in a row: %s. Its result will not change. Do not repeat it: change the input, "
     .. "use a different tool, or explain what is blocking you.", n, fp:sub(1, 300))
-  local block = ax.json.object({ type = "text", text = note })
+  local block = { type = "text", text = note }
   if type(last.content) == "string" then
-    last.content = ax.json.array({ ax.json.object({ type = "text", text = last.content }), block })
+    last.content = { { type = "text", text = last.content }, block }
   else
     ax.insert(last.content, block)
   end
   if n >= s.hard_limit and req.tool_choice == nil then
-    req.tool_choice = ax.json.object({ type = "none" })
+    req.tool_choice = { type = "none" }
   end
   ax.log.warn("loop: %d identical tool turns (%s)", n, fp:sub(1, 120))
 end

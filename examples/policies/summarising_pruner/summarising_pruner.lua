@@ -73,7 +73,7 @@ function M.on_request(req, ctx)
   local window = ctx.context_window or 0
   local msgs = req.messages
   if window <= 0 or not conv.is_array(msgs) then return end
-  local total = ax.calibrated(ax.request_tokens(req), ctx)
+  local total = ax.request_tokens(req, ctx)
   if total < s.threshold * window then return end
 
   local head = 1
@@ -99,16 +99,16 @@ function M.on_request(req, ctx)
     ax.log.warn("summary failed (%s): dropping %d messages without one", tostring(err), n)
     text = conv.marker_text({ turns = n, tokens = 0 })
   end
-  local block = ax.json.object({ type = "text", text = text })
+  local block = { type = "text", text = text }
   local h = msgs[head]
   if type(h.content) == "string" then
-    h.content = ax.json.array({ ax.json.object({ type = "text", text = h.content }), block })
+    h.content = { { type = "text", text = h.content }, block }
   else
     ax.insert(h.content, block)
   end
   if ctx.session then ctx.session.prune_count = (ctx.session.prune_count or 0) + 1 end
   ax.log.info("summarised %d messages: ~%d -> ~%d tokens", n, total,
-    ax.calibrated(ax.request_tokens(req), ctx))
+    ax.request_tokens(req, ctx))
 end
 
 return M

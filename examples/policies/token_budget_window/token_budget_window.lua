@@ -66,11 +66,11 @@ function M.on_request(req, ctx)
       removed = removed + 1
     end
   end
-  local marker = ax.json.object({ type = "text", text = conv.marker_text({
-    turns = removed, tokens = math.floor(removed_tokens * factor) }) })
+  local marker = { type = "text", text = conv.marker_text({
+    turns = removed, tokens = math.floor(removed_tokens * factor) }) }
   local first = msgs[head]
   if type(first.content) == "string" then
-    first.content = ax.json.array({ ax.json.object({ type = "text", text = first.content }), marker })
+    first.content = { { type = "text", text = first.content }, marker }
   else
     ax.insert(first.content, marker)
   end

@@ -1,9 +1,10 @@
-/* policy_api.c - the `anthroxy` Lua module and the sandbox's shared base.
+/* api.c - the `anthroxy` Lua module.
  *
  * Estimates (tokens.c), logging stamped with request id and policy, ax.fail, and the calls
- * that yield the request's coroutine (sleep, tokenize, complete), resumed by policy.c when
- * their timer or upstream fetch completes. The JSON and view helpers come from view.c. */
-#include "anthroxy_view.h"
+ * that yield the request's coroutine (sleep, tokenize, complete), resumed by run.c when
+ * their timer or upstream fetch completes. The view and JSON helpers come from view.c and
+ * lua_json.c; the sandbox they run in is engine.c's. */
+#include "internal.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -25,47 +26,96 @@ static char fakes_key;
 
 /* ---- estimates ----------------------------------------------------------------------- */
 
-static int l_tokens(lua_State *L)
+/* The calibration factor in ctx.session (ctx a table at idx), 1.0 when it has none usable. */
+static double ctx_calibration(lua_State *L, int idx)
 {
-    size_t n;
-    const char *s = luaL_checklstring(L, 1, &n);
-    lua_pushinteger(L, ax_tokens_text(s, n));
-    return 1;
+    double c = 1.0;
+    if (lua_getfield(L, idx, "session") == LUA_TTABLE &&
+        lua_getfield(L, -1, "calibration") == LUA_TNUMBER) {
+        c = lua_tonumber(L, -1);
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+    return c > 0 && isfinite(c) ? c : 1.0;
 }
 
-static int tokens_of(lua_State *L, int64_t (*fn)(const cJSON *), int want_depth)
+/* Pushes the estimate t, calibrated for the session when a ctx table is at ctx_idx: the same
+ * figure as ax.calibrated(t, ctx). */
+static int push_estimate(lua_State *L, int64_t t, int ctx_idx)
 {
-    struct ax_policy_engine *eng = ax__engine_of(L);
-    struct ax_policy_req *pr = eng->cur;
-    cJSON *node, *field;
-    const cJSON *n;
-    int boxed, depth;
-    int64_t t;
-
-    luaL_checkany(L, 1);
-    /* the request's own messages and root go through its memo (anthroxy_view.h) */
-    if (pr != NULL && pr->memo.root != NULL && ax__view_info(L, 1, &node, &depth, &field) &&
-        depth == want_depth &&
-        (depth == 0 ? node == pr->memo.root
-                    : field == cJSON_GetObjectItemCaseSensitive(pr->memo.root, "messages"))) {
-        t = depth == 0 ? ax__memo_request(&pr->memo, node) : ax__memo_message(&pr->memo, node);
-        lua_pushinteger(L, t);
-        return 1;
-    }
-    n = ax__json_arg(L, 1, &boxed);
-    t = fn(n);
+    if (lua_istable(L, ctx_idx))
+        t = (int64_t)floor((double)t * ctx_calibration(L, ctx_idx) + 0.5);
     lua_pushinteger(L, t);
     return 1;
 }
 
+static int l_tokens(lua_State *L)
+{
+    size_t n;
+    const char *s = luaL_checklstring(L, 1, &n);
+    return push_estimate(L, ax_tokens_text(s, n), 2);
+}
+
+enum est_kind { EST_MESSAGE, EST_REQUEST, EST_SYSTEM, EST_TOOLS };
+
+/* ax.<kind>_tokens(value [, ctx]): the request's own messages and root go through its memo
+ * (view.h), anything else is estimated afresh. */
+static int tokens_of(lua_State *L, enum est_kind kind)
+{
+    struct ax_policy_engine *eng = ax__engine_of(L);
+    struct ax_policy_req *pr = eng->cur;
+    struct ax__tokmemo *m = pr != NULL && pr->memo.root != NULL ? &pr->memo : NULL;
+    int want_depth = kind == EST_MESSAGE ? 2 : 0;
+    cJSON *node, *field;
+    const cJSON *n;
+    int boxed, depth;
+
+    luaL_checkany(L, 1);
+    if (m != NULL && ax__view_info(L, 1, &node, &depth, &field) && depth == want_depth &&
+        (depth == 0 ? node == m->root
+                    : field == cJSON_GetObjectItemCaseSensitive(m->root, "messages"))) {
+        switch (kind) {
+        case EST_MESSAGE:
+            return push_estimate(L, ax__memo_message(m, node), 2);
+        case EST_REQUEST:
+            return push_estimate(L, ax__memo_request(m, node), 2);
+        case EST_SYSTEM:
+            return push_estimate(L, ax__memo_system(m, node), 2);
+        case EST_TOOLS:
+            return push_estimate(L, ax__memo_tools(m, node), 2);
+        }
+    }
+    n = ax__json_arg(L, 1, &boxed);
+    switch (kind) {
+    case EST_MESSAGE:
+        return push_estimate(L, ax_tokens_message(n), 2);
+    case EST_REQUEST:
+        return push_estimate(L, ax_tokens_request(n), 2);
+    case EST_SYSTEM:
+        return push_estimate(L, ax_tokens_system(n), 2);
+    default:
+        return push_estimate(L, ax_tokens_tools(cJSON_GetObjectItemCaseSensitive(n, "tools")), 2);
+    }
+}
+
 static int l_message_tokens(lua_State *L)
 {
-    return tokens_of(L, ax_tokens_message, 2);
+    return tokens_of(L, EST_MESSAGE);
 }
 
 static int l_request_tokens(lua_State *L)
 {
-    return tokens_of(L, ax_tokens_request, 0);
+    return tokens_of(L, EST_REQUEST);
+}
+
+static int l_system_tokens(lua_State *L)
+{
+    return tokens_of(L, EST_SYSTEM);
+}
+
+static int l_tools_tokens(lua_State *L)
+{
+    return tokens_of(L, EST_TOOLS);
 }
 
 static int l_calibrated(lua_State *L)
@@ -73,13 +123,10 @@ static int l_calibrated(lua_State *L)
     struct ax_policy_engine *eng = ax__engine_of(L);
     double n = luaL_checknumber(L, 1), c = 1.0;
 
-    if (lua_istable(L, 2)) {
-        if (lua_getfield(L, 2, "session") == LUA_TTABLE &&
-            lua_getfield(L, -1, "calibration") == LUA_TNUMBER)
-            c = lua_tonumber(L, -1);
-    } else if (eng->cur != NULL && eng->cur->session != NULL) {
+    if (lua_istable(L, 2))
+        c = ctx_calibration(L, 2);
+    else if (eng->cur != NULL && eng->cur->session != NULL)
         c = eng->cur->session->calibration;
-    }
     if (!(c > 0) || !isfinite(c))
         c = 1.0;
     lua_pushinteger(L, (lua_Integer)floor(n * c + 0.5));
@@ -139,7 +186,7 @@ static int l_log_error(lua_State *L)
     return log_at(L, AX_LOG_LVL_ERROR);
 }
 
-static int l_print(lua_State *L)
+int ax__api_print(lua_State *L)
 {
     luaL_Buffer b;
     int i, n = lua_gettop(L);
@@ -201,23 +248,10 @@ int ax__is_fail(lua_State *L, int idx, struct ax_error *err)
     lua_getfield(L, -3, "message");
     ax_error_set(err, (int)lua_tointeger(L, -3), "invalid_request_error", "%s",
                  lua_tostring(L, -1) ? lua_tostring(L, -1) : "rejected by policy");
-    /* keep the policy's type only when it is one of Anthropic's (static strings) */
-    {
-        static const char *types[] = {"invalid_request_error",
-                                      "authentication_error",
-                                      "permission_error",
-                                      "not_found_error",
-                                      "request_too_large",
-                                      "rate_limit_error",
-                                      "api_error",
-                                      "overloaded_error"};
-        const char *t = lua_tostring(L, -2);
-        size_t i;
+    /* keep the policy's type only when it is one of Anthropic's (error.c's static strings) */
+    err->type = ax_error_type_known(lua_tostring(L, -2));
+    if (err->type == NULL)
         err->type = ax_error_type_for_status(err->status);
-        for (i = 0; t != NULL && i < sizeof(types) / sizeof(types[0]); i++)
-            if (strcmp(t, types[i]) == 0)
-                err->type = types[i];
-    }
     lua_pop(L, 4);
     return 1;
 }
@@ -497,8 +531,7 @@ static int ro_len(lua_State *L)
     return 1;
 }
 
-/* Replaces the table at the top with a read-only proxy of it. */
-static void make_readonly(lua_State *L)
+void ax__make_readonly(lua_State *L)
 {
     lua_newtable(L);                /* t, proxy */
     lua_createtable(L, 0, 5);       /* t, proxy, mt */
@@ -539,6 +572,8 @@ void ax__api_open(lua_State *L, struct ax_policy_engine *eng)
     static const luaL_Reg funcs[] = {{"tokens", l_tokens},
                                      {"message_tokens", l_message_tokens},
                                      {"request_tokens", l_request_tokens},
+                                     {"system_tokens", l_system_tokens},
+                                     {"tools_tokens", l_tools_tokens},
                                      {"calibrated", l_calibrated},
                                      {"fail", l_fail},
                                      {"sleep", l_sleep},
@@ -560,15 +595,15 @@ void ax__api_open(lua_State *L, struct ax_policy_engine *eng)
     luaL_setfuncs(L, funcs, 0);
     ax__view_open_api(L, &eng->vs); /* M (json, insert, remove, ...) */
     lua_getfield(L, -1, "json");    /* M, json */
-    make_readonly(L);
+    ax__make_readonly(L);
     lua_setfield(L, -2, "json"); /* M */
     lua_newtable(L);             /* M, log */
     luaL_setfuncs(L, logf, 0);
-    make_readonly(L);
+    ax__make_readonly(L);
     lua_setfield(L, -2, "log"); /* M */
     lua_pushliteral(L, ANTHROXY_VERSION);
     lua_setfield(L, -2, "version");
-    make_readonly(L); /* ax */
+    ax__make_readonly(L); /* ax */
     lua_pushvalue(L, -1);
     eng->api_ref = luaL_ref(L, LUA_REGISTRYINDEX);
 
@@ -579,93 +614,6 @@ void ax__api_open(lua_State *L, struct ax_policy_engine *eng)
     lua_pushboolean(L, 0);
     lua_setfield(L, -2, "__metatable");
     eng->fail_mt_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-}
-
-/* `load` in the sandbox: text only; without env, into a fresh sandbox environment. */
-static int l_sandbox_load(lua_State *L)
-{
-    size_t len;
-    const char *s = luaL_checklstring(L, 1, &len);
-    const char *name = luaL_optstring(L, 2, "=(load)");
-    int has_env = !lua_isnone(L, 4);
-
-    if (luaL_loadbufferx(L, s, len, name, "t") != LUA_OK) {
-        lua_pushnil(L);
-        lua_insert(L, -2);
-        return 2;
-    }
-    if (has_env) {
-        lua_pushvalue(L, 4);
-    } else {
-        lua_newtable(L);                       /* f, env */
-        lua_newtable(L);                       /* f, env, mt */
-        lua_pushvalue(L, lua_upvalueindex(1)); /* f, env, mt, base */
-        lua_setfield(L, -2, "__index");
-        lua_setmetatable(L, -2); /* f, env */
-    }
-    lua_setupvalue(L, -2, 1); /* f */
-    return 1;
-}
-
-void ax__sandbox_base(lua_State *L, struct ax_policy_engine *eng)
-{
-    static const char *copied[] = {"assert",       "error",    "ipairs", "next",     "pairs",
-                                   "pcall",        "xpcall",   "select", "tonumber", "tostring",
-                                   "type",         "rawequal", "rawget", "rawlen",   "setmetatable",
-                                   "getmetatable", "_VERSION", NULL};
-    static const char *libs[] = {"string", "table", "math", "utf8", "coroutine", NULL};
-    static const char *osf[] = {"time", "clock", "date", NULL};
-    int i;
-
-    (void)eng;
-    lua_newtable(L); /* base */
-    for (i = 0; copied[i] != NULL; i++) {
-        lua_getglobal(L, copied[i]);
-        lua_setfield(L, -2, copied[i]);
-    }
-    for (i = 0; libs[i] != NULL; i++) {
-        lua_getglobal(L, libs[i]); /* base, lib */
-        if (strcmp(libs[i], "string") == 0) {
-            lua_newtable(L); /* base, lib, copy: without string.dump */
-            lua_pushnil(L);
-            while (lua_next(L, -3) != 0) {
-                lua_pushvalue(L, -2);
-                lua_insert(L, -2);
-                lua_settable(L, -4);
-            }
-            lua_pushnil(L);
-            lua_setfield(L, -2, "dump");
-            lua_remove(L, -2); /* base, copy */
-        }
-        make_readonly(L);
-        lua_setfield(L, -2, libs[i]);
-    }
-    lua_getglobal(L, "os"); /* base, os */
-    lua_newtable(L);        /* base, os, safe */
-    for (i = 0; osf[i] != NULL; i++) {
-        lua_getfield(L, -2, osf[i]);
-        lua_setfield(L, -2, osf[i]);
-    }
-    lua_remove(L, -2);
-    make_readonly(L);
-    lua_setfield(L, -2, "os"); /* base */
-    lua_pushcfunction(L, l_print);
-    lua_setfield(L, -2, "print");
-    lua_pushvalue(L, -1);
-    lua_pushcclosure(L, l_sandbox_load, 1); /* upvalue: base (reached via env's __index) */
-    lua_setfield(L, -2, "load");
-
-    /* the string metatable: locked, so no policy can change what s:method() means */
-    lua_pushliteral(L, "");
-    if (lua_getmetatable(L, -1)) {
-        lua_pushboolean(L, 0);
-        lua_setfield(L, -2, "__metatable");
-        lua_pop(L, 1);
-    }
-    lua_pop(L, 1);
-
-    /* base itself read-only: policies' environments index it */
-    make_readonly(L);
 
     /* test hook for fakes: registered in the registry, handed to testing.lua only */
     lua_pushcfunction(L, l_set_fake);

@@ -1,9 +1,10 @@
-/* view.c - the request view: a Lua userdata over a cJSON node, and JSON <-> Lua conversion.
+/* view.c - the request view: a Lua userdata over a cJSON node, and the per-run token memo.
  *
  * Reads convert only what they touch; writes go straight into the tree and log what they
- * replaced (anthroxy_view.h), so commit frees the replaced nodes and discard undoes the log.
- * policy.c opens and closes the scopes; policy_api.c adds these functions to `anthroxy`. */
-#include "anthroxy_view.h"
+ * replaced (view.h), so commit frees the replaced nodes and discard undoes the log. Values
+ * convert through lua_json.c; run.c opens and closes the scopes; api.c adds these functions
+ * to `anthroxy`. */
+#include "view.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -11,10 +12,9 @@
 
 #include <lauxlib.h>
 
-#include "anthroxy_json.h"
 #include "anthroxy_tokens.h"
+#include "lua_json.h"
 
-#define MAX_DEPTH 200
 #define CACHE_MIN 8 /* arrays indexed past this position get a child-pointer cache */
 
 enum undo_kind { U_REPLACE, U_INSERT, U_REMOVE };
@@ -40,13 +40,7 @@ struct view {
     cJSON *anchor; /* depth >= 2: the element of that member it lives under (a message) */
 };
 
-struct jbox {
-    cJSON *root;
-};
-
-enum jkind { JK_OBJECT = 1, JK_ARRAY = 2 };
-
-static char obj_mt_key, arr_mt_key, null_key, vs_key;
+static char vs_key;
 
 /* ---- cJSON list surgery (the prev of the first child points at the last one) ---------- */
 
@@ -306,7 +300,32 @@ static int64_t part_tokens(const cJSON *req, const char *name)
     return ax_tokens_request(&obj);
 }
 
-/* ax_tokens_request is 3 + system + messages + tools; the empty request costs the 3. */
+/* ax_tokens_system(req) (the system prompt and the request's fixed 3), kept in the memo. */
+int64_t ax__memo_system(struct ax__tokmemo *m, const cJSON *req)
+{
+    if (req != m->root)
+        return ax_tokens_system(req);
+    if (!m->sys_ok) {
+        m->sys_tokens = part_tokens(req, "system");
+        m->sys_ok = 1;
+    }
+    return m->sys_tokens;
+}
+
+/* ax_tokens_tools(req.tools); the memo keeps it with the request's 3 (the session's tools
+ * estimate may have filled it, see run.c). */
+int64_t ax__memo_tools(struct ax__tokmemo *m, const cJSON *req)
+{
+    if (req != m->root)
+        return ax_tokens_tools(cJSON_GetObjectItemCaseSensitive(req, "tools"));
+    if (!m->tools_ok) {
+        m->tools_tokens = part_tokens(req, "tools");
+        m->tools_ok = 1;
+    }
+    return m->tools_tokens - part_tokens(req, "");
+}
+
+/* ax_tokens_request is 3 + system + messages + tools: the system part carries the 3. */
 int64_t ax__memo_request(struct ax__tokmemo *m, const cJSON *req)
 {
     const cJSON *msgs, *x;
@@ -314,15 +333,7 @@ int64_t ax__memo_request(struct ax__tokmemo *m, const cJSON *req)
 
     if (req != m->root)
         return ax_tokens_request(req);
-    if (!m->sys_ok) {
-        m->sys_tokens = part_tokens(req, "system");
-        m->sys_ok = 1;
-    }
-    if (!m->tools_ok) {
-        m->tools_tokens = part_tokens(req, "tools");
-        m->tools_ok = 1;
-    }
-    tok = m->sys_tokens + m->tools_tokens - part_tokens(req, "");
+    tok = ax__memo_system(m, req) + ax__memo_tools(m, req);
     msgs = cJSON_GetObjectItemCaseSensitive(req, "messages");
     cJSON_ArrayForEach(x, msgs)
     {
@@ -451,17 +462,9 @@ static void charge(lua_State *L, struct ax__scope *sc, size_t bytes)
     *sc->charge += bytes;
 }
 
-/* ---- Lua -> cJSON ----------------------------------------------------------------------- */
+/* ---- views ------------------------------------------------------------------------------ */
 
-void ax__push_null(lua_State *L)
-{
-    lua_pushlightuserdata(L, &null_key);
-}
-
-static int is_null(lua_State *L, int idx)
-{
-    return lua_islightuserdata(L, idx) && lua_touserdata(L, idx) == &null_key;
-}
+static void check_views_valid(lua_State *L, int idx);
 
 static struct ax__vstate *vstate(lua_State *L)
 {
@@ -481,337 +484,10 @@ static struct view *valid_view(lua_State *L, struct ax__vstate *vs, int idx)
     return v;
 }
 
-static size_t tree_bytes(const cJSON *n)
-{
-    size_t b = sizeof(cJSON);
-    const cJSON *c;
-    if (n->string != NULL)
-        b += strlen(n->string) + 1;
-    if (n->valuestring != NULL)
-        b += strlen(n->valuestring) + 1;
-    for (c = n->child; c != NULL; c = c->next)
-        b += tree_bytes(c);
-    return b;
-}
-
-static int marker_kind(lua_State *L, int idx)
-{
-    int kind = 0;
-    if (!lua_getmetatable(L, idx))
-        return 0;
-    lua_rawgetp(L, LUA_REGISTRYINDEX, &obj_mt_key);
-    if (lua_rawequal(L, -1, -2))
-        kind = JK_OBJECT;
-    lua_pop(L, 1);
-    lua_rawgetp(L, LUA_REGISTRYINDEX, &arr_mt_key);
-    if (lua_rawequal(L, -1, -2))
-        kind = JK_ARRAY;
-    lua_pop(L, 2);
-    return kind;
-}
-
-/* Object or array for the table at idx (absolute). */
-static int table_kind(lua_State *L, int idx, int hint)
-{
-    lua_Integer n_int = 0, max = 0;
-    lua_Integer n_str = 0;
-    int kind = marker_kind(L, idx);
-
-    if (kind)
-        return kind;
-    lua_pushnil(L);
-    while (lua_next(L, idx) != 0) {
-        lua_pop(L, 1);
-        if (lua_type(L, -1) == LUA_TSTRING) {
-            n_str++;
-        } else if (lua_isinteger(L, -1) && lua_tointeger(L, -1) >= 1) {
-            n_int++;
-            if (lua_tointeger(L, -1) > max)
-                max = lua_tointeger(L, -1);
-        } else {
-            return luaL_error(L, "cannot convert a table with a %s key to JSON",
-                              luaL_typename(L, -1));
-        }
-    }
-    if (n_int == 0 && n_str == 0)
-        return hint ? hint : JK_OBJECT;
-    if (n_str == 0 && max == n_int)
-        return JK_ARRAY;
-    if (n_int == 0)
-        return JK_OBJECT;
-    return luaL_error(L, "cannot convert a table mixing array and object keys to JSON");
-}
-
 static cJSON *nomem(lua_State *L)
 {
     luaL_error(L, "not enough memory");
     return NULL;
-}
-
-static void fill(lua_State *L, int idx, cJSON *node, int kind, int depth, size_t *bytes);
-static void check_views_valid(lua_State *L, int idx);
-
-/* Creates the node for the value at idx (absolute); containers come back empty with *kind
- * set, to be attached before fill() so a raise leaves nothing unreachable. */
-static cJSON *make_node(lua_State *L, int idx, int hint, int *kind, size_t *bytes)
-{
-    cJSON *n = NULL;
-    *kind = 0;
-    switch (lua_type(L, idx)) {
-    case LUA_TBOOLEAN:
-        n = cJSON_CreateBool(lua_toboolean(L, idx));
-        break;
-    case LUA_TNUMBER:
-        if (lua_isinteger(L, idx)) {
-            lua_Integer i = lua_tointeger(L, idx);
-            if (i > (1LL << 53) || i < -(1LL << 53)) {
-                char buf[32];
-                snprintf(buf, sizeof(buf), "%lld", (long long)i);
-                n = cJSON_CreateRaw(buf);
-            } else {
-                n = cJSON_CreateNumber((double)i);
-            }
-        } else {
-            double d = lua_tonumber(L, idx);
-            if (!isfinite(d))
-                luaL_error(L, "cannot convert %f to JSON", d);
-            n = cJSON_CreateNumber(d);
-        }
-        break;
-    case LUA_TSTRING: {
-        size_t len;
-        const char *s = lua_tolstring(L, idx, &len);
-        if (memchr(s, 0, len) != NULL)
-            luaL_error(L, "cannot convert a string holding a NUL byte to JSON");
-        n = cJSON_CreateString(s);
-        *bytes += len + 1;
-        break;
-    }
-    case LUA_TLIGHTUSERDATA:
-        if (!is_null(L, idx))
-            luaL_error(L, "cannot convert a light userdata to JSON");
-        n = cJSON_CreateNull();
-        break;
-    case LUA_TUSERDATA: {
-        struct view *v = test_view(L, idx);
-        if (v == NULL)
-            luaL_error(L, "cannot convert a userdata to JSON");
-        check_views_valid(L, idx);
-        n = cJSON_Duplicate(v->node, 1);
-        if (n != NULL)
-            *bytes += tree_bytes(n);
-        break;
-    }
-    case LUA_TTABLE:
-        *kind = table_kind(L, idx, hint);
-        n = *kind == JK_ARRAY ? cJSON_CreateArray() : cJSON_CreateObject();
-        break;
-    default:
-        luaL_error(L, "cannot convert a %s to JSON", luaL_typename(L, idx));
-    }
-    if (n == NULL)
-        return nomem(L);
-    *bytes += sizeof(cJSON);
-    return n;
-}
-
-static int cmp_str(const void *a, const void *b)
-{
-    return strcmp(*(const char *const *)a, *(const char *const *)b);
-}
-
-static void fill_child(lua_State *L, cJSON *node, const char *key, int depth, size_t *bytes)
-{
-    int kind, top = lua_gettop(L);
-    cJSON *c = make_node(L, top, 0, &kind, bytes);
-    if (key != NULL) {
-        if (!cJSON_AddItemToObject(node, key, c)) {
-            cJSON_Delete(c);
-            nomem(L);
-        }
-        *bytes += strlen(key) + 1;
-    } else if (!cJSON_AddItemToArray(node, c)) {
-        cJSON_Delete(c);
-        nomem(L);
-    }
-    if (kind)
-        fill(L, top, c, kind, depth + 1, bytes);
-}
-
-static void fill(lua_State *L, int idx, cJSON *node, int kind, int depth, size_t *bytes)
-{
-    if (depth > MAX_DEPTH)
-        luaL_error(L, "cannot convert to JSON: nesting over %d (a cycle?)", MAX_DEPTH);
-    luaL_checkstack(L, 6, "JSON conversion");
-    if (kind == JK_ARRAY) {
-        lua_Integer i, n = (lua_Integer)lua_rawlen(L, idx);
-        for (i = 1; i <= n; i++) {
-            lua_rawgeti(L, idx, i); /* v */
-            if (lua_isnil(L, -1)) {
-                lua_pop(L, 1);
-                break;
-            }
-            fill_child(L, node, NULL, depth, bytes);
-            lua_pop(L, 1);
-        }
-        return;
-    }
-    {
-        size_t nk = 0, cap = 0, i, len;
-        const char **keys;
-        lua_pushnil(L);
-        while (lua_next(L, idx) != 0) {
-            lua_pop(L, 1);
-            if (lua_type(L, -1) != LUA_TSTRING)
-                luaL_error(L, "cannot convert an object with a %s key to JSON",
-                           luaL_typename(L, -1));
-            if (strlen(lua_tolstring(L, -1, &len)) != len)
-                luaL_error(L, "cannot convert an object key holding a NUL byte to JSON");
-            cap++;
-        }
-        /* key array in a userdata: collected even if a conversion below raises */
-        keys = lua_newuserdatauv(L, sizeof(char *) * (cap ? cap : 1), 0); /* keys */
-        lua_pushnil(L);                                                   /* keys, nil */
-        while (lua_next(L, idx) != 0) {                                   /* keys, k, v */
-            lua_pop(L, 1);                                                /* keys, k */
-            if (nk < cap)
-                keys[nk++] = lua_tostring(L, -1); /* kept alive: a key of the table */
-        }
-        qsort(keys, nk, sizeof(*keys), cmp_str);
-        for (i = 0; i < nk; i++) {
-            lua_getfield(L, idx, keys[i]); /* keys, v */
-            fill_child(L, node, keys[i], depth, bytes);
-            lua_pop(L, 1);
-        }
-        lua_pop(L, 1);
-    }
-}
-
-static int jbox_gc(lua_State *L)
-{
-    struct jbox *b = lua_touserdata(L, 1);
-    if (b->root != NULL)
-        cJSON_Delete(b->root);
-    b->root = NULL;
-    return 0;
-}
-
-static struct jbox *push_box(lua_State *L)
-{
-    struct jbox *b = lua_newuserdatauv(L, sizeof(*b), 0);
-    b->root = NULL;
-    luaL_setmetatable(L, AX_JBOX_MT);
-    return b;
-}
-
-/* Converts the value at idx into a new tree held by a box pushed on the stack (the box frees
- * it unless the caller takes it); hint is the type of a node it replaces. */
-static struct jbox *box_convert(lua_State *L, int idx, int hint, size_t *bytes)
-{
-    int kind;
-    struct jbox *b;
-
-    idx = lua_absindex(L, idx);
-    b = push_box(L);
-    b->root = make_node(L, idx, hint, &kind, bytes);
-    if (kind)
-        fill(L, idx, b->root, kind, 1, bytes);
-    return b;
-}
-
-cJSON *ax__json_from_lua(lua_State *L, int idx)
-{
-    size_t bytes = 0;
-    struct jbox *b = box_convert(L, idx, 0, &bytes);
-    cJSON *n = b->root;
-    b->root = NULL;
-    lua_pop(L, 1);
-    return n;
-}
-
-const cJSON *ax__json_arg(lua_State *L, int idx, int *boxed)
-{
-    struct view *v = test_view(L, idx);
-    size_t bytes = 0;
-
-    *boxed = 0;
-    if (v != NULL) {
-        check_views_valid(L, idx);
-        return v->node;
-    }
-    *boxed = 1;
-    return box_convert(L, idx, 0, &bytes)->root;
-}
-
-/* ---- cJSON -> Lua ----------------------------------------------------------------------- */
-
-static void push_number(lua_State *L, double d)
-{
-    if (d >= -9.2e18 && d <= 9.2e18 && (double)(lua_Integer)d == d)
-        lua_pushinteger(L, (lua_Integer)d);
-    else
-        lua_pushnumber(L, d);
-}
-
-static void push_raw(lua_State *L, const char *s)
-{
-    if (s == NULL || lua_stringtonumber(L, s) == 0)
-        lua_pushstring(L, s ? s : "");
-}
-
-static void push_scalar(lua_State *L, const cJSON *n)
-{
-    switch (n->type & 0xFF) {
-    case cJSON_False:
-        lua_pushboolean(L, 0);
-        break;
-    case cJSON_True:
-        lua_pushboolean(L, 1);
-        break;
-    case cJSON_NULL:
-        ax__push_null(L);
-        break;
-    case cJSON_Number:
-        push_number(L, n->valuedouble);
-        break;
-    case cJSON_String:
-        lua_pushstring(L, n->valuestring ? n->valuestring : "");
-        break;
-    case cJSON_Raw:
-        push_raw(L, n->valuestring);
-        break;
-    default:
-        lua_pushnil(L);
-    }
-}
-
-static void push_table_rec(lua_State *L, const cJSON *node, int depth)
-{
-    const cJSON *c;
-    lua_Integer i = 0;
-
-    if (!cJSON_IsArray(node) && !cJSON_IsObject(node)) {
-        push_scalar(L, node);
-        return;
-    }
-    if (depth > 1000)
-        luaL_error(L, "JSON nesting too deep");
-    luaL_checkstack(L, 4, "JSON conversion");
-    lua_createtable(L, cJSON_IsArray(node) ? 4 : 0, cJSON_IsObject(node) ? 4 : 0); /* t */
-    lua_rawgetp(L, LUA_REGISTRYINDEX, cJSON_IsArray(node) ? &arr_mt_key : &obj_mt_key);
-    lua_setmetatable(L, -2);
-    for (c = node->child; c != NULL; c = c->next) {
-        push_table_rec(L, c, depth + 1); /* t, v */
-        if (cJSON_IsArray(node))
-            lua_rawseti(L, -2, ++i);
-        else
-            lua_setfield(L, -2, c->string ? c->string : "");
-    }
-}
-
-void ax__json_push_table(lua_State *L, const cJSON *node)
-{
-    push_table_rec(L, node, 0);
 }
 
 void ax__view_push(lua_State *L, struct ax__vstate *vs, struct ax__scope *sc, cJSON *node)
@@ -830,7 +506,7 @@ static void push_value(lua_State *L, const struct view *parent, cJSON *n)
 {
     struct view *v;
     if (!cJSON_IsArray(n) && !cJSON_IsObject(n)) {
-        push_scalar(L, n);
+        ax__json_push_scalar(L, n);
         return;
     }
     v = lua_newuserdatauv(L, sizeof(*v), 0);
@@ -870,6 +546,15 @@ static void check_views_valid(lua_State *L, int idx)
         luaL_error(L, "view used outside its hook (keep ax.json.totable copies across hooks)");
 }
 
+cJSON *ax__view_node(lua_State *L, int idx)
+{
+    struct view *v = test_view(L, idx);
+    if (v == NULL)
+        return NULL;
+    check_views_valid(L, idx);
+    return v->node;
+}
+
 static int view_index(lua_State *L)
 {
     struct ax__vstate *vs = vstate(L);
@@ -893,14 +578,15 @@ static int view_index(lua_State *L)
 
 static int node_kind(const cJSON *n)
 {
-    return cJSON_IsArray(n) ? JK_ARRAY : cJSON_IsObject(n) ? JK_OBJECT : 0;
+    return cJSON_IsArray(n) ? AX__JK_ARRAY : cJSON_IsObject(n) ? AX__JK_OBJECT : 0;
 }
 
 static cJSON *convert_value(lua_State *L, struct ax__scope *sc, int idx, int hint)
 {
     size_t bytes = 0;
     cJSON *n;
-    struct jbox *b = box_convert(L, idx, hint, &bytes); /* the box owns it until it is in */
+    struct ax__jbox *b =
+        ax__json_convert(L, idx, hint, &bytes); /* the box owns it until it is in */
 
     charge(L, sc, bytes);
     log_reserve(L, sc);
@@ -1244,134 +930,15 @@ static int l_remove(lua_State *L)
     return 1;
 }
 
-static int l_encode(lua_State *L)
-{
-    int boxed;
-    const cJSON *n;
-    char *s;
-
-    luaL_checkany(L, 1);
-    n = ax__json_arg(L, 1, &boxed);
-    s = cJSON_PrintUnformatted(n);
-    if (s == NULL)
-        return luaL_error(L, "not enough memory");
-    lua_pushstring(L, s);
-    cJSON_free(s);
-    return 1;
-}
-
-static int l_decode(lua_State *L)
-{
-    size_t len;
-    const char *s = luaL_checklstring(L, 1, &len);
-    char *copy = lua_newuserdatauv(L, len + 1, 0); /* mutable copy, collected */
-    struct ax_error err;
-    struct jbox *b;
-
-    memcpy(copy, s, len);
-    copy[len] = 0;
-    b = push_box(L);
-    b->root = ax_json_parse(copy, len, &err);
-    if (b->root == NULL)
-        return luaL_error(L, "ax.json.decode: %s", err.message);
-    ax__json_push_table(L, b->root);
-    cJSON_Delete(b->root);
-    b->root = NULL;
-    return 1;
-}
-
-static int mark(lua_State *L, void *key)
-{
-    if (lua_isnoneornil(L, 1)) {
-        lua_settop(L, 0);
-        lua_newtable(L);
-    } else {
-        luaL_checktype(L, 1, LUA_TTABLE);
-        lua_settop(L, 1);
-    }
-    lua_rawgetp(L, LUA_REGISTRYINDEX, key);
-    lua_setmetatable(L, 1);
-    return 1;
-}
-
-static int l_object(lua_State *L)
-{
-    return mark(L, &obj_mt_key);
-}
-
-static int l_array(lua_State *L)
-{
-    return mark(L, &arr_mt_key);
-}
-
-static int l_totable(lua_State *L)
-{
-    struct ax__vstate *vs = vstate(L);
-    struct view *v = test_view(L, 1);
-    if (v == NULL) {
-        lua_settop(L, 1);
-        return 1;
-    }
-    valid_view(L, vs, 1);
-    ax__json_push_table(L, v->node);
-    return 1;
-}
-
-static int l_type(lua_State *L)
-{
-    struct view *v = test_view(L, 1);
-    const char *t = NULL;
-    switch (lua_type(L, 1)) {
-    case LUA_TSTRING:
-        t = "string";
-        break;
-    case LUA_TNUMBER:
-        t = "number";
-        break;
-    case LUA_TBOOLEAN:
-        t = "boolean";
-        break;
-    case LUA_TLIGHTUSERDATA:
-        t = is_null(L, 1) ? "null" : NULL;
-        break;
-    case LUA_TUSERDATA:
-        if (v != NULL)
-            check_views_valid(L, 1);
-        t = v == NULL ? NULL : cJSON_IsArray(v->node) ? "array" : "object";
-        break;
-    case LUA_TTABLE: {
-        int k = marker_kind(L, 1);
-        if (!k)
-            k = lua_rawlen(L, 1) > 0 ? JK_ARRAY : JK_OBJECT;
-        t = k == JK_ARRAY ? "array" : "object";
-        break;
-    }
-    default:
-        break;
-    }
-    if (t == NULL)
-        lua_pushnil(L);
-    else
-        lua_pushstring(L, t);
-    return 1;
-}
-
 void ax__view_open_api(lua_State *L, struct ax__vstate *vs)
 {
     static const luaL_Reg top[] = {
         {"is_view", l_is_view}, {"ipairs", l_ipairs}, {"pairs", l_pairs}, {"insert", l_insert},
         {"remove", l_remove},   {"len", l_len},       {NULL, NULL}};
-    static const luaL_Reg json[] = {
-        {"encode", l_encode},   {"decode", l_decode}, {"object", l_object}, {"array", l_array},
-        {"totable", l_totable}, {"type", l_type},     {NULL, NULL}};
 
     lua_pushlightuserdata(L, vs); /* M, vs */
     luaL_setfuncs(L, top, 1);     /* M */
-    lua_newtable(L);              /* M, json */
-    lua_pushlightuserdata(L, vs); /* M, json, vs */
-    luaL_setfuncs(L, json, 1);    /* M, json */
-    ax__push_null(L);             /* M, json, null */
-    lua_setfield(L, -2, "null");  /* M, json */
+    ax__json_open_api(L);         /* M, json */
     lua_setfield(L, -2, "json");  /* M */
 }
 
@@ -1392,27 +959,7 @@ void ax__view_init(lua_State *L, struct ax__vstate *vs)
     lua_setfield(L, -2, "__metatable"); /* mt */
     lua_pop(L, 1);                      /* (empty) */
 
-    luaL_newmetatable(L, AX_JBOX_MT); /* bmt */
-    lua_pushcfunction(L, jbox_gc);    /* bmt, gc */
-    lua_setfield(L, -2, "__gc");      /* bmt */
-    lua_pushboolean(L, 0);
-    lua_setfield(L, -2, "__metatable");
-    lua_pop(L, 1);
-
-    /* the marker metatables are shared by every policy: protected, so that none can change
-     * them (getmetatable answers the name; a marked table keeps its marker) */
-    lua_newtable(L); /* omt */
-    lua_pushliteral(L, "json.object");
-    lua_setfield(L, -2, "__name");
-    lua_pushliteral(L, "json.object");
-    lua_setfield(L, -2, "__metatable");
-    lua_rawsetp(L, LUA_REGISTRYINDEX, &obj_mt_key);
-    lua_newtable(L); /* amt */
-    lua_pushliteral(L, "json.array");
-    lua_setfield(L, -2, "__name");
-    lua_pushliteral(L, "json.array");
-    lua_setfield(L, -2, "__metatable");
-    lua_rawsetp(L, LUA_REGISTRYINDEX, &arr_mt_key);
+    ax__json_init(L); /* boxes and the object/array markers the conversions use */
 
     /* the vstate, for conversions that meet a view outside a view metamethod */
     lua_pushlightuserdata(L, vs);
