@@ -76,11 +76,10 @@ static void on_upstream_info(void *ud)
     const struct ax_upstream_info *info = ax_upstream_info(srv->up);
     const char *src;
     int64_t win = ax_server_context_window(srv, &src);
-    static const char *const states[] = {"unknown", "ok", "loading", "down"};
 
     AX_LOG_INFO(NULL, "upstream %s: state %s, model '%s', context window %lld (%s)%s",
-                ax_upstream_root(srv->up), states[info->state & 3], info->model_id, (long long)win,
-                src, info->llama_server ? ", llama-server" : "");
+                ax_upstream_root(srv->up), ax_upstream_state_name(info->state), info->model_id,
+                (long long)win, src, info->llama_server ? ", llama-server" : "");
     if (win < AX_CLAUDE_CODE_PREFIX_TOKENS + AX_CLAUDE_CODE_HEADROOM)
         AX_LOG_WARN(NULL,
                     "context window %lld is below Claude Code's fixed prefix (~%d tokens of "

@@ -2,9 +2,10 @@
  *
  * One uv_poll per socket curl opens (curl_multi_assign), one uv_timer for curl's timeout,
  * one uv_idle for work that must not run inside curl's callbacks (resume, cancel, on_done),
- * a per-transfer uv_timer for the idle timeout and connect-retry backoff, a concurrency cap
- * with a FIFO queue, and the background probe of /props, /slots and /v1/models. request.c
- * and routes.c start transfers; nothing here knows about Anthropic or OpenAI shapes. */
+ * a per-transfer uv_timer for the idle timeout and connect-retry backoff, and a concurrency
+ * cap with a FIFO queue. messages.c streams chat completions through it, routes.c and the
+ * policy engine fetch, probe.c polls the server's facts; nothing here knows the shape of a
+ * request or an answer. */
 #include "anthroxy_upstream.h"
 #include "anthroxy_buf.h"
 #include "anthroxy_error.h"
@@ -26,9 +27,6 @@
 
 #define UP_DEFAULT_CONCURRENT 64
 #define UP_DEFAULT_FETCH_MAX (8u * 1024 * 1024)
-#define UP_PROBE_TIMEOUT_MS 10000
-#define UP_PROBE_SLOW_MS 60000
-#define UP_PROBE_MAX_BYTES (4u * 1024 * 1024)
 
 enum xfer_state {
     XS_QUEUED,  /* in up->queue (or up->launchq for probes), no easy handle in the multi */
@@ -80,14 +78,11 @@ struct up_sock {
     struct up_sock *next, *prev;
 };
 
-enum probe_step { PROBE_IDLE, PROBE_PROPS, PROBE_SLOTS, PROBE_MODELS };
-
 struct ax_upstream {
     uv_loop_t *loop;
     CURLM *multi;
     uv_timer_t curl_timer;
     uv_idle_t idle;
-    uv_timer_t probe_timer;
     struct curl_slist *headers;
     char *root;
     char *base_url;
@@ -109,24 +104,14 @@ struct ax_upstream {
     void *closed_ud;
     struct ax_upstream_stats stats;
 
-    struct ax_upstream_info info;
-    enum probe_step probe_step;
-    struct ax_xfer *probe_xfer;
-    uint64_t probe_interval_ms; /* 0: probe_start not called */
-    int probe_state;            /* state the running probe has found so far */
-    int64_t probe_n_ctx;
-    const char *probe_n_ctx_source;
-    int probe_llama;
-    char probe_old_model[256];
-    void (*on_info)(void *ud);
-    void *on_info_ud;
+    void *attached; /* the probe (ax__upstream_attach), or NULL */
+    void (*attached_on_close)(void *obj);
 };
 
 static void up_schedule(struct ax_upstream *up);
 static void up_flush(struct ax_upstream *up);
 static void up_maybe_finish(struct ax_upstream *up);
 static void xfer_finish(struct ax_xfer *x, int rc);
-static void probe_step_start(struct ax_upstream *up, enum probe_step step);
 
 /* ---- small lists ---- */
 
@@ -209,7 +194,6 @@ static void up_free(struct ax_upstream *up)
     void (*cb)(void *) = up->on_closed;
     void *ud = up->closed_ud;
 
-    cJSON_Delete(up->info.models);
     curl_slist_free_all(up->headers);
     free(up->root);
     free(up->base_url);
@@ -878,9 +862,8 @@ int ax_upstream_new(uv_loop_t *loop, const struct ax_upstream_opts *o, struct ax
     curl_multi_setopt(up->multi, CURLMOPT_MAXCONNECTS, (long)up->opts.max_concurrent + 4);
     uv_timer_init(loop, &up->curl_timer);
     uv_idle_init(loop, &up->idle);
-    uv_timer_init(loop, &up->probe_timer);
-    up->curl_timer.data = up->idle.data = up->probe_timer.data = up;
-    up->nhandles = 3;
+    up->curl_timer.data = up->idle.data = up;
+    up->nhandles = 2;
     *out = up;
     return 0;
 fail:
@@ -913,7 +896,6 @@ static void up_maybe_finish(struct ax_upstream *up)
         sock_close(s);
     uv_close((uv_handle_t *)&up->curl_timer, up_on_handle_close);
     uv_close((uv_handle_t *)&up->idle, up_on_handle_close);
-    uv_close((uv_handle_t *)&up->probe_timer, up_on_handle_close);
 }
 
 void ax_upstream_close(struct ax_upstream *up, void (*on_closed)(void *ud), void *ud)
@@ -925,7 +907,8 @@ void ax_upstream_close(struct ax_upstream *up, void (*on_closed)(void *ud), void
     up->closing = 1;
     up->on_closed = on_closed;
     up->closed_ud = ud;
-    uv_timer_stop(&up->probe_timer);
+    if (up->attached != NULL)
+        up->attached_on_close(up->attached);
     for (x = up->all; x != NULL; x = x->all_next)
         ax_xfer_cancel(x);
     up_schedule(up);
@@ -1093,226 +1076,33 @@ int ax_upstream_fetch(struct ax_upstream *up, const char *method, const char *pa
                        cb, ud, 0, out);
 }
 
-/* ---- probes ---- */
+/* ---- for probe.c ---- */
 
-static const char *state_name(int state)
+int ax__upstream_fetch_bypass(struct ax_upstream *up, const char *path, uint64_t timeout_ms,
+                              size_t max, ax_fetch_cb cb, void *ud, struct ax_xfer **out)
 {
-    switch (state) {
-    case AX_UP_OK:
-        return "ok";
-    case AX_UP_LOADING:
-        return "loading";
-    case AX_UP_DOWN:
-        return "down";
-    default:
-        return "unknown";
-    }
+    return fetch_start(up, "GET", path, NULL, 0, timeout_ms, max, cb, ud, 1, out);
 }
 
-static int64_t json_positive_int(const cJSON *obj, const char *key)
+uv_loop_t *ax__upstream_loop(const struct ax_upstream *up)
 {
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
-
-    if (!cJSON_IsNumber(v) || v->valuedouble < 1 || v->valuedouble > 1e15)
-        return 0;
-    return (int64_t)v->valuedouble;
+    return up->loop;
 }
 
-/* Parses a fetched body (NUL-terminated by the fetch): NULL when it is not exactly one JSON
- * value, trailing whitespace allowed. */
-static cJSON *probe_parse(const char *body, size_t len)
+void ax__upstream_attach(struct ax_upstream *up, void *obj, void (*on_close)(void *obj))
 {
-    return cJSON_ParseWithLengthOpts(body, len + 1, NULL, 1);
+    up->attached = obj;
+    up->attached_on_close = on_close;
+    up->nhandles++; /* released by ax__upstream_detached */
 }
 
-static void probe_state_from_status(struct ax_upstream *up, int rc, int status)
+void *ax__upstream_attached(const struct ax_upstream *up)
 {
-    if (rc < 0)
-        up->probe_state = AX_UP_DOWN;
-    else if (status == 503)
-        up->probe_state = AX_UP_LOADING; /* llama-server while it loads the model */
-    else if (status >= 500)
-        up->probe_state = AX_UP_DOWN;
-    else
-        up->probe_state = AX_UP_OK;
+    return up->attached;
 }
 
-static void probe_on_props(struct ax_upstream *up, int status, const char *body, size_t len)
+void ax__upstream_detached(struct ax_upstream *up)
 {
-    cJSON *j;
-    const cJSON *dgs;
-
-    if (status != 200 || (j = probe_parse(body, len)) == NULL)
-        return;
-    dgs = cJSON_GetObjectItemCaseSensitive(j, "default_generation_settings");
-    if (cJSON_IsObject(dgs)) {
-        up->probe_llama = 1;
-        if ((up->probe_n_ctx = json_positive_int(dgs, "n_ctx")) > 0)
-            up->probe_n_ctx_source = "props";
-    }
-    cJSON_Delete(j);
-}
-
-static void probe_on_slots(struct ax_upstream *up, int status, const char *body, size_t len)
-{
-    cJSON *j;
-    const cJSON *s0;
-
-    if (status != 200 || (j = probe_parse(body, len)) == NULL)
-        return;
-    if (cJSON_IsArray(j) && (s0 = j->child) != NULL && cJSON_IsObject(s0) &&
-        (up->probe_n_ctx = json_positive_int(s0, "n_ctx")) > 0)
-        up->probe_n_ctx_source = "slots";
-    cJSON_Delete(j);
-}
-
-static void probe_on_models(struct ax_upstream *up, int status, const char *body, size_t len)
-{
-    cJSON *j, *data;
-    const cJSON *m0, *id;
-
-    if (status != 200 || (j = probe_parse(body, len)) == NULL)
-        return;
-    data = cJSON_DetachItemFromObjectCaseSensitive(j, "data");
-    cJSON_Delete(j);
-    if (!cJSON_IsArray(data)) {
-        cJSON_Delete(data);
-        return;
-    }
-    m0 = data->child;
-    id = cJSON_GetObjectItemCaseSensitive(m0, "id");
-    if (cJSON_IsString(id) && id->valuestring != NULL)
-        snprintf(up->info.model_id, sizeof(up->info.model_id), "%s", id->valuestring);
-    else
-        up->info.model_id[0] = '\0';
-    /* vLLM reports the context per sequence here; llama-server and Ollama answered above */
-    if (up->probe_n_ctx == 0 && m0 != NULL &&
-        (up->probe_n_ctx = json_positive_int(m0, "max_model_len")) > 0)
-        up->probe_n_ctx_source = "models";
-    cJSON_Delete(up->info.models);
-    up->info.models = data;
-}
-
-static void probe_on_timer(uv_timer_t *t)
-{
-    ax_upstream_probe_now(t->data);
-}
-
-static void probe_finish(struct ax_upstream *up)
-{
-    struct ax_upstream_info *in = &up->info;
-    int changed;
-    uint64_t next;
-
-    changed = in->state != up->probe_state || in->n_ctx != up->probe_n_ctx ||
-              (in->n_ctx_source != up->probe_n_ctx_source && up->probe_n_ctx > 0) ||
-              in->llama_server != up->probe_llama || strcmp(in->model_id, up->probe_old_model) != 0;
-    if (in->state != up->probe_state)
-        UP_LOG(up->probe_state == AX_UP_OK ? AX_LOG_LVL_INFO : AX_LOG_LVL_WARN,
-               "upstream: %s is %s", up->root, state_name(up->probe_state));
-    if (in->n_ctx != up->probe_n_ctx && up->probe_n_ctx > 0)
-        UP_LOG(AX_LOG_LVL_INFO, "upstream: context window n_ctx=%lld (from /%s)",
-               (long long)up->probe_n_ctx, up->probe_n_ctx_source);
-    in->state = up->probe_state;
-    /* a server that is down or loading keeps the last n_ctx it reported */
-    if (up->probe_n_ctx > 0 || in->state == AX_UP_OK) {
-        in->n_ctx = up->probe_n_ctx;
-        in->n_ctx_source = up->probe_n_ctx > 0 ? up->probe_n_ctx_source : NULL;
-        in->llama_server = up->probe_llama;
-    }
-    in->last_probe_ms = uv_now(up->loop);
-    up->probe_step = PROBE_IDLE;
-    if (up->probe_interval_ms && !up->closing) {
-        /* fast while down, loading or (llama-server) without a context size */
-        next = up->probe_interval_ms;
-        if (in->state == AX_UP_OK && (in->n_ctx > 0 || !in->llama_server))
-            next = UP_PROBE_SLOW_MS;
-        uv_timer_start(&up->probe_timer, probe_on_timer, next, 0);
-    }
-    if (changed && up->on_info != NULL)
-        up->on_info(up->on_info_ud);
-}
-
-static void probe_on_fetch(int rc, int status, const char *body, size_t len, void *ud)
-{
-    struct ax_upstream *up = ud;
-
-    up->probe_xfer = NULL;
-    if (up->closing) {
-        up->probe_step = PROBE_IDLE;
-        return;
-    }
-    switch (up->probe_step) {
-    case PROBE_PROPS:
-        probe_state_from_status(up, rc, status);
-        if (up->probe_state != AX_UP_OK) {
-            probe_finish(up);
-            return;
-        }
-        probe_on_props(up, status, body, len);
-        probe_step_start(up, up->probe_n_ctx > 0 ? PROBE_MODELS : PROBE_SLOTS);
-        return;
-    case PROBE_SLOTS:
-        if (rc == 0)
-            probe_on_slots(up, status, body, len);
-        probe_step_start(up, PROBE_MODELS);
-        return;
-    case PROBE_MODELS:
-        if (rc == 0 && status >= 500)
-            probe_state_from_status(up, rc, status);
-        else if (rc == 0)
-            probe_on_models(up, status, body, len);
-        probe_finish(up);
-        return;
-    default:
-        return;
-    }
-}
-
-static void probe_step_start(struct ax_upstream *up, enum probe_step step)
-{
-    static const char *const paths[] = {NULL, "/props", "/slots", "/v1/models"};
-    int rc;
-
-    up->probe_step = step;
-    rc = fetch_start(up, "GET", paths[step], NULL, 0, UP_PROBE_TIMEOUT_MS, UP_PROBE_MAX_BYTES,
-                     probe_on_fetch, up, 1, &up->probe_xfer);
-    if (rc < 0) {
-        /* out of memory or closing: try again at the next interval */
-        if (step == PROBE_PROPS)
-            up->probe_state = AX_UP_DOWN;
-        up->probe_step = PROBE_IDLE;
-        if (up->probe_interval_ms && !up->closing)
-            uv_timer_start(&up->probe_timer, probe_on_timer, up->probe_interval_ms, 0);
-    }
-}
-
-void ax_upstream_probe_now(struct ax_upstream *up)
-{
-    if (up->closing || up->probe_step != PROBE_IDLE)
-        return;
-    uv_timer_stop(&up->probe_timer);
-    up->probe_state = AX_UP_UNKNOWN;
-    up->probe_n_ctx = 0;
-    up->probe_n_ctx_source = NULL;
-    up->probe_llama = 0;
-    snprintf(up->probe_old_model, sizeof(up->probe_old_model), "%s", up->info.model_id);
-    probe_step_start(up, PROBE_PROPS);
-}
-
-void ax_upstream_probe_start(struct ax_upstream *up, uint64_t interval_ms)
-{
-    up->probe_interval_ms = interval_ms ? interval_ms : 2000;
-    ax_upstream_probe_now(up);
-}
-
-const struct ax_upstream_info *ax_upstream_info(const struct ax_upstream *up)
-{
-    return &up->info;
-}
-
-void ax_upstream_on_info(struct ax_upstream *up, void (*cb)(void *ud), void *ud)
-{
-    up->on_info = cb;
-    up->on_info_ud = ud;
+    up->attached = NULL;
+    up_handle_closed(up);
 }
