@@ -9,6 +9,7 @@
 #include "anthroxy_upstream.h"
 #include "anthroxy_buf.h"
 #include "anthroxy_error.h"
+#include "anthroxy_list.h"
 #include "anthroxy_log.h"
 
 #include <curl/curl.h>
@@ -35,10 +36,6 @@ enum xfer_state {
     XS_DONE     /* in up->done, on_done pending or running; then freed */
 };
 
-struct xlist {
-    struct ax_xfer *head, *tail;
-};
-
 struct ax_xfer {
     struct ax_upstream *up;
     enum xfer_state state;
@@ -60,22 +57,21 @@ struct ax_xfer {
     int headers_done;
     int paused;             /* the write callback returned CURL_WRITEFUNC_PAUSE */
     int want_resume;        /* ax_xfer_resume since the last on_data */
-    int in_pend;            /* linked on up->pend */
     int abort_rc;           /* nonzero: abort with this rc (cancel, idle timeout, callback error) */
     int rc;                 /* the rc on_done gets */
     uint64_t last_activity; /* uv_now of the last header or body bytes */
     char errbuf[CURL_ERROR_SIZE];
 
-    struct ax_xfer *next, *prev;         /* queue or done list */
-    struct ax_xfer *all_next, *all_prev; /* every live transfer */
-    struct ax_xfer *pend_next;           /* up->pend */
+    struct ax_list link;      /* on up->queue, up->launchq or up->done */
+    struct ax_list all_link;  /* on up->all */
+    struct ax_list pend_link; /* on up->pend */
 };
 
 struct up_sock {
     uv_poll_t poll;
     curl_socket_t fd;
     struct ax_upstream *up;
-    struct up_sock *next, *prev;
+    struct ax_list link; /* on up->socks */
 };
 
 struct ax_upstream {
@@ -88,12 +84,12 @@ struct ax_upstream {
     char *base_url;
     struct ax_upstream_opts opts;
 
-    struct xlist queue;                /* FIFO of transfers waiting for a slot */
-    struct xlist launchq;              /* probe transfers waiting to be added (never capped) */
-    struct xlist done;                 /* finished, on_done pending */
-    struct ax_xfer *all;               /* every live transfer */
-    struct ax_xfer *pend, **pend_tail; /* aborts and resumes to do outside curl */
-    struct up_sock *socks;
+    struct ax_list queue;   /* FIFO of transfers waiting for a slot */
+    struct ax_list launchq; /* probe transfers waiting to be added (never capped) */
+    struct ax_list done;    /* finished, on_done pending */
+    struct ax_list all;     /* every live transfer */
+    struct ax_list pend;    /* aborts and resumes to do outside curl */
+    struct ax_list socks;
     int running, queued;
     int in_curl;  /* depth of calls into curl that may run our callbacks */
     int curl_due; /* curl asked for a 0 ms timeout: socket_action from the idle pass */
@@ -115,66 +111,24 @@ static void xfer_finish(struct ax_xfer *x, int rc);
 
 /* ---- small lists ---- */
 
-static void xlist_push(struct xlist *l, struct ax_xfer *x)
-{
-    x->next = NULL;
-    x->prev = l->tail;
-    if (l->tail != NULL)
-        l->tail->next = x;
-    else
-        l->head = x;
-    l->tail = x;
-}
+#define XFER_OF(node, member) AX_LIST_ENTRY((node), struct ax_xfer, member)
 
-static void xlist_remove(struct xlist *l, struct ax_xfer *x)
+static struct ax_xfer *xlist_pop(struct ax_list *l)
 {
-    if (x->prev != NULL)
-        x->prev->next = x->next;
-    else
-        l->head = x->next;
-    if (x->next != NULL)
-        x->next->prev = x->prev;
-    else
-        l->tail = x->prev;
-    x->next = x->prev = NULL;
-}
+    struct ax_list *n = ax_list_first(l);
 
-static struct ax_xfer *xlist_pop(struct xlist *l)
-{
-    struct ax_xfer *x = l->head;
-
-    if (x != NULL)
-        xlist_remove(l, x);
-    return x;
+    if (n == NULL)
+        return NULL;
+    ax_list_unlink(n);
+    return XFER_OF(n, link);
 }
 
 static void pend_push(struct ax_xfer *x)
 {
-    struct ax_upstream *up = x->up;
-
-    if (x->in_pend)
+    if (ax_list_linked(&x->pend_link))
         return;
-    x->in_pend = 1;
-    x->pend_next = NULL;
-    *up->pend_tail = x;
-    up->pend_tail = &x->pend_next;
-    up_schedule(up);
-}
-
-/* The pend list is short (transfers touched since the last idle pass): a walk is fine. */
-static void pend_remove(struct ax_xfer *x)
-{
-    struct ax_upstream *up = x->up;
-    struct ax_xfer **pp;
-
-    if (!x->in_pend)
-        return;
-    for (pp = &up->pend; *pp != x; pp = &(*pp)->pend_next)
-        ;
-    *pp = x->pend_next;
-    if (up->pend_tail == &x->pend_next)
-        up->pend_tail = pp;
-    x->in_pend = 0;
+    ax_list_push_back(&x->up->pend, &x->pend_link);
+    up_schedule(x->up);
 }
 
 static char *xstrdup(const char *s)
@@ -232,14 +186,7 @@ static void sock_on_close(uv_handle_t *h)
 
 static void sock_close(struct up_sock *s)
 {
-    struct ax_upstream *up = s->up;
-
-    if (s->prev != NULL)
-        s->prev->next = s->next;
-    else
-        up->socks = s->next;
-    if (s->next != NULL)
-        s->next->prev = s->prev;
+    ax_list_unlink(&s->link);
     uv_poll_stop(&s->poll);
     uv_close((uv_handle_t *)&s->poll, sock_on_close);
 }
@@ -288,10 +235,7 @@ static int up_on_socket(CURL *easy, curl_socket_t fd, int what, void *userp, voi
         s->fd = fd;
         s->up = up;
         s->poll.data = s;
-        s->next = up->socks;
-        if (up->socks != NULL)
-            up->socks->prev = s;
-        up->socks = s;
+        ax_list_push_front(&up->socks, &s->link);
         curl_multi_assign(up->multi, fd, s);
     }
     if (what != CURL_POLL_IN)
@@ -508,7 +452,7 @@ static void xfer_finish(struct ax_xfer *x, int rc)
 
     switch (x->state) {
     case XS_QUEUED:
-        xlist_remove(x->bypass ? &up->launchq : &up->queue, x);
+        ax_list_unlink(&x->link);
         if (!x->bypass)
             up->queued--;
         break;
@@ -536,7 +480,7 @@ static void xfer_finish(struct ax_xfer *x, int rc)
             UP_LOG(AX_LOG_LVL_WARN, "upstream: %s %s failed: %s%s%s", x->method, x->path,
                    ax_strerror(rc), x->errbuf[0] ? ": " : "", x->errbuf);
     }
-    xlist_push(&up->done, x);
+    ax_list_push_back(&up->done, &x->link);
 }
 
 static void xfer_on_close(uv_handle_t *h)
@@ -554,18 +498,11 @@ static void xfer_on_close(uv_handle_t *h)
 
 static void xfer_release(struct ax_xfer *x)
 {
-    struct ax_upstream *up = x->up;
-
-    pend_remove(x);
+    ax_list_unlink(&x->pend_link);
     if (x->easy != NULL)
         curl_easy_cleanup(x->easy);
     x->easy = NULL;
-    if (x->all_prev != NULL)
-        x->all_prev->all_next = x->all_next;
-    else
-        up->all = x->all_next;
-    if (x->all_next != NULL)
-        x->all_next->all_prev = x->all_prev;
+    ax_list_unlink(&x->all_link);
     uv_close((uv_handle_t *)&x->timer, xfer_on_close);
 }
 
@@ -730,6 +667,7 @@ static void up_unpause(struct ax_xfer *x)
 static void up_on_idle(uv_idle_t *h)
 {
     struct ax_upstream *up = h->data;
+    struct ax_list *n;
     struct ax_xfer *x;
     int running;
 
@@ -739,10 +677,9 @@ static void up_on_idle(uv_idle_t *h)
         curl_multi_socket_action(up->multi, CURL_SOCKET_TIMEOUT, 0, &running);
         up->in_curl--;
     }
-    while ((x = up->pend) != NULL) {
-        if ((up->pend = x->pend_next) == NULL)
-            up->pend_tail = &up->pend;
-        x->in_pend = 0;
+    while ((n = ax_list_first(&up->pend)) != NULL) {
+        x = XFER_OF(n, pend_link);
+        ax_list_unlink(n);
         if (x->state == XS_DONE)
             continue;
         if (x->abort_rc != 0)
@@ -752,7 +689,7 @@ static void up_on_idle(uv_idle_t *h)
     }
     up_reap(up);
     up_flush(up);
-    if (up->pend == NULL && up->done.head == NULL && !up->curl_due)
+    if (ax_list_empty(&up->pend) && ax_list_empty(&up->done) && !up->curl_due)
         uv_idle_stop(&up->idle);
     up_maybe_finish(up);
 }
@@ -841,7 +778,12 @@ int ax_upstream_new(uv_loop_t *loop, const struct ax_upstream_opts *o, struct ax
         up->opts.connect_retries = 0;
     if (up->opts.max_response_bytes == 0)
         up->opts.max_response_bytes = UP_DEFAULT_FETCH_MAX;
-    up->pend_tail = &up->pend;
+    ax_list_init(&up->queue);
+    ax_list_init(&up->launchq);
+    ax_list_init(&up->done);
+    ax_list_init(&up->all);
+    ax_list_init(&up->pend);
+    ax_list_init(&up->socks);
     if ((up->base_url = xstrdup(o->base_url)) == NULL ||
         (up->root = derive_root(o->base_url)) == NULL)
         goto fail;
@@ -883,7 +825,7 @@ const char *ax_upstream_root(const struct ax_upstream *up)
 
 static void up_maybe_finish(struct ax_upstream *up)
 {
-    struct up_sock *s;
+    struct ax_list *n;
 
     if (!up->closing || up->finishing || up->nlive > 0 || up->in_curl)
         return;
@@ -892,15 +834,15 @@ static void up_maybe_finish(struct ax_upstream *up)
     /* May report CURL_POLL_REMOVE for cached connections (closing their polls). */
     curl_multi_cleanup(up->multi);
     up->multi = NULL;
-    while ((s = up->socks) != NULL)
-        sock_close(s);
+    while ((n = ax_list_first(&up->socks)) != NULL)
+        sock_close(AX_LIST_ENTRY(n, struct up_sock, link));
     uv_close((uv_handle_t *)&up->curl_timer, up_on_handle_close);
     uv_close((uv_handle_t *)&up->idle, up_on_handle_close);
 }
 
 void ax_upstream_close(struct ax_upstream *up, void (*on_closed)(void *ud), void *ud)
 {
-    struct ax_xfer *x;
+    struct ax_list *n;
 
     if (up->closing)
         return;
@@ -909,8 +851,8 @@ void ax_upstream_close(struct ax_upstream *up, void (*on_closed)(void *ud), void
     up->closed_ud = ud;
     if (up->attached != NULL)
         up->attached_on_close(up->attached);
-    for (x = up->all; x != NULL; x = x->all_next)
-        ax_xfer_cancel(x);
+    AX_LIST_FOREACH(n, &up->all)
+    ax_xfer_cancel(XFER_OF(n, all_link));
     up_schedule(up);
 }
 
@@ -947,15 +889,13 @@ static int upstream_start(struct ax_upstream *up, const struct ax_xfer_spec *spe
     x->timer.data = x;
     up->nhandles++;
     up->nlive++;
-    x->all_next = up->all;
-    if (up->all != NULL)
-        up->all->all_prev = x;
-    up->all = x;
+    ax_list_init(&x->pend_link);
+    ax_list_push_front(&up->all, &x->all_link);
     x->state = XS_QUEUED;
     if (bypass) {
-        xlist_push(&up->launchq, x);
+        ax_list_push_back(&up->launchq, &x->link);
     } else {
-        xlist_push(&up->queue, x);
+        ax_list_push_back(&up->queue, &x->link);
         up->queued++;
     }
     if (out != NULL)
@@ -964,7 +904,7 @@ static int upstream_start(struct ax_upstream *up, const struct ax_xfer_spec *spe
         up_schedule(up); /* curl refuses new handles from inside its callbacks */
     } else {
         up_dispatch(up);
-        if (up->done.head != NULL) /* a launch failed: on_done must come from the loop */
+        if (!ax_list_empty(&up->done)) /* a launch failed: on_done must come from the loop */
             up_schedule(up);
     }
     return 0;
