@@ -7,6 +7,7 @@
  * translate_response.c's helpers, token estimates from tokens.c, so the complete and
  * streamed paths report alike. */
 #include "anthroxy_stream.h"
+#include "anthroxy_hash.h"
 #include "anthroxy_ids.h"
 #include "anthroxy_json.h"
 #include "anthroxy_json_scan.h"
@@ -489,7 +490,7 @@ static struct ax__stream_tool *add_tool(struct ax_stream *st, int index)
     memset(t, 0, sizeof(*t));
     t->index = index;
     t->block = -1;
-    t->hash = 0xcbf29ce484222325ull;
+    t->hash = AX_FNV1A_INIT;
     ax_buf_init(&t->args, PENDING_ARGS_MAX);
     if (st->_fallback)
         ax_buf_free(&st->_reasoning);
@@ -526,10 +527,7 @@ static int same_id(const char *ours, const char *upstream_id, size_t n)
 /* Keeps argument text for the summary (within the stream's budget) and hashes it all. */
 static void keep_args(struct ax_stream *st, struct ax__stream_tool *t, const char *s, size_t n)
 {
-    size_t i;
-
-    for (i = 0; i < n; i++)
-        t->hash = (t->hash ^ (unsigned char)s[i]) * 0x100000001b3ull;
+    t->hash = ax_fnv1a(s, n, t->hash);
     t->args_len += n;
     if (t->truncated)
         return;
@@ -543,7 +541,7 @@ static void keep_args(struct ax_stream *st, struct ax__stream_tool *t, const cha
 /* Opens the call's block and streams the argument text held until its name arrived. */
 static int open_tool(struct ax_stream *st, struct ax_buf *o, struct ax__stream_tool *t)
 {
-    size_t held = t->args.len, i;
+    size_t held = t->args.len;
     int rc;
 
     if (t->id == NULL && (t->id = tool_id(NULL, 0)) == NULL)
@@ -554,8 +552,7 @@ static int open_tool(struct ax_stream *st, struct ax_buf *o, struct ax__stream_t
         return 0;
     if ((rc = EMIT_DELTA(st, o, "\"input_json_delta\",\"partial_json\":", t->args.data, held)) < 0)
         return rc;
-    for (i = 0; i < held; i++)
-        t->hash = (t->hash ^ (unsigned char)t->args.data[i]) * 0x100000001b3ull;
+    t->hash = ax_fnv1a(t->args.data, held, t->hash);
     t->args_len = held;
     st->output_estimate += ax_tokens_text(t->args.data, held);
     if (held > st->_args_budget) {
