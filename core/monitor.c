@@ -1,8 +1,10 @@
 /* monitor.c - per-session context monitors: a chained hash table for O(1) lookup by key
  * and an LRU list (newest first) for idle expiry and eviction at the cap.
  *
- * request.c finds a request's session here and policy_api.c exposes it to Lua; routes.c
- * renders /v1/context from the JSON built below. The figures and thresholds follow the
+ * messages.c finds a request's session here (ax_session_key, ax_monitor_get) and records
+ * each turn's figures; the policy engine exposes the session to Lua as ctx.session; routes.c
+ * renders /v1/context and counts for /health from the JSON built below; server.c expires
+ * idle sessions from its sweep timer. The figures and thresholds follow the
  * seed's SessionMonitor; calibration, fingerprints and forced turns are ours. */
 #include "anthroxy_monitor.h"
 #include "anthroxy_hash.h"

@@ -497,7 +497,7 @@ static struct ax__stream_tool *add_tool(struct ax_stream *st, int index)
     return t;
 }
 
-/* "toolu_" + the upstream's id (kept as is when it already has the prefix), or a new id. */
+/* The client's id for an upstream tool call (ids.c has the rule), malloc'ed. */
 static char *tool_id(const char *upstream_id, size_t n)
 {
     char gen[64];
@@ -505,13 +505,13 @@ static char *tool_id(const char *upstream_id, size_t n)
     size_t pre;
 
     if (upstream_id == NULL || n == 0) {
-        ax_id_make(gen, sizeof(gen), "toolu_");
+        ax_tool_id_make(gen, sizeof(gen));
         return strdup(gen);
     }
-    pre = n >= 6 && memcmp(upstream_id, "toolu_", 6) == 0 ? 0 : 6;
+    pre = ax_tool_id_prefix_len(upstream_id, n);
     if ((s = malloc(pre + n + 1)) == NULL)
         return NULL;
-    memcpy(s, "toolu_", pre);
+    memcpy(s, AX_TOOL_ID_PREFIX, pre);
     memcpy(s + pre, upstream_id, n);
     s[pre + n] = '\0';
     return s;
@@ -519,8 +519,7 @@ static char *tool_id(const char *upstream_id, size_t n)
 
 static int same_id(const char *ours, const char *upstream_id, size_t n)
 {
-    if (!(n >= 6 && memcmp(upstream_id, "toolu_", 6) == 0))
-        ours += 6;
+    ours += ax_tool_id_prefix_len(upstream_id, n);
     return strlen(ours) == n && memcmp(ours, upstream_id, n) == 0;
 }
 
