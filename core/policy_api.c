@@ -203,20 +203,8 @@ int ax__is_fail(lua_State *L, int idx, struct ax_error *err)
                  lua_tostring(L, -1) ? lua_tostring(L, -1) : "rejected by policy");
     /* keep the policy's type only when it is one of Anthropic's (static strings) */
     {
-        static const char *types[] = {"invalid_request_error",
-                                      "authentication_error",
-                                      "permission_error",
-                                      "not_found_error",
-                                      "request_too_large",
-                                      "rate_limit_error",
-                                      "api_error",
-                                      "overloaded_error"};
-        const char *t = lua_tostring(L, -2);
-        size_t i;
-        err->type = ax_error_type_for_status(err->status);
-        for (i = 0; t != NULL && i < sizeof(types) / sizeof(types[0]); i++)
-            if (strcmp(t, types[i]) == 0)
-                err->type = types[i];
+        const char *t = ax_error_type_known(lua_tostring(L, -2));
+        err->type = t != NULL ? t : ax_error_type_for_status(err->status);
     }
     lua_pop(L, 4);
     return 1;
