@@ -53,6 +53,9 @@ int ax_error_from_uv(int uv_code)
 }
 
 static void error_fill(struct ax_error *err, int code, int status, const char *type,
+                       const char *fmt, va_list ap) __attribute__((format(printf, 5, 0)));
+
+static void error_fill(struct ax_error *err, int code, int status, const char *type,
                        const char *fmt, va_list ap)
 {
     err->status = status;

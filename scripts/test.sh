@@ -19,10 +19,10 @@ ax_build "$AX_ROOT/build-asan" -DCMAKE_BUILD_TYPE=Debug -DAX_SANITIZE=ON -DAX_WE
     ctest --output-on-failure -j2 --timeout 900) || status=1
 
 echo "== format check"
-if clang-format --dry-run -Werror "$AX_ROOT"/core/*.c "$AX_ROOT"/core/*.h >/dev/null 2>&1; then
+if clang-format --dry-run -Werror "$AX_ROOT"/core/*.c "$AX_ROOT"/core/*.h "$AX_ROOT"/include/*.h >/dev/null 2>&1; then
     echo "format: ok"
 else
-    echo "format: core/ differs from .clang-format (run clang-format -i core/*.[ch])"
+    echo "format: core/ or include/ differs from .clang-format (run clang-format -i core/*.[ch] include/*.h)"
     status=1
 fi
 exit $status
