@@ -131,16 +131,6 @@ static void pend_push(struct ax_xfer *x)
     up_schedule(x->up);
 }
 
-static char *xstrdup(const char *s)
-{
-    size_t n = strlen(s) + 1;
-    char *p = malloc(n);
-
-    if (p != NULL)
-        memcpy(p, s, n);
-    return p;
-}
-
 /* ---- handle bookkeeping ---- */
 
 static void up_free(struct ax_upstream *up)
@@ -784,10 +774,10 @@ int ax_upstream_new(uv_loop_t *loop, const struct ax_upstream_opts *o, struct ax
     ax_list_init(&up->all);
     ax_list_init(&up->pend);
     ax_list_init(&up->socks);
-    if ((up->base_url = xstrdup(o->base_url)) == NULL ||
+    if ((up->base_url = strdup(o->base_url)) == NULL ||
         (up->root = derive_root(o->base_url)) == NULL)
         goto fail;
-    if (o->api_key != NULL && (up->opts.api_key = xstrdup(o->api_key)) == NULL)
+    if (o->api_key != NULL && (up->opts.api_key = strdup(o->api_key)) == NULL)
         goto fail;
     up->opts.base_url = up->base_url;
     if ((rc = up_build_headers(up)) < 0)
@@ -873,7 +863,7 @@ static int upstream_start(struct ax_upstream *up, const struct ax_xfer_spec *spe
         return AX_EBUSY;
     if ((x = calloc(1, sizeof(*x))) == NULL)
         return AX_ENOMEM;
-    if ((x->method = xstrdup(spec->method)) == NULL || (x->path = xstrdup(spec->path)) == NULL) {
+    if ((x->method = strdup(spec->method)) == NULL || (x->path = strdup(spec->path)) == NULL) {
         free(x->method);
         free(x);
         return AX_ENOMEM;
