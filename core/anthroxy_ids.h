@@ -15,4 +15,20 @@ void ax_id_make(char *out, size_t n, const char *prefix);
 typedef void (*ax_id_source_fn)(char *out, size_t n, const char *prefix, void *ud);
 void ax_ids_set_source(ax_id_source_fn fn, void *ud);
 
+/* The tool-id rule, the one place it is written: the client sees an upstream tool call's id
+ * as "toolu_" + id, unless id already starts with "toolu_"; what the client sends back loses
+ * a leading "toolu_", so the upstream gets its own id again. A call without an id gets a
+ * new one. */
+#define AX_TOOL_ID_PREFIX "toolu_"
+#define AX_TOOL_ID_PREFIX_LEN 6
+
+/* The bytes of AX_TOOL_ID_PREFIX to put before upstream_id[0..n): 0 or AX_TOOL_ID_PREFIX_LEN. */
+size_t ax_tool_id_prefix_len(const char *upstream_id, size_t n);
+
+/* The upstream's id for a client's tool id (a pointer into id). */
+const char *ax_tool_id_to_upstream(const char *id);
+
+/* A new client tool id, as ax_id_make (n >= 31). */
+void ax_tool_id_make(char *out, size_t n);
+
 #endif

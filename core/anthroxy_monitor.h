@@ -16,6 +16,8 @@
 
 #include <cjson/cJSON.h>
 
+#include "anthroxy_list.h"
+
 #define AX_SESSION_KEY_MAX 128
 #define AX_SESSION_HISTORY 50
 #define AX_SESSION_FINGERPRINTS 16
@@ -49,8 +51,8 @@ struct ax_session {
 
     /* private to monitor.c */
     struct ax_monitor *_monitor;
-    struct ax_session *_hnext;          /* hash chain */
-    struct ax_session *_newer, *_older; /* LRU list, newest at the monitor's head */
+    struct ax_session *_hnext; /* hash chain */
+    struct ax_list _lru;       /* the monitor's LRU list, newest first */
     uint64_t _hash;
 };
 

@@ -3,13 +3,12 @@
  * One struct ax_upstream per model server: a CURLM (connection reuse, keep-alive), one
  * uv_poll per socket, one uv_timer for curl's timeout, one uv_idle for work deferred out of
  * curl's callbacks (and curl's 0 ms timeouts), a uv_timer per transfer (idle timeout,
- * retry backoff), a concurrency cap with a FIFO wait queue, and a background probe of the
- * server's facts (/props, /slots, /v1/models).
+ * retry backoff), and a concurrency cap with a FIFO wait queue. The background probe of the
+ * server's facts is probe.c's (anthroxy_probe.h, included at the end).
  * Everything runs on the loop thread; no call blocks. */
 #ifndef ANTHROXY_UPSTREAM_H
 #define ANTHROXY_UPSTREAM_H
 
-#include <cjson/cJSON.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <uv.h>
@@ -125,38 +124,21 @@ struct ax_upstream_stats {
 };
 void ax_upstream_stats(const struct ax_upstream *up, struct ax_upstream_stats *out);
 
-/* The upstream's facts, probed in the background. */
-enum ax_upstream_state {
-    AX_UP_UNKNOWN = 0, /* not probed yet */
-    AX_UP_OK,          /* answers */
-    AX_UP_LOADING,     /* 503 from llama-server while it loads the model */
-    AX_UP_DOWN         /* unreachable, or answers 5xx otherwise */
-};
+/* ---- for probe.c, which polls the server over the transfer API (ax__: core only) ---- */
 
-struct ax_upstream_info {
-    int state;                /* enum ax_upstream_state */
-    int64_t n_ctx;            /* per-slot context: /props default_generation_settings.n_ctx,
-                                 else /slots[0].n_ctx, else /v1/models data[0].max_model_len
-                                 (vLLM), else 0 (unknown). Kept while down or loading. */
-    const char *n_ctx_source; /* "props", "slots", "models", or NULL (static strings) */
-    int llama_server;         /* /props answered like llama-server */
-    char model_id[256];       /* first id from GET /v1/models data[], "" unknown */
-    cJSON *models;            /* the upstream's /v1/models "data" array (owned by up, replaced
-                                 by each probe that reads it: do not keep it), or NULL */
-    uint64_t last_probe_ms;   /* uv_now of the last completed probe, 0 never */
-};
+/* A GET that bypasses the concurrency cap and the queue and never retries; buffered as
+ * ax_upstream_fetch, with its own answer limit. Failures log at DEBUG. */
+int ax__upstream_fetch_bypass(struct ax_upstream *up, const char *path, uint64_t timeout_ms,
+                              size_t max, ax_fetch_cb cb, void *ud, struct ax_xfer **out);
+uv_loop_t *ax__upstream_loop(const struct ax_upstream *up);
+/* One object that lives as long as up and holds handles on its loop (the probe). up calls
+ * on_close(obj) once, from ax_upstream_close, before cancelling the transfers; obj then closes
+ * its handles and calls ax__upstream_detached, and up is freed only after that. */
+void ax__upstream_attach(struct ax_upstream *up, void *obj, void (*on_close)(void *obj));
+void *ax__upstream_attached(const struct ax_upstream *up);
+void ax__upstream_detached(struct ax_upstream *up);
 
-/* Starts background probing: a probe now, then every interval_ms (0: 2000) while state != OK
- * or (llama-server) n_ctx is unknown; once OK, re-probes slowly (60 s). A probe is GET
- * /props (503: LOADING, other 5xx or unreachable: DOWN, and stop), then GET /slots when
- * /props gave no n_ctx, then GET /v1/models (5xx there decides the state too). Probe
- * transfers bypass the concurrency cap and never retry; their failures log at DEBUG, state
- * changes at INFO/WARN. */
-void ax_upstream_probe_start(struct ax_upstream *up, uint64_t interval_ms);
-/* Probes now (no effect while a probe runs). Works without probe_start too. */
-void ax_upstream_probe_now(struct ax_upstream *up);
-const struct ax_upstream_info *ax_upstream_info(const struct ax_upstream *up);
-/* Optional hook, run from the loop after a probe changed state, n_ctx or model_id. */
-void ax_upstream_on_info(struct ax_upstream *up, void (*cb)(void *ud), void *ud);
+/* The probe's API (probe.c) comes with this header, so callers need one include. */
+#include "anthroxy_probe.h"
 
 #endif

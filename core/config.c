@@ -132,11 +132,11 @@ static const struct opt opts[] = {
 
 _Static_assert(sizeof(opts) / sizeof(opts[0]) <= AX_CONFIG_MAX_KEYS, "raise AX_CONFIG_MAX_KEYS");
 
-static const char *const source_names[] = {"default", "file", "env", "flag"};
+static const char *const source_names[] = {"default", "file", "env", "flag", "api"};
 
 const char *ax_config_source_name(int source)
 {
-    return source >= 0 && source <= AX_SRC_FLAG ? source_names[source] : "?";
+    return source >= 0 && source <= AX_SRC_API ? source_names[source] : "?";
 }
 
 static int opt_find(const char *name, size_t len)
@@ -509,6 +509,18 @@ static int opt_set(struct ax_config *cfg, int idx, const char *val, enum ax_conf
         return AX_EINVAL;
     }
     return 0;
+}
+
+int ax_config_set(struct ax_config *cfg, const char *name, const char *value, struct ax_error *err)
+{
+    int idx = name != NULL ? opt_find(name, strlen(name)) : -1;
+
+    if (idx < 0 || strcmp(opts[idx].name, "config") == 0)
+        return ax_error_set(err, 400, "invalid_request_error", "unknown setting \"%s\"",
+                            name != NULL ? name : "(null)");
+    if (value == NULL)
+        return ax_error_set(err, 400, "invalid_request_error", "%s: missing value", name);
+    return opt_set(cfg, idx, value, AX_SRC_API, 1, name, err);
 }
 
 /* ---- life cycle ------------------------------------------------------------------- */

@@ -1,9 +1,11 @@
-/* error.c - AX_E* names and the client-visible struct ax_error. */
+/* error.c - AX_E* names, libuv codes mapped to ours, the client-visible struct ax_error, and
+ * Anthropic's error types (the one list of them). */
 #include "anthroxy_error.h"
 
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <uv.h>
 
 const char *ax_strerror(int code)
 {
@@ -20,18 +22,71 @@ const char *ax_strerror(int code)
     }
 }
 
+int ax_error_from_uv(int uv_code)
+{
+    switch (uv_code) {
+    case 0:
+        return 0;
+    case UV_EADDRINUSE:
+        return AX_EADDRINUSE;
+    case UV_EADDRNOTAVAIL:
+        return AX_EADDRNOTAVAIL;
+    case UV_EACCES:
+    case UV_EPERM:
+        return AX_EACCES;
+    case UV_ENOMEM:
+    case UV_ENOBUFS:
+        return AX_ENOMEM;
+    case UV_EINVAL:
+        return AX_EINVAL;
+    case UV_ETIMEDOUT:
+        return AX_ETIMEDOUT;
+    case UV_ECANCELED:
+        return AX_ECANCELED;
+    case UV_EAGAIN:
+        return AX_EAGAIN;
+    case UV_ENOENT:
+        return AX_ENOTFOUND;
+    default:
+        return AX_EIO;
+    }
+}
+
+static void error_fill(struct ax_error *err, int code, int status, const char *type,
+                       const char *fmt, va_list ap) __attribute__((format(printf, 5, 0)));
+
+static void error_fill(struct ax_error *err, int code, int status, const char *type,
+                       const char *fmt, va_list ap)
+{
+    err->status = status;
+    err->type = type ? type : ax_error_type_for_status(status);
+    err->code = code;
+    vsnprintf(err->message, sizeof(err->message), fmt, ap);
+}
+
 int ax_error_set(struct ax_error *err, int status, const char *type, const char *fmt, ...)
 {
     va_list ap;
 
     if (err == NULL)
         return AX_EINVAL;
-    err->status = status;
-    err->type = type ? type : ax_error_type_for_status(status);
     va_start(ap, fmt);
-    vsnprintf(err->message, sizeof(err->message), fmt, ap);
+    error_fill(err, AX_EINVAL, status, type, fmt, ap);
     va_end(ap);
     return AX_EINVAL;
+}
+
+int ax_error_set_code(struct ax_error *err, int code, int status, const char *type, const char *fmt,
+                      ...)
+{
+    va_list ap;
+
+    if (err == NULL)
+        return code;
+    va_start(ap, fmt);
+    error_fill(err, code, status, type, fmt, ap);
+    va_end(ap);
+    return code;
 }
 
 const char *ax_error_type_for_status(int status)

@@ -59,3 +59,22 @@ void ax_id_make(char *out, size_t n, const char *prefix)
     }
     out[plen + 24] = '\0';
 }
+
+size_t ax_tool_id_prefix_len(const char *upstream_id, size_t n)
+{
+    return n >= AX_TOOL_ID_PREFIX_LEN &&
+                   memcmp(upstream_id, AX_TOOL_ID_PREFIX, AX_TOOL_ID_PREFIX_LEN) == 0
+               ? 0
+               : AX_TOOL_ID_PREFIX_LEN;
+}
+
+const char *ax_tool_id_to_upstream(const char *id)
+{
+    return strncmp(id, AX_TOOL_ID_PREFIX, AX_TOOL_ID_PREFIX_LEN) == 0 ? id + AX_TOOL_ID_PREFIX_LEN
+                                                                      : id;
+}
+
+void ax_tool_id_make(char *out, size_t n)
+{
+    ax_id_make(out, n, AX_TOOL_ID_PREFIX);
+}

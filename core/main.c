@@ -76,8 +76,9 @@ static int run_server(struct ax_config *cfg)
     int rc;
 
     app.grace_ms = cfg->shutdown_grace_ms;
-    if ((rc = ax_server_new(loop, cfg, &app.srv)) < 0) {
-        fprintf(stderr, "anthroxy: cannot create the server: %s\n", ax_strerror(rc));
+    if ((rc = ax_server_new(loop, cfg, &app.srv, &err)) < 0) {
+        fprintf(stderr, "anthroxy: cannot create the server: %s\n",
+                err.status != 0 ? err.message : ax_strerror(rc));
         return 1;
     }
     /* handlers before listening: whoever sees the port may signal us at once */

@@ -1,10 +1,14 @@
 /* monitor.c - per-session context monitors: a chained hash table for O(1) lookup by key
  * and an LRU list (newest first) for idle expiry and eviction at the cap.
  *
- * request.c finds a request's session here and policy_api.c exposes it to Lua; routes.c
- * renders /v1/context from the JSON built below. The figures and thresholds follow the
+ * messages.c finds a request's session here (ax_session_key, ax_monitor_get) and records
+ * each turn's figures; the policy engine exposes the session to Lua as ctx.session; routes.c
+ * renders /v1/context and counts for /health from the JSON built below; server.c expires
+ * idle sessions from its sweep timer. The figures and thresholds follow the
  * seed's SessionMonitor; calibration, fingerprints and forced turns are ours. */
 #include "anthroxy_monitor.h"
+#include "anthroxy_hash.h"
+#include "anthroxy_list.h"
 #include "anthroxy_tokens.h"
 
 #include <math.h>
@@ -22,19 +26,10 @@ struct ax_monitor {
     size_t count;
     size_t max_sessions;
     uint64_t ttl_ms;
-    struct ax_session *newest, *oldest;
+    struct ax_list lru; /* newest first */
 };
 
-static uint64_t fnv1a(const char *p, size_t n)
-{
-    uint64_t h = 1469598103934665603ull;
-
-    while (n-- > 0) {
-        h ^= (unsigned char)*p++;
-        h *= 1099511628211ull;
-    }
-    return h;
-}
+#define SESSION_OF(node) AX_LIST_ENTRY((node), struct ax_session, _lru)
 
 /* Copies key into out[n]; one that does not fit (or reaches AX_SESSION_KEY_MAX) becomes
  * a prefix, '#' and the hash of the whole, so long keys neither collide nor overflow. */
@@ -56,7 +51,7 @@ static void key_copy(const char *key, size_t len, char *out, size_t n)
     }
     keep = limit - 18;
     memcpy(out, key, keep);
-    snprintf(out + keep, 18, "#%016llx", (unsigned long long)fnv1a(key, len));
+    snprintf(out + keep, 18, "#%016llx", (unsigned long long)ax_fnv1a(key, len, AX_FNV1A_INIT));
 }
 
 /* ---- session key ------------------------------------------------------------------ */
@@ -117,6 +112,7 @@ struct ax_monitor *ax_monitor_new(int max_sessions, uint64_t ttl_ms)
 
     if (m == NULL)
         return NULL;
+    ax_list_init(&m->lru);
     m->n_buckets = 16;
     if ((m->buckets = calloc(m->n_buckets, sizeof(*m->buckets))) == NULL) {
         free(m);
@@ -129,14 +125,12 @@ struct ax_monitor *ax_monitor_new(int max_sessions, uint64_t ttl_ms)
 
 void ax_monitor_free(struct ax_monitor *m)
 {
-    struct ax_session *s, *next;
+    struct ax_list *n, *next;
 
     if (m == NULL)
         return;
-    for (s = m->newest; s != NULL; s = next) {
-        next = s->_older;
-        free(s);
-    }
+    AX_LIST_FOREACH_SAFE(n, next, &m->lru)
+    free(SESSION_OF(n));
     free(m->buckets);
     free(m);
 }
@@ -146,39 +140,15 @@ size_t ax_monitor_count(const struct ax_monitor *m)
     return m->count;
 }
 
-static void lru_unlink(struct ax_monitor *m, struct ax_session *s)
-{
-    if (s->_newer != NULL)
-        s->_newer->_older = s->_older;
-    else
-        m->newest = s->_older;
-    if (s->_older != NULL)
-        s->_older->_newer = s->_newer;
-    else
-        m->oldest = s->_newer;
-    s->_newer = s->_older = NULL;
-}
-
-static void lru_push_newest(struct ax_monitor *m, struct ax_session *s)
-{
-    s->_older = m->newest;
-    s->_newer = NULL;
-    if (m->newest != NULL)
-        m->newest->_newer = s;
-    else
-        m->oldest = s;
-    m->newest = s;
-}
-
 static void session_touch(struct ax_session *s, uint64_t now_ms)
 {
     struct ax_monitor *m = s->_monitor;
 
     if (now_ms > s->last_seen_ms)
         s->last_seen_ms = now_ms;
-    if (m->newest != s) {
-        lru_unlink(m, s);
-        lru_push_newest(m, s);
+    if (ax_list_first(&m->lru) != &s->_lru) {
+        ax_list_unlink(&s->_lru);
+        ax_list_push_front(&m->lru, &s->_lru);
     }
 }
 
@@ -189,7 +159,7 @@ static void session_remove(struct ax_monitor *m, struct ax_session *s)
     while (*pp != s)
         pp = &(*pp)->_hnext;
     *pp = s->_hnext;
-    lru_unlink(m, s);
+    ax_list_unlink(&s->_lru);
     m->count--;
     free(s);
 }
@@ -229,18 +199,20 @@ struct ax_session *ax_monitor_find(struct ax_monitor *m, const char *key)
     char k[AX_SESSION_KEY_MAX];
 
     key_copy(key, strlen(key), k, sizeof(k));
-    return lookup(m, k, fnv1a(k, strlen(k)));
+    return lookup(m, k, ax_fnv1a(k, strlen(k), AX_FNV1A_INIT));
 }
 
 void ax_monitor_expire(struct ax_monitor *m, uint64_t now_ms)
 {
-    struct ax_session *s, *newer;
+    struct ax_session *s;
+    struct ax_list *n, *newer;
 
     if (m->ttl_ms == 0)
         return;
     /* oldest first; everything newer than the first fresh session is fresh too */
-    for (s = m->oldest; s != NULL; s = newer) {
-        newer = s->_newer;
+    for (n = m->lru.prev; n != &m->lru; n = newer) {
+        newer = n->prev;
+        s = SESSION_OF(n);
         if (now_ms <= s->last_seen_ms || now_ms - s->last_seen_ms <= m->ttl_ms)
             break;
         if (s->refs == 0)
@@ -251,14 +223,14 @@ void ax_monitor_expire(struct ax_monitor *m, uint64_t now_ms)
 /* Makes room for one more: the least recently seen session nobody references goes. */
 static void evict_for_one(struct ax_monitor *m)
 {
-    struct ax_session *s;
+    struct ax_list *n;
 
     while (m->count >= m->max_sessions) {
-        for (s = m->oldest; s != NULL && s->refs > 0; s = s->_newer)
+        for (n = m->lru.prev; n != &m->lru && SESSION_OF(n)->refs > 0; n = n->prev)
             ;
-        if (s == NULL)
+        if (n == &m->lru)
             return; /* all in use: go over the cap until some are released */
-        session_remove(m, s);
+        session_remove(m, SESSION_OF(n));
     }
 }
 
@@ -270,7 +242,7 @@ struct ax_session *ax_monitor_get(struct ax_monitor *m, const char *key, uint64_
     size_t b;
 
     key_copy(key, strlen(key), k, sizeof(k));
-    h = fnv1a(k, strlen(k));
+    h = ax_fnv1a(k, strlen(k), AX_FNV1A_INIT);
     ax_monitor_expire(m, now_ms);
     if ((s = lookup(m, k, h)) != NULL) {
         s->refs++;
@@ -291,7 +263,7 @@ struct ax_session *ax_monitor_get(struct ax_monitor *m, const char *key, uint64_
     b = h & (m->n_buckets - 1);
     s->_hnext = m->buckets[b];
     m->buckets[b] = s;
-    lru_push_newest(m, s);
+    ax_list_push_front(&m->lru, &s->_lru);
     m->count++;
     return s;
 }
@@ -555,6 +527,7 @@ cJSON *ax_monitor_to_json(const struct ax_monitor *m, int64_t context_window,
 {
     cJSON *o = cJSON_CreateObject(), *arr, *item;
     const struct ax_session *s;
+    const struct ax_list *n;
 
     if (o == NULL || cJSON_AddNumberToObject(o, "sessions", (double)m->count) == NULL ||
         cJSON_AddNumberToObject(o, "max_sessions", (double)m->max_sessions) == NULL ||
@@ -563,7 +536,9 @@ cJSON *ax_monitor_to_json(const struct ax_monitor *m, int64_t context_window,
         cJSON_AddNumberToObject(o, "prune_threshold", prune_threshold) == NULL ||
         (arr = cJSON_AddArrayToObject(o, "items")) == NULL)
         goto fail;
-    for (s = m->newest; s != NULL; s = s->_older) {
+    AX_LIST_FOREACH(n, &m->lru)
+    {
+        s = SESSION_OF(n);
         if ((item = cJSON_CreateObject()) == NULL)
             goto fail;
         cJSON_AddItemToArray(arr, item);
@@ -578,24 +553,23 @@ fail:
 
 /* ---- the tools estimate ---------------------------------------------------------------- */
 
-static uint64_t str_hash(const char *p, uint64_t h)
-{
-    for (; *p; p++)
-        h = (h ^ (unsigned char)*p) * 1099511628211ull;
-    return h;
-}
-
 /* A fingerprint of the tools' shape: names, and the lengths of every string and key below.
  * Agents send the same tools every turn; this costs a walk of the nodes, not of the text. */
 static uint64_t shape_hash(const cJSON *n, uint64_t h)
 {
     const cJSON *c;
+    unsigned char type = (unsigned char)(n->type & 0xFF);
+    uint32_t len;
 
-    h = (h ^ (uint64_t)(n->type & 0xFF)) * 1099511628211ull;
-    if (n->string)
-        h = (h ^ strlen(n->string)) * 1099511628211ull;
-    if (cJSON_IsString(n) || cJSON_IsRaw(n))
-        h = (h ^ strlen(n->valuestring)) * 1099511628211ull;
+    h = ax_fnv1a(&type, 1, h);
+    if (n->string) {
+        len = (uint32_t)strlen(n->string);
+        h = ax_fnv1a(&len, sizeof(len), h);
+    }
+    if (cJSON_IsString(n) || cJSON_IsRaw(n)) {
+        len = (uint32_t)strlen(n->valuestring);
+        h = ax_fnv1a(&len, sizeof(len), h);
+    }
     for (c = n->child; c != NULL; c = c->next)
         h = shape_hash(c, h);
     return h;
@@ -604,13 +578,13 @@ static uint64_t shape_hash(const cJSON *n, uint64_t h)
 static uint64_t tools_fingerprint(const cJSON *tools)
 {
     const cJSON *t, *name;
-    uint64_t h = 14695981039346656037ull;
+    uint64_t h = AX_FNV1A_INIT;
 
     cJSON_ArrayForEach(t, tools)
     {
         name = cJSON_GetObjectItemCaseSensitive(t, "name");
         if (cJSON_IsString(name))
-            h = str_hash(name->valuestring, h);
+            h = ax_fnv1a(name->valuestring, strlen(name->valuestring), h);
         h = shape_hash(t, h);
     }
     return h;

@@ -112,7 +112,6 @@ static void route_models(struct ax_server *srv, struct ax_req *req)
 
 static void route_health(struct ax_server *srv, struct ax_req *req)
 {
-    static const char *const states[] = {"unknown", "ok", "loading", "down"};
     const struct ax_upstream_info *info = ax_upstream_info(srv->up);
     struct ax_upstream_stats st;
     cJSON *root = cJSON_CreateObject(), *up, *cw, *warn;
@@ -124,7 +123,7 @@ static void route_health(struct ax_server *srv, struct ax_req *req)
     cJSON_AddStringToObject(root, "proxy", "ok");
     cJSON_AddStringToObject(root, "version", ANTHROXY_VERSION);
     up = cJSON_AddObjectToObject(root, "upstream");
-    cJSON_AddStringToObject(up, "state", states[info->state & 3]);
+    cJSON_AddStringToObject(up, "state", ax_upstream_state_name(info->state));
     cJSON_AddStringToObject(up, "url", srv->cfg.upstream_base);
     cJSON_AddStringToObject(up, "model", ax_server_upstream_model(srv, NULL));
     cJSON_AddBoolToObject(up, "llama_server", info->llama_server);

@@ -76,11 +76,10 @@ static void on_upstream_info(void *ud)
     const struct ax_upstream_info *info = ax_upstream_info(srv->up);
     const char *src;
     int64_t win = ax_server_context_window(srv, &src);
-    static const char *const states[] = {"unknown", "ok", "loading", "down"};
 
     AX_LOG_INFO(NULL, "upstream %s: state %s, model '%s', context window %lld (%s)%s",
-                ax_upstream_root(srv->up), states[info->state & 3], info->model_id, (long long)win,
-                src, info->llama_server ? ", llama-server" : "");
+                ax_upstream_root(srv->up), ax_upstream_state_name(info->state), info->model_id,
+                (long long)win, src, info->llama_server ? ", llama-server" : "");
     if (win < AX_CLAUDE_CODE_PREFIX_TOKENS + AX_CLAUDE_CODE_HEADROOM)
         AX_LOG_WARN(NULL,
                     "context window %lld is below Claude Code's fixed prefix (~%d tokens of "
@@ -118,7 +117,8 @@ static void on_sweep(uv_timer_t *t)
 #endif
 }
 
-int ax_server_new(uv_loop_t *loop, const struct ax_config *cfg, struct ax_server **out)
+int ax_server_new(uv_loop_t *loop, const struct ax_config *cfg, struct ax_server **out,
+                  struct ax_error *err)
 {
     struct ax_server *srv = calloc(1, sizeof(*srv));
     struct ax_upstream_opts uo;
@@ -128,15 +128,18 @@ int ax_server_new(uv_loop_t *loop, const struct ax_config *cfg, struct ax_server
     int rc;
 
     if (srv == NULL)
-        return AX_ENOMEM;
+        return ax_error_set_code(err, AX_ENOMEM, 500, "api_error", "out of memory");
     srv->loop = loop;
     if (ax_config_validate(cfg, &verr) < 0) {
         AX_LOG_ERROR(NULL, "invalid configuration: %s", verr.message);
         free(srv);
-        return AX_EINVAL;
+        return ax_error_set(err, 400, "invalid_request_error", "invalid configuration: %s",
+                            verr.message);
     }
-    if ((rc = ax_config_copy(&srv->cfg, cfg)) < 0)
+    if ((rc = ax_config_copy(&srv->cfg, cfg)) < 0) {
+        ax_error_set_code(err, rc, 500, "api_error", "configuration: %s", ax_strerror(rc));
         goto fail;
+    }
     ax_req_registry_init(&srv->reqs);
     lim.max_body_bytes = srv->cfg.max_body_bytes;
     lim.max_header_bytes = srv->cfg.max_header_bytes;
@@ -156,11 +159,14 @@ int ax_server_new(uv_loop_t *loop, const struct ax_config *cfg, struct ax_server
     uo.connect_retries = srv->cfg.connect_retries;
     uo.retry_delay_ms = srv->cfg.retry_delay_ms;
     uo.max_response_bytes = srv->cfg.max_response_bytes;
-    if ((rc = ax_upstream_new(loop, &uo, &srv->up)) < 0)
+    if ((rc = ax_upstream_new(loop, &uo, &srv->up)) < 0) {
+        ax_error_set_code(err, rc, 500, "api_error", "upstream %s: %s", srv->cfg.upstream_base,
+                          ax_strerror(rc));
         goto fail;
+    }
     ax_upstream_on_info(srv->up, on_upstream_info, srv);
     if ((srv->mon = ax_monitor_new(srv->cfg.max_sessions, srv->cfg.session_ttl_ms)) == NULL) {
-        rc = AX_ENOMEM;
+        rc = ax_error_set_code(err, AX_ENOMEM, 500, "api_error", "out of memory");
         goto fail;
     }
     uv_tcp_init(loop, &srv->listener);
@@ -210,8 +216,9 @@ int ax_server_listen(struct ax_server *srv, struct ax_error *err)
         return ax_error_set(err, 500, "api_error", "invalid listen address '%s'", host);
     if ((rc = uv_tcp_bind(&srv->listener, (struct sockaddr *)&ss, 0)) < 0 ||
         (rc = uv_listen((uv_stream_t *)&srv->listener, 511, on_connection)) < 0)
-        return ax_error_set(err, 500, "api_error", "cannot listen on %s:%d: %s", host,
-                            srv->cfg.port, uv_strerror(rc));
+        return ax_error_set_code(err, ax_error_from_uv(rc), 500, "api_error",
+                                 "cannot listen on %s:%d: %s", host, srv->cfg.port,
+                                 uv_strerror(rc));
     uv_tcp_getsockname(&srv->listener, (struct sockaddr *)&ss, &namelen);
     srv->bound_port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
                                                      : ((struct sockaddr_in *)&ss)->sin_port);

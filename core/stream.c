@@ -7,8 +7,10 @@
  * translate_response.c's helpers, token estimates from tokens.c, so the complete and
  * streamed paths report alike. */
 #include "anthroxy_stream.h"
+#include "anthroxy_hash.h"
 #include "anthroxy_ids.h"
 #include "anthroxy_json.h"
+#include "anthroxy_json_scan.h"
 #include "anthroxy_tokens.h"
 
 #include <stdio.h>
@@ -488,14 +490,14 @@ static struct ax__stream_tool *add_tool(struct ax_stream *st, int index)
     memset(t, 0, sizeof(*t));
     t->index = index;
     t->block = -1;
-    t->hash = 0xcbf29ce484222325ull;
+    t->hash = AX_FNV1A_INIT;
     ax_buf_init(&t->args, PENDING_ARGS_MAX);
     if (st->_fallback)
         ax_buf_free(&st->_reasoning);
     return t;
 }
 
-/* "toolu_" + the upstream's id (kept as is when it already has the prefix), or a new id. */
+/* The client's id for an upstream tool call (ids.c has the rule), malloc'ed. */
 static char *tool_id(const char *upstream_id, size_t n)
 {
     char gen[64];
@@ -503,13 +505,13 @@ static char *tool_id(const char *upstream_id, size_t n)
     size_t pre;
 
     if (upstream_id == NULL || n == 0) {
-        ax_id_make(gen, sizeof(gen), "toolu_");
+        ax_tool_id_make(gen, sizeof(gen));
         return strdup(gen);
     }
-    pre = n >= 6 && memcmp(upstream_id, "toolu_", 6) == 0 ? 0 : 6;
+    pre = ax_tool_id_prefix_len(upstream_id, n);
     if ((s = malloc(pre + n + 1)) == NULL)
         return NULL;
-    memcpy(s, "toolu_", pre);
+    memcpy(s, AX_TOOL_ID_PREFIX, pre);
     memcpy(s + pre, upstream_id, n);
     s[pre + n] = '\0';
     return s;
@@ -517,18 +519,14 @@ static char *tool_id(const char *upstream_id, size_t n)
 
 static int same_id(const char *ours, const char *upstream_id, size_t n)
 {
-    if (!(n >= 6 && memcmp(upstream_id, "toolu_", 6) == 0))
-        ours += 6;
+    ours += ax_tool_id_prefix_len(upstream_id, n);
     return strlen(ours) == n && memcmp(ours, upstream_id, n) == 0;
 }
 
 /* Keeps argument text for the summary (within the stream's budget) and hashes it all. */
 static void keep_args(struct ax_stream *st, struct ax__stream_tool *t, const char *s, size_t n)
 {
-    size_t i;
-
-    for (i = 0; i < n; i++)
-        t->hash = (t->hash ^ (unsigned char)s[i]) * 0x100000001b3ull;
+    t->hash = ax_fnv1a(s, n, t->hash);
     t->args_len += n;
     if (t->truncated)
         return;
@@ -542,7 +540,7 @@ static void keep_args(struct ax_stream *st, struct ax__stream_tool *t, const cha
 /* Opens the call's block and streams the argument text held until its name arrived. */
 static int open_tool(struct ax_stream *st, struct ax_buf *o, struct ax__stream_tool *t)
 {
-    size_t held = t->args.len, i;
+    size_t held = t->args.len;
     int rc;
 
     if (t->id == NULL && (t->id = tool_id(NULL, 0)) == NULL)
@@ -553,8 +551,7 @@ static int open_tool(struct ax_stream *st, struct ax_buf *o, struct ax__stream_t
         return 0;
     if ((rc = EMIT_DELTA(st, o, "\"input_json_delta\",\"partial_json\":", t->args.data, held)) < 0)
         return rc;
-    for (i = 0; i < held; i++)
-        t->hash = (t->hash ^ (unsigned char)t->args.data[i]) * 0x100000001b3ull;
+    t->hash = ax_fnv1a(t->args.data, held, t->hash);
     t->args_len = held;
     st->output_estimate += ax_tokens_text(t->args.data, held);
     if (held > st->_args_budget) {
@@ -765,23 +762,18 @@ static cJSON *parse_chunk(const char *data, size_t len)
 /* ---- the lean path: most chunks without cJSON ----
  *
  * Nearly every chunk is one text or reasoning delta; parsing it into a cJSON tree costs a
- * dozen allocations. This scanner validates the whole payload as strict JSON without
- * allocating and pulls out choices[].{index, delta.{content, reasoning_content, reasoning,
- * tool_calls[].{index, id, function.{name, arguments}}}, finish_reason}. It gives up (and
- * the cJSON path takes the chunk, from scratch) on anything else it would have to
- * interpret: more than a few choices or tool fragments, a non-null usage, error or
- * stop-string member, a \u or \/ escape anywhere, raw control bytes, duplicate keys that
- * matter, deep nesting, a non-integer index. So when it accepts, cJSON would have accepted
- * the same text and read the same values: both paths emit identical bytes (the tests run
- * every fixture both ways). */
+ * dozen allocations. The pull scanner of json_scan.c validates the whole payload as strict
+ * JSON without allocating, and the member callbacks below pull out choices[].{index,
+ * delta.{content, reasoning_content, reasoning, tool_calls[].{index, id, function.{name,
+ * arguments}}}, finish_reason}. It gives up (and the cJSON path takes the chunk, from scratch) on
+ * anything else it would have to interpret: more than a few choices or tool fragments, a non-null
+ * usage, error or stop-string member, a \u or \/ escape anywhere, raw control bytes, duplicate keys
+ * that matter, deep nesting, a non-integer index. So when it accepts, cJSON would have accepted the
+ * same text and read the same values: both paths emit identical bytes (the tests run every fixture
+ * both ways). */
 
-#define LEAN_DEPTH 32
 #define LEAN_CHOICES 2
 #define LEAN_FRAGS 4
-
-struct lean {
-    const char *p, *e;
-};
 
 struct lean_choice {
     struct piece text, reasoning;
@@ -792,279 +784,17 @@ struct lean_choice {
     int skip; /* index present and not 0 (or not a number) */
 };
 
-static void lean_ws(struct lean *l)
-{
-    while (l->p < l->e && (*l->p == ' ' || *l->p == '\n' || *l->p == '\r' || *l->p == '\t'))
-        l->p++;
-}
-
-static int lean_expect(struct lean *l, char c)
-{
-    lean_ws(l);
-    if (l->p >= l->e || *l->p != c)
-        return -1;
-    l->p++;
-    return 0;
-}
-
-#define SWAR_ONES 0x0101010101010101ull
-#define SWAR_LOW7 0x7f7f7f7f7f7f7f7full
-
-/* High bit set in exactly the zero bytes of x. */
-static inline uint64_t swar_zero(uint64_t x)
-{
-    return ~(((x & SWAR_LOW7) + SWAR_LOW7) | x | SWAR_LOW7);
-}
-
-/* The first byte in [p, e) that is '"', '\\' or a control byte, or e; eight bytes a step
- * (the text deltas are where the time goes). */
-static const char *plain_run(const char *p, const char *e)
-{
-#if defined(__GNUC__) && defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-    uint64_t w, m;
-
-    while (e - p >= 8) {
-        memcpy(&w, p, 8);
-        m = swar_zero(w ^ (SWAR_ONES * '"')) | swar_zero(w ^ (SWAR_ONES * '\\')) |
-            swar_zero(w & (SWAR_ONES * 0xE0));
-        if (m != 0)
-            return p + (__builtin_ctzll(m) >> 3);
-        p += 8;
-    }
-#endif
-    while (p < e && *p != '"' && *p != '\\' && (unsigned char)*p >= 0x20)
-        p++;
-    return p;
-}
-
-/* A string: raw[0..len) is its inside; *plain says it holds no escape at all. */
-static int lean_string(struct lean *l, const char **raw, size_t *len, int *plain)
-{
-    const char *p, *start;
-    int esc = 0;
-
-    lean_ws(l);
-    if (l->p >= l->e || *l->p != '"')
-        return -1;
-    start = p = l->p + 1;
-    for (;;) {
-        p = plain_run(p, l->e);
-        if (p >= l->e || (unsigned char)*p < 0x20)
-            return -1;
-        if (*p == '"')
-            break;
-        if (p + 1 >= l->e || strchr("\"\\bfnrt", p[1]) == NULL || p[1] == '\0')
-            return -1; /* \u and \/ would not come back byte-identical: cJSON path */
-        esc = 1;
-        p += 2;
-    }
-    *raw = start;
-    *len = (size_t)(p - start);
-    *plain = !esc;
-    l->p = p + 1;
-    return 0;
-}
-
-static int lean_number(struct lean *l, int *is_int)
-{
-    const char *p = l->p;
-
-    *is_int = 1;
-    if (p < l->e && *p == '-')
-        p++;
-    if (p >= l->e || *p < '0' || *p > '9')
-        return -1;
-    if (*p == '0')
-        p++;
-    else
-        while (p < l->e && *p >= '0' && *p <= '9')
-            p++;
-    if (p < l->e && *p == '.') {
-        *is_int = 0;
-        if (++p >= l->e || *p < '0' || *p > '9')
-            return -1;
-        while (p < l->e && *p >= '0' && *p <= '9')
-            p++;
-    }
-    if (p < l->e && (*p == 'e' || *p == 'E')) {
-        *is_int = 0;
-        p++;
-        if (p < l->e && (*p == '+' || *p == '-'))
-            p++;
-        if (p >= l->e || *p < '0' || *p > '9')
-            return -1;
-        while (p < l->e && *p >= '0' && *p <= '9')
-            p++;
-    }
-    l->p = p;
-    return 0;
-}
-
-static int lean_literal(struct lean *l, const char *lit, size_t n)
-{
-    if ((size_t)(l->e - l->p) < n || memcmp(l->p, lit, n) != 0)
-        return -1;
-    l->p += n;
-    return 0;
-}
-
-static int lean_skip(struct lean *l, int depth);
-
-/* Walks a container's members or elements; `member` says whether keys come first. */
-static int lean_skip_container(struct lean *l, int depth, char close, int member)
-{
-    const char *k;
-    size_t kl;
-    int plain;
-
-    l->p++;
-    lean_ws(l);
-    if (l->p < l->e && *l->p == close) {
-        l->p++;
-        return 0;
-    }
-    for (;;) {
-        if (member && (lean_string(l, &k, &kl, &plain) < 0 || lean_expect(l, ':') < 0))
-            return -1;
-        if (lean_skip(l, depth + 1) < 0)
-            return -1;
-        lean_ws(l);
-        if (l->p >= l->e)
-            return -1;
-        if (*l->p == close) {
-            l->p++;
-            return 0;
-        }
-        if (*l->p++ != ',')
-            return -1;
-    }
-}
-
-static int lean_skip(struct lean *l, int depth)
-{
-    const char *s;
-    size_t n;
-    int x;
-
-    lean_ws(l);
-    if (l->p >= l->e || depth > LEAN_DEPTH)
-        return -1;
-    switch (*l->p) {
-    case '"':
-        return lean_string(l, &s, &n, &x);
-    case '{':
-        return lean_skip_container(l, depth, '}', 1);
-    case '[':
-        return lean_skip_container(l, depth, ']', 0);
-    case 't':
-        return lean_literal(l, "true", 4);
-    case 'f':
-        return lean_literal(l, "false", 5);
-    case 'n':
-        return lean_literal(l, "null", 4);
-    default:
-        return lean_number(l, &x);
-    }
-}
-
-static int lean_is_null(struct lean *l)
-{
-    lean_ws(l);
-    return lean_literal(l, "null", 4) == 0;
-}
-
-#define KEY_IS(k, kl, lit) ((kl) == sizeof(lit) - 1 && memcmp((k), (lit), (kl)) == 0)
-
-/* Just after an opening bracket: consumes close and returns 1 when the container is empty. */
-static int lean_empty(struct lean *l, char close)
-{
-    lean_ws(l);
-    if (l->p < l->e && *l->p == close) {
-        l->p++;
-        return 1;
-    }
-    return 0;
-}
-
-/* After an element or member: consumes close (1, the container ends) or a comma (0, another
- * follows); anything else is -1. */
-static int lean_next(struct lean *l, char close)
-{
-    lean_ws(l);
-    if (l->p >= l->e)
-        return -1;
-    if (*l->p == close) {
-        l->p++;
-        return 1;
-    }
-    return *l->p++ == ',' ? 0 : -1;
-}
-
-/* Iterates an object: calls fn for each member with l at its value; fn consumes it. */
-typedef int (*lean_member_fn)(struct lean *l, const char *k, size_t kl, void *ud);
-
-static int lean_object(struct lean *l, lean_member_fn fn, void *ud)
-{
-    const char *k;
-    size_t kl;
-    int plain, rc;
-
-    if (lean_expect(l, '{') < 0)
-        return -1;
-    if (lean_empty(l, '}'))
-        return 0;
-    do {
-        if (lean_string(l, &k, &kl, &plain) < 0 || lean_expect(l, ':') < 0 || fn(l, k, kl, ud) < 0)
-            return -1;
-    } while ((rc = lean_next(l, '}')) == 0);
-    return rc < 0 ? -1 : 0;
-}
-
-/* Iterates an array: calls fn for each element with l at it; fn consumes it. */
-typedef int (*lean_elem_fn)(struct lean *l, void *ud);
-
-static int lean_array(struct lean *l, lean_elem_fn fn, void *ud)
-{
-    int rc;
-
-    if (lean_expect(l, '[') < 0)
-        return -1;
-    if (lean_empty(l, ']'))
-        return 0;
-    do {
-        if (fn(l, ud) < 0)
-            return -1;
-    } while ((rc = lean_next(l, ']')) == 0);
-    return rc < 0 ? -1 : 0;
-}
-
-/* An "index" member's value: 1 with the integer's text from *num to l->p; 0 when the value is
- * not a number (the caller skips it); -1 for what only cJSON reads right: a fraction, an
- * exponent, -0. */
-static int lean_index(struct lean *l, const char **num)
-{
-    int is_int;
-
-    lean_ws(l);
-    *num = l->p;
-    if (l->p >= l->e || (*l->p != '-' && (*l->p < '0' || *l->p > '9')))
-        return 0;
-    if (lean_number(l, &is_int) < 0 || !is_int || ((*num)[0] == '-' && (*num)[1] == '0'))
-        return -1;
-    return 1;
-}
-
 /* A string member the translator reads: non-strings and "" count as absent, as in
  * delta_string(); a second occurrence gives up (cJSON would take the first). */
-static int lean_text(struct lean *l, struct piece *pc, int *seen)
+static int lean_text(struct ax_json_scan *l, struct piece *pc, int *seen)
 {
     int plain;
 
     if ((*seen)++)
         return -1;
-    lean_ws(l);
+    ax_json_scan_ws(l);
     if (l->p < l->e && *l->p == '"') {
-        if (lean_string(l, &pc->raw, &pc->rawlen, &plain) < 0)
+        if (ax_json_scan_string(l, &pc->raw, &pc->rawlen, &plain) < 0)
             return -1;
         if (pc->rawlen == 0)
             pc->raw = NULL;
@@ -1074,11 +804,11 @@ static int lean_text(struct lean *l, struct piece *pc, int *seen)
         }
         return 0;
     }
-    return lean_skip(l, 2);
+    return ax_json_scan_skip(l, 2);
 }
 
 /* An identifier-like string member (id, name): plain text only; "" counts as absent. */
-static int lean_name(struct lean *l, const char **out, size_t *len, int *seen)
+static int lean_name(struct ax_json_scan *l, const char **out, size_t *len, int *seen)
 {
     const char *raw;
     size_t n;
@@ -1086,9 +816,9 @@ static int lean_name(struct lean *l, const char **out, size_t *len, int *seen)
 
     if ((*seen)++)
         return -1;
-    lean_ws(l);
+    ax_json_scan_ws(l);
     if (l->p < l->e && *l->p == '"') {
-        if (lean_string(l, &raw, &n, &plain) < 0 || !plain)
+        if (ax_json_scan_string(l, &raw, &n, &plain) < 0 || !plain)
             return -1;
         if (n > 0) {
             *out = raw;
@@ -1096,7 +826,7 @@ static int lean_name(struct lean *l, const char **out, size_t *len, int *seen)
         }
         return 0;
     }
-    return lean_skip(l, 5);
+    return ax_json_scan_skip(l, 5);
 }
 
 struct lean_fn {
@@ -1104,20 +834,20 @@ struct lean_fn {
     int seen_name, seen_args;
 };
 
-static int lean_fn_member(struct lean *l, const char *k, size_t kl, void *ud)
+static int lean_fn_member(struct ax_json_scan *l, const char *k, size_t kl, void *ud)
 {
     struct lean_fn *fn = ud;
     int plain;
 
-    if (KEY_IS(k, kl, "name"))
+    if (AX_JSON_KEY_IS(k, kl, "name"))
         return lean_name(l, &fn->f->name, &fn->f->name_len, &fn->seen_name);
-    if (KEY_IS(k, kl, "arguments")) {
+    if (AX_JSON_KEY_IS(k, kl, "arguments")) {
         struct piece *a = &fn->f->args;
         if (fn->seen_args++)
             return -1;
-        lean_ws(l);
+        ax_json_scan_ws(l);
         if (l->p < l->e && *l->p == '"') {
-            if (lean_string(l, &a->raw, &a->rawlen, &plain) < 0)
+            if (ax_json_scan_string(l, &a->raw, &a->rawlen, &plain) < 0)
                 return -1;
             if (plain) {
                 a->s = a->raw;
@@ -1125,9 +855,9 @@ static int lean_fn_member(struct lean *l, const char *k, size_t kl, void *ud)
             }
             return 0;
         }
-        return lean_skip(l, 5);
+        return ax_json_scan_skip(l, 5);
     }
-    return lean_skip(l, 5);
+    return ax_json_scan_skip(l, 5);
 }
 
 struct lean_tc {
@@ -1135,37 +865,37 @@ struct lean_tc {
     int seen_index, seen_id, seen_fn;
 };
 
-static int lean_tc_member(struct lean *l, const char *k, size_t kl, void *ud)
+static int lean_tc_member(struct ax_json_scan *l, const char *k, size_t kl, void *ud)
 {
     struct lean_tc *tc = ud;
     const char *num;
     int rc;
 
-    if (KEY_IS(k, kl, "index")) {
-        if (tc->seen_index++ || (rc = lean_index(l, &num)) < 0)
+    if (AX_JSON_KEY_IS(k, kl, "index")) {
+        if (tc->seen_index++ || (rc = ax_json_scan_index(l, &num)) < 0)
             return -1;
         if (rc == 0)
-            return lean_skip(l, 4); /* not a number: no index */
+            return ax_json_scan_skip(l, 4); /* not a number: no index */
         if (l->p - num > 9)
             return -1; /* big: cJSON's reading, not ours */
         tc->f->has_index = 1;
         tc->f->index = atoi(num);
         return 0;
     }
-    if (KEY_IS(k, kl, "id"))
+    if (AX_JSON_KEY_IS(k, kl, "id"))
         return lean_name(l, &tc->f->id, &tc->f->id_len, &tc->seen_id);
-    if (KEY_IS(k, kl, "function")) {
+    if (AX_JSON_KEY_IS(k, kl, "function")) {
         struct lean_fn fn = {tc->f, 0, 0};
         if (tc->seen_fn++)
             return -1;
-        if (lean_is_null(l))
+        if (ax_json_scan_null(l))
             return 0;
-        return lean_object(l, lean_fn_member, &fn);
+        return ax_json_scan_object(l, lean_fn_member, &fn);
     }
-    return lean_skip(l, 4);
+    return ax_json_scan_skip(l, 4);
 }
 
-static int lean_tool_call(struct lean *l, void *ud)
+static int lean_tool_call(struct ax_json_scan *l, void *ud)
 {
     struct lean_choice *c = ud;
     struct lean_tc tc;
@@ -1175,15 +905,15 @@ static int lean_tool_call(struct lean *l, void *ud)
     memset(&tc, 0, sizeof(tc));
     tc.f = &c->frags[c->n_frags++];
     memset(tc.f, 0, sizeof(*tc.f));
-    return lean_object(l, lean_tc_member, &tc);
+    return ax_json_scan_object(l, lean_tc_member, &tc);
 }
 
 /* delta.tool_calls: null, or an array of objects. */
-static int lean_tool_calls(struct lean *l, struct lean_choice *c)
+static int lean_tool_calls(struct ax_json_scan *l, struct lean_choice *c)
 {
-    if (lean_is_null(l))
+    if (ax_json_scan_null(l))
         return 0;
-    return lean_array(l, lean_tool_call, c);
+    return ax_json_scan_array(l, lean_tool_call, c);
 }
 
 struct lean_delta {
@@ -1191,30 +921,30 @@ struct lean_delta {
     int seen_content, seen_rc, seen_r, seen_tools;
 };
 
-static int lean_delta_member(struct lean *l, const char *k, size_t kl, void *ud)
+static int lean_delta_member(struct ax_json_scan *l, const char *k, size_t kl, void *ud)
 {
     struct lean_delta *d = ud;
     struct piece rc = {NULL, NULL, 0, 0};
 
-    if (KEY_IS(k, kl, "content"))
+    if (AX_JSON_KEY_IS(k, kl, "content"))
         return lean_text(l, &d->c->text, &d->seen_content);
-    if (KEY_IS(k, kl, "reasoning_content")) {
+    if (AX_JSON_KEY_IS(k, kl, "reasoning_content")) {
         if (lean_text(l, &rc, &d->seen_rc) < 0)
             return -1;
         if (rc.raw != NULL)
             d->c->reasoning = rc; /* preferred over "reasoning", whatever the order */
         return 0;
     }
-    if (KEY_IS(k, kl, "reasoning")) {
+    if (AX_JSON_KEY_IS(k, kl, "reasoning")) {
         if (lean_text(l, &rc, &d->seen_r) < 0)
             return -1;
         if (rc.raw != NULL && d->c->reasoning.raw == NULL)
             d->c->reasoning = rc; /* only when reasoning_content gave none */
         return 0;
     }
-    if (KEY_IS(k, kl, "tool_calls"))
+    if (AX_JSON_KEY_IS(k, kl, "tool_calls"))
         return d->seen_tools++ ? -1 : lean_tool_calls(l, d->c);
-    return lean_skip(l, 3);
+    return ax_json_scan_skip(l, 3);
 }
 
 struct lean_ch {
@@ -1222,46 +952,46 @@ struct lean_ch {
     int seen_index, seen_delta, seen_finish;
 };
 
-static int lean_choice_member(struct lean *l, const char *k, size_t kl, void *ud)
+static int lean_choice_member(struct ax_json_scan *l, const char *k, size_t kl, void *ud)
 {
     struct lean_ch *ch = ud;
     int plain, rc;
     const char *num;
 
-    if (KEY_IS(k, kl, "index")) {
-        if (ch->seen_index++ || (rc = lean_index(l, &num)) < 0)
+    if (AX_JSON_KEY_IS(k, kl, "index")) {
+        if (ch->seen_index++ || (rc = ax_json_scan_index(l, &num)) < 0)
             return -1; /* -0 is 0 to cJSON: leave such oddities to it */
         if (rc == 0) {
             ch->c->skip = 1; /* an index that is not a number: not the answer */
-            return lean_skip(l, 2);
+            return ax_json_scan_skip(l, 2);
         }
         ch->c->skip = !(l->p - num == 1 && *num == '0');
         return 0;
     }
-    if (KEY_IS(k, kl, "delta")) {
+    if (AX_JSON_KEY_IS(k, kl, "delta")) {
         struct lean_delta d = {ch->c, 0, 0, 0, 0};
         if (ch->seen_delta++)
             return -1;
-        lean_ws(l);
+        ax_json_scan_ws(l);
         if (l->p < l->e && *l->p == '{')
-            return lean_object(l, lean_delta_member, &d);
-        return lean_skip(l, 2);
+            return ax_json_scan_object(l, lean_delta_member, &d);
+        return ax_json_scan_skip(l, 2);
     }
-    if (KEY_IS(k, kl, "finish_reason")) {
+    if (AX_JSON_KEY_IS(k, kl, "finish_reason")) {
         if (ch->seen_finish++)
             return -1;
-        lean_ws(l);
+        ax_json_scan_ws(l);
         if (l->p < l->e && *l->p == '"') {
-            if (lean_string(l, &ch->c->finish, &ch->c->finish_len, &plain) < 0 || !plain)
+            if (ax_json_scan_string(l, &ch->c->finish, &ch->c->finish_len, &plain) < 0 || !plain)
                 return -1;
             return 0;
         }
-        return lean_skip(l, 2);
+        return ax_json_scan_skip(l, 2);
     }
-    if (KEY_IS(k, kl, "stop_reason") || KEY_IS(k, kl, "matched_stop") ||
-        KEY_IS(k, kl, "stopping_word"))
-        return lean_is_null(l) ? 0 : -1;
-    return lean_skip(l, 2);
+    if (AX_JSON_KEY_IS(k, kl, "stop_reason") || AX_JSON_KEY_IS(k, kl, "matched_stop") ||
+        AX_JSON_KEY_IS(k, kl, "stopping_word"))
+        return ax_json_scan_null(l) ? 0 : -1;
+    return ax_json_scan_skip(l, 2);
 }
 
 struct lean_root {
@@ -1270,29 +1000,29 @@ struct lean_root {
     int seen_choices;
 };
 
-static int lean_choice(struct lean *l, void *ud)
+static int lean_choice(struct ax_json_scan *l, void *ud)
 {
     struct lean_root *r = ud;
     struct lean_ch ch;
 
-    lean_ws(l);
+    ax_json_scan_ws(l);
     if (l->p >= l->e || *l->p != '{' || r->n == LEAN_CHOICES)
         return -1; /* not an object: leave it to cJSON */
     memset(&r->choices[r->n], 0, sizeof(r->choices[0]));
     memset(&ch, 0, sizeof(ch));
     ch.c = &r->choices[r->n++];
-    return lean_object(l, lean_choice_member, &ch);
+    return ax_json_scan_object(l, lean_choice_member, &ch);
 }
 
-static int lean_root_member(struct lean *l, const char *k, size_t kl, void *ud)
+static int lean_root_member(struct ax_json_scan *l, const char *k, size_t kl, void *ud)
 {
     struct lean_root *r = ud;
 
-    if (KEY_IS(k, kl, "choices"))
-        return r->seen_choices++ ? -1 : lean_array(l, lean_choice, r);
-    if (KEY_IS(k, kl, "usage") || KEY_IS(k, kl, "error"))
-        return lean_is_null(l) ? 0 : -1;
-    return lean_skip(l, 1);
+    if (AX_JSON_KEY_IS(k, kl, "choices"))
+        return r->seen_choices++ ? -1 : ax_json_scan_array(l, lean_choice, r);
+    if (AX_JSON_KEY_IS(k, kl, "usage") || AX_JSON_KEY_IS(k, kl, "error"))
+        return ax_json_scan_null(l) ? 0 : -1;
+    return ax_json_scan_skip(l, 1);
 }
 
 /* Decodes the simple escapes of pc->raw into the stream's scratch buffer. */
@@ -1344,16 +1074,16 @@ static int lean_decode(struct ax_stream *st, struct piece *pc)
 static int lean_chunk(struct ax_stream *st, const char *data, size_t len, struct ax_buf *out,
                       struct ax_error *err, int *rc)
 {
-    struct lean l = {data, data + len};
+    struct ax_json_scan l = {data, data + len};
     struct lean_root root;
     struct lean_choice *c;
     int i, k;
 
     root.n = 0;
     root.seen_choices = 0;
-    if (lean_object(&l, lean_root_member, &root) < 0)
+    if (ax_json_scan_object(&l, lean_root_member, &root) < 0)
         return 0;
-    lean_ws(&l);
+    ax_json_scan_ws(&l);
     if (l.p != l.e)
         return 0;
     if ((*rc = ax_stream_begin(st, out)) < 0)

@@ -1,8 +1,10 @@
 /* translate_request.c - Anthropic Messages request -> OpenAI chat.completions request.
  *
  * One pass over the Anthropic tree, validating as it goes, building a new OpenAI tree (the
- * input is never modified). Its neighbours: routes.c/request.c call it after on_request,
- * the policy engine's on_upstream_request edits what it builds, json.c prints it once.
+ * input is never modified). messages.c calls it after the policy chain's on_request (and
+ * again for /v1/messages/count_tokens and on a retry after on_upstream_error); the chain's
+ * on_upstream_request edits what it builds, json.c prints it once. The `check` tool of the
+ * policy engine runs it too.
  *
  * Message shaping (what chat templates of local models accept):
  * - system: the top-level `system` (string or text blocks) and any role:"system" message
@@ -31,8 +33,8 @@
  * - document and search_result blocks (in user turns and tool results) are sent as their
  *   text; a PDF or other binary document as a one-line note, never a 400, since a rejected
  *   block in the history would fail every later request of the conversation.
- * - Tool ids: a leading "toolu_" is stripped, so an upstream id given to the client as
- *   "toolu_" + id (translate_response.c) comes back exactly as the upstream made it.
+ * - Tool ids: a leading "toolu_" is stripped (ax_tool_id_to_upstream, ids.c), so an upstream
+ *   id given to the client as "toolu_" + id comes back exactly as the upstream made it.
  *
  * Knobs: thinking {enabled|adaptive} -> chat_template_kwargs.enable_thinking:true,
  * {disabled} -> false (the Qwen3-style switch llama-server and vLLM both pass to the
@@ -46,6 +48,7 @@
 #include <string.h>
 
 #include "anthroxy_buf.h"
+#include "anthroxy_ids.h"
 #include "anthroxy_json.h"
 
 #define TEXT_MAX ((size_t)1 << 30) /* the body cap bounds it long before */
@@ -107,11 +110,6 @@ static int buf_join(struct ax_buf *b, int *have, const char *s)
         return rc;
     *have = 1;
     return ax_buf_puts(b, s);
-}
-
-static const char *strip_toolu(const char *id)
-{
-    return strncmp(id, "toolu_", 6) == 0 ? id + 6 : id;
 }
 
 /* ---- building messages ------------------------------------------------------------- */
@@ -483,7 +481,7 @@ static int tool_result(struct treq *t, const cJSON *blk, const char *where)
         return bad(t, "%s.tool_use_id: expected a non-empty string", where);
     if (ie != NULL && !cJSON_IsBool(ie) && !cJSON_IsNull(ie))
         return bad(t, "%s.is_error: expected a boolean", where);
-    id = strip_toolu(idv->valuestring);
+    id = ax_tool_id_to_upstream(idv->valuestring);
     ax_buf_reset(&t->scratch);
     if (cJSON_IsTrue(ie) && ax_buf_puts(&t->scratch, ERR_PREFIX) < 0)
         return nomem(t);
@@ -602,7 +600,7 @@ static int tool_use(struct treq *t, const cJSON *blk, const char *where)
     if (cJSON_IsObject(input) && (args = cJSON_PrintUnformatted(input)) == NULL)
         return nomem(t);
     if ((call = cJSON_CreateObject()) == NULL ||
-        cJSON_AddStringToObject(call, "id", strip_toolu(id->valuestring)) == NULL ||
+        cJSON_AddStringToObject(call, "id", ax_tool_id_to_upstream(id->valuestring)) == NULL ||
         cJSON_AddStringToObject(call, "type", "function") == NULL ||
         (fn = cJSON_AddObjectToObject(call, "function")) == NULL ||
         cJSON_AddStringToObject(fn, "name", name->valuestring) == NULL ||

@@ -1,8 +1,9 @@
 /* translate_response.c - OpenAI chat.completion -> Anthropic message, and upstream error
  * statuses and bodies -> struct ax_error.
  *
- * Used by request.c once a complete (non-streaming) answer is in; stream.c shares the usage
- * and stop-reason helpers. The rules for tool-call arguments that are not valid JSON are in
+ * messages.c calls it once a complete (non-streaming) answer is in, and for any upstream
+ * status that is not 2xx; stream.c shares the usage and stop-reason helpers; tool ids follow
+ * ids.c's rule. The rules for tool-call arguments that are not valid JSON are in
  * anthroxy_translate.h. */
 #include "anthroxy_translate.h"
 
@@ -293,11 +294,10 @@ static int add_tool_use(struct tresp *r, const char *id, const char *name, cJSON
         return AX_ENOMEM;
     }
     if (id == NULL || id[0] == '\0')
-        ax_id_make(idbuf, sizeof(idbuf), "toolu_");
-    else if (strncmp(id, "toolu_", 6) == 0)
-        snprintf(idbuf, sizeof(idbuf), "%s", id);
+        ax_tool_id_make(idbuf, sizeof(idbuf));
     else
-        snprintf(idbuf, sizeof(idbuf), "toolu_%s", id);
+        snprintf(idbuf, sizeof(idbuf), "%.*s%s", (int)ax_tool_id_prefix_len(id, strlen(id)),
+                 AX_TOOL_ID_PREFIX, id);
     if (cJSON_AddStringToObject(b, "type", "tool_use") == NULL ||
         cJSON_AddStringToObject(b, "id", idbuf) == NULL ||
         cJSON_AddStringToObject(b, "name", name) == NULL ||

@@ -2,12 +2,14 @@
  *
  * One uv_poll per socket curl opens (curl_multi_assign), one uv_timer for curl's timeout,
  * one uv_idle for work that must not run inside curl's callbacks (resume, cancel, on_done),
- * a per-transfer uv_timer for the idle timeout and connect-retry backoff, a concurrency cap
- * with a FIFO queue, and the background probe of /props, /slots and /v1/models. request.c
- * and routes.c start transfers; nothing here knows about Anthropic or OpenAI shapes. */
+ * a per-transfer uv_timer for the idle timeout and connect-retry backoff, and a concurrency
+ * cap with a FIFO queue. messages.c streams chat completions through it, routes.c and the
+ * policy engine fetch, probe.c polls the server's facts; nothing here knows the shape of a
+ * request or an answer. */
 #include "anthroxy_upstream.h"
 #include "anthroxy_buf.h"
 #include "anthroxy_error.h"
+#include "anthroxy_list.h"
 #include "anthroxy_log.h"
 
 #include <curl/curl.h>
@@ -26,19 +28,12 @@
 
 #define UP_DEFAULT_CONCURRENT 64
 #define UP_DEFAULT_FETCH_MAX (8u * 1024 * 1024)
-#define UP_PROBE_TIMEOUT_MS 10000
-#define UP_PROBE_SLOW_MS 60000
-#define UP_PROBE_MAX_BYTES (4u * 1024 * 1024)
 
 enum xfer_state {
     XS_QUEUED,  /* in up->queue (or up->launchq for probes), no easy handle in the multi */
     XS_RUNNING, /* easy handle added to the multi */
     XS_BACKOFF, /* connect failed; x->timer relaunches it */
     XS_DONE     /* in up->done, on_done pending or running; then freed */
-};
-
-struct xlist {
-    struct ax_xfer *head, *tail;
 };
 
 struct ax_xfer {
@@ -62,43 +57,39 @@ struct ax_xfer {
     int headers_done;
     int paused;             /* the write callback returned CURL_WRITEFUNC_PAUSE */
     int want_resume;        /* ax_xfer_resume since the last on_data */
-    int in_pend;            /* linked on up->pend */
     int abort_rc;           /* nonzero: abort with this rc (cancel, idle timeout, callback error) */
     int rc;                 /* the rc on_done gets */
     uint64_t last_activity; /* uv_now of the last header or body bytes */
     char errbuf[CURL_ERROR_SIZE];
 
-    struct ax_xfer *next, *prev;         /* queue or done list */
-    struct ax_xfer *all_next, *all_prev; /* every live transfer */
-    struct ax_xfer *pend_next;           /* up->pend */
+    struct ax_list link;      /* on up->queue, up->launchq or up->done */
+    struct ax_list all_link;  /* on up->all */
+    struct ax_list pend_link; /* on up->pend */
 };
 
 struct up_sock {
     uv_poll_t poll;
     curl_socket_t fd;
     struct ax_upstream *up;
-    struct up_sock *next, *prev;
+    struct ax_list link; /* on up->socks */
 };
-
-enum probe_step { PROBE_IDLE, PROBE_PROPS, PROBE_SLOTS, PROBE_MODELS };
 
 struct ax_upstream {
     uv_loop_t *loop;
     CURLM *multi;
     uv_timer_t curl_timer;
     uv_idle_t idle;
-    uv_timer_t probe_timer;
     struct curl_slist *headers;
     char *root;
     char *base_url;
     struct ax_upstream_opts opts;
 
-    struct xlist queue;                /* FIFO of transfers waiting for a slot */
-    struct xlist launchq;              /* probe transfers waiting to be added (never capped) */
-    struct xlist done;                 /* finished, on_done pending */
-    struct ax_xfer *all;               /* every live transfer */
-    struct ax_xfer *pend, **pend_tail; /* aborts and resumes to do outside curl */
-    struct up_sock *socks;
+    struct ax_list queue;   /* FIFO of transfers waiting for a slot */
+    struct ax_list launchq; /* probe transfers waiting to be added (never capped) */
+    struct ax_list done;    /* finished, on_done pending */
+    struct ax_list all;     /* every live transfer */
+    struct ax_list pend;    /* aborts and resumes to do outside curl */
+    struct ax_list socks;
     int running, queued;
     int in_curl;  /* depth of calls into curl that may run our callbacks */
     int curl_due; /* curl asked for a 0 ms timeout: socket_action from the idle pass */
@@ -109,97 +100,35 @@ struct ax_upstream {
     void *closed_ud;
     struct ax_upstream_stats stats;
 
-    struct ax_upstream_info info;
-    enum probe_step probe_step;
-    struct ax_xfer *probe_xfer;
-    uint64_t probe_interval_ms; /* 0: probe_start not called */
-    int probe_state;            /* state the running probe has found so far */
-    int64_t probe_n_ctx;
-    const char *probe_n_ctx_source;
-    int probe_llama;
-    char probe_old_model[256];
-    void (*on_info)(void *ud);
-    void *on_info_ud;
+    void *attached; /* the probe (ax__upstream_attach), or NULL */
+    void (*attached_on_close)(void *obj);
 };
 
 static void up_schedule(struct ax_upstream *up);
 static void up_flush(struct ax_upstream *up);
 static void up_maybe_finish(struct ax_upstream *up);
 static void xfer_finish(struct ax_xfer *x, int rc);
-static void probe_step_start(struct ax_upstream *up, enum probe_step step);
 
 /* ---- small lists ---- */
 
-static void xlist_push(struct xlist *l, struct ax_xfer *x)
-{
-    x->next = NULL;
-    x->prev = l->tail;
-    if (l->tail != NULL)
-        l->tail->next = x;
-    else
-        l->head = x;
-    l->tail = x;
-}
+#define XFER_OF(node, member) AX_LIST_ENTRY((node), struct ax_xfer, member)
 
-static void xlist_remove(struct xlist *l, struct ax_xfer *x)
+static struct ax_xfer *xlist_pop(struct ax_list *l)
 {
-    if (x->prev != NULL)
-        x->prev->next = x->next;
-    else
-        l->head = x->next;
-    if (x->next != NULL)
-        x->next->prev = x->prev;
-    else
-        l->tail = x->prev;
-    x->next = x->prev = NULL;
-}
+    struct ax_list *n = ax_list_first(l);
 
-static struct ax_xfer *xlist_pop(struct xlist *l)
-{
-    struct ax_xfer *x = l->head;
-
-    if (x != NULL)
-        xlist_remove(l, x);
-    return x;
+    if (n == NULL)
+        return NULL;
+    ax_list_unlink(n);
+    return XFER_OF(n, link);
 }
 
 static void pend_push(struct ax_xfer *x)
 {
-    struct ax_upstream *up = x->up;
-
-    if (x->in_pend)
+    if (ax_list_linked(&x->pend_link))
         return;
-    x->in_pend = 1;
-    x->pend_next = NULL;
-    *up->pend_tail = x;
-    up->pend_tail = &x->pend_next;
-    up_schedule(up);
-}
-
-/* The pend list is short (transfers touched since the last idle pass): a walk is fine. */
-static void pend_remove(struct ax_xfer *x)
-{
-    struct ax_upstream *up = x->up;
-    struct ax_xfer **pp;
-
-    if (!x->in_pend)
-        return;
-    for (pp = &up->pend; *pp != x; pp = &(*pp)->pend_next)
-        ;
-    *pp = x->pend_next;
-    if (up->pend_tail == &x->pend_next)
-        up->pend_tail = pp;
-    x->in_pend = 0;
-}
-
-static char *xstrdup(const char *s)
-{
-    size_t n = strlen(s) + 1;
-    char *p = malloc(n);
-
-    if (p != NULL)
-        memcpy(p, s, n);
-    return p;
+    ax_list_push_back(&x->up->pend, &x->pend_link);
+    up_schedule(x->up);
 }
 
 /* ---- handle bookkeeping ---- */
@@ -209,7 +138,6 @@ static void up_free(struct ax_upstream *up)
     void (*cb)(void *) = up->on_closed;
     void *ud = up->closed_ud;
 
-    cJSON_Delete(up->info.models);
     curl_slist_free_all(up->headers);
     free(up->root);
     free(up->base_url);
@@ -248,14 +176,7 @@ static void sock_on_close(uv_handle_t *h)
 
 static void sock_close(struct up_sock *s)
 {
-    struct ax_upstream *up = s->up;
-
-    if (s->prev != NULL)
-        s->prev->next = s->next;
-    else
-        up->socks = s->next;
-    if (s->next != NULL)
-        s->next->prev = s->prev;
+    ax_list_unlink(&s->link);
     uv_poll_stop(&s->poll);
     uv_close((uv_handle_t *)&s->poll, sock_on_close);
 }
@@ -304,10 +225,7 @@ static int up_on_socket(CURL *easy, curl_socket_t fd, int what, void *userp, voi
         s->fd = fd;
         s->up = up;
         s->poll.data = s;
-        s->next = up->socks;
-        if (up->socks != NULL)
-            up->socks->prev = s;
-        up->socks = s;
+        ax_list_push_front(&up->socks, &s->link);
         curl_multi_assign(up->multi, fd, s);
     }
     if (what != CURL_POLL_IN)
@@ -524,7 +442,7 @@ static void xfer_finish(struct ax_xfer *x, int rc)
 
     switch (x->state) {
     case XS_QUEUED:
-        xlist_remove(x->bypass ? &up->launchq : &up->queue, x);
+        ax_list_unlink(&x->link);
         if (!x->bypass)
             up->queued--;
         break;
@@ -552,7 +470,7 @@ static void xfer_finish(struct ax_xfer *x, int rc)
             UP_LOG(AX_LOG_LVL_WARN, "upstream: %s %s failed: %s%s%s", x->method, x->path,
                    ax_strerror(rc), x->errbuf[0] ? ": " : "", x->errbuf);
     }
-    xlist_push(&up->done, x);
+    ax_list_push_back(&up->done, &x->link);
 }
 
 static void xfer_on_close(uv_handle_t *h)
@@ -570,18 +488,11 @@ static void xfer_on_close(uv_handle_t *h)
 
 static void xfer_release(struct ax_xfer *x)
 {
-    struct ax_upstream *up = x->up;
-
-    pend_remove(x);
+    ax_list_unlink(&x->pend_link);
     if (x->easy != NULL)
         curl_easy_cleanup(x->easy);
     x->easy = NULL;
-    if (x->all_prev != NULL)
-        x->all_prev->all_next = x->all_next;
-    else
-        up->all = x->all_next;
-    if (x->all_next != NULL)
-        x->all_next->all_prev = x->all_prev;
+    ax_list_unlink(&x->all_link);
     uv_close((uv_handle_t *)&x->timer, xfer_on_close);
 }
 
@@ -746,6 +657,7 @@ static void up_unpause(struct ax_xfer *x)
 static void up_on_idle(uv_idle_t *h)
 {
     struct ax_upstream *up = h->data;
+    struct ax_list *n;
     struct ax_xfer *x;
     int running;
 
@@ -755,10 +667,9 @@ static void up_on_idle(uv_idle_t *h)
         curl_multi_socket_action(up->multi, CURL_SOCKET_TIMEOUT, 0, &running);
         up->in_curl--;
     }
-    while ((x = up->pend) != NULL) {
-        if ((up->pend = x->pend_next) == NULL)
-            up->pend_tail = &up->pend;
-        x->in_pend = 0;
+    while ((n = ax_list_first(&up->pend)) != NULL) {
+        x = XFER_OF(n, pend_link);
+        ax_list_unlink(n);
         if (x->state == XS_DONE)
             continue;
         if (x->abort_rc != 0)
@@ -768,7 +679,7 @@ static void up_on_idle(uv_idle_t *h)
     }
     up_reap(up);
     up_flush(up);
-    if (up->pend == NULL && up->done.head == NULL && !up->curl_due)
+    if (ax_list_empty(&up->pend) && ax_list_empty(&up->done) && !up->curl_due)
         uv_idle_stop(&up->idle);
     up_maybe_finish(up);
 }
@@ -857,11 +768,16 @@ int ax_upstream_new(uv_loop_t *loop, const struct ax_upstream_opts *o, struct ax
         up->opts.connect_retries = 0;
     if (up->opts.max_response_bytes == 0)
         up->opts.max_response_bytes = UP_DEFAULT_FETCH_MAX;
-    up->pend_tail = &up->pend;
-    if ((up->base_url = xstrdup(o->base_url)) == NULL ||
+    ax_list_init(&up->queue);
+    ax_list_init(&up->launchq);
+    ax_list_init(&up->done);
+    ax_list_init(&up->all);
+    ax_list_init(&up->pend);
+    ax_list_init(&up->socks);
+    if ((up->base_url = strdup(o->base_url)) == NULL ||
         (up->root = derive_root(o->base_url)) == NULL)
         goto fail;
-    if (o->api_key != NULL && (up->opts.api_key = xstrdup(o->api_key)) == NULL)
+    if (o->api_key != NULL && (up->opts.api_key = strdup(o->api_key)) == NULL)
         goto fail;
     up->opts.base_url = up->base_url;
     if ((rc = up_build_headers(up)) < 0)
@@ -878,9 +794,8 @@ int ax_upstream_new(uv_loop_t *loop, const struct ax_upstream_opts *o, struct ax
     curl_multi_setopt(up->multi, CURLMOPT_MAXCONNECTS, (long)up->opts.max_concurrent + 4);
     uv_timer_init(loop, &up->curl_timer);
     uv_idle_init(loop, &up->idle);
-    uv_timer_init(loop, &up->probe_timer);
-    up->curl_timer.data = up->idle.data = up->probe_timer.data = up;
-    up->nhandles = 3;
+    up->curl_timer.data = up->idle.data = up;
+    up->nhandles = 2;
     *out = up;
     return 0;
 fail:
@@ -900,7 +815,7 @@ const char *ax_upstream_root(const struct ax_upstream *up)
 
 static void up_maybe_finish(struct ax_upstream *up)
 {
-    struct up_sock *s;
+    struct ax_list *n;
 
     if (!up->closing || up->finishing || up->nlive > 0 || up->in_curl)
         return;
@@ -909,25 +824,25 @@ static void up_maybe_finish(struct ax_upstream *up)
     /* May report CURL_POLL_REMOVE for cached connections (closing their polls). */
     curl_multi_cleanup(up->multi);
     up->multi = NULL;
-    while ((s = up->socks) != NULL)
-        sock_close(s);
+    while ((n = ax_list_first(&up->socks)) != NULL)
+        sock_close(AX_LIST_ENTRY(n, struct up_sock, link));
     uv_close((uv_handle_t *)&up->curl_timer, up_on_handle_close);
     uv_close((uv_handle_t *)&up->idle, up_on_handle_close);
-    uv_close((uv_handle_t *)&up->probe_timer, up_on_handle_close);
 }
 
 void ax_upstream_close(struct ax_upstream *up, void (*on_closed)(void *ud), void *ud)
 {
-    struct ax_xfer *x;
+    struct ax_list *n;
 
     if (up->closing)
         return;
     up->closing = 1;
     up->on_closed = on_closed;
     up->closed_ud = ud;
-    uv_timer_stop(&up->probe_timer);
-    for (x = up->all; x != NULL; x = x->all_next)
-        ax_xfer_cancel(x);
+    if (up->attached != NULL)
+        up->attached_on_close(up->attached);
+    AX_LIST_FOREACH(n, &up->all)
+    ax_xfer_cancel(XFER_OF(n, all_link));
     up_schedule(up);
 }
 
@@ -948,7 +863,7 @@ static int upstream_start(struct ax_upstream *up, const struct ax_xfer_spec *spe
         return AX_EBUSY;
     if ((x = calloc(1, sizeof(*x))) == NULL)
         return AX_ENOMEM;
-    if ((x->method = xstrdup(spec->method)) == NULL || (x->path = xstrdup(spec->path)) == NULL) {
+    if ((x->method = strdup(spec->method)) == NULL || (x->path = strdup(spec->path)) == NULL) {
         free(x->method);
         free(x);
         return AX_ENOMEM;
@@ -964,15 +879,13 @@ static int upstream_start(struct ax_upstream *up, const struct ax_xfer_spec *spe
     x->timer.data = x;
     up->nhandles++;
     up->nlive++;
-    x->all_next = up->all;
-    if (up->all != NULL)
-        up->all->all_prev = x;
-    up->all = x;
+    ax_list_init(&x->pend_link);
+    ax_list_push_front(&up->all, &x->all_link);
     x->state = XS_QUEUED;
     if (bypass) {
-        xlist_push(&up->launchq, x);
+        ax_list_push_back(&up->launchq, &x->link);
     } else {
-        xlist_push(&up->queue, x);
+        ax_list_push_back(&up->queue, &x->link);
         up->queued++;
     }
     if (out != NULL)
@@ -981,7 +894,7 @@ static int upstream_start(struct ax_upstream *up, const struct ax_xfer_spec *spe
         up_schedule(up); /* curl refuses new handles from inside its callbacks */
     } else {
         up_dispatch(up);
-        if (up->done.head != NULL) /* a launch failed: on_done must come from the loop */
+        if (!ax_list_empty(&up->done)) /* a launch failed: on_done must come from the loop */
             up_schedule(up);
     }
     return 0;
@@ -1093,226 +1006,33 @@ int ax_upstream_fetch(struct ax_upstream *up, const char *method, const char *pa
                        cb, ud, 0, out);
 }
 
-/* ---- probes ---- */
+/* ---- for probe.c ---- */
 
-static const char *state_name(int state)
+int ax__upstream_fetch_bypass(struct ax_upstream *up, const char *path, uint64_t timeout_ms,
+                              size_t max, ax_fetch_cb cb, void *ud, struct ax_xfer **out)
 {
-    switch (state) {
-    case AX_UP_OK:
-        return "ok";
-    case AX_UP_LOADING:
-        return "loading";
-    case AX_UP_DOWN:
-        return "down";
-    default:
-        return "unknown";
-    }
+    return fetch_start(up, "GET", path, NULL, 0, timeout_ms, max, cb, ud, 1, out);
 }
 
-static int64_t json_positive_int(const cJSON *obj, const char *key)
+uv_loop_t *ax__upstream_loop(const struct ax_upstream *up)
 {
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
-
-    if (!cJSON_IsNumber(v) || v->valuedouble < 1 || v->valuedouble > 1e15)
-        return 0;
-    return (int64_t)v->valuedouble;
+    return up->loop;
 }
 
-/* Parses a fetched body (NUL-terminated by the fetch): NULL when it is not exactly one JSON
- * value, trailing whitespace allowed. */
-static cJSON *probe_parse(const char *body, size_t len)
+void ax__upstream_attach(struct ax_upstream *up, void *obj, void (*on_close)(void *obj))
 {
-    return cJSON_ParseWithLengthOpts(body, len + 1, NULL, 1);
+    up->attached = obj;
+    up->attached_on_close = on_close;
+    up->nhandles++; /* released by ax__upstream_detached */
 }
 
-static void probe_state_from_status(struct ax_upstream *up, int rc, int status)
+void *ax__upstream_attached(const struct ax_upstream *up)
 {
-    if (rc < 0)
-        up->probe_state = AX_UP_DOWN;
-    else if (status == 503)
-        up->probe_state = AX_UP_LOADING; /* llama-server while it loads the model */
-    else if (status >= 500)
-        up->probe_state = AX_UP_DOWN;
-    else
-        up->probe_state = AX_UP_OK;
+    return up->attached;
 }
 
-static void probe_on_props(struct ax_upstream *up, int status, const char *body, size_t len)
+void ax__upstream_detached(struct ax_upstream *up)
 {
-    cJSON *j;
-    const cJSON *dgs;
-
-    if (status != 200 || (j = probe_parse(body, len)) == NULL)
-        return;
-    dgs = cJSON_GetObjectItemCaseSensitive(j, "default_generation_settings");
-    if (cJSON_IsObject(dgs)) {
-        up->probe_llama = 1;
-        if ((up->probe_n_ctx = json_positive_int(dgs, "n_ctx")) > 0)
-            up->probe_n_ctx_source = "props";
-    }
-    cJSON_Delete(j);
-}
-
-static void probe_on_slots(struct ax_upstream *up, int status, const char *body, size_t len)
-{
-    cJSON *j;
-    const cJSON *s0;
-
-    if (status != 200 || (j = probe_parse(body, len)) == NULL)
-        return;
-    if (cJSON_IsArray(j) && (s0 = j->child) != NULL && cJSON_IsObject(s0) &&
-        (up->probe_n_ctx = json_positive_int(s0, "n_ctx")) > 0)
-        up->probe_n_ctx_source = "slots";
-    cJSON_Delete(j);
-}
-
-static void probe_on_models(struct ax_upstream *up, int status, const char *body, size_t len)
-{
-    cJSON *j, *data;
-    const cJSON *m0, *id;
-
-    if (status != 200 || (j = probe_parse(body, len)) == NULL)
-        return;
-    data = cJSON_DetachItemFromObjectCaseSensitive(j, "data");
-    cJSON_Delete(j);
-    if (!cJSON_IsArray(data)) {
-        cJSON_Delete(data);
-        return;
-    }
-    m0 = data->child;
-    id = cJSON_GetObjectItemCaseSensitive(m0, "id");
-    if (cJSON_IsString(id) && id->valuestring != NULL)
-        snprintf(up->info.model_id, sizeof(up->info.model_id), "%s", id->valuestring);
-    else
-        up->info.model_id[0] = '\0';
-    /* vLLM reports the context per sequence here; llama-server and Ollama answered above */
-    if (up->probe_n_ctx == 0 && m0 != NULL &&
-        (up->probe_n_ctx = json_positive_int(m0, "max_model_len")) > 0)
-        up->probe_n_ctx_source = "models";
-    cJSON_Delete(up->info.models);
-    up->info.models = data;
-}
-
-static void probe_on_timer(uv_timer_t *t)
-{
-    ax_upstream_probe_now(t->data);
-}
-
-static void probe_finish(struct ax_upstream *up)
-{
-    struct ax_upstream_info *in = &up->info;
-    int changed;
-    uint64_t next;
-
-    changed = in->state != up->probe_state || in->n_ctx != up->probe_n_ctx ||
-              (in->n_ctx_source != up->probe_n_ctx_source && up->probe_n_ctx > 0) ||
-              in->llama_server != up->probe_llama || strcmp(in->model_id, up->probe_old_model) != 0;
-    if (in->state != up->probe_state)
-        UP_LOG(up->probe_state == AX_UP_OK ? AX_LOG_LVL_INFO : AX_LOG_LVL_WARN,
-               "upstream: %s is %s", up->root, state_name(up->probe_state));
-    if (in->n_ctx != up->probe_n_ctx && up->probe_n_ctx > 0)
-        UP_LOG(AX_LOG_LVL_INFO, "upstream: context window n_ctx=%lld (from /%s)",
-               (long long)up->probe_n_ctx, up->probe_n_ctx_source);
-    in->state = up->probe_state;
-    /* a server that is down or loading keeps the last n_ctx it reported */
-    if (up->probe_n_ctx > 0 || in->state == AX_UP_OK) {
-        in->n_ctx = up->probe_n_ctx;
-        in->n_ctx_source = up->probe_n_ctx > 0 ? up->probe_n_ctx_source : NULL;
-        in->llama_server = up->probe_llama;
-    }
-    in->last_probe_ms = uv_now(up->loop);
-    up->probe_step = PROBE_IDLE;
-    if (up->probe_interval_ms && !up->closing) {
-        /* fast while down, loading or (llama-server) without a context size */
-        next = up->probe_interval_ms;
-        if (in->state == AX_UP_OK && (in->n_ctx > 0 || !in->llama_server))
-            next = UP_PROBE_SLOW_MS;
-        uv_timer_start(&up->probe_timer, probe_on_timer, next, 0);
-    }
-    if (changed && up->on_info != NULL)
-        up->on_info(up->on_info_ud);
-}
-
-static void probe_on_fetch(int rc, int status, const char *body, size_t len, void *ud)
-{
-    struct ax_upstream *up = ud;
-
-    up->probe_xfer = NULL;
-    if (up->closing) {
-        up->probe_step = PROBE_IDLE;
-        return;
-    }
-    switch (up->probe_step) {
-    case PROBE_PROPS:
-        probe_state_from_status(up, rc, status);
-        if (up->probe_state != AX_UP_OK) {
-            probe_finish(up);
-            return;
-        }
-        probe_on_props(up, status, body, len);
-        probe_step_start(up, up->probe_n_ctx > 0 ? PROBE_MODELS : PROBE_SLOTS);
-        return;
-    case PROBE_SLOTS:
-        if (rc == 0)
-            probe_on_slots(up, status, body, len);
-        probe_step_start(up, PROBE_MODELS);
-        return;
-    case PROBE_MODELS:
-        if (rc == 0 && status >= 500)
-            probe_state_from_status(up, rc, status);
-        else if (rc == 0)
-            probe_on_models(up, status, body, len);
-        probe_finish(up);
-        return;
-    default:
-        return;
-    }
-}
-
-static void probe_step_start(struct ax_upstream *up, enum probe_step step)
-{
-    static const char *const paths[] = {NULL, "/props", "/slots", "/v1/models"};
-    int rc;
-
-    up->probe_step = step;
-    rc = fetch_start(up, "GET", paths[step], NULL, 0, UP_PROBE_TIMEOUT_MS, UP_PROBE_MAX_BYTES,
-                     probe_on_fetch, up, 1, &up->probe_xfer);
-    if (rc < 0) {
-        /* out of memory or closing: try again at the next interval */
-        if (step == PROBE_PROPS)
-            up->probe_state = AX_UP_DOWN;
-        up->probe_step = PROBE_IDLE;
-        if (up->probe_interval_ms && !up->closing)
-            uv_timer_start(&up->probe_timer, probe_on_timer, up->probe_interval_ms, 0);
-    }
-}
-
-void ax_upstream_probe_now(struct ax_upstream *up)
-{
-    if (up->closing || up->probe_step != PROBE_IDLE)
-        return;
-    uv_timer_stop(&up->probe_timer);
-    up->probe_state = AX_UP_UNKNOWN;
-    up->probe_n_ctx = 0;
-    up->probe_n_ctx_source = NULL;
-    up->probe_llama = 0;
-    snprintf(up->probe_old_model, sizeof(up->probe_old_model), "%s", up->info.model_id);
-    probe_step_start(up, PROBE_PROPS);
-}
-
-void ax_upstream_probe_start(struct ax_upstream *up, uint64_t interval_ms)
-{
-    up->probe_interval_ms = interval_ms ? interval_ms : 2000;
-    ax_upstream_probe_now(up);
-}
-
-const struct ax_upstream_info *ax_upstream_info(const struct ax_upstream *up)
-{
-    return &up->info;
-}
-
-void ax_upstream_on_info(struct ax_upstream *up, void (*cb)(void *ud), void *ud)
-{
-    up->on_info = cb;
-    up->on_info_ud = ud;
+    up->attached = NULL;
+    up_handle_closed(up);
 }

@@ -22,10 +22,11 @@ int main(void)
 
     signal(SIGPIPE, SIG_IGN); /* libuv writes with write(2): a closed peer must not kill us */
     ax_config_init(&cfg);
-    cfg.port = 4001;
-    if (ax_server_new(loop, &cfg, &srv) < 0 || ax_server_listen(srv, &err) < 0) {
-        fprintf(stderr, "embed: %s\n", err.message);
-        return 1;
+    /* by name, so /health shows the port as set by the API rather than "default" */
+    if (ax_config_set(&cfg, "port", "4001", &err) < 0 ||
+        ax_server_new(loop, &cfg, &srv, &err) < 0 || ax_server_listen(srv, &err) < 0) {
+        fprintf(stderr, "embed: %s (%s)\n", err.message, ax_strerror(err.code));
+        return 1; /* exiting: the loop and its handles go with the process */
     }
     uv_signal_init(loop, &sig);
     sig.data = srv;

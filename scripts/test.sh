@@ -19,11 +19,11 @@ ax_build "$AX_ROOT/build-asan" -DCMAKE_BUILD_TYPE=Debug -DAX_SANITIZE=ON -DAX_WE
     ctest --output-on-failure -j2 --timeout 900) || status=1
 
 echo "== format check"
-if clang-format --dry-run -Werror "$AX_ROOT"/core/*.c "$AX_ROOT"/core/*.h \
-        "$AX_ROOT"/core/policy/*.c "$AX_ROOT"/core/policy/*.h >/dev/null 2>&1; then
+if clang-format --dry-run -Werror "$AX_ROOT"/core/*.[ch] "$AX_ROOT"/core/policy/*.[ch] \
+        "$AX_ROOT"/include/*.h >/dev/null 2>&1; then
     echo "format: ok"
 else
-    echo "format: core/ differs from .clang-format (run clang-format -i core/*.[ch] core/policy/*.[ch])"
+    echo "format: core/ or include/ differs from .clang-format (run clang-format -i core/*.[ch] core/policy/*.[ch] include/*.h)"
     status=1
 fi
 exit $status

@@ -586,6 +586,39 @@ static void test_file_format(void)
     unlink(file);
 }
 
+/* ax_config_set: by name, its source recorded as "api"; bad names and values rejected with
+ * a message, the setting unchanged. */
+static void test_config_set(void)
+{
+    struct ax_config c;
+    struct ax_error err = {0};
+
+    ax_config_init(&c);
+    CHECK_STR(SRC(&c, "port"), "default");
+    CHECK(ax_config_set(&c, "port", "4001", &err) == 0);
+    CHECK_INT(c.port, 4001);
+    CHECK_STR(SRC(&c, "port"), "api");
+    CHECK(ax_config_set(&c, "MAX_UPSTREAM", "7", &err) == 0); /* as the file accepts names */
+    CHECK_INT(c.max_upstream, 7);
+    CHECK_STR(SRC(&c, "max-upstream"), "api");
+    CHECK(ax_config_set(&c, "model-map", "a=b,c*=d", &err) == 0);
+    CHECK_STR(ax_config_map_model(&c, "c-1"), "d");
+    CHECK_STR(SRC(&c, "model-map"), "api");
+
+    memset(&err, 0, sizeof(err));
+    CHECK(ax_config_set(&c, "no-such-setting", "1", &err) == AX_EINVAL);
+    CHECK(err.status == 400 && strstr(err.message, "no-such-setting") != NULL);
+    memset(&err, 0, sizeof(err));
+    CHECK(ax_config_set(&c, "port", "http", &err) == AX_EINVAL);
+    CHECKF(strstr(err.message, "port") != NULL && strstr(err.message, "\"http\"") != NULL, "%s",
+           err.message);
+    CHECK_INT(c.port, 4001); /* unchanged */
+    CHECK_STR(SRC(&c, "port"), "api");
+    CHECK(ax_config_set(&c, "config", "/etc/x", &err) == AX_EINVAL); /* only a source names it */
+    CHECK(ax_config_set(&c, "port", NULL, &err) == AX_EINVAL);
+    ax_config_free(&c);
+}
+
 int main(void)
 {
     test_defaults();
@@ -597,5 +630,6 @@ int main(void)
     test_model_map();
     test_api_keys_and_redaction();
     test_file_format();
+    test_config_set();
     return AX_TEST_DONE("test_config");
 }

@@ -3,11 +3,15 @@
  * A C program embeds the proxy in a few lines:
  *
  *     struct ax_config cfg;
- *     struct ax_server *srv;
+ *     struct ax_server *srv = NULL;
+ *     struct ax_error err = {0};
  *     ax_config_init(&cfg);                     // defaults; then env, file, flags if wanted
+ *     ax_config_set(&cfg, "port", "4001", &err); // recorded as set by the API
  *     signal(SIGPIPE, SIG_IGN);                 // libuv writes with write(2)
- *     if (ax_server_new(loop, &cfg, &srv) == 0 && ax_server_listen(srv) == 0)
+ *     if (ax_server_new(loop, &cfg, &srv, &err) == 0 && ax_server_listen(srv, &err) == 0)
  *         uv_run(loop, UV_RUN_DEFAULT);         // until ax_server_stop() completes
+ *     else
+ *         fprintf(stderr, "%s\n", err.message); // err.code: AX_EADDRINUSE, ...
  *     ax_server_free(srv);
  *     ax_config_free(&cfg);
  *
@@ -25,11 +29,15 @@
 
 struct ax_server;
 
-/* Creates a server on loop with a private copy of cfg. Returns 0 or AX_E*. */
-int ax_server_new(uv_loop_t *loop, const struct ax_config *cfg, struct ax_server **out);
+/* Creates a server on loop with a private copy of cfg (validated first). Returns 0, or an AX_E*
+ * code with err (may be NULL) saying why: AX_EINVAL for an invalid configuration, AX_ENOMEM. */
+int ax_server_new(uv_loop_t *loop, const struct ax_config *cfg, struct ax_server **out,
+                  struct ax_error *err);
 
 /* Binds and listens on cfg->host:cfg->port, starts the upstream probes and the policy
- * engine. Fills err on failure (address in use, policy chain does not compile). */
+ * engine. Fills err on failure and returns its code: AX_EADDRINUSE, AX_EADDRNOTAVAIL or
+ * AX_EACCES from the bind, AX_EINVAL for a bad address or a policy chain that does not
+ * compile. */
 int ax_server_listen(struct ax_server *srv, struct ax_error *err);
 
 /* The port actually bound (useful with port 0). */

@@ -21,7 +21,8 @@ struct ax_model_map {
     char *to;   /* upstream model id */
 };
 
-enum ax_config_source { AX_SRC_DEFAULT, AX_SRC_FILE, AX_SRC_ENV, AX_SRC_FLAG };
+/* where a value came from; AX_SRC_API: ax_config_set, by an embedding program */
+enum ax_config_source { AX_SRC_DEFAULT, AX_SRC_FILE, AX_SRC_ENV, AX_SRC_FLAG, AX_SRC_API };
 
 #define AX_CONFIG_MAX_KEYS 64
 
@@ -91,6 +92,14 @@ struct ax_config {
 
 /* Sets every field to its built-in default (the sources all AX_SRC_DEFAULT). */
 void ax_config_init(struct ax_config *cfg);
+
+/* Sets one setting by its name (as in the config file: "port", "upstream", "max-body-bytes";
+ * '_' for '-' and any case accepted) from its text form, as the environment would (lists
+ * comma-separated), and records AX_SRC_API as its source, so /health and the start-up log
+ * say who set it. Returns 0, or AX_EINVAL (unknown name, bad value: err names both) or
+ * AX_ENOMEM; on failure the setting keeps its value. Validate the whole with
+ * ax_config_validate (ax_server_new does). */
+int ax_config_set(struct ax_config *cfg, const char *name, const char *value, struct ax_error *err);
 void ax_config_free(struct ax_config *cfg);
 /* All sources in order on an initialised cfg: the file named by --config (else by
  * ANTHROXY_CONFIG), the environment, the flags in argv[1..argc), then the keys of
