@@ -157,39 +157,6 @@ int ax_json_scan_skip(struct ax_json_scan *l, int depth)
     }
 }
 
-int ax_json_scan_object(struct ax_json_scan *l, ax_json_scan_member_cb fn, void *ud)
-{
-    const char *k;
-    size_t kl;
-    int plain, rc;
-
-    if (ax_json_scan_expect(l, '{') < 0)
-        return -1;
-    if (ax_json_scan_empty(l, '}'))
-        return 0;
-    do {
-        if (ax_json_scan_string(l, &k, &kl, &plain) < 0 || ax_json_scan_expect(l, ':') < 0 ||
-            fn(l, k, kl, ud) < 0)
-            return -1;
-    } while ((rc = ax_json_scan_next(l, '}')) == 0);
-    return rc < 0 ? -1 : 0;
-}
-
-int ax_json_scan_array(struct ax_json_scan *l, ax_json_scan_elem_cb fn, void *ud)
-{
-    int rc;
-
-    if (ax_json_scan_expect(l, '[') < 0)
-        return -1;
-    if (ax_json_scan_empty(l, ']'))
-        return 0;
-    do {
-        if (fn(l, ud) < 0)
-            return -1;
-    } while ((rc = ax_json_scan_next(l, ']')) == 0);
-    return rc < 0 ? -1 : 0;
-}
-
 /* An "index" member's value: 1 with the integer's text from *num to l->p; 0 when the value is
  * not a number (the caller skips it); -1 for what only cJSON reads right: a fraction, an
  * exponent, -0. */
