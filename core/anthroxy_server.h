@@ -39,9 +39,5 @@ struct ax_server {
     uint64_t n_requests;
 };
 
-/* The context window in force: configured, else probed per-slot n_ctx, else 131072. */
-int64_t ax_server_context_window(const struct ax_server *srv, const char **source);
-/* The model to send upstream for a client model name. */
-const char *ax_server_upstream_model(const struct ax_server *srv, const char *client_model);
 
 #endif

@@ -7,6 +7,7 @@
 #include "anthroxy_http.h"
 #include "anthroxy_json.h"
 #include "anthroxy_log.h"
+#include "anthroxy_models.h"
 #include "anthroxy_messages.h"
 #include "anthroxy_monitor.h"
 #include "anthroxy_policy.h"
@@ -665,7 +666,7 @@ static void msg_send_upstream(struct msg *m)
     struct ax_error err = {0};
     const struct ax_upstream_info *info = ax_upstream_info(m->srv->up);
 
-    m->upstream_model = ax_server_upstream_model(m->srv, m->model);
+    m->upstream_model = ax_models_upstream_name(&m->srv->cfg, m->srv->up, m->model);
     memset(&to, 0, sizeof(to));
     to.upstream_model = m->upstream_model;
     to.llama_server = info->llama_server;
@@ -797,7 +798,7 @@ static void count_tokens(struct msg *m)
     cJSON *tpl;
 
     memset(&to, 0, sizeof(to));
-    to.upstream_model = ax_server_upstream_model(m->srv, m->model);
+    to.upstream_model = ax_models_upstream_name(&m->srv->cfg, m->srv->up, m->model);
     to.llama_server = info->llama_server;
     to.share = 1; /* only printed */
     if (ax_translate_request(m->body, &to, &m->oreq, &err) < 0) {

@@ -4,6 +4,7 @@
 #include "anthroxy_http.h"
 #include "anthroxy_json.h"
 #include "anthroxy_log.h"
+#include "anthroxy_models.h"
 #include "anthroxy_messages.h"
 #include "anthroxy_monitor.h"
 #include "anthroxy_policy.h"
@@ -116,7 +117,7 @@ static void route_health(struct ax_server *srv, struct ax_req *req)
     struct ax_upstream_stats st;
     cJSON *root = cJSON_CreateObject(), *up, *cw, *warn;
     const char *src;
-    int64_t win = ax_server_context_window(srv, &src);
+    int64_t win = ax_models_window(&srv->cfg, srv->up, &src);
 
     ax_upstream_stats(srv->up, &st);
     cJSON_AddStringToObject(root, "status", info->state == AX_UP_OK ? "ok" : "degraded");
@@ -125,7 +126,7 @@ static void route_health(struct ax_server *srv, struct ax_req *req)
     up = cJSON_AddObjectToObject(root, "upstream");
     cJSON_AddStringToObject(up, "state", ax_upstream_state_name(info->state));
     cJSON_AddStringToObject(up, "url", srv->cfg.upstream_base);
-    cJSON_AddStringToObject(up, "model", ax_server_upstream_model(srv, NULL));
+    cJSON_AddStringToObject(up, "model", ax_models_upstream_name(&srv->cfg, srv->up, NULL));
     cJSON_AddBoolToObject(up, "llama_server", info->llama_server);
     cJSON_AddNumberToObject(up, "n_ctx", (double)info->n_ctx);
     cJSON_AddNumberToObject(up, "running", st.running);
@@ -193,7 +194,7 @@ static int query_param(const char *query, const char *name, char *out, size_t n)
 static void route_context(struct ax_server *srv, struct ax_req *req)
 {
     char key[256];
-    int64_t win = ax_server_context_window(srv, NULL);
+    int64_t win = ax_models_window(&srv->cfg, srv->up, NULL);
     cJSON *root;
     int q = query_param(req->query, "session", key, sizeof(key));
 

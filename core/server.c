@@ -4,6 +4,7 @@
 #include "anthroxy.h"
 #include "anthroxy_http.h"
 #include "anthroxy_log.h"
+#include "anthroxy_models.h"
 #include "anthroxy_monitor.h"
 #include "anthroxy_policy.h"
 #include "anthroxy_routes.h"
@@ -16,7 +17,6 @@
 #endif
 #include <string.h>
 
-#define AX_DEFAULT_CONTEXT_WINDOW 131072
 #define AX_SESSION_SWEEP_MS 60000
 #define AX_PROBE_INTERVAL_MS 2000
 /* Claude Code's fixed prefix (24 tools and its system prompt) is about 20k tokens. */
@@ -25,48 +25,16 @@
 
 static int64_t engine_context_window(void *ud)
 {
-    return ax_server_context_window(ud, NULL);
+    const struct ax_server *srv = ud;
+
+    return ax_models_window(&srv->cfg, srv->up, NULL);
 }
 
 static const char *engine_upstream_model(void *ud)
 {
-    return ax_server_upstream_model(ud, NULL);
-}
+    const struct ax_server *srv = ud;
 
-int64_t ax_server_context_window(const struct ax_server *srv, const char **source)
-{
-    const struct ax_upstream_info *info;
-
-    if (srv->cfg.context_window > 0) {
-        if (source)
-            *source = "config";
-        return srv->cfg.context_window;
-    }
-    info = srv->up ? ax_upstream_info(srv->up) : NULL;
-    if (info && info->n_ctx > 0) {
-        if (source)
-            *source = info->n_ctx_source ? info->n_ctx_source : "upstream";
-        return info->n_ctx;
-    }
-    if (source)
-        *source = "fallback";
-    return AX_DEFAULT_CONTEXT_WINDOW;
-}
-
-const char *ax_server_upstream_model(const struct ax_server *srv, const char *client_model)
-{
-    const struct ax_upstream_info *info;
-    const char *m;
-
-    if (client_model && (m = ax_config_map_model(&srv->cfg, client_model)) != NULL)
-        return m;
-    if (srv->cfg.upstream_model && *srv->cfg.upstream_model)
-        return srv->cfg.upstream_model;
-    info = srv->up ? ax_upstream_info(srv->up) : NULL;
-    if (info && info->model_id[0])
-        return info->model_id;
-    /* Unknown yet: llama-server ignores the name; others need the probe to have run. */
-    return client_model ? client_model : "default";
+    return ax_models_upstream_name(&srv->cfg, srv->up, NULL);
 }
 
 /* Logs what the upstream probe learned, and warns when the window is too small. */
@@ -75,7 +43,7 @@ static void on_upstream_info(void *ud)
     struct ax_server *srv = ud;
     const struct ax_upstream_info *info = ax_upstream_info(srv->up);
     const char *src;
-    int64_t win = ax_server_context_window(srv, &src);
+    int64_t win = ax_models_window(&srv->cfg, srv->up, &src);
 
     AX_LOG_INFO(NULL, "upstream %s: state %s, model '%s', context window %lld (%s)%s",
                 ax_upstream_root(srv->up), ax_upstream_state_name(info->state), info->model_id,
