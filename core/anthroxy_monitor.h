@@ -37,7 +37,8 @@ struct ax_session {
     int64_t forced_tool_turns; /* consecutive turns whose tool choice was forced */
     uint64_t tool_fingerprints[AX_SESSION_FINGERPRINTS]; /* recent tool calls, oldest first */
     int n_fingerprints;
-    double calibration;   /* real / estimate, EMA-smoothed, in [0.5, 2.0]; 1.0 until measured */
+    double calibration;   /* real / estimate, a size-weighted exponential average (see
+                           * ax_session_record_response), in [0.25, 4.0]; 1.0 until measured */
     uint64_t tools_fp;    /* the last request's tools (a cheap shape fingerprint) ... */
     int64_t tools_tokens; /* ... and their raw estimate, reused while they stay the same */
 
@@ -45,6 +46,8 @@ struct ax_session {
     int64_t last_estimate;    /* raw estimate of the last measured prompt */
     int64_t last_real_prompt; /* the upstream's prompt_tokens for it */
     int64_t n_calibration;    /* responses that carried a real prompt count */
+    double calibration_weight; /* decayed sum of the estimates behind the factor */
+    double last_ratio;         /* real / estimate of the last measured prompt (clamped) */
     double abs_err_raw_sum;   /* sum of |raw estimate - real| / real */
     double abs_err_cal_sum;   /* sum of |calibrated estimate - real| / real, using the
                                * factor known before that response (an honest forecast) */
@@ -87,7 +90,10 @@ void ax_session_record_request(struct ax_session *s, int64_t input_tokens, uint6
 /* A finished response. estimated_prompt is the RAW (uncalibrated) estimate of the prompt
  * that was sent, real_prompt the upstream's prompt_tokens (<= 0: unknown). With both, the
  * calibration is updated and the real count replaces the estimate in last_input_tokens,
- * the newest history entry and the peak. */
+ * the newest history entry and the peak. The update is weighted by size: the ratio enters
+ * with weight estimated_prompt against the weight of those before, which decays by at most
+ * estimated_prompt (and at most 30 %), so small side requests barely move a factor learnt
+ * from large turns. */
 void ax_session_record_response(struct ax_session *s, int64_t estimated_prompt, int64_t real_prompt,
                                 int64_t output_tokens);
 /* The tool calls of a response (fps: n fingerprints, appended to the recent ones), and

@@ -16,9 +16,17 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define CAL_ALPHA 0.3 /* EMA weight of the newest real/estimate ratio */
-#define CAL_MIN 0.5
-#define CAL_MAX 2.0
+/* The calibration is an exponential average weighted by size: each answer's real/estimate
+ * ratio enters with the weight of its estimate, and the weight accumulated so far decays by
+ * what that answer adds, at most a share CAL_ALPHA of it. Requests of similar size move the
+ * factor as an EMA of weight CAL_ALPHA would (in the steady state the weight is est/CAL_ALPHA);
+ * a 300-token side request (title, quota, a haiku call) next to 20,000-token turns moves it
+ * by half a percent of its error and forgets almost nothing, so a burst of them cannot
+ * either. Clamped to [CAL_MIN, CAL_MAX]: wide enough for a model whose tokens are a quarter or
+ * four times the estimator's (a byte-level vocabulary, a big multilingual one). */
+#define CAL_ALPHA 0.3
+#define CAL_MIN 0.25
+#define CAL_MAX 4.0
 
 struct ax_monitor {
     struct ax_session **buckets;
@@ -308,7 +316,7 @@ static double clamp(double v, double lo, double hi)
 void ax_session_record_response(struct ax_session *s, int64_t estimated_prompt, int64_t real_prompt,
                                 int64_t output_tokens)
 {
-    double real, est, ratio;
+    double real, est, ratio, w;
 
     s->last_output_tokens = output_tokens;
     if (real_prompt <= 0)
@@ -326,11 +334,10 @@ void ax_session_record_response(struct ax_session *s, int64_t estimated_prompt, 
     s->abs_err_raw_sum += fabs(est - real) / real;
     s->abs_err_cal_sum += fabs(est * s->calibration - real) / real;
     ratio = clamp(real / est, CAL_MIN, CAL_MAX);
-    if (s->n_calibration == 0)
-        s->calibration = ratio;
-    else
-        s->calibration =
-            clamp(s->calibration + CAL_ALPHA * (ratio - s->calibration), CAL_MIN, CAL_MAX);
+    s->calibration_weight += est - fmin(CAL_ALPHA * s->calibration_weight, est);
+    w = est / s->calibration_weight; /* 1 for the first answer */
+    s->calibration = clamp(s->calibration + w * (ratio - s->calibration), CAL_MIN, CAL_MAX);
+    s->last_ratio = ratio;
     s->n_calibration++;
     s->last_estimate = estimated_prompt;
     s->last_real_prompt = real_prompt;
@@ -473,6 +480,8 @@ static cJSON *calibration_json(const struct ax_session *s)
         return NULL;
     if (cJSON_AddNumberToObject(c, "factor", round_to(s->calibration, 1e4)) == NULL ||
         cJSON_AddNumberToObject(c, "samples", (double)s->n_calibration) == NULL ||
+        cJSON_AddNumberToObject(c, "weight_tokens", round(s->calibration_weight)) == NULL ||
+        cJSON_AddNumberToObject(c, "last_ratio", round_to(s->last_ratio, 1e4)) == NULL ||
         cJSON_AddNumberToObject(c, "last_estimate", (double)s->last_estimate) == NULL ||
         cJSON_AddNumberToObject(c, "last_real_prompt", (double)s->last_real_prompt) == NULL ||
         (raw >= 0 ? cJSON_AddNumberToObject(c, "mean_abs_error_pct_raw", round_to(raw, 100))

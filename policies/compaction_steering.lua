@@ -1,7 +1,9 @@
 -- compaction_steering: makes Claude Code compact its own conversation before the proxy has
 -- to prune it. Claude Code decides to compact from the input_tokens it is told (usage and
--- count_tokens) against the window it assumes for its model: 200,000 tokens, or a 1M-class
--- window when it announces the context-1m beta. Its trigger is that window minus a reserve
+-- count_tokens) against its auto-compact window, which it takes from
+-- CLAUDE_CODE_AUTO_COMPACT_WINDOW: the README tells users to set it to `client_window`
+-- (200000), the one figure both sides share (without it Claude Code 2.1.332 does not
+-- auto-compact against a local model at all). Its trigger is that window minus a reserve
 -- for the summary it will write (min(model's max output, 20,000)) and a 13,000-token buffer:
 -- 167,000 tokens, 83.5 %, on a 200k window. Against a 32k local model it would never get
 -- there, and pruning would silently throw history away instead of the client's far better
@@ -11,7 +13,7 @@
 -- prune policy, which runs after this one, scales further by what it removed, so the client
 -- always sees the size of what it sent.
 -- Settings: enabled; all_clients (steer every client, not only Claude Code);
--- client_window (200000); client_window_1m (the window assumed under the context-1m beta);
+-- client_window (200000: what the user sets as CLAUDE_CODE_AUTO_COMPACT_WINDOW);
 -- client_output_reserve (20000) and client_buffer (13000): Claude Code's trigger is the
 -- window minus both; steer_at
 -- (0.65 of the real window, kept under the prune threshold); max_fixed_share (0.5: the
@@ -24,12 +26,10 @@ local M = {
   defaults = {
     enabled = true,
     all_clients = false,
+    -- = CLAUDE_CODE_AUTO_COMPACT_WINDOW in the client's environment (README). That variable
+    -- takes precedence over the model's own window and over the context-1m beta, which
+    -- 2.1.332 no longer announces, so the beta header is not consulted: one figure.
     client_window = 200000,
-    -- Under the 1M beta Claude Code compacts against the model's 1M window unless Anthropic's
-    -- remote configuration sets a smaller one (500k has been seen). Assuming too large a
-    -- window would make the client compact again and again; too small only means it compacts
-    -- late and prune steps in, so the smaller one. Read from ctx.anthropic_beta (the header).
-    client_window_1m = 500000,
     client_output_reserve = 20000,
     client_buffer = 13000,
     steer_at = 0.65,
@@ -47,10 +47,6 @@ end
 function M.client_trigger(req, ctx)
   local s = ctx.settings
   local window = s.client_window
-  local beta = ctx.anthropic_beta
-  if type(beta) == "string" and beta:find("context-1m", 1, true) then
-    window = s.client_window_1m
-  end
   -- Claude Code reserves min(the model's maximum output, 20000): the main models' maximum is
   -- above 20000, and the figure must not vary with each request's max_tokens (side requests
   -- ask for little), so the setting alone decides.

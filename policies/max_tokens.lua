@@ -1,5 +1,8 @@
--- max_tokens: max_tokens = min(max(client's value, floor), window - prompt - margin * window),
--- and at least 1. The floor gives a model room to reason before it answers or calls a
+-- max_tokens: max_tokens = min(max(client's value, floor), window - prompt - margin * window).
+-- The cap never goes below `min_output` (1024, or the client's own value when smaller): the
+-- margin gives way first, and when not even that fits in the window the request is refused
+-- with Anthropic's "prompt is too long: N tokens > M maximum" 400, on which Claude Code
+-- compacts. A one-token answer is never sent. The floor gives a model room to reason before it answers or calls a
 -- tool, so it applies only when the request enables thinking or offers tools: a client that
 -- asks a plain question for 24 tokens still gets at most 24. The cap keeps room in the
 -- window for the next turn's growth (tool results) and wins over the floor. The prompt is
@@ -10,7 +13,7 @@ local conv = require "anthroxy.conv"
 
 local M = {
   name = "max_tokens",
-  defaults = { floor = 16384, margin = 0.15 },
+  defaults = { floor = 16384, margin = 0.15, min_output = 1024 },
 }
 
 local function wants_floor(req)
@@ -20,6 +23,7 @@ local function wants_floor(req)
 end
 
 -- The value the policy would set, and the prompt size it measured (nil without a window).
+-- Raises the "prompt is too long" 400 when not even min_output fits.
 function M.compute(req, ctx)
   local s = ctx.settings
   local client = req.max_tokens
@@ -32,9 +36,16 @@ function M.compute(req, ctx)
   if window > 0 then
     prompt = ax.request_tokens(req, ctx)
     local cap = window - prompt - math.floor((s.margin or 0) * window)
+    local need = math.max(math.min(client, s.min_output or 1), 1)
+    if cap < need then
+      if window - prompt < need then
+        ax.fail(400, "invalid_request_error", string.format(
+          "prompt is too long: %d tokens > %d maximum", prompt, window - need))
+      end
+      cap = need -- the margin gives way to the minimum answer
+    end
     if value > cap then value = cap end
   end
-  if value < 1 then value = 1 end
   return math.tointeger(math.floor(value)), prompt
 end
 

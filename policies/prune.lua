@@ -39,10 +39,11 @@ local function analyse(req, s)
   local msgs = req.messages
   local n = #msgs
   local p = { msgs = msgs, n = n, mt = {}, removed = {}, pinned = {},
-              stats = { turns = 0, results = 0, truncated = 0 } }
+              stats = { turns = 0, results = 0, truncated = 0, thinking = 0 }, mt0 = {} }
   local sum = 0
   for i = 1, n do
     p.mt[i] = ax.message_tokens(msgs[i])
+    p.mt0[i] = p.mt[i]
     sum = sum + p.mt[i]
   end
   p.total = ax.request_tokens(req)
@@ -68,8 +69,28 @@ local function refresh(p, i)
   p.mt[i] = t
 end
 
+-- A tool result's size: its text, and its images (a screenshot has no text but costs as much
+-- as the core's estimator says an image does), so that image-only results are elided too.
 local function result_tokens(block)
-  return ax.tokens(conv.text(block.content))
+  local content = block.content
+  if conv.is_array(content) then
+    return ax.message_tokens({ role = "user", content = { { type = "tool_result",
+      tool_use_id = "x", content = content } } }) - ax.message_tokens({ role = "user",
+      content = { { type = "tool_result", tool_use_id = "x", content = "" } } })
+  end
+  return ax.tokens(conv.text(content))
+end
+
+-- The image blocks of a tool result's content (kept when its text is shortened).
+local function result_images(block)
+  local out = {}
+  if conv.is_array(block.content) then
+    for k = 1, #block.content do
+      local b = block.content[k]
+      if conv.is_object(b) and b.type == "image" then out[#out + 1] = b end
+    end
+  end
+  return out
 end
 
 -- Every tool_result block of the unit range [u1, u2], as { i = message index, b = block }.
@@ -122,12 +143,60 @@ local function crossed_line(before, after, quantum)
   return quantum <= 0 or math.floor(after / quantum) > math.floor(before / quantum)
 end
 
+-- The last message whose old tool outputs and thinking may be removed: the middle ends at
+-- u2, but the frontier moves on a grid of `quantum` raw tokens of the conversation as sent
+-- (message sizes counted from the first, the same every turn), so that once every old output
+-- is gone the newest middle turn is not elided turn after turn (each such edit made the server
+-- re-process everything after it): the frontier jumps once per quantum of growth.
+local function frontier(p, u2, quantum)
+  local last = p.units[u2].last
+  if quantum <= 0 then return last end
+  local pos, cum = {}, 0
+  for i = 1, last do cum = cum + p.mt0[i]; pos[i] = cum end
+  local line = math.floor(cum / quantum) * quantum
+  local f = 0
+  for i = 1, last do if pos[i] <= line then f = i end end
+  if f <= p.head then return last end -- a short middle: no grid yet
+  return f
+end
+
+-- Removes the thinking blocks of an assistant message (never its last block).
+local function clear_thinking(p, i)
+  local blocks = conv.blocks(p.msgs[i])
+  if not blocks or p.msgs[i].role ~= "assistant" then return false end
+  local changed = false
+  for k = #blocks, 1, -1 do
+    local b = blocks[k]
+    if #blocks > 1 and conv.is_object(b) and (b.type == "thinking" or b.type == "redacted_thinking") then
+      ax.remove(blocks, k)
+      changed = true
+    end
+  end
+  if changed then refresh(p, i) end
+  return changed
+end
+
 local function elide_results(p, s, u1, u2, goal, quantum)
   local saved, crossed = 0, true
+  local limit = frontier(p, u2, quantum)
+  -- Old turns' thinking first: Anthropic's API drops it from earlier turns itself, and most
+  -- chat templates never show it to the model again; it only costs estimate.
+  for u = u1, u2 do
+    for i = p.units[u].first, p.units[u].last do
+      if i <= limit and not p.pinned[i] and not p.removed[i] then
+        local before = p.cur
+        if clear_thinking(p, i) then
+          p.stats.thinking = p.stats.thinking + 1
+          crossed = crossed_line(saved, saved + before - p.cur, quantum)
+          saved = saved + before - p.cur
+        end
+      end
+    end
+  end
   for _, r in ipairs(results_in(p, u1, u2)) do
-    if stop_here(p, goal, quantum, crossed) then return end
+    if r.i > limit or stop_here(p, goal, quantum, crossed) then return end
     local text = conv.text(r.b.content)
-    local size = ax.tokens(text)
+    local size = result_tokens(r.b)
     if size >= s.elide_min and not text:find("^%[output of this tool call removed") then
       local before = p.cur
       r.b.content = conv.elided_result_text(size)
@@ -174,17 +243,31 @@ local function truncate_results(p, s, u1, u2, goal)
   end
   for _, r in ipairs(rs) do
     if r.size > cap then
-      r.b.content = conv.truncate_middle(conv.text(r.b.content), cap)
+      -- The text is shortened; images stay (the last turn's screenshot is often the point).
+      local images = result_images(r.b)
+      local text = conv.truncate_middle(conv.text(r.b.content), math.max(cap - (r.size -
+        ax.tokens(conv.text(r.b.content))), 0))
+      if #images > 0 then
+        local content = { { type = "text", text = text } }
+        for _, im in ipairs(images) do content[#content + 1] = im end
+        r.b.content = content
+      else
+        r.b.content = text
+      end
       refresh(p, r.i)
       p.stats.truncated = p.stats.truncated + 1
     end
   end
 end
 
-local function put_marker(req, p, stats, factor)
+-- The marker says that turns were removed, right where they were: at the end of the first user
+-- message, which the removed turns followed. Its text never changes (no counts): it appears
+-- once, when the cut first drops a turn, and the prompt before the cut stays byte-identical
+-- from then on, so the server's cache keeps everything up to the cut. Elided outputs carry
+-- their own placeholder in place and need no marker.
+local function put_marker(req, p)
   local head = p.msgs[p.head]
-  local text = conv.marker_text({ turns = stats.turns, results = stats.results,
-    truncated = stats.truncated, tokens = math.floor(stats.tokens * factor + 0.5) })
+  local text = conv.marker_text()
   if head == nil then return end
   if type(head.content) == "string" then
     head.content = { { type = "text", text = head.content }, { type = "text", text = text } }
@@ -210,8 +293,7 @@ local function cut(req, ctx, p, goal, quantum)
   local s = ctx.settings
   local middle_last = p.tail_unit - 1
   -- Room for the marker itself, so adding it cannot push the result over the goal.
-  local goal_in = goal - ax.tokens(conv.marker_text({ turns = 999, results = 999,
-    truncated = 999, tokens = 9999999 })) - 8
+  local goal_in = goal - ax.tokens(conv.marker_text()) - 8
   if middle_last >= 1 then
     elide_results(p, s, 1, middle_last, goal_in, quantum)
     drop_units(p, 1, middle_last, goal_in, quantum)
@@ -242,11 +324,11 @@ end
 function M.prune(req, ctx, goal, factor, quantum)
   local p = analyse(req, ctx.settings)
   cut(req, ctx, p, goal, quantum or 0)
-  local changed = p.stats.turns + p.stats.results + p.stats.truncated > 0
+  local changed = p.stats.turns + p.stats.results + p.stats.truncated + p.stats.thinking > 0
   if changed then
     local before = p.total
-    local st = total_stats(ctx, p)
-    put_marker(req, p, st, factor)
+    total_stats(ctx, p)
+    if p.stats.turns > 0 then put_marker(req, p) end
     local after = ax.request_tokens(req)
     local session = ctx.session
     if session then session.prune_count = (session.prune_count or 0) + 1 end

@@ -224,7 +224,14 @@ end
 -- policies (and the next pruning pass) can recognise it.
 conv.MARKER_TAG = "[anthroxy: context pruned]"
 
+-- Without stats: the constant marker the prune policy uses (no counts, so the prompt before the
+-- cut stays the same from turn to turn and the server's prompt cache holds).
 function conv.marker_text(stats)
+  if stats == nil then
+    return conv.MARKER_TAG .. " To stay within the model's context window the proxy removed "
+      .. "earlier turns of this conversation between this point and the recent turns below. "
+      .. "Re-read files or re-run commands if you need what was removed."
+  end
   local what = {}
   if (stats.turns or 0) > 0 then
     what[#what + 1] = string.format("%d earlier message%s", stats.turns,

@@ -162,6 +162,9 @@ export function llamaError(code, message, type, extra = {}) {
  * Starts the mock on 127.0.0.1 (port 0 unless opts.port).
  * opts: model ('tiny'), models (ids listed at /v1/models; the first is the alias),
  * nCtx (per-slot window, 32768), totalSlots (2), bytesPerToken (4), cached (cached_tokens, 0),
+ * prefixCache (false; true: cached_tokens is, as llama-server's prompt cache, the longest
+ * common prefix in tokens of the prompt with the one its slot held, each slot keeping its last
+ * prompt and a request going to the slot sharing most with it, else the least recently used),
  * loading (answer 503 everywhere), script (fn), defaultReply ({text}), endpoints ({props,
  * slots, tokenize, applyTemplate, health}: false answers 404, as vLLM or Ollama would),
  * flavor ('llama' | 'vllm' | 'ollama'): which server's own endpoints to imitate (below).
@@ -185,6 +188,8 @@ export async function startMock(opts = {}) {
     totalSlots: opts.totalSlots ?? 2,
     bytesPerToken: opts.bytesPerToken ?? 4,
     cached: opts.cached ?? 0,
+    prefixCache: !!opts.prefixCache,
+    slotPrompts: [],
     loading: !!opts.loading,
     script: opts.script || null,
     defaultReply: opts.defaultReply || { text: 'Hello from the mock.' },
@@ -447,6 +452,27 @@ export async function startMock(opts = {}) {
       'server_error'));
   }
 
+  /** The prompt-cache hit of this prompt (tokens), updating the slots (prefixCache). */
+  function slotCache(body) {
+    const ids = tokenize(renderPrompt(body.messages, body.tools, props.media_marker), state.bytesPerToken).map((t) => t.id);
+    const slots = state.slotPrompts;
+    let best = -1;
+    let bestN = 0;
+    for (let k = 0; k < slots.length; k++) {
+      const old = slots[k].ids;
+      let n = 0;
+      while (n < old.length && n < ids.length && old[n] === ids[n]) n++;
+      if (n > bestN) { best = k; bestN = n; }
+    }
+    if (best < 0) {
+      if (slots.length < Math.max(state.totalSlots, 1)) best = slots.push({ ids, used: 0 }) - 1;
+      else best = slots.reduce((lru, sl, k) => (sl.used < slots[lru].used ? k : lru), 0);
+    }
+    slots[best].ids = ids;
+    slots[best].used = Date.now() + Math.random();
+    return bestN;
+  }
+
   async function chat(rec, req, res) {
     if (rec.bodyError) return badJson(res, rec.raw);
     const body = rec.body;
@@ -476,7 +502,9 @@ export async function startMock(opts = {}) {
         'exceed_context_size_error', { n_prompt_tokens: nPrompt, n_ctx: state.nCtx }));
     }
     const gen = generate(body, reply);
-    const cached = Math.min(reply.cached ?? state.cached, Math.max(nPrompt - 1, 0));
+    let cacheHit = reply.cached ?? state.cached;
+    if (state.prefixCache && reply.cached === undefined) cacheHit = slotCache(body);
+    const cached = Math.min(cacheHit, Math.max(nPrompt - 1, 0));
     const usage = {
       completion_tokens: reply.completionTokens ?? gen.nTokens,
       prompt_tokens: nPrompt,

@@ -40,10 +40,16 @@ T.test("arithmetic: the client's trigger lands at steer_at of the real window", 
        167000 / (0.65 * 32768))
   near((scale_of(small_req(50), { context_window = 32768, user_agent = CC })),
        167000 / (0.65 * 32768), "a side request's small max_tokens changes nothing")
-  -- Under the context-1m beta the 1M-class window applies.
+  -- One figure: CLAUDE_CODE_AUTO_COMPACT_WINDOW (= client_window, as the README says) wins
+  -- over the context-1m beta in the client, so the beta (older clients) changes nothing.
   near((scale_of(small_req(64000), { context_window = 32768, user_agent = CC,
          anthropic_beta = "claude-code-20250219,context-1m-2025-08-07" })),
-       (500000 - 33000) / (0.65 * 32768))
+       167000 / (0.65 * 32768), "the context-1m beta changes nothing")
+  -- What 2.1.332 sends (its recorded headers: no context-1m).
+  near((scale_of(small_req(64000), { context_window = 32768,
+         user_agent = "claude-cli/2.1.332 (external, sdk-cli)",
+         anthropic_beta = "claude-code-20250219,interleaved-thinking-2025-05-14,context-management-2025-06-27" })),
+       167000 / (0.65 * 32768), "2.1.332")
   -- Never at or past the prune threshold: kept 0.05 under it.
   near((scale_of(small_req(64000), { context_window = 32768, user_agent = CC,
          prune_threshold = 0.66 })), 167000 / (0.61 * 32768))

@@ -59,9 +59,35 @@ T.test("the cap wins over the floor", function()
   T.eq((T.run(p, "on_request", req, ctx)).max_tokens, expect)
 end)
 
-T.test("never below 1 when the prompt already fills the window", function()
-  local req = T.request{ max_tokens = 500, messages = { T.user(string.rep("x y z ", 20000)) } }
-  T.eq((T.run(p, "on_request", req, T.ctx{ context_window = 4096 })).max_tokens, 1)
+T.test("a prompt that fills the window is refused, never answered in one token", function()
+  local req = T.request{ max_tokens = 32000, messages = { T.user(string.rep("x y z ", 20000)) } }
+  local err = T.fails(function() T.run(p, "on_request", req, T.ctx{ context_window = 4096 }) end)
+  T.eq(err.fail.status, 400)
+  T.ok(err.fail.message:find("^prompt is too long: %d+ tokens > %d+ maximum"), err.fail.message)
+end)
+
+T.test("between window - margin and window - min_output the margin gives way", function()
+  -- The issue's case: a prompt above 85 % of the window sent max_tokens 32000 -> 1.
+  local ctx = T.ctx{ context_window = 32768 }
+  local body = T.request{ max_tokens = 32000, tools = { T.tool("Read") }, messages = { T.user("") } }
+  local base = prompt_of(body, ctx)
+  local fill = string.rep("lorem ipsum dolor ", 1)
+  local per = prompt_of(T.request{ max_tokens = 1, messages = { T.user(fill:rep(1000)) } }, ctx)
+    - prompt_of(T.request{ max_tokens = 1, messages = { T.user("") } }, ctx)
+  local n = math.floor((0.90 * 32768 - base) / per * 1000)
+  local req = T.request{ max_tokens = 32000, tools = { T.tool("Read") },
+                         messages = { T.user(fill:rep(n)) } }
+  local prompt = prompt_of(req, ctx)
+  T.ok(prompt > 0.85 * 32768 and prompt < 32768 - 1024, "prompt at ~90 % of the window")
+  T.eq((T.run(p, "on_request", req, ctx)).max_tokens, 1024)
+  -- a client asking for less than min_output keeps its value
+  req.max_tokens = 200
+  T.eq((T.run(p, "on_request", req, ctx)).max_tokens, 200)
+  -- the minimum is a setting
+  local q = T.load("max_tokens", { min_output = 4096 })
+  req.max_tokens = 32000
+  local err = T.fails(function() T.run(q, "on_request", req, T.ctx{ context_window = 32768 }) end)
+  T.ok(err.fail.message:find("> " .. (32768 - 4096) .. " maximum", 1, true), err.fail.message)
 end)
 
 T.test("the prompt is measured calibrated", function()
