@@ -43,14 +43,14 @@ struct ax_session {
     int64_t tools_tokens; /* ... and their raw estimate, reused while they stay the same */
 
     /* calibration bookkeeping (reported by ax_session_to_json) */
-    int64_t last_estimate;    /* raw estimate of the last measured prompt */
-    int64_t last_real_prompt; /* the upstream's prompt_tokens for it */
-    int64_t n_calibration;    /* responses that carried a real prompt count */
+    int64_t last_estimate;     /* raw estimate of the last measured prompt */
+    int64_t last_real_prompt;  /* the upstream's prompt_tokens for it */
+    int64_t n_calibration;     /* responses that carried a real prompt count */
     double calibration_weight; /* decayed sum of the estimates behind the factor */
     double last_ratio;         /* real / estimate of the last measured prompt (clamped) */
-    double abs_err_raw_sum;   /* sum of |raw estimate - real| / real */
-    double abs_err_cal_sum;   /* sum of |calibrated estimate - real| / real, using the
-                               * factor known before that response (an honest forecast) */
+    double abs_err_raw_sum;    /* sum of |raw estimate - real| / real */
+    double abs_err_cal_sum;    /* sum of |calibrated estimate - real| / real, using the
+                                * factor known before that response (an honest forecast) */
 
     /* private to monitor.c */
     struct ax_monitor *_monitor;

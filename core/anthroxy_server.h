@@ -39,5 +39,4 @@ struct ax_server {
     uint64_t n_requests;
 };
 
-
 #endif

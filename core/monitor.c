@@ -23,8 +23,12 @@
  * a 300-token side request (title, quota, a haiku call) next to 20,000-token turns moves it
  * by half a percent of its error and forgets almost nothing, so a burst of them cannot
  * either. Clamped to [CAL_MIN, CAL_MAX]: wide enough for a model whose tokens are a quarter or
- * four times the estimator's (a byte-level vocabulary, a big multilingual one). */
+ * four times the estimator's (a byte-level vocabulary, a big multilingual one). The factor
+ * starts at 1 with the weight of a CAL_PRIOR-token answer, so that a session's first tiny
+ * request (a probe, a title), whose real count is mostly the chat template's own tokens, cannot
+ * set it alone. */
 #define CAL_ALPHA 0.3
+#define CAL_PRIOR 1024.0
 #define CAL_MIN 0.25
 #define CAL_MAX 4.0
 
@@ -264,6 +268,7 @@ struct ax_session *ax_monitor_get(struct ax_monitor *m, const char *key, uint64_
     s->created_ms = s->last_seen_ms = now_ms;
     s->refs = 1;
     s->calibration = 1.0;
+    s->calibration_weight = CAL_PRIOR;
     s->_monitor = m;
     s->_hash = h;
     if (m->count >= m->n_buckets)
@@ -335,7 +340,7 @@ void ax_session_record_response(struct ax_session *s, int64_t estimated_prompt, 
     s->abs_err_cal_sum += fabs(est * s->calibration - real) / real;
     ratio = clamp(real / est, CAL_MIN, CAL_MAX);
     s->calibration_weight += est - fmin(CAL_ALPHA * s->calibration_weight, est);
-    w = est / s->calibration_weight; /* 1 for the first answer */
+    w = est / s->calibration_weight;
     s->calibration = clamp(s->calibration + w * (ratio - s->calibration), CAL_MIN, CAL_MAX);
     s->last_ratio = ratio;
     s->n_calibration++;

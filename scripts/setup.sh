@@ -34,7 +34,16 @@ ax_setup_node() {
         ax_sudo apt-get update -qq
         ax_sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >&2
     fi
-    (cd "$AX_ROOT/tests/integration" && npm ci --no-audit --no-fund --loglevel=error >&2)
+    # npm ci only when what is installed is not what the lockfile pins (npm keeps its own
+    # record of the install in node_modules/.package-lock.json): a re-run skips it.
+    (cd "$AX_ROOT/tests/integration" &&
+        if [ -d node_modules ] && [ ! -L node_modules ] &&
+            node -e 'const a = require("./package-lock.json").packages, b = require("./node_modules/.package-lock.json").packages;
+                     for (const k of Object.keys(a)) if (k && !a[k].optional && (!b[k] || b[k].version !== a[k].version)) process.exit(1);' 2>/dev/null; then
+            :
+        else
+            npm ci --no-audit --no-fund --loglevel=error >&2
+        fi)
 }
 
 ax_build() {

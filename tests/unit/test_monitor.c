@@ -256,7 +256,11 @@ static void test_calibration(void)
     /* clamped to [0.25, 4.0] */
     s = ax_monitor_get(m, "wild", 0);
     ax_session_record_response(s, 100, 1000, 1);
-    CHECK(s->calibration == 4.0);
+    /* a first tiny answer barely moves the prior of 1 (its count is mostly template) */
+    CHECK(s->calibration > 1.0 && s->calibration < 1.3);
+    for (i = 0; i < 30; i++)
+        ax_session_record_response(s, 1000, 10000, 1);
+    CHECK(s->calibration > 3.99 && s->calibration <= 4.0);
     for (i = 0; i < 50; i++)
         ax_session_record_response(s, 1000, 100, 1);
     CHECK(fabs(s->calibration - 0.25) < 1e-6);
@@ -269,7 +273,7 @@ static void test_calibration(void)
     s = ax_monitor_get(m, "short-tokens", 0);
     for (i = 0; i < 10; i++)
         ax_session_record_response(s, 20000, 52000, 1);
-    CHECK(fabs(s->calibration - 2.6) < 1e-6);
+    CHECK(fabs(s->calibration - 2.6) < 1e-3);
     ax_session_unref(s);
     ax_monitor_free(m);
 }
@@ -287,7 +291,7 @@ static void test_calibration_side_requests(void)
 
     for (i = 0; i < 5; i++)
         ax_session_record_response(s, 20000, 21600, 100);
-    CHECK(fabs(s->calibration - 1.08) < 1e-9);
+    CHECK(fabs(s->calibration - 1.08) < 1e-3);
     ax_session_record_response(s, 120, 300, 10);  /* title: ratio 2.5 (clamped to 2 before) */
     ax_session_record_response(s, 40, 120, 1);    /* quota: 3.0 */
     ax_session_record_response(s, 300, 750, 20);  /* haiku: 2.5 */
