@@ -17,6 +17,8 @@
  * becomes `\uFFFD` (the replacement character), of the same length. On failure returns NULL
  * and fills err with a 400 invalid_request_error naming the byte offset. */
 cJSON *ax_json_parse(char *text, size_t len, struct ax_error *err);
+/* ax_json_parse of a copy, for text the caller cannot let be modified (err may be NULL). */
+cJSON *ax_json_parse_const(const char *text, size_t len, struct ax_error *err);
 
 /* Appends the compact JSON text of item to out. Returns 0, AX_ETOOBIG or AX_ENOMEM. */
 int ax_json_print(const cJSON *item, struct ax_buf *out);

@@ -331,15 +331,39 @@ int ax_json_get_object(const cJSON *obj, const char *key, const char *where, con
     return 1;
 }
 
-cJSON *ax_json_add_stringn(cJSON *obj, const char *key, const char *s, size_t n)
+/* s[0..n) and a NUL in a new malloc'ed block; NULL when out of memory. */
+static char *copy_n(const char *s, size_t n)
 {
     char *copy = malloc(n + 1);
+
+    if (copy != NULL) {
+        memcpy(copy, s, n);
+        copy[n] = '\0';
+    }
+    return copy;
+}
+
+cJSON *ax_json_parse_const(const char *text, size_t len, struct ax_error *err)
+{
+    char *copy = copy_n(text, len);
+    cJSON *v;
+
+    if (copy == NULL) {
+        ax_error_set_code(err, AX_ENOMEM, 500, "api_error", "out of memory");
+        return NULL;
+    }
+    v = ax_json_parse(copy, len, err);
+    free(copy);
+    return v;
+}
+
+cJSON *ax_json_add_stringn(cJSON *obj, const char *key, const char *s, size_t n)
+{
+    char *copy = copy_n(s, n);
     cJSON *item;
 
     if (copy == NULL)
         return NULL;
-    memcpy(copy, s, n);
-    copy[n] = '\0';
     item = cJSON_CreateString(copy);
     free(copy);
     if (item == NULL || !cJSON_AddItemToObject(obj, key, item)) {

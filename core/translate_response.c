@@ -202,15 +202,8 @@ done:
 /* Parses text as a JSON object; NULL when it is not one. */
 static cJSON *parse_object(const char *text, size_t n)
 {
-    char *copy = malloc(n + 1);
-    cJSON *v;
+    cJSON *v = ax_json_parse_const(text, n, NULL);
 
-    if (copy == NULL)
-        return NULL;
-    memcpy(copy, text, n);
-    copy[n] = '\0';
-    v = ax_json_parse(copy, n, NULL);
-    free(copy);
     if (v != NULL && !cJSON_IsObject(v)) {
         cJSON_Delete(v);
         v = NULL;

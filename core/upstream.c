@@ -133,6 +133,8 @@ static void pend_push(struct ax_xfer *x)
 
 /* ---- handle bookkeeping ---- */
 
+/* Frees up and what it owns, then tells ax_upstream_close's caller (if there was one). Also
+ * the failure path of ax_upstream_new, which has no handles open yet. */
 static void up_free(struct ax_upstream *up)
 {
     void (*cb)(void *) = up->on_closed;
@@ -799,12 +801,7 @@ int ax_upstream_new(uv_loop_t *loop, const struct ax_upstream_opts *o, struct ax
     *out = up;
     return 0;
 fail:
-    curl_slist_free_all(up->headers);
-    free(up->root);
-    free(up->base_url);
-    free((char *)up->opts.api_key);
-    free(up);
-    curl_global_cleanup();
+    up_free(up); /* on_closed is still NULL: nobody is told */
     return rc;
 }
 
