@@ -423,14 +423,12 @@ static uint64_t wrap_cost(lua_State *L, enum wrap_kind kind, int n)
         k = luaL_optinteger(L, 3, 1);
         return span(k, lua_isnoneornil(L, 4) ? luaL_len(L, 1) : luaL_checkinteger(L, 4));
     case W_INSERT:
-        return n == 3 && lua_isinteger(L, 2) ? span(lua_tointeger(L, 2), luaL_len(L, 1) + 1) : 1;
+        return n == 3 ? span(luaL_checkinteger(L, 2), luaL_len(L, 1) + 1) : 1;
     case W_REMOVE:
         len = luaL_len(L, 1);
         return span(luaL_optinteger(L, 2, len), len);
     case W_MOVE:
-        return lua_isinteger(L, 2) && lua_isinteger(L, 3)
-                   ? span(lua_tointeger(L, 2), lua_tointeger(L, 3))
-                   : 1;
+        return span(luaL_checkinteger(L, 2), luaL_checkinteger(L, 3));
     case W_SORT: {
         uint64_t c = 1, m;
         len = luaL_len(L, 1);
@@ -460,12 +458,13 @@ static int sb_wrapped(lua_State *L)
     int n = lua_gettop(L);
 
     if (kind >= W_CONCAT) {
-        ax__charge(L, wrap_cost(L, kind, n));
+        uint64_t cost = wrap_cost(L, kind, n);
         if (kind == W_REP && (lua_tointeger(L, 2) <= 0 ||
                               lua_rawlen(L, 1) + (n >= 3 ? lua_rawlen(L, 3) : 0) == 0)) {
             lua_pushliteral(L, "");
             return 1;
         }
+        ax__charge(L, cost);
     }
     lua_pushvalue(L, lua_upvalueindex(1));
     lua_insert(L, 1);

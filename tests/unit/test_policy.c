@@ -309,7 +309,7 @@ static void test_sandbox(void)
     run_one(&e, &j, AX_HOOK_REQUEST, REQ("sandbox"));
     sb = get(j.tree, "sandbox");
     CHECK(cJSON_IsObject(sb));
-    CHECK(cJSON_GetArraySize(sb) >= 15);
+    CHECK(cJSON_GetArraySize(sb) >= 27);
     cJSON_ArrayForEach(it, sb)
     {
         if (!cJSON_IsTrue(it)) {
@@ -339,6 +339,54 @@ static void test_sandbox(void)
     run_one(&e, &j, AX_HOOK_REQUEST, REQ("tokenize"));
     CHECK(cJSON_IsNull(get(j.tree, "tok_n")));
     CHECK(cJSON_IsString(get(j.tree, "tok_err")));
+    job_free(&j);
+    teardown(&e);
+}
+
+/* Issue 13: policy code that used to hold the loop (minutes, or for ever) is stopped within
+ * its budget or its wall-clock bound, counted, and the request goes on unchanged through the
+ * next policy. Prints the time each held the loop. */
+static void test_sandbox_holds(void)
+{
+    static const struct {
+        const char *act;
+        char kind; /* 'b': budget (or wall-clock) kill, 'm': memory, 'e': plain error */
+    } cases[] = {
+        {"pattern_backtrack", 'b'}, {"pattern_lazy", 'b'}, {"pattern_gsub", 'b'},
+        {"plain_find", 'b'},        {"concat_meta", 'b'},  {"move_nils", 'b'},
+        {"insert_front", 'b'},      {"sort_pcall", 'b'},   {"own_coroutine_pcall", 'b'},
+        {"resume_loop", 'b'},       {"xpcall_loop", 'b'},  {"close_loop", 'b'},
+        {"copy_loop", 'b'},         {"long_compare", 'b'}, {"hog_caught", 'm'},
+        {"gc_loop", 'e'},           {"sleep_long", 'e'},
+    };
+    struct env e;
+    struct job j;
+    size_t i;
+
+    CHECK(setup(&e, behave_chain, 0, 0) == 0);
+    for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        uint64_t b0 = status_num(&e, "budget_kills"), m0 = status_num(&e, "memory_kills");
+        uint64_t e0 = status_num(&e, "errors"), t0 = uv_hrtime(), ms;
+        char req[256];
+
+        snprintf(req, sizeof(req), REQ("%s"), cases[i].act);
+        run_one(&e, &j, AX_HOOK_REQUEST, req);
+        ms = (uv_hrtime() - t0) / 1000000;
+        fprintf(stderr, "  sandbox_holds: %-20s held the loop %4llu ms\n", cases[i].act,
+                (unsigned long long)ms);
+        check_unchanged_and_marked(&j, cases[i].act);
+        CHECK(ms < 1500);
+        CHECK(status_num(&e, "errors") == e0 + 1);
+        CHECK(status_num(&e, "budget_kills") == b0 + (cases[i].kind == 'b'));
+        CHECK(status_num(&e, "memory_kills") == m0 + (cases[i].kind == 'm'));
+        if (status_num(&e, "budget_kills") != b0 + (cases[i].kind == 'b') ||
+            status_num(&e, "memory_kills") != m0 + (cases[i].kind == 'm'))
+            fprintf(stderr, "  %s: not the expected kind of failure\n", cases[i].act);
+        job_free(&j);
+    }
+    run_one(&e, &j, AX_HOOK_REQUEST, REQ("settings")); /* and the state still serves */
+    CHECK(is_true(j.tree, "marked"));
+    CHECK(is_true(j.tree, "settings_readonly"));
     job_free(&j);
     teardown(&e);
 }
@@ -1017,6 +1065,7 @@ int main(void)
     test_failures_discarded();
     test_fail_closed_and_ax_fail();
     test_sandbox();
+    test_sandbox_holds();
     test_hooks();
     test_session();
     test_reload();
