@@ -459,8 +459,8 @@ static int sb_wrapped(lua_State *L)
 
     if (kind >= W_CONCAT) {
         uint64_t cost = wrap_cost(L, kind, n);
-        if (kind == W_REP && (lua_tointeger(L, 2) <= 0 ||
-                              lua_rawlen(L, 1) + (n >= 3 ? lua_rawlen(L, 3) : 0) == 0)) {
+        if (kind == W_REP &&
+            (lua_tointeger(L, 2) <= 0 || lua_rawlen(L, 1) + (n >= 3 ? lua_rawlen(L, 3) : 0) == 0)) {
             lua_pushliteral(L, "");
             return 1;
         }
@@ -513,10 +513,9 @@ static void push_lib_copy(lua_State *L, const char *name, const char *const *wra
 
 void ax__sandbox_base(lua_State *L, struct ax_policy_engine *eng)
 {
-    static const char *copied[] = {"assert", "error",    "ipairs",   "next",   "pairs",
-                                   "select", "tonumber", "tostring", "type",   "rawequal",
-                                   "rawget", "rawlen",   "getmetatable",       "_VERSION",
-                                   NULL};
+    static const char *copied[] = {"assert", "error",    "ipairs",       "next",     "pairs",
+                                   "select", "tonumber", "tostring",     "type",     "rawequal",
+                                   "rawget", "rawlen",   "getmetatable", "_VERSION", NULL};
     static const char *const str_w[] = {"rep", NULL};
     static const enum wrap_kind str_k[] = {W_REP};
     static const char *const tab_w[] = {"concat", "insert", "remove", "move", "sort", NULL};

@@ -133,7 +133,7 @@ struct ax_policy_req {
     struct ax__scope scope;
     struct ax__tokmemo memo; /* estimates of this run's tree (AX_HOOK_REQUEST, ..._ERROR) */
     struct ax__pend *pend;
-    uint64_t slept_ms; /* ax.sleep asked for in this hook call */
+    uint64_t slept_ms;                            /* ax.sleep asked for in this hook call */
     int64_t saved_session[AX__SESS_COUNTERS_MAX]; /* run.c's session counters at hook start */
     double saved_scale;
     struct ax_list done_link; /* on eng->done while queued */

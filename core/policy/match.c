@@ -64,17 +64,38 @@ static int class_match(int c, int cl)
 {
     int r;
     switch (tolower(cl)) {
-    case 'a': r = isalpha(c); break;
-    case 'c': r = iscntrl(c); break;
-    case 'd': r = isdigit(c); break;
-    case 'g': r = isgraph(c); break;
-    case 'l': r = islower(c); break;
-    case 'p': r = ispunct(c); break;
-    case 's': r = isspace(c); break;
-    case 'u': r = isupper(c); break;
-    case 'w': r = isalnum(c); break;
-    case 'x': r = isxdigit(c); break;
-    default: return cl == c;
+    case 'a':
+        r = isalpha(c);
+        break;
+    case 'c':
+        r = iscntrl(c);
+        break;
+    case 'd':
+        r = isdigit(c);
+        break;
+    case 'g':
+        r = isgraph(c);
+        break;
+    case 'l':
+        r = islower(c);
+        break;
+    case 'p':
+        r = ispunct(c);
+        break;
+    case 's':
+        r = isspace(c);
+        break;
+    case 'u':
+        r = isupper(c);
+        break;
+    case 'w':
+        r = isalnum(c);
+        break;
+    case 'x':
+        r = isxdigit(c);
+        break;
+    default:
+        return cl == c;
     }
     if (isupper(cl))
         r = !r;
@@ -112,10 +133,14 @@ static int single(struct mstate *ms, const char *s, const char *p, const char *e
         return 0;
     c = (unsigned char)*s;
     switch (*p) {
-    case '.': return 1;
-    case '%': return class_match(c, (unsigned char)p[1]);
-    case '[': return set_match(c, p, ep - 1);
-    default: return (unsigned char)*p == c;
+    case '.':
+        return 1;
+    case '%':
+        return class_match(c, (unsigned char)p[1]);
+    case '[':
+        return set_match(c, p, ep - 1);
+    default:
+        return (unsigned char)*p == c;
     }
 }
 
@@ -286,9 +311,15 @@ static const char *do_match(struct mstate *ms, const char *s, const char *p)
                 }
                 p = ep + 1;
                 continue;
-            case '+': s = expand_max(ms, s + 1, p, ep); goto out;
-            case '*': s = expand_max(ms, s, p, ep); goto out;
-            case '-': s = expand_min(ms, s, p, ep); goto out;
+            case '+':
+                s = expand_max(ms, s + 1, p, ep);
+                goto out;
+            case '*':
+                s = expand_max(ms, s, p, ep);
+                goto out;
+            case '-':
+                s = expand_min(ms, s, p, ep);
+                goto out;
             default:
                 s++;
                 p = ep;
@@ -545,10 +576,9 @@ static int l_gsub(lua_State *L)
     struct mstate ms;
     luaL_Buffer b;
 
-    luaL_argexpected(L,
-                     tr == LUA_TNUMBER || tr == LUA_TSTRING || tr == LUA_TFUNCTION ||
-                         tr == LUA_TTABLE,
-                     3, "string/function/table");
+    luaL_argexpected(
+        L, tr == LUA_TNUMBER || tr == LUA_TSTRING || tr == LUA_TFUNCTION || tr == LUA_TTABLE, 3,
+        "string/function/table");
     luaL_buffinit(L, &b);
     if (anchor) {
         p++;
