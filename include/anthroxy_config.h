@@ -73,6 +73,8 @@ struct ax_config {
     size_t lua_mem_max;               /* all policies together: 256 MiB */
     size_t lua_req_mem_max;           /* one request: 16 MiB */
     uint64_t lua_instr_budget;        /* per hook call: 10,000,000 instructions */
+    uint64_t lua_run_max_ms;          /* one hook call's work between waits, wall clock: 1 s */
+    uint64_t lua_sleep_max_ms;        /* ax.sleep per hook call, all calls together: 30 s */
     int policy_fail_closed;           /* a failing policy fails the request (0: skip it) */
     struct ax_model_map *policy_sets; /* --policy-set NAME.KEY=VALUE, over chain and env */
     size_t n_policy_sets;

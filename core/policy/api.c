@@ -53,6 +53,7 @@ static int l_tokens(lua_State *L)
 {
     size_t n;
     const char *s = luaL_checklstring(L, 1, &n);
+    ax__charge(L, n / 64);
     return push_estimate(L, ax_tokens_text(s, n), 2);
 }
 
@@ -309,6 +310,12 @@ static int l_sleep(lua_State *L)
     if (eng->test_mode)
         return 0;
     pr = own_request(L, eng, "ax.sleep");
+    if (ms > 0 && (uint64_t)ms > eng->sleep_max_ms - pr->slept_ms)
+        return luaL_error(L,
+                          "ax.sleep: %I ms would take this hook call past its bound "
+                          "(--lua-sleep-max, %I ms in all)",
+                          ms, (lua_Integer)eng->sleep_max_ms);
+    pr->slept_ms += ms > 0 ? (uint64_t)ms : 0;
     p = calloc(1, sizeof(*p));
     if (p == NULL)
         return luaL_error(L, "not enough memory");
@@ -517,10 +524,21 @@ static int ro_newindex(lua_State *L)
                       lua_tostring(L, 2) ? lua_tostring(L, 2) : "?");
 }
 
+/* the proxy's iterator: the raw table stays an upvalue, never handed out */
+static int ro_next(lua_State *L)
+{
+    lua_settop(L, 2);
+    if (lua_next(L, lua_upvalueindex(1)))
+        return 2;
+    lua_pushnil(L);
+    return 1;
+}
+
 static int ro_pairs(lua_State *L)
 {
-    lua_getglobal(L, "next");
     lua_pushvalue(L, lua_upvalueindex(1));
+    lua_pushcclosure(L, ro_next, 1);
+    lua_pushvalue(L, 1); /* the proxy */
     lua_pushnil(L);
     return 3;
 }

@@ -122,6 +122,8 @@ static void *l_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
             rs->mem_hit = 1;
             return NULL;
         }
+        if (rs != NULL)
+            rs->instr += grow >> 6; /* copying: a .. b, s:upper() in a loop; the hook checks */
     }
     np = realloc(ptr, nsize);
     if (np == NULL)
@@ -138,10 +140,30 @@ static void *l_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
     return np;
 }
 
-/* Once the budget (or the memory cap) is spent, the request's own coroutine yields from
- * here: a pcall in the policy cannot catch a yield, and the engine then closes the
- * coroutine. Elsewhere (a coroutine of the policy's own, a non-yieldable C call) it raises,
- * again at every step, until control is back where it can yield. */
+static int run_over(struct ax__run_slot *rs)
+{
+    if (rs->budget_hit || rs->mem_hit)
+        return 1;
+    if (rs->deadline != 0 && uv_hrtime() > rs->deadline)
+        return rs->wall_hit = rs->budget_hit = 1;
+    if (rs->instr > rs->budget)
+        return rs->budget_hit = 1;
+    return 0;
+}
+
+static const char *run_over_message(const struct ax__run_slot *rs)
+{
+    return rs->mem_hit    ? "memory cap exceeded"
+           : rs->wall_hit ? "wall-clock bound exceeded"
+                          : "instruction budget exceeded";
+}
+
+/* Once the budget, the wall-clock bound or the memory cap is spent, the request's own
+ * coroutine yields from here: a pcall in the policy cannot catch a yield, and the engine
+ * then closes the coroutine. Elsewhere (a coroutine of the policy's own, a non-yieldable C
+ * call) it raises, again at every step, and the sandbox's pcall, xpcall and coroutine
+ * functions let that error through (ax__run_killed), until control is back where it can
+ * yield or at the resume. */
 void ax__count_hook(lua_State *L, lua_Debug *ar)
 {
     struct ax_policy_engine *eng = ax__engine_of(L);
@@ -151,15 +173,36 @@ void ax__count_hook(lua_State *L, lua_Debug *ar)
     if (rs == NULL)
         return;
     rs->instr += AX__HOOK_STEP;
-    if (rs->instr <= rs->budget && !rs->budget_hit && !rs->mem_hit)
+    if (!run_over(rs))
         return;
-    if (!rs->mem_hit)
-        rs->budget_hit = 1;
     if (L == rs->co && lua_isyieldable(L)) {
         lua_yield(L, 0);
         return;
     }
-    luaL_error(L, rs->mem_hit ? "memory cap exceeded" : "instruction budget exceeded");
+    luaL_error(L, "%s", run_over_message(rs));
+}
+
+void ax__charge(lua_State *L, uint64_t n)
+{
+    struct ax__run_slot *rs = ax__engine_of(L)->cur_rs;
+    uint64_t before;
+
+    if (rs == NULL)
+        return;
+    before = rs->instr;
+    rs->instr += n;
+    if (rs->instr > rs->budget || rs->budget_hit || rs->mem_hit ||
+        ((before ^ rs->instr) >> 14 && run_over(rs))) {
+        if (!rs->mem_hit)
+            rs->budget_hit = 1;
+        luaL_error(L, "%s", run_over_message(rs));
+    }
+}
+
+int ax__run_killed(lua_State *L)
+{
+    struct ax__run_slot *rs = ax__engine_of(L)->cur_rs;
+    return rs != NULL && (rs->budget_hit || rs->mem_hit);
 }
 
 /* ---- generations ------------------------------------------------------------------------ */
@@ -255,7 +298,8 @@ void ax__gen_make_require(lua_State *L, struct ax_policy_engine *eng, struct ax_
 
 /* ---- sandbox ----------------------------------------------------------------------------- */
 
-/* `load` in the sandbox: text only; without env, into a fresh sandbox environment. */
+/* `load` in the sandbox: text only; without env, into a fresh sandbox environment over the
+ * read-only base, its metatable locked. */
 static int l_sandbox_load(lua_State *L)
 {
     size_t len;
@@ -271,23 +315,215 @@ static int l_sandbox_load(lua_State *L)
     if (has_env) {
         lua_pushvalue(L, 4);
     } else {
-        lua_newtable(L);                       /* f, env */
-        lua_newtable(L);                       /* f, env, mt */
-        lua_pushvalue(L, lua_upvalueindex(1)); /* f, env, mt, base */
+        lua_newtable(L); /* f, env */
+        lua_createtable(L, 0, 2);
+        lua_rawgeti(L, LUA_REGISTRYINDEX, ax__engine_of(L)->base_ref); /* the proxy */
         lua_setfield(L, -2, "__index");
+        lua_pushboolean(L, 0);
+        lua_setfield(L, -2, "__metatable");
         lua_setmetatable(L, -2); /* f, env */
     }
     lua_setupvalue(L, -2, 1); /* f */
     return 1;
 }
 
+/* setmetatable without finalizers: a __gc runs inside the collector, where no hook counts
+ * (Lua marks an object for finalization only when its metatable has __gc as it is set, so
+ * checking here is enough). __close runs in hooked code and stays. */
+static int sb_setmetatable(lua_State *L)
+{
+    int t = lua_type(L, 2);
+    luaL_checktype(L, 1, LUA_TTABLE);
+    luaL_argexpected(L, t == LUA_TNIL || t == LUA_TTABLE, 2, "nil or table");
+    if (t == LUA_TTABLE) {
+        lua_pushliteral(L, "__gc");
+        if (lua_rawget(L, 2) != LUA_TNIL)
+            return luaL_error(L, "__gc metamethods are not available in the policy sandbox");
+        lua_pop(L, 1);
+    }
+    if (luaL_getmetafield(L, 1, "__metatable") != LUA_TNIL)
+        return luaL_error(L, "cannot change a protected metatable");
+    lua_settop(L, 2);
+    lua_setmetatable(L, 1);
+    return 1;
+}
+
+/* pcall and xpcall as Lua's, except that a hook being stopped is not caught */
+static int pcall_k(lua_State *L, int status, lua_KContext extra)
+{
+    if (status != LUA_OK && status != LUA_YIELD) {
+        if (ax__run_killed(L))
+            return lua_error(L);
+        lua_pushboolean(L, 0);
+        lua_pushvalue(L, -2);
+        return 2;
+    }
+    return lua_gettop(L) - (int)extra;
+}
+
+static int sb_pcall(lua_State *L)
+{
+    int status;
+    luaL_checkany(L, 1);
+    lua_pushboolean(L, 1);
+    lua_insert(L, 1);
+    status = lua_pcallk(L, lua_gettop(L) - 2, LUA_MULTRET, 0, 0, pcall_k);
+    return pcall_k(L, status, 0);
+}
+
+static int sb_xpcall(lua_State *L)
+{
+    int status, n = lua_gettop(L);
+    luaL_checktype(L, 2, LUA_TFUNCTION);
+    lua_pushboolean(L, 1);
+    lua_pushvalue(L, 1);
+    lua_rotate(L, 3, 2); /* f, msgh, true, f, args... */
+    status = lua_pcallk(L, n - 2, LUA_MULTRET, 2, 2, pcall_k);
+    return pcall_k(L, status, 2);
+}
+
+static void hook_thread(lua_State *co)
+{
+    if (co != NULL)
+        lua_sethook(co, ax__count_hook, LUA_MASKCOUNT, AX__HOOK_STEP);
+}
+
+enum wrap_kind {
+    W_CO_CREATE,
+    W_CO_WRAP,
+    W_CO_RESUME, /* and close: both answer false, err */
+    W_CONCAT,
+    W_INSERT,
+    W_REMOVE,
+    W_MOVE,
+    W_SORT,
+    W_REP,
+    W_BYTES, /* work linear in the string at 1 (utf8.len, ...) */
+};
+
+static uint64_t span(lua_Integer i, lua_Integer j)
+{
+    uint64_t n;
+    if (j < i)
+        return 1;
+    n = (uint64_t)((lua_Unsigned)j - (lua_Unsigned)i) + 1;
+    return n != 0 ? n : UINT64_MAX;
+}
+
+/* What the C function about to run will do, in instructions. */
+static uint64_t wrap_cost(lua_State *L, enum wrap_kind kind, int n)
+{
+    size_t l, lsep;
+    lua_Integer len, k;
+
+    if (kind >= W_CONCAT && kind <= W_SORT && lua_type(L, 1) != LUA_TTABLE)
+        return 1; /* the function raises its own error */
+    switch (kind) {
+    case W_CONCAT:
+        k = luaL_optinteger(L, 3, 1);
+        return span(k, lua_isnoneornil(L, 4) ? luaL_len(L, 1) : luaL_checkinteger(L, 4));
+    case W_INSERT:
+        return n == 3 ? span(luaL_checkinteger(L, 2), luaL_len(L, 1) + 1) : 1;
+    case W_REMOVE:
+        len = luaL_len(L, 1);
+        return span(luaL_optinteger(L, 2, len), len);
+    case W_MOVE:
+        return span(luaL_checkinteger(L, 2), luaL_checkinteger(L, 3));
+    case W_SORT: {
+        uint64_t c = 1, m;
+        len = luaL_len(L, 1);
+        if (len <= 1)
+            return 1;
+        for (m = (uint64_t)len; m > 1; m >>= 1)
+            c++;
+        return (uint64_t)len * c;
+    }
+    case W_REP:
+        luaL_checklstring(L, 1, &l);
+        k = luaL_checkinteger(L, 2);
+        luaL_optlstring(L, 3, "", &lsep);
+        return k > 0 ? (uint64_t)k / 16 + 1 : 1;
+    case W_BYTES:
+        return lua_type(L, 1) == LUA_TSTRING ? lua_rawlen(L, 1) / 64 + 1 : 1;
+    default:
+        return 1;
+    }
+}
+
+/* A library function charged for its C work first (upvalue 1: the function, 2: its kind).
+ * string.rep of nothing is answered here: Lua's would loop n times. */
+static int sb_wrapped(lua_State *L)
+{
+    enum wrap_kind kind = (enum wrap_kind)lua_tointeger(L, lua_upvalueindex(2));
+    int n = lua_gettop(L);
+
+    if (kind >= W_CONCAT) {
+        uint64_t cost = wrap_cost(L, kind, n);
+        if (kind == W_REP &&
+            (lua_tointeger(L, 2) <= 0 || lua_rawlen(L, 1) + (n >= 3 ? lua_rawlen(L, 3) : 0) == 0)) {
+            lua_pushliteral(L, "");
+            return 1;
+        }
+        ax__charge(L, cost);
+    }
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    lua_call(L, n, LUA_MULTRET);
+    switch (kind) {
+    case W_CO_CREATE:
+        hook_thread(lua_tothread(L, 1));
+        break;
+    case W_CO_WRAP:
+        if (lua_getupvalue(L, 1, 1) != NULL) { /* the wrapped coroutine */
+            hook_thread(lua_tothread(L, -1));
+            lua_pop(L, 1);
+        }
+        break;
+    case W_CO_RESUME:
+        if (!lua_toboolean(L, 1) && ax__run_killed(L))
+            return lua_error(L); /* the error object is at the top */
+        break;
+    default:
+        break;
+    }
+    return lua_gettop(L);
+}
+
+/* Pushes a copy of the global library name, with fields of wraps wrapped. */
+static void push_lib_copy(lua_State *L, const char *name, const char *const *wraps,
+                          const enum wrap_kind *kinds)
+{
+    int i;
+    lua_newtable(L);
+    lua_getglobal(L, name); /* copy, lib */
+    lua_pushnil(L);
+    while (lua_next(L, -2) != 0) {
+        lua_pushvalue(L, -2);
+        lua_insert(L, -2);
+        lua_settable(L, -5);
+    }
+    lua_pop(L, 1); /* copy */
+    for (i = 0; wraps != NULL && wraps[i] != NULL; i++) {
+        lua_getfield(L, -1, wraps[i]);
+        lua_pushinteger(L, kinds[i]);
+        lua_pushcclosure(L, sb_wrapped, 2);
+        lua_setfield(L, -2, wraps[i]);
+    }
+}
+
 void ax__sandbox_base(lua_State *L, struct ax_policy_engine *eng)
 {
-    static const char *copied[] = {"assert",       "error",    "ipairs", "next",     "pairs",
-                                   "pcall",        "xpcall",   "select", "tonumber", "tostring",
-                                   "type",         "rawequal", "rawget", "rawlen",   "setmetatable",
-                                   "getmetatable", "_VERSION", NULL};
-    static const char *libs[] = {"string", "table", "math", "utf8", "coroutine", NULL};
+    static const char *copied[] = {"assert", "error",    "ipairs",       "next",     "pairs",
+                                   "select", "tonumber", "tostring",     "type",     "rawequal",
+                                   "rawget", "rawlen",   "getmetatable", "_VERSION", NULL};
+    static const char *const str_w[] = {"rep", NULL};
+    static const enum wrap_kind str_k[] = {W_REP};
+    static const char *const tab_w[] = {"concat", "insert", "remove", "move", "sort", NULL};
+    static const enum wrap_kind tab_k[] = {W_CONCAT, W_INSERT, W_REMOVE, W_MOVE, W_SORT};
+    static const char *const utf_w[] = {"len", "offset", "codepoint", NULL};
+    static const enum wrap_kind utf_k[] = {W_BYTES, W_BYTES, W_BYTES};
+    static const char *const co_w[] = {"create", "wrap", "resume", "close", NULL};
+    static const enum wrap_kind co_k[] = {W_CO_CREATE, W_CO_WRAP, W_CO_RESUME, W_CO_RESUME};
     static const char *osf[] = {"time", "clock", "date", NULL};
     int i;
 
@@ -297,23 +533,43 @@ void ax__sandbox_base(lua_State *L, struct ax_policy_engine *eng)
         lua_getglobal(L, copied[i]);
         lua_setfield(L, -2, copied[i]);
     }
-    for (i = 0; libs[i] != NULL; i++) {
-        lua_getglobal(L, libs[i]); /* base, lib */
-        if (strcmp(libs[i], "string") == 0) {
-            lua_newtable(L); /* base, lib, copy: without string.dump */
-            lua_pushnil(L);
-            while (lua_next(L, -3) != 0) {
-                lua_pushvalue(L, -2);
-                lua_insert(L, -2);
-                lua_settable(L, -4);
-            }
-            lua_pushnil(L);
-            lua_setfield(L, -2, "dump");
-            lua_remove(L, -2); /* base, copy */
-        }
-        ax__make_readonly(L);
-        lua_setfield(L, -2, libs[i]);
+    lua_pushcfunction(L, sb_pcall);
+    lua_setfield(L, -2, "pcall");
+    lua_pushcfunction(L, sb_xpcall);
+    lua_setfield(L, -2, "xpcall");
+    lua_pushcfunction(L, sb_setmetatable);
+    lua_setfield(L, -2, "setmetatable");
+
+    /* string: without dump, with the budgeted matcher; it is also what s:method() finds,
+     * through the string metatable (locked), so the raw copy is never reachable */
+    push_lib_copy(L, "string", str_w, str_k); /* base, string */
+    lua_pushnil(L);
+    lua_setfield(L, -2, "dump");
+    ax__match_open(L);
+    lua_pushliteral(L, "");
+    if (lua_getmetatable(L, -1)) { /* base, string, "", mt */
+        lua_pushvalue(L, -3);
+        lua_setfield(L, -2, "__index");
+        lua_pushboolean(L, 0);
+        lua_setfield(L, -2, "__metatable");
+        lua_pop(L, 1);
     }
+    lua_pop(L, 1);
+    ax__make_readonly(L);
+    lua_setfield(L, -2, "string");
+    push_lib_copy(L, "table", tab_w, tab_k);
+    ax__make_readonly(L);
+    lua_setfield(L, -2, "table");
+    push_lib_copy(L, "math", NULL, NULL);
+    ax__make_readonly(L);
+    lua_setfield(L, -2, "math");
+    push_lib_copy(L, "utf8", utf_w, utf_k);
+    ax__make_readonly(L);
+    lua_setfield(L, -2, "utf8");
+    push_lib_copy(L, "coroutine", co_w, co_k);
+    ax__make_readonly(L);
+    lua_setfield(L, -2, "coroutine");
+
     lua_getglobal(L, "os"); /* base, os */
     lua_newtable(L);        /* base, os, safe */
     for (i = 0; osf[i] != NULL; i++) {
@@ -325,18 +581,8 @@ void ax__sandbox_base(lua_State *L, struct ax_policy_engine *eng)
     lua_setfield(L, -2, "os"); /* base */
     lua_pushcfunction(L, ax__api_print);
     lua_setfield(L, -2, "print");
-    lua_pushvalue(L, -1);
-    lua_pushcclosure(L, l_sandbox_load, 1); /* upvalue: base (reached via env's __index) */
+    lua_pushcfunction(L, l_sandbox_load);
     lua_setfield(L, -2, "load");
-
-    /* the string metatable: locked, so no policy can change what s:method() means */
-    lua_pushliteral(L, "");
-    if (lua_getmetatable(L, -1)) {
-        lua_pushboolean(L, 0);
-        lua_setfield(L, -2, "__metatable");
-        lua_pop(L, 1);
-    }
-    lua_pop(L, 1);
 
     /* base itself read-only: policies' environments index it */
     ax__make_readonly(L);
@@ -411,6 +657,8 @@ int ax__engine_create(const struct ax_policy_env *env, const char *chain, int te
     eng->mem_max = cfg && cfg->lua_mem_max ? cfg->lua_mem_max : (size_t)256 << 20;
     eng->req_mem_max = cfg && cfg->lua_req_mem_max ? cfg->lua_req_mem_max : (size_t)16 << 20;
     eng->budget = cfg && cfg->lua_instr_budget ? cfg->lua_instr_budget : 10000000;
+    eng->run_max_ns = (cfg && cfg->lua_run_max_ms ? cfg->lua_run_max_ms : 1000) * 1000000;
+    eng->sleep_max_ms = cfg && cfg->lua_sleep_max_ms ? cfg->lua_sleep_max_ms : 30000;
     eng->chain_path = ax__strdup(chain                       ? chain
                                  : cfg && cfg->policies_path ? cfg->policies_path
                                                              : AX_POLICY_DIR "/default.lua");

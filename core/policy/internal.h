@@ -28,7 +28,8 @@
 struct ax__run_slot {
     lua_State *co;
     uint64_t instr, budget;
-    int budget_hit;
+    uint64_t deadline; /* uv_hrtime() past which the run is stopped; 0: none */
+    int budget_hit, wall_hit;
     size_t mem, json_mem, mem_max;
     int mem_hit;
 };
@@ -75,6 +76,7 @@ struct ax_policy_engine {
     struct ax_policy_req *cur;   /* request whose coroutine runs now, or NULL */
     int protected_alloc;         /* inside a protected call: allocations may fail */
     uint64_t budget;
+    uint64_t run_max_ns, sleep_max_ms; /* wall clock: one resume, ax.sleep per hook call */
 
     char *chain_path, *lua_dir;
     struct ax__gen *gen; /* in force */
@@ -131,6 +133,7 @@ struct ax_policy_req {
     struct ax__scope scope;
     struct ax__tokmemo memo; /* estimates of this run's tree (AX_HOOK_REQUEST, ..._ERROR) */
     struct ax__pend *pend;
+    uint64_t slept_ms;                            /* ax.sleep asked for in this hook call */
     int64_t saved_session[AX__SESS_COUNTERS_MAX]; /* run.c's session counters at hook start */
     double saved_scale;
     struct ax_list done_link; /* on eng->done while queued */
@@ -155,6 +158,12 @@ void ax__engine_init_handles(struct ax_policy_engine *eng);
 int ax__engine_pcall(struct ax_policy_engine *eng, int nargs, int nres);
 /* The instruction-count hook every budgeted coroutine gets (AX__HOOK_STEP). */
 void ax__count_hook(lua_State *L, lua_Debug *ar);
+/* Charges n instructions of work done in C to the running hook; past its budget (or its
+ * wall-clock bound) raises the budget error. Nothing outside a run. */
+void ax__charge(lua_State *L, uint64_t n);
+/* Whether the running hook is being stopped (budget, wall clock or memory cap): the
+ * sandbox's pcall and coroutine.resume then let the error through. */
+int ax__run_killed(lua_State *L);
 void ax__unref(lua_State *L, int *ref); /* luaL_unref unless NOREF; leaves LUA_NOREF */
 char *ax__strdup(const char *s);        /* NULL reads as "" */
 /* Reads a small file synchronously: load and reload only, never on a request's path. */
@@ -163,6 +172,11 @@ char *ax__read_file(const char *path, size_t *len, char *err, size_t errn);
 void ax__push_newenv(lua_State *L, struct ax_policy_engine *eng, int require_idx);
 /* Creates g's package.loaded and require; leaves the require closure on the stack. */
 void ax__gen_make_require(lua_State *L, struct ax_policy_engine *eng, struct ax__gen *g);
+
+/* ---- match.c ----------------------------------------------------------------------------- */
+
+/* Sets find, match, gmatch and gsub (budgeted Lua patterns) in the table at the top. */
+void ax__match_open(lua_State *L);
 
 /* ---- load.c ------------------------------------------------------------------------------ */
 

@@ -278,6 +278,7 @@ static int load_protected(lua_State *L)
     memset(&rs, 0, sizeof(rs));
     rs.co = co;
     rs.budget = eng->budget * LOAD_BUDGET_FACTOR;
+    rs.deadline = uv_hrtime() + eng->run_max_ns * LOAD_BUDGET_FACTOR;
     lua_sethook(co, ax__count_hook, LUA_MASKCOUNT, AX__HOOK_STEP);
     eng->cur_rs = &rs;
     status = lua_resume(co, L, 2, &nres);

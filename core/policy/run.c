@@ -20,7 +20,7 @@
 
 #define DEFAULT_WINDOW 131072
 
-static struct ax__run_slot killer_slot = {NULL, 0, 0, 1, 0, 0, 0, 0};
+static struct ax__run_slot killer_slot = {.budget_hit = 1};
 
 /* ---- session counters ------------------------------------------------------------------ */
 
@@ -337,7 +337,8 @@ static int hook_begin(struct ax_policy_req *pr)
     pr->scope.memo = pr->memo.root != NULL ? &pr->memo : NULL;
     pr->rs.instr = 0;
     pr->rs.budget = eng->budget;
-    pr->rs.budget_hit = pr->rs.mem_hit = 0;
+    pr->rs.budget_hit = pr->rs.mem_hit = pr->rs.wall_hit = 0;
+    pr->slept_ms = 0;
     pr->rs.mem = pr->rs.json_mem = 0;
     pr->rs.mem_max = eng->req_mem_max;
 
@@ -458,6 +459,10 @@ static void hook_end(struct ax_policy_req *pr, int status, int nres)
             kind = FK_MEMORY;
             snprintf(msg, sizeof(msg), "memory cap exceeded (%zu bytes per hook call)%s",
                      eng->req_mem_max, where);
+        } else if (pr->rs.wall_hit) {
+            kind = FK_BUDGET;
+            snprintf(msg, sizeof(msg), "wall-clock bound exceeded (%" PRIu64 " ms)%s",
+                     eng->run_max_ns / 1000000, where);
         } else if (pr->rs.budget_hit) {
             kind = FK_BUDGET;
             snprintf(msg, sizeof(msg), "instruction budget exceeded (%" PRIu64 ")%s", eng->budget,
@@ -517,6 +522,7 @@ static int resume(struct ax_policy_req *pr, int nargs, int *nres)
     eng->cur = pr;
     eng->cur_rs = &pr->rs;
     eng->vs.cur = &pr->scope;
+    pr->rs.deadline = uv_hrtime() + eng->run_max_ns; /* each stretch between waits */
     status = lua_resume(pr->rs.co, NULL, nargs, nres);
     eng->cur = NULL;
     eng->cur_rs = NULL;
