@@ -277,7 +277,8 @@ int ax_json_get_int(const cJSON *obj, const char *key, const char *where, int64_
     if (!cJSON_IsNumber(v))
         return wrong_type(err, where, key, "an integer");
     d = v->valuedouble;
-    if (d != (double)(int64_t)d || d > 9007199254740992.0 || d < -9007199254740992.0)
+    /* the range first: casting inf (1e999999) or 2^63 to int64_t is undefined */
+    if (!(d >= -9007199254740992.0 && d <= 9007199254740992.0) || d != (double)(int64_t)d)
         return wrong_type(err, where, key, "an integer");
     *out = (int64_t)d;
     return 1;

@@ -198,6 +198,30 @@ static void test_getters(void)
     cJSON_Delete(v);
 }
 
+/* Numbers no integer type holds: 1e999999 parses as inf, 9.3e18 is past 2^63. Casting them to
+ * int64_t is undefined behaviour (the sanitizer build runs float-cast-overflow): they must be
+ * refused as "expected an integer" before any cast. */
+static void test_huge_numbers(void)
+{
+    static const char *const keys[] = {"inf", "ninf", "big", "huge", "nbig"};
+    struct ax_error err;
+    cJSON *v = parse("{\"inf\":1e999999,\"ninf\":-1e999999,\"big\":9.3e18,\"huge\":1e300,"
+                     "\"nbig\":-9.3e18,\"edge\":1e14}",
+                     &err);
+    int64_t i = 7;
+    size_t k;
+
+    CHECK(v != NULL);
+    for (k = 0; k < sizeof(keys) / sizeof(keys[0]); k++) {
+        memset(&err, 0, sizeof(err));
+        CHECKF(ax_json_get_int(v, keys[k], "", &i, &err) == AX_EINVAL && i == 7 &&
+                   strstr(err.message, "expected an integer") != NULL,
+               "%s: '%s'", keys[k], err.message);
+    }
+    CHECK(ax_json_get_int(v, "edge", "", &i, &err) == 1 && i == 100000000000000LL);
+    cJSON_Delete(v);
+}
+
 static void test_add_stringn(void)
 {
     cJSON *o = cJSON_CreateObject();
@@ -227,6 +251,7 @@ int main(void)
     test_big_integers();
     test_nesting();
     test_getters();
+    test_huge_numbers();
     test_add_stringn();
     test_print_limit();
     return AX_TEST_DONE("test_json");

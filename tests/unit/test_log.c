@@ -19,7 +19,8 @@ static char *redacted(const char *in)
 
 static void test_redact(void)
 {
-    CHECK_STR(redacted("GET http://user:pa55@host:8080/v1 failed"), "GET http://***@host:8080/v1 failed");
+    CHECK_STR(redacted("GET http://user:pa55@host:8080/v1 failed"),
+              "GET http://***@host:8080/v1 failed");
     CHECK_STR(redacted("https://tok@h/x"), "https://***@h/x");
     CHECK_STR(redacted("http://host/a@b"), "http://host/a@b"); /* '@' in the path: no userinfo */
     CHECK_STR(redacted("Authorization: Bearer sk-live-123456\r\nHost: x"),
