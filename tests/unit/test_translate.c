@@ -9,6 +9,8 @@
 #include "anthroxy_buf.h"
 #include "anthroxy_ids.h"
 #include "anthroxy_json.h"
+#include "anthroxy_log.h"
+#include "anthroxy_utf8.h"
 #include "anthroxy_translate.h"
 #include "ax_test.h"
 
@@ -414,6 +416,50 @@ static void recorded_error(const char *file, int want_status, const char *want_t
     cJSON_Delete(rec);
 }
 
+/* An upstream error body that echoes the request's headers, or holds ill-formed UTF-8: the
+ * client's message has no key and is well-formed UTF-8. */
+static void test_upstream_error_hygiene(void)
+{
+    static const char *const bodies[] = {
+        "{\"error\":{\"message\":\"invalid key in header Authorization: Bearer sk-up-SECRET1\"}}",
+        "{\"error\":\"rejected\",\"request\":{\"headers\":{\"authorization\":\"Bearer "
+        "sk-up-SECRET1\",\"x-api-key\":\"sk-up-SECRET1\"}}}",
+        "<html>echo: Authorization: Bearer sk-up-SECRET1</html>",
+        "{\"detail\":\"key sk-up-SECRET1 not allowed\"}"};
+    struct ax_error err;
+    int64_t n, m;
+    size_t i;
+
+    CHECK(ax_log_secret_add("sk-up-SECRET1") == 0); /* as ax_upstream_new registers its key */
+    for (i = 0; i < sizeof(bodies) / sizeof(bodies[0]); i++) {
+        memset(&err, 0, sizeof(err));
+        ax_translate_upstream_error(401, bodies[i], strlen(bodies[i]), 0, &err, &n, &m);
+        CHECKF(strstr(err.message, "SECRET1") == NULL && (i == 1 || strstr(err.message, "***")),
+               "body %zu: '%s'", i, err.message);
+    }
+    ax_log_secret_remove("sk-up-SECRET1");
+
+    {
+        const char *bad = "{\"error\":{\"message\":\"bad \xff\xfe byte \xed\xa0\x80 here\"}}";
+        char big[1200];
+        memset(&err, 0, sizeof(err));
+        ax_translate_upstream_error(500, bad, strlen(bad), 0, &err, &n, &m);
+        CHECKF(strcmp(err.message, "upstream returned HTTP 500: bad \xef\xbf\xbd\xef\xbf\xbd "
+                                   "byte \xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd here") == 0,
+               "'%s'", err.message);
+        /* a long message of two-byte characters, cut by the limit between two of them */
+        strcpy(big, "{\"error\":\"");
+        for (i = strlen(big); i < 1100; i += 2)
+            memcpy(big + i, "\xc3\xa9", 2);
+        strcpy(big + i, "\"}");
+        memset(&err, 0, sizeof(err));
+        ax_translate_upstream_error(500, big, strlen(big), 0, &err, &n, &m);
+        CHECKF(ax_utf8_valid_prefix(err.message, strlen(err.message)) == strlen(err.message) &&
+                   strlen(err.message) > 400,
+               "%zu bytes", strlen(err.message));
+    }
+}
+
 static void test_upstream_errors(void)
 {
     static const char *const overflows[] = {"overflow_nonstream.json", "overflow_stream.json",
@@ -493,6 +539,7 @@ static void test_upstream_errors(void)
                         0, 400, "invalid_request_error", "image input is not supported", 0, 0);
     upstream_error_case("empty body", 500, NULL, 0, 500, "api_error", "upstream returned HTTP 500",
                         0, 0);
+    test_upstream_error_hygiene();
 }
 
 /* ---- helpers -------------------------------------------------------------------------- */
