@@ -13,12 +13,21 @@
 #include "anthroxy_buf.h"
 #include "anthroxy_error.h"
 
-/* Parses text[0..len). The text is modified in place: each escaped `\u0000` inside a string
- * becomes `\uFFFD` (the replacement character), of the same length. On failure returns NULL
- * and fills err with a 400 invalid_request_error naming the byte offset. */
+/* Parses text[0..len). The text is modified in place: each escaped `\u0000` and each lone
+ * surrogate escape (`\ud83d` without its low half) inside a string becomes `\uFFFD` (the
+ * replacement character), of the same length; a well-formed pair stays. Ill-formed UTF-8
+ * inside strings and keys becomes U+FFFD in the tree (one per maximal ill-formed subpart), so
+ * every string of the result is well-formed UTF-8 whatever the input. A raw NUL byte before the
+ * end is refused (only trailing ones are let be). On failure returns NULL and fills err with a
+ * 400 invalid_request_error naming the byte offset. */
 cJSON *ax_json_parse(char *text, size_t len, struct ax_error *err);
 /* ax_json_parse of a copy, for text the caller cannot let be modified (err may be NULL). */
 cJSON *ax_json_parse_const(const char *text, size_t len, struct ax_error *err);
+
+/* 1 when ax_json_parse would read text[0..len) otherwise than plain cJSON does (a raw NUL, an
+ * escape it rewrites, ill-formed UTF-8), else 0: for callers that parse a borrowed buffer
+ * with cJSON and copy it for ax_json_parse only then. One pass, no allocation. */
+int ax_json_needs_repair(const char *text, size_t len);
 
 /* Appends the compact JSON text of item to out. Returns 0, AX_ETOOBIG or AX_ENOMEM. */
 int ax_json_print(const cJSON *item, struct ax_buf *out);

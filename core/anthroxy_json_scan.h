@@ -4,9 +4,9 @@
  * left as they are), numbers are validated and skipped, containers are walked by callbacks that
  * consume each member or element. Every function returns 0 (or the documented positive value)
  * with the cursor past what it read, or -1 on anything that is not strict JSON, or that the
- * caller asked to give up on (\u and \/ escapes, raw control bytes, nesting past
- * AX_JSON_SCAN_DEPTH): the caller then falls back to a real parser. stream.c reads the usual
- * chat.completion.chunk payloads with it. */
+ * caller asked to give up on (\u and \/ escapes, raw control bytes, ill-formed UTF-8,
+ * nesting past AX_JSON_SCAN_DEPTH): the caller then falls back to a real parser. stream.c reads the
+ * usual chat.completion.chunk payloads with it. */
 #ifndef ANTHROXY_JSON_SCAN_H
 #define ANTHROXY_JSON_SCAN_H
 
@@ -78,7 +78,8 @@ static inline int ax_json_scan_next(struct ax_json_scan *l, char close)
 }
 
 /* A string: raw[0..len) is its inside; *plain says it holds no escape at all. Only the
- * escapes \" \\ \b \f \n \r \t are accepted. */
+ * escapes \" \\ \b \f \n \r \t are accepted, and only well-formed UTF-8 (checked in the same
+ * pass). */
 int ax_json_scan_string(struct ax_json_scan *l, const char **raw, size_t *len, int *plain);
 
 /* A number (no leading whitespace); *is_int says it has no fraction or exponent. */

@@ -37,6 +37,8 @@ struct ax_translate_opts {
                                    and descriptions as cJSON references) instead of copying:
                                    only when nothing edits the result and the Anthropic tree
                                    outlives it (printing it is fine) */
+    int forward_user_id;        /* send metadata.user_id as `user` (--forward-user-id); off:
+                                   Claude Code's device and account ids stay here */
 };
 
 /* Anthropic request -> new OpenAI chat.completions request. Validates as it goes: on bad
@@ -59,7 +61,8 @@ struct ax_translate_opts {
  *   opts->llama_server only that tool and "required"; dropped when no tool is sent;
  * - thinking enabled/adaptive/disabled -> chat_template_kwargs.enable_thinking true/false,
  *   and reasoning_format:"deepseek" when opts->llama_server;
- * - max_tokens, temperature, top_p, top_k, stop_sequences -> stop, metadata.user_id -> user;
+ * - max_tokens, temperature, top_p, top_k, stop_sequences -> stop; metadata.user_id -> user
+ *   only with opts->forward_user_id (it is still type-checked without);
  *   opts->stream adds stream:true and stream_options.include_usage:true. */
 int ax_translate_request(const cJSON *anthropic, const struct ax_translate_opts *opts, cJSON **out,
                          struct ax_error *err);

@@ -29,6 +29,7 @@ enum opt_type {
 };
 
 #define OPT_SECRET 1u
+#define OPT_URL 2u /* may hold credentials (http://user:pass@host): masked wherever shown */
 
 struct opt {
     const char *name;     /* flag without "--"; also the file key and ANTHROXY_<NAME> */
@@ -55,8 +56,8 @@ static const struct opt opts[] = {
      "comma-separated in the environment; none: no authentication"},
     {"api-key-file", NULL, OPT_STR, F(api_key_file), NULL, 0, 0, 0, "PATH",
      "file of inbound keys, one per line, '#' comments; added to --api-key"},
-    {"upstream", "LLAMA_CPP_BASE", OPT_STR, F(upstream_base), "http://127.0.0.1:8080/v1", 0, 0, 0,
-     "URL", "OpenAI-compatible base URL; a trailing /v1 is optional"},
+    {"upstream", "LLAMA_CPP_BASE", OPT_STR, F(upstream_base), "http://127.0.0.1:8080/v1", 0, 0,
+     OPT_URL, "URL", "OpenAI-compatible base URL; a trailing /v1 is optional"},
     {"upstream-api-key", NULL, OPT_STR, F(upstream_api_key), NULL, 0, 0, OPT_SECRET, "KEY",
      "sent upstream as Authorization: Bearer"},
     {"upstream-model", NULL, OPT_STR, F(upstream_model), NULL, 0, 0, 0, "MODEL",
@@ -106,6 +107,9 @@ static const struct opt opts[] = {
      "wait this long for the upstream status before answering 200 to a stream"},
     {"reasoning-fallback", NULL, OPT_BOOL, F(reasoning_fallback), "false", 0, 0, 0, NULL,
      "an answer with reasoning but no text and no tool call: emit the reasoning as text"},
+    {"forward-user-id", NULL, OPT_BOOL, F(forward_user_id), "false", 0, 0, 0, NULL,
+     "send the client's metadata.user_id upstream as `user` (Claude Code puts its device and "
+     "account ids there); off: never sent"},
     {"policies", NULL, OPT_STR, F(policies_path), NULL, 0, 0, 0, "PATH",
      "policy chain file; unset: default.lua in the shipped policy directory"},
     {"lua-dir", NULL, OPT_STR, F(lua_dir), NULL, 0, 0, 0, "DIR",
@@ -488,6 +492,17 @@ static int scalar_set(struct ax_config *cfg, const struct opt *o, const char *va
     return 0;
 }
 
+/* A value as /health, the log and error messages may show it: secrets as "***", credentials
+ * in URLs masked. */
+static const char *shown_value(const struct opt *o, const char *val, char *buf, size_t n)
+{
+    if (o->flags & OPT_SECRET)
+        return "***";
+    if (o->flags & OPT_URL)
+        return ax_redact_url(val, buf, n);
+    return val;
+}
+
 /* Sets opts[idx] from text. `where` names the source in errors ("--port", "PROXY_PORT",
  * "anthroxy.conf:3"). */
 static int opt_set(struct ax_config *cfg, int idx, const char *val, enum ax_config_source src,
@@ -495,7 +510,7 @@ static int opt_set(struct ax_config *cfg, int idx, const char *val, enum ax_conf
 {
     const struct opt *o = &opts[idx];
     const char *why = NULL;
-    char buf[160];
+    char buf[160], masked[256];
     int rc;
 
     if (o->type == OPT_KEYS || o->type == OPT_MAP)
@@ -509,7 +524,7 @@ static int opt_set(struct ax_config *cfg, int idx, const char *val, enum ax_conf
             why = expect_text(o, buf, sizeof(buf));
         /* never echo a secret back, not even a malformed one */
         ax_error_set(err, 400, "invalid_request_error", "%s: invalid value \"%s\" for %s: %s",
-                     where, (o->flags & OPT_SECRET) ? "***" : val, o->name, why);
+                     where, shown_value(o, val, masked, sizeof(masked)), o->name, why);
         return AX_EINVAL;
     }
     return 0;
@@ -855,7 +870,7 @@ int ax_config_validate(const struct ax_config *cfg, struct ax_error *err)
     if (u == NULL || (strncasecmp(u, "http://", 7) != 0 && strncasecmp(u, "https://", 8) != 0))
         return ax_error_set(err, 400, "invalid_request_error",
                             "upstream: invalid value \"%s\": expected an http:// or https:// URL",
-                            u != NULL ? u : "");
+                            u != NULL ? ax_redact_url(u, buf, sizeof(buf)) : "");
     if (cfg->write_low_water >= cfg->write_high_water)
         return ax_error_set(err, 400, "invalid_request_error",
                             "write-low-water: %zu must be below write-high-water (%zu)",
@@ -877,9 +892,10 @@ static cJSON *opt_value_json(const struct ax_config *cfg, const struct opt *o)
     switch (o->type) {
     case OPT_STR: {
         const char *s = *FIELD(cfg, o, char *const);
+        char buf[1024];
         if (s == NULL)
             return cJSON_CreateNull();
-        return cJSON_CreateString((o->flags & OPT_SECRET) ? "***" : s);
+        return cJSON_CreateString(shown_value(o, s, buf, sizeof(buf)));
     }
     case OPT_INT:
         return cJSON_CreateNumber(*FIELD(cfg, o, const int));

@@ -1,6 +1,7 @@
 /* error.c - AX_E* names, libuv codes mapped to ours, the client-visible struct ax_error, and
  * Anthropic's error types (the one list of them). */
 #include "anthroxy_error.h"
+#include "anthroxy_utf8.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -61,7 +62,9 @@ static void error_fill(struct ax_error *err, int code, int status, const char *t
     err->status = status;
     err->type = type ? type : ax_error_type_for_status(status);
     err->code = code;
-    vsnprintf(err->message, sizeof(err->message), fmt, ap);
+    /* a message cut by the limit is cut between characters: it goes into the client's JSON */
+    if (vsnprintf(err->message, sizeof(err->message), fmt, ap) >= (int)sizeof(err->message))
+        err->message[ax_utf8_trim_partial(err->message, sizeof(err->message) - 1)] = '\0';
 }
 
 int ax_error_set(struct ax_error *err, int status, const char *type, const char *fmt, ...)

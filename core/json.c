@@ -2,6 +2,7 @@
  * Used by the translators, routes and the policy view; see anthroxy_json.h. */
 #define _GNU_SOURCE /* memmem */
 #include "anthroxy_json.h"
+#include "anthroxy_utf8.h"
 
 #include <inttypes.h>
 #include <stdio.h>
@@ -59,8 +60,63 @@ static size_t skip_string(const char *p, size_t n, size_t i)
     return n;
 }
 
-/* One pass before parsing: replaces each escaped NUL inside a string with U+FFFD, in place
- * (same length), and counts the number tokens that are long integers. */
+/* The value of the four hex digits at p, or -1. */
+static long hex4(const char *p)
+{
+    long v = 0;
+    int i;
+
+    for (i = 0; i < 4; i++) {
+        char c = p[i];
+        int d = c >= '0' && c <= '9'   ? c - '0'
+                : c >= 'a' && c <= 'f' ? c - 'a' + 10
+                : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                       : -1;
+        if (d < 0)
+            return -1;
+        v = v * 16 + d;
+    }
+    return v;
+}
+
+/* At p[i] == '\\' inside a string: an escape that cJSON 1.7.15 mishandles is rewritten as
+ * \uFFFD, in place (same length): \u0000 (cJSON cuts the string there) and a lone surrogate
+ * (cJSON fails the whole parse; JSON.stringify writes one when a JavaScript client cut a
+ * string between the halves of an emoji). Returns the bytes the escape takes. */
+static size_t fix_escape(char *p, size_t n, size_t i)
+{
+    long v, w;
+
+    if (i + 5 >= n || p[i + 1] != 'u' || (v = hex4(p + i + 2)) < 0)
+        return 2;
+    if (v >= 0xD800 && v <= 0xDBFF && i + 11 < n && p[i + 6] == '\\' && p[i + 7] == 'u' &&
+        (w = hex4(p + i + 8)) >= 0xDC00 && w <= 0xDFFF)
+        return 12; /* a well-formed pair */
+    if (v == 0 || (v >= 0xD800 && v <= 0xDFFF))
+        memcpy(p + i + 2, "FFFD", 4);
+    return 6;
+}
+
+/* True when text holds an escape fix_escape may have to rewrite (\u0000, \uD800-\uDFFF),
+ * or an escaped backslash before such letters: the careful scan then decides. memmem is far
+ * cheaper than walking every byte, and most bodies have no \u at all. */
+static int needs_prescan(const char *p, size_t n)
+{
+    const char *b, *e = p + n;
+
+    while ((b = memmem(p, (size_t)(e - p), "\\u", 2)) != NULL) {
+        if (e - b >= 6 && ((b[2] == '0' && b[3] == '0' && b[4] == '0' && b[5] == '0') ||
+                           ((b[2] == 'd' || b[2] == 'D') &&
+                            ((b[3] >= '8' && b[3] <= '9') || (b[3] >= 'a' && b[3] <= 'f') ||
+                             (b[3] >= 'A' && b[3] <= 'F')))))
+            return 1;
+        p = b + 2;
+    }
+    return 0;
+}
+
+/* One pass before parsing: rewrites the escapes cJSON mishandles (fix_escape), in place,
+ * and counts the number tokens that are long integers. */
 static size_t prescan(char *p, size_t n)
 {
     size_t i = 0, count = 0;
@@ -73,13 +129,7 @@ static size_t prescan(char *p, size_t n)
                 unsigned char d = byte_class[(unsigned char)p[i]];
                 if (d == C_QUOTE)
                     break;
-                if (d == C_BSLASH) {
-                    if (i + 5 < n && p[i + 1] == 'u' && memcmp(p + i + 2, "0000", 4) == 0)
-                        memcpy(p + i + 2, "FFFD", 4);
-                    i += 2;
-                } else {
-                    i++;
-                }
+                i += d == C_BSLASH ? fix_escape(p, n, i) : 1;
             }
             i++;
         } else if (c == C_NUM_START) {
@@ -181,6 +231,51 @@ static int exact_long_integers(cJSON *node)
     return beyond;
 }
 
+/* A string cJSON copied as it was, ill-formed UTF-8 included: replaced by its repaired copy
+ * (each ill-formed subpart U+FFFD). Returns 0 or AX_ENOMEM. */
+static int repair_string(char **s)
+{
+    size_t n = strlen(*s), m;
+    char *r;
+
+    if (ax_utf8_valid_prefix(*s, n) == n)
+        return 0;
+    m = ax_utf8_repaired_len(*s, n);
+    if ((r = cJSON_malloc(m + 1)) == NULL)
+        return AX_ENOMEM;
+    ax_utf8_repair(*s, n, r);
+    r[m] = '\0';
+    cJSON_free(*s);
+    *s = r;
+    return 0;
+}
+
+/* Every string value and key of the tree, repaired (only when the text held ill-formed UTF-8:
+ * the check of the text is one pass, this walk the rare case). */
+static int repair_strings(cJSON *node)
+{
+    cJSON *c;
+    int rc;
+
+    for (c = node; c != NULL; c = c->next) {
+        if (c->string != NULL && !(c->type & cJSON_StringIsConst) &&
+            (rc = repair_string(&c->string)) < 0)
+            return rc;
+        if (cJSON_IsString(c) && c->valuestring != NULL &&
+            (rc = repair_string(&c->valuestring)) < 0)
+            return rc;
+        if (c->child != NULL && (rc = repair_strings(c->child)) < 0)
+            return rc;
+    }
+    return 0;
+}
+
+int ax_json_needs_repair(const char *text, size_t len)
+{
+    return memchr(text, '\0', len) != NULL || needs_prescan(text, len) ||
+           ax_utf8_valid_prefix(text, len) != len;
+}
+
 cJSON *ax_json_parse(char *text, size_t len, struct ax_error *err)
 {
     const char *end = NULL;
@@ -189,8 +284,8 @@ cJSON *ax_json_parse(char *text, size_t len, struct ax_error *err)
 
     init_byte_class();
     /* The careful scan (which must tell escaped backslashes from escapes) runs only when
-     * the sequence appears at all: memmem is far cheaper than walking every byte. */
-    if (memmem(text, len, "\\u0000", 6) != NULL)
+     * such an escape appears at all. */
+    if (needs_prescan(text, len))
         prescan(text, len);
 
     root = cJSON_ParseWithLengthOpts(text, len, &end, 0);
@@ -217,6 +312,14 @@ cJSON *ax_json_parse(char *text, size_t len, struct ax_error *err)
                          "invalid JSON in request body: trailing data at byte %zu", skip);
             return NULL;
         }
+    }
+    /* Ill-formed UTF-8 inside strings (cJSON copies bytes as they are) would reach the
+     * client's JSON and the upstream's: each ill-formed subpart becomes U+FFFD. */
+    if (ax_utf8_valid_prefix(text, (size_t)(end - text)) != (size_t)(end - text) &&
+        repair_strings(root) < 0) {
+        cJSON_Delete(root);
+        ax_error_set(err, 500, "api_error", "out of memory parsing JSON");
+        return NULL;
     }
     if (exact_long_integers(root) > 0) {
         struct numscan s = {text, len, 0};
@@ -277,7 +380,8 @@ int ax_json_get_int(const cJSON *obj, const char *key, const char *where, int64_
     if (!cJSON_IsNumber(v))
         return wrong_type(err, where, key, "an integer");
     d = v->valuedouble;
-    if (d != (double)(int64_t)d || d > 9007199254740992.0 || d < -9007199254740992.0)
+    /* the range first: casting inf (1e999999) or 2^63 to int64_t is undefined */
+    if (!(d >= -9007199254740992.0 && d <= 9007199254740992.0) || d != (double)(int64_t)d)
         return wrong_type(err, where, key, "an integer");
     *out = (int64_t)d;
     return 1;

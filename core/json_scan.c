@@ -3,6 +3,7 @@
  * Split from stream.c, its one caller, which reads the usual chunks with it and hands anything
  * the scanner declines to cJSON. */
 #include "anthroxy_json_scan.h"
+#include "anthroxy_utf8.h"
 
 #include <stdint.h>
 #include <string.h>
@@ -16,8 +17,8 @@ static inline uint64_t swar_zero(uint64_t x)
     return ~(((x & SWAR_LOW7) + SWAR_LOW7) | x | SWAR_LOW7);
 }
 
-/* The first byte in [p, e) that is '"', '\\' or a control byte, or e; eight bytes a step
- * (the text deltas are where the time goes). */
+/* The first byte in [p, e) that is '"', '\\', a control byte or not ASCII, or e; eight bytes
+ * a step (the text deltas are where the time goes). */
 static const char *plain_run(const char *p, const char *e)
 {
 #if defined(__GNUC__) && defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
@@ -26,13 +27,14 @@ static const char *plain_run(const char *p, const char *e)
     while (e - p >= 8) {
         memcpy(&w, p, 8);
         m = swar_zero(w ^ (SWAR_ONES * '"')) | swar_zero(w ^ (SWAR_ONES * '\\')) |
-            swar_zero(w & (SWAR_ONES * 0xE0));
+            swar_zero(w & (SWAR_ONES * 0xE0)) | (w & (SWAR_ONES * 0x80));
         if (m != 0)
             return p + (__builtin_ctzll(m) >> 3);
         p += 8;
     }
 #endif
-    while (p < e && *p != '"' && *p != '\\' && (unsigned char)*p >= 0x20)
+    while (p < e && *p != '"' && *p != '\\' && (unsigned char)*p >= 0x20 &&
+           (unsigned char)*p < 0x80)
         p++;
     return p;
 }
@@ -50,6 +52,15 @@ int ax_json_scan_string(struct ax_json_scan *l, const char **raw, size_t *len, i
         p = plain_run(p, l->e);
         if (p >= l->e || (unsigned char)*p < 0x20)
             return -1;
+        if ((unsigned char)*p >= 0x80) {
+            /* copied to the client as it is: only well-formed UTF-8 (else cJSON's path
+             * repairs it) */
+            int k = ax_utf8_check((const unsigned char *)p, (const unsigned char *)l->e);
+            if (k < 0)
+                return -1;
+            p += k;
+            continue;
+        }
         if (*p == '"')
             break;
         if (p + 1 >= l->e || strchr("\"\\bfnrt", p[1]) == NULL || p[1] == '\0')

@@ -671,6 +671,7 @@ static void msg_send_upstream(struct msg *m)
     to.upstream_model = m->upstream_model;
     to.llama_server = info->llama_server;
     to.stream = m->stream;
+    to.forward_user_id = m->srv->cfg.forward_user_id;
     /* Without an on_upstream_request hook nothing edits the OpenAI tree before it is
      * printed, so it can share the tool schemas with the Anthropic tree instead of copying
      * them (most of Claude Code's 80 KB). */

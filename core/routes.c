@@ -111,21 +111,39 @@ static void route_models(struct ax_server *srv, struct ax_req *req)
     cJSON_Delete(root);
 }
 
+/* For /health's warning: the configured listen address is loopback. */
+static int health_host_is_loopback(const char *host)
+{
+    return strncmp(host, "127.", 4) == 0 || strcmp(host, "::1") == 0 ||
+           strcasecmp(host, "localhost") == 0;
+}
+
+/* GET /health: 200 while the upstream is up, 503 otherwise (a load balancer or `curl -f` reads
+ * the status, not the body). With inbound keys set, a request without a valid key gets
+ * liveness only ({"status","proxy"}): the details (configuration, upstream URL, policy
+ * errors, heap figures) are for those holding a key. */
 static void route_health(struct ax_server *srv, struct ax_req *req)
 {
     const struct ax_upstream_info *info = ax_upstream_info(srv->up);
     struct ax_upstream_stats st;
     cJSON *root = cJSON_CreateObject(), *up, *cw, *warn;
     const char *src;
+    char url[1024];
     int64_t win = ax_models_window(&srv->cfg, srv->up, &src);
+    int status = info->state == AX_UP_OK ? 200 : 503;
 
-    ax_upstream_stats(srv->up, &st);
-    cJSON_AddStringToObject(root, "status", info->state == AX_UP_OK ? "ok" : "degraded");
+    cJSON_AddStringToObject(root, "status", status == 200 ? "ok" : "degraded");
     cJSON_AddStringToObject(root, "proxy", "ok");
+    if (!authorized(srv, req)) {
+        ax_http_send_json(req, status, root);
+        cJSON_Delete(root);
+        return;
+    }
+    ax_upstream_stats(srv->up, &st);
     cJSON_AddStringToObject(root, "version", ANTHROXY_VERSION);
     up = cJSON_AddObjectToObject(root, "upstream");
     cJSON_AddStringToObject(up, "state", ax_upstream_state_name(info->state));
-    cJSON_AddStringToObject(up, "url", srv->cfg.upstream_base);
+    cJSON_AddStringToObject(up, "url", ax_redact_url(srv->cfg.upstream_base, url, sizeof(url)));
     cJSON_AddStringToObject(up, "model", ax_models_upstream_name(&srv->cfg, srv->up, NULL));
     cJSON_AddBoolToObject(up, "llama_server", info->llama_server);
     cJSON_AddNumberToObject(up, "n_ctx", (double)info->n_ctx);
@@ -139,7 +157,7 @@ static void route_health(struct ax_server *srv, struct ax_req *req)
         cJSON_AddItemToArray(
             warn, cJSON_CreateString("context window below Claude Code's fixed prefix "
                                      "(~20k tokens of tools and system prompt) plus headroom"));
-    if (srv->cfg.n_api_keys == 0 && strncmp(srv->cfg.host, "127.", 4) != 0)
+    if (srv->cfg.n_api_keys == 0 && !health_host_is_loopback(srv->cfg.host))
         cJSON_AddItemToArray(warn, cJSON_CreateString("listening beyond loopback without a key"));
     cJSON_AddNumberToObject(root, "requests", (double)srv->n_requests);
     cJSON_AddNumberToObject(root, "errors", (double)srv->http.n_errors);
@@ -158,7 +176,7 @@ static void route_health(struct ax_server *srv, struct ax_req *req)
     if (srv->policies)
         cJSON_AddItemToObject(root, "policies", ax_policy_engine_status(srv->policies));
     cJSON_AddItemToObject(root, "config", ax_config_to_json(&srv->cfg));
-    ax_http_send_json(req, 200, root);
+    ax_http_send_json(req, status, root);
     cJSON_Delete(root);
 }
 

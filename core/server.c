@@ -11,7 +11,9 @@
 #include "anthroxy_server.h"
 #include "anthroxy_upstream.h"
 
+#include <errno.h>
 #include <stdlib.h>
+#include <unistd.h>
 #ifdef __GLIBC__
 #include <malloc.h>
 #endif
@@ -166,30 +168,70 @@ static void on_connection(uv_stream_t *listener, int status)
         AX_LOG_WARN(NULL, "could not accept a connection");
 }
 
-static int is_loopback(const char *host)
+/* The address to listen on: host as a numeric address, or a name resolved at start-up
+ * ("localhost"), blocking being fine before the loop runs. Of several results, the first that
+ * can be bound wins (::1 may be unusable where IPv6 is off). Returns 0 or fills err. */
+static int listen_address(struct ax_server *srv, struct sockaddr_storage *ss, struct ax_error *err)
 {
-    return strcmp(host, "127.0.0.1") == 0 || strncmp(host, "127.", 4) == 0 ||
-           strcmp(host, "::1") == 0 || strcmp(host, "localhost") == 0;
+    struct addrinfo hints, *ai;
+    uv_getaddrinfo_t req;
+    char port[16];
+    int rc, fd, last = UV_EADDRNOTAVAIL;
+
+    memset(&hints, 0, sizeof(hints));
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+    snprintf(port, sizeof(port), "%d", srv->cfg.port);
+    if ((rc = uv_getaddrinfo(srv->loop, &req, NULL, srv->cfg.host, port, &hints)) < 0)
+        return ax_error_set_code(err, ax_error_from_uv(rc), 500, "api_error",
+                                 "invalid listen address '%s': %s", srv->cfg.host, uv_strerror(rc));
+    for (ai = req.addrinfo; ai != NULL; ai = ai->ai_next) {
+        if ((fd = socket(ai->ai_family, SOCK_STREAM, 0)) < 0) {
+            last = uv_translate_sys_error(errno);
+            continue;
+        }
+        rc = bind(fd, ai->ai_addr, ai->ai_addrlen) == 0 ? 0 : uv_translate_sys_error(errno);
+        close(fd);
+        if (rc == 0 || rc == UV_EADDRINUSE || rc == UV_EACCES) {
+            memcpy(ss, ai->ai_addr, ai->ai_addrlen);
+            uv_freeaddrinfo(req.addrinfo);
+            return 0; /* in use or forbidden: uv_tcp_bind reports it */
+        }
+        last = rc;
+    }
+    uv_freeaddrinfo(req.addrinfo);
+    return ax_error_set_code(err, ax_error_from_uv(last), 500, "api_error",
+                             "cannot listen on %s:%d: %s", srv->cfg.host, srv->cfg.port,
+                             uv_strerror(last));
 }
 
 int ax_server_listen(struct ax_server *srv, struct ax_error *err)
 {
     struct sockaddr_storage ss;
     struct ax_policy_env env;
-    int namelen = sizeof(ss), rc;
+    char ip[INET6_ADDRSTRLEN], url[512];
+    int namelen = sizeof(ss), rc, v6, loopback;
     const char *host = srv->cfg.host;
 
-    if (uv_ip4_addr(host, srv->cfg.port, (struct sockaddr_in *)&ss) != 0 &&
-        uv_ip6_addr(host, srv->cfg.port, (struct sockaddr_in6 *)&ss) != 0)
-        return ax_error_set(err, 500, "api_error", "invalid listen address '%s'", host);
+    if ((rc = listen_address(srv, &ss, err)) < 0)
+        return rc;
     if ((rc = uv_tcp_bind(&srv->listener, (struct sockaddr *)&ss, 0)) < 0 ||
         (rc = uv_listen((uv_stream_t *)&srv->listener, 511, on_connection)) < 0)
         return ax_error_set_code(err, ax_error_from_uv(rc), 500, "api_error",
                                  "cannot listen on %s:%d: %s", host, srv->cfg.port,
                                  uv_strerror(rc));
     uv_tcp_getsockname(&srv->listener, (struct sockaddr *)&ss, &namelen);
-    srv->bound_port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
-                                                     : ((struct sockaddr_in *)&ss)->sin_port);
+    v6 = ss.ss_family == AF_INET6;
+    srv->bound_port =
+        ntohs(v6 ? ((struct sockaddr_in6 *)&ss)->sin6_port : ((struct sockaddr_in *)&ss)->sin_port);
+    /* what is really bound, not what was asked: "::" is every interface, not [::1] */
+    if (v6)
+        uv_ip6_name((struct sockaddr_in6 *)&ss, ip, sizeof(ip));
+    else
+        uv_ip4_name((struct sockaddr_in *)&ss, ip, sizeof(ip));
+    loopback = v6 ? IN6_IS_ADDR_LOOPBACK(&((struct sockaddr_in6 *)&ss)->sin6_addr)
+                  : (ntohl(((struct sockaddr_in *)&ss)->sin_addr.s_addr) >> 24) == 127;
     srv->listening = 1;
 
     memset(&env, 0, sizeof(env));
@@ -217,13 +259,15 @@ int ax_server_listen(struct ax_server *srv, struct ax_error *err)
     ax_upstream_probe_start(srv->up, AX_PROBE_INTERVAL_MS);
     uv_timer_start(&srv->timer, on_sweep, AX_SESSION_SWEEP_MS, AX_SESSION_SWEEP_MS);
     srv->started_ms = uv_now(srv->loop);
-    if (!is_loopback(host) && srv->cfg.n_api_keys == 0)
+    if (!loopback && srv->cfg.n_api_keys == 0)
         AX_LOG_WARN(NULL,
                     "*** listening on %s without an API key: anyone who can reach this "
                     "address can use the model. Set --api-key or listen on 127.0.0.1 ***",
-                    host);
-    AX_LOG_INFO(NULL, "anthroxy %s listening on http://%s:%d (upstream %s)", ANTHROXY_VERSION,
-                strchr(host, ':') ? "[::1]" : host, srv->bound_port, srv->cfg.upstream_base);
+                    ip);
+    AX_LOG_INFO(NULL, "anthroxy %s listening on http://%s%s%s:%d%s (upstream %s)", ANTHROXY_VERSION,
+                v6 ? "[" : "", ip, v6 ? "]" : "", srv->bound_port,
+                strcmp(ip, "::") == 0 || strcmp(ip, "0.0.0.0") == 0 ? " (every interface)" : "",
+                ax_redact_url(srv->cfg.upstream_base, url, sizeof(url)));
     return 0;
 }
 

@@ -12,6 +12,7 @@
 #include "anthroxy_json.h"
 #include "anthroxy_json_scan.h"
 #include "anthroxy_tokens.h"
+#include "anthroxy_utf8.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -64,29 +65,104 @@ static inline int needs_escape(unsigned char c)
     return c < 0x20 || c == '"' || c == '\\';
 }
 
-/* Appends s[0..n) as a JSON string literal, quotes included. One pass to size the result,
- * one to copy runs of plain bytes (the usual case: no escape at all). Bytes >= 0x80 pass
- * through: the upstream's UTF-8 stays as it was. */
-static int put_str(struct ax_buf *o, const char *s, size_t n)
+static char *put_escape(char *d, unsigned char c)
 {
     static const char hex[] = "0123456789abcdef";
+
+    *d++ = '\\';
+    switch (c) {
+    case '"':
+        *d++ = '"';
+        break;
+    case '\\':
+        *d++ = '\\';
+        break;
+    case '\n':
+        *d++ = 'n';
+        break;
+    case '\r':
+        *d++ = 'r';
+        break;
+    case '\t':
+        *d++ = 't';
+        break;
+    case '\b':
+        *d++ = 'b';
+        break;
+    case '\f':
+        *d++ = 'f';
+        break;
+    default:
+        *d++ = 'u';
+        *d++ = '0';
+        *d++ = '0';
+        *d++ = hex[c >> 4];
+        *d++ = hex[c & 15];
+    }
+    return d;
+}
+
+/* The rare string holding ill-formed UTF-8 (a policy's text, say: what comes from parsers is
+ * well-formed already): byte by byte, each ill-formed subpart U+FFFD. */
+static char *put_repaired(char *d, const char *s, size_t n)
+{
+    const unsigned char *p = (const unsigned char *)s, *e = p + n;
+    int k;
+
+    while (p < e) {
+        if (*p >= 0x80) {
+            if ((k = ax_utf8_check(p, e)) > 0) {
+                memcpy(d, p, (size_t)k);
+                d += k;
+                p += k;
+            } else {
+                memcpy(d, AX_UTF8_REPLACEMENT, 3);
+                d += 3;
+                p += -k;
+            }
+        } else if (needs_escape(*p)) {
+            d = put_escape(d, *p++);
+        } else {
+            *d++ = (char)*p++;
+        }
+    }
+    return d;
+}
+
+/* Appends s[0..n) as a JSON string literal, quotes included. One pass to size the result
+ * (checking the UTF-8 as it goes), one to copy runs of plain bytes (the usual case: no escape
+ * at all). Well-formed UTF-8 passes through as it was; ill-formed becomes U+FFFD, so the
+ * client's JSON is well-formed whatever the text. */
+static int put_str(struct ax_buf *o, const char *s, size_t n)
+{
     size_t i, extra = 0, run;
     char *d;
-    int rc;
+    int rc, k, bad = 0;
 
     for (i = 0; i < n; i++) {
         unsigned char c = (unsigned char)s[i];
-        if (needs_escape(c))
+        if (c >= 0x80) {
+            k = ax_utf8_check((const unsigned char *)s + i, (const unsigned char *)s + n);
+            if (k < 0) {
+                bad = 1;
+                extra += (size_t)(3 + k); /* U+FFFD for 1-3 bytes */
+                k = -k;
+            }
+            i += (size_t)k - 1;
+        } else if (needs_escape(c)) {
             extra += (c == '"' || c == '\\' || c == '\n' || c == '\r' || c == '\t' || c == '\b' ||
                       c == '\f')
                          ? 1
                          : 5;
+        }
     }
     if ((rc = ax_buf_reserve(o, n + extra + 2)) < 0)
         return rc;
     d = o->data + o->len;
     *d++ = '"';
-    if (extra == 0) {
+    if (bad) {
+        d = put_repaired(d, s, n);
+    } else if (extra == 0) {
         memcpy(d, s, n);
         d += n;
     } else {
@@ -97,37 +173,7 @@ static int put_str(struct ax_buf *o, const char *s, size_t n)
             d += run - i;
             if (run == n)
                 break;
-            unsigned char c = (unsigned char)s[run];
-            *d++ = '\\';
-            switch (c) {
-            case '"':
-                *d++ = '"';
-                break;
-            case '\\':
-                *d++ = '\\';
-                break;
-            case '\n':
-                *d++ = 'n';
-                break;
-            case '\r':
-                *d++ = 'r';
-                break;
-            case '\t':
-                *d++ = 't';
-                break;
-            case '\b':
-                *d++ = 'b';
-                break;
-            case '\f':
-                *d++ = 'f';
-                break;
-            default:
-                *d++ = 'u';
-                *d++ = '0';
-                *d++ = '0';
-                *d++ = hex[c >> 4];
-                *d++ = hex[c & 15];
-            }
+            d = put_escape(d, (unsigned char)s[run]);
             i = run + 1;
         }
     }
@@ -716,34 +762,30 @@ static int on_upstream_error(const cJSON *root, const char *data, size_t len, st
     return AX_EUPSTREAM;
 }
 
-static int has_nul_escape(const char *p, size_t n)
-{
-    const char *b;
-
-    while (n >= 6 && (b = memchr(p, '\\', n - 5)) != NULL) {
-        if (memcmp(b + 1, "u0000", 5) == 0)
-            return 1;
-        n -= (size_t)(b - p) + 1;
-        p = b + 1;
-    }
-    return 0;
-}
-
 static cJSON *parse_chunk(const char *data, size_t len)
 {
     const char *end = NULL;
     cJSON *root;
     char *copy;
+    size_t i, n = len;
     struct ax_error perr;
 
-    /* cJSON 1.7.15 cuts a string at an escaped NUL: the rare chunk holding one goes through
-     * json.c's neutralising parser instead (on a copy: the payload is the caller's). */
-    if (has_nul_escape(data, len)) {
+    /* cJSON 1.7.15 cuts a string at an escaped NUL, fails on a lone surrogate escape and
+     * copies ill-formed UTF-8 as it is: the rare chunk holding one goes through json.c's
+     * repairing parser instead (on a copy: the payload is the caller's), so its text reaches
+     * the client with U+FFFD rather than being dropped or passed on ill-formed. A raw NUL
+     * becomes an ill-formed byte first, so it too is carried as U+FFFD. */
+    if (ax_json_needs_repair(data, len)) {
         if ((copy = malloc(len + 1)) == NULL)
             return NULL;
         memcpy(copy, data, len);
         copy[len] = '\0';
-        root = ax_json_parse(copy, len, &perr);
+        while (n > 0 && copy[n - 1] == '\0')
+            n--;
+        for (i = 0; i < n; i++)
+            if (copy[i] == '\0')
+                copy[i] = (char)0xFF;
+        root = ax_json_parse(copy, n, &perr);
         free(copy);
         return root;
     }

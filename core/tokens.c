@@ -237,7 +237,7 @@ static int64_t number_tokens(double d)
     int64_t digits = 1;
     double a = d < 0 ? -d : d;
 
-    if (a != (double)(int64_t)a || a >= 1e15)
+    if (!(a < 1e15) || a != (double)(int64_t)a) /* range before the cast: inf, 2^63 */
         return 3;
     while (a >= 10) {
         a /= 10;

@@ -976,7 +976,10 @@ static int build_knobs(struct treq *t, const cJSON *req, cJSON *out)
         const char *uid = NULL;
         if ((rc = ax_json_get_string(meta, "user_id", "metadata", &uid, t->err)) < 0)
             return rc;
-        if (uid != NULL && cJSON_AddStringToObject(out, "user", uid) == NULL)
+        /* Claude Code's user_id holds its device and account ids: not for the upstream's
+         * logs unless the operator asks */
+        if (uid != NULL && t->opts->forward_user_id &&
+            cJSON_AddStringToObject(out, "user", uid) == NULL)
             return nomem(t);
     }
     if ((rc = ax_json_get_object(req, "thinking", "", &thinking, t->err)) < 0)

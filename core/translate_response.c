@@ -17,6 +17,8 @@
 #include "anthroxy_buf.h"
 #include "anthroxy_ids.h"
 #include "anthroxy_json.h"
+#include "anthroxy_log.h"
+#include "anthroxy_utf8.h"
 
 #define SCRATCH_MAX ((size_t)1 << 30)
 
@@ -589,12 +591,20 @@ void ax_translate_upstream_error(int status, const char *body, size_t len, int r
         mv = cJSON_GetObjectItemCaseSensitive(root, "error"); /* {"error": "text"} */
     if (!cJSON_IsString(mv))
         mv = cJSON_GetObjectItemCaseSensitive(root, "detail"); /* FastAPI */
+    /* Redacted before it is cut to fit: an upstream that echoes the request's headers
+     * (Authorization: Bearer <the upstream key>) must not show them to the client, nor a
+     * prefix of them. */
     if (cJSON_IsString(mv)) {
+        ax_redact_cstr(mv->valuestring); /* our own parse: ours to edit */
         msg = mv->valuestring;
     } else {
-        size_t i, k = 0;
-        for (i = 0; body != NULL && i < len && k + 1 < sizeof(text); i++)
-            text[k++] = (body[i] >= 0x20 && body[i] < 0x7f) ? body[i] : ' ';
+        char raw[4096];
+        size_t i, k = 0, rn = body != NULL ? (len < sizeof(raw) ? len : sizeof(raw)) : 0;
+        if (rn > 0)
+            memcpy(raw, body, rn);
+        rn = ax_redact(raw, rn);
+        for (i = 0; i < rn && k + 1 < sizeof(text); i++)
+            text[k++] = (raw[i] >= 0x20 && raw[i] < 0x7f) ? raw[i] : ' ';
         text[k] = '\0';
         msg = text;
     }
@@ -623,5 +633,8 @@ void ax_translate_upstream_error(int status, const char *body, size_t len, int r
     if (cs == 429 || cs >= 500)
         err->retry_after = retry_after > 0 ? retry_after : 0;
 done:
+    /* the upstream's text goes into the client's JSON: ill-formed UTF-8 (or a character cut
+     * by the message limit) becomes U+FFFD */
+    ax_utf8_repair_cstr(err->message, sizeof(err->message));
     cJSON_Delete(root);
 }

@@ -143,6 +143,7 @@ static void up_free(struct ax_upstream *up)
     curl_slist_free_all(up->headers);
     free(up->root);
     free(up->base_url);
+    ax_log_secret_remove(up->opts.api_key);
     free((char *)up->opts.api_key);
     free(up);
     curl_global_cleanup();
@@ -798,6 +799,10 @@ int ax_upstream_new(uv_loop_t *loop, const struct ax_upstream_opts *o, struct ax
     uv_idle_init(loop, &up->idle);
     up->curl_timer.data = up->idle.data = up;
     up->nhandles = 2;
+    /* an upstream that echoes the request's headers back in an error body must not show the
+     * key to the client or the log: both go through ax_redact */
+    if (ax_log_secret_add(up->opts.api_key) < 0)
+        UP_LOG(AX_LOG_LVL_WARN, "upstream: too many keys to redact from logs");
     *out = up;
     return 0;
 fail:

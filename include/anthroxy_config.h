@@ -66,6 +66,7 @@ struct ax_config {
     uint64_t ping_interval_ms;   /* 10000 */
     uint64_t first_byte_hold_ms; /* wait this long for the upstream status before 200 (2000) */
     int reasoning_fallback;      /* reasoning but no text and no tool call: emit it as text (0) */
+    int forward_user_id;         /* send metadata.user_id upstream as `user` (0: never) */
 
     /* policies */
     char *policies_path;              /* chain file; NULL: <policy dir>/default.lua */

@@ -211,8 +211,8 @@ test('upstream unreachable -> 529 overloaded_error', env.wrap(async () => {
 }));
 
 // A load balancer or `curl -f` reads the status code, not the body: a degraded proxy whose
-// upstream is down should say so with 503 (docs/operations.md names only the body's status).
-test('GET /health answers 503 while the upstream is down', { todo: 'core answers 200 with status "degraded"' }, async () => {
+// upstream is down says so with 503.
+test('GET /health answers 503 while the upstream is down', async () => {
   const port = await freePort();
   const p = await startProxy({ upstream: `http://127.0.0.1:${port}/v1`, args: ['--upstream-model', 'tiny'] });
   try {

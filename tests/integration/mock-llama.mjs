@@ -484,6 +484,9 @@ export async function startMock(opts = {}) {
     if (state.script) reply = await state.script(rec);
     if (!reply) reply = state.defaultReply;
     rec.reply = reply;
+    // reply.respond(res, rec): the script writes the whole answer itself (any status, headers
+    // and bytes: ill-formed UTF-8, NULs, echoed headers).
+    if (reply.respond) return reply.respond(res, rec);
 
     if (reply.firstByteDelayMs) await sleep(reply.firstByteDelayMs);
     if (reply.silent) return; // never answers; the client's close is recorded

@@ -64,7 +64,7 @@ test('usage: input_tokens = prompt - cached, cache_read_input_tokens = cached', 
   assert.equal(r.usage.output_tokens, rec.usage.completion_tokens);
 }));
 
-test('sampling fields and metadata.user_id pass through', env.wrap(async () => {
+test('sampling fields pass through; metadata.user_id is not forwarded by default', env.wrap(async () => {
   env.on('sampling fields', { text: 'ok' });
   await env.client.messages.create({
     model: MODEL, max_tokens: 50, temperature: 0.3, top_p: 0.9, top_k: 20,
@@ -74,7 +74,7 @@ test('sampling fields and metadata.user_id pass through', env.wrap(async () => {
   assert.equal(up.temperature, 0.3);
   assert.equal(up.top_p, 0.9);
   assert.equal(up.top_k, 20);
-  assert.equal(up.user, 'user-123');
+  assert.equal(up.user, undefined, 'user_id (device and account ids) stays with the proxy');
 }));
 
 test('images: base64 becomes an image_url part with a data: URL', env.wrap(async () => {

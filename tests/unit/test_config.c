@@ -100,6 +100,7 @@ static void test_defaults(void)
     CHECK(c.ping_interval_ms == 10000);
     CHECK(c.first_byte_hold_ms == 2000);
     CHECK(c.reasoning_fallback == 0);
+    CHECK(c.forward_user_id == 0); /* Claude Code's device and account ids stay here */
     CHECK(c.policies_path == NULL && c.lua_dir == NULL);
     CHECK(c.lua_mem_max == 256u * 1024 * 1024);
     CHECK(c.lua_req_mem_max == 16u * 1024 * 1024);
@@ -392,6 +393,7 @@ static void test_help(void)
                                            "ping-interval",
                                            "first-byte-hold",
                                            "reasoning-fallback",
+                                           "forward-user-id",
                                            "policies",
                                            "lua-dir",
                                            "lua-mem-max",
@@ -559,6 +561,84 @@ static void test_api_keys_and_redaction(void)
     clear_env();
 }
 
+/* Credentials in the upstream URL never show: not in the JSON of /health, not in the
+ * start-up log, not in an error message. */
+static void test_url_credentials(void)
+{
+    struct ax_config c;
+    struct ax_error err = {0};
+    char *argv[] = {"anthroxy", "--upstream", "http://user:pa55word@10.0.0.9:8080/v1", NULL};
+    char *bad[] = {"anthroxy", "--upstream", "ftp://user:pa55word@10.0.0.9/v1", NULL};
+    cJSON *json;
+    char *text, buf[16384];
+
+    clear_env();
+    ax_config_init(&c);
+    CHECK(ax_config_load(&c, 3, argv, NULL, &err) == 0);
+    CHECK_STR(c.upstream_base, "http://user:pa55word@10.0.0.9:8080/v1"); /* used as given */
+    json = ax_config_to_json(&c);
+    text = cJSON_PrintUnformatted(json);
+    CHECKF(text != NULL && strstr(text, "pa55word") == NULL &&
+               strstr(text, "\"upstream\":{\"value\":\"http://***@10.0.0.9:8080/v1\"") != NULL,
+           "%s", text);
+    cJSON_free(text);
+    cJSON_Delete(json);
+    {
+        FILE *tmp = tmpfile();
+        int saved = dup(2);
+        size_t n;
+        fflush(stderr);
+        dup2(fileno(tmp), 2);
+        ax_config_log(&c);
+        fflush(stderr);
+        dup2(saved, 2);
+        close(saved);
+        rewind(tmp);
+        n = fread(buf, 1, sizeof(buf) - 1, tmp);
+        buf[n] = '\0';
+        fclose(tmp);
+        CHECKF(strstr(buf, "pa55word") == NULL &&
+                   strstr(buf, "config upstream = \"http://***@10.0.0.9:8080/v1\" (flag)") != NULL,
+               "%s", buf);
+    }
+    ax_config_free(&c);
+
+    ax_config_init(&c);
+    CHECK(ax_config_load(&c, 3, bad, NULL, &err) < 0);
+    CHECKF(strstr(err.message, "pa55word") == NULL && strstr(err.message, "ftp://***@") != NULL,
+           "%s", err.message);
+    ax_config_free(&c);
+}
+
+/* The seed's knob given three ways: flags > env > file > defaults, as for every setting. */
+static void test_seed_precedence(void)
+{
+    struct ax_config c;
+    struct ax_error err = {0};
+    const char *file = write_temp("prune-threshold = 0.5\n");
+    char *argv[] = {"anthroxy", "--config", (char *)file, "--prune-threshold", "0.3", NULL};
+
+    clear_env();
+    setenv("PROXY_CONTEXT_PRUNE_THRESHOLD", "0.9", 1);
+    ax_config_init(&c);
+    CHECK(ax_config_load(&c, 5, argv, NULL, &err) == 0);
+    CHECK(fabs(c.prune_threshold - 0.3) < 1e-12);
+    CHECK_STR(SRC(&c, "prune-threshold"), "flag");
+    ax_config_free(&c);
+    ax_config_init(&c);
+    CHECK(ax_config_load(&c, 3, argv, NULL, &err) == 0); /* no flag: the environment */
+    CHECK(fabs(c.prune_threshold - 0.9) < 1e-12);
+    CHECK_STR(SRC(&c, "prune-threshold"), "env");
+    ax_config_free(&c);
+    clear_env();
+    ax_config_init(&c);
+    CHECK(ax_config_load(&c, 3, argv, NULL, &err) == 0); /* nor env: the file */
+    CHECK(fabs(c.prune_threshold - 0.5) < 1e-12);
+    CHECK_STR(SRC(&c, "prune-threshold"), "file");
+    ax_config_free(&c);
+    unlink(file);
+}
+
 /* A file's repeatable keys accumulate; --key form and underscores are accepted. */
 static void test_file_format(void)
 {
@@ -623,6 +703,8 @@ int main(void)
 {
     test_defaults();
     test_precedence();
+    test_seed_precedence();
+    test_url_credentials();
     test_seed_env();
     test_value_syntax();
     test_bad_values();

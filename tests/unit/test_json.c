@@ -198,6 +198,68 @@ static void test_getters(void)
     cJSON_Delete(v);
 }
 
+static const char *str_at(const cJSON *v, const char *key)
+{
+    const cJSON *s = cJSON_GetObjectItemCaseSensitive(v, key);
+    return cJSON_IsString(s) ? s->valuestring : "(none)";
+}
+
+/* Lone surrogate escapes (a JavaScript client cut a string between an emoji's halves) and
+ * ill-formed UTF-8 bytes: parsed, each replaced by U+FFFD, so no string of the tree is
+ * ill-formed. A well-formed pair, and an escaped backslash before "ud800", stay as they are. */
+static void test_utf8_repair(void)
+{
+    struct ax_error err;
+    cJSON *v = parse("{\"hi\":\"a\\ud83d\",\"lo\":\"\\uDE00b\",\"pair\":\"\\ud83d\\ude00\","
+                     "\"two\":\"\\ud83d\\ud83d\\ude00\",\"lit\":\"\\\\ud800\"}",
+                     &err);
+
+    CHECKF(v != NULL, "%s", err.message);
+    CHECK_STR(str_at(v, "hi"), "a\xef\xbf\xbd");
+    CHECK_STR(str_at(v, "lo"), "\xef\xbf\xbd" "b");
+    CHECK_STR(str_at(v, "pair"), "\xf0\x9f\x98\x80");
+    CHECK_STR(str_at(v, "two"), "\xef\xbf\xbd\xf0\x9f\x98\x80");
+    CHECK_STR(str_at(v, "lit"), "\\ud800");
+    cJSON_Delete(v);
+
+    /* raw bytes: an invalid byte, a truncated sequence, CESU-8 surrogates, an overlong '/' */
+    v = parse("{\"v\":\"x\xffy\",\"t\":\"\xe2\x82\",\"c\":\"\xed\xa0\xbd\xed\xb8\x80\","
+              "\"o\":\"\xc0\xaf\",\"k\xfe\":1,\"ok\":\"caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80\"}",
+              &err);
+    CHECKF(v != NULL, "%s", err.message);
+    CHECK_STR(str_at(v, "v"), "x\xef\xbf\xbdy");
+    CHECK_STR(str_at(v, "t"), "\xef\xbf\xbd");
+    CHECK_STR(str_at(v, "c"), "\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd");
+    CHECK_STR(str_at(v, "o"), "\xef\xbf\xbd\xef\xbf\xbd");
+    CHECK(cJSON_GetObjectItemCaseSensitive(v, "k\xef\xbf\xbd") != NULL);
+    CHECK_STR(str_at(v, "ok"), "caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80");
+    cJSON_Delete(v);
+}
+
+/* Numbers no integer type holds: 1e999999 parses as inf, 9.3e18 is past 2^63. Casting them to
+ * int64_t is undefined behaviour (the sanitizer build runs float-cast-overflow): they must be
+ * refused as "expected an integer" before any cast. */
+static void test_huge_numbers(void)
+{
+    static const char *const keys[] = {"inf", "ninf", "big", "huge", "nbig"};
+    struct ax_error err;
+    cJSON *v = parse("{\"inf\":1e999999,\"ninf\":-1e999999,\"big\":9.3e18,\"huge\":1e300,"
+                     "\"nbig\":-9.3e18,\"edge\":1e14}",
+                     &err);
+    int64_t i = 7;
+    size_t k;
+
+    CHECK(v != NULL);
+    for (k = 0; k < sizeof(keys) / sizeof(keys[0]); k++) {
+        memset(&err, 0, sizeof(err));
+        CHECKF(ax_json_get_int(v, keys[k], "", &i, &err) == AX_EINVAL && i == 7 &&
+                   strstr(err.message, "expected an integer") != NULL,
+               "%s: '%s'", keys[k], err.message);
+    }
+    CHECK(ax_json_get_int(v, "edge", "", &i, &err) == 1 && i == 100000000000000LL);
+    cJSON_Delete(v);
+}
+
 static void test_add_stringn(void)
 {
     cJSON *o = cJSON_CreateObject();
@@ -227,6 +289,8 @@ int main(void)
     test_big_integers();
     test_nesting();
     test_getters();
+    test_huge_numbers();
+    test_utf8_repair();
     test_add_stringn();
     test_print_limit();
     return AX_TEST_DONE("test_json");

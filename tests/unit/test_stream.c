@@ -7,6 +7,7 @@
 #include "anthroxy_stream.h"
 #include "anthroxy_ids.h"
 #include "anthroxy_json.h"
+#include "anthroxy_utf8.h"
 #include "ax_test.h"
 
 #include <stdint.h>
@@ -212,6 +213,7 @@ static const struct scase cases[] = {
     {"llama_tools_required", NULL, 0, 0, 0, 1},
     {"llama_tools_auto", NULL, 0, 0, 0, 0},
     {"llama_tools_truncated", NULL, 0, 0, 0, 0},
+    {"bad_bytes", NULL, 0, 0, 0, 1},
 };
 
 static cJSON *stop_ug;
@@ -246,6 +248,9 @@ static void run_case(const struct scase *c, int update, int cjson)
     case_opts(c, &o, cjson);
     got = run_split(in, n, NULL, 0, &o, &gn, NULL);
     check_grammar(name, got, gn);
+    /* whatever the upstream sent, the client gets well-formed UTF-8 */
+    CHECKF(ax_utf8_valid_prefix(got, gn) == gn, "%s: ill-formed UTF-8 at byte %zu", name,
+           ax_utf8_valid_prefix(got, gn));
     snprintf(path, sizeof(path), "%s/streams/%s%s%s.anthropic.sse", AX_FIXTURES, c->name,
              c->variant ? "." : "", c->variant ? c->variant : "");
     if (update)

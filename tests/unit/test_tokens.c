@@ -114,6 +114,22 @@ static void test_json_walk(void)
     cJSON_Delete(req);
 }
 
+/* Numbers past 2^63 (or inf, from 1e999999) in content or tool input: counted like any long
+ * number (3 tokens), with no out-of-range cast (the sanitizer build checks float-cast-overflow). */
+static void test_huge_numbers(void)
+{
+    static const char *const nums[] = {"1e999999", "-1e999999", "9.3e18", "1e300", "-9.3e18",
+                                       "18446744073709551616.5"};
+    size_t i;
+
+    for (i = 0; i < sizeof(nums) / sizeof(nums[0]); i++) {
+        cJSON *n = cJSON_Parse(nums[i]);
+        CHECKF(cJSON_IsNumber(n) && ax_tokens_json(n) == 3, "%s: %lld", nums[i],
+               (long long)ax_tokens_json(n));
+        cJSON_Delete(n);
+    }
+}
+
 static void test_requests(void)
 {
     cJSON *first = load("first-turn.json"), *after = load("after-tool-call.json");
@@ -271,6 +287,7 @@ int main(void)
     test_text_rules();
     test_prose_ratio();
     test_json_walk();
+    test_huge_numbers();
     test_requests();
     test_messages();
     test_images();

@@ -9,6 +9,8 @@
 #include "anthroxy_buf.h"
 #include "anthroxy_ids.h"
 #include "anthroxy_json.h"
+#include "anthroxy_log.h"
+#include "anthroxy_utf8.h"
 #include "anthroxy_translate.h"
 #include "ax_test.h"
 
@@ -92,6 +94,7 @@ static void request_opts(const cJSON *o, struct ax_translate_opts *opts)
         opts->upstream_model = v->valuestring;
     opts->llama_server = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(o, "llama_server"));
     opts->stream = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(o, "stream"));
+    opts->forward_user_id = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(o, "forward_user_id"));
 }
 
 static void test_request_fixtures(void)
@@ -269,7 +272,7 @@ static void check_template_order(const char *name, const cJSON *msgs)
 static void check_claude_code(const char *file)
 {
     char path[512];
-    struct ax_translate_opts opts = {"local-model", 1, 1, 0};
+    struct ax_translate_opts opts = {"local-model", 1, 1, 0, 0};
     struct ax_error err;
     cJSON *in, *out = NULL;
     const cJSON *t, *ft, *m, *so;
@@ -324,8 +327,8 @@ static void check_claude_code(const char *file)
     so = get(out, "stream_options");
     CHECK(cJSON_IsTrue(get(out, "stream")) && cJSON_IsTrue(get(so, "include_usage")));
     CHECK(cJSON_IsTrue(get(get(out, "chat_template_kwargs"), "enable_thinking")));
-    CHECK(strcmp(get(out, "user")->valuestring, get(get(in, "metadata"), "user_id")->valuestring) ==
-          0);
+    /* Claude Code's device and account ids are not forwarded by default */
+    CHECK(get(out, "user") == NULL && get(get(in, "metadata"), "user_id") != NULL);
     CHECK(get(out, "max_tokens")->valuedouble == 64000);
     printed = cJSON_PrintUnformatted(out);
     /* on the wire, Claude Code's 2^53 - 1 bounds keep every digit (cJSON alone prints
@@ -413,6 +416,50 @@ static void recorded_error(const char *file, int want_status, const char *want_t
     cJSON_Delete(rec);
 }
 
+/* An upstream error body that echoes the request's headers, or holds ill-formed UTF-8: the
+ * client's message has no key and is well-formed UTF-8. */
+static void test_upstream_error_hygiene(void)
+{
+    static const char *const bodies[] = {
+        "{\"error\":{\"message\":\"invalid key in header Authorization: Bearer sk-up-SECRET1\"}}",
+        "{\"error\":\"rejected\",\"request\":{\"headers\":{\"authorization\":\"Bearer "
+        "sk-up-SECRET1\",\"x-api-key\":\"sk-up-SECRET1\"}}}",
+        "<html>echo: Authorization: Bearer sk-up-SECRET1</html>",
+        "{\"detail\":\"key sk-up-SECRET1 not allowed\"}"};
+    struct ax_error err;
+    int64_t n, m;
+    size_t i;
+
+    CHECK(ax_log_secret_add("sk-up-SECRET1") == 0); /* as ax_upstream_new registers its key */
+    for (i = 0; i < sizeof(bodies) / sizeof(bodies[0]); i++) {
+        memset(&err, 0, sizeof(err));
+        ax_translate_upstream_error(401, bodies[i], strlen(bodies[i]), 0, &err, &n, &m);
+        CHECKF(strstr(err.message, "SECRET1") == NULL && (i == 1 || strstr(err.message, "***")),
+               "body %zu: '%s'", i, err.message);
+    }
+    ax_log_secret_remove("sk-up-SECRET1");
+
+    {
+        const char *bad = "{\"error\":{\"message\":\"bad \xff\xfe byte \xed\xa0\x80 here\"}}";
+        char big[1200];
+        memset(&err, 0, sizeof(err));
+        ax_translate_upstream_error(500, bad, strlen(bad), 0, &err, &n, &m);
+        CHECKF(strcmp(err.message, "upstream returned HTTP 500: bad \xef\xbf\xbd\xef\xbf\xbd "
+                                   "byte \xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd here") == 0,
+               "'%s'", err.message);
+        /* a long message of two-byte characters, cut by the limit between two of them */
+        strcpy(big, "{\"error\":\"");
+        for (i = strlen(big); i < 1100; i += 2)
+            memcpy(big + i, "\xc3\xa9", 2);
+        strcpy(big + i, "\"}");
+        memset(&err, 0, sizeof(err));
+        ax_translate_upstream_error(500, big, strlen(big), 0, &err, &n, &m);
+        CHECKF(ax_utf8_valid_prefix(err.message, strlen(err.message)) == strlen(err.message) &&
+                   strlen(err.message) > 400,
+               "%zu bytes", strlen(err.message));
+    }
+}
+
 static void test_upstream_errors(void)
 {
     static const char *const overflows[] = {"overflow_nonstream.json", "overflow_stream.json",
@@ -492,6 +539,7 @@ static void test_upstream_errors(void)
                         0, 400, "invalid_request_error", "image input is not supported", 0, 0);
     upstream_error_case("empty body", 500, NULL, 0, 500, "api_error", "upstream returned HTTP 500",
                         0, 0);
+    test_upstream_error_hygiene();
 }
 
 /* ---- helpers -------------------------------------------------------------------------- */
@@ -558,7 +606,7 @@ static void test_usage_and_reasons(void)
 static void test_input_untouched(void)
 {
     char path[512];
-    struct ax_translate_opts opts = {NULL, 0, 0, 0};
+    struct ax_translate_opts opts = {NULL, 0, 0, 0, 0};
     struct ax_error err;
     cJSON *in, *copy, *a = NULL, *b = NULL;
 
