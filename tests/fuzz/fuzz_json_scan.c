@@ -15,6 +15,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 static int walk_value(struct ax_json_scan *l, int depth);
 
+static int nesting; /* containers entered by the walk: the callbacks cannot pass it */
+
 static int on_member(struct ax_json_scan *l, const char *k, size_t kl, void *ud)
 {
     const char *num;
@@ -33,20 +35,20 @@ static int on_member(struct ax_json_scan *l, const char *k, size_t kl, void *ud)
             return ax_json_scan_skip(l, 1);
         return 0;
     }
-    return walk_value(l, 1);
+    return walk_value(l, nesting);
 }
 
 static int on_elem(struct ax_json_scan *l, void *ud)
 {
     (void)ud;
-    return walk_value(l, 1);
+    return walk_value(l, nesting);
 }
 
 static int walk_value(struct ax_json_scan *l, int depth)
 {
     const char *raw;
     size_t len;
-    int plain, is_int;
+    int plain, is_int, rc;
 
     if (depth > 8)
         return ax_json_scan_skip(l, depth);
@@ -55,9 +57,15 @@ static int walk_value(struct ax_json_scan *l, int depth)
         return -1;
     switch (*l->p) {
     case '{':
-        return ax_json_scan_object(l, on_member, (void *)l->p);
+        nesting = depth + 1;
+        rc = ax_json_scan_object(l, on_member, (void *)l->p);
+        nesting = depth;
+        return rc;
     case '[':
-        return ax_json_scan_array(l, on_elem, NULL);
+        nesting = depth + 1;
+        rc = ax_json_scan_array(l, on_elem, NULL);
+        nesting = depth;
+        return rc;
     case '"':
         if (ax_json_scan_string(l, &raw, &len, &plain) < 0)
             return -1;
@@ -99,6 +107,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
     l.p = text;
     l.e = text + size;
+    nesting = 0;
     (void)walk_value(&l, 0);
     if (l.p < text || l.p > l.e)
         abort();
