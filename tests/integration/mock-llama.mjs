@@ -490,6 +490,11 @@ export async function startMock(opts = {}) {
 
     if (reply.firstByteDelayMs) await sleep(reply.firstByteDelayMs);
     if (reply.silent) return; // never answers; the client's close is recorded
+    // Fault modes (tests/integration/faults.test.mjs): a reset before any byte, or a raw
+    // answer written by the test: raw(res, rec) gets the response and writes what it likes
+    // (HTML with 200, invalid UTF-8, huge lines, endless or byte-by-byte streams).
+    if (reply.resetBeforeHeaders) { rec.reset = true; res.socket.destroy(); return; }
+    if (reply.raw) return reply.raw(res, rec);
     if (rec.clientClosed) return;
 
     if (reply.status && reply.status !== 200) {
