@@ -1070,12 +1070,13 @@ static int lean_root_member(struct ax_json_scan *l, const char *k, size_t kl, vo
 /* Decodes the simple escapes of pc->raw into the stream's scratch buffer. */
 static int lean_decode(struct ax_stream *st, struct piece *pc)
 {
-    const char *r = pc->raw, *end = pc->raw + pc->rawlen;
+    const char *r = pc->raw, *end;
     char *d;
     int rc;
 
     if (pc->raw == NULL || pc->s != NULL)
-        return 0;
+        return 0; /* before any arithmetic: NULL + 0 is undefined */
+    end = pc->raw + pc->rawlen;
     ax_buf_reset(&st->_scratch);
     if ((rc = ax_buf_reserve(&st->_scratch, pc->rawlen)) < 0)
         return rc;

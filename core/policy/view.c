@@ -593,6 +593,12 @@ static cJSON *convert_value(lua_State *L, struct ax__scope *sc, int idx, int hin
     n = b->root;
     b->root = NULL;
     lua_pop(L, 1);
+    if (n->string != NULL) { /* a copy of a member view keeps its key (cJSON_Duplicate) */
+        if (!(n->type & cJSON_StringIsConst))
+            cJSON_free(n->string);
+        n->string = NULL;
+        n->type &= ~cJSON_StringIsConst;
+    }
     return n;
 }
 
@@ -824,11 +830,9 @@ static int next_aux(lua_State *L)
 
 static int l_pairs(lua_State *L)
 {
-    if (test_view(L, 1) != NULL) {
-        lua_pushcfunction(L, view_pairs);
-        lua_pushvalue(L, 1);
-        lua_call(L, 1, 3);
-        return 3;
+    if (test_view(L, 1) != NULL) { /* view_pairs reads vs from upvalue 1: ours is the same */
+        lua_settop(L, 1);
+        return view_pairs(L);
     }
     luaL_checktype(L, 1, LUA_TTABLE);
     lua_pushcfunction(L, next_aux);

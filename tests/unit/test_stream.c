@@ -111,7 +111,7 @@ static void check_grammar(const char *name, const char *p, size_t n)
     while (p < end) {
         const char *nl = memchr(p, '\n', (size_t)(end - p)), *dl, *dnl;
         char ev[64];
-        cJSON *d;
+        cJSON *d, *jidx;
         const char *type;
         int idx;
 
@@ -133,7 +133,8 @@ static void check_grammar(const char *name, const char *p, size_t n)
         CHECKF(type != NULL && strcmp(type, ev) == 0, "%s: event %s has type %s", name, ev,
                type ? type : "(none)");
         CHECKF(!finished, "%s: %s after the end", name, ev);
-        idx = d ? (int)cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(d, "index")) : -1;
+        jidx = d ? cJSON_GetObjectItemCaseSensitive(d, "index") : NULL;
+        idx = cJSON_IsNumber(jidx) ? jidx->valueint : -1; /* no cast of NaN (no index) */
         if (strcmp(ev, "message_start") == 0) {
             CHECKF(!started, "%s: second message_start", name);
             started = 1;
@@ -745,6 +746,26 @@ static void test_ollama_style_calls(void)
     free(out);
 }
 
+/* A call's first fragment without "arguments" (the lean parser's piece stays NULL): no
+ * NULL + 0 in lean_decode (UBSan, tests/fuzz/regressions/fuzz_stream/tool-fragment-without-
+ * arguments), and the call still gets its block and, with no arguments at all, "{}". */
+static void test_fragment_without_arguments(void)
+{
+    struct ax_stream_opts o = {.model = "m"};
+    char *out;
+    const char *in = "data: {\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,"
+                     "\"id\":\"a\",\"type\":\"function\",\"function\":{\"name\":\"f\"}}]}}]}\n\n"
+                     "data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":"
+                     "\"tool_calls\"}]}\n\n"
+                     "data: [DONE]\n\n";
+
+    out = run_text(in, &o, NULL);
+    CHECK(strstr(out, "\"type\":\"tool_use\",\"id\":\"toolu_a\",\"name\":\"f\"") != NULL);
+    CHECK(strstr(out, "\"stop_reason\":\"tool_use\"") != NULL);
+    check_grammar("fragment_without_arguments", out, strlen(out));
+    free(out);
+}
+
 /* Random sequences of chunk kinds, randomly split: the output always follows the event
  * grammar (whatever the upstream does, the client sees a well-formed stream ending in
  * message_stop or error), and both chunk parsers agree. */
@@ -859,6 +880,7 @@ int main(void)
     test_summary_budget();
     test_summary_inputs();
     test_ollama_style_calls();
+    test_fragment_without_arguments();
     test_random_soup();
     cJSON_Delete(stop_ug);
     return AX_TEST_DONE("test_stream");

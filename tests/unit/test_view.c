@@ -245,6 +245,32 @@ static void test_copies_and_conversions(void)
     cJSON_Delete(t);
 }
 
+/* ax.pairs over a view iterates it as pairs() does (it crashed: view_pairs called without
+ * its upvalue), and over a plain table; replacing a member with a copy of a member view
+ * neither leaks the copy's old key (ASan) nor keeps it. */
+static void test_ax_pairs_and_member_copies(void)
+{
+    cJSON *t = parse("{\"a\":{\"k\":1},\"b\":2,\"l\":[3,4]}");
+    CHECK(run_ok(t, "local req = ...\n"
+                    "local n, s = 0, 0\n"
+                    "for k, v in ax.pairs(req.l) do n = n + 1; s = s + k * v end\n"
+                    "assert(n == 2 and s == 3 + 8)\n"
+                    "local ks = {}\n"
+                    "for k in ax.pairs(req) do ks[#ks + 1] = k end\n"
+                    "assert(table.concat(ks, ',') == 'a,b,l')\n"
+                    "local m = 0\n"
+                    "for k, v in ax.pairs({x = 1}) do m = m + v end\n"
+                    "assert(m == 1)\n"
+                    "assert(not pcall(ax.pairs, 5))\n"
+                    "req.b = req.a\n"    /* replace: the copy carried the key "a" */
+                    "req.l[1] = req.a\n" /* into an array: no key at all */
+                    "req.a.k = req.a\n"  /* a member replaced with a copy of its parent */
+                    "for k in pairs(req) do assert(k == 'a' or k == 'b' or k == 'l') end\n"));
+    CHECK(same_json(t, "{\"a\":{\"k\":{\"k\":1}},\"b\":{\"k\":1},\"l\":[{\"k\":1},4]}"));
+    CHECK(cJSON_GetArrayItem(cJSON_GetObjectItem(t, "l"), 0)->string == NULL);
+    cJSON_Delete(t);
+}
+
 /* A view kept past its scope raises instead of touching freed memory. */
 static void test_stale_view(void)
 {
@@ -299,6 +325,7 @@ int main(void)
     test_types_kept();
     test_array_ops();
     test_copies_and_conversions();
+    test_ax_pairs_and_member_copies();
     test_stale_view();
     test_readonly();
 
