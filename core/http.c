@@ -36,9 +36,10 @@ struct ax_conn {
     size_t header_bytes;
     struct ax_error perr; /* what a parse failure answers */
 
-    uint64_t msg_start_ms; /* when the message being received began */
-    size_t queued;         /* bytes handed to uv_write and not yet written */
-    uint64_t last_progress_ms;
+    uint64_t msg_start_ms;     /* when the message being received began */
+    size_t queued;             /* bytes handed to uv_write and not yet written */
+    uint64_t last_progress_ms; /* the client last took bytes (or bytes began to wait) */
+    size_t progress_mark;      /* the socket's write queue size at last_progress_ms */
 };
 
 struct conn_write {
@@ -264,6 +265,7 @@ static void on_write_done(uv_write_t *w, int status)
         return;
     }
     c->last_progress_ms = uv_now(c->hs->loop);
+    c->progress_mark = c->tcp.write_queue_size;
     if (c->closing)
         return;
     if (c->active && c->active->on_drain && c->queued <= c->hs->limits.write_low_water)
@@ -331,10 +333,13 @@ static int conn_write(struct ax_conn *c, uv_buf_t *bufs, unsigned int nbufs)
             return AX_ECANCELED;
         }
     }
-    if (c->queued == 0)
+    if (c->queued == 0) {
         c->last_progress_ms = uv_now(c->hs->loop);
+        c->progress_mark = c->tcp.write_queue_size;
+    }
     c->queued += cw->len;
-    conn_arm_timer(c);
+    if (c->queued == cw->len)
+        conn_arm_timer(c); /* the queue began now; later writes leave the stall clock alone */
     return 0;
 }
 
@@ -456,8 +461,12 @@ int ax_http_respond(struct ax_req *req, int status, const char *content_type,
 
     if (req->conn == NULL || req->headers_sent)
         return AX_ECANCELED;
+    /* A failed write closes the connection, which drops its reference: req may have had no
+     * other (a parse failure's answer), so hold one across the send. */
+    ax_req_ref(req);
     rc = write_head(req, status, content_type, extra_headers, (long long)len, body, len);
     finish(req);
+    ax_req_unref(req);
     return rc;
 }
 
@@ -531,8 +540,10 @@ int ax_http_stream_end(struct ax_req *req)
 
     if (req->conn == NULL || !req->chunked || req->finished)
         return AX_ECANCELED;
+    ax_req_ref(req); /* as in ax_http_respond: a failed write may drop the connection's */
     rc = conn_write(req->conn, &b, 1);
     finish(req);
+    ax_req_unref(req);
     return rc;
 }
 
@@ -545,6 +556,13 @@ static void on_timer(uv_timer_t *t)
     struct ax_conn *c = t->data;
 
     if (c->queued > 0) {
+        if (c->tcp.write_queue_size < c->progress_mark) {
+            /* the client took part of a queued write: progress, though no write completed */
+            c->last_progress_ms = uv_now(c->hs->loop);
+            c->progress_mark = c->tcp.write_queue_size;
+            conn_arm_timer(c);
+            return;
+        }
         AX_LOG_WARN(c->active, "client made no write progress for %llu ms: cutting it off",
                     (unsigned long long)c->hs->limits.client_stall_timeout_ms);
     } else if (c->cur != NULL && c->active == NULL) {
@@ -560,8 +578,8 @@ static void on_timer(uv_timer_t *t)
 }
 
 /* Idle keep-alive: close after keepalive_timeout. A request arriving: it must be whole within
- * keepalive_timeout of its first byte. Bytes queued: close when no write progress for
- * client_stall_timeout. A request in progress with nothing queued: no timer (the upstream
+ * keepalive_timeout of its first byte. Bytes queued: close when the client has taken no bytes
+ * for client_stall_timeout. A request in progress with nothing queued: no timer (the upstream
  * may think for minutes; pings keep streams alive). */
 static void conn_arm_timer(struct ax_conn *c)
 {
@@ -571,7 +589,11 @@ static void conn_arm_timer(struct ax_conn *c)
     if (c->closing)
         return;
     if (c->queued > 0) {
-        ms = lim->client_stall_timeout_ms;
+        /* measured from the last bytes the client took, not from the last write queued
+         * (pings queue writes too), and counting while the upstream is paused */
+        now = uv_now(c->hs->loop);
+        spent = now - c->last_progress_ms;
+        ms = spent < lim->client_stall_timeout_ms ? lim->client_stall_timeout_ms - spent : 1;
     } else if (c->active == NULL && c->cur != NULL) {
         now = uv_now(c->hs->loop);
         spent = now - c->msg_start_ms;
