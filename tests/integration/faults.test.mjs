@@ -338,7 +338,7 @@ test('SIGHUP mid-request under 50 streams: every stream completes', env.wrap(asy
   await assertServing(env);
 }));
 
-test('SIGTERM with streams open: exit 0 within the grace bound, streams end with event: error', { todo: 'open: SIGTERM cuts streams after the grace period with no event: error (issue 13)' }, async () => {
+test('SIGTERM with streams open: exit 0 within the grace bound, streams end with event: error', async () => {
   const mock = await startMock({});
   mock.script(() => ({ text: 'z '.repeat(500), pieceSize: 2, chunkDelayMs: 20 }));
   const p = await startProxy({ upstream: mock.base, args: ['--shutdown-grace', '1'] });
@@ -353,7 +353,12 @@ test('SIGTERM with streams open: exit 0 within the grace bound, streams end with
     assert.equal(signal, null, p.tail());
     assert.equal(code, 0, p.tail());
     assert.ok(Date.now() - t0 < 3000, `stopped after ${Date.now() - t0} ms (grace 1 s)`);
-    for (const s of await Promise.all(all)) assert.ok(errorEvent(s), `stream ended without event: error: ${s.text.slice(-200)}`);
+    for (const s of await Promise.all(all)) {
+      assert.ok(errorEvent(s), `stream ended without event: error: ${s.text.slice(-200)}`);
+      const e = JSON.parse(errorEvent(s).data).error;
+      assert.equal(e.type, 'overloaded_error');
+      assert.match(e.message, /shutting down/);
+    }
   } finally {
     await p.stop();
     await mock.close();
