@@ -40,6 +40,7 @@ struct ax_conn {
     size_t queued;             /* bytes handed to uv_write and not yet written */
     uint64_t last_progress_ms; /* the client last took bytes (or bytes began to wait) */
     size_t progress_mark;      /* the socket's write queue size at last_progress_ms */
+    size_t body_counted;       /* this connection's share of hs->body_bytes */
 };
 
 struct conn_write {
@@ -191,6 +192,30 @@ static int on_header_value_complete(llhttp_t *p)
     return 0;
 }
 
+/* Whether n more body bytes would take the bodies buffered past max_inflight_body_bytes. */
+static int body_over_budget(const struct ax_conn *c, size_t n)
+{
+    size_t max = c->hs->limits.max_inflight_body_bytes;
+
+    return max > 0 && (c->hs->body_bytes > max || n > max - c->hs->body_bytes);
+}
+
+static int fail_body_budget(llhttp_t *p)
+{
+    struct ax_conn *c = p->data;
+    int rc = fail_parse(p, 503, "overloaded_error",
+                        "too many request bodies in flight (max_inflight_body_bytes): retry later");
+    c->perr.retry_after = 1;
+    return rc;
+}
+
+/* The request's body no longer counts against the in-flight budget (answered, or gone). */
+static void conn_release_body(struct ax_conn *c)
+{
+    c->hs->body_bytes -= c->body_counted;
+    c->body_counted = 0;
+}
+
 static int on_headers_complete(llhttp_t *p)
 {
     struct ax_conn *c = p->data;
@@ -201,9 +226,22 @@ static int on_headers_complete(llhttp_t *p)
     if ((p->flags & F_CONTENT_LENGTH) && p->content_length > r->body.max)
         return fail_parse(p, 413, "request_too_large",
                           "request body over the configured limit (max_body_bytes)");
+    /* The key before any body: a refused request never has its body buffered. */
+    if (c->hs->cbs.on_headers != NULL) {
+        struct ax_error err = {0};
+        if (c->hs->cbs.on_headers(r, c->hs->cbs.ud, &err) < 0) {
+            c->perr = err;
+            if (c->perr.status == 0)
+                ax_error_set(&c->perr, 400, "invalid_request_error", "request refused");
+            llhttp_set_error_reason(p, "refused");
+            return HPE_USER;
+        }
+    }
+    /* The body's memory grows as bytes arrive (never Content-Length up front), and all
+     * bodies buffered together stay under max_inflight_body_bytes. */
     if ((p->flags & F_CONTENT_LENGTH) && p->content_length > 0 &&
-        ax_buf_reserve(&r->body, (size_t)p->content_length) < 0)
-        return fail_parse(p, 500, "api_error", "out of memory");
+        body_over_budget(c, (size_t)p->content_length))
+        return fail_body_budget(p);
     if (expect != NULL && strcasecmp(expect, "100-continue") == 0) {
         static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
         uv_buf_t b = uv_buf_init((char *)cont, sizeof(cont) - 1);
@@ -218,9 +256,13 @@ static int on_body(llhttp_t *p, const char *at, size_t n)
 {
     struct ax_conn *c = p->data;
 
+    if (body_over_budget(c, n))
+        return fail_body_budget(p);
     if (ax_buf_append(&c->cur->body, at, n) < 0)
         return fail_parse(p, 413, "request_too_large",
                           "request body over the configured limit (max_body_bytes)");
+    c->body_counted += n;
+    c->hs->body_bytes += n;
     return 0;
 }
 
@@ -442,6 +484,7 @@ static void finish(struct ax_req *req)
         c->active = NULL;
         c->hs->n_active--;
         req->conn = NULL;
+        conn_release_body(c);
         if (!req->keep_alive || c->hs->_draining) {
             c->close_after_write = 1;
             if (c->queued == 0)
@@ -636,6 +679,7 @@ static void conn_close(struct ax_conn *c)
     if (c->closing)
         return;
     c->closing = 1;
+    conn_release_body(c);
     if ((active = c->active) != NULL) {
         c->active = NULL;
         c->hs->n_active--;

@@ -66,6 +66,11 @@ static void server_on_request(struct ax_req *req, void *ud)
     ax_routes_dispatch(ud, req);
 }
 
+static int server_on_headers(const struct ax_req *req, void *ud, struct ax_error *err)
+{
+    return ax_routes_check_key(ud, req, err);
+}
+
 /* A connection is gone: a stopping server finishes once the last one is. */
 static void server_on_conn_closed(void *ud)
 {
@@ -94,7 +99,7 @@ int ax_server_new(uv_loop_t *loop, const struct ax_config *cfg, struct ax_server
     struct ax_server *srv = calloc(1, sizeof(*srv));
     struct ax_upstream_opts uo;
     struct ax_http_limits lim;
-    struct ax_http_callbacks hcb = {server_on_request, server_on_conn_closed, NULL};
+    struct ax_http_callbacks hcb = {server_on_request, server_on_conn_closed, NULL, NULL};
     struct ax_error verr = {0};
     int rc;
 
@@ -117,7 +122,9 @@ int ax_server_new(uv_loop_t *loop, const struct ax_config *cfg, struct ax_server
     lim.write_low_water = srv->cfg.write_low_water;
     lim.keepalive_timeout_ms = srv->cfg.keepalive_timeout_ms;
     lim.client_stall_timeout_ms = srv->cfg.client_stall_timeout_ms;
+    lim.max_inflight_body_bytes = srv->cfg.max_inflight_body_bytes;
     hcb.ud = srv;
+    hcb.on_headers = server_on_headers;
     ax_http_server_init(&srv->http, loop, &lim, &hcb, &srv->reqs);
     memset(&uo, 0, sizeof(uo));
     uo.base_url = srv->cfg.upstream_base;
