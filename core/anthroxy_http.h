@@ -27,6 +27,8 @@ struct ax_http_limits {
     size_t write_low_water;           /* on_drain once the write queue falls to this */
     uint64_t keepalive_timeout_ms;    /* idle, and a request's arrival from its first byte */
     uint64_t client_stall_timeout_ms; /* bytes queued and none written this long: cut off */
+    size_t max_inflight_body_bytes;   /* request bodies buffered, all connections: 503 past it
+                                         (0: no cap) */
 };
 
 struct ax_http_callbacks {
@@ -38,6 +40,10 @@ struct ax_http_callbacks {
      * when it began closing). May be NULL. */
     void (*on_closed)(void *ud);
     void *ud;
+    /* A request's headers are complete, before any of its body is read (and before 100
+     * Continue). Return 0 to go on, or a negative AX_E* code with err filled: err is the
+     * answer, and the connection closes after it (the body is never read). May be NULL. */
+    int (*on_headers)(const struct ax_req *req, void *ud, struct ax_error *err);
 };
 
 /* The connections accepted for one owner. Embedded by it (a plain struct: no handles of its
@@ -50,6 +56,7 @@ struct ax_http_server {
     int n_conns;                  /* open connections, closing ones not counted */
     int n_active;                 /* requests being answered */
     uint64_t n_errors;            /* error answers sent (ax_http_send_error) */
+    size_t body_bytes;            /* request body bytes buffered, counted until answered */
     int _draining;                /* ax_http_close_all ran: answers say Connection: close */
     struct ax_list _conns;
 };

@@ -64,8 +64,11 @@ struct ax_req {
     int canceled;
     void (*on_drain)(struct ax_req *req);  /* write queue fell below the low watermark */
     void (*on_cancel)(struct ax_req *req); /* handler's cleanup when canceled */
-    void *handler;                         /* the route handler's state (routes.c / messages.c) */
-    void (*on_free)(struct ax_req *req);   /* frees handler with the request */
+    /* The server stops: end the answer now with err (a stream's event: error), if the
+     * handler can; may be NULL (ax_req_abort_all). */
+    void (*on_abort)(struct ax_req *req, const struct ax_error *err);
+    void *handler;                       /* the route handler's state (routes.c / messages.c) */
+    void (*on_free)(struct ax_req *req); /* frees handler with the request */
 };
 
 /* Header lookup by lower-case name; NULL when absent. */
@@ -82,5 +85,8 @@ void ax_req_registry_init(struct ax_req_registry *reg);
 /* Cancels every request of reg (server stop). Each stays alive until its holders let go:
  * on_cancel must release what the request holds of shared engines (policy runs). */
 void ax_req_cancel_all(struct ax_req_registry *reg);
+/* Calls on_abort once for every request of reg that is not yet finished (the shutdown grace
+ * period is over): handlers end their answers with err before the connections close. */
+void ax_req_abort_all(struct ax_req_registry *reg, const struct ax_error *err);
 
 #endif

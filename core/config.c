@@ -101,6 +101,8 @@ static const struct opt opts[] = {
      "close an idle keep-alive connection after this long"},
     {"shutdown-grace", NULL, OPT_SECS, F(shutdown_grace_ms), "10", 0, 3600, 0, "SEC",
      "on SIGINT/SIGTERM, let in-flight requests finish this long, then cancel them"},
+    {"max-inflight-body-bytes", NULL, OPT_SIZE, F(max_inflight_body_bytes), "256M", 1, BIG, 0,
+     "BYTES", "request bodies buffered at once, all connections (503 overloaded_error beyond)"},
     {"ping-interval", NULL, OPT_SECS, F(ping_interval_ms), "10", 0.01, 3600, 0, "SEC",
      "send event: ping on a stream silent this long"},
     {"first-byte-hold", NULL, OPT_SECS, F(first_byte_hold_ms), "2", 0, 600, 0, "SEC",

@@ -36,9 +36,11 @@ struct ax_conn {
     size_t header_bytes;
     struct ax_error perr; /* what a parse failure answers */
 
-    uint64_t msg_start_ms; /* when the message being received began */
-    size_t queued;         /* bytes handed to uv_write and not yet written */
-    uint64_t last_progress_ms;
+    uint64_t msg_start_ms;     /* when the message being received began */
+    size_t queued;             /* bytes handed to uv_write and not yet written */
+    uint64_t last_progress_ms; /* the client last took bytes (or bytes began to wait) */
+    size_t progress_mark;      /* the socket's write queue size at last_progress_ms */
+    size_t body_counted;       /* this connection's share of hs->body_bytes */
 };
 
 struct conn_write {
@@ -190,6 +192,30 @@ static int on_header_value_complete(llhttp_t *p)
     return 0;
 }
 
+/* Whether n more body bytes would take the bodies buffered past max_inflight_body_bytes. */
+static int body_over_budget(const struct ax_conn *c, size_t n)
+{
+    size_t max = c->hs->limits.max_inflight_body_bytes;
+
+    return max > 0 && (c->hs->body_bytes > max || n > max - c->hs->body_bytes);
+}
+
+static int fail_body_budget(llhttp_t *p)
+{
+    struct ax_conn *c = p->data;
+    int rc = fail_parse(p, 503, "overloaded_error",
+                        "too many request bodies in flight (max_inflight_body_bytes): retry later");
+    c->perr.retry_after = 1;
+    return rc;
+}
+
+/* The request's body no longer counts against the in-flight budget (answered, or gone). */
+static void conn_release_body(struct ax_conn *c)
+{
+    c->hs->body_bytes -= c->body_counted;
+    c->body_counted = 0;
+}
+
 static int on_headers_complete(llhttp_t *p)
 {
     struct ax_conn *c = p->data;
@@ -200,9 +226,22 @@ static int on_headers_complete(llhttp_t *p)
     if ((p->flags & F_CONTENT_LENGTH) && p->content_length > r->body.max)
         return fail_parse(p, 413, "request_too_large",
                           "request body over the configured limit (max_body_bytes)");
+    /* The key before any body: a refused request never has its body buffered. */
+    if (c->hs->cbs.on_headers != NULL) {
+        struct ax_error err = {0};
+        if (c->hs->cbs.on_headers(r, c->hs->cbs.ud, &err) < 0) {
+            c->perr = err;
+            if (c->perr.status == 0)
+                ax_error_set(&c->perr, 400, "invalid_request_error", "request refused");
+            llhttp_set_error_reason(p, "refused");
+            return HPE_USER;
+        }
+    }
+    /* The body's memory grows as bytes arrive (never Content-Length up front), and all
+     * bodies buffered together stay under max_inflight_body_bytes. */
     if ((p->flags & F_CONTENT_LENGTH) && p->content_length > 0 &&
-        ax_buf_reserve(&r->body, (size_t)p->content_length) < 0)
-        return fail_parse(p, 500, "api_error", "out of memory");
+        body_over_budget(c, (size_t)p->content_length))
+        return fail_body_budget(p);
     if (expect != NULL && strcasecmp(expect, "100-continue") == 0) {
         static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
         uv_buf_t b = uv_buf_init((char *)cont, sizeof(cont) - 1);
@@ -217,9 +256,13 @@ static int on_body(llhttp_t *p, const char *at, size_t n)
 {
     struct ax_conn *c = p->data;
 
+    if (body_over_budget(c, n))
+        return fail_body_budget(p);
     if (ax_buf_append(&c->cur->body, at, n) < 0)
         return fail_parse(p, 413, "request_too_large",
                           "request body over the configured limit (max_body_bytes)");
+    c->body_counted += n;
+    c->hs->body_bytes += n;
     return 0;
 }
 
@@ -264,6 +307,7 @@ static void on_write_done(uv_write_t *w, int status)
         return;
     }
     c->last_progress_ms = uv_now(c->hs->loop);
+    c->progress_mark = c->tcp.write_queue_size;
     if (c->closing)
         return;
     if (c->active && c->active->on_drain && c->queued <= c->hs->limits.write_low_water)
@@ -331,10 +375,13 @@ static int conn_write(struct ax_conn *c, uv_buf_t *bufs, unsigned int nbufs)
             return AX_ECANCELED;
         }
     }
-    if (c->queued == 0)
+    if (c->queued == 0) {
         c->last_progress_ms = uv_now(c->hs->loop);
+        c->progress_mark = c->tcp.write_queue_size;
+    }
     c->queued += cw->len;
-    conn_arm_timer(c);
+    if (c->queued == cw->len)
+        conn_arm_timer(c); /* the queue began now; later writes leave the stall clock alone */
     return 0;
 }
 
@@ -437,6 +484,7 @@ static void finish(struct ax_req *req)
         c->active = NULL;
         c->hs->n_active--;
         req->conn = NULL;
+        conn_release_body(c);
         if (!req->keep_alive || c->hs->_draining) {
             c->close_after_write = 1;
             if (c->queued == 0)
@@ -456,8 +504,12 @@ int ax_http_respond(struct ax_req *req, int status, const char *content_type,
 
     if (req->conn == NULL || req->headers_sent)
         return AX_ECANCELED;
+    /* A failed write closes the connection, which drops its reference: req may have had no
+     * other (a parse failure's answer), so hold one across the send. */
+    ax_req_ref(req);
     rc = write_head(req, status, content_type, extra_headers, (long long)len, body, len);
     finish(req);
+    ax_req_unref(req);
     return rc;
 }
 
@@ -531,8 +583,10 @@ int ax_http_stream_end(struct ax_req *req)
 
     if (req->conn == NULL || !req->chunked || req->finished)
         return AX_ECANCELED;
+    ax_req_ref(req); /* as in ax_http_respond: a failed write may drop the connection's */
     rc = conn_write(req->conn, &b, 1);
     finish(req);
+    ax_req_unref(req);
     return rc;
 }
 
@@ -545,6 +599,13 @@ static void on_timer(uv_timer_t *t)
     struct ax_conn *c = t->data;
 
     if (c->queued > 0) {
+        if (c->tcp.write_queue_size < c->progress_mark) {
+            /* the client took part of a queued write: progress, though no write completed */
+            c->last_progress_ms = uv_now(c->hs->loop);
+            c->progress_mark = c->tcp.write_queue_size;
+            conn_arm_timer(c);
+            return;
+        }
         AX_LOG_WARN(c->active, "client made no write progress for %llu ms: cutting it off",
                     (unsigned long long)c->hs->limits.client_stall_timeout_ms);
     } else if (c->cur != NULL && c->active == NULL) {
@@ -560,8 +621,8 @@ static void on_timer(uv_timer_t *t)
 }
 
 /* Idle keep-alive: close after keepalive_timeout. A request arriving: it must be whole within
- * keepalive_timeout of its first byte. Bytes queued: close when no write progress for
- * client_stall_timeout. A request in progress with nothing queued: no timer (the upstream
+ * keepalive_timeout of its first byte. Bytes queued: close when the client has taken no bytes
+ * for client_stall_timeout. A request in progress with nothing queued: no timer (the upstream
  * may think for minutes; pings keep streams alive). */
 static void conn_arm_timer(struct ax_conn *c)
 {
@@ -571,7 +632,11 @@ static void conn_arm_timer(struct ax_conn *c)
     if (c->closing)
         return;
     if (c->queued > 0) {
-        ms = lim->client_stall_timeout_ms;
+        /* measured from the last bytes the client took, not from the last write queued
+         * (pings queue writes too), and counting while the upstream is paused */
+        now = uv_now(c->hs->loop);
+        spent = now - c->last_progress_ms;
+        ms = spent < lim->client_stall_timeout_ms ? lim->client_stall_timeout_ms - spent : 1;
     } else if (c->active == NULL && c->cur != NULL) {
         now = uv_now(c->hs->loop);
         spent = now - c->msg_start_ms;
@@ -614,6 +679,7 @@ static void conn_close(struct ax_conn *c)
     if (c->closing)
         return;
     c->closing = 1;
+    conn_release_body(c);
     if ((active = c->active) != NULL) {
         c->active = NULL;
         c->hs->n_active--;

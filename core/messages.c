@@ -153,6 +153,21 @@ static void on_cancel(struct ax_req *req)
     close_timer(m);
 }
 
+static void msg_fail(struct msg *m, const struct ax_error *err);
+
+/* The server's grace period is over: a stream gets its event: error, a request waiting for
+ * the upstream its error answer, before the connection closes (request.c's registry). */
+static void on_abort(struct ax_req *req, const struct ax_error *err)
+{
+    struct msg *m = req->handler;
+
+    if (m->state != MSG_STREAMING && !(m->state == MSG_PENDING && m->xfer != NULL))
+        return;
+    msg_fail(m, err);
+    if (m->xfer)
+        ax_xfer_cancel(m->xfer); /* on_done follows and finds the request answered */
+}
+
 static void log_summary(struct msg *m, int status)
 {
     double up_ms = m->t_first_ns ? (double)(m->t_first_ns - m->t_sent_ns) / 1e6 : -1.0;
@@ -942,6 +957,7 @@ void ax_messages_handle(struct ax_server *srv, struct ax_req *req, int count_onl
     ax_sse_init(&m->sse, AX_SSE_MAX_LINE);
     req->handler = m;
     req->on_cancel = on_cancel;
+    req->on_abort = on_abort;
     req->on_free = on_req_free;
     snprintf(m->session_key, sizeof(m->session_key), "-");
 

@@ -101,3 +101,20 @@ void ax_req_cancel_all(struct ax_req_registry *reg)
         ax_req_unref(req);
     }
 }
+
+void ax_req_abort_all(struct ax_req_registry *reg, const struct ax_error *err)
+{
+    struct ax_list *n, *next;
+
+    for (n = reg->live.next; n != &reg->live; n = next) {
+        struct ax_req *req = AX_LIST_ENTRY(n, struct ax_req, _link);
+        void (*cb)(struct ax_req *, const struct ax_error *) = req->on_abort;
+        ax_req_ref(req); /* as in ax_req_cancel_all */
+        if (cb != NULL && !req->finished && !req->canceled) {
+            req->on_abort = NULL;
+            cb(req, err);
+        }
+        next = n->next;
+        ax_req_unref(req);
+    }
+}

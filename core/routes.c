@@ -250,6 +250,20 @@ static const char *normalise_path(const char *path, char *buf, size_t n)
     return path;
 }
 
+int ax_routes_check_key(struct ax_server *srv, const struct ax_req *req, struct ax_error *err)
+{
+    char buf[512];
+    const char *path = normalise_path(req->path ? req->path : "/", buf, sizeof(buf));
+
+    /* liveness stays open (its details are checked again in route_health) */
+    if (strcmp(path, "/") == 0 || strcmp(path, "/health") == 0 || strcmp(path, "/v1/health") == 0)
+        return 0;
+    if (authorized(srv, req))
+        return 0;
+    srv->n_requests++;
+    return ax_error_set(err, 401, "authentication_error", "invalid x-api-key");
+}
+
 void ax_routes_dispatch(struct ax_server *srv, struct ax_req *req)
 {
     char buf[512];

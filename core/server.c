@@ -20,6 +20,7 @@
 #include <string.h>
 
 #define AX_SESSION_SWEEP_MS 60000
+#define AX_SHUTDOWN_FLUSH_MS 1000 /* after the grace period, for the last error events */
 #define AX_PROBE_INTERVAL_MS 2000
 /* Claude Code's fixed prefix (24 tools and its system prompt) is about 20k tokens. */
 #define AX_CLAUDE_CODE_PREFIX_TOKENS 20000
@@ -65,6 +66,11 @@ static void server_on_request(struct ax_req *req, void *ud)
     ax_routes_dispatch(ud, req);
 }
 
+static int server_on_headers(const struct ax_req *req, void *ud, struct ax_error *err)
+{
+    return ax_routes_check_key(ud, req, err);
+}
+
 /* A connection is gone: a stopping server finishes once the last one is. */
 static void server_on_conn_closed(void *ud)
 {
@@ -93,7 +99,7 @@ int ax_server_new(uv_loop_t *loop, const struct ax_config *cfg, struct ax_server
     struct ax_server *srv = calloc(1, sizeof(*srv));
     struct ax_upstream_opts uo;
     struct ax_http_limits lim;
-    struct ax_http_callbacks hcb = {server_on_request, server_on_conn_closed, NULL};
+    struct ax_http_callbacks hcb = {server_on_request, server_on_conn_closed, NULL, NULL};
     struct ax_error verr = {0};
     int rc;
 
@@ -116,7 +122,9 @@ int ax_server_new(uv_loop_t *loop, const struct ax_config *cfg, struct ax_server
     lim.write_low_water = srv->cfg.write_low_water;
     lim.keepalive_timeout_ms = srv->cfg.keepalive_timeout_ms;
     lim.client_stall_timeout_ms = srv->cfg.client_stall_timeout_ms;
+    lim.max_inflight_body_bytes = srv->cfg.max_inflight_body_bytes;
     hcb.ud = srv;
+    hcb.on_headers = server_on_headers;
     ax_http_server_init(&srv->http, loop, &lim, &hcb, &srv->reqs);
     memset(&uo, 0, sizeof(uo));
     uo.base_url = srv->cfg.upstream_base;
@@ -323,12 +331,26 @@ static void finish_stop(struct ax_server *srv)
     AX_LOG_INFO(NULL, "stopped");
 }
 
-static void on_grace_over(uv_timer_t *t)
+static void on_flush_over(uv_timer_t *t)
 {
     struct ax_server *srv = t->data;
 
-    AX_LOG_WARN(NULL, "shutdown grace period over: canceling %d request(s)", srv->http.n_active);
+    AX_LOG_WARN(NULL, "shutdown: closing %d connection(s) left", srv->http.n_conns);
     ax_http_close_all(&srv->http, 0);
+}
+
+/* Streams still open get their event: error (overloaded_error) and the connections close
+ * once those last bytes are written, or AX_SHUTDOWN_FLUSH_MS later at the latest. */
+static void on_grace_over(uv_timer_t *t)
+{
+    struct ax_server *srv = t->data;
+    struct ax_error err = {0};
+
+    AX_LOG_WARN(NULL, "shutdown grace period over: ending %d request(s)", srv->http.n_active);
+    ax_error_set(&err, 503, "overloaded_error", "the server is shutting down");
+    ax_req_abort_all(&srv->reqs, &err);
+    uv_timer_start(&srv->timer, on_flush_over, AX_SHUTDOWN_FLUSH_MS, 0);
+    ax_http_close_all(&srv->http, 1); /* may finish the stop, which stops the timer */
 }
 
 static void on_listener_closed(uv_handle_t *h)

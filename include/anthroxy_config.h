@@ -61,6 +61,7 @@ struct ax_config {
     uint64_t client_stall_timeout_ms; /* no write progress this long: cut off (60 s) */
     uint64_t keepalive_timeout_ms;    /* idle keep-alive connection (75 s) */
     uint64_t shutdown_grace_ms;       /* finish in-flight requests on SIGTERM (10 s) */
+    size_t max_inflight_body_bytes;   /* request bodies buffered at once: 503 past (256 MiB) */
 
     /* streaming */
     uint64_t ping_interval_ms;   /* 10000 */

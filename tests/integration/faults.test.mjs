@@ -280,7 +280,7 @@ test('client abort mid-stream: the upstream transfer is closed', env.wrap(async 
   await assertServing(env);
 }));
 
-test('client that stops reading: cut off after --client-stall-timeout, upstream closed', { todo: 'open: queued writes (pings) re-arm the stall timer, so a stalled client holds its upstream slot (issue 13)' }, env.wrap(async () => {
+test('client that stops reading: cut off after --client-stall-timeout, upstream closed', env.wrap(async () => {
   env.on('NO-READ', { repeat: { count: 100000, piece: 'y'.repeat(100) }, ignoreMaxTokens: true });
   const sock = net.connect(env.proxy.port, '127.0.0.1');
   const data = JSON.stringify(body('NO-READ', { stream: true, max_tokens: 100000 }));
@@ -338,7 +338,7 @@ test('SIGHUP mid-request under 50 streams: every stream completes', env.wrap(asy
   await assertServing(env);
 }));
 
-test('SIGTERM with streams open: exit 0 within the grace bound, streams end with event: error', { todo: 'open: SIGTERM cuts streams after the grace period with no event: error (issue 13)' }, async () => {
+test('SIGTERM with streams open: exit 0 within the grace bound, streams end with event: error', async () => {
   const mock = await startMock({});
   mock.script(() => ({ text: 'z '.repeat(500), pieceSize: 2, chunkDelayMs: 20 }));
   const p = await startProxy({ upstream: mock.base, args: ['--shutdown-grace', '1'] });
@@ -353,7 +353,12 @@ test('SIGTERM with streams open: exit 0 within the grace bound, streams end with
     assert.equal(signal, null, p.tail());
     assert.equal(code, 0, p.tail());
     assert.ok(Date.now() - t0 < 3000, `stopped after ${Date.now() - t0} ms (grace 1 s)`);
-    for (const s of await Promise.all(all)) assert.ok(errorEvent(s), `stream ended without event: error: ${s.text.slice(-200)}`);
+    for (const s of await Promise.all(all)) {
+      assert.ok(errorEvent(s), `stream ended without event: error: ${s.text.slice(-200)}`);
+      const e = JSON.parse(errorEvent(s).data).error;
+      assert.equal(e.type, 'overloaded_error');
+      assert.match(e.message, /shutting down/);
+    }
   } finally {
     await p.stop();
     await mock.close();

@@ -116,6 +116,15 @@ static void fake_on_request(struct ax_req *req, void *ud)
     }
 }
 
+static int fake_on_headers(const struct ax_req *req, void *ud, struct ax_error *err)
+{
+    CHECK(ud == &F);
+    CHECK(req->body.len == 0); /* nothing of the body read yet */
+    if (strncmp(req->path, "/deny", 5) == 0)
+        return ax_error_set(err, 401, "authentication_error", "invalid x-api-key");
+    return 0;
+}
+
 static void fake_on_closed(void *ud)
 {
     CHECK(ud == &F);
@@ -468,6 +477,54 @@ static int one_held(void)
     return F.n_held == 1;
 }
 
+/* on_headers refuses before the body: 401 with no 100 Continue and no body awaited, closed. */
+static void test_refused_on_headers(void)
+{
+    reset_fake();
+    client_open("POST /deny HTTP/1.1\r\nHost: t\r\nContent-Length: 50\r\n"
+                "Expect: 100-continue\r\n\r\n");
+    wait_server_close();
+    CHECK(pos_of("HTTP/1.1 401 Unauthorized\r\n") == 0);
+    CHECK(pos_of("\"type\":\"authentication_error\"") > 0);
+    CHECK(pos_of("100 Continue") < 0);
+    CHECK(pos_of("Connection: close\r\n") > 0);
+    CHECK_INT(F.n_req, 0);
+}
+
+/* Bodies buffered count against max_inflight_body_bytes until answered: 503 past it. */
+static void test_inflight_body_budget(void)
+{
+    struct ax_req *req;
+
+    reset_fake();
+    hs.limits.max_inflight_body_bytes = 10;
+    client_open("POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 20\r\n\r\n");
+    wait_server_close();
+    CHECK(pos_of("HTTP/1.1 503 Service Unavailable\r\n") == 0);
+    CHECK(pos_of("\"type\":\"overloaded_error\"") > 0);
+    CHECK(pos_of("retry-after: 1\r\n") > 0);
+    CHECK_INT(F.n_req, 0);
+    client_open("POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+                "8\r\n01234567\r\n8\r\n01234567\r\n0\r\n\r\n");
+    wait_server_close();
+    CHECK(pos_of("HTTP/1.1 503 ") == 0);
+    CHECK_INT(F.n_req, 0);
+    CHECK(hs.body_bytes == 0);
+
+    /* held: counted until answered */
+    client_open("POST /hold HTTP/1.1\r\nHost: t\r\nContent-Length: 6\r\n\r\nabcdef");
+    REQUIRE(spin(one_held));
+    req = F.held[0];
+    CHECK(hs.body_bytes == 6);
+    CHECK(ax_http_respond(req, 200, "text/plain", NULL, "ok", 2) == 0);
+    CHECK(hs.body_bytes == 0);
+    F.n_held = 0;
+    ax_req_unref(req);
+    client_close();
+    spin(client_is_closed);
+    hs.limits.max_inflight_body_bytes = 0;
+}
+
 static int closed_reached(void)
 {
     return F.n_closed >= closed_target;
@@ -556,8 +613,8 @@ static int is_listener_closed(void)
 
 int main(void)
 {
-    static const struct ax_http_limits lim = {64, 1024, 16384, KEEPALIVE_MS, 2000};
-    const struct ax_http_callbacks cbs = {fake_on_request, fake_on_closed, &F};
+    static const struct ax_http_limits lim = {64, 1024, 16384, KEEPALIVE_MS, 2000, 0};
+    const struct ax_http_callbacks cbs = {fake_on_request, fake_on_closed, &F, fake_on_headers};
     struct sockaddr_in sa;
     struct sockaddr_storage ss;
     int namelen = sizeof(ss);
@@ -581,6 +638,8 @@ int main(void)
     test_caps();
     test_malformed_and_late();
     test_expect_continue();
+    test_refused_on_headers();
+    test_inflight_body_budget();
     test_client_closes_mid_answer();
     test_close_all_and_cancel_all(); /* last: the server drains from here on */
 
