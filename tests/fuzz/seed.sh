@@ -39,6 +39,8 @@ fuzz_view)
         { printf '\x0c\x00\x00\x00\x01\x02\x05\x03\x07\x05\x02\x06\x0%d' $((i % 2)); cat "$f"; } \
             > "$dir/$(basename "$f")"
     done ;;
+fuzz_toolcall_text)
+    copy "$fx"/toolcall_text/*.json ;;
 fuzz_http|fuzz_config) ;;
 *) echo "seed.sh: unknown target $target" >&2; exit 1 ;;
 esac
