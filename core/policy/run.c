@@ -223,6 +223,15 @@ int ax_policy_req_new(struct ax_policy_engine *eng, const struct ax_policy_req_i
     lua_setfield(L, -2, "session_id");
     lua_pushstring(L, pr->client_model);
     lua_setfield(L, -2, "model");
+    if (eng->env.upstream_model != NULL) {
+        /* the server's upstream model (what model profiles match); a --model-map entry for
+         * the client's name shows only in on_upstream_request's oreq.model */
+        const char *um = eng->env.upstream_model(eng->env.ud);
+        lua_pushstring(L, um != NULL && *um ? um : pr->client_model);
+    } else {
+        lua_pushstring(L, pr->client_model);
+    }
+    lua_setfield(L, -2, "upstream_model");
     lua_pushstring(L, pr->arm);
     lua_setfield(L, -2, "arm");
     lua_pushboolean(L, pr->stream);
