@@ -36,6 +36,9 @@ static const struct sess_counter {
     {"overflow_count", "note_overflow", NULL, offsetof(struct ax_session, overflow_count)},
     {"forced_tool_turns", "note_forced_turn", "reset_forced_turns",
      offsetof(struct ax_session, forced_tool_turns)},
+    {"tool_retries", "note_tool_retry", NULL, offsetof(struct ax_session, tool_retries)},
+    {"thinking_runaways", "note_thinking_runaway", "reset_thinking_runaways",
+     offsetof(struct ax_session, thinking_runaways)},
 };
 #define N_SESS_COUNTERS (sizeof(sess_counters) / sizeof(sess_counters[0]))
 _Static_assert(N_SESS_COUNTERS <= AX__SESS_COUNTERS_MAX, "raise AX__SESS_COUNTERS_MAX");
