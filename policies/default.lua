@@ -16,10 +16,22 @@ return {
   -- see docs/default-policies.md before turning it on.
   { "tool_choice", enabled = false, max_forced = 3 },
 
+  -- For small local models that stumble: each off until its line is uncommented; the table
+  -- "per symptom" in docs/default-policies.md says which one to turn on. Model profiles
+  -- (`profiles = P`, with a table P defined above `return`) give each one per-model settings.
+  -- { "loop_breaker", repeats = 3, release_at = 4, finish_at = 5 },   -- after tool_choice
+  -- { "tool_retry", budget = 5, temperature = 0.1 },
+  -- { "contamination_reset", faults = 3, keep_turns = 2 },           -- before prune
+  -- { "tool_narrowing", max_tools = 12 },
+  -- { "thinking_control", mode = "tool_turns" },
+
   -- From the prune threshold (the server's, 0.75 of the window, PROXY_CONTEXT_PRUNE_THRESHOLD)
   -- down to target.
   { "prune", target = 0.65 },
 
   -- After anything that grows the prompt.
   { "max_tokens", floor = 16384, margin = 0.15 },
+
+  -- After max_tokens, whose floor it lowers on tool turns.
+  -- { "tool_turn_caps", max_tokens = 8192, temperature = 0.2 },
 }
