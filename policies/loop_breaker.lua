@@ -156,13 +156,9 @@ function M.on_request(req, ctx)
       .. "progress, what you were trying to achieve, and ask how they want to continue.",
       M.NOTE_TAG, n, shown))
     req.tool_choice = { type = "none" }
-    local cap = math.tointeger(s.finish_max_tokens) or 512
-    if math.type(req.max_tokens) == "integer" and req.max_tokens > cap then
-      req.max_tokens = cap
-      local th = req.thinking
-      if conv.is_object(th) and th.type ~= "disabled" then req.thinking = { type = "disabled" } end
-    end
-    ctx.state.finish = true
+    local th = req.thinking
+    if conv.is_object(th) and th.type ~= "disabled" then req.thinking = { type = "disabled" } end
+    ctx.state.finish = math.tointeger(s.finish_max_tokens) or 512
     ax.log.warn("loop_breaker: finish the turn: %d identical calls (%s)", n, shown:sub(1, 120))
     profiles.count("loop_breaker.finish")
     return
@@ -184,12 +180,18 @@ function M.on_request(req, ctx)
 end
 
 -- Finishing: the tools are left out upstream too, so neither the server's tool-call parser
--- nor the text tool-call recogniser can produce one more call.
+-- nor the text tool-call recogniser can produce one more call; and the answer is kept short
+-- here, after every on_request (max_tokens' floor would raise it again).
 function M.on_upstream_request(oreq, ctx)
-  if not ctx.state.finish then return end
+  local cap = ctx.state.finish
+  if not cap then return end
   oreq.tools = nil
   oreq.tool_choice = nil
   oreq.parallel_tool_calls = nil
+  for _, k in ipairs{ "max_tokens", "max_completion_tokens" } do
+    local v = oreq[k]
+    if math.type(v) == "integer" and v > cap then oreq[k] = cap end
+  end
 end
 
 return M

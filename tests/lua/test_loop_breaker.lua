@@ -87,12 +87,15 @@ T.test("five repeats: the turn is finished with text for the user, without tools
   local ctx = T.ctx()
   local out = T.run(p, "on_request", looping(5, { tool_choice = { type = "any" } }), ctx)
   T.eq(out.tool_choice, { type = "none" })
-  T.eq(out.max_tokens, 512)
   T.ok(last_text(out):find("tell the user", 1, true))
-  local oreq = { model = "m", messages = {}, tools = { { type = "function" } }, tool_choice = "none" }
+  local oreq = { model = "m", messages = {}, tools = { { type = "function" } }, tool_choice = "none",
+                 max_tokens = 16384 }
   local up = T.run(p, "on_upstream_request", oreq, ctx)
   T.eq(up.tools, nil)
   T.eq(up.tool_choice, nil)
+  T.eq(up.max_tokens, 512, "capped upstream, after every on_request")
+  local short = T.run(p, "on_upstream_request", { model = "m", messages = {}, max_tokens = 100 }, ctx)
+  T.eq(short.max_tokens, 100)
 end)
 
 T.test("without a finish decision on_upstream_request leaves the tools", function()
