@@ -182,8 +182,8 @@ function M.on_request(req, ctx)
     .. "(faults: %s)%s", fresh and "reset" or "history kept cut", removed, #units - keep_from + 1,
     scrubbed > 0 and string.format(", scrubbed template tokens from %d texts", scrubbed) or "",
     table.concat(kinds, ", "), matched ~= "" and (", profile " .. matched) or "")
-  if fresh then profiles.count("contamination_reset.reset") end
-  profiles.count("contamination_reset.cut")
+  if fresh then profiles.count("reset") end
+  profiles.count("cut")
 end
 
 return M

@@ -160,7 +160,7 @@ function M.on_request(req, ctx)
     if conv.is_object(th) and th.type ~= "disabled" then req.thinking = { type = "disabled" } end
     ctx.state.finish = math.tointeger(s.finish_max_tokens) or 512
     ax.log.warn("loop_breaker: finish the turn: %d identical calls (%s)", n, shown:sub(1, 120))
-    profiles.count("loop_breaker.finish")
+    profiles.count("finish")
     return
   end
   add_note(last, string.format("%s You have made this same tool call %d times and got the "
@@ -172,11 +172,11 @@ function M.on_request(req, ctx)
     req.tool_choice = { type = "auto" }
     ax.log.warn("loop_breaker: released tool_choice %s: %d identical calls (%s)", forced, n,
       shown:sub(1, 120))
-    profiles.count("loop_breaker.release")
+    profiles.count("release")
     return
   end
   ax.log.warn("loop_breaker: note to the model: %d identical calls (%s)", n, shown:sub(1, 120))
-  profiles.count("loop_breaker.note")
+  profiles.count("note")
 end
 
 -- Finishing: the tools are left out upstream too, so neither the server's tool-call parser

@@ -93,7 +93,7 @@ function M.on_request(req, ctx)
   ctx.state.off = why
   ax.log.info("thinking_control: thinking off (%s)%s", why,
     asked and ", the client had asked for it" or "")
-  profiles.count("thinking_control." .. kind)
+  profiles.count(kind)
 end
 
 function M.on_upstream_request(oreq, ctx)
@@ -137,7 +137,7 @@ function M.on_response(resp, ctx)
     session:note_thinking_runaway()
     ax.log.warn("thinking_control: the answer spent max_tokens thinking and said nothing "
       .. "(%d in a row): the next request goes without thinking", session.thinking_runaways)
-    profiles.count("thinking_control.runaway")
+    profiles.count("runaway")
   elseif (session.thinking_runaways or 0) > 0 then
     session:reset_thinking_runaways()
   end

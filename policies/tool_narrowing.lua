@@ -166,7 +166,7 @@ function M.on_request(req, ctx)
   local why, named = widen_reason(msgs, missing, math.tointeger(s.loop_repeats) or 3)
   if why then
     local limit = math.tointeger(s.widen_to) or 0
-    profiles.count("tool_narrowing.widen")
+    profiles.count("widen")
     if limit <= 0 or limit >= n_tools then
       ax.log.info("tool_narrowing: widened to all %d tools (%s)", n_tools, why)
       return
@@ -182,8 +182,8 @@ function M.on_request(req, ctx)
   if dropped == 0 then return end
   ax.log.info("tool_narrowing: sent %d of %d tools%s%s", n_tools - dropped, n_tools,
     why and (" (widened: " .. why .. ")") or "", matched ~= "" and (", profile " .. matched) or "")
-  profiles.count("tool_narrowing.narrowed")
-  profiles.count("tool_narrowing.tools_dropped", dropped)
+  profiles.count("narrowed")
+  profiles.count("tools_dropped", dropped)
 end
 
 return M

@@ -244,7 +244,7 @@ function M.on_request(req, ctx)
     elseif r then
       ax.log.info("tool_retry: %s call off its schema, but the client ran it (%s)", c.name,
         c.errors[1])
-      profiles.count("tool_retry.client_ran")
+      profiles.count("client_ran")
     end
   end
   if #failing == 0 then return end
@@ -262,7 +262,7 @@ function M.on_request(req, ctx)
   if #retry == 0 or used >= budget then
     ax.log.info("tool_retry: %s call with bad arguments passed through (%s)", failing[1].name,
       #retry == 0 and "its retry failed too" or string.format("budget of %d retries spent", budget))
-    profiles.count("tool_retry.passed")
+    profiles.count("passed")
     return
   end
   local n = 0
@@ -276,7 +276,7 @@ function M.on_request(req, ctx)
   ax.log.info("tool_retry: retrying %s at temperature %s: %s (retry %d of %d this session%s)",
     retry[1].name, tostring(t), table.concat(retry[1].errors, "; "):sub(1, 300), used + 1, budget,
     matched ~= "" and (", profile " .. matched) or "")
-  profiles.count("tool_retry.retry", n)
+  profiles.count("retry", n)
 end
 
 return M

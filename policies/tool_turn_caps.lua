@@ -41,7 +41,7 @@ function M.on_request(req, ctx)
       th.budget_tokens = math.max(cap - 1, 1)
     end
     changed[#changed + 1] = string.format("max_tokens %d -> %d", mt, cap)
-    profiles.count("tool_turn_caps.max_tokens")
+    profiles.count("max_tokens")
   end
   local tcap = tonumber(s.temperature) or -1
   local t = req.temperature
@@ -49,7 +49,7 @@ function M.on_request(req, ctx)
     req.temperature = tcap
     changed[#changed + 1] = string.format("temperature %s -> %s",
       type(t) == "number" and tostring(t) or "server default", tostring(tcap))
-    profiles.count("tool_turn_caps.temperature")
+    profiles.count("temperature")
   end
   if #changed > 0 then
     ax.log.info("tool_turn_caps: tool turn, %s (model %s%s)", table.concat(changed, ", "),

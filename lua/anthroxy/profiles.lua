@@ -78,7 +78,9 @@ function P.settings(ctx, policy_name, oreq)
   return s, matched
 end
 
--- ax.count when the engine has it (the experiment figures), else nothing.
+-- ax.count (a counter of the calling policy, in /v1/experiments) when the engine has it: an
+-- embedder's older build, or a policy loaded by another tool, may lack it; counting never
+-- fails a decision.
 function P.count(name, delta)
   local f = ax.count
   if f then f(name, delta or 1) end

@@ -3,7 +3,8 @@
 // real SDK and Claude Code as clients, and the scripted mock playing a model that stumbles:
 // it repeats a tool call, writes arguments off the schema, thinks for the whole max_tokens,
 // leaks <|im_start|> into its text. Each test asserts what the mock received (the policy's
-// decision made upstream), what the client got, and the decision's log line.
+// decision made upstream), what the client got, and the decision's log line; the last test
+// reads every decision's counter back from /v1/experiments.
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
@@ -371,4 +372,26 @@ test('Claude Code: a Write call missing its content is retried by tool_retry and
   assert.match(oaiText(toolMsgs(retry)[0].content), /missing required property "content"/);
   assert.equal(retry.temperature, 0.1);
   await logLine('tool_retry: retrying Write at temperature 0.1');
+}));
+
+// ---- the figures ---------------------------------------------------------------------------
+
+test('each policy\'s decisions show in /v1/experiments', env.wrap(async () => {
+  const r = await request(env.proxy, { path: '/v1/experiments' });
+  assert.equal(r.status, 200, r.text);
+  const arm = r.json.arms.find((a) => a.name === 'default');
+  const c = arm.counters;
+  const atLeast = (pol, name, n) => assert.ok((c[pol]?.[name] ?? 0) >= n, `${pol}.${name} >= ${n}: ${JSON.stringify(c)}`);
+  atLeast('loop_breaker', 'note', 1);
+  atLeast('loop_breaker', 'finish', 2); // the SDK's conversation and Claude Code's
+  atLeast('tool_retry', 'retry', 2);
+  atLeast('tool_narrowing', 'narrowed', 2);
+  atLeast('tool_narrowing', 'widen', 2);
+  atLeast('thinking_control', 'tool_turn', 1);
+  atLeast('thinking_control', 'runaway', 1);
+  atLeast('thinking_control', 'retry', 1);
+  atLeast('contamination_reset', 'reset', 1);
+  atLeast('tool_turn_caps', 'max_tokens', 1);
+  atLeast('tool_turn_caps', 'temperature', 1);
+  assert.equal(c.tool_retry.passed ?? 0, 0, 'no retry was refused in these runs');
 }));

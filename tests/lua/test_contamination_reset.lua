@@ -82,3 +82,13 @@ T.test("count_tokens and short conversations are left alone", function()
   local short = T.request{ messages = { T.user("hi") } }
   T.eq(T.run(p, "on_request", short, T.ctx()), short)
 end)
+
+T.test("a new reset point and every cut request are counted", function()
+  local c0 = ((T.counters().default or {}).test or {})
+  local r0, k0 = c0.reset or 0, c0.cut or 0
+  T.run(p, "on_request", convo{ {}, leak(2), {}, leak(4), {}, leak(6) }, T.ctx())
+  T.run(p, "on_request", convo{ {}, leak(2), {}, leak(4), {}, leak(6), {}, {} }, T.ctx())
+  local c = T.counters().default.test
+  T.eq(c.reset, r0 + 1)
+  T.eq(c.cut, k0 + 2)
+end)

@@ -118,3 +118,14 @@ T.test("profiles change the thresholds per model", function()
   local req = looping(2)
   T.eq(T.run(q, "on_request", req, T.ctx{ upstream_model = "llama3" }), req)
 end)
+
+T.test("each decision is counted (ax.count, /v1/experiments)", function()
+  local before = (T.counters().default or {}).test or {}
+  local n0, f0 = before.note or 0, before.finish or 0
+  T.run(p, "on_request", looping(3), T.ctx())
+  T.run(p, "on_request", looping(5), T.ctx())
+  T.run(p, "on_request", looping(1), T.ctx())
+  local c = T.counters().default.test
+  T.eq(c.note, n0 + 1)
+  T.eq(c.finish, f0 + 1)
+end)

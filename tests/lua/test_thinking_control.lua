@@ -124,3 +124,10 @@ T.test("count_tokens is never changed", function()
   local t = tool_turn()
   T.eq(T.run(p, "on_request", t, T.ctx{ count_only = true }), t)
 end)
+
+T.test("decisions are counted by kind", function()
+  local c0 = ((T.counters().default or {}).test or {})
+  local t0 = c0.tool_turn or 0
+  T.run(p, "on_request", tool_turn(), T.ctx())
+  T.eq(T.counters().default.test.tool_turn, t0 + 1)
+end)

@@ -104,3 +104,12 @@ T.test("profiles: another max_tools for another model", function()
     { "Read", "Bash", "Glob" })
   T.eq(names(T.run(q, "on_request", req, T.ctx{ upstream_model = "qwen" })), { "Read" })
 end)
+
+T.test("narrowing and widening are counted, with the tools dropped", function()
+  local c0 = ((T.counters().default or {}).test or {})
+  local n0, d0 = c0.narrowed or 0, c0.tools_dropped or 0
+  T.run(p, "on_request", T.request{ tools = tools(), messages = { T.user("hello") } }, T.ctx())
+  local c = T.counters().default.test
+  T.eq(c.narrowed, n0 + 1)
+  T.eq(c.tools_dropped, d0 + 7)
+end)

@@ -102,3 +102,13 @@ T.test("profiles: temperature per model", function()
   local q = T.load("tool_retry", { profiles = { ["llama"] = { tool_retry = { temperature = 0 } } } })
   T.eq((T.run(q, "on_request", after_call({}), T.ctx{ upstream_model = "llama-3" })).temperature, 0)
 end)
+
+T.test("retries and pass-throughs are counted", function()
+  local c0 = ((T.counters().default or {}).test or {})
+  local r0, p0 = c0.retry or 0, c0.passed or 0
+  T.run(p, "on_request", after_call({ path = "x" }), T.ctx())
+  T.run(p, "on_request", after_call({ path = "x" }), T.ctx{ session = T.session{ tool_retries = 9 } })
+  local c = T.counters().default.test
+  T.eq(c.retry, r0 + 1)
+  T.eq(c.passed, p0 + 1)
+end)

@@ -95,3 +95,10 @@ T.test("profiles.model_name prefers the OpenAI request's model", function()
   T.eq(profiles.model_name({ upstream_model = "u", model = "c" }), "u")
   T.eq(profiles.model_name({ model = "c" }), "c")
 end)
+
+T.test("caps are counted", function()
+  local c0 = ((T.counters().default or {}).test or {})
+  local m0 = c0.max_tokens or 0
+  T.run(plain, "on_request", tool_turn(), T.ctx())
+  T.eq(T.counters().default.test.max_tokens, m0 + 1)
+end)
