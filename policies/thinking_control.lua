@@ -8,8 +8,10 @@
 --   mode "off"         never proactively (the runaway retry below still applies).
 -- Off means the Qwen3-style switch chat_template_kwargs.enable_thinking = false (the
 -- request's Anthropic `thinking` becomes disabled, which the translator maps to it) and, for
--- llama-server, reasoning_budget = 0. A runaway (the answer stopped at max_tokens with
--- thinking and no text nor tool call) is noted in the session (ctx.session.thinking_runaways)
+-- llama-server, reasoning_budget_tokens = 0 (its per-request form of --reasoning-budget, a
+-- field it type-checks; "reasoning_budget" it would ignore; other servers ignore both: turn
+-- the setting off for one that rejects unknown fields). A runaway (the answer stopped at
+-- max_tokens with thinking and no text nor tool call) is noted in the session (ctx.session.thinking_runaways)
 -- by on_response; the next request (Claude Code's automatic "Output token limit hit while you
 -- were still reasoning" retry, or the user's next message) is sent with thinking off.
 -- Off by default (not in default.lua's active set). Per model profile: e.g. "always" for a
@@ -23,7 +25,7 @@ local M = {
   defaults = {
     mode = "tool_turns",        -- "tool_turns" | "always" | "off"
     retry_runaway = true,       -- after a thinking-only max_tokens answer: thinking off
-    reasoning_budget = true,    -- also send llama-server's reasoning_budget = 0
+    reasoning_budget = true,    -- also send llama-server's reasoning_budget_tokens = 0
     profiles = {},
   },
 }
@@ -105,7 +107,7 @@ function M.on_upstream_request(oreq, ctx)
   else
     oreq.chat_template_kwargs = { enable_thinking = false }
   end
-  if s.reasoning_budget then oreq.reasoning_budget = 0 end
+  if s.reasoning_budget then oreq.reasoning_budget_tokens = 0 end
 end
 
 -- A runaway: stopped at max_tokens, thinking and no text nor tool call. The streaming summary

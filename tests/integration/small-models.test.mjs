@@ -150,7 +150,7 @@ test('tool_narrowing: 31 tools offered, the relevant few sent; widened when the 
 
 // ---- thinking_control ----------------------------------------------------------------------
 
-test('thinking_control: off on tool-result turns (enable_thinking, reasoning_budget)', env.wrap(async () => {
+test('thinking_control: off on tool-result turns (enable_thinking, reasoning_budget_tokens)', env.wrap(async () => {
   on('THINK-TOOL', { text: 'done' });
   await post({
     tools: [READ], thinking: { type: 'enabled', budget_tokens: 4000 },
@@ -162,12 +162,12 @@ test('thinking_control: off on tool-result turns (enable_thinking, reasoning_bud
   });
   const up = env.mock.chats().filter((c) => allText(c.body).includes('THINK-TOOL')).pop().body;
   assert.deepEqual(up.chat_template_kwargs, { enable_thinking: false });
-  assert.equal(up.reasoning_budget, 0);
+  assert.equal(up.reasoning_budget_tokens, 0);
   on('THINK-FIRST', { text: 'hello' });
   await post({ thinking: { type: 'enabled', budget_tokens: 4000 }, messages: [{ role: 'user', content: 'THINK-FIRST: design a cache' }] });
   const first = env.mock.lastChat().body;
   assert.deepEqual(first.chat_template_kwargs, { enable_thinking: true }, 'a first turn keeps thinking');
-  assert.equal(first.reasoning_budget, undefined);
+  assert.equal(first.reasoning_budget_tokens, undefined);
 }));
 
 test('thinking_control: a streamed answer that only thinks until max_tokens -> the next request goes without thinking', env.wrap(async () => {
@@ -188,7 +188,7 @@ test('thinking_control: a streamed answer that only thinks until max_tokens -> t
   assert.equal(r.status, 200, r.text);
   const up = env.mock.lastChat().body;
   assert.deepEqual(up.chat_template_kwargs, { enable_thinking: false });
-  assert.equal(up.reasoning_budget, 0);
+  assert.equal(up.reasoning_budget_tokens, 0);
   assert.equal(r.json.content.find((b) => b.type === 'text').text, 'A short answer without thinking.');
   await logLine('thinking_control: thinking off (retry: the last answer spent max_tokens thinking)');
 

@@ -1,5 +1,5 @@
 -- thinking_control: thinking off on tool-result turns (or always) through enable_thinking and
--- llama-server's reasoning_budget; a thinking-only max_tokens answer is noted in the session
+-- llama-server's reasoning_budget_tokens; a thinking-only max_tokens answer is noted in the session
 -- and the next request goes without thinking.
 local T = require "anthroxy.testing"
 
@@ -23,7 +23,7 @@ T.test("tool-result turn: thinking off, upstream switches set", function()
   T.eq(out.thinking, { type = "disabled" })
   local up = T.run(p, "on_upstream_request", oreq({ enable_thinking = true }), ctx)
   T.eq(up.chat_template_kwargs, { enable_thinking = false })
-  T.eq(up.reasoning_budget, 0)
+  T.eq(up.reasoning_budget_tokens, 0)
 end)
 
 T.test("a first turn keeps thinking in mode tool_turns", function()
@@ -33,7 +33,7 @@ T.test("a first turn keeps thinking in mode tool_turns", function()
   T.eq(T.run(p, "on_request", req, ctx), req)
   local up = T.run(p, "on_upstream_request", oreq(nil), ctx)
   T.eq(up.chat_template_kwargs, nil)
-  T.eq(up.reasoning_budget, nil)
+  T.eq(up.reasoning_budget_tokens, nil)
 end)
 
 T.test("mode always turns it off on a first turn too; mode off leaves tool turns alone", function()
@@ -51,7 +51,7 @@ T.test("reasoning_budget = false sends only the template switch", function()
   T.run(q, "on_request", tool_turn(), ctx)
   local up = T.run(q, "on_upstream_request", oreq(nil), ctx)
   T.eq(up.chat_template_kwargs, { enable_thinking = false })
-  T.eq(up.reasoning_budget, nil)
+  T.eq(up.reasoning_budget_tokens, nil)
 end)
 
 T.test("a runaway answer is noted in the session; the next request goes without thinking", function()
