@@ -125,7 +125,10 @@ local function scrub(msgs, from, tokens)
     local m = msgs[i]
     if m.role == "assistant" then
       if type(m.content) == "string" then
-        if leaked_token(m.content, tokens) then m.content = scrub_text(m.content, tokens); n = n + 1 end
+        if leaked_token(m.content, tokens) then
+          m.content = scrub_text(m.content, tokens)
+          n = n + 1
+        end
       else
         local blocks = conv.blocks(m)
         for k = 1, blocks and #blocks or 0 do

@@ -11,9 +11,10 @@
 -- llama-server, reasoning_budget_tokens = 0 (its per-request form of --reasoning-budget, a
 -- field it type-checks; "reasoning_budget" it would ignore; other servers ignore both: turn
 -- the setting off for one that rejects unknown fields). A runaway (the answer stopped at
--- max_tokens with thinking and no text nor tool call) is noted in the session (ctx.session.thinking_runaways)
--- by on_response; the next request (Claude Code's automatic "Output token limit hit while you
--- were still reasoning" retry, or the user's next message) is sent with thinking off.
+-- max_tokens with thinking and no text nor tool call) is noted in the session
+-- (ctx.session.thinking_runaways) by on_response; the next request (Claude Code's automatic
+-- "Output token limit hit while you were still reasoning" retry, or the user's next
+-- message) is sent with thinking off.
 -- Off by default (not in default.lua's active set). Per model profile: e.g. "always" for a
 -- Qwen3-Coder served with thinking, nothing for a Llama (which has no switch).
 local ax = require "anthroxy"

@@ -5,11 +5,11 @@
 --
 -- It works from the answer alone, as the client sends it back: on the request that carries
 -- the results of the model's last calls, each of those calls is checked against the schema
--- of the tool it names (in this request's tools). When one fails, the request is the retry:
--- its result gets a note naming each error and asking for the call again, and the request
--- goes upstream at `temperature`. Only a call whose result the client marked as an error
--- is retried (a call the client ran anyway has a real result). Claude Code marks such a result as an InputValidationError
--- itself and would pass it back anyway; the retry adds the exact schema errors and the low
+-- of the tool it names (in this request's tools). When one fails and the client marked its
+-- result as an error (a call the client ran anyway has a real result), the request is the
+-- retry: that result gets a note naming each error and asking for the call again, and the
+-- request goes upstream at `temperature`. Claude Code reports an InputValidationError itself
+-- and would pass it back anyway; the retry adds the exact schema errors and the low
 -- temperature, once per failing call: when the retried call fails again, the next request
 -- passes through unchanged. `budget` retries per session (ctx.session.tool_retries).
 -- Off by default (not in default.lua's active set).
@@ -40,7 +40,9 @@ end
 
 local function type_ok(t, v)
   local jt = ax.json.type(v)
-  if t == "integer" then return math.type(v) == "integer" or (type(v) == "number" and v == math.floor(v)) end
+  if t == "integer" then
+    return math.type(v) == "integer" or (type(v) == "number" and v == math.floor(v))
+  end
   if t == "number" then return type(v) == "number" end
   if t == "string" then return type(v) == "string" end
   if t == "boolean" then return type(v) == "boolean" end
