@@ -3,7 +3,8 @@
 -- it runs out. This policy fingerprints each tool call of the recent conversation (name +
 -- normalised arguments: keys sorted, strings trimmed) and counts, within the last `window`
 -- calls, how often the newest call's fingerprint came back with the same result as before
--- (a different result is progress and starts the count again). Escalates in three steps:
+-- (a different result is progress and starts the count again, and so does a message of the
+-- user's own). Escalates in three steps:
 --   repeats     a note to the model, appended to the last user message;
 --   release_at  a forced tool_choice (any / tool, from the client or the tool_choice policy)
 --               is released to auto, so the model may stop;
@@ -97,6 +98,15 @@ function M.loop_count(msgs, window)
       end
       from = i
       if seen >= window then break end
+    end
+  end
+  -- A message of the user's own (not only tool results) is new input: count from there, so
+  -- that after a finished turn the user's "try again" starts afresh.
+  for i = last_a - 1, from, -1 do
+    local m = msgs[i]
+    if m.role == "user" and not conv.has_block(m, "tool_result") then
+      from = i
+      break
     end
   end
   local calls = conv.tool_calls(msgs, from)

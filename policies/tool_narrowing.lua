@@ -137,7 +137,19 @@ function M.on_request(req, ctx)
   for name in tostring(s.always):gmatch("[^,%s]+") do want(name) end
   local tc = req.tool_choice
   if conv.is_object(tc) and tc.type == "tool" then want(tc.name) end
-  for _, call in ipairs(conv.tool_calls(msgs, 1)) do want(call.name) end
+  -- names only: conv.tool_calls would encode every call's input, on every request
+  for i = 1, #msgs do
+    local m = msgs[i]
+    if m.role == "assistant" then
+      local blocks = conv.blocks(m)
+      for k = 1, blocks and #blocks or 0 do
+        local b = blocks[k]
+        if conv.is_object(b) and b.type == "tool_use" and type(b.name) == "string" then
+          want(b.name)
+        end
+      end
+    end
+  end
 
   local asked = recent_words(msgs, math.tointeger(s.recent_turns) or 4)
   local scored = {}

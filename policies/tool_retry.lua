@@ -279,6 +279,8 @@ function M.on_request(req, ctx)
     retry[1].name, tostring(t), table.concat(retry[1].errors, "; "):sub(1, 300), used + 1, budget,
     matched ~= "" and (", profile " .. matched) or "")
   profiles.count("retry", n)
+  -- per model too (the figures compare models): "retry:<model>", within the name's 63 bytes
+  profiles.count("retry:" .. profiles.model_name(ctx):sub(1, 56), n)
 end
 
 return M

@@ -111,6 +111,22 @@ T.test("a conversation ending in text or a user question is not a loop", functio
   T.eq(T.run(p, "on_request", req, T.ctx()), req)
 end)
 
+T.test("the user's own message starts the count afresh", function()
+  local req = looping(5)
+  req.messages[#req.messages + 1] = T.assistant("I was repeating Read(a.txt).")
+  req.messages[#req.messages + 1] = T.user("the file is right, look at b.txt after reading a.txt")
+  for i = 6, 7 do
+    req.messages[#req.messages + 1] = T.assistant{ T.tool_use("t" .. i, "Read",
+      { file_path = "a.txt", limit = 10 }) }
+    req.messages[#req.messages + 1] = T.user{ T.tool_result("t" .. i, "line 1\nline 2") }
+  end
+  T.eq(T.run(p, "on_request", req, T.ctx()), req, "2 since the user's message")
+  req.messages[#req.messages + 1] = T.assistant{ T.tool_use("t8", "Read",
+    { file_path = "a.txt", limit = 10 }) }
+  req.messages[#req.messages + 1] = T.user{ T.tool_result("t8", "line 1\nline 2") }
+  T.ok(last_text(T.run(p, "on_request", req, T.ctx())):find("3 times", 1, true))
+end)
+
 T.test("profiles change the thresholds per model", function()
   local q = T.load("loop_breaker", { profiles = { ["qwen"] = { repeats = 2 } } })
   local out = T.run(q, "on_request", looping(2), T.ctx{ upstream_model = "qwen2.5-7b" })

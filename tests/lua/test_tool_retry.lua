@@ -110,5 +110,6 @@ T.test("retries and pass-throughs are counted", function()
   T.run(p, "on_request", after_call({ path = "x" }), T.ctx{ session = T.session{ tool_retries = 9 } })
   local c = T.counters().default.test
   T.eq(c.retry, r0 + 1)
+  T.ok((c["retry:claude-sonnet-4-5"] or 0) >= 1, "per model")
   T.eq(c.passed, p0 + 1)
 end)
