@@ -283,4 +283,16 @@ function M.on_request(req, ctx)
   profiles.count("retry:" .. profiles.model_name(ctx):sub(1, 56), n)
 end
 
+-- When the core checks the answer's calls itself (ctx.tool_calls, filled by the response
+-- translator once it validates arguments), the failure is seen as it happens: logged and
+-- counted here, retried on the request that brings its result back (above).
+function M.on_response(resp, ctx)
+  local tc = ctx.tool_calls
+  local n = type(tc) == "table" and tonumber(tc.schema_failures) or 0
+  if n <= 0 then return end
+  ax.log.info("tool_retry: the answer has %d call%s off its schema (%s): retried when its "
+    .. "result comes back", n, n == 1 and "" or "s", tostring(tc.first_failure or "?"))
+  profiles.count("detected", n)
+end
+
 return M

@@ -113,3 +113,14 @@ T.test("retries and pass-throughs are counted", function()
   T.ok((c["retry:claude-sonnet-4-5"] or 0) >= 1, "per model")
   T.eq(c.passed, p0 + 1)
 end)
+
+T.test("the core's own check of the answer (ctx.tool_calls) is logged and counted", function()
+  local c0 = ((T.counters().default or {}).test or {}).detected or 0
+  local resp = { id = "m", stop_reason = "tool_use", content = {
+    { type = "tool_use", id = "x", name = "Write", input = { file_path = "a" } } } }
+  T.run(p, "on_response", resp, T.ctx{ tool_calls = { text_calls = 0, repaired = 0,
+    schema_failures = 1, first_failure = 'Write: missing required property "content"' } })
+  T.run(p, "on_response", resp, T.ctx())   -- an engine without it: nothing
+  T.run(p, "on_response", resp, T.ctx{ tool_calls = { schema_failures = 0 } })
+  T.eq(T.counters().default.test.detected, c0 + 1)
+end)
