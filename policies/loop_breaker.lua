@@ -140,6 +140,15 @@ function M.loop_count(msgs, window)
   return e and e.count or 0, newest_fp
 end
 
+-- Index of the last message that is not a system one: Claude Code (2.1.332) sends reminders
+-- as role "system" messages after the tool results.
+local function last_turn(msgs)
+  for i = #msgs, 1, -1 do
+    if msgs[i].role ~= "system" then return i end
+  end
+  return nil
+end
+
 local function add_note(last, text)
   local block = { type = "text", text = text }
   if type(last.content) == "string" then
@@ -153,8 +162,9 @@ function M.on_request(req, ctx)
   if ctx.count_only then return end
   local msgs = req.messages
   if not conv.is_array(msgs) or #msgs == 0 then return end
-  local last = msgs[#msgs]
-  if last.role ~= "user" then return end
+  local li = last_turn(msgs)
+  local last = li and msgs[li]
+  if not last or last.role ~= "user" then return end
   local s = profiles.settings(ctx, M.name)
   local n, fp = M.loop_count(msgs, s.window)
   if n < s.repeats then return end

@@ -58,6 +58,15 @@ local function thinking_only(msg)
   return thinking
 end
 
+-- Index of the last message that is not a system one: Claude Code (2.1.332) sends reminders
+-- as role "system" messages after the tool results.
+local function last_turn(msgs)
+  for i = #msgs, 1, -1 do
+    if msgs[i].role ~= "system" then return i end
+  end
+  return nil
+end
+
 -- Why thinking goes off for this request, or nil.
 function M.decide(req, ctx, s)
   local msgs = req.messages
@@ -71,14 +80,16 @@ function M.decide(req, ctx, s)
       return "retry: the client reports an answer that only reasoned", "retry"
     end
     local last_a = conv.last_index_of(msgs, "assistant")
-    if last_a and last_a == #msgs - 1 and thinking_only(msgs[last_a]) then
+    local li = last_turn(msgs)
+    if last_a and li and last_a == li - 1 and thinking_only(msgs[last_a]) then
       return "retry: the last answer was thinking only", "retry"
     end
   end
   if s.mode == "always" then return "mode always", "always" end
   if s.mode == "tool_turns" then
-    local last = msgs[#msgs]
-    if last.role == "user" and conv.has_block(last, "tool_result") then
+    local li = last_turn(msgs)
+    local last = li and msgs[li]
+    if last and last.role == "user" and conv.has_block(last, "tool_result") then
       return "tool-result turn", "tool_turn"
     end
   end

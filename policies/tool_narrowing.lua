@@ -71,13 +71,23 @@ local function recent_words(msgs, recent_turns)
   return set
 end
 
+-- Index of the last message that is not a system one: Claude Code (2.1.332) sends reminders
+-- as role "system" messages after the tool results.
+local function last_turn(msgs)
+  for i = #msgs, 1, -1 do
+    if msgs[i].role ~= "system" then return i end
+  end
+  return nil
+end
+
 -- Why to widen this turn, or nil: the newest assistant turn names a tool it was not sent,
 -- the client answered a call with "No such tool available", or the model loops.
 local function widen_reason(msgs, offered, loop_repeats)
   local last_a = conv.last_index_of(msgs, "assistant")
   if not last_a then return nil end
-  local last = msgs[#msgs]
-  if last.role == "user" then
+  local li = last_turn(msgs)
+  local last = li and msgs[li]
+  if last and last.role == "user" then
     local blocks = conv.blocks(last)
     for k = 1, blocks and #blocks or 0 do
       local b = blocks[k]

@@ -228,11 +228,23 @@ local function failed_names(msg, tools)
   return names
 end
 
+-- Index of the last message that is not a system one: Claude Code (2.1.332) sends reminders
+-- as role "system" messages after the tool results.
+local function last_turn(msgs, from)
+  for i = from or #msgs, 1, -1 do
+    if msgs[i].role ~= "system" then return i end
+  end
+  return nil
+end
+
 function M.on_request(req, ctx)
   if ctx.count_only then return end
   local msgs = req.messages
   if not conv.is_array(msgs) or #msgs < 3 then return end
-  local last, prev = msgs[#msgs], msgs[#msgs - 1]
+  local li = last_turn(msgs)
+  local pi = li and last_turn(msgs, li - 1)
+  if not pi then return end
+  local last, prev = msgs[li], msgs[pi]
   if last.role ~= "user" or prev.role ~= "assistant" or not conv.has_block(last, "tool_result") then
     return
   end
@@ -253,7 +265,11 @@ function M.on_request(req, ctx)
   local s, matched = profiles.settings(ctx, M.name)
   -- Once per call: when the turn before was the retry of the same tool and failed too, the
   -- model cannot fix it this way; pass the failure through.
-  local before = failed_names(msgs[#msgs - 3], tools)
+  local bi -- the assistant turn before
+  for i = pi - 1, 1, -1 do
+    if msgs[i].role == "assistant" then bi = i; break end
+  end
+  local before = failed_names(bi and msgs[bi], tools)
   local retry = {}
   for _, c in ipairs(failing) do
     if not before[c.name] then retry[#retry + 1] = c end

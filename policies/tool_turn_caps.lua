@@ -18,12 +18,21 @@ local M = {
   },
 }
 
--- True when the last message is the user's and answers tool calls.
+-- Index of the last message that is not a system one: Claude Code (2.1.332) sends reminders
+-- as role "system" messages after the tool results.
+local function last_turn(msgs)
+  for i = #msgs, 1, -1 do
+    if msgs[i].role ~= "system" then return i end
+  end
+  return nil
+end
+
+-- True when the last message (system ones aside) is the user's and answers tool calls.
 function M.is_tool_turn(req)
   local msgs = req.messages
   if not conv.is_array(msgs) or #msgs == 0 then return false end
-  local last = msgs[#msgs]
-  return last.role == "user" and conv.has_block(last, "tool_result")
+  local li = last_turn(msgs)
+  return li ~= nil and msgs[li].role == "user" and conv.has_block(msgs[li], "tool_result")
 end
 
 function M.on_request(req, ctx)

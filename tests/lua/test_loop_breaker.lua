@@ -145,3 +145,13 @@ T.test("each decision is counted (ax.count, /v1/experiments)", function()
   T.eq(c.note, n0 + 1)
   T.eq(c.finish, f0 + 1)
 end)
+
+T.test("a trailing system message (Claude Code's reminders) does not hide the loop", function()
+  local req = looping(5)
+  req.messages[#req.messages + 1] = { role = "system", content = "The user hasn't heard from you." }
+  local out = T.run(p, "on_request", req, T.ctx())
+  T.eq(out.tool_choice, { type = "none" })
+  T.ok(conv.text(out.messages[#out.messages - 1].content):find("tell the user", 1, true),
+    "the note goes to the last user message")
+  T.eq(out.messages[#out.messages].content, "The user hasn't heard from you.")
+end)

@@ -131,3 +131,9 @@ T.test("decisions are counted by kind", function()
   T.run(p, "on_request", tool_turn(), T.ctx())
   T.eq(T.counters().default.test.tool_turn, t0 + 1)
 end)
+
+T.test("a trailing system message: still a tool-result turn", function()
+  local req = tool_turn()
+  req.messages[#req.messages + 1] = { role = "system", content = "reminder" }
+  T.eq((T.run(p, "on_request", req, T.ctx())).thinking, { type = "disabled" })
+end)

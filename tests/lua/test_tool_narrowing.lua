@@ -113,3 +113,11 @@ T.test("narrowing and widening are counted, with the tools dropped", function()
   T.eq(c.narrowed, n0 + 1)
   T.eq(c.tools_dropped, d0 + 7)
 end)
+
+T.test("a trailing system message does not hide 'No such tool available'", function()
+  local req = T.request{ tools = tools(), messages = {
+    T.user("x"), T.assistant{ T.tool_use("z1", "Browse", { url = "u" }) },
+    T.user{ T.tool_result("z1", "Error: No such tool available: Browse", true) },
+    { role = "system", content = "reminder" } } }
+  T.eq(#(T.run(p, "on_request", req, T.ctx())).tools, 8)
+end)

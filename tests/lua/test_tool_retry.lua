@@ -124,3 +124,16 @@ T.test("the core's own check of the answer (ctx.tool_calls) is logged and counte
   T.run(p, "on_response", resp, T.ctx{ tool_calls = { schema_failures = 0 } })
   T.eq(T.counters().default.test.detected, c0 + 1)
 end)
+
+T.test("a trailing system message does not hide the failed call", function()
+  local req = after_call({ path = "config.toml" })
+  req.messages[#req.messages + 1] = { role = "system", content = "reminder" }
+  local out = T.run(p, "on_request", req, T.ctx())
+  T.ok(conv.text(out.messages[#out.messages - 1].content):find("tool_retry", 1, true))
+  T.eq(out.temperature, 0.1)
+  local earlier = { T.assistant{ T.tool_use("r0", "Read", { path = "x" }) },
+                    T.user{ T.tool_result("r0", CC_ERROR, true) },
+                    { role = "system", content = "reminder" } }
+  local again = after_call({ path = "config.toml" }, nil, true, earlier)
+  T.eq(T.run(p, "on_request", again, T.ctx()), again, "its retry failed too")
+end)

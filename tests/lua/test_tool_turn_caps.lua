@@ -102,3 +102,9 @@ T.test("caps are counted", function()
   T.run(plain, "on_request", tool_turn(), T.ctx())
   T.eq(T.counters().default.test.max_tokens, m0 + 1)
 end)
+
+T.test("a trailing system message: still a tool turn", function()
+  local req = tool_turn()
+  req.messages[#req.messages + 1] = { role = "system", content = "reminder" }
+  T.eq((T.run(plain, "on_request", req, T.ctx())).max_tokens, 8192)
+end)
