@@ -290,7 +290,7 @@ function claudeBin() {
 }
 
 /** `claude -p task` in a fresh HOME and cwd, as a user runs it. */
-async function runClaude(task, cwd, timeoutMs = 150000) {
+async function runClaude(task, cwd, { timeoutMs = 150000, extraEnv = {} } = {}) {
   const home = fs.mkdtempSync(path.join(tmpRoot, 'home-'));
   const child = spawn(claudeBin(), ['-p', task, '--output-format', 'json', '--permission-mode', 'acceptEdits',
     '--allowedTools', 'Write,Read,Edit', '--max-turns', '14'], {
@@ -301,7 +301,7 @@ async function runClaude(task, cwd, timeoutMs = 150000) {
       ANTHROPIC_BASE_URL: env.proxy.url, ANTHROPIC_API_KEY: 'dummy',
       DISABLE_TELEMETRY: '1', DISABLE_ERROR_REPORTING: '1', DISABLE_AUTOUPDATER: '1', DISABLE_BUG_COMMAND: '1',
       CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC: '1', CLAUDE_CODE_DISABLE_NONSTREAMING_FALLBACK: '1',
-      CLAUDE_CODE_DISABLE_TERMINAL_TITLE: '1', NO_PROXY: '127.0.0.1,localhost',
+      CLAUDE_CODE_DISABLE_TERMINAL_TITLE: '1', NO_PROXY: '127.0.0.1,localhost', ...extraEnv,
     },
   });
   let out = '';
@@ -394,4 +394,26 @@ test('each policy\'s decisions show in /v1/experiments', env.wrap(async () => {
   atLeast('tool_turn_caps', 'max_tokens', 1);
   atLeast('tool_turn_caps', 'temperature', 1);
   assert.equal(c.tool_retry.passed ?? 0, 0, 'no retry was refused in these runs');
+}));
+
+test('Claude Code: an answer that thinks through max_tokens is retried without thinking', { timeout: 200000 }, env.wrap(async () => {
+  const cwd = fs.mkdtempSync(path.join(tmpRoot, 'work-'));
+  const FINAL = 'Monads chain computations that carry context.';
+  const seen = [];
+  on('CC-MONADS', (req) => {
+    seen.push(req.body);
+    if (req.body.chat_template_kwargs?.enable_thinking === false) return { text: FINAL };
+    return { reasoning: 'hmm '.repeat(13000), text: '' }; // 17,334 pieces: past max_tokens
+  });
+  const r = await runClaude('CC-MONADS: explain monads in one sentence', cwd,
+    { extraEnv: { CLAUDE_CODE_MAX_OUTPUT_TOKENS: '16384' } });
+  assert.equal(r.code, 0, explain(r));
+  assert.equal(r.json?.result, FINAL, explain(r));
+  assert.ok(seen.length >= 2, `a retry went upstream: ${seen.length} requests`);
+  assert.notEqual(seen[0].chat_template_kwargs?.enable_thinking, false, 'the first try was left alone');
+  const retry = seen[seen.length - 1];
+  assert.equal(retry.chat_template_kwargs.enable_thinking, false);
+  assert.equal(retry.reasoning_budget_tokens, 0);
+  await logLine('thinking_control: the answer spent max_tokens thinking and said nothing');
+  await logLine('thinking_control: thinking off (retry:');
 }));
