@@ -12,6 +12,7 @@
 #include "anthroxy_request.h"
 
 struct ax_upstream;
+struct ax_fleet;
 struct ax_monitor;
 struct ax_policy_engine;
 
@@ -31,7 +32,8 @@ struct ax_server {
     struct ax_http_server http;  /* the connections, their counters and error count */
     struct ax_req_registry reqs; /* every request alive, answered or not */
 
-    struct ax_upstream *up;
+    struct ax_fleet *fleet; /* the upstreams (fleet.c) */
+    struct ax_upstream *up; /* the fleet's default member, for what has no request to route */
     struct ax_monitor *mon;
     struct ax_policy_engine *policies;
 

@@ -2,6 +2,7 @@
  * http.c's connections to the router (routes.c) and of upstream, monitor and policy engine,
  * and the graceful stop, which cancels what is left through request.c's registry. */
 #include "anthroxy.h"
+#include "anthroxy_fleet.h"
 #include "anthroxy_http.h"
 #include "anthroxy_log.h"
 #include "anthroxy_models.h"
@@ -40,17 +41,19 @@ static const char *engine_upstream_model(void *ud)
     return ax_models_upstream_name(&srv->cfg, srv->up, NULL);
 }
 
-/* Logs what the upstream probe learned, and warns when the window is too small. */
-static void on_upstream_info(void *ud)
+/* Logs what a member's probe learned, and warns when the window is too small. */
+static void on_upstream_info(void *ud, size_t i)
 {
     struct ax_server *srv = ud;
-    const struct ax_upstream_info *info = ax_upstream_info(srv->up);
+    struct ax_upstream *up = ax_fleet_upstream(srv->fleet, i);
+    const struct ax_upstream_info *info = ax_upstream_info(up);
     const char *src;
-    int64_t win = ax_models_window(&srv->cfg, srv->up, &src);
+    int64_t win = ax_models_window(&srv->cfg, up, &src);
 
-    AX_LOG_INFO(NULL, "upstream %s: state %s, model '%s', context window %lld (%s)%s",
-                ax_upstream_root(srv->up), ax_upstream_state_name(info->state), info->model_id,
-                (long long)win, src, info->llama_server ? ", llama-server" : "");
+    AX_LOG_INFO(NULL, "upstream %s (%s): state %s, model '%s', context window %lld (%s)%s",
+                ax_fleet_name(srv->fleet, i), ax_upstream_root(up),
+                ax_upstream_state_name(info->state), info->model_id, (long long)win, src,
+                info->llama_server ? ", llama-server" : "");
     if (win < AX_CLAUDE_CODE_PREFIX_TOKENS + AX_CLAUDE_CODE_HEADROOM)
         AX_LOG_WARN(NULL,
                     "context window %lld is below Claude Code's fixed prefix (~%d tokens of "
@@ -97,7 +100,6 @@ int ax_server_new(uv_loop_t *loop, const struct ax_config *cfg, struct ax_server
                   struct ax_error *err)
 {
     struct ax_server *srv = calloc(1, sizeof(*srv));
-    struct ax_upstream_opts uo;
     struct ax_http_limits lim;
     struct ax_http_callbacks hcb = {server_on_request, server_on_conn_closed, NULL, NULL};
     struct ax_error verr = {0};
@@ -126,23 +128,9 @@ int ax_server_new(uv_loop_t *loop, const struct ax_config *cfg, struct ax_server
     hcb.ud = srv;
     hcb.on_headers = server_on_headers;
     ax_http_server_init(&srv->http, loop, &lim, &hcb, &srv->reqs);
-    memset(&uo, 0, sizeof(uo));
-    uo.base_url = srv->cfg.upstream_base;
-    uo.api_key = srv->cfg.upstream_api_key;
-    uo.max_concurrent = srv->cfg.max_upstream;
-    uo.queue_max = srv->cfg.upstream_queue_max;
-    uo.connect_timeout_ms = srv->cfg.connect_timeout_ms;
-    uo.idle_timeout_ms = srv->cfg.read_timeout_ms;
-    uo.total_timeout_ms = srv->cfg.total_timeout_ms;
-    uo.connect_retries = srv->cfg.connect_retries;
-    uo.retry_delay_ms = srv->cfg.retry_delay_ms;
-    uo.max_response_bytes = srv->cfg.max_response_bytes;
-    if ((rc = ax_upstream_new(loop, &uo, &srv->up)) < 0) {
-        ax_error_set_code(err, rc, 500, "api_error", "upstream %s: %s", srv->cfg.upstream_base,
-                          ax_strerror(rc));
+    if ((rc = ax_fleet_new(loop, &srv->cfg, &srv->fleet, err)) < 0)
         goto fail;
-    }
-    ax_upstream_on_info(srv->up, on_upstream_info, srv);
+    srv->up = ax_fleet_upstream(srv->fleet, 0);
     if ((srv->mon = ax_monitor_new(srv->cfg.max_sessions, srv->cfg.session_ttl_ms)) == NULL) {
         rc = ax_error_set_code(err, AX_ENOMEM, 500, "api_error", "out of memory");
         goto fail;
@@ -155,8 +143,8 @@ int ax_server_new(uv_loop_t *loop, const struct ax_config *cfg, struct ax_server
     *out = srv;
     return 0;
 fail:
-    if (srv->up)
-        ax_upstream_close(srv->up, NULL, NULL);
+    if (srv->fleet)
+        ax_fleet_close(srv->fleet, NULL, NULL);
     ax_config_free(&srv->cfg);
     free(srv);
     return rc;
@@ -264,7 +252,7 @@ int ax_server_listen(struct ax_server *srv, struct ax_error *err)
     }
     ax_policy_engine_watch(srv->policies);
 
-    ax_upstream_probe_start(srv->up, AX_PROBE_INTERVAL_MS);
+    ax_fleet_probe_start(srv->fleet, AX_PROBE_INTERVAL_MS, on_upstream_info, srv);
     uv_timer_start(&srv->timer, on_sweep, AX_SESSION_SWEEP_MS, AX_SESSION_SWEEP_MS);
     srv->started_ms = uv_now(srv->loop);
     if (!loopback && srv->cfg.n_api_keys == 0)
@@ -323,7 +311,9 @@ static void finish_stop(struct ax_server *srv)
     if (srv->policies)
         srv->pending_closes++;
     uv_close((uv_handle_t *)&srv->timer, on_handle_closed);
-    ax_upstream_close(srv->up, on_component_closed, srv);
+    ax_fleet_close(srv->fleet, on_component_closed, srv);
+    srv->fleet = NULL;
+    srv->up = NULL;
     if (srv->policies) {
         ax_policy_engine_close(srv->policies, on_component_closed, srv); /* frees it too */
         srv->policies = NULL;
