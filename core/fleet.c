@@ -457,6 +457,16 @@ static void split_target(const char *t, char *model, size_t mn, const char **up,
     *up_len = strlen(at + 1);
 }
 
+static int map_exact(const struct ax_config *cfg, const char *client_model)
+{
+    size_t i;
+
+    for (i = 0; i < cfg->n_model_map; i++)
+        if (strcmp(cfg->model_map[i].from, client_model) == 0)
+            return 1;
+    return 0;
+}
+
 int ax_fleet_route(struct ax_fleet *f, const struct ax_route_req *rq, struct ax_route *out,
                    struct ax_error *err)
 {
@@ -470,6 +480,13 @@ int ax_fleet_route(struct ax_fleet *f, const struct ax_route_req *rq, struct ax_
     int has_session = key != NULL && *key && strcmp(key, "default") != 0 && strcmp(key, "-") != 0;
     int first = out->tried == 0;
 
+    if (target != NULL && f->n > 1 && !map_exact(cfg, rq->client_model)) {
+        /* a name some upstream serves as the client wrote it beats the map's patterns
+         * (Ollama names, a router-mode llama-server's models) */
+        for (i = 0; i < f->n; i++)
+            if (member_serves(&f->m[i], rq->client_model))
+                target = NULL;
+    }
     if (rq->names != NULL && rq->names[0] != NULL) {
         for (i = 0; rq->names[i] != NULL; i++) {
             int k = find_member(f, rq->names[i], strlen(rq->names[i]));
@@ -510,25 +527,23 @@ int ax_fleet_route(struct ax_fleet *f, const struct ax_route_req *rq, struct ax_
             f->budget += cfg->retry_budget;
         return 0;
     }
-    for (i = 0; i < f->n; i++) {
-        const struct member *mb = &f->m[i];
-        if (named != 0 ? !(named & (1ull << i)) : (model[0] && !member_serves(mb, model)))
-            continue;
-        cand[n++] = i;
-    }
-    if (n == 0 && named == 0 && !model[0] && rq->client_model &&
-        strcmp(rq->client_model, "") != 0) {
+    if (named == 0 && !model[0] && rq->client_model) {
         /* no map: the client's own name, if some member serves it (Ollama, router mode) */
         for (i = 0; i < f->n; i++)
             if (member_serves(&f->m[i], rq->client_model))
-                cand[n++] = i;
-        if (n > 0)
-            snprintf(model, sizeof(model), "%s", rq->client_model);
+                snprintf(model, sizeof(model), "%s", rq->client_model);
+    }
+    for (i = 0; i < f->n; i++) {
+        const struct member *mb = &f->m[i];
+        if (named != 0 ? !(named & (1ull << i)) : (!model[0] || !member_serves(mb, model)))
+            continue;
+        cand[n++] = i;
     }
     if (n == 0 && model[0] && named == 0) {
         /* mapped to a model nobody lists (yet): members that declare nothing may serve it */
         for (i = 0; i < f->n; i++)
-            if (f->m[i].models == NULL)
+            if (f->m[i].models == NULL &&
+                (f->n == 1 || ax_upstream_info(f->m[i].up)->models == NULL))
                 cand[n++] = i;
     }
     if (n == 0) {
@@ -538,7 +553,8 @@ int ax_fleet_route(struct ax_fleet *f, const struct ax_route_req *rq, struct ax_
         for (i = 0; i < f->n; i++)
             if (i == 0 || member_serves(&f->m[i], dm))
                 cand[n++] = i;
-        snprintf(model, sizeof(model), "%s", dm);
+        if (!model[0]) /* a mapped model nobody lists is still sent as mapped */
+            snprintf(model, sizeof(model), "%s", dm);
     }
     /* drop those tried; prefer the healthy */
     for (i = 0, nh = 0; i < n; i++)

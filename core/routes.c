@@ -1,6 +1,7 @@
 /* routes.c - dispatch by method and path (server.c hands it each request http.c parsed),
  * inbound keys, and the small endpoints: HEAD /, GET /health, GET /v1/models,
  * GET /v1/context. POST /v1/messages and /v1/messages/count_tokens go to messages.c. */
+#include "anthroxy_fleet.h"
 #include "anthroxy_http.h"
 #include "anthroxy_json.h"
 #include "anthroxy_log.h"
@@ -79,20 +80,34 @@ static cJSON *model_entry(const char *id, const char *display)
     return m;
 }
 
+static int has_model(const cJSON *data, const char *id)
+{
+    const cJSON *m;
+
+    cJSON_ArrayForEach(m, data)
+    {
+        const cJSON *v = cJSON_GetObjectItemCaseSensitive(m, "id");
+        if (cJSON_IsString(v) && strcmp(v->valuestring, id) == 0)
+            return 1;
+    }
+    return 0;
+}
+
 static void route_models(struct ax_server *srv, struct ax_req *req)
 {
-    const struct ax_upstream_info *info = ax_upstream_info(srv->up);
     cJSON *root = cJSON_CreateObject(), *data = cJSON_AddArrayToObject(root, "data"), *m;
-    size_t i;
+    size_t i, k;
 
-    if (info->models) {
+    for (k = 0; k < ax_fleet_count(srv->fleet); k++) {
+        const struct ax_upstream_info *info = ax_upstream_info(ax_fleet_upstream(srv->fleet, k));
         cJSON_ArrayForEach(m, info->models)
         {
             const cJSON *id = cJSON_GetObjectItemCaseSensitive(m, "id");
-            if (cJSON_IsString(id))
+            if (cJSON_IsString(id) && !has_model(data, id->valuestring))
                 cJSON_AddItemToArray(data, model_entry(id->valuestring, NULL));
         }
-    } else if (srv->cfg.upstream_model) {
+    }
+    if (data->child == NULL && srv->cfg.upstream_model) {
         cJSON_AddItemToArray(data, model_entry(srv->cfg.upstream_model, NULL));
     }
     for (i = 0; i < sizeof(claude_models) / sizeof(claude_models[0]); i++)
@@ -130,13 +145,19 @@ static void route_health(struct ax_server *srv, struct ax_req *req)
     const char *src;
     char url[1024];
     int64_t win = ax_models_window(&srv->cfg, srv->up, &src);
-    int status = info->state == AX_UP_OK ? 200 : 503;
+    int status = info->state == AX_UP_OK ? 200 : 503, healthy = 0;
+    cJSON *fleet = ax_fleet_health(srv->fleet, uv_now(srv->loop), &healthy);
+
+    /* a fleet serves while any member does; its "upstreams" list says which */
+    if (ax_fleet_count(srv->fleet) > 1)
+        status = healthy > 0 ? 200 : 503;
 
     cJSON_AddStringToObject(root, "status", status == 200 ? "ok" : "degraded");
     cJSON_AddStringToObject(root, "proxy", "ok");
     if (!authorized(srv, req)) {
         ax_http_send_json(req, status, root);
         cJSON_Delete(root);
+        cJSON_Delete(fleet);
         return;
     }
     ax_upstream_stats(srv->up, &st);
@@ -149,6 +170,8 @@ static void route_health(struct ax_server *srv, struct ax_req *req)
     cJSON_AddNumberToObject(up, "n_ctx", (double)info->n_ctx);
     cJSON_AddNumberToObject(up, "running", st.running);
     cJSON_AddNumberToObject(up, "queued", st.queued);
+    cJSON_AddItemToObject(root, "upstreams", cJSON_DetachItemFromObject(fleet, "upstreams"));
+    cJSON_AddItemToObject(root, "routing", fleet);
     cw = cJSON_AddObjectToObject(root, "context_window");
     cJSON_AddNumberToObject(cw, "value", (double)win);
     cJSON_AddStringToObject(cw, "source", src);
