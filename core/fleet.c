@@ -551,9 +551,10 @@ int ax_fleet_route(struct ax_fleet *f, const struct ax_route_req *rq, struct ax_
         char dm[256];
         member_default_model(&f->m[0], rq->client_model, dm, sizeof(dm));
         for (i = 0; i < f->n; i++)
-            if (i == 0 || member_serves(&f->m[i], dm))
-                cand[n++] = i;
-        if (!model[0]) /* a mapped model nobody lists is still sent as mapped */
+            if (i == 0 || member_serves(&f->m[i], dm) ||
+                (f->m[i].models == NULL && ax_upstream_info(f->m[i].up)->models == NULL))
+                cand[n++] = i; /* unprobed members may be replicas too */
+        if (!model[0])         /* a mapped model nobody lists is still sent as mapped */
             snprintf(model, sizeof(model), "%s", dm);
     }
     /* drop those tried; prefer the healthy */
