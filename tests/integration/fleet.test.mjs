@@ -159,6 +159,39 @@ test('affinity: each session stays on one replica, sessions spread over both', a
   }
 });
 
+test('bounded load: sessions leave a replica far busier than the other, then come back', async () => {
+  const a = await startMock({ models: ['qwen'] });
+  const b = await startMock({ models: ['qwen'] });
+  const slow = (rec) => (rec.lastText.includes('slow-') ? { text: 'slow answer', firstByteDelayMs: 600 } : null);
+  a.script(slow);
+  b.script(slow);
+  const p = await fleetProxy(['--upstream', `a=${a.base}`, '--upstream', `b=${b.base}`], 2);
+  try {
+    // sessions whose replica is a
+    const homeA = [];
+    for (let s = 0; homeA.length < 8 && s < 100; s++) {
+      await post(p, 'qwen', `home-${s}`, sess(`bl-${s}`));
+      if (servedBy([a, b], `home-${s}`) === 0) homeA.push(s);
+    }
+    assert.equal(homeA.length, 8);
+    // eight slow requests at once, all of a's sessions: with c = 1.5 the fifth and later see
+    // a's load over 1.5 x mean + 1 and go to b instead
+    const rs = await Promise.all(homeA.map((s) => post(p, 'qwen', `slow-${s}`, sess(`bl-${s}`))));
+    for (const r of rs) assert.equal(r.status, 200, r.text);
+    const onB = homeA.filter((s) => servedBy([a, b], `slow-${s}`) === 1);
+    assert.ok(onB.length >= 1 && onB.length <= 4, `moved to b: ${onB.length} of 8`);
+    assert.match(p.log(), /route=moved/);
+    // idle again: every session is back on a
+    for (const s of homeA) {
+      await post(p, 'qwen', `back-${s}`, sess(`bl-${s}`));
+      assert.equal(servedBy([a, b], `back-${s}`), 0, `session ${s}`);
+    }
+  } finally {
+    await stopClean(p);
+    await Promise.all([a.close(), b.close()]);
+  }
+});
+
 test('a replica killed: its sessions move to the other, no request fails, streams too', async () => {
   const a = await startMock({ models: ['qwen'] });
   const b = await startMock({ models: ['qwen'] });
