@@ -58,9 +58,10 @@ static const struct opt opts[] = {
     {"api-key-file", NULL, OPT_STR, F(api_key_file), NULL, 0, 0, 0, "PATH",
      "file of inbound keys, one per line, '#' comments; added to --api-key"},
     {"upstream", "LLAMA_CPP_BASE", OPT_UPSTREAM, F(upstream_base), "http://127.0.0.1:8080/v1", 0, 0,
-     OPT_URL, "URL|NAME=URL[,kind=K][,models=A|B][,max=N][,key=KEY]",
-     "OpenAI-compatible base URL (a trailing /v1 is optional): the fleet of one; or a named "
-     "upstream of a fleet, repeatable (';'-separated in the environment): kind llama-server, "
+     OPT_URL, "URL|SPEC",
+     "OpenAI-compatible base URL (a trailing /v1 is optional): the fleet of one; or SPEC, "
+     "NAME=URL[,kind=K][,models=A|B][,max=N][,key=KEY], one upstream of a fleet, repeatable "
+     "(';'-separated in the environment): kind llama-server, "
      "vllm, ollama, sglang, lmstudio or openai, the models it serves ('|'-separated ids or "
      "patterns; unset: its /v1/models), its concurrency cap and key"},
     {"route-balance", NULL, OPT_STR, F(route_balance), "affinity", 0, 0, 0, "HOW",
