@@ -12,6 +12,13 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* As upstream.c's: the fleet belongs to no request. */
+#define FLEET_LOG(lvl, ...)                                                                        \
+    do {                                                                                           \
+        if ((lvl) >= ax_log_level_current)                                                         \
+            ax_log_write((lvl), NULL, __VA_ARGS__);                                                \
+    } while (0)
+
 #define DOWN_BACKOFF_MIN_MS 1000
 #define DOWN_BACKOFF_MAX_MS 30000
 
@@ -394,8 +401,8 @@ static uint64_t hrw_score(const char *key, const struct member *mb)
 static size_t pick(struct ax_fleet *f, const size_t *cand, size_t n, const char *key,
                    int has_session, char *why, size_t why_n)
 {
-    size_t order[AX_FLEET_MAX], i, j, least = cand[0];
-    uint64_t score[AX_FLEET_MAX];
+    size_t order[AX_FLEET_MAX], i, j, least = cand[0], least_i = 0;
+    uint64_t score[AX_FLEET_MAX], sorted[AX_FLEET_MAX];
     int total = 0, load[AX_FLEET_MAX], least_load = -1;
     double bound;
 
@@ -406,9 +413,14 @@ static size_t pick(struct ax_fleet *f, const size_t *cand, size_t n, const char 
     for (i = 0; i < n; i++) {
         load[i] = member_load(&f->m[cand[i]]);
         total += load[i];
-        if (least_load < 0 || load[i] < least_load) {
+        score[i] = hrw_score(key, &f->m[cand[i]]);
+        /* ties go by the key's rendezvous order, so idle replicas share requests that
+         * carry no session (their key is the request id) */
+        if (least_load < 0 || load[i] < least_load ||
+            (load[i] == least_load && score[i] > score[least_i])) {
             least_load = load[i];
             least = cand[i];
+            least_i = i;
         }
     }
     if (f->balance == BAL_ROUND_ROBIN) {
@@ -421,12 +433,12 @@ static size_t pick(struct ax_fleet *f, const size_t *cand, size_t n, const char 
     }
     /* this session's own order of the replicas (insertion sort, n is small) */
     for (i = 0; i < n; i++) {
-        uint64_t s = hrw_score(key, &f->m[cand[i]]);
-        for (j = i; j > 0 && score[j - 1] < s; j--) {
-            score[j] = score[j - 1];
+        uint64_t s = score[i];
+        for (j = i; j > 0 && sorted[j - 1] < s; j--) {
+            sorted[j] = sorted[j - 1];
             order[j] = order[j - 1];
         }
-        score[j] = s;
+        sorted[j] = s;
         order[j] = i;
     }
     /* bounded load: skip a replica whose load is over c * mean + 1 */
@@ -491,8 +503,7 @@ int ax_fleet_route(struct ax_fleet *f, const struct ax_route_req *rq, struct ax_
         for (i = 0; rq->names[i] != NULL; i++) {
             int k = find_member(f, rq->names[i], strlen(rq->names[i]));
             if (k < 0)
-                ax_log_write(AX_LOG_LVL_WARN, NULL, "on_route chose an unknown upstream '%s'",
-                             rq->names[i]);
+                FLEET_LOG(AX_LOG_LVL_WARN, "on_route chose an unknown upstream '%s'", rq->names[i]);
             else
                 named |= 1ull << k;
         }

@@ -258,6 +258,29 @@ static void test_round_robin_and_one(uv_loop_t *loop)
     }
     fleet_free(loop, f, &cfg);
 
+    /* no session: idle replicas share the requests by request id */
+    fleet_cfg(&cfg, ups, 2, NULL);
+    f = fleet_new(loop, &cfg);
+    {
+        int seen[2] = {0};
+        char id[32];
+        for (i = 0; i < 200; i++) {
+            struct ax_route_req rq;
+            struct ax_error err = {0};
+            memset(&r, 0, sizeof(r));
+            memset(&rq, 0, sizeof(rq));
+            snprintf(id, sizeof(id), "req_%d", i);
+            rq.client_model = "m";
+            rq.session_key = "default";
+            rq.request_id = id;
+            CHECK(ax_fleet_route(f, &rq, &r, &err) == 0);
+            CHECK_STR(r.why, "least-loaded");
+            seen[r.idx]++;
+        }
+        CHECKF(seen[0] > 60 && seen[1] > 60, "%d / %d", seen[0], seen[1]);
+    }
+    fleet_free(loop, f, &cfg);
+
     /* the fleet of one: a plain URL, "default", the client's name until probed */
     fleet_cfg(&cfg, (const char *const[]){"http://127.0.0.1:9/v1"}, 1, NULL);
     CHECK(cfg.n_upstreams == 0);
