@@ -699,6 +699,12 @@ static const char *shown_value(const struct opt *o, const char *val, char *buf, 
 {
     if (o->flags & OPT_SECRET)
         return "***";
+    if (o->type == OPT_UPSTREAM && strstr(val, "key=") != NULL) {
+        /* NAME=URL,...,key=KEY: the key never shows, even in a malformed value */
+        const char *k = strstr(val, "key=");
+        snprintf(buf, n, "%.*skey=***", (int)(k - val), val);
+        return buf;
+    }
     if (o->flags & OPT_URL)
         return ax_redact_url(val, buf, n);
     return val;

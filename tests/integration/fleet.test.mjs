@@ -337,6 +337,28 @@ return M
   }
 });
 
+test('an upstream key goes to that upstream only, and never shows', async () => {
+  const a = await startMock({ models: ['qwen'] });
+  const b = await startMock({ models: ['phi'] });
+  const KEY = 'sk-fleet-secret-4242';
+  await assert.rejects(startProxy({ args: ['--upstream', `a=${a.base},key=${KEY},colour=red`], timeoutMs: 5000 }),
+    (e) => /unknown attribute/.test(e.message) && !e.message.includes(KEY));
+  const p = await fleetProxy(['--upstream', `a=${a.base},key=${KEY}`, '--upstream', `b=${b.base}`], 2);
+  try {
+    assert.equal((await post(p, 'qwen', 'keyed')).status, 200);
+    assert.equal((await post(p, 'phi', 'unkeyed')).status, 200);
+    assert.equal(a.lastChat().headers.authorization, `Bearer ${KEY}`);
+    assert.equal(b.lastChat().headers.authorization, undefined);
+    const h = await request(p, { path: '/health' });
+    assert.ok(!h.text.includes(KEY), 'key in /health');
+    assert.equal(h.json.config.upstream.value[0].key, '***');
+  } finally {
+    await stopClean(p);
+    assert.ok(!p.log().includes(KEY), 'key in the log');
+    await Promise.all([a.close(), b.close()]);
+  }
+});
+
 test('the fleet of one: a plain --upstream is named "default" and behaves as before', async () => {
   const m = await startMock({ models: ['tiny'] });
   const p = await fleetProxy(['--upstream', m.base, '--connect-retries', '0'], 1);
