@@ -14,6 +14,7 @@
 struct ax_upstream;
 struct ax_fleet;
 struct ax_monitor;
+struct ax_session_share;
 struct ax_policy_engine;
 
 struct ax_server {
@@ -35,6 +36,9 @@ struct ax_server {
     struct ax_fleet *fleet; /* the upstreams (fleet.c) */
     struct ax_upstream *up; /* the fleet's default member, for what has no request to route */
     struct ax_monitor *mon;
+    struct ax_session_share *share; /* --workers: the state shared with the others, or NULL */
+    int share_owner;                /* this server frees it */
+    int worker;                     /* its index among the workers (0 alone) */
     struct ax_policy_engine *policies;
 
     /* counters for /health and the log (errors: http.n_errors) */

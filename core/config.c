@@ -73,6 +73,9 @@ static const struct opt opts[] = {
      "failovers to another replica (before the first byte) per request, fleet-wide"},
     {"retry-min", NULL, OPT_INT, F(retry_min), "3", 0, 100000, 0, "N",
      "failovers allowed per second whatever the budget"},
+    {"workers", NULL, OPT_INT, F(workers), "1", 1, 64, 0, "N",
+     "event loops, one thread each, accepting on the same port (SO_REUSEPORT), each with its "
+     "own policy state; sessions are shared between them"},
     {"upstream-api-key", NULL, OPT_STR, F(upstream_api_key), NULL, 0, 0, OPT_SECRET, "KEY",
      "sent upstream as Authorization: Bearer"},
     {"upstream-model", NULL, OPT_STR, F(upstream_model), NULL, 0, 0, 0, "MODEL",

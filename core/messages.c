@@ -13,6 +13,7 @@
 #include "anthroxy_monitor.h"
 #include "anthroxy_policy.h"
 #include "anthroxy_server.h"
+#include "anthroxy_session_share.h"
 #include "anthroxy_sse.h"
 #include "anthroxy_stream.h"
 #include "anthroxy_tokens.h"
@@ -94,6 +95,8 @@ static void msg_free(struct msg *m)
 {
     if (m->preq)
         ax_policy_req_free(m->preq);
+    if (m->session && m->srv->share) /* --workers: the other workers see this turn */
+        ax_session_share_push(m->srv->share, m->session);
     if (m->session)
         ax_session_unref(m->session);
     cJSON_Delete(m->body);
@@ -1125,6 +1128,8 @@ void ax_messages_handle(struct ax_server *srv, struct ax_req *req, int count_onl
                    ax_req_header(req, "x-session-id"), m->body, m->session_key,
                    sizeof(m->session_key));
     m->session = ax_monitor_get(srv->mon, m->session_key, uv_now(srv->loop));
+    if (m->session && srv->share) /* --workers: what the others recorded */
+        ax_session_share_pull(srv->share, m->session);
     memset(&info, 0, sizeof(info));
     info.request_id = req->id;
     info.session_id = m->session_key;

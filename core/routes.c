@@ -11,6 +11,7 @@
 #include "anthroxy_policy.h"
 #include "anthroxy_routes.h"
 #include "anthroxy_server.h"
+#include "anthroxy_session_share.h"
 #include "anthroxy_upstream.h"
 
 #include <curl/curl.h>
@@ -186,6 +187,11 @@ static void route_health(struct ax_server *srv, struct ax_req *req)
     cJSON_AddNumberToObject(root, "errors", (double)srv->http.n_errors);
     cJSON_AddNumberToObject(root, "connections", srv->http.n_conns);
     cJSON_AddNumberToObject(root, "sessions", (double)ax_monitor_count(srv->mon));
+    cJSON_AddNumberToObject(root, "workers", srv->cfg.workers);
+    cJSON_AddNumberToObject(root, "worker", srv->worker);
+    if (srv->share)
+        cJSON_AddNumberToObject(root, "shared_sessions",
+                                (double)ax_session_share_count(srv->share));
 #ifdef __GLIBC__
     {
         /* the allocator's view: what is in use, apart from what it keeps for reuse */
@@ -244,12 +250,23 @@ static void route_context(struct ax_server *srv, struct ax_req *req)
         return;
     }
     if (q > 0) {
-        struct ax_session *s = ax_monitor_find(srv->mon, key);
+        struct ax_session *s = ax_monitor_find(srv->mon, key), *held = NULL;
+        if (srv->share && strlen(key) < sizeof(((struct ax_session *)0)->key)) {
+            /* --workers: the session may have been served by another worker only */
+            struct ax_session probe;
+            memset(&probe, 0, sizeof(probe));
+            memcpy(probe.key, key, strlen(key) + 1);
+            if (ax_session_share_pull(srv->share, &probe) &&
+                (s = held = ax_monitor_get(srv->mon, key, uv_now(srv->loop))) != NULL)
+                ax_session_share_pull(srv->share, s);
+        }
         if (s == NULL) {
             send_errorf(req, 404, "not_found_error", "no such session");
             return;
         }
         root = ax_session_to_json(s, win, srv->cfg.prune_threshold);
+        if (held)
+            ax_session_unref(held);
     } else {
         root = ax_monitor_to_json(srv->mon, win, srv->cfg.prune_threshold);
     }

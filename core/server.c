@@ -10,6 +10,7 @@
 #include "anthroxy_policy.h"
 #include "anthroxy_routes.h"
 #include "anthroxy_server.h"
+#include "anthroxy_session_share.h"
 #include "anthroxy_upstream.h"
 
 #include <errno.h>
@@ -19,6 +20,13 @@
 #include <malloc.h>
 #endif
 #include <string.h>
+
+#ifndef SO_REUSEPORT /* Linux's, hidden by _POSIX_C_SOURCE */
+#define SO_REUSEPORT 15
+#endif
+#ifndef SOCK_CLOEXEC
+#define SOCK_CLOEXEC 02000000
+#endif
 
 #define AX_SESSION_SWEEP_MS 60000
 #define AX_SHUTDOWN_FLUSH_MS 1000 /* after the grace period, for the last error events */
@@ -202,6 +210,29 @@ static int listen_address(struct ax_server *srv, struct sockaddr_storage *ss, st
                              uv_strerror(last));
 }
 
+/* Workers share the port: each binds its own socket with SO_REUSEPORT and the kernel
+ * spreads the connections (libuv 1.44 has no flag for it: set it on a socket we create and
+ * hand to uv_tcp_open). Returns 0 or a libuv error code. */
+static int bind_reuseport(struct ax_server *srv, const struct sockaddr_storage *ss)
+{
+    int fd, one = 1, rc;
+    socklen_t len =
+        ss->ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
+
+    if ((fd = socket(ss->ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0)) < 0)
+        return uv_translate_sys_error(errno);
+    if (setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0 ||
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0 ||
+        bind(fd, (const struct sockaddr *)ss, len) < 0) {
+        rc = uv_translate_sys_error(errno);
+        close(fd);
+        return rc;
+    }
+    if ((rc = uv_tcp_open(&srv->listener, fd)) < 0)
+        close(fd);
+    return rc;
+}
+
 int ax_server_listen(struct ax_server *srv, struct ax_error *err)
 {
     struct sockaddr_storage ss;
@@ -212,7 +243,8 @@ int ax_server_listen(struct ax_server *srv, struct ax_error *err)
 
     if ((rc = listen_address(srv, &ss, err)) < 0)
         return rc;
-    if ((rc = uv_tcp_bind(&srv->listener, (struct sockaddr *)&ss, 0)) < 0 ||
+    if ((rc = srv->cfg.workers > 1 ? bind_reuseport(srv, &ss)
+                                   : uv_tcp_bind(&srv->listener, (struct sockaddr *)&ss, 0)) < 0 ||
         (rc = uv_listen((uv_stream_t *)&srv->listener, 511, on_connection)) < 0)
         return ax_error_set_code(err, ax_error_from_uv(rc), 500, "api_error",
                                  "cannot listen on %s:%d: %s", host, srv->cfg.port,
@@ -367,10 +399,24 @@ void ax_server_stop(struct ax_server *srv, void (*on_stopped)(struct ax_server *
     uv_close((uv_handle_t *)&srv->listener, on_listener_closed);
 }
 
+int ax_server_share_sessions(struct ax_server *srv, struct ax_server *first, int index)
+{
+    if (first->share == NULL) {
+        if ((first->share = ax_session_share_new((size_t)first->cfg.max_sessions)) == NULL)
+            return AX_ENOMEM;
+        first->share_owner = 1;
+    }
+    srv->share = first->share;
+    srv->worker = index;
+    return 0;
+}
+
 void ax_server_free(struct ax_server *srv)
 {
     if (srv == NULL)
         return;
+    if (srv->share_owner)
+        ax_session_share_free(srv->share);
     if (srv->mon)
         ax_monitor_free(srv->mon);
     ax_config_free(&srv->cfg);

@@ -60,6 +60,7 @@ struct ax_config {
     double affinity_load_factor; /* c in "move when load > c * mean + 1" (1.5) */
     double retry_budget;         /* failovers per request, fleet-wide (0.1) */
     int retry_min;               /* failovers always allowed per second on top (3) */
+    int workers;                 /* event loops (threads) sharing the port (1) */
     int max_upstream;            /* concurrent upstream transfers (PROXY_MAX_CONNECTIONS, 20) */
     int upstream_queue_max;      /* requests waiting for a transfer slot before 529 (1024) */
     uint64_t connect_timeout_ms; /* 10000 */

@@ -20,7 +20,7 @@
 
 #define DEFAULT_WINDOW 131072
 
-static struct ax__run_slot killer_slot = {.budget_hit = 1};
+static _Thread_local struct ax__run_slot killer_slot = {.budget_hit = 1}; /* per worker thread */
 
 /* ---- session counters ------------------------------------------------------------------ */
 
