@@ -1,8 +1,9 @@
-/* bench_affinity.c - what routing costs per request (core/fleet.c): ax_fleet_route with
- * affinity over a two- and an eight-replica fleet, session keys like Claude Code's, against
- * the request-side work of the ~80 KB Claude Code request (W2) in the same run: parse,
- * translate, estimate, print, as bench_json measures it. Prints microseconds per call and
- * the share of W2.
+/* bench_affinity.c - what routing costs per request (core/fleet.c), and what --workers'
+ * shared session state costs (session_share.c): ax_fleet_route with affinity over a two- and
+ * an eight-replica fleet, session keys like Claude Code's, and a pull plus a push of a session,
+ * against the request-side work of the ~80 KB Claude Code request (W2) in the same run
+ * (parse, estimate, translate, print, as bench_json measures it). Prints microseconds per
+ * call and the share of W2.
  *
  *   build/tests/bench_affinity [routes] [w2-iterations] */
 #include <stdio.h>
@@ -14,6 +15,8 @@
 
 #include "anthroxy_fleet.h"
 #include "anthroxy_json.h"
+#include "anthroxy_monitor.h"
+#include "anthroxy_session_share.h"
 #include "anthroxy_tokens.h"
 #include "anthroxy_translate.h"
 #include "ax_test.h"
@@ -105,6 +108,38 @@ static double route_cost(uv_loop_t *loop, int n_up, int iters)
     return t0;
 }
 
+/* --workers: a request's two touches of the shared session state (pull at its start, push
+ * at its end) over 1,000 sessions. */
+static double share_cost(int iters)
+{
+    struct ax_session_share *sh = ax_session_share_new(1024);
+    struct ax_monitor *mon = ax_monitor_new(1024, 0);
+    char key[64];
+    double t0;
+    int i;
+
+    for (i = 0; i < 1000; i++) {
+        struct ax_session *s;
+        snprintf(key, sizeof(key), "3f1c2a9e-%04d-4c1b-9d7e-5a6b7c8d9e0f", i);
+        s = ax_monitor_get(mon, key, 1);
+        ax_session_share_push(sh, s);
+        ax_session_unref(s);
+    }
+    t0 = now_s();
+    for (i = 0; i < iters; i++) {
+        struct ax_session *s;
+        snprintf(key, sizeof(key), "3f1c2a9e-%04d-4c1b-9d7e-5a6b7c8d9e0f", i % 1000);
+        s = ax_monitor_find(mon, key);
+        ax_session_share_pull(sh, s);
+        s->total_requests++;
+        ax_session_share_push(sh, s);
+    }
+    t0 = (now_s() - t0) / iters;
+    ax_monitor_free(mon);
+    ax_session_share_free(sh);
+    return t0;
+}
+
 int main(int argc, char **argv)
 {
     int routes = argc > 1 ? atoi(argv[1]) : 200000, w2 = argc > 2 ? atoi(argv[2]) : 300;
@@ -118,6 +153,11 @@ int main(int argc, char **argv)
     printf("W2 request-side work: %.1f us\n", base * 1e6);
     printf("route, 2 replicas:    %.3f us (%.3f %% of W2)\n", r2 * 1e6, 100 * r2 / base);
     printf("route, 8 replicas:    %.3f us (%.3f %% of W2)\n", r8 * 1e6, 100 * r8 / base);
+    {
+        double sh = share_cost(routes);
+        printf("shared session pull+push (--workers): %.3f us (%.3f %% of W2)\n", sh * 1e6,
+               100 * sh / base);
+    }
     uv_loop_close(&loop);
     return 0;
 }
