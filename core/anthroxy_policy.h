@@ -29,9 +29,10 @@ enum ax_hook {
     AX_HOOK_REQUEST,          /* on_request(req, ctx): the Anthropic request, writable */
     AX_HOOK_UPSTREAM_REQUEST, /* on_upstream_request(oreq, ctx): the OpenAI request */
     AX_HOOK_RESPONSE,         /* on_response(resp, ctx): the final Anthropic message, read-only */
-    AX_HOOK_UPSTREAM_ERROR    /* on_upstream_error(err, req, ctx): may edit req, return true */
+    AX_HOOK_UPSTREAM_ERROR,   /* on_upstream_error(err, req, ctx): may edit req, return true */
+    AX_HOOK_ROUTE             /* on_route(req, ctx, fleet): read-only; returns upstream name(s) */
 };
-#define AX_HOOK_COUNT 4
+#define AX_HOOK_COUNT 5
 
 struct ax_policy_env {
     uv_loop_t *loop;
@@ -140,6 +141,14 @@ int ax_policy_req_run(struct ax_policy_req *pr, enum ax_hook hook, cJSON *tree, 
 int ax_policy_req_has_hook(const struct ax_policy_req *pr, enum ax_hook hook);
 
 double ax_policy_req_report_scale(const struct ax_policy_req *pr);
+
+/* What on_route decided in the last AX_HOOK_ROUTE run: the first policy returning a string
+ * or a list of strings wins (an optional second result, a string, is the upstream model).
+ * Returns the number of names (0: no policy chose; the fleet routes by model), each
+ * borrowed until the next run or free; *model (may be NULL) gets the model or NULL. */
+#define AX_ROUTE_MAX_NAMES 8
+int ax_policy_req_route(const struct ax_policy_req *pr, const char *const **names,
+                        const char **model);
 
 /* Cancel: a parked coroutine is closed, never resumed; done is NOT called afterwards (also
  * when the run's done was already deferred). The request may then only be freed. */

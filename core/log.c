@@ -7,6 +7,7 @@
 #include "anthroxy_utf8.h"
 
 #include <ctype.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -49,17 +50,24 @@ void ax_log_set_level(enum ax_log_level lvl)
 /* Process-wide, like the log itself: a server registers its upstream key while it lives. */
 static char *secrets[AX_LOG_MAX_SECRETS];
 static int n_secrets;
+/* --workers: servers on other threads add and remove their keys while this one logs */
+static pthread_mutex_t secrets_lock = PTHREAD_MUTEX_INITIALIZER;
 
 int ax_log_secret_add(const char *secret)
 {
+    int rc = 0;
+
     if (secret == NULL || strlen(secret) < AX_LOG_SECRET_MIN)
         return 0;
+    pthread_mutex_lock(&secrets_lock);
     if (n_secrets == AX_LOG_MAX_SECRETS)
-        return AX_ETOOBIG;
-    if ((secrets[n_secrets] = strdup(secret)) == NULL)
-        return AX_ENOMEM;
-    n_secrets++;
-    return 0;
+        rc = AX_ETOOBIG;
+    else if ((secrets[n_secrets] = strdup(secret)) == NULL)
+        rc = AX_ENOMEM;
+    else
+        n_secrets++;
+    pthread_mutex_unlock(&secrets_lock);
+    return rc;
 }
 
 void ax_log_secret_remove(const char *secret)
@@ -68,14 +76,16 @@ void ax_log_secret_remove(const char *secret)
 
     if (secret == NULL)
         return;
+    pthread_mutex_lock(&secrets_lock);
     for (i = 0; i < n_secrets; i++) {
         if (strcmp(secrets[i], secret) == 0) {
             free(secrets[i]);
             secrets[i] = secrets[--n_secrets];
             secrets[n_secrets] = NULL;
-            return;
+            break;
         }
     }
+    pthread_mutex_unlock(&secrets_lock);
 }
 
 /* ---- redaction -------------------------------------------------------------------- */
@@ -224,8 +234,10 @@ size_t ax_redact(char *s, size_t n)
     size_t k;
     int i;
 
+    pthread_mutex_lock(&secrets_lock);
     for (i = 0; i < n_secrets; i++)
         n = redact_secret(s, n, secrets[i]);
+    pthread_mutex_unlock(&secrets_lock);
     n = redact_userinfo(s, n);
     n = redact_named(s, n, "authorization", 1);
     n = redact_bearer(s, n);

@@ -4,6 +4,7 @@
  * on_response, monitor, summary log line. Every step that waits holds a request reference
  * and drops it in its completion, canceled or not. */
 #include "anthroxy_experiment.h"
+#include "anthroxy_fleet.h"
 #include "anthroxy_hash.h"
 #include "anthroxy_http.h"
 #include "anthroxy_json.h"
@@ -13,6 +14,7 @@
 #include "anthroxy_monitor.h"
 #include "anthroxy_policy.h"
 #include "anthroxy_server.h"
+#include "anthroxy_session_share.h"
 #include "anthroxy_sse.h"
 #include "anthroxy_stream.h"
 #include "anthroxy_tokens.h"
@@ -61,6 +63,13 @@ struct msg {
     struct ax_session *session;
     struct ax_policy_req *preq;
     struct ax_xfer *xfer;
+    /* the upstream of this attempt (fleet.c's choice) and what was tried before it */
+    struct ax_upstream *up;
+    struct ax_route route;
+    cJSON *route_view; /* on_route's third argument, alive while the hook runs */
+    int failovers;     /* attempts moved to another replica before the first byte */
+    int budget_denied; /* a failover the retry budget refused */
+    int fed;           /* stream bytes reached the translator: no failover any more */
     int up_status;
     int retry_after;
     struct ax_buf resp; /* a complete answer, or an error body */
@@ -93,6 +102,8 @@ static void msg_free(struct msg *m)
 {
     if (m->preq)
         ax_policy_req_free(m->preq);
+    if (m->session && m->srv->share) /* --workers: the other workers see this turn */
+        ax_session_share_push(m->srv->share, m->session);
     if (m->session)
         ax_session_unref(m->session);
     cJSON_Delete(m->body);
@@ -100,6 +111,7 @@ static void msg_free(struct msg *m)
     cJSON_Delete(m->final);
     cJSON_Delete(m->shadow);
     cJSON_Delete(m->stops);
+    cJSON_Delete(m->route_view);
     ax_buf_free(&m->obody);
     ax_buf_free(&m->resp);
     ax_buf_free(&m->out);
@@ -209,13 +221,15 @@ static void log_summary(struct msg *m, int status)
     AX_LOG_INFO(m->req,
                 "%s model=%s upstream_model=%s session=%s arm=%s messages=%d tools=%d stream=%d "
                 "status=%d first_byte_ms=%.1f total_ms=%.1f est_prompt=%lld prompt=%lld "
-                "cached=%lld output=%lld%s",
+                "cached=%lld output=%lld%s upstream=%s route=%s%s",
                 m->count_only ? "count_tokens" : "messages", m->model,
                 m->upstream_model ? m->upstream_model : "-", m->session_key,
                 m->arm[0] ? m->arm : "-", m->n_messages, m->n_tools, m->stream, status, up_ms,
                 total_ms, (long long)m->est_prompt, (long long)m->usage.prompt_tokens,
                 (long long)m->usage.cached_tokens, (long long)m->usage.completion_tokens,
-                m->retried ? " retried=1" : "");
+                m->retried ? " retried=1" : "",
+                m->up ? ax_fleet_name(m->srv->fleet, m->route.idx) : "-",
+                m->route.why[0] ? m->route.why : "-", m->failovers ? " failover=1" : "");
     record_figures(m, status, total_ms);
 }
 
@@ -257,6 +271,16 @@ static void msg_fail(struct msg *m, const struct ax_error *err)
     }
 }
 
+/* Appends why no other replica was tried, when a fleet had one. */
+static void note_no_failover(struct msg *m, struct ax_error *err)
+{
+    size_t len = strlen(err->message);
+
+    if (m->budget_denied && len + 1 < sizeof(err->message))
+        snprintf(err->message + len, sizeof(err->message) - len,
+                 " (retry budget exhausted: not failing over to another replica)");
+}
+
 static void fail_transfer(struct msg *m, int rc)
 {
     struct ax_error err = {0};
@@ -266,8 +290,13 @@ static void fail_transfer(struct msg *m, int rc)
         ax_error_set(&err, 504, "api_error", "upstream timed out");
         break;
     case AX_EUPSTREAM:
-        ax_error_set(&err, 529, "overloaded_error", "upstream unreachable at %s after %d retries",
-                     m->srv->cfg.upstream_base, m->srv->cfg.connect_retries);
+        if (ax_fleet_count(m->srv->fleet) > 1 && m->up)
+            ax_error_set(&err, 529, "overloaded_error", "upstream %s unreachable at %s",
+                         ax_fleet_name(m->srv->fleet, m->route.idx), ax_upstream_root(m->up));
+        else
+            ax_error_set(&err, 529, "overloaded_error",
+                         "upstream unreachable at %s after %d retries", m->srv->cfg.upstream_base,
+                         m->srv->cfg.connect_retries);
         break;
     case AX_EBUSY:
         ax_error_set(&err, 529, "overloaded_error",
@@ -280,6 +309,7 @@ static void fail_transfer(struct msg *m, int rc)
         ax_error_set(&err, 502, "api_error", "upstream connection failed: %s", ax_strerror(rc));
         break;
     }
+    note_no_failover(m, &err);
     msg_fail(m, &err);
 }
 
@@ -498,6 +528,7 @@ static void handle_upstream_status(struct msg *m)
         ax_session_note_overflow(m->session);
     if (n_ctx > 0 && m->body != NULL)
         note_fixed_part(m, n_prompt, n_ctx);
+    note_no_failover(m, &m->err);
     if (m->retried || !ax_policy_engine_has_hook(m->srv->policies, AX_HOOK_UPSTREAM_ERROR)) {
         msg_fail(m, &m->err);
         return;
@@ -624,6 +655,7 @@ static int on_data(struct ax_xfer *x, const char *p, size_t n, void *ud)
         m->req->on_drain = on_drain;
         return AX_EAGAIN;
     }
+    m->fed = 1;
     rc = ax_sse_feed(&m->sse, p, n, on_sse_event, m);
     flush_out(m);
     if (m->timer_open && m->srv->cfg.ping_interval_ms > 0)
@@ -633,6 +665,58 @@ static int on_data(struct ax_xfer *x, const char *p, size_t n, void *ud)
         m->stream_failed = 1;
     }
     return rc < 0 ? rc : 0;
+}
+
+static int pick_route(struct msg *m, struct ax_error *err);
+
+/* Whether this attempt failed before the upstream's first byte in a way another replica may
+ * not share: refused or unreachable, reset or timed out before the headers, 502/503/504
+ * (a llama-server loading its model answers 503). */
+static int failed_early(const struct msg *m, int rc)
+{
+    if (rc == AX_EUPSTREAM || ((rc == AX_EIO || rc == AX_ETIMEDOUT) && m->up_status == 0))
+        return 1;
+    return rc == 0 && (m->up_status == 502 || m->up_status == 503 || m->up_status == 504);
+}
+
+/* Tells the fleet how the attempt went; moves the request to another replica when it failed
+ * early, nothing reached the client's translator and the retry budget allows. Returns 1 when
+ * a new attempt started (or failed on its own). */
+static int failover(struct msg *m, int rc)
+{
+    struct ax_fleet *fl = m->srv->fleet;
+    uint64_t now = uv_now(m->srv->loop);
+    struct ax_route saved = m->route;
+    struct ax_error err = {0};
+
+    if (rc == AX_ECANCELED || m->up == NULL)
+        return 0;
+    if (!failed_early(m, rc)) {
+        if (rc == 0 && m->up_status < 500)
+            ax_fleet_report(fl, m->route.idx, 1, now);
+        return 0;
+    }
+    ax_fleet_report(fl, m->route.idx, 0, now);
+    if (m->fed || m->body == NULL || m->stream_failed || ax_fleet_count(fl) < 2)
+        return 0;
+    if (pick_route(m, &err) < 0) {
+        m->route = saved; /* no other replica: the error names the one that failed */
+        m->up = ax_fleet_upstream(fl, saved.idx);
+        return 0;
+    }
+    if (!ax_fleet_retry_take(fl, now)) {
+        m->budget_denied = 1;
+        m->route = saved;
+        m->up = ax_fleet_upstream(fl, saved.idx);
+        return 0;
+    }
+    AX_LOG_WARN(m->req,
+                "upstream %s failed before its first byte (%s, status %d): failing over to %s",
+                ax_fleet_name(fl, saved.idx), rc < 0 ? ax_strerror(rc) : "answered", m->up_status,
+                ax_fleet_name(fl, m->route.idx));
+    m->failovers++;
+    msg_send_upstream(m);
+    return 1;
 }
 
 static void on_done(struct ax_xfer *x, int rc, void *ud)
@@ -647,6 +731,10 @@ static void on_done(struct ax_xfer *x, int rc, void *ud)
         break;
     case MSG_ANSWERED:
     case MSG_CANCELED:
+        ax_req_unref(m->req);
+        return;
+    }
+    if (failover(m, rc)) {
         ax_req_unref(m->req);
         return;
     }
@@ -680,7 +768,7 @@ static void start_transfer(struct msg *m)
     m->t_sent_ns = uv_hrtime();
     m->t_first_ns = 0;
     ax_req_ref(m->req);
-    if ((rc = ax_upstream_start(m->srv->up, &spec, &xfer_cbs, m, &m->xfer)) < 0) {
+    if ((rc = ax_upstream_start(m->up, &spec, &xfer_cbs, m, &m->xfer)) < 0) {
         m->xfer = NULL;
         ax_req_unref(m->req);
         fail_transfer(m, rc);
@@ -723,12 +811,11 @@ static void msg_send_upstream(struct msg *m)
 {
     struct ax_translate_opts to;
     struct ax_error err = {0};
-    const struct ax_upstream_info *info = ax_upstream_info(m->srv->up);
 
-    m->upstream_model = ax_models_upstream_name(&m->srv->cfg, m->srv->up, m->model);
+    m->upstream_model = m->route.upstream_model;
     memset(&to, 0, sizeof(to));
     to.upstream_model = m->upstream_model;
-    to.llama_server = info->llama_server;
+    to.llama_server = ax_fleet_llama_server(m->srv->fleet, m->route.idx);
     to.stream = m->stream;
     to.forward_user_id = m->srv->cfg.forward_user_id;
     /* Without an on_upstream_request hook nothing edits the OpenAI tree before it is
@@ -748,7 +835,7 @@ static void msg_send_upstream(struct msg *m)
         m->forced = cJSON_IsString(tct) &&
                     (strcmp(tct->valuestring, "any") == 0 || strcmp(tct->valuestring, "tool") == 0);
     }
-    if (m->session && !m->retried) /* a retry is the same turn, not another request */
+    if (m->session && !m->retried && !m->failovers) /* a retry is the same turn */
         ax_session_record_request(m->session, ax_session_calibrated(m->session, m->est_prompt),
                                   uv_now(m->srv->loop));
     if (m->stream && !m->st_ready) {
@@ -837,7 +924,7 @@ static void on_templated(int rc, int status, const char *body, size_t len, void 
     ax_buf_reset(&m->obody);
     ax_json_print(tok, &m->obody);
     ax_req_ref(m->req);
-    if (ax_upstream_fetch(m->srv->up, "POST", "/tokenize", m->obody.data, m->obody.len, 30000,
+    if (ax_upstream_fetch(m->up, "POST", "/tokenize", m->obody.data, m->obody.len, 30000,
                           on_tokenized, m, &m->xfer) < 0) {
         ax_req_unref(m->req);
         count_by_estimate(m);
@@ -852,20 +939,25 @@ done:
  * template (/apply-template) and counts it (/tokenize); tools and tool results count. */
 static void count_tokens(struct msg *m)
 {
-    const struct ax_upstream_info *info = ax_upstream_info(m->srv->up);
     struct ax_translate_opts to;
     struct ax_error err = {0};
     cJSON *tpl;
+    int llama;
 
+    if (pick_route(m, &err) < 0) {
+        msg_fail(m, &err);
+        return;
+    }
+    llama = ax_fleet_llama_server(m->srv->fleet, m->route.idx);
     memset(&to, 0, sizeof(to));
-    to.upstream_model = ax_models_upstream_name(&m->srv->cfg, m->srv->up, m->model);
-    to.llama_server = info->llama_server;
+    to.upstream_model = m->route.upstream_model;
+    to.llama_server = llama;
     to.share = 1; /* only printed */
     if (ax_translate_request(m->body, &to, &m->oreq, &err) < 0) {
         msg_fail(m, &err);
         return;
     }
-    if (!info->llama_server) {
+    if (!llama) {
         count_by_estimate(m);
         return;
     }
@@ -879,7 +971,7 @@ static void count_tokens(struct msg *m)
     ax_json_print(tpl, &m->obody);
     cJSON_Delete(tpl);
     ax_req_ref(m->req);
-    if (ax_upstream_fetch(m->srv->up, "POST", "/apply-template", m->obody.data, m->obody.len, 30000,
+    if (ax_upstream_fetch(m->up, "POST", "/apply-template", m->obody.data, m->obody.len, 30000,
                           on_templated, m, &m->xfer) < 0) {
         ax_req_unref(m->req);
         count_by_estimate(m);
@@ -895,9 +987,74 @@ static void count_tokens(struct msg *m)
 
 static int probe_pending(const struct msg *m)
 {
-    const struct ax_upstream_info *info = ax_upstream_info(m->srv->up);
+    return ax_fleet_probes_pending(m->srv->fleet);
+}
 
-    return info->last_probe_ms == 0 && !(m->srv->cfg.upstream_model && *m->srv->cfg.upstream_model);
+/* ---- the upstream's choice ---------------------------------------------------------- */
+
+/* Asks the fleet for a member (m->route.tried excluded): by the names on_route chose, else
+ * by model. Returns 0 with m->up set, or < 0 (err filled unless no replica is left). */
+static int pick_route(struct msg *m, struct ax_error *err)
+{
+    struct ax_route_req rq;
+    const char *const *names = NULL;
+    const char *model = NULL;
+    int rc;
+
+    memset(&rq, 0, sizeof(rq));
+    rq.client_model = m->model;
+    rq.session_key = m->session_key;
+    rq.request_id = m->req->id;
+    if (m->preq && ax_policy_req_route(m->preq, &names, &model) > 0) {
+        rq.names = names;
+        rq.model = model;
+    }
+    if ((rc = ax_fleet_route(m->srv->fleet, &rq, &m->route, err)) < 0)
+        return rc;
+    m->up = ax_fleet_upstream(m->srv->fleet, m->route.idx);
+    return 0;
+}
+
+static void send_routed(struct msg *m)
+{
+    struct ax_error err = {0};
+
+    if (pick_route(m, &err) < 0) {
+        if (err.status == 0)
+            ax_error_set(&err, 503, "overloaded_error", "no upstream serves model %s", m->model);
+        msg_fail(m, &err);
+        return;
+    }
+    msg_send_upstream(m);
+}
+
+static void on_route_done(struct ax_policy_req *pr, int rc, const struct ax_error *err, void *ud)
+{
+    struct msg *m = ud;
+
+    (void)pr;
+    cJSON_Delete(m->route_view);
+    m->route_view = NULL;
+    if (hook_finished(m, rc, err))
+        send_routed(m);
+    ax_req_unref(m->req);
+}
+
+/* on_route (when a policy has one) over the request and the fleet's state, then the pick. */
+static void route_and_send(struct msg *m)
+{
+    struct ax_error err = {0};
+
+    if (m->preq == NULL || !ax_policy_req_has_hook(m->preq, AX_HOOK_ROUTE)) {
+        send_routed(m);
+        return;
+    }
+    m->route_view = ax_fleet_route_view(m->srv->fleet, uv_now(m->srv->loop));
+    if (m->route_view == NULL ||
+        run_hook(m, AX_HOOK_ROUTE, m->body, m->route_view, on_route_done) < 0) {
+        ax_error_set(&err, 500, "api_error", "policy engine unavailable");
+        msg_fail(m, &err);
+    }
 }
 
 static void on_probe_poll(uv_timer_t *t)
@@ -909,13 +1066,13 @@ static void on_probe_poll(uv_timer_t *t)
     if (probe_pending(m) && uv_now(m->srv->loop) - m->srv->started_ms < AX_PROBE_WAIT_MS)
         return;
     uv_timer_stop(t);
-    msg_send_upstream(m);
+    route_and_send(m);
 }
 
 static void wait_for_probe(struct msg *m)
 {
     if (!probe_pending(m)) {
-        msg_send_upstream(m);
+        route_and_send(m);
         return;
     }
     AX_LOG_DEBUG(m->req, "waiting for the first upstream probe");
@@ -1073,6 +1230,8 @@ void ax_messages_handle(struct ax_server *srv, struct ax_req *req, int count_onl
                    ax_req_header(req, "x-session-id"), m->body, m->session_key,
                    sizeof(m->session_key));
     m->session = ax_monitor_get(srv->mon, m->session_key, uv_now(srv->loop));
+    if (m->session && srv->share) /* --workers: what the others recorded */
+        ax_session_share_pull(srv->share, m->session);
     if (choose_arm(m, &err) < 0) {
         msg_fail(m, &err);
         return;

@@ -2,6 +2,7 @@
  * inbound keys, and the small endpoints: HEAD /, GET /health, GET /v1/models,
  * GET /v1/context. POST /v1/messages and /v1/messages/count_tokens go to messages.c. */
 #include "anthroxy_experiment.h"
+#include "anthroxy_fleet.h"
 #include "anthroxy_http.h"
 #include "anthroxy_json.h"
 #include "anthroxy_log.h"
@@ -11,6 +12,7 @@
 #include "anthroxy_policy.h"
 #include "anthroxy_routes.h"
 #include "anthroxy_server.h"
+#include "anthroxy_session_share.h"
 #include "anthroxy_upstream.h"
 
 #include <curl/curl.h>
@@ -80,20 +82,34 @@ static cJSON *model_entry(const char *id, const char *display)
     return m;
 }
 
+static int has_model(const cJSON *data, const char *id)
+{
+    const cJSON *m;
+
+    cJSON_ArrayForEach(m, data)
+    {
+        const cJSON *v = cJSON_GetObjectItemCaseSensitive(m, "id");
+        if (cJSON_IsString(v) && strcmp(v->valuestring, id) == 0)
+            return 1;
+    }
+    return 0;
+}
+
 static void route_models(struct ax_server *srv, struct ax_req *req)
 {
-    const struct ax_upstream_info *info = ax_upstream_info(srv->up);
     cJSON *root = cJSON_CreateObject(), *data = cJSON_AddArrayToObject(root, "data"), *m;
-    size_t i;
+    size_t i, k;
 
-    if (info->models) {
+    for (k = 0; k < ax_fleet_count(srv->fleet); k++) {
+        const struct ax_upstream_info *info = ax_upstream_info(ax_fleet_upstream(srv->fleet, k));
         cJSON_ArrayForEach(m, info->models)
         {
             const cJSON *id = cJSON_GetObjectItemCaseSensitive(m, "id");
-            if (cJSON_IsString(id))
+            if (cJSON_IsString(id) && !has_model(data, id->valuestring))
                 cJSON_AddItemToArray(data, model_entry(id->valuestring, NULL));
         }
-    } else if (srv->cfg.upstream_model) {
+    }
+    if (data->child == NULL && srv->cfg.upstream_model) {
         cJSON_AddItemToArray(data, model_entry(srv->cfg.upstream_model, NULL));
     }
     for (i = 0; i < sizeof(claude_models) / sizeof(claude_models[0]); i++)
@@ -131,13 +147,19 @@ static void route_health(struct ax_server *srv, struct ax_req *req)
     const char *src;
     char url[1024];
     int64_t win = ax_models_window(&srv->cfg, srv->up, &src);
-    int status = info->state == AX_UP_OK ? 200 : 503;
+    int status = info->state == AX_UP_OK ? 200 : 503, healthy = 0;
+    cJSON *fleet = ax_fleet_health(srv->fleet, uv_now(srv->loop), &healthy);
+
+    /* a fleet serves while any member does; its "upstreams" list says which */
+    if (ax_fleet_count(srv->fleet) > 1)
+        status = healthy > 0 ? 200 : 503;
 
     cJSON_AddStringToObject(root, "status", status == 200 ? "ok" : "degraded");
     cJSON_AddStringToObject(root, "proxy", "ok");
     if (!authorized(srv, req)) {
         ax_http_send_json(req, status, root);
         cJSON_Delete(root);
+        cJSON_Delete(fleet);
         return;
     }
     ax_upstream_stats(srv->up, &st);
@@ -150,6 +172,8 @@ static void route_health(struct ax_server *srv, struct ax_req *req)
     cJSON_AddNumberToObject(up, "n_ctx", (double)info->n_ctx);
     cJSON_AddNumberToObject(up, "running", st.running);
     cJSON_AddNumberToObject(up, "queued", st.queued);
+    cJSON_AddItemToObject(root, "upstreams", cJSON_DetachItemFromObject(fleet, "upstreams"));
+    cJSON_AddItemToObject(root, "routing", fleet);
     cw = cJSON_AddObjectToObject(root, "context_window");
     cJSON_AddNumberToObject(cw, "value", (double)win);
     cJSON_AddStringToObject(cw, "source", src);
@@ -164,6 +188,11 @@ static void route_health(struct ax_server *srv, struct ax_req *req)
     cJSON_AddNumberToObject(root, "errors", (double)srv->http.n_errors);
     cJSON_AddNumberToObject(root, "connections", srv->http.n_conns);
     cJSON_AddNumberToObject(root, "sessions", (double)ax_monitor_count(srv->mon));
+    cJSON_AddNumberToObject(root, "workers", srv->cfg.workers);
+    cJSON_AddNumberToObject(root, "worker", srv->worker);
+    if (srv->share)
+        cJSON_AddNumberToObject(root, "shared_sessions",
+                                (double)ax_session_share_count(srv->share));
 #ifdef __GLIBC__
     {
         /* the allocator's view: what is in use, apart from what it keeps for reuse */
@@ -222,12 +251,23 @@ static void route_context(struct ax_server *srv, struct ax_req *req)
         return;
     }
     if (q > 0) {
-        struct ax_session *s = ax_monitor_find(srv->mon, key);
+        struct ax_session *s = ax_monitor_find(srv->mon, key), *held = NULL;
+        if (srv->share && strlen(key) < sizeof(((struct ax_session *)0)->key)) {
+            /* --workers: the session may have been served by another worker only */
+            struct ax_session probe;
+            memset(&probe, 0, sizeof(probe));
+            memcpy(probe.key, key, strlen(key) + 1);
+            if (ax_session_share_pull(srv->share, &probe) &&
+                (s = held = ax_monitor_get(srv->mon, key, uv_now(srv->loop))) != NULL)
+                ax_session_share_pull(srv->share, s);
+        }
         if (s == NULL) {
             send_errorf(req, 404, "not_found_error", "no such session");
             return;
         }
         root = ax_session_to_json(s, win, srv->cfg.prune_threshold);
+        if (held)
+            ax_session_unref(held);
     } else {
         root = ax_monitor_to_json(srv->mon, win, srv->cfg.prune_threshold);
     }

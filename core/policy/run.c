@@ -20,7 +20,7 @@
 
 #define DEFAULT_WINDOW 131072
 
-static struct ax__run_slot killer_slot = {.budget_hit = 1};
+static _Thread_local struct ax__run_slot killer_slot = {.budget_hit = 1}; /* per worker thread */
 
 /* ---- session counters ------------------------------------------------------------------ */
 
@@ -356,7 +356,7 @@ static int hook_begin(struct ax_policy_req *pr)
     lua_State *L = eng->L, *co = pr->rs.co;
     int i;
 
-    ax__scope_open(&eng->vs, &pr->scope, pr->hook == AX_HOOK_RESPONSE);
+    ax__scope_open(&eng->vs, &pr->scope, pr->hook == AX_HOOK_RESPONSE || pr->hook == AX_HOOK_ROUTE);
     pr->scope.charge = &pr->rs.json_mem;
     pr->scope.charge_extra = &pr->rs.mem;
     pr->scope.charge_max = eng->req_mem_max;
@@ -394,10 +394,10 @@ static int hook_begin(struct ax_policy_req *pr)
         push_error_arg(pr, co); /* the deprecated (err, req, ctx) */
     ax__view_push(co, &eng->vs, &pr->scope, pr->tree);
     lua_rawgeti(co, LUA_REGISTRYINDEX, pr->ctx_ref);
-    if (pr->hook == AX_HOOK_UPSTREAM_ERROR && !p->old_error_order)
-        push_error_arg(pr, co); /* (req, ctx, err) */
+    if ((pr->hook == AX_HOOK_UPSTREAM_ERROR && !p->old_error_order) || pr->hook == AX_HOOK_ROUTE)
+        push_error_arg(pr, co); /* (req, ctx, err), or (req, ctx, fleet) */
     pr->in_hook = 1;
-    return pr->hook == AX_HOOK_UPSTREAM_ERROR ? 3 : 2;
+    return pr->hook == AX_HOOK_UPSTREAM_ERROR || pr->hook == AX_HOOK_ROUTE ? 3 : 2;
 }
 
 static void hook_commit(struct ax_policy_req *pr)
@@ -460,6 +460,68 @@ static void where_of(lua_State *co, char *out, size_t n)
 
 enum fail_kind { FK_ERROR, FK_BUDGET, FK_MEMORY };
 
+static void route_clear(struct ax_policy_req *pr)
+{
+    int i;
+
+    for (i = 0; i < pr->n_route; i++) {
+        free(pr->route_names[i]);
+        pr->route_names[i] = NULL;
+    }
+    pr->n_route = 0;
+    free(pr->route_model);
+    pr->route_model = NULL;
+}
+
+static void route_add(struct ax_policy_req *pr, lua_State *co, int idx)
+{
+    size_t len;
+    const char *s;
+
+    if (pr->n_route >= AX_ROUTE_MAX_NAMES || lua_type(co, idx) != LUA_TSTRING)
+        return;
+    s = lua_tolstring(co, idx, &len);
+    if (len == 0 || len > 255 || strlen(s) != len)
+        return;
+    if ((pr->route_names[pr->n_route] = strdup(s)) != NULL)
+        pr->n_route++;
+}
+
+/* on_route's results: a name or a list of names, then optionally the upstream model. Other
+ * values (nil, numbers, empty strings) choose nothing: the next policy may. Runs on the
+ * coroutine after it returned, outside any hook budget; reads with raw access only. */
+static void route_take(struct ax_policy_req *pr, lua_State *co, int nres)
+{
+    int first = lua_gettop(co) - nres + 1;
+    lua_Integer i;
+
+    if (lua_type(co, first) == LUA_TSTRING) {
+        route_add(pr, co, first);
+    } else if (lua_type(co, first) == LUA_TTABLE) {
+        lua_checkstack(co, 2);
+        for (i = 1; i <= AX_ROUTE_MAX_NAMES; i++) {
+            lua_rawgeti(co, first, i); /* ..., name */
+            route_add(pr, co, -1);
+            lua_pop(co, 1); /* ... */
+        }
+    }
+    if (pr->n_route > 0 && nres > 1 && lua_type(co, first + 1) == LUA_TSTRING) {
+        const char *m = lua_tostring(co, first + 1);
+        if (*m != '\0' && strlen(m) < 256)
+            pr->route_model = strdup(m);
+    }
+}
+
+int ax_policy_req_route(const struct ax_policy_req *pr, const char *const **names,
+                        const char **model)
+{
+    if (names)
+        *names = (const char *const *)pr->route_names;
+    if (model)
+        *model = pr->route_model;
+    return pr->n_route;
+}
+
 static void hook_end(struct ax_policy_req *pr, int status, int nres)
 {
     struct ax_policy_engine *eng = pr->eng;
@@ -473,6 +535,8 @@ static void hook_end(struct ax_policy_req *pr, int status, int nres)
         if (pr->hook == AX_HOOK_UPSTREAM_ERROR && nres > 0 && lua_isboolean(co, -nres) &&
             lua_toboolean(co, -nres)) /* exactly true: anything else is no retry */
             pr->retry = 1;
+        if (pr->hook == AX_HOOK_ROUTE && nres > 0 && pr->n_route == 0)
+            route_take(pr, co, nres);
         lua_settop(co, 0);
         hook_commit(pr);
         pr->idx++;
@@ -628,11 +692,15 @@ int ax_policy_req_run(struct ax_policy_req *pr, enum ax_hook hook, cJSON *tree, 
     pr->done_ud = ud;
     pr->idx = pr->arm_p->first;
     pr->retry = 0;
+    if (hook == AX_HOOK_ROUTE)
+        route_clear(pr);
     pr->rc = 0;
     memset(&pr->err, 0, sizeof(pr->err));
     /* the caller may have changed the tree between runs: estimates start afresh */
-    ax__memo_reset(&pr->memo,
-                   hook == AX_HOOK_REQUEST || hook == AX_HOOK_UPSTREAM_ERROR ? tree : NULL);
+    ax__memo_reset(&pr->memo, hook == AX_HOOK_REQUEST || hook == AX_HOOK_UPSTREAM_ERROR ||
+                                      hook == AX_HOOK_ROUTE
+                                  ? tree
+                                  : NULL);
     if (pr->memo.root != NULL && pr->session != NULL) {
         /* the session knows its tools' estimate while they keep their shape */
         const cJSON *tools = cJSON_GetObjectItemCaseSensitive(tree, "tools");
@@ -677,6 +745,7 @@ void ax_policy_req_free(struct ax_policy_req *pr)
     ax__unref(eng->L, &pr->states_ref);
     ax__gen_unref(eng, pr->gen);
     ax__memo_free(&pr->memo);
+    route_clear(pr);
     free(pr->request_id);
     free(pr->session_id);
     free(pr->client_model);
