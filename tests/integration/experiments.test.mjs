@@ -40,6 +40,7 @@ const EXP_V1 = `return { name = "itest", arms = {
 fs.writeFileSync(expFile, EXP_V1);
 
 const env = useProxy({ name: 'experiments', mock: { cached: 7 }, args: ['--experiment', expFile] });
+const noExp = useProxy({ name: 'experiments-none', mock: { cached: 3 } });
 
 /** The arm the experiment's hash picks (docs/experiments.md): FNV-1a 64 of name "\n" key,
  * murmur3's finaliser, the top 53 bits as a fraction of the total weight. */
@@ -163,6 +164,10 @@ test('overflows, retries and "prompt is too long" are counted in their arm', env
   expect('plain').tooLong++;
   const j = await experiments();
   assert.equal(armOf(j, 'mask').counters.retry_once.asked, 1);
+  const h = (await request(env.proxy, { path: '/health' })).json;
+  assert.equal(h.policies.counters.mask.retry_once.asked, 1, '/health shows the counters too');
+  assert.equal(h.policies.experiment, expFile);
+  assert.ok(h.policies.policies.some((p) => p.name === 'observation_masking' && p.arm === 'mask'));
 }));
 
 test('observation masking in the mask arm: what the mock got, and its counters', env.wrap(async () => {
@@ -345,4 +350,23 @@ test('another instance assigns the same arms; /v1/experiments needs the key when
     assert.equal(exit.code, 0);
   }
   await sleep(0);
+}));
+
+test('without an experiment: one arm "default", with its figures and counters', noExp.wrap(async () => {
+  const r = await request(noExp.proxy, { method: 'POST', path: '/v1/messages', body: ask('plain hello'), headers: { 'x-session-id': 'solo' } });
+  assert.equal(r.status, 200, r.text);
+  assert.equal(r.headers['anthroxy-arm'], 'default');
+  const bad = await request(noExp.proxy, { method: 'POST', path: '/v1/messages', body: ask('x'), headers: { 'x-anthroxy-arm': 'mask' } });
+  assertAnthropicError(bad, 400, 'invalid_request_error', /no arm named 'mask' \(the arms are: default\)/);
+  const ok = await request(noExp.proxy, { method: 'POST', path: '/v1/messages', body: ask('y'), headers: { 'x-anthroxy-arm': 'default' } });
+  assert.equal(ok.status, 200);
+  const j = (await request(noExp.proxy, { path: '/v1/experiments' })).json;
+  assert.equal(j.experiment, null);
+  assert.deepEqual(j.arms.map((a) => a.name), ['default']);
+  const a = j.arms[0];
+  const recs = noExp.mock.chats();
+  assert.equal(a.requests, recs.length);
+  assert.equal(a.tokens.upstream_prompt, recs.reduce((n, x) => n + x.usage.prompt_tokens, 0));
+  assert.equal(a.tokens.cached, 3 * recs.length);
+  assert.equal(a.sessions, 2, 'solo and the default session');
 }));
