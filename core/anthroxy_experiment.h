@@ -67,7 +67,7 @@ struct ax_exp_stats;
 struct ax_exp_turn {
     const char *arm;
     int status;            /* HTTP status the client got (200 for a stream that began) */
-    int64_t client_tokens; /* estimate of the request as the client sent it */
+    int64_t client_tokens; /* estimate of the request as the client sent it; -1: not measured */
     int64_t sent_estimate; /* estimate of the request after the policies (same estimator) */
     int have_usage;        /* the upstream reported usage: */
     int64_t prompt_tokens; /*   its real prompt_tokens */

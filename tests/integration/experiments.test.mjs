@@ -369,4 +369,5 @@ test('without an experiment: one arm "default", with its figures and counters', 
   assert.equal(a.tokens.upstream_prompt, recs.reduce((n, x) => n + x.usage.prompt_tokens, 0));
   assert.equal(a.tokens.cached, 3 * recs.length);
   assert.equal(a.sessions, 2, 'solo and the default session');
+  assert.equal(a.tokens.client_estimate, null, 'not measured without an experiment');
 }));
