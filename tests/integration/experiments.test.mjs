@@ -327,7 +327,10 @@ test('a reload that removes an arm moves its sessions by the new weights; others
   assert.equal(still.r.status, 200);
   assert.equal(still.arm, 'fresh', 'the arms of the last good file');
   assert.equal((await experiments()).generation, g1, 'no new generation');
+  // saving the file is enough: the directory is watched, like the policies'
   fs.writeFileSync(expFile, EXP_V1);
+  assert.ok(await until(async () => (await experiments()).generation > g1, 5000), 'reloaded on save');
+  assert.deepEqual((await experiments()).experiment.arms.map((a) => a.name), ['mask', 'plain']);
 }));
 
 test('another instance assigns the same arms; /v1/experiments needs the key when keys are set', env.wrap(async () => {
