@@ -706,7 +706,9 @@ int ax_policy_engine_new(const struct ax_policy_env *env, struct ax_policy_engin
     if ((rc = ax__engine_create(env, NULL, 0, &eng)) < 0)
         return ax_error_set(err, 500, "api_error", "policy engine: %s", ax_strerror(rc)), rc;
     if ((rc = ax__engine_load(eng, msg, sizeof(msg))) < 0) {
-        ax_error_set(err, 500, "api_error", "policy chain %s: %s", eng->chain_path, msg);
+        ax_error_set(err, 500, "api_error", "%s %s: %s",
+                     eng->exp_path ? "experiment" : "policy chain",
+                     eng->exp_path ? eng->exp_path : eng->chain_path, msg);
         AX_LOG_ERROR(NULL, "policies: %s", err->message);
         ax__engine_destroy(eng);
         return AX_ELUA;

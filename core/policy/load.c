@@ -283,7 +283,11 @@ static void push_arms(lua_State *L, const struct ax_experiment *exp)
             j = 0;
             cJSON_ArrayForEach(e, a->chain)
             {
-                ax__json_push_table(L, cJSON_GetObjectItemCaseSensitive(e, "settings"));
+                const cJSON *set = cJSON_GetObjectItemCaseSensitive(e, "settings");
+                if (set != NULL)
+                    ax__json_push_table(L, set); /* arms, arm, chain, entry */
+                else
+                    lua_newtable(L);
                 lua_pushstring(L,
                                cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(e, "policy")));
                 lua_rawseti(L, -2, 1);   /* arms, arm, chain, entry */

@@ -125,6 +125,12 @@ local function build(host, chain, label, dir, out, files, mods, names)
       error(label .. ": entry " .. i .. ": expected { \"name\", key = value, ... }", 0)
     end
     local path = M.resolve(dir, entry[1])
+    -- not beside the chain: the shipped policies (a chain of your own can name them)
+    if not mods[path] and entry[1]:sub(1, 1) ~= "/" and dir ~= host.policy_dir
+        and not host.read(path) then
+      local shipped = M.resolve(host.policy_dir, entry[1])
+      if host.read(shipped) then path = shipped end
+    end
     local mod = mods[path]
     if not mod then
       mod = M.load_module(host, path)
