@@ -125,7 +125,8 @@ typedef void (*ax_policy_done_fn)(struct ax_policy_req *pr, int rc, const struct
 /* Runs that hook of every policy in chain order, each over a view of *tree (committed into
  * the cJSON tree in place when that policy's hook succeeds; the root pointer never changes).
  * For AX_HOOK_UPSTREAM_ERROR, tree is the Anthropic request and aux the error object
- * ({status, type, message, n_prompt_tokens?, n_ctx?}); rc 1 = some policy returned true:
+ * ({status, type, message, n_prompt_tokens?, n_ctx?}; copied: the caller may free it once
+ * this returns); rc 1 = some policy returned true:
  * retry with the changed tree. For AX_HOOK_RESPONSE the tree is read-only (writes raise).
  * rc 0 ok, rc < 0: fail the request with err (ax.fail, or a policy error when fail-closed).
  * done runs exactly once and NEVER before this function returns (deferred with a uv check

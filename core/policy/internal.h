@@ -138,7 +138,8 @@ struct ax_policy_req {
     enum ax_hook hook;
     cJSON *tree;
     const cJSON *aux;
-    cJSON *before; /* trace only */
+    cJSON *aux_own; /* aux's copy: later policies' hooks read it after a wait */
+    cJSON *before;  /* trace only */
     ax_policy_done_fn done;
     void *done_ud;
     int idx;   /* policy index in gen */

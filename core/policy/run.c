@@ -687,7 +687,13 @@ int ax_policy_req_run(struct ax_policy_req *pr, enum ax_hook hook, cJSON *tree, 
     pr->running = 1;
     pr->hook = hook;
     pr->tree = tree;
-    pr->aux = aux;
+    cJSON_Delete(pr->aux_own);
+    pr->aux_own = aux != NULL ? cJSON_Duplicate(aux, 1) : NULL;
+    if (aux != NULL && pr->aux_own == NULL) {
+        pr->running = 0;
+        return AX_ENOMEM;
+    }
+    pr->aux = pr->aux_own;
     pr->done = done;
     pr->done_ud = ud;
     pr->idx = pr->arm_p->first;
@@ -746,6 +752,7 @@ void ax_policy_req_free(struct ax_policy_req *pr)
     ax__gen_unref(eng, pr->gen);
     ax__memo_free(&pr->memo);
     route_clear(pr);
+    cJSON_Delete(pr->aux_own);
     free(pr->request_id);
     free(pr->session_id);
     free(pr->client_model);
