@@ -9,6 +9,7 @@
 #include "anthroxy_log.h"
 #include "anthroxy_models.h"
 #include "anthroxy_messages.h"
+#include "anthroxy_metrics.h"
 #include "anthroxy_monitor.h"
 #include "anthroxy_policy.h"
 #include "anthroxy_server.h"
@@ -71,13 +72,15 @@ struct msg {
     int64_t est_prompt; /* our estimate of the prompt sent (raw, uncalibrated) */
     double scale;       /* report_scale from the policies */
     int n_messages, n_tools;
-    uint64_t t_sent_ns, t_first_ns;
+    uint64_t t_sent_ns, t_first_ns, t_data_ns;
+    int64_t prunes0, overflows0; /* the session's counts when the request came (metrics) */
     struct ax_usage usage;
     struct ax_error err;
 };
 
 static void msg_fail(struct msg *m, const struct ax_error *err);
 static void msg_send_upstream(struct msg *m);
+static void count_request(struct msg *m, int status, double up_ms, double total_ms);
 static void run_on_response(struct msg *m, cJSON *resp);
 
 /* ---- life cycle -------------------------------------------------------------------- */
@@ -139,6 +142,8 @@ static void on_cancel(struct ax_req *req)
     struct msg *m = req->handler;
 
     AX_LOG_INFO(req, "client went away: canceling");
+    if (m->state == MSG_PENDING || m->state == MSG_STREAMING)
+        count_request(m, 499, -1, (double)(uv_hrtime() - req->start_ns) / 1e6); /* nginx's */
     m->state = MSG_CANCELED;
     if (m->xfer)
         ax_xfer_cancel(m->xfer); /* on_done follows with AX_ECANCELED */
@@ -168,10 +173,42 @@ static void on_abort(struct ax_req *req, const struct ax_error *err)
         ax_xfer_cancel(m->xfer); /* on_done follows and finds the request answered */
 }
 
+/* The request's figures into /metrics, once, where its summary line is written. */
+static void count_request(struct msg *m, int status, double up_ms, double total_ms)
+{
+    struct ax_metrics *mx = m->srv->metrics;
+    struct ax_metric_labels l = {0};
+
+    l.route = m->count_only ? "count_tokens" : "messages";
+    l.status = status;
+    l.model = m->model;
+    ax_metrics_add(mx, AX_M_REQUESTS, &l, 1);
+    ax_metrics_add(mx, AX_M_DURATION, &l, total_ms / 1e3);
+    if (m->count_only)
+        return;
+    if (up_ms >= 0)
+        ax_metrics_add(mx, AX_M_UPSTREAM_LATENCY, &l, up_ms / 1e3);
+    if (m->stream && m->t_data_ns)
+        ax_metrics_add(mx, AX_M_TTFT, &l, (double)(m->t_data_ns - m->req->start_ns) / 1e9);
+    ax_metrics_add(mx, AX_M_TOKENS_IN, &l, (double)m->usage.prompt_tokens);
+    ax_metrics_add(mx, AX_M_TOKENS_OUT, &l, (double)m->usage.completion_tokens);
+    ax_metrics_add(mx, AX_M_TOKENS_CACHED, &l, (double)m->usage.cached_tokens);
+    if (m->session && m->session->prune_count > m->prunes0)
+        ax_metrics_add(mx, AX_M_PRUNES, &l, (double)(m->session->prune_count - m->prunes0));
+    if (m->session && m->session->overflow_count > m->overflows0)
+        ax_metrics_add(mx, AX_M_OVERFLOWS, &l,
+                       (double)(m->session->overflow_count - m->overflows0));
+    l.kind = "policy";
+    if (m->retried)
+        ax_metrics_add(mx, AX_M_RETRIES, &l, 1);
+}
+
 static void log_summary(struct msg *m, int status)
 {
     double up_ms = m->t_first_ns ? (double)(m->t_first_ns - m->t_sent_ns) / 1e6 : -1.0;
     double total_ms = (double)(uv_hrtime() - m->req->start_ns) / 1e6;
+
+    count_request(m, status, up_ms, total_ms);
 
     AX_LOG_INFO(m->req,
                 "%s model=%s upstream_model=%s session=%s messages=%d tools=%d stream=%d "
@@ -210,6 +247,7 @@ static void msg_fail(struct msg *m, const struct ax_error *err)
         return;
     answering(m);
     AX_LOG_INFO(m->req, "error %d %s: %s", err->status, err->type, err->message);
+    ax_metrics_note_error(m->srv->metrics, m->req->id, err->status, err->type, err->message);
     log_summary(m, err->status);
     if (was == MSG_STREAMING) {
         ax_stream_fail(&m->st, err, &m->out);
@@ -580,6 +618,8 @@ static int on_data(struct ax_xfer *x, const char *p, size_t n, void *ud)
         m->req->on_drain = on_drain;
         return AX_EAGAIN;
     }
+    if (m->t_data_ns == 0)
+        m->t_data_ns = uv_hrtime();
     rc = ax_sse_feed(&m->sse, p, n, on_sse_event, m);
     flush_out(m);
     if (m->timer_open && m->srv->cfg.ping_interval_ms > 0)
@@ -971,6 +1011,10 @@ void ax_messages_handle(struct ax_server *srv, struct ax_req *req, int count_onl
                    ax_req_header(req, "x-session-id"), m->body, m->session_key,
                    sizeof(m->session_key));
     m->session = ax_monitor_get(srv->mon, m->session_key, uv_now(srv->loop));
+    if (m->session) {
+        m->prunes0 = m->session->prune_count;
+        m->overflows0 = m->session->overflow_count;
+    }
     memset(&info, 0, sizeof(info));
     info.request_id = req->id;
     info.session_id = m->session_key;

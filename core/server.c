@@ -4,6 +4,7 @@
 #include "anthroxy.h"
 #include "anthroxy_http.h"
 #include "anthroxy_log.h"
+#include "anthroxy_metrics.h"
 #include "anthroxy_models.h"
 #include "anthroxy_monitor.h"
 #include "anthroxy_policy.h"
@@ -143,7 +144,8 @@ int ax_server_new(uv_loop_t *loop, const struct ax_config *cfg, struct ax_server
         goto fail;
     }
     ax_upstream_on_info(srv->up, on_upstream_info, srv);
-    if ((srv->mon = ax_monitor_new(srv->cfg.max_sessions, srv->cfg.session_ttl_ms)) == NULL) {
+    if ((srv->mon = ax_monitor_new(srv->cfg.max_sessions, srv->cfg.session_ttl_ms)) == NULL ||
+        (srv->metrics = ax_metrics_new()) == NULL) {
         rc = ax_error_set_code(err, AX_ENOMEM, 500, "api_error", "out of memory");
         goto fail;
     }
@@ -157,6 +159,9 @@ int ax_server_new(uv_loop_t *loop, const struct ax_config *cfg, struct ax_server
 fail:
     if (srv->up)
         ax_upstream_close(srv->up, NULL, NULL);
+    if (srv->mon)
+        ax_monitor_free(srv->mon);
+    ax_metrics_free(srv->metrics);
     ax_config_free(&srv->cfg);
     free(srv);
     return rc;
@@ -383,6 +388,7 @@ void ax_server_free(struct ax_server *srv)
         return;
     if (srv->mon)
         ax_monitor_free(srv->mon);
+    ax_metrics_free(srv->metrics);
     ax_config_free(&srv->cfg);
     free(srv);
 }
