@@ -135,6 +135,7 @@ int main(int argc, char **argv)
         return 0;
     }
     ax_log_set_level((enum ax_log_level)cfg.log_level);
+    ax_log_set_format(ax_log_format_parse(cfg.log_format ? cfg.log_format : "text"));
     ax_config_log(&cfg);
     /* ax_server_listen logs the address and warns loudly when it is not loopback and no
      * api key is set: embedders get the warning too */

@@ -208,17 +208,26 @@ static void log_summary(struct msg *m, int status)
     double up_ms = m->t_first_ns ? (double)(m->t_first_ns - m->t_sent_ns) / 1e6 : -1.0;
     double total_ms = (double)(uv_hrtime() - m->req->start_ns) / 1e6;
 
-    count_request(m, status, up_ms, total_ms);
+    struct ax_log_field f[] = {
+        AX_LOG_STR("model", m->model),
+        AX_LOG_STR("upstream_model", m->upstream_model),
+        AX_LOG_STR("session", m->session_key),
+        AX_LOG_INT("messages", m->n_messages),
+        AX_LOG_INT("tools", m->n_tools),
+        AX_LOG_INT("stream", m->stream),
+        AX_LOG_INT("status", status),
+        AX_LOG_NUM("first_byte_ms", up_ms),
+        AX_LOG_NUM("total_ms", total_ms),
+        AX_LOG_INT("est_prompt", m->est_prompt),
+        AX_LOG_INT("prompt", m->usage.prompt_tokens),
+        AX_LOG_INT("cached", m->usage.cached_tokens),
+        AX_LOG_INT("output", m->usage.completion_tokens),
+        AX_LOG_INT("retried", 1), /* only when it was */
+    };
 
-    AX_LOG_INFO(m->req,
-                "%s model=%s upstream_model=%s session=%s messages=%d tools=%d stream=%d "
-                "status=%d first_byte_ms=%.1f total_ms=%.1f est_prompt=%lld prompt=%lld "
-                "cached=%lld output=%lld%s",
-                m->count_only ? "count_tokens" : "messages", m->model,
-                m->upstream_model ? m->upstream_model : "-", m->session_key, m->n_messages,
-                m->n_tools, m->stream, status, up_ms, total_ms, (long long)m->est_prompt,
-                (long long)m->usage.prompt_tokens, (long long)m->usage.cached_tokens,
-                (long long)m->usage.completion_tokens, m->retried ? " retried=1" : "");
+    count_request(m, status, up_ms, total_ms);
+    AX_LOG_FIELDS(AX_LOG_LVL_INFO, m->req, m->count_only ? "count_tokens" : "messages", f,
+                  (int)(sizeof(f) / sizeof(f[0])) - !m->retried);
 }
 
 /* ---- errors ------------------------------------------------------------------------ */
@@ -671,6 +680,7 @@ static void start_transfer(struct msg *m)
     spec.path = "/v1/chat/completions";
     spec.body = m->obody.data;
     spec.body_len = m->obody.len;
+    spec.request_id = m->req->id; /* the client's request-id, so both logs join on it */
     m->up_status = 0;
     ax_buf_reset(&m->resp);
     m->t_sent_ns = uv_hrtime();

@@ -412,11 +412,14 @@ static void route_status(struct ax_server *srv, struct ax_req *req)
     cJSON_Delete(root);
 }
 
-/* GET /: the page is a shell with no data (it fetches /v1/status with the key the browser
- * holds), so it is served without a key; HEAD / answers Claude Code's probe as before. */
+/* GET / from a browser (Accept: text/html): the status page, a shell with no data (it fetches
+ * /v1/status with the key the browser holds), so it is served without a key. HEAD / and
+ * every other GET / (Claude Code's probe, curl, scripts) get the same "anthroxy" as before. */
 static void route_root(struct ax_req *req)
 {
-    if (req->method == HTTP_HEAD)
+    const char *accept = ax_req_header(req, "accept");
+
+    if (req->method == HTTP_HEAD || accept == NULL || strstr(accept, "text/html") == NULL)
         ax_http_respond(req, 200, "text/plain; charset=utf-8", NULL, "anthroxy\n", 9);
     else
         ax_http_respond(req, 200, "text/html; charset=utf-8",

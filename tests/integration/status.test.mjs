@@ -59,8 +59,10 @@ test('the page renders upstreams, a session bar, policies, no experiment and an 
     const head = await request(proxy, { method: 'HEAD', path: '/' }); // Claude Code's probe, as before
     assert.equal(head.status, 200);
     assert.equal(head.headers['content-type'], 'text/plain; charset=utf-8');
+    const plain = await request(proxy, { path: '/' }); // curl and scripts: as before
+    assert.equal(plain.text, 'anthroxy\n');
 
-    const page = await request(proxy, { path: '/' });
+    const page = await request(proxy, { path: '/', headers: { accept: 'text/html' } });
     assert.equal(page.status, 200);
     assert.match(page.headers['content-type'], /^text\/html/);
     assert.doesNotMatch(page.text, /<(script|link|img)[^>]+(src|href)=/i, 'no external assets');
@@ -93,7 +95,7 @@ test('with keys: the page asks for one, and /#key=KEY shows the data', async () 
   await withProxy(['--api-key', 'status-key-1234'], async (proxy) => {
     const data = await request(proxy, { path: '/v1/status' });
     assert.equal(data.status, 401, 'the data needs the key');
-    const page = await request(proxy, { path: '/' });
+    const page = await request(proxy, { path: '/', headers: { accept: 'text/html' } });
     assert.equal(page.status, 200, 'the shell does not');
     assert.doesNotMatch(page.text, /status-key-1234/);
 
