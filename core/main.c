@@ -3,6 +3,7 @@
  * Reads the configuration (config.c), runs one server on the default loop until
  * SIGINT/SIGTERM, reloads policies on SIGHUP, and dispatches the policy tools
  * (`anthroxy check`, `anthroxy test-lua`, implemented in policy.c). */
+#include <limits.h> /* PATH_MAX */
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -66,6 +67,32 @@ static int signals_start(uv_loop_t *loop, struct app *app)
             return rc;
     }
     return 0;
+}
+
+/* An installed anthroxy (cmake --install, the Debian package) finds its Lua beside itself:
+ * PREFIX/bin/anthroxy takes PREFIX/share/anthroxy/{lua,policies} unless --lua-dir or
+ * --policies say otherwise, so a prefix can be moved or chosen at install time. A build tree
+ * has no such directory and keeps the paths fixed at build time (the source tree). */
+static void use_installed_dirs(struct ax_config *cfg)
+{
+    char exe[PATH_MAX], real[PATH_MAX + 32], share[PATH_MAX + 64], *slash;
+    size_t n = sizeof(exe);
+
+    if (uv_exepath(exe, &n) != 0 || (slash = strrchr(exe, '/')) == NULL)
+        return;
+    *slash = '\0';
+    if ((slash = strrchr(exe, '/')) == NULL) /* PREFIX/bin -> PREFIX */
+        return;
+    *slash = '\0';
+    snprintf(real, sizeof(real), "%s/share/anthroxy", exe);
+    snprintf(share, sizeof(share), "%s/lua/anthroxy", real);
+    if (cfg->lua_dir == NULL && access(share, R_OK) == 0) {
+        snprintf(share, sizeof(share), "%s/lua", real);
+        cfg->lua_dir = strdup(share);
+    }
+    snprintf(share, sizeof(share), "%s/policies/default.lua", real);
+    if (cfg->policies_path == NULL && access(share, R_OK) == 0)
+        cfg->policies_path = strdup(share);
 }
 
 static int run_server(struct ax_config *cfg)
@@ -134,6 +161,7 @@ int main(int argc, char **argv)
         ax_config_free(&cfg);
         return 0;
     }
+    use_installed_dirs(&cfg);
     ax_log_set_level((enum ax_log_level)cfg.log_level);
     ax_log_set_format(ax_log_format_parse(cfg.log_format ? cfg.log_format : "text"));
     ax_config_log(&cfg);
