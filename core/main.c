@@ -72,27 +72,39 @@ static int signals_start(uv_loop_t *loop, struct app *app)
 /* An installed anthroxy (cmake --install, the Debian package) finds its Lua beside itself:
  * PREFIX/bin/anthroxy takes PREFIX/share/anthroxy/{lua,policies} unless --lua-dir or
  * --policies say otherwise, so a prefix can be moved or chosen at install time. A build tree
- * has no such directory and keeps the paths fixed at build time (the source tree). */
+ * has no such directory and keeps the paths fixed at build time (the source tree). Writes
+ * PREFIX/share/anthroxy to out and returns 1 when it holds the runtime's Lua. */
+static int installed_share(char *out, size_t cap)
+{
+    char exe[PATH_MAX], probe[PATH_MAX + 64], *slash;
+    size_t n = sizeof(exe);
+    int i;
+
+    if (uv_exepath(exe, &n) != 0)
+        return 0;
+    for (i = 0; i < 2; i++) { /* PREFIX/bin/anthroxy -> PREFIX */
+        if ((slash = strrchr(exe, '/')) == NULL)
+            return 0;
+        *slash = '\0';
+    }
+    if ((size_t)snprintf(out, cap, "%s/share/anthroxy", exe) >= cap)
+        return 0;
+    snprintf(probe, sizeof(probe), "%s/lua/anthroxy/chain.lua", out);
+    return access(probe, R_OK) == 0;
+}
+
 static void use_installed_dirs(struct ax_config *cfg)
 {
-    char exe[PATH_MAX], real[PATH_MAX + 32], share[PATH_MAX + 64], *slash;
-    size_t n = sizeof(exe);
+    char share[PATH_MAX + 32], path[PATH_MAX + 64];
 
-    if (uv_exepath(exe, &n) != 0 || (slash = strrchr(exe, '/')) == NULL)
+    if (!installed_share(share, sizeof(share)))
         return;
-    *slash = '\0';
-    if ((slash = strrchr(exe, '/')) == NULL) /* PREFIX/bin -> PREFIX */
-        return;
-    *slash = '\0';
-    snprintf(real, sizeof(real), "%s/share/anthroxy", exe);
-    snprintf(share, sizeof(share), "%s/lua/anthroxy", real);
-    if (cfg->lua_dir == NULL && access(share, R_OK) == 0) {
-        snprintf(share, sizeof(share), "%s/lua", real);
-        cfg->lua_dir = strdup(share);
-    }
-    snprintf(share, sizeof(share), "%s/policies/default.lua", real);
-    if (cfg->policies_path == NULL && access(share, R_OK) == 0)
-        cfg->policies_path = strdup(share);
+    snprintf(path, sizeof(path), "%s/lua", share);
+    if (cfg->lua_dir == NULL)
+        cfg->lua_dir = strdup(path);
+    snprintf(path, sizeof(path), "%s/policies/default.lua", share);
+    if (cfg->policies_path == NULL && access(path, R_OK) == 0)
+        cfg->policies_path = strdup(path);
 }
 
 static int run_server(struct ax_config *cfg)
@@ -137,8 +149,14 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
 
     /* subcommands get their own argv, argv[0] being the subcommand's name */
-    if (argc > 1 && strcmp(argv[1], "check") == 0)
+    if (argc > 1 && strcmp(argv[1], "check") == 0) {
+        char share[PATH_MAX + 32], lua[PATH_MAX + 64];
+        if (getenv("ANTHROXY_LUA_DIR") == NULL && installed_share(share, sizeof(share))) {
+            snprintf(lua, sizeof(lua), "%s/lua", share); /* check reads the environment */
+            setenv("ANTHROXY_LUA_DIR", lua, 1);
+        }
         return ax_policy_check_main(argc - 1, argv + 1);
+    }
     if (argc > 1 && strcmp(argv[1], "test-lua") == 0)
         return ax_policy_test_lua_main(argc - 1, argv + 1);
 

@@ -42,6 +42,8 @@ done < "$prefix/opts.txt"
 
 # the installed binary runs with the installed policies: from a directory without the tree
 cd "$prefix"
+env -u ANTHROXY_LUA_DIR "$prefix/bin/anthroxy" check "$prefix/share/anthroxy/policies/default.lua" \
+    > "$log" 2>&1 || fail "anthroxy check on the installed chain failed"
 "$prefix/bin/anthroxy" --port 0 --upstream http://127.0.0.1:9/v1 > "$log" 2>&1 &
 pid=$!
 i=0
