@@ -151,14 +151,23 @@ static size_t label_escape(const char *s, char *out, size_t cap)
     return n;
 }
 
+/* Appends `,name="value"` (no comma first) to buf, escaped; snprintf-free: this runs
+ * several times for every request. */
 static void label_put(char *buf, size_t cap, size_t *n, const char *name, const char *value)
 {
-    char esc[AX_METRICS_LABEL_MAX * 2 + 8];
+    size_t nl = strlen(name);
 
-    if (*n >= cap)
+    if (*n + nl + 4 + AX_METRICS_LABEL_MAX * 2 + 1 >= cap)
         return;
-    label_escape(value ? value : "default", esc, sizeof(esc));
-    *n += (size_t)snprintf(buf + *n, cap - *n, "%s%s=\"%s\"", *n ? "," : "", name, esc);
+    if (*n)
+        buf[(*n)++] = ',';
+    memcpy(buf + *n, name, nl);
+    *n += nl;
+    buf[(*n)++] = '=';
+    buf[(*n)++] = '"';
+    *n += label_escape(value ? value : "default", buf + *n, cap - *n - 1);
+    buf[(*n)++] = '"';
+    buf[*n] = '\0';
 }
 
 /* The family's label set rendered into buf; "other" for every value when other is set. */
@@ -171,7 +180,8 @@ static void labels_render(unsigned want, const struct ax_metric_labels *l, int o
 
     if (l == NULL)
         l = &none;
-    snprintf(status, sizeof(status), "%d", l->status);
+    if (want & ML_STATUS)
+        snprintf(status, sizeof(status), "%d", l->status);
     buf[0] = '\0';
     if (want & ML_ROUTE)
         label_put(buf, cap, &n, "route", other ? "other" : l->route);
