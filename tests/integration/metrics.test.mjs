@@ -4,10 +4,14 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { useProxy, request, userMsg, startProxy, waitUpstreamProbed } from './helpers.mjs';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { useProxy, request, userMsg, startProxy, waitUpstreamProbed, sdkClient, FIXTURES_DIR } from './helpers.mjs';
 import { startMock } from './mock-llama.mjs';
 
-const env = useProxy({ mock: { cached: 3 } });
+const env = useProxy({ mock: { cached: 3, nCtx: 16384 } });
+const sdkClientFor = (proxy, session) => sdkClient(proxy, { defaultHeaders: { 'x-claude-code-session-id': session } });
 
 /** Parses the text format into [{ name, labels: {..}, value }]; asserts each line's shape. */
 function parse(text) {
@@ -136,3 +140,44 @@ test('with inbound keys, /metrics needs one; a bearer token works', async () => 
     assert.equal(exit.code, 0);
   }
 });
+
+test('an overflow the upstream reports is counted, with its 400', async () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'anthroxy-nop-'));
+  fs.writeFileSync(path.join(dir, 'none.lua'), 'return {}\n');
+  const mock = await startMock({ nCtx: 8192 });
+  const proxy = await startProxy({ upstream: mock.base, args: ['--policies', path.join(dir, 'none.lua')] });
+  try {
+    await waitUpstreamProbed(proxy);
+    const firstTurn = JSON.parse(fs.readFileSync(path.join(FIXTURES_DIR, 'claude-code', 'first-turn.json'), 'utf8'));
+    const r = await request(proxy, { method: 'POST', path: '/v1/messages', body: { ...firstTurn, stream: false } });
+    assert.equal(r.status, 400);
+    assert.match(r.json.error.message, /^prompt is too long/);
+    const s = parse((await scrape(proxy)).text);
+    assert.equal(sum(s, 'anthroxy_context_overflows_total'), 1);
+    assert.equal(sum(s, 'anthroxy_requests_total', { route: 'messages', status: '400', model: firstTurn.model }), 1);
+    assert.equal(sum(s, 'anthroxy_prunes_total'), 0, 'no pruning policy in this chain');
+    assert.equal(sum(s, 'anthroxy_upstream_latency_seconds_count'), 1, 'it did reach the upstream');
+  } finally {
+    const exit = await proxy.stop();
+    await mock.close();
+    fs.rmSync(dir, { recursive: true, force: true });
+    assert.equal(exit.code, 0);
+  }
+});
+
+test('a request the pruning policy cut is counted once', env.wrap(async () => {
+  const before = parse((await scrape(env.proxy)).text);
+  const messages = [];
+  for (let i = 0; i < 16; i++) {
+    messages.push(userMsg(`question ${i}: ` + `word${i} `.repeat(900)));
+    messages.push({ role: 'assistant', content: `answer ${i}` });
+  }
+  messages.push(userMsg('and now?'));
+  const client = sdkClientFor(env.proxy, 'metrics-prune-session');
+  const msg = await client.messages.create({ model: 'claude-sonnet-4-5', max_tokens: 64, messages });
+  assert.equal(msg.type, 'message');
+  const sent = env.mock.lastChat().body.messages.length;
+  assert.ok(sent < messages.length, `pruned: ${sent} of ${messages.length} messages sent`);
+  const after = parse((await scrape(env.proxy)).text);
+  assert.equal(sum(after, 'anthroxy_prunes_total') - sum(before, 'anthroxy_prunes_total'), 1);
+}));
