@@ -16,6 +16,7 @@ struct ax_fleet;
 struct ax_monitor;
 struct ax_session_share;
 struct ax_policy_engine;
+struct ax_metrics;
 
 struct ax_server {
     uv_loop_t *loop;
@@ -41,6 +42,7 @@ struct ax_server {
     int worker;                     /* its index among the workers (0 alone) */
     struct ax_policy_engine *policies;
     struct ax_exp_stats *exp_stats; /* per-arm figures, GET /v1/experiments */
+    struct ax_metrics *metrics;     /* GET /metrics, the status page's recent errors */
 
     /* counters for /health and the log (errors: http.n_errors) */
     uint64_t n_requests;

@@ -156,6 +156,8 @@ static const struct opt opts[] = {
      "forget a session idle this long; 0: never"},
     {"log-level", "PROXY_LOG_LEVEL", OPT_LEVEL, F(log_level), "INFO", 0, 0, 0, "LEVEL",
      "DEBUG, INFO, WARNING or ERROR"},
+    {"log-format", NULL, OPT_STR, F(log_format), "text", 0, 0, 0, "FORMAT",
+     "text (one readable line an event) or json (one JSON object a line, for log shippers)"},
     {"config", NULL, OPT_STR, F(config_path), NULL, 0, 0, 0, "FILE",
      "read settings from FILE (KEY = VALUE lines), below the environment and flags"},
 };
@@ -1137,6 +1139,10 @@ int ax_config_validate(const struct ax_config *cfg, struct ax_error *err)
     if (cfg->log_level < AX_LOG_LVL_DEBUG || cfg->log_level > AX_LOG_LVL_ERROR)
         return ax_error_set(err, 400, "invalid_request_error", "log-level: %d out of range",
                             cfg->log_level);
+    if (cfg->log_format != NULL && ax_log_format_parse(cfg->log_format) < 0)
+        return ax_error_set(err, 400, "invalid_request_error",
+                            "log-format: invalid value \"%.40s\": expected text or json",
+                            cfg->log_format);
     if (cfg->host == NULL)
         return ax_error_set(err, 400, "invalid_request_error", "host: must not be empty");
     if (u == NULL || (strncasecmp(u, "http://", 7) != 0 && strncasecmp(u, "https://", 8) != 0))

@@ -3,6 +3,7 @@
  * Reads the configuration (config.c), runs one server on the default loop until
  * SIGINT/SIGTERM, reloads policies on SIGHUP, and dispatches the policy tools
  * (`anthroxy check`, `anthroxy test-lua`, implemented in policy.c). */
+#include <limits.h> /* PATH_MAX */
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -176,6 +177,44 @@ static void workers_join(struct app *app)
     free(app->workers);
 }
 
+/* An installed anthroxy (cmake --install, the Debian package) finds its Lua beside itself:
+ * PREFIX/bin/anthroxy takes PREFIX/share/anthroxy/{lua,policies} unless --lua-dir or
+ * --policies say otherwise, so a prefix can be moved or chosen at install time. A build tree
+ * has no such directory and keeps the paths fixed at build time (the source tree). Writes
+ * PREFIX/share/anthroxy to out and returns 1 when it holds the runtime's Lua. */
+static int installed_share(char *out, size_t cap)
+{
+    char exe[PATH_MAX], probe[PATH_MAX + 64], *slash;
+    size_t n = sizeof(exe);
+    int i;
+
+    if (uv_exepath(exe, &n) != 0)
+        return 0;
+    for (i = 0; i < 2; i++) { /* PREFIX/bin/anthroxy -> PREFIX */
+        if ((slash = strrchr(exe, '/')) == NULL)
+            return 0;
+        *slash = '\0';
+    }
+    if ((size_t)snprintf(out, cap, "%s/share/anthroxy", exe) >= cap)
+        return 0;
+    snprintf(probe, sizeof(probe), "%s/lua/anthroxy/chain.lua", out);
+    return access(probe, R_OK) == 0;
+}
+
+static void use_installed_dirs(struct ax_config *cfg)
+{
+    char share[PATH_MAX + 32], path[PATH_MAX + 64];
+
+    if (!installed_share(share, sizeof(share)))
+        return;
+    snprintf(path, sizeof(path), "%s/lua", share);
+    if (cfg->lua_dir == NULL)
+        cfg->lua_dir = strdup(path);
+    snprintf(path, sizeof(path), "%s/policies/default.lua", share);
+    if (cfg->policies_path == NULL && access(path, R_OK) == 0)
+        cfg->policies_path = strdup(path);
+}
+
 static int run_server(struct ax_config *cfg)
 {
     uv_loop_t *loop = uv_default_loop();
@@ -223,8 +262,14 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
 
     /* subcommands get their own argv, argv[0] being the subcommand's name */
-    if (argc > 1 && strcmp(argv[1], "check") == 0)
+    if (argc > 1 && strcmp(argv[1], "check") == 0) {
+        char share[PATH_MAX + 32], lua[PATH_MAX + 64];
+        if (getenv("ANTHROXY_LUA_DIR") == NULL && installed_share(share, sizeof(share))) {
+            snprintf(lua, sizeof(lua), "%s/lua", share); /* check reads the environment */
+            setenv("ANTHROXY_LUA_DIR", lua, 1);
+        }
         return ax_policy_check_main(argc - 1, argv + 1);
+    }
     if (argc > 1 && strcmp(argv[1], "test-lua") == 0)
         return ax_policy_test_lua_main(argc - 1, argv + 1);
 
@@ -247,7 +292,9 @@ int main(int argc, char **argv)
         ax_config_free(&cfg);
         return 0;
     }
+    use_installed_dirs(&cfg);
     ax_log_set_level((enum ax_log_level)cfg.log_level);
+    ax_log_set_format(ax_log_format_parse(cfg.log_format ? cfg.log_format : "text"));
     ax_config_log(&cfg);
     /* ax_server_listen logs the address and warns loudly when it is not loopback and no
      * api key is set: embedders get the warning too */

@@ -11,6 +11,7 @@
 #include "anthroxy_log.h"
 #include "anthroxy_models.h"
 #include "anthroxy_messages.h"
+#include "anthroxy_metrics.h"
 #include "anthroxy_monitor.h"
 #include "anthroxy_policy.h"
 #include "anthroxy_server.h"
@@ -81,7 +82,8 @@ struct msg {
     int64_t est_prompt; /* our estimate of the prompt sent (raw, uncalibrated) */
     double scale;       /* report_scale from the policies */
     int n_messages, n_tools;
-    uint64_t t_sent_ns, t_first_ns;
+    uint64_t t_sent_ns, t_first_ns, t_data_ns;
+    int64_t prunes0, overflows0; /* the session's counts when the request came (metrics) */
     struct ax_usage usage;
     struct ax_error err;
 
@@ -94,6 +96,8 @@ struct msg {
 
 static void msg_fail(struct msg *m, const struct ax_error *err);
 static void msg_send_upstream(struct msg *m);
+static void count_request(struct msg *m, int status, double up_ms, double total_ms,
+                          const char *upstream);
 static void run_on_response(struct msg *m, cJSON *resp);
 
 /* ---- life cycle -------------------------------------------------------------------- */
@@ -158,6 +162,9 @@ static void on_cancel(struct ax_req *req)
     struct msg *m = req->handler;
 
     AX_LOG_INFO(req, "client went away: canceling");
+    if (m->state == MSG_PENDING || m->state == MSG_STREAMING)
+        count_request(m, 499, -1, (double)(uv_hrtime() - req->start_ns) / 1e6, /* nginx's */
+                      m->up ? ax_fleet_name(m->srv->fleet, m->route.idx) : "-");
     m->state = MSG_CANCELED;
     if (m->xfer)
         ax_xfer_cancel(m->xfer); /* on_done follows with AX_ECANCELED */
@@ -213,23 +220,75 @@ static void record_figures(struct msg *m, int status, double total_ms)
     ax_exp_stats_record(m->srv->exp_stats, &t);
 }
 
+/* The request's figures into /metrics, once, where its summary line is written. */
+static void count_request(struct msg *m, int status, double up_ms, double total_ms,
+                          const char *upstream)
+{
+    struct ax_metrics *mx = m->srv->metrics;
+    struct ax_metric_labels l = {0};
+
+    l.route = m->count_only ? "count_tokens" : "messages";
+    l.status = status;
+    l.model = m->model;
+    l.upstream = upstream;
+    l.arm = m->arm[0] ? m->arm : "default";
+    ax_metrics_add(mx, AX_M_REQUESTS, &l, 1);
+    ax_metrics_add(mx, AX_M_DURATION, &l, total_ms / 1e3);
+    if (m->count_only)
+        return;
+    if (up_ms >= 0)
+        ax_metrics_add(mx, AX_M_UPSTREAM_LATENCY, &l, up_ms / 1e3);
+    if (m->stream && m->t_data_ns)
+        ax_metrics_add(mx, AX_M_TTFT, &l, (double)(m->t_data_ns - m->req->start_ns) / 1e9);
+    ax_metrics_add(mx, AX_M_TOKENS_IN, &l, (double)m->usage.prompt_tokens);
+    ax_metrics_add(mx, AX_M_TOKENS_OUT, &l, (double)m->usage.completion_tokens);
+    ax_metrics_add(mx, AX_M_TOKENS_CACHED, &l, (double)m->usage.cached_tokens);
+    if (m->session && m->session->prune_count > m->prunes0)
+        ax_metrics_add(mx, AX_M_PRUNES, &l, (double)(m->session->prune_count - m->prunes0));
+    if (m->session && m->session->overflow_count > m->overflows0)
+        ax_metrics_add(mx, AX_M_OVERFLOWS, &l,
+                       (double)(m->session->overflow_count - m->overflows0));
+    if (m->failovers)
+        ax_metrics_add(mx, AX_M_FAILOVERS, &l, m->failovers);
+    l.kind = "policy";
+    if (m->retried)
+        ax_metrics_add(mx, AX_M_RETRIES, &l, 1);
+}
+
 static void log_summary(struct msg *m, int status)
 {
     double up_ms = m->t_first_ns ? (double)(m->t_first_ns - m->t_sent_ns) / 1e6 : -1.0;
     double total_ms = (double)(uv_hrtime() - m->req->start_ns) / 1e6;
 
-    AX_LOG_INFO(m->req,
-                "%s model=%s upstream_model=%s session=%s arm=%s messages=%d tools=%d stream=%d "
-                "status=%d first_byte_ms=%.1f total_ms=%.1f est_prompt=%lld prompt=%lld "
-                "cached=%lld output=%lld%s upstream=%s route=%s%s",
-                m->count_only ? "count_tokens" : "messages", m->model,
-                m->upstream_model ? m->upstream_model : "-", m->session_key,
-                m->arm[0] ? m->arm : "-", m->n_messages, m->n_tools, m->stream, status, up_ms,
-                total_ms, (long long)m->est_prompt, (long long)m->usage.prompt_tokens,
-                (long long)m->usage.cached_tokens, (long long)m->usage.completion_tokens,
-                m->retried ? " retried=1" : "",
-                m->up ? ax_fleet_name(m->srv->fleet, m->route.idx) : "-",
-                m->route.why[0] ? m->route.why : "-", m->failovers ? " failover=1" : "");
+    const char *upstream = m->up ? ax_fleet_name(m->srv->fleet, m->route.idx) : "-";
+    struct ax_log_field f[] = {
+        AX_LOG_STR("model", m->model),
+        AX_LOG_STR("upstream_model", m->upstream_model),
+        AX_LOG_STR("session", m->session_key),
+        AX_LOG_STR("arm", m->arm[0] ? m->arm : "-"),
+        AX_LOG_INT("messages", m->n_messages),
+        AX_LOG_INT("tools", m->n_tools),
+        AX_LOG_INT("stream", m->stream),
+        AX_LOG_INT("status", status),
+        AX_LOG_NUM("first_byte_ms", up_ms),
+        AX_LOG_NUM("total_ms", total_ms),
+        AX_LOG_INT("est_prompt", m->est_prompt),
+        AX_LOG_INT("prompt", m->usage.prompt_tokens),
+        AX_LOG_INT("cached", m->usage.cached_tokens),
+        AX_LOG_INT("output", m->usage.completion_tokens),
+        AX_LOG_STR("upstream", upstream),
+        AX_LOG_STR("route", m->route.why[0] ? m->route.why : "-"),
+        AX_LOG_INT("retried", 1),  /* only when it was */
+        AX_LOG_INT("failover", 1), /* only when it was */
+    };
+    int n_f = (int)(sizeof(f) / sizeof(f[0])) - 2;
+
+    if (m->retried)
+        f[n_f++] = f[sizeof(f) / sizeof(f[0]) - 2];
+    if (m->failovers)
+        f[n_f++] = f[sizeof(f) / sizeof(f[0]) - 1];
+    count_request(m, status, up_ms, total_ms, upstream);
+    AX_LOG_FIELDS(AX_LOG_LVL_INFO, m->req, m->count_only ? "count_tokens" : "messages", f, n_f);
     record_figures(m, status, total_ms);
 }
 
@@ -261,6 +320,7 @@ static void msg_fail(struct msg *m, const struct ax_error *err)
     if (err != &m->err)
         m->err = *err; /* the figures read what the client got */
     AX_LOG_INFO(m->req, "error %d %s: %s", err->status, err->type, err->message);
+    ax_metrics_note_error(m->srv->metrics, m->req->id, err->status, err->type, err->message);
     log_summary(m, err->status);
     if (was == MSG_STREAMING) {
         ax_stream_fail(&m->st, err, &m->out);
@@ -656,6 +716,8 @@ static int on_data(struct ax_xfer *x, const char *p, size_t n, void *ud)
         return AX_EAGAIN;
     }
     m->fed = 1;
+    if (m->t_data_ns == 0)
+        m->t_data_ns = uv_hrtime();
     rc = ax_sse_feed(&m->sse, p, n, on_sse_event, m);
     flush_out(m);
     if (m->timer_open && m->srv->cfg.ping_interval_ms > 0)
@@ -763,6 +825,7 @@ static void start_transfer(struct msg *m)
     spec.path = "/v1/chat/completions";
     spec.body = m->obody.data;
     spec.body_len = m->obody.len;
+    spec.request_id = m->req->id; /* the client's request-id, so both logs join on it */
     m->up_status = 0;
     ax_buf_reset(&m->resp);
     m->t_sent_ns = uv_hrtime();
@@ -1244,6 +1307,10 @@ void ax_messages_handle(struct ax_server *srv, struct ax_req *req, int count_onl
         else
             m->client_est = -1;
         m->tool_errors = count_tool_errors(m->body);
+    }
+    if (m->session) {
+        m->prunes0 = m->session->prune_count;
+        m->overflows0 = m->session->overflow_count;
     }
     memset(&info, 0, sizeof(info));
     info.request_id = req->id;

@@ -1,6 +1,8 @@
 /* routes.c - dispatch by method and path (server.c hands it each request http.c parsed),
  * inbound keys, and the small endpoints: HEAD /, GET /health, GET /v1/models,
- * GET /v1/context. POST /v1/messages and /v1/messages/count_tokens go to messages.c. */
+ * GET /v1/context, and (in "seeing it run") GET /metrics, GET / (the status page) and
+ * GET /v1/status (its data). POST /v1/messages and /v1/messages/count_tokens go to
+ * messages.c. */
 #include "anthroxy_experiment.h"
 #include "anthroxy_fleet.h"
 #include "anthroxy_http.h"
@@ -8,6 +10,7 @@
 #include "anthroxy_log.h"
 #include "anthroxy_models.h"
 #include "anthroxy_messages.h"
+#include "anthroxy_metrics.h"
 #include "anthroxy_monitor.h"
 #include "anthroxy_policy.h"
 #include "anthroxy_routes.h"
@@ -289,6 +292,195 @@ static void route_experiments(struct ax_server *srv, struct ax_req *req)
     cJSON_Delete(root);
 }
 
+/* ---- seeing it run: /metrics, the status page and its data ------------------------------ */
+
+extern const char ax_status_html[]; /* status.html, embedded at build time (CMakeLists.txt) */
+extern const size_t ax_status_html_len;
+
+/* The metric's route label for a path (the whole set is fixed: paths do not make series). */
+static const char *route_label(const char *path)
+{
+    static const char *const known[][2] = {
+        {"/v1/messages", "messages"}, {"/v1/messages/count_tokens", "count_tokens"},
+        {"/v1/models", "models"},     {"/health", "health"},
+        {"/v1/health", "health"},     {"/v1/context", "context"},
+        {"/metrics", "metrics"},      {"/", "status"},
+        {"/v1/status", "status"},
+    };
+    size_t i;
+
+    for (i = 0; i < sizeof(known) / sizeof(known[0]); i++)
+        if (strcmp(path, known[i][0]) == 0)
+            return known[i][1];
+    return "other";
+}
+
+static void count_route(struct ax_server *srv, const char *path, int status)
+{
+    struct ax_metric_labels l = {0};
+
+    l.route = route_label(path);
+    l.status = status;
+    l.model = "-"; /* not a model request */
+    ax_metrics_add(srv->metrics, AX_M_REQUESTS, &l, 1);
+}
+
+static int count_streams(const struct ax_server *srv)
+{
+    const struct ax_list *n;
+    int k = 0;
+
+    AX_LIST_FOREACH(n, &srv->reqs.live)
+    {
+        const struct ax_req *r = AX_LIST_ENTRY(n, struct ax_req, _link);
+        k += r->chunked && !r->finished && !r->canceled;
+    }
+    return k;
+}
+
+/* The gauges of state other modules own, and the counters they keep themselves. */
+static void metrics_collect(struct ax_server *srv)
+{
+    static const int states[] = {AX_UP_UNKNOWN, AX_UP_OK, AX_UP_LOADING, AX_UP_DOWN};
+    struct ax_metrics *mx = srv->metrics;
+    struct ax_metric_labels l = {0};
+    struct ax_upstream_stats st;
+    uint64_t connect_retries = 0;
+    cJSON *ps;
+    size_t i, u;
+
+    ax_metrics_set(mx, AX_M_CONNECTIONS, NULL, srv->http.n_conns);
+    ax_metrics_set(mx, AX_M_STREAMS, NULL, count_streams(srv));
+    ax_metrics_set(mx, AX_M_SESSIONS, NULL, (double)ax_monitor_count(srv->mon));
+#ifdef __GLIBC__
+    ax_metrics_set(mx, AX_M_HEAP, NULL, (double)mallinfo2().uordblks);
+#endif
+    for (u = 0; u < ax_fleet_count(srv->fleet); u++) { /* each upstream of the fleet */
+        struct ax_upstream *up = ax_fleet_upstream(srv->fleet, u);
+        const struct ax_upstream_info *info = ax_upstream_info(up);
+        l.upstream = ax_fleet_name(srv->fleet, u);
+        ax_upstream_stats(up, &st);
+        connect_retries += st.connect_retries;
+        for (i = 0; i < sizeof(states) / sizeof(states[0]); i++) {
+            l.state = ax_upstream_state_name(states[i]);
+            ax_metrics_set(mx, AX_M_UPSTREAM_UP, &l, info->state == states[i]);
+        }
+        l.state = NULL;
+        ax_metrics_set(mx, AX_M_UPSTREAM_RUNNING, &l, st.running);
+        ax_metrics_set(mx, AX_M_UPSTREAM_QUEUED, &l, st.queued);
+        ax_metrics_add(mx, AX_M_FAILOVERS, &l, 0); /* the series exists before the first */
+    }
+    l.upstream = NULL;
+    st.connect_retries = connect_retries;
+    l.kind = "connect";
+    ax_metrics_set(mx, AX_M_RETRIES, &l, (double)st.connect_retries);
+    l.kind = "policy";
+    ax_metrics_add(mx, AX_M_RETRIES, &l, 0);
+    if (srv->policies && (ps = ax_policy_engine_status(srv->policies)) != NULL) {
+        const cJSON *e = cJSON_GetObjectItemCaseSensitive(ps, "errors");
+        const cJSON *b = cJSON_GetObjectItemCaseSensitive(ps, "budget_kills");
+        ax_metrics_set(mx, AX_M_POLICY_ERRORS, NULL, cJSON_IsNumber(e) ? e->valuedouble : 0);
+        ax_metrics_set(mx, AX_M_BUDGET_HITS, NULL, cJSON_IsNumber(b) ? b->valuedouble : 0);
+        cJSON_Delete(ps);
+        ax_metrics_set(mx, AX_M_POLICY_GENERATION, NULL,
+                       (double)ax_policy_engine_generation(srv->policies));
+    }
+}
+
+static void route_metrics(struct ax_server *srv, struct ax_req *req)
+{
+    struct ax_buf out;
+
+    metrics_collect(srv);
+    ax_buf_init(&out, 64u << 20);
+    if (ax_metrics_render(srv->metrics, &out) < 0) {
+        ax_buf_free(&out);
+        send_errorf(req, 500, "api_error", "out of memory rendering the metrics");
+        return;
+    }
+    ax_http_respond(req, 200, "text/plain; version=0.0.4; charset=utf-8", NULL,
+                    out.data ? out.data : "", out.len);
+    ax_buf_free(&out);
+}
+
+static cJSON *status_upstreams(struct ax_server *srv)
+{
+    cJSON *h = ax_fleet_health(srv->fleet, uv_now(srv->loop), NULL);
+    cJSON *arr = h ? cJSON_DetachItemFromObjectCaseSensitive(h, "upstreams") : NULL;
+
+    cJSON_Delete(h);
+    return arr ? arr : cJSON_CreateArray();
+}
+
+static cJSON *status_errors(const struct ax_server *srv)
+{
+    cJSON *arr = cJSON_CreateArray();
+    const struct ax_metrics_error *e;
+    int i;
+
+    for (i = 0; (e = ax_metrics_error_at(srv->metrics, i)) != NULL; i++) {
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddItemToArray(arr, o);
+        cJSON_AddNumberToObject(o, "at_ms", (double)e->at_ms);
+        cJSON_AddNumberToObject(o, "status", e->status);
+        cJSON_AddStringToObject(o, "request_id", e->request_id);
+        cJSON_AddStringToObject(o, "type", e->type);
+        cJSON_AddStringToObject(o, "message", e->message);
+    }
+    return arr;
+}
+
+/* GET /v1/status: what the status page shows, in one answer. */
+static void route_status(struct ax_server *srv, struct ax_req *req)
+{
+    int64_t win = ax_models_window(&srv->cfg, srv->up, NULL);
+    cJSON *root = cJSON_CreateObject(), *exp, *stats;
+    const struct ax_experiment *xp;
+
+    cJSON_AddStringToObject(root, "version", ANTHROXY_VERSION);
+    cJSON_AddNumberToObject(root, "uptime_s",
+                            (double)(uv_now(srv->loop) - srv->started_ms) / 1000.0);
+    cJSON_AddNumberToObject(root, "requests", (double)srv->n_requests);
+    cJSON_AddNumberToObject(root, "connections", srv->http.n_conns);
+    cJSON_AddNumberToObject(root, "streams", count_streams(srv));
+    cJSON_AddItemToObject(root, "upstreams", status_upstreams(srv));
+    cJSON_AddItemToObject(root, "sessions",
+                          ax_monitor_to_json(srv->mon, win, srv->cfg.prune_threshold));
+    if (srv->policies)
+        cJSON_AddItemToObject(root, "policies", ax_policy_engine_status(srv->policies));
+    exp =
+        cJSON_AddObjectToObject(root, "experiment"); /* no experiment: no arms, the page says so */
+    if (exp && (xp = ax_policy_engine_experiment(srv->policies)) != NULL &&
+        (stats = ax_exp_stats_to_json(srv->exp_stats, xp)) != NULL) {
+        cJSON_AddStringToObject(exp, "name", xp->name);
+        cJSON_AddItemToObject(exp, "arms", cJSON_DetachItemFromObjectCaseSensitive(stats, "arms"));
+        cJSON_Delete(stats);
+    } else if (exp) {
+        cJSON_AddNullToObject(exp, "name");
+        cJSON_AddArrayToObject(exp, "arms");
+    }
+    cJSON_AddItemToObject(root, "errors", status_errors(srv));
+    ax_http_send_json(req, 200, root);
+    cJSON_Delete(root);
+}
+
+/* GET / from a browser (Accept: text/html): the status page, a shell with no data (it fetches
+ * /v1/status with the key the browser holds), so it is served without a key. HEAD / and
+ * every other GET / (Claude Code's probe, curl, scripts) get the same "anthroxy" as before. */
+static void route_root(struct ax_req *req)
+{
+    const char *accept = ax_req_header(req, "accept");
+
+    if (req->method == HTTP_HEAD || accept == NULL || strstr(accept, "text/html") == NULL)
+        ax_http_respond(req, 200, "text/plain; charset=utf-8", NULL, "anthroxy\n", 9);
+    else
+        ax_http_respond(req, 200, "text/html; charset=utf-8",
+                        "Cache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\n"
+                        "Content-Security-Policy: default-src 'self'; script-src 'unsafe-inline'; "
+                        "style-src 'unsafe-inline'\r\n",
+                        ax_status_html, ax_status_html_len);
+}
+
 /* Strips the optional "/anthropic" prefix and a trailing slash. */
 static const char *normalise_path(const char *path, char *buf, size_t n)
 {
@@ -316,19 +508,18 @@ int ax_routes_check_key(struct ax_server *srv, const struct ax_req *req, struct 
     if (authorized(srv, req))
         return 0;
     srv->n_requests++;
+    count_route(srv, path, 401);
     return ax_error_set(err, 401, "authentication_error", "invalid x-api-key");
 }
 
-void ax_routes_dispatch(struct ax_server *srv, struct ax_req *req)
+static void dispatch(struct ax_server *srv, struct ax_req *req, const char *path)
 {
     char buf[512];
-    const char *path = normalise_path(req->path ? req->path : "/", buf, sizeof(buf));
     int get = req->method == HTTP_GET || req->method == HTTP_HEAD;
     int post = req->method == HTTP_POST;
 
-    srv->n_requests++;
     if (strcmp(path, "/") == 0 && get) {
-        ax_http_respond(req, 200, "text/plain; charset=utf-8", NULL, "anthroxy\n", 9);
+        route_root(req);
         return;
     }
     if (strcmp(path, "/health") == 0 || strcmp(path, "/v1/health") == 0) {
@@ -368,8 +559,28 @@ void ax_routes_dispatch(struct ax_server *srv, struct ax_req *req)
             send_errorf(req, 405, "invalid_request_error", "method not allowed: use GET");
         else
             route_experiments(srv, req);
+    } else if (strcmp(path, "/metrics") == 0 || strcmp(path, "/v1/status") == 0) {
+        if (!get)
+            send_errorf(req, 405, "invalid_request_error", "method not allowed: use GET");
+        else if (path[1] == 'm')
+            route_metrics(srv, req);
+        else
+            route_status(srv, req);
     } else {
         snprintf(buf, sizeof(buf), "not found: %.200s", req->path ? req->path : "/");
         send_errorf(req, 404, "not_found_error", buf);
     }
+}
+
+void ax_routes_dispatch(struct ax_server *srv, struct ax_req *req)
+{
+    char buf[512];
+    const char *path = normalise_path(req->path ? req->path : "/", buf, sizeof(buf));
+
+    srv->n_requests++;
+    ax_req_ref(req); /* to read the status once answered */
+    dispatch(srv, req, path);
+    if (req->handler == NULL && req->status != 0) /* messages.c counts its own */
+        count_route(srv, path, req->status);
+    ax_req_unref(req);
 }

@@ -6,6 +6,7 @@
 #include "anthroxy_fleet.h"
 #include "anthroxy_http.h"
 #include "anthroxy_log.h"
+#include "anthroxy_metrics.h"
 #include "anthroxy_models.h"
 #include "anthroxy_monitor.h"
 #include "anthroxy_policy.h"
@@ -141,7 +142,7 @@ int ax_server_new(uv_loop_t *loop, const struct ax_config *cfg, struct ax_server
         goto fail;
     srv->up = ax_fleet_upstream(srv->fleet, 0);
     if ((srv->mon = ax_monitor_new(srv->cfg.max_sessions, srv->cfg.session_ttl_ms)) == NULL ||
-        ax_exp_stats_new(&srv->exp_stats) < 0) {
+        ax_exp_stats_new(&srv->exp_stats) < 0 || (srv->metrics = ax_metrics_new()) == NULL) {
         rc = ax_error_set_code(err, AX_ENOMEM, 500, "api_error", "out of memory");
         goto fail;
     }
@@ -158,6 +159,7 @@ fail:
     ax_exp_stats_free(srv->exp_stats);
     if (srv->fleet)
         ax_fleet_close(srv->fleet, NULL, NULL);
+    ax_metrics_free(srv->metrics);
     ax_config_free(&srv->cfg);
     free(srv);
     return rc;
@@ -426,6 +428,7 @@ void ax_server_free(struct ax_server *srv)
     if (srv->mon)
         ax_monitor_free(srv->mon);
     ax_exp_stats_free(srv->exp_stats);
+    ax_metrics_free(srv->metrics);
     ax_config_free(&srv->cfg);
     free(srv);
 }

@@ -108,7 +108,8 @@ struct ax_config {
     uint64_t session_ttl_ms; /* 6 h */
 
     /* logging */
-    int log_level; /* enum ax_log_level; PROXY_LOG_LEVEL */
+    int log_level;    /* enum ax_log_level; PROXY_LOG_LEVEL */
+    char *log_format; /* "text" (NULL too) or "json": one object a line */
 
     /* the config file read (--config, ANTHROXY_CONFIG); NULL: none */
     char *config_path;
