@@ -52,7 +52,7 @@ function M.on_request(req, ctx)
   if t:find("REJECT", 1, true) then ax.fail(403, "permission_error", "denied by policy") end
 end
 function M.on_upstream_error(req, ctx, err)
-  if last_text(req):find("ERRSLEEP", 1, true) then ax.sleep(100) end
+  if last_text(req):find("UPERR", 1, true) then ax.sleep(100) end
 end
 return M
 `);
@@ -302,13 +302,13 @@ test('engine: a policy that errors halfway leaves the request exactly as it was'
 
 test('engine: a later on_upstream_error reads its err after an earlier one slept', chaos.wrap(async () => {
   let n = 0;
-  chaos.on('ERRSLEEP', () => (n++ === 0
+  chaos.on('UPERR', () => (n++ === 0
     ? { status: 500, body: { error: { code: 500, message: 'flaky', type: 'server_error' } } }
     : { text: 'second try' }));
-  const r = await post(chaos, 'ERRSLEEP then retry');
+  const r = await post(chaos, 'UPERR then retry');
   assert.equal(r.status, 200, r.text);
   assert.equal(r.json.content[0].text, 'second try');
-  const ups = chaos.mock.chats().filter((q) => q.lastText === 'ERRSLEEP then retry');
+  const ups = chaos.mock.chats().filter((q) => q.lastText === 'UPERR then retry');
   assert.equal(ups.length, 2, 'retried once');
   assert.equal(oaiText(ups[1].body.messages[0].content), 'after the sleep: api_error 500');
 }));
