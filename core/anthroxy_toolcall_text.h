@@ -143,6 +143,37 @@ int ax_tool_args_parse(const char *s, size_t n, cJSON **out, unsigned *what);
  * non-object schema accepts everything. */
 int ax_tool_args_check(const cJSON *args, const cJSON *schema, char *why, size_t n);
 
+/* The same repairs applied as the text streams in (streamed native tool-call arguments):
+ * fed argument text comes out at once, except a comma with the blanks after it (held until
+ * the next byte says whether a closing bracket follows) and a bare word outside strings (held
+ * until it ends, so True becomes true). Valid JSON comes out unchanged, byte for byte. At
+ * finish, a held comma before the end is dropped and the open brackets closed, unless the text
+ * was cut inside a string or right after a ':' (then nothing is added). Nesting past
+ * AX_TOOL_ARGS_FIX_DEPTH stops the repairs: the rest passes through as it came. */
+#define AX_TOOL_ARGS_FIX_DEPTH 64
+struct ax_tool_args_fixer {
+    unsigned repairs; /* AX_TOOL_ARGS_FIXED_* applied so far (read-only) */
+    /* private */
+    char _stack[AX_TOOL_ARGS_FIX_DEPTH];
+    int _depth, _in_str, _esc, _opened, _off;
+    char _last;     /* last significant byte outside strings */
+    char _held[16]; /* a held comma and its blanks, or a held word */
+    int _nheld, _held_word;
+};
+void ax_tool_args_fix_init(struct ax_tool_args_fixer *f);
+/* Appends the repaired form of s[0..n) to out (possibly less: held bytes come later).
+ * Returns 1 when exactly s[0..n) was appended (nothing held, nothing changed), 0 when
+ * something else was, or AX_ETOOBIG / AX_ENOMEM. */
+int ax_tool_args_fix_feed(struct ax_tool_args_fixer *f, const char *s, size_t n,
+                          struct ax_buf *out);
+/* Appends what the end of the arguments needs (held bytes, closing brackets); with repair 0
+ * (an answer cut by max_tokens: the last value may be cut short too) only the held bytes, as
+ * they came. Returns 0, AX_ETOOBIG or AX_ENOMEM. */
+int ax_tool_args_fix_finish(struct ax_tool_args_fixer *f, struct ax_buf *out, int repair);
+
+/* Bytes the recogniser holds back right now (a possible opener or an open block). */
+size_t ax_tctext_held(const struct ax_tctext *t);
+
 /* The tool named name[0..n) in tools (an Anthropic "tools" array), or NULL. */
 const cJSON *ax_tctext_find_tool(const cJSON *tools, const char *name, size_t n);
 

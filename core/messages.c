@@ -52,6 +52,7 @@ struct msg {
     cJSON *final;        /* the answer as the client got it (or the stream's summary) */
     cJSON *shadow;       /* count_tokens: a copy the policies may change (and is dropped) */
     cJSON *stops;        /* stop_sequences, kept when the request is released mid-stream */
+    cJSON *tools;        /* tools without descriptions, kept then for the stream */
     int forced;          /* the request forced a tool call (tool_choice any or tool) */
     struct ax_buf obody; /* its text, alive while the transfer runs */
     char model[256];     /* as the client named it */
@@ -93,6 +94,7 @@ static void msg_free(struct msg *m)
     cJSON_Delete(m->final);
     cJSON_Delete(m->shadow);
     cJSON_Delete(m->stops);
+    cJSON_Delete(m->tools);
     ax_buf_free(&m->obody);
     ax_buf_free(&m->resp);
     ax_buf_free(&m->out);
@@ -292,6 +294,20 @@ static void on_response_done(struct ax_policy_req *pr, int rc, const struct ax_e
     ax_req_unref(m->req);
 }
 
+/* The tool-call decisions of the translation: one log line, and ctx.tool_calls. */
+static void note_tool_stats(struct msg *m, const struct ax_toolcall_stats *ts)
+{
+    if (ts->text_calls || ts->repaired || ts->schema_failures)
+        AX_LOG_INFO(m->req,
+                    "decision tool_calls: text_calls=%u repaired=%u schema_failures=%u%s%s%s",
+                    ts->text_calls, ts->repaired, ts->schema_failures,
+                    ts->schema_failures ? " (passed on; first: " : "", ts->first_failure,
+                    ts->schema_failures ? ")" : "");
+    if (m->preq != NULL)
+        ax_policy_req_set_tool_stats(m->preq, ts->text_calls, ts->repaired, ts->schema_failures,
+                                     ts->first_failure);
+}
+
 static void run_on_response(struct msg *m, cJSON *resp)
 {
     if (resp == NULL || m->state != MSG_ANSWERED)
@@ -361,6 +377,7 @@ static void complete_nonstream(struct msg *m)
 {
     struct ax_error err = {0};
     struct ax_response_opts ro;
+    struct ax_toolcall_stats ts;
     cJSON *oresp, *resp = NULL;
 
     if ((oresp = ax_json_parse(m->resp.data ? m->resp.data : "", m->resp.len, &err)) == NULL) {
@@ -374,6 +391,9 @@ static void complete_nonstream(struct msg *m)
     ro.stop_sequences = cJSON_GetObjectItemCaseSensitive(m->body, "stop_sequences");
     ro.usage_scale = m->scale;
     ro.reasoning_fallback = m->srv->cfg.reasoning_fallback;
+    ro.tools = cJSON_GetObjectItemCaseSensitive(m->body, "tools");
+    ro.stats = &ts;
+    memset(&ts, 0, sizeof(ts));
     if (ax_translate_response(oresp, &ro, &resp, &err) < 0) {
         cJSON_Delete(oresp);
         if (err.status == 0)
@@ -384,6 +404,7 @@ static void complete_nonstream(struct msg *m)
     cJSON_Delete(oresp);
     answering(m);
     ax_http_send_json(m->req, 200, resp);
+    note_tool_stats(m, &ts);
     finish_ok(m, resp, 200);
 }
 
@@ -403,6 +424,7 @@ static void complete_stream(struct msg *m)
     flush_out(m);
     ax_http_stream_end(m->req);
     summary = ax_stream_summary(&m->st);
+    note_tool_stats(m, &m->st.tool_stats);
     finish_ok(m, summary, 200);
 }
 
@@ -511,6 +533,20 @@ static void on_hold_over(uv_timer_t *t)
  * has sent the body (it never re-sends once response headers arrived). Dropping the trees
  * and the printed body keeps a stream's memory to the translator, the reader and curl's
  * buffers, whatever the size of the conversation. */
+static void keep_tools(struct msg *m)
+{
+    cJSON *t;
+
+    /* the stream reads the tools (text tool calls, schema checks) at the same address;
+     * their descriptions, most of an agent's tools, are of no use to it */
+    if ((m->tools = cJSON_DetachItemFromObjectCaseSensitive(m->body, "tools")) == NULL)
+        return;
+    cJSON_ArrayForEach(t, m->tools)
+    {
+        cJSON_DeleteItemFromObjectCaseSensitive(t, "description");
+    }
+}
+
 static void release_request(struct msg *m)
 {
     if (m->body == NULL)
@@ -518,6 +554,7 @@ static void release_request(struct msg *m)
     m->stops = cJSON_DetachItemFromObjectCaseSensitive(m->body, "stop_sequences");
     cJSON_Delete(m->oreq); /* may share nodes with body: never read after this */
     m->oreq = NULL;
+    keep_tools(m);
     cJSON_Delete(m->body);
     m->body = NULL;
     ax_buf_free(&m->obody);
@@ -716,12 +753,15 @@ static void msg_send_upstream(struct msg *m)
         so.usage_scale = m->scale;
         so.reasoning_fallback = m->srv->cfg.reasoning_fallback;
         so.stop_sequences = cJSON_GetObjectItemCaseSensitive(m->body, "stop_sequences");
+        so.tools = cJSON_GetObjectItemCaseSensitive(m->body, "tools");
         if (ax_stream_init(&m->st, &so) < 0) {
             ax_error_set(&err, 500, "api_error", "out of memory");
             msg_fail(m, &err);
             return;
         }
         m->st_ready = 1;
+    } else if (m->stream) { /* a retry: its policy may have replaced the tools */
+        ax_stream_set_tools(&m->st, cJSON_GetObjectItemCaseSensitive(m->body, "tools"));
     }
     if (!ax_policy_req_has_hook(m->preq, AX_HOOK_UPSTREAM_REQUEST)) {
         send_translated(m); /* no hook to wait a loop turn for */

@@ -209,6 +209,164 @@ int ax_tool_args_repair(const char *s, size_t n, struct ax_buf *out, unsigned *w
     return 0;
 }
 
+/* ---- argument repair, streamed ---------------------------------------------------- */
+
+void ax_tool_args_fix_init(struct ax_tool_args_fixer *f)
+{
+    memset(f, 0, sizeof(*f));
+}
+
+static int is_letter(unsigned char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
+}
+
+/* Releases a held word: Python's literals become JSON's. */
+static int fix_word(struct ax_tool_args_fixer *f, struct ax_buf *o)
+{
+    static const struct {
+        const char *py, *json;
+        int n;
+    } lits[] = {{"True", "true", 4}, {"False", "false", 5}, {"None", "null", 4}};
+    size_t i;
+    int n = f->_nheld;
+
+    f->_nheld = f->_held_word = 0;
+    f->_last = 'w';
+    for (i = 0; i < sizeof(lits) / sizeof(lits[0]); i++)
+        if (n == lits[i].n && memcmp(f->_held, lits[i].py, (size_t)n) == 0) {
+            f->repairs |= AX_TOOL_ARGS_FIXED_PYTHON;
+            return ax_buf_append(o, lits[i].json, (size_t)n);
+        }
+    return ax_buf_append(o, f->_held, (size_t)n);
+}
+
+/* Releases held bytes: a word, or a comma (dropped when drop_comma) and its blanks. */
+static int fix_release(struct ax_tool_args_fixer *f, struct ax_buf *o, int drop_comma)
+{
+    int n = f->_nheld;
+
+    if (n == 0)
+        return 0;
+    if (f->_held_word)
+        return fix_word(f, o);
+    f->_nheld = 0;
+    if (drop_comma) {
+        f->repairs |= AX_TOOL_ARGS_FIXED_COMMA;
+        return ax_buf_append(o, f->_held + 1, (size_t)n - 1);
+    }
+    return ax_buf_append(o, f->_held, (size_t)n);
+}
+
+/* One byte outside strings. Returns 0 or an AX_E* code; *same cleared when the output is
+ * not the input byte. */
+static int fix_byte(struct ax_tool_args_fixer *f, unsigned char c, struct ax_buf *o, int *same)
+{
+    char b = (char)c;
+    int rc;
+
+    if (f->_nheld > 0) {
+        if (f->_held_word && is_letter(c) && f->_nheld < (int)sizeof(f->_held))
+            return f->_held[f->_nheld++] = b, 0;
+        if (!f->_held_word && is_blank(c) && f->_nheld < (int)sizeof(f->_held))
+            return f->_held[f->_nheld++] = b, 0;
+        if ((rc = fix_release(f, o, !f->_held_word && (c == '}' || c == ']'))) < 0)
+            return rc;
+    }
+    if (f->_opened && f->_depth == 0 && (c == '}' || c == ']')) {
+        f->repairs |= AX_TOOL_ARGS_FIXED_TRAILER; /* a stray closer after the value */
+        *same = 0;
+        return 0;
+    }
+    if (c == ',' || is_letter(c)) {
+        f->_held[0] = b;
+        f->_nheld = 1;
+        f->_held_word = c != ',';
+        if (c == ',')
+            f->_last = ',';
+        return 0;
+    }
+    if (c == '"') {
+        f->_in_str = 1;
+    } else if (c == '{' || c == '[') {
+        if (f->_depth == AX_TOOL_ARGS_FIX_DEPTH)
+            f->_off = 1; /* too deep: pass the rest through */
+        else
+            f->_stack[f->_depth++] = b, f->_opened = 1;
+    } else if ((c == '}' || c == ']') && f->_depth > 0) {
+        f->_depth--;
+    }
+    if (!is_blank(c))
+        f->_last = b;
+    return ax_buf_append(o, &b, 1);
+}
+
+int ax_tool_args_fix_feed(struct ax_tool_args_fixer *f, const char *s, size_t n, struct ax_buf *out)
+{
+    size_t i, start = out->len;
+    int rc = 0, same = f->_nheld == 0;
+
+    for (i = 0; i < n && rc == 0; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (f->_off) {
+            rc = ax_buf_append(out, s + i, n - i);
+            break;
+        }
+        if (!f->_in_str) {
+            rc = fix_byte(f, c, out, &same);
+        } else if (f->_esc) {
+            f->_esc = 0;
+            rc = ax_buf_append(out, s + i, 1);
+        } else if (c == '\\') {
+            f->_esc = 1;
+            rc = ax_buf_append(out, s + i, 1);
+        } else if (c == '"') {
+            f->_in_str = 0;
+            f->_last = '"';
+            rc = ax_buf_append(out, s + i, 1);
+        } else if (c < 0x20) {
+            f->repairs |= AX_TOOL_ARGS_FIXED_CTRL;
+            same = 0;
+            rc = put_ctrl(out, c);
+        } else {
+            rc = ax_buf_append(out, s + i, 1);
+        }
+    }
+    if (rc < 0)
+        return rc;
+    return same && f->_nheld == 0 && out->len - start == n &&
+           (n == 0 || memcmp(out->data + start, s, n) == 0);
+}
+
+int ax_tool_args_fix_finish(struct ax_tool_args_fixer *f, struct ax_buf *out, int repair)
+{
+    int rc, cut = f->_in_str || f->_off || !repair;
+
+    if (!repair && f->_nheld > 0) { /* as it came, Python words included */
+        rc = ax_buf_append(out, f->_held, (size_t)f->_nheld);
+        f->_nheld = 0;
+        return rc;
+    }
+    if (f->_nheld > 0 && f->_held_word && (rc = fix_word(f, out)) < 0)
+        return rc;
+    if (f->_nheld > 0 && (rc = fix_release(f, out, !cut && f->_depth > 0)) < 0)
+        return rc;
+    if (cut || f->_depth == 0 || f->_last == ':')
+        return 0; /* cut in a string or after a key: where it ended is anyone's guess */
+    while (f->_depth > 0) {
+        char closer = f->_stack[--f->_depth] == '{' ? '}' : ']';
+        if ((rc = ax_buf_append(out, &closer, 1)) < 0)
+            return rc;
+        f->repairs |= AX_TOOL_ARGS_FIXED_CLOSE;
+    }
+    return 0;
+}
+
+size_t ax_tctext_held(const struct ax_tctext *t)
+{
+    return t->_hold.len;
+}
+
 /* Parses s[0..n) as one JSON value of any type (a private copy: ax_json_parse writes). */
 static cJSON *parse_value(const char *s, size_t n)
 {
