@@ -301,6 +301,18 @@ static int fix_byte(struct ax_tool_args_fixer *f, unsigned char c, struct ax_buf
     return ax_buf_append(o, &b, 1);
 }
 
+/* Bytes outside strings that the fixer looks at: the rest (digits, ':', '.', blanks...) are
+ * copied in runs. */
+static const unsigned char fix_special[256] = {
+    ['"'] = 1, [','] = 1, ['{'] = 1, ['}'] = 1, ['['] = 1, [']'] = 1, ['a'] = 1, ['b'] = 1,
+    ['c'] = 1, ['d'] = 1, ['e'] = 1, ['f'] = 1, ['g'] = 1, ['h'] = 1, ['i'] = 1, ['j'] = 1,
+    ['k'] = 1, ['l'] = 1, ['m'] = 1, ['n'] = 1, ['o'] = 1, ['p'] = 1, ['q'] = 1, ['r'] = 1,
+    ['s'] = 1, ['t'] = 1, ['u'] = 1, ['v'] = 1, ['w'] = 1, ['x'] = 1, ['y'] = 1, ['z'] = 1,
+    ['A'] = 1, ['B'] = 1, ['C'] = 1, ['D'] = 1, ['E'] = 1, ['F'] = 1, ['G'] = 1, ['H'] = 1,
+    ['I'] = 1, ['J'] = 1, ['K'] = 1, ['L'] = 1, ['M'] = 1, ['N'] = 1, ['O'] = 1, ['P'] = 1,
+    ['Q'] = 1, ['R'] = 1, ['S'] = 1, ['T'] = 1, ['U'] = 1, ['V'] = 1, ['W'] = 1, ['X'] = 1,
+    ['Y'] = 1, ['Z'] = 1};
+
 int ax_tool_args_fix_feed(struct ax_tool_args_fixer *f, const char *s, size_t n, struct ax_buf *out)
 {
     size_t i, start = out->len;
@@ -308,9 +320,27 @@ int ax_tool_args_fix_feed(struct ax_tool_args_fixer *f, const char *s, size_t n,
 
     for (i = 0; i < n && rc == 0; i++) {
         unsigned char c = (unsigned char)s[i];
+        size_t j = i;
         if (f->_off) {
             rc = ax_buf_append(out, s + i, n - i);
             break;
+        }
+        if (f->_in_str && !f->_esc) /* a run of string bytes and whole escapes, at once */
+            while (j < n && s[j] != '"' && (unsigned char)s[j] >= 0x20 &&
+                   (s[j] != '\\' || j + 1 < n))
+                j += s[j] == '\\' ? 2 : 1;
+        else if (!f->_in_str && f->_nheld == 0)
+            while (j < n && !fix_special[(unsigned char)s[j]])
+                j++;
+        if (j > i) {
+            size_t k = j;
+            while (!f->_in_str && k > i && is_blank((unsigned char)s[k - 1]))
+                k--;
+            if (!f->_in_str && k > i)
+                f->_last = s[k - 1]; /* a ':' before the cut matters at finish */
+            rc = ax_buf_append(out, s + i, j - i);
+            i = j - 1;
+            continue;
         }
         if (!f->_in_str) {
             rc = fix_byte(f, c, out, &same);
