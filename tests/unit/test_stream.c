@@ -1136,6 +1136,55 @@ static void test_text_calls(void)
     CHECK(count >= 20);
 }
 
+/* The worked example of docs/translation.md, and when each piece goes out. */
+static void test_text_call_doc_example(void)
+{
+    cJSON *tools = cJSON_Parse(
+        "[{\"name\":\"Write\",\"input_schema\":{\"type\":\"object\",\"properties\":{\"file_path\":"
+        "{\"type\":\"string\"},\"content\":{\"type\":\"string\"}},\"required\":[\"file_path\","
+        "\"content\"]}}]");
+    const char *c1 =
+        "{\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Writing it.\\n<tool_\"}}]}";
+    const char *c2 =
+        "{\"choices\":[{\"index\":0,\"delta\":{\"content\":\"call>\\n<function=Write>\\n"
+        "<parameter=file_path>\\n/tmp/a.py\\n</parameter>\\n\"}}]}";
+    const char *c3 = "{\"choices\":[{\"index\":0,\"delta\":{\"content\":\"<parameter=content>\\n"
+                     "print(1 < 2)\\n</parameter>\\n</function>\\n</tool_call>\"}}]}";
+    const char *c4 = "{\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}";
+    struct ax_stream_opts o = {.model = "m", .tools = tools};
+    struct ax_stream st;
+    struct ax_buf out;
+    struct ax_error err;
+
+    ax_buf_init(&out, 1 << 20);
+    CHECK(ax_stream_init(&st, &o) == 0);
+    CHECK(ax_stream_feed(&st, c1, strlen(c1), &out, &err) == 0);
+    CHECK(strstr(out.data, "\"text_delta\",\"text\":\"Writing it.\\n\"}") != NULL);
+    CHECK(strstr(out.data, "<tool_") == NULL); /* held: it may open a call */
+    ax_buf_reset(&out);
+    CHECK(ax_stream_feed(&st, c2, strlen(c2), &out, &err) == 0);
+    CHECK(out.len == 0); /* inside the block: nothing yet */
+    CHECK(ax_stream_feed(&st, c3, strlen(c3), &out, &err) == 0);
+    CHECK(strstr(out.data, "event: content_block_stop\ndata: {\"type\":\"content_block_stop\","
+                           "\"index\":0}") == out.data); /* the text block closes first */
+    CHECK(strstr(out.data,
+                 "\"index\":1,\"content_block\":{\"type\":\"tool_use\",\"id\":\"toolu_") != NULL);
+    CHECK(strstr(out.data, "\"name\":\"Write\",\"input\":{}}}") != NULL);
+    CHECK(strstr(out.data,
+                 "\"partial_json\":\"{\\\"file_path\\\":\\\"/tmp/a.py\\\",\\\"content\\\":"
+                 "\\\"print(1 < 2)\\\"}\"}}") != NULL);
+    CHECK(strstr(out.data, "\"index\":1}\n\n") != NULL); /* closed at once */
+    ax_buf_reset(&out);
+    CHECK(ax_stream_feed(&st, c4, strlen(c4), &out, &err) == 0);
+    CHECK(ax_stream_end(&st, &out, &err) == 0);
+    CHECK(strstr(out.data, "\"stop_reason\":\"tool_use\"") != NULL);
+    CHECK_INT(st.tool_stats.text_calls, 1);
+    CHECK_INT(st.tool_stats.schema_failures, 0);
+    ax_stream_free(&st);
+    ax_buf_free(&out);
+    cJSON_Delete(tools);
+}
+
 int main(void)
 {
     const char *upd = getenv("AX_UPDATE_FIXTURES");
@@ -1161,6 +1210,7 @@ int main(void)
     test_fragment_without_arguments();
     test_random_soup();
     test_text_calls();
+    test_text_call_doc_example();
     cJSON_Delete(stop_ug);
     return AX_TEST_DONE("test_stream");
 }
