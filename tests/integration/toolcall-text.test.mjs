@@ -11,6 +11,22 @@ import path from 'node:path';
 import { useProxy, HERE, FIXTURES_DIR, until } from './helpers.mjs';
 
 const env = useProxy({ name: 'toolcall-text', mock: { nCtx: 200000 } });
+
+// A second proxy whose chain has one on_response policy that logs ctx.tool_calls.
+const polDir = fs.mkdtempSync(path.join(os.tmpdir(), 'anthroxy-tct-pol-'));
+after(() => fs.rmSync(polDir, { recursive: true, force: true }));
+fs.writeFileSync(path.join(polDir, 'chain.lua'), 'return { { "report_tool_calls" } }\n');
+fs.writeFileSync(path.join(polDir, 'report_tool_calls.lua'), `
+local ax = require "anthroxy"
+local M = { name = "report_tool_calls" }
+function M.on_response(resp, ctx)
+  local tc = ctx.tool_calls
+  ax.log.info("seen tool_calls text=%d repaired=%d failures=%d first=%s", tc.text_calls,
+              tc.repaired, tc.schema_failures, tostring(tc.first_failure))
+end
+return M
+`);
+const withPolicy = useProxy({ name: 'toolcall-text-policy', args: ['--policies', path.join(polDir, 'chain.lua')] });
 const MODEL = 'claude-sonnet-4-5';
 const FX_DIR = path.join(FIXTURES_DIR, 'toolcall_text');
 const fixture = (name) => JSON.parse(fs.readFileSync(path.join(FX_DIR, `${name}.json`), 'utf8'));
@@ -139,8 +155,8 @@ test('a call failing its schema is passed on, counted and logged', env.wrap(asyn
   }).finalMessage();
   assert.deepEqual(shape(msg.content), expectedBlocks(fx));
   assert.equal(msg.stop_reason, 'tool_use');
-  await until(() => /decision tool_calls: text_calls=1 repaired=0 schema_failures=1 \(passed on; first: /
-    .test(env.proxy.tail(60)), 3000);
+  assert.ok(await until(() => /decision tool_calls: text_calls=1 repaired=0 schema_failures=1 \(passed on; first: /
+    .test(env.proxy.tail(60)), 3000), 'the expected log line');
 }));
 
 test('native tool-call arguments with a trailing comma and Python literals are repaired', env.wrap(async () => {
@@ -156,6 +172,25 @@ test('native tool-call arguments with a trailing comma and Python literals are r
     assert.deepEqual(call.input, { command: 'ls -la', run_in_background: false });
     assert.equal(msg.stop_reason, 'tool_use');
   }
+}));
+
+test('on_response reads the counts in ctx.tool_calls, streaming and not', withPolicy.wrap(async () => {
+  const fx = fixture('repair_python'); // one text call, repaired, failing its schema
+  for (const stream of [false, true]) {
+    const marker = `ctx counts ${stream}`;
+    withPolicy.on(marker, { text: fx.text, pieceSize: 3 });
+    const req = { model: MODEL, max_tokens: 2000, tools: fx.tools, messages: [{ role: 'user', content: marker }] };
+    const msg = stream ? await withPolicy.client.messages.stream(req).finalMessage()
+      : await withPolicy.client.messages.create(req);
+    assert.deepEqual(shape(msg.content), expectedBlocks(fx));
+    const n = stream ? 2 : 1;
+    assert.ok(await until(() => (withPolicy.proxy.log().match(/seen tool_calls text=1 repaired=1 failures=1 first=\S+: /g) || [])
+      .length === n, 3000), 'the expected log line');
+  }
+  // an answer without calls: zeros, no first failure
+  withPolicy.on('ctx plain', { text: 'just text' });
+  await withPolicy.client.messages.create({ model: MODEL, max_tokens: 50, messages: [{ role: 'user', content: 'ctx plain' }] });
+  assert.ok(await until(() => /seen tool_calls text=0 repaired=0 failures=0 first=nil/.test(withPolicy.proxy.log()), 3000), 'the expected log line');
 }));
 
 // ---- Claude Code end to end ----
