@@ -191,33 +191,39 @@ struct scase {
     double scale;
     int stop_ug;     /* stop_sequences: ["UG"] */
     int full_splits; /* every split position (else a sample) */
+    int tools;       /* offer the tools of tests/fixtures/toolcall_text/hermes.json */
 };
 
 static const struct scase cases[] = {
-    {"text_only", NULL, 0, 0, 0, 1},
-    {"text_only", "scaled", 0, 0.5, 0, 0},
-    {"text_no_usage", NULL, 0, 0, 0, 1},
-    {"reasoning_then_text", NULL, 0, 0, 0, 1},
-    {"tool_5_fragments", NULL, 0, 0, 0, 1},
-    {"parallel_tools", NULL, 0, 0, 0, 1},
-    {"text_then_tool", NULL, 0, 0, 0, 1},
-    {"tool_then_text", NULL, 0, 0, 0, 1},
-    {"upstream_error", NULL, 0, 0, 0, 1},
-    {"truncated", NULL, 0, 0, 0, 1},
-    {"garbage_and_comments", NULL, 0, 0, 0, 1},
-    {"reasoning_only_fallback", NULL, 1, 0, 0, 1},
-    {"reasoning_only_fallback", "nofallback", 0, 0, 0, 0},
-    {"stop_sequence_vllm", NULL, 0, 0, 1, 1},
-    {"overflow_in_stream", NULL, 0, 0, 0, 1},
-    {"finish_without_done", NULL, 0, 0, 0, 1},
-    {"interleaved_tools", NULL, 0, 0, 0, 1},
-    {"llama_tools_required", NULL, 0, 0, 0, 1},
-    {"llama_tools_auto", NULL, 0, 0, 0, 0},
-    {"llama_tools_truncated", NULL, 0, 0, 0, 0},
-    {"bad_bytes", NULL, 0, 0, 0, 1},
+    {"text_only", NULL, 0, 0, 0, 1, 0},
+    {"text_only", "scaled", 0, 0.5, 0, 0, 0},
+    {"text_no_usage", NULL, 0, 0, 0, 1, 0},
+    {"reasoning_then_text", NULL, 0, 0, 0, 1, 0},
+    {"tool_5_fragments", NULL, 0, 0, 0, 1, 0},
+    {"parallel_tools", NULL, 0, 0, 0, 1, 0},
+    {"text_then_tool", NULL, 0, 0, 0, 1, 0},
+    {"tool_then_text", NULL, 0, 0, 0, 1, 0},
+    {"upstream_error", NULL, 0, 0, 0, 1, 0},
+    {"truncated", NULL, 0, 0, 0, 1, 0},
+    {"garbage_and_comments", NULL, 0, 0, 0, 1, 0},
+    {"reasoning_only_fallback", NULL, 1, 0, 0, 1, 0},
+    {"reasoning_only_fallback", "nofallback", 0, 0, 0, 0, 0},
+    {"stop_sequence_vllm", NULL, 0, 0, 1, 1, 0},
+    {"overflow_in_stream", NULL, 0, 0, 0, 1, 0},
+    {"finish_without_done", NULL, 0, 0, 0, 1, 0},
+    {"interleaved_tools", NULL, 0, 0, 0, 1, 0},
+    {"llama_tools_required", NULL, 0, 0, 0, 1, 0},
+    {"llama_tools_auto", NULL, 0, 0, 0, 0, 0},
+    {"llama_tools_truncated", NULL, 0, 0, 0, 0, 0},
+    {"bad_bytes", NULL, 0, 0, 0, 1, 0},
+    {"text_call_hermes", NULL, 0, 0, 0, 1, 1},
+    {"text_call_hermes", "notools", 0, 0, 0, 0, 0},
+    {"text_call_qwen3", NULL, 0, 0, 0, 1, 1},
+    {"text_then_tool", "tools", 0, 0, 0, 0, 1},
 };
 
 static cJSON *stop_ug;
+static cJSON *fx_tools; /* the tools of toolcall_text/hermes.json */
 
 static void case_opts(const struct scase *c, struct ax_stream_opts *o, int cjson)
 {
@@ -228,6 +234,7 @@ static void case_opts(const struct scase *c, struct ax_stream_opts *o, int cjson
     o->usage_scale = c->scale;
     o->reasoning_fallback = c->fallback;
     o->stop_sequences = c->stop_ug ? stop_ug : NULL;
+    o->tools = c->tools ? fx_tools : NULL;
 }
 
 /* cjson: 1 forces the cJSON chunk parser; both parsers must give the golden output. */
@@ -1192,6 +1199,15 @@ int main(void)
 
     ax_ids_set_source(test_ids, NULL);
     stop_ug = cJSON_Parse("[\"UG\"]");
+    {
+        size_t n;
+        char *raw = ax_test_read_file(AX_FIXTURES "/toolcall_text/hermes.json", &n);
+        cJSON *fx = raw ? cJSON_ParseWithLength(raw, n) : NULL;
+        fx_tools = cJSON_DetachItemFromObjectCaseSensitive(fx, "tools");
+        CHECK(cJSON_IsArray(fx_tools));
+        cJSON_Delete(fx);
+        free(raw);
+    }
     for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         run_case(&cases[i], upd != NULL && upd[0] == '1', 0);
         run_case(&cases[i], 0, 1);
@@ -1212,5 +1228,6 @@ int main(void)
     test_text_calls();
     test_text_call_doc_example();
     cJSON_Delete(stop_ug);
+    cJSON_Delete(fx_tools);
     return AX_TEST_DONE("test_stream");
 }
