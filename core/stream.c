@@ -611,7 +611,7 @@ static void keep_args(struct ax_stream *st, struct ax__stream_tool *t, const cha
     st->_args_budget -= n;
 }
 
-/* Opens the call's block and streams the argument text held until its name arrived. */
+/* Sends the repaired argument text in st->_fixed, and keeps it for the summary. */
 static int put_fixed_args(struct ax_stream *st, struct ax_buf *o, struct ax__stream_tool *t)
 {
     int rc;
@@ -625,6 +625,7 @@ static int put_fixed_args(struct ax_stream *st, struct ax_buf *o, struct ax__str
     return 0;
 }
 
+/* Opens the call's block and streams the argument text held until its name arrived. */
 static int open_tool(struct ax_stream *st, struct ax_buf *o, struct ax__stream_tool *t)
 {
     size_t held = t->args.len;

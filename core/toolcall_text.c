@@ -5,7 +5,9 @@
  * published chat templates and the parsers that read them (llama.cpp common/chat.cpp,
  * vLLM's tool_parsers: hermes, qwen3coder, glm4_moe, mistral, llama3_json, deepseekv3/v31).
  * Recognition is a byte-driven state machine over one held buffer; parsing (and allocation)
- * only happens once a block is complete. */
+ * only happens once a block is complete. The argument repairs exist twice: whole
+ * (ax_tool_args_repair, for complete answers and text calls) and streamed
+ * (ax_tool_args_fix_*, for native argument fragments stream.c cannot take back). */
 #include "anthroxy_toolcall_text.h"
 #include "anthroxy_error.h"
 #include "anthroxy_json.h"
