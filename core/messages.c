@@ -533,6 +533,36 @@ static void on_hold_over(uv_timer_t *t)
  * has sent the body (it never re-sends once response headers arrived). Dropping the trees
  * and the printed body keeps a stream's memory to the translator, the reader and curl's
  * buffers, whatever the size of the conversation. */
+/* Drops the "description" keywords of a schema (not properties named so: Bash has one). */
+static void strip_descriptions(cJSON *schema, int depth)
+{
+    static const char *const lists[] = {"anyOf", "oneOf", "allOf"};
+    cJSON *c, *p;
+    size_t i;
+
+    if (!cJSON_IsObject(schema) || depth > 16)
+        return;
+    if (cJSON_IsString(cJSON_GetObjectItemCaseSensitive(schema, "description")))
+        cJSON_DeleteItemFromObjectCaseSensitive(schema, "description");
+    p = cJSON_GetObjectItemCaseSensitive(schema, "properties");
+    if (!cJSON_IsObject(p))
+        p = NULL;
+    cJSON_ArrayForEach(c, p)
+    {
+        strip_descriptions(c, depth + 1);
+    }
+    strip_descriptions(cJSON_GetObjectItemCaseSensitive(schema, "items"), depth + 1);
+    for (i = 0; i < sizeof(lists) / sizeof(lists[0]); i++) {
+        p = cJSON_GetObjectItemCaseSensitive(schema, lists[i]);
+        if (!cJSON_IsArray(p))
+            continue;
+        cJSON_ArrayForEach(c, p)
+        {
+            strip_descriptions(c, depth + 1);
+        }
+    }
+}
+
 static void keep_tools(struct msg *m)
 {
     cJSON *t;
@@ -544,6 +574,7 @@ static void keep_tools(struct msg *m)
     cJSON_ArrayForEach(t, m->tools)
     {
         cJSON_DeleteItemFromObjectCaseSensitive(t, "description");
+        strip_descriptions(cJSON_GetObjectItemCaseSensitive(t, "input_schema"), 0);
     }
 }
 
