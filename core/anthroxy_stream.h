@@ -145,8 +145,11 @@ struct ax_stream {
     struct ax_buf _fixed;     /* repaired argument text of the fragment in hand */
     struct ax_buf _run;       /* text released by the recogniser in one feed, joined */
     int _cjson_only;
-    const cJSON *_offered; /* opts.tools when it has entries, else NULL */
-    int _tct_on;           /* text tool calls are recognised */
+    const cJSON *_offered; /* opts.tools when it has entries, else NULL (also once kept) */
+    char *_tools_json;     /* ax_stream_keep_tools_take's compact copy, or NULL */
+    size_t _tools_json_len;
+    cJSON *_tools_tree; /* parsed from _tools_json while a call needs it */
+    int _tct_on;        /* text tool calls are recognised */
     struct ax_tctext _tct;
 };
 
@@ -157,6 +160,13 @@ void ax_stream_free(struct ax_stream *st);
 /* Points st at the request's tools again (opts.tools, borrowed), for a retry whose policy may
  * have replaced them. Only before the first ax_stream_feed. */
 void ax_stream_set_tools(struct ax_stream *st, const cJSON *tools);
+
+/* The request's tools are about to be freed (messages.c drops the request once the stream
+ * answers): st takes the detached "tools" array (NULL allowed) and keeps it as compact text
+ * without descriptions, parsing it back only while a call is matched or checked, so a stream
+ * keeps about 1/7 of the tree's memory (Claude Code's tools: ~8 KB). Returns 0, or AX_ENOMEM
+ * (then calls written as text stay text). */
+int ax_stream_keep_tools_take(struct ax_stream *st, cJSON *tools);
 
 /* Emits message_start once; later calls do nothing. Returns 0, AX_ETOOBIG or AX_ENOMEM. */
 int ax_stream_begin(struct ax_stream *st, struct ax_buf *out);

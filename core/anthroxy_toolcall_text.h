@@ -83,6 +83,10 @@ struct ax_tctext_event {
 /* Returns 0 to go on, or a negative AX_E* code that aborts feed/finish and is returned. */
 typedef int (*ax_tctext_cb)(struct ax_tctext_event *ev, void *ud);
 
+/* The tools, asked for only when a block is complete and its calls are matched (see
+ * ax_tctext_set_tools_fn); the tree must stay alive until that feed or finish returns. */
+typedef const cJSON *(*ax_tctext_tools_fn)(void *ud);
+
 enum ax_tctext_state {
     AX_TCTEXT_S_START,    /* nothing but blanks yet: a bare JSON call is still possible */
     AX_TCTEXT_S_TEXT,     /* plain text; _hold may hold a partial opener */
@@ -99,6 +103,8 @@ struct ax_tctext {
 
     /* private */
     const cJSON *_tools;
+    ax_tctext_tools_fn _tools_fn;
+    void *_tools_ud;
     int _enabled;
     enum ax_tctext_state _state;
     enum ax_tctext_format _fmt; /* the open block's format family (by opener) */
@@ -115,6 +121,12 @@ struct ax_tctext {
  * (feed forwards text as is). max_hold 0 means AX_TCTEXT_MAX_HOLD_DEFAULT. */
 void ax_tctext_init(struct ax_tctext *t, const cJSON *tools, size_t max_hold);
 void ax_tctext_free(struct ax_tctext *t);
+
+/* From now on the tools come from fn(ud), called when a block's calls are matched (NULL:
+ * none offered, the block stays text); the state (what is held) is kept. For a caller that
+ * keeps its tools in a compact form and builds the tree only when a call needs it. Only on a
+ * recogniser that was enabled at init. */
+void ax_tctext_set_tools_fn(struct ax_tctext *t, ax_tctext_tools_fn fn, void *ud);
 
 /* One text delta. Calls cb zero or more times, before returning. Returns 0, or what cb
  * returned (t is then unusable but safe to free), or AX_ENOMEM. */

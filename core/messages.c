@@ -52,7 +52,6 @@ struct msg {
     cJSON *final;        /* the answer as the client got it (or the stream's summary) */
     cJSON *shadow;       /* count_tokens: a copy the policies may change (and is dropped) */
     cJSON *stops;        /* stop_sequences, kept when the request is released mid-stream */
-    cJSON *tools;        /* tools without descriptions, kept then for the stream */
     int forced;          /* the request forced a tool call (tool_choice any or tool) */
     struct ax_buf obody; /* its text, alive while the transfer runs */
     char model[256];     /* as the client named it */
@@ -94,7 +93,6 @@ static void msg_free(struct msg *m)
     cJSON_Delete(m->final);
     cJSON_Delete(m->shadow);
     cJSON_Delete(m->stops);
-    cJSON_Delete(m->tools);
     ax_buf_free(&m->obody);
     ax_buf_free(&m->resp);
     ax_buf_free(&m->out);
@@ -533,51 +531,6 @@ static void on_hold_over(uv_timer_t *t)
  * has sent the body (it never re-sends once response headers arrived). Dropping the trees
  * and the printed body keeps a stream's memory to the translator, the reader and curl's
  * buffers, whatever the size of the conversation. */
-/* Drops the "description" keywords of a schema (not properties named so: Bash has one). */
-static void strip_descriptions(cJSON *schema, int depth)
-{
-    static const char *const lists[] = {"anyOf", "oneOf", "allOf"};
-    cJSON *c, *p;
-    size_t i;
-
-    if (!cJSON_IsObject(schema) || depth > 16)
-        return;
-    if (cJSON_IsString(cJSON_GetObjectItemCaseSensitive(schema, "description")))
-        cJSON_DeleteItemFromObjectCaseSensitive(schema, "description");
-    p = cJSON_GetObjectItemCaseSensitive(schema, "properties");
-    if (!cJSON_IsObject(p))
-        p = NULL;
-    cJSON_ArrayForEach(c, p)
-    {
-        strip_descriptions(c, depth + 1);
-    }
-    strip_descriptions(cJSON_GetObjectItemCaseSensitive(schema, "items"), depth + 1);
-    for (i = 0; i < sizeof(lists) / sizeof(lists[0]); i++) {
-        p = cJSON_GetObjectItemCaseSensitive(schema, lists[i]);
-        if (!cJSON_IsArray(p))
-            continue;
-        cJSON_ArrayForEach(c, p)
-        {
-            strip_descriptions(c, depth + 1);
-        }
-    }
-}
-
-static void keep_tools(struct msg *m)
-{
-    cJSON *t;
-
-    /* the stream reads the tools (text tool calls, schema checks) at the same address;
-     * their descriptions, most of an agent's tools, are of no use to it */
-    if ((m->tools = cJSON_DetachItemFromObjectCaseSensitive(m->body, "tools")) == NULL)
-        return;
-    cJSON_ArrayForEach(t, m->tools)
-    {
-        cJSON_DeleteItemFromObjectCaseSensitive(t, "description");
-        strip_descriptions(cJSON_GetObjectItemCaseSensitive(t, "input_schema"), 0);
-    }
-}
-
 static void release_request(struct msg *m)
 {
     if (m->body == NULL)
@@ -585,7 +538,9 @@ static void release_request(struct msg *m)
     m->stops = cJSON_DetachItemFromObjectCaseSensitive(m->body, "stop_sequences");
     cJSON_Delete(m->oreq); /* may share nodes with body: never read after this */
     m->oreq = NULL;
-    keep_tools(m);
+    if (m->st_ready && ax_stream_keep_tools_take(
+                           &m->st, cJSON_DetachItemFromObjectCaseSensitive(m->body, "tools")) < 0)
+        AX_LOG_WARN(m->req, "out of memory keeping the tools: text tool calls stay text");
     cJSON_Delete(m->body);
     m->body = NULL;
     ax_buf_free(&m->obody);

@@ -258,6 +258,85 @@ int ax_stream_init(struct ax_stream *st, const struct ax_stream_opts *o)
     return 0;
 }
 
+/* Drops the "description" keywords of a schema (not properties named so: Bash has one). */
+static void strip_descriptions(cJSON *schema, int depth)
+{
+    static const char *const lists[] = {"anyOf", "oneOf", "allOf"};
+    cJSON *c, *p;
+    size_t i;
+
+    if (!cJSON_IsObject(schema) || depth > 16)
+        return;
+    if (cJSON_IsString(cJSON_GetObjectItemCaseSensitive(schema, "description")))
+        cJSON_DeleteItemFromObjectCaseSensitive(schema, "description");
+    if (!cJSON_IsObject(p = cJSON_GetObjectItemCaseSensitive(schema, "properties")))
+        p = NULL;
+    cJSON_ArrayForEach(c, p)
+    {
+        strip_descriptions(c, depth + 1);
+    }
+    strip_descriptions(cJSON_GetObjectItemCaseSensitive(schema, "items"), depth + 1);
+    for (i = 0; i < sizeof(lists) / sizeof(lists[0]); i++) {
+        if (!cJSON_IsArray(p = cJSON_GetObjectItemCaseSensitive(schema, lists[i])))
+            continue;
+        cJSON_ArrayForEach(c, p)
+        {
+            strip_descriptions(c, depth + 1);
+        }
+    }
+}
+
+/* The tools once kept as text: parsed when a call needs them, dropped when the feed, end or
+ * fail call that needed them returns (tools_drop), never inside it (the recogniser may still
+ * hold pointers into the tree). */
+static const cJSON *stream_tools(void *ud)
+{
+    struct ax_stream *st = ud;
+
+    if (st->_offered != NULL || st->_tools_json == NULL)
+        return st->_offered;
+    if (st->_tools_tree == NULL)
+        st->_tools_tree = cJSON_ParseWithLength(st->_tools_json, st->_tools_json_len);
+    return st->_tools_tree; /* NULL when out of memory: the calls stay text */
+}
+
+static void tools_drop(struct ax_stream *st)
+{
+    cJSON_Delete(st->_tools_tree);
+    st->_tools_tree = NULL;
+}
+
+int ax_stream_keep_tools_take(struct ax_stream *st, cJSON *tools)
+{
+    cJSON *t;
+    char *text;
+
+    if (!st->_tct_on || tools == NULL) {
+        cJSON_Delete(tools);
+        st->_offered = NULL;
+        st->_tct_on = 0;
+        return 0;
+    }
+    cJSON_ArrayForEach(t, tools)
+    {
+        cJSON_DeleteItemFromObjectCaseSensitive(t, "description");
+        strip_descriptions(cJSON_GetObjectItemCaseSensitive(t, "input_schema"), 0);
+    }
+    text = cJSON_PrintUnformatted(tools);
+    cJSON_Delete(tools);
+    st->_offered = NULL; /* the caller's tree is going away */
+    if (text == NULL) {
+        st->_tct_on = 0; /* out of memory: text passes as it came */
+        ax_tctext_free(&st->_tct);
+        ax_tctext_init(&st->_tct, NULL, 0);
+        return AX_ENOMEM;
+    }
+    st->_tools_json = text;
+    st->_tools_json_len = strlen(text);
+    ax_tctext_set_tools_fn(&st->_tct, stream_tools, st);
+    return 0;
+}
+
 void ax_stream_set_tools(struct ax_stream *st, const cJSON *tools)
 {
     st->_offered = cJSON_IsArray(tools) && tools->child != NULL ? tools : NULL;
@@ -283,6 +362,9 @@ void ax_stream_free(struct ax_stream *st)
     ax_buf_free(&st->_fixed);
     ax_buf_free(&st->_run);
     ax_tctext_free(&st->_tct);
+    tools_drop(st);
+    cJSON_free(st->_tools_json);
+    st->_tools_json = NULL;
     st->_tools = NULL;
     st->_recs = NULL;
     st->_model = NULL;
@@ -672,8 +754,8 @@ static void check_call(struct ax_stream *st, const struct ax__stream_tool *t)
     char why[AX_TCTEXT_WHY_MAX];
     cJSON *args = NULL;
 
-    if (st->_offered == NULL || t->truncated || t->name == NULL ||
-        (tool = ax_tctext_find_tool(st->_offered, t->name, strlen(t->name))) == NULL)
+    if (!st->_tct_on || t->truncated || t->name == NULL ||
+        (tool = ax_tctext_find_tool(stream_tools(st), t->name, strlen(t->name))) == NULL)
         return;
     if (ax_tool_args_parse(t->args.data ? t->args.data : "", t->args.len, &args, NULL) < 0)
         ax_toolcall_stats_fail(&st->tool_stats, t->name, "the arguments are not a JSON object");
@@ -1408,6 +1490,7 @@ int ax_stream_feed(struct ax_stream *st, const char *data, size_t len, struct ax
         return 0;
     }
     rc = feed_chunk(st, data, len, out, err);
+    tools_drop(st);
     rollback(out, mark, rc);
     return rc;
 }
@@ -1481,7 +1564,9 @@ int ax_stream_end(struct ax_stream *st, struct ax_buf *out, struct ax_error *err
                      "upstream stream ended before the model finished its answer");
         return AX_EUPSTREAM;
     }
-    if ((rc = emit_end(st, out)) < 0) {
+    rc = emit_end(st, out);
+    tools_drop(st);
+    if (rc < 0) {
         rollback(out, mark, rc);
         return rc;
     }
@@ -1502,7 +1587,9 @@ int ax_stream_fail(struct ax_stream *st, const struct ax_error *err, struct ax_b
         type = err->type;
         msg = err->message;
     }
-    if ((rc = close_block(st, out)) < 0 ||
+    rc = close_block(st, out);
+    tools_drop(st);
+    if (rc < 0 ||
         (rc = PUT_LIT(out, "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":")) < 0 ||
         (rc = put_str(out, type, strlen(type))) < 0 || (rc = PUT_LIT(out, ",\"message\":")) < 0 ||
         (rc = put_str(out, msg, strlen(msg))) < 0 || (rc = PUT_LIT(out, "}}\n\n")) < 0) {

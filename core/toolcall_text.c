@@ -394,6 +394,13 @@ int ax_tool_args_fix_finish(struct ax_tool_args_fixer *f, struct ax_buf *out, in
     return 0;
 }
 
+void ax_tctext_set_tools_fn(struct ax_tctext *t, ax_tctext_tools_fn fn, void *ud)
+{
+    t->_tools = NULL;
+    t->_tools_fn = fn;
+    t->_tools_ud = ud;
+}
+
 size_t ax_tctext_held(const struct ax_tctext *t)
 {
     return t->_hold.len;
@@ -1249,7 +1256,7 @@ static int block_finish(struct ax_tctext *t, size_t end, ax_tctext_cb cb, void *
     if (op != NULL && op->close != NULL && bn >= op->close_n &&
         memcmp(body + bn - op->close_n, op->close, op->close_n) == 0)
         bn -= op->close_n;
-    c.tools = t->_tools;
+    c.tools = t->_tools_fn != NULL ? t->_tools_fn(t->_tools_ud) : t->_tools;
     c.n = 0;
     fmt = format_of(t->_opener, body, bn);
     switch (op ? op->fam : FAM_BARE) {

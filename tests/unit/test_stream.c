@@ -1168,6 +1168,11 @@ static void test_text_call_doc_example(void)
     CHECK(ax_stream_feed(&st, c1, strlen(c1), &out, &err) == 0);
     CHECK(strstr(out.data, "\"text_delta\",\"text\":\"Writing it.\\n\"}") != NULL);
     CHECK(strstr(out.data, "<tool_") == NULL); /* held: it may open a call */
+    /* as messages.c does once the stream answers: the request's tree goes, st keeps text;
+     * what is held stays held */
+    CHECK(ax_stream_keep_tools_take(&st, tools) == 0);
+    tools = NULL;
+    CHECK(st._tools_json != NULL && strstr(st._tools_json, "\"name\":\"Write\"") != NULL);
     ax_buf_reset(&out);
     CHECK(ax_stream_feed(&st, c2, strlen(c2), &out, &err) == 0);
     CHECK(out.len == 0); /* inside the block: nothing yet */
@@ -1187,9 +1192,47 @@ static void test_text_call_doc_example(void)
     CHECK(strstr(out.data, "\"stop_reason\":\"tool_use\"") != NULL);
     CHECK_INT(st.tool_stats.text_calls, 1);
     CHECK_INT(st.tool_stats.schema_failures, 0);
+    CHECK(st._tools_tree == NULL); /* parsed for the call, dropped after */
     ax_stream_free(&st);
     ax_buf_free(&out);
-    cJSON_Delete(tools);
+}
+
+/* Native calls after the tools were kept as text: repaired, checked against the schema. */
+static void test_native_checked_after_keep(void)
+{
+    const char *in = "data: {\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,"
+                     "\"id\":\"a1\",\"function\":{\"name\":\"Write\",\"arguments\":"
+                     "\"{\\\"file_path\\\": \\\"/x\\\", \"}}]}}]}\n\n"
+                     "data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":"
+                     "\"tool_calls\"}]}\n\ndata: [DONE]\n\n";
+    cJSON *tools = cJSON_Parse(
+        "[{\"name\":\"Write\",\"description\":\"Writes.\",\"input_schema\":{\"type\":\"object\","
+        "\"properties\":{\"file_path\":{\"type\":\"string\",\"description\":\"where\"},"
+        "\"description\":{\"type\":\"string\"},\"content\":{\"type\":\"string\"}},"
+        "\"required\":[\"file_path\",\"content\"]}}]");
+    struct ax_stream_opts o = {.model = "m", .tools = tools};
+    struct ax_sse rd;
+    struct run r;
+
+    memset(&r, 0, sizeof(r));
+    ax_buf_init(&r.out, 1 << 20);
+    ax_sse_init(&rd, 1 << 16);
+    CHECK(ax_stream_init(&r.st, &o) == 0);
+    CHECK(ax_stream_keep_tools_take(&r.st, tools) == 0);
+    /* descriptions dropped, a property named description kept */
+    CHECK(strstr(r.st._tools_json, "Writes.") == NULL && strstr(r.st._tools_json, "where") == NULL);
+    CHECK(strstr(r.st._tools_json, "\"description\":{\"type\":\"string\"}") != NULL);
+    CHECK(ax_sse_feed(&rd, in, strlen(in), on_event, &r) == 0);
+    CHECK(ax_stream_end(&r.st, &r.out, &r.err) == 0);
+    /* the trailing comma held, then dropped; the brace closed: {"file_path": "/x" } */
+    CHECK(strstr(r.out.data, "\"partial_json\":\"{\\\"file_path\\\": \\\"/x\\\"\"") != NULL);
+    CHECK(strstr(r.out.data, "\"partial_json\":\" }\"") != NULL);
+    CHECK_INT(r.st.tool_stats.repaired, 1);
+    CHECK_INT(r.st.tool_stats.schema_failures, 1);
+    CHECK(strstr(r.st.tool_stats.first_failure, "Write: ") == r.st.tool_stats.first_failure);
+    ax_sse_free(&rd);
+    ax_stream_free(&r.st);
+    ax_buf_free(&r.out);
 }
 
 int main(void)
@@ -1227,6 +1270,7 @@ int main(void)
     test_random_soup();
     test_text_calls();
     test_text_call_doc_example();
+    test_native_checked_after_keep();
     cJSON_Delete(stop_ug);
     cJSON_Delete(fx_tools);
     return AX_TEST_DONE("test_stream");
