@@ -63,7 +63,9 @@
  * (for the summary), the tool calls' argument text up to max_tool_args_bytes in all, and a
  * scratch buffer as large as the largest escaped string of one chunk; streamed text is only
  * counted, except the reasoning kept for reasoning_fallback while no text or tool call has
- * appeared (bounded by max_fallback_bytes). */
+ * appeared (bounded by max_fallback_bytes). With tools offered, also the text the recogniser
+ * holds back (at most one block, AX_TCTEXT_MAX_HOLD_DEFAULT) and, once the request is
+ * dropped, the tools as compact text (ax_stream_keep_tools_take). */
 #ifndef ANTHROXY_STREAM_H
 #define ANTHROXY_STREAM_H
 
