@@ -136,6 +136,12 @@ typedef void (*ax_policy_done_fn)(struct ax_policy_req *pr, int rc, const struct
 int ax_policy_req_run(struct ax_policy_req *pr, enum ax_hook hook, cJSON *tree, const cJSON *aux,
                       ax_policy_done_fn done, void *ud);
 
+/* What the answer's translation did to tool calls, for the hooks that run next (on_response):
+ * ctx.tool_calls = {text_calls = N, repaired = N, schema_failures = N, first_failure = "NAME:
+ * why" or nil}. Loop thread, between runs. */
+void ax_policy_req_set_tool_stats(struct ax_policy_req *pr, unsigned text_calls, unsigned repaired,
+                                  unsigned schema_failures, const char *first_failure);
+
 /* ctx.report_scale as policies left it (1.0 by default). */
 /* Whether the generation this request pinned has that hook: without one, a caller may go on
  * at once instead of running (and waiting a loop turn for) an empty chain. */

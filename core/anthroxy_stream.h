@@ -20,6 +20,17 @@
  *     them one after the other; a fragment for a call whose block was already closed
  *     (interleaved calls) cannot be delivered in Anthropic's order, so feed fails with
  *     AX_EUPSTREAM rather than lose argument text;
+ *   - tool_use, from a tool call the model wrote as text (anthroxy_toolcall_text.h: Hermes,
+ *     Qwen3-Coder, GLM, Mistral, Llama, DeepSeek) to a tool in opts->tools: the recogniser
+ *     holds back text that may start a call only as long as the marker needs (it is
+ *     released unchanged otherwise); a recognised call becomes content_block_start with a
+ *     new "toolu_" id (ids.c), one input_json_delta with the whole arguments (typed by the
+ *     schema), content_block_stop, at the place of the text it replaced. A reasoning or
+ *     native tool-call delta first releases (or completes) what is held;
+ *   native argument text goes through ax_tool_args_fix_* as it streams: valid JSON passes
+ *   unchanged; a trailing comma, raw control byte in a string, Python literal or missing
+ *   closing brackets at the end of the call are repaired (a comma or bare word is held the
+ *   few bytes needed to decide);
  *   then message_delta {stop_reason, stop_sequence, usage} and message_stop (ax_stream_end),
  *   or, on failure, content_block_stop for the open block and `event: error`
  *   (ax_stream_fail): never a quiet end_turn.
@@ -52,7 +63,9 @@
  * (for the summary), the tool calls' argument text up to max_tool_args_bytes in all, and a
  * scratch buffer as large as the largest escaped string of one chunk; streamed text is only
  * counted, except the reasoning kept for reasoning_fallback while no text or tool call has
- * appeared (bounded by max_fallback_bytes). */
+ * appeared (bounded by max_fallback_bytes). With tools offered, also the text the recogniser
+ * holds back (at most one block, AX_TCTEXT_MAX_HOLD_DEFAULT) and, once the request is
+ * dropped, the tools as compact text (ax_stream_keep_tools_take). */
 #ifndef ANTHROXY_STREAM_H
 #define ANTHROXY_STREAM_H
 
@@ -62,6 +75,7 @@
 
 #include "anthroxy_buf.h"
 #include "anthroxy_error.h"
+#include "anthroxy_toolcall_text.h"
 #include "anthroxy_translate.h"
 
 #define AX_STREAM_MAX_TOOLS 512   /* tool calls in one turn: more fails the stream */
@@ -78,6 +92,10 @@ struct ax_stream_opts {
     size_t max_tool_args_bytes;  /* argument text kept for the summary; 0: 1 MiB */
     size_t max_fallback_bytes;   /* reasoning kept for the fallback; 0: 256 KiB */
     int parse_with_cjson;        /* tests and benchmarks: skip the lean chunk parser */
+    const cJSON *tools;          /* the request's tools (Anthropic "tools"), borrowed: must
+                                    outlive st. Text tool calls to these are recognised in the
+                                    text deltas; every call is checked against its
+                                    input_schema. NULL or empty: text passes as it came */
 };
 
 enum ax_stream_state { AX_STREAM_NEW, AX_STREAM_STARTED, AX_STREAM_ENDED, AX_STREAM_FAILED };
@@ -105,6 +123,7 @@ struct ax_stream {
     char finish_reason[32];    /* as the upstream sent it, "" before */
     const char *stop_reason;   /* static string once ended, else NULL */
     const char *stop_sequence; /* the matched stop string (in opts.stop_sequences) or NULL */
+    struct ax_toolcall_stats tool_stats; /* text calls, repairs, schema failures so far */
 
     /* private */
     char *_model;
@@ -125,12 +144,31 @@ struct ax_stream {
     uint64_t _recs_omitted;
     struct ax_buf _reasoning; /* kept for the fallback only */
     struct ax_buf _scratch;   /* decoded text of the chunk in hand (lean parser) */
+    struct ax_buf _fixed;     /* repaired argument text of the fragment in hand */
+    struct ax_buf _run;       /* text released by the recogniser in one feed, joined */
     int _cjson_only;
+    const cJSON *_offered; /* opts.tools when it has entries, else NULL (also once kept) */
+    char *_tools_json;     /* ax_stream_keep_tools_take's compact copy, or NULL */
+    size_t _tools_json_len;
+    cJSON *_tools_tree; /* parsed from _tools_json while a call needs it */
+    int _tct_on;        /* text tool calls are recognised */
+    struct ax_tctext _tct;
 };
 
 /* Prepares st (no output). Returns 0 or AX_ENOMEM. */
 int ax_stream_init(struct ax_stream *st, const struct ax_stream_opts *o);
 void ax_stream_free(struct ax_stream *st);
+
+/* Points st at the request's tools again (opts.tools, borrowed), for a retry whose policy may
+ * have replaced them. Only before the first ax_stream_feed. */
+void ax_stream_set_tools(struct ax_stream *st, const cJSON *tools);
+
+/* The request's tools are about to be freed (messages.c drops the request once the stream
+ * answers): st takes the detached "tools" array (NULL allowed) and keeps it as compact text
+ * without descriptions, parsing it back only while a call is matched or checked, so a stream
+ * keeps about 1/7 of the tree's memory (Claude Code's tools: ~8 KB). Returns 0, or AX_ENOMEM
+ * (then calls written as text stay text). */
+int ax_stream_keep_tools_take(struct ax_stream *st, cJSON *tools);
 
 /* Emits message_start once; later calls do nothing. Returns 0, AX_ETOOBIG or AX_ENOMEM. */
 int ax_stream_begin(struct ax_stream *st, struct ax_buf *out);

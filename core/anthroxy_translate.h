@@ -67,12 +67,29 @@ struct ax_translate_opts {
 int ax_translate_request(const cJSON *anthropic, const struct ax_translate_opts *opts, cJSON **out,
                          struct ax_error *err);
 
+/* What the response translators did to tool calls, for the log and the policies
+ * (ctx.tool_calls in on_response): calls recognised in text content, calls whose arguments
+ * needed a repair (ax_tool_args_repair's fixes), and calls passed on although their
+ * arguments fail the tool's input_schema (the client reports the error to the model). */
+#define AX_TOOLCALL_WHY_MAX 320
+struct ax_toolcall_stats {
+    unsigned text_calls, repaired, schema_failures;
+    char first_failure[AX_TOOLCALL_WHY_MAX]; /* "NAME: why" of the first failure, or "" */
+};
+
+/* Counts a schema failure of the call to name (why from ax_tool_args_check). */
+void ax_toolcall_stats_fail(struct ax_toolcall_stats *s, const char *name, const char *why);
+
 struct ax_response_opts {
-    const char *client_model;    /* the model name the client asked for: goes in "model" */
-    const cJSON *stop_sequences; /* the request's stop_sequences (array or NULL) */
-    double usage_scale;          /* 1.0 normally; compaction steering scales input tokens */
-    int reasoning_fallback;      /* reasoning but no text and no tool call: repeat the
-                                    reasoning as a text block at the end (as stream.c does) */
+    const char *client_model;        /* the model name the client asked for: goes in "model" */
+    const cJSON *stop_sequences;     /* the request's stop_sequences (array or NULL) */
+    double usage_scale;              /* 1.0 normally; compaction steering scales input tokens */
+    int reasoning_fallback;          /* reasoning but no text and no tool call: repeat the
+                                        reasoning as a text block at the end (as stream.c does) */
+    const cJSON *tools;              /* the request's tools (Anthropic), borrowed: text tool calls
+                                        to these are recognised, calls checked against their
+                                        input_schema; NULL: neither */
+    struct ax_toolcall_stats *stats; /* filled when not NULL */
 };
 
 /* The signature of thinking blocks made from upstream reasoning. It only has to be a

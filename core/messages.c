@@ -419,6 +419,20 @@ static void on_response_done(struct ax_policy_req *pr, int rc, const struct ax_e
     ax_req_unref(m->req);
 }
 
+/* The tool-call decisions of the translation: one log line, and ctx.tool_calls. */
+static void note_tool_stats(struct msg *m, const struct ax_toolcall_stats *ts)
+{
+    if (ts->text_calls || ts->repaired || ts->schema_failures)
+        AX_LOG_INFO(m->req,
+                    "decision tool_calls: text_calls=%u repaired=%u schema_failures=%u%s%s%s",
+                    ts->text_calls, ts->repaired, ts->schema_failures,
+                    ts->schema_failures ? " (passed on; first: " : "", ts->first_failure,
+                    ts->schema_failures ? ")" : "");
+    if (m->preq != NULL)
+        ax_policy_req_set_tool_stats(m->preq, ts->text_calls, ts->repaired, ts->schema_failures,
+                                     ts->first_failure);
+}
+
 static void run_on_response(struct msg *m, cJSON *resp)
 {
     if (resp == NULL || m->state != MSG_ANSWERED)
@@ -491,6 +505,7 @@ static void complete_nonstream(struct msg *m)
 {
     struct ax_error err = {0};
     struct ax_response_opts ro;
+    struct ax_toolcall_stats ts;
     cJSON *oresp, *resp = NULL;
 
     if ((oresp = ax_json_parse(m->resp.data ? m->resp.data : "", m->resp.len, &err)) == NULL) {
@@ -504,6 +519,9 @@ static void complete_nonstream(struct msg *m)
     ro.stop_sequences = cJSON_GetObjectItemCaseSensitive(m->body, "stop_sequences");
     ro.usage_scale = m->scale;
     ro.reasoning_fallback = m->srv->cfg.reasoning_fallback;
+    ro.tools = cJSON_GetObjectItemCaseSensitive(m->body, "tools");
+    ro.stats = &ts;
+    memset(&ts, 0, sizeof(ts));
     if (ax_translate_response(oresp, &ro, &resp, &err) < 0) {
         cJSON_Delete(oresp);
         if (err.status == 0)
@@ -514,6 +532,7 @@ static void complete_nonstream(struct msg *m)
     cJSON_Delete(oresp);
     answering(m);
     ax_http_send_json(m->req, 200, resp);
+    note_tool_stats(m, &ts);
     finish_ok(m, resp, 200);
 }
 
@@ -533,6 +552,7 @@ static void complete_stream(struct msg *m)
     flush_out(m);
     ax_http_stream_end(m->req);
     summary = ax_stream_summary(&m->st);
+    note_tool_stats(m, &m->st.tool_stats);
     finish_ok(m, summary, 200);
 }
 
@@ -651,6 +671,9 @@ static void release_request(struct msg *m)
     m->stops = cJSON_DetachItemFromObjectCaseSensitive(m->body, "stop_sequences");
     cJSON_Delete(m->oreq); /* may share nodes with body: never read after this */
     m->oreq = NULL;
+    if (m->st_ready && ax_stream_keep_tools_take(
+                           &m->st, cJSON_DetachItemFromObjectCaseSensitive(m->body, "tools")) < 0)
+        AX_LOG_WARN(m->req, "out of memory keeping the tools: text tool calls stay text");
     cJSON_Delete(m->body);
     m->body = NULL;
     ax_buf_free(&m->obody);
@@ -910,12 +933,15 @@ static void msg_send_upstream(struct msg *m)
         so.usage_scale = m->scale;
         so.reasoning_fallback = m->srv->cfg.reasoning_fallback;
         so.stop_sequences = cJSON_GetObjectItemCaseSensitive(m->body, "stop_sequences");
+        so.tools = cJSON_GetObjectItemCaseSensitive(m->body, "tools");
         if (ax_stream_init(&m->st, &so) < 0) {
             ax_error_set(&err, 500, "api_error", "out of memory");
             msg_fail(m, &err);
             return;
         }
         m->st_ready = 1;
+    } else if (m->stream) { /* a retry: its policy may have replaced the tools */
+        ax_stream_set_tools(&m->st, cJSON_GetObjectItemCaseSensitive(m->body, "tools"));
     }
     if (!ax_policy_req_has_hook(m->preq, AX_HOOK_UPSTREAM_REQUEST)) {
         send_translated(m); /* no hook to wait a loop turn for */

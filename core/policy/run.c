@@ -278,6 +278,24 @@ int ax_policy_req_new(struct ax_policy_engine *eng, const struct ax_policy_req_i
     return 0;
 }
 
+void ax_policy_req_set_tool_stats(struct ax_policy_req *pr, unsigned text_calls, unsigned repaired,
+                                  unsigned schema_failures, const char *first_failure)
+{
+    lua_State *L = pr->eng->L;
+
+    lua_rawgeti(L, LUA_REGISTRYINDEX, pr->ctx_ref); /* ctx */
+    lua_createtable(L, 0, 4);                       /* ctx, tc */
+    setfield_int(L, "text_calls", text_calls);
+    setfield_int(L, "repaired", repaired);
+    setfield_int(L, "schema_failures", schema_failures);
+    if (first_failure != NULL && first_failure[0] != '\0') {
+        lua_pushstring(L, first_failure);     /* ctx, tc, why */
+        lua_setfield(L, -2, "first_failure"); /* ctx, tc */
+    }
+    lua_setfield(L, -2, "tool_calls"); /* ctx */
+    lua_pop(L, 1);                     /* (empty) */
+}
+
 double ax_policy_req_report_scale(const struct ax_policy_req *pr)
 {
     return pr->report_scale;
