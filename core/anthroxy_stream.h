@@ -68,16 +68,20 @@
 #define AX_STREAM_MAX_BLOCKS 1024 /* content blocks recorded for the summary */
 
 struct ax_stream_opts {
-    const char *model;           /* the model name the client asked for (copied) */
-    const char *message_id;      /* NULL: ax_id_make(..., "msg_") (copied) */
-    int64_t input_estimate;      /* prompt tokens until the upstream says (real scale) */
-    double usage_scale;          /* scales reported input/cache tokens; 0 means 1.0 */
-    int reasoning_fallback;      /* reasoning but no text and no tool call: repeat the
-                                    reasoning as a text block at the end (the seed did) */
-    const cJSON *stop_sequences; /* the request's stop_sequences, borrowed: must outlive st */
-    size_t max_tool_args_bytes;  /* argument text kept for the summary; 0: 1 MiB */
-    size_t max_fallback_bytes;   /* reasoning kept for the fallback; 0: 256 KiB */
-    int parse_with_cjson;        /* tests and benchmarks: skip the lean chunk parser */
+    const char *model;              /* the model name the client asked for (copied) */
+    const char *message_id;         /* NULL: ax_id_make(..., "msg_") (copied) */
+    int64_t input_estimate;         /* prompt tokens until the upstream says (real scale) */
+    double usage_scale;             /* scales reported input/cache tokens; 0 means 1.0 */
+    int reasoning_fallback;         /* reasoning but no text and no tool call: repeat the
+                                       reasoning as a text block at the end (the seed did) */
+    const cJSON *stop_sequences;    /* the request's stop_sequences, borrowed: must outlive st */
+    size_t max_tool_args_bytes;     /* argument text kept for the summary; 0: 1 MiB */
+    size_t max_fallback_bytes;      /* reasoning kept for the fallback; 0: 256 KiB */
+    int parse_with_cjson;           /* tests and benchmarks: skip the lean chunk parser */
+    const char *context_management; /* JSON text for message_delta's context_management
+                                       ({"applied_edits":[...]}), copied; NULL: none */
+    int compaction;                 /* open the answer with a compaction block at index 0 */
+    const char *compaction_content; /* its summary, copied; NULL: a failed one (null) */
 };
 
 enum ax_stream_state { AX_STREAM_NEW, AX_STREAM_STARTED, AX_STREAM_ENDED, AX_STREAM_FAILED };
@@ -126,13 +130,18 @@ struct ax_stream {
     struct ax_buf _reasoning; /* kept for the fallback only */
     struct ax_buf _scratch;   /* decoded text of the chunk in hand (lean parser) */
     int _cjson_only;
+    char *_cm;         /* context_management JSON text, or NULL */
+    char *_compaction; /* the compaction block's content, when _has_compaction */
+    int _has_compaction;
+    int _paused; /* ended after the compaction block (pause_after_compaction) */
 };
 
 /* Prepares st (no output). Returns 0 or AX_ENOMEM. */
 int ax_stream_init(struct ax_stream *st, const struct ax_stream_opts *o);
 void ax_stream_free(struct ax_stream *st);
 
-/* Emits message_start once; later calls do nothing. Returns 0, AX_ETOOBIG or AX_ENOMEM. */
+/* Emits message_start once (and the compaction block, when opts asked for one); later calls
+ * do nothing. Returns 0, AX_ETOOBIG or AX_ENOMEM. */
 int ax_stream_begin(struct ax_stream *st, struct ax_buf *out);
 
 /* One SSE data payload of the upstream (a chunk's JSON text, or "[DONE]"), translated into
@@ -153,6 +162,11 @@ int ax_stream_feed(struct ax_stream *st, const char *data, size_t len, struct ax
  * AX_EUPSTREAM with err filled (502 api_error) so the caller calls ax_stream_fail. Returns 0
  * (also when already ended or failed), AX_EUPSTREAM, AX_ETOOBIG or AX_ENOMEM. */
 int ax_stream_end(struct ax_stream *st, struct ax_buf *out, struct ax_error *err);
+
+/* pause_after_compaction: ends the answer after the compaction block (message_start and
+ * the block if not yet sent), with stop_reason "compaction"; no upstream is involved.
+ * Returns 0, AX_ETOOBIG or AX_ENOMEM. */
+int ax_stream_end_paused(struct ax_stream *st, struct ax_buf *out);
 
 /* The turn failed after the response started: closes the open block, then emits
  * `event: error` with err's type and message (api_error "upstream stream failed" when err

@@ -68,11 +68,13 @@ int ax_translate_request(const cJSON *anthropic, const struct ax_translate_opts 
                          struct ax_error *err);
 
 struct ax_response_opts {
-    const char *client_model;    /* the model name the client asked for: goes in "model" */
-    const cJSON *stop_sequences; /* the request's stop_sequences (array or NULL) */
-    double usage_scale;          /* 1.0 normally; compaction steering scales input tokens */
-    int reasoning_fallback;      /* reasoning but no text and no tool call: repeat the
-                                    reasoning as a text block at the end (as stream.c does) */
+    const char *client_model;        /* the model name the client asked for: goes in "model" */
+    const cJSON *stop_sequences;     /* the request's stop_sequences (array or NULL) */
+    double usage_scale;              /* 1.0 normally; compaction steering scales input tokens */
+    int reasoning_fallback;          /* reasoning but no text and no tool call: repeat the
+                                        reasoning as a text block at the end (as stream.c does) */
+    const cJSON *compaction;         /* a compaction block to open the content with (copied) */
+    const cJSON *context_management; /* the answer's context_management (copied), or NULL */
 };
 
 /* The signature of thinking blocks made from upstream reasoning. It only has to be a

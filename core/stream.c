@@ -243,6 +243,12 @@ int ax_stream_init(struct ax_stream *st, const struct ax_stream_opts *o)
     st->_args_budget = o->max_tool_args_bytes ? o->max_tool_args_bytes : DEFAULT_ARGS_BUDGET;
     st->_last_tool = -1;
     st->_cjson_only = o->parse_with_cjson;
+    st->_has_compaction = o->compaction;
+    if ((o->context_management && (st->_cm = strdup(o->context_management)) == NULL) ||
+        (o->compaction_content && (st->_compaction = strdup(o->compaction_content)) == NULL)) {
+        ax_stream_free(st);
+        return AX_ENOMEM;
+    }
     ax_buf_init(&st->_scratch, (size_t)1 << 30); /* bounded by the payload in practice */
     ax_buf_init(&st->_reasoning,
                 o->max_fallback_bytes ? o->max_fallback_bytes : DEFAULT_FALLBACK_MAX);
@@ -261,8 +267,11 @@ void ax_stream_free(struct ax_stream *st)
     free(st->_tools);
     free(st->_recs);
     free(st->_model);
+    free(st->_cm);
+    free(st->_compaction);
     ax_buf_free(&st->_reasoning);
     ax_buf_free(&st->_scratch);
+    st->_cm = st->_compaction = NULL;
     st->_tools = NULL;
     st->_recs = NULL;
     st->_model = NULL;
@@ -289,6 +298,29 @@ static int emit_message_start(struct ax_stream *st, struct ax_buf *o)
     return PUT_LIT(o, "}}\n\n");
 }
 
+static void record_block(struct ax_stream *st, int index, int kind, int tool);
+
+/* The compaction block (context management) the policies made: whole, before the answer. */
+static int emit_compaction(struct ax_stream *st, struct ax_buf *o)
+{
+    int rc;
+
+    if ((rc = PUT_LIT(o, "event: content_block_start\ndata: {\"type\":\"content_block_start\","
+                         "\"index\":0,\"content_block\":{\"type\":\"compaction\","
+                         "\"content\":null,\"encrypted_content\":null}}\n\n"
+                         "event: content_block_delta\ndata: {\"type\":\"content_block_delta\","
+                         "\"index\":0,\"delta\":{\"type\":\"compaction_delta\",\"content\":")) <
+            0 ||
+        (rc = put_cstr_or_null(o, st->_compaction)) < 0 ||
+        (rc = PUT_LIT(o, ",\"encrypted_content\":null}}\n\n"
+                         "event: content_block_stop\ndata: {\"type\":\"content_block_stop\","
+                         "\"index\":0}\n\n")) < 0)
+        return rc;
+    record_block(st, 0, AX_STREAM_BLOCK_NONE, -1); /* not in the summary */
+    st->_n_blocks = 1;
+    return 0;
+}
+
 int ax_stream_begin(struct ax_stream *st, struct ax_buf *out)
 {
     size_t mark = out->len;
@@ -296,7 +328,8 @@ int ax_stream_begin(struct ax_stream *st, struct ax_buf *out)
 
     if (st->state != AX_STREAM_NEW)
         return 0;
-    if ((rc = emit_message_start(st, out)) < 0) {
+    if ((rc = emit_message_start(st, out)) < 0 ||
+        (st->_has_compaction && (rc = emit_compaction(st, out)) < 0)) {
         rollback(out, mark, rc);
         return rc;
     }
@@ -1257,7 +1290,7 @@ static int emit_end(struct ax_stream *st, struct ax_buf *o)
     }
     if ((rc = close_block(st, o)) < 0)
         return rc;
-    st->stop_reason = final_stop_reason(st);
+    st->stop_reason = st->_paused ? "compaction" : final_stop_reason(st);
     if (strcmp(st->stop_reason, "stop_sequence") != 0)
         st->stop_sequence = NULL;
     current_usage(st, &u, 1);
@@ -1267,6 +1300,9 @@ static int emit_end(struct ax_stream *st, struct ax_buf *o)
         (rc = PUT_LIT(o, ",\"stop_sequence\":")) < 0 ||
         (rc = put_cstr_or_null(o, st->stop_sequence)) < 0 ||
         (rc = PUT_LIT(o, "},\"usage\":")) < 0 || (rc = put_usage(o, &u, st->_scale)) < 0)
+        return rc;
+    if (st->_cm && ((rc = PUT_LIT(o, ",\"context_management\":")) < 0 ||
+                    (rc = ax_buf_append(o, st->_cm, strlen(st->_cm))) < 0))
         return rc;
     return PUT_LIT(o, "}\n\nevent: message_stop\ndata: {\"type\":\"message_stop\"}\n\n");
 }
@@ -1290,6 +1326,15 @@ int ax_stream_end(struct ax_stream *st, struct ax_buf *out, struct ax_error *err
     st->state = AX_STREAM_ENDED;
     ax_buf_free(&st->_reasoning);
     return 0;
+}
+
+int ax_stream_end_paused(struct ax_stream *st, struct ax_buf *out)
+{
+    struct ax_error err = {0};
+
+    st->_paused = 1;
+    st->saw_finish = 1;
+    return ax_stream_end(st, out, &err);
 }
 
 int ax_stream_fail(struct ax_stream *st, const struct ax_error *err, struct ax_buf *out)
@@ -1386,6 +1431,8 @@ static int add_block_summary(const struct ax_stream *st, cJSON *content,
 
     if (r->kind == AX_STREAM_BLOCK_TOOL)
         return add_tool_summary(content, &st->_tools[r->tool]);
+    if (r->kind == AX_STREAM_BLOCK_NONE)
+        return 0; /* the compaction block */
     if ((blk = cJSON_CreateObject()) == NULL || !cJSON_AddItemToArray(content, blk))
         return cJSON_Delete(blk), AX_ENOMEM;
     if (cJSON_AddStringToObject(blk, "type", text ? "text" : "thinking") == NULL ||

@@ -14,7 +14,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     struct ax_error err = {0};
-    struct ax_response_opts ro = {"claude", NULL, 1.0 + (double)(size & 3), (int)(size & 4) != 0};
+    struct ax_response_opts ro = {"claude", NULL, 1.0 + (double)(size & 3), (int)(size & 4) != 0,
+                                  NULL, NULL};
     struct ax_buf out;
     cJSON *j, *r = NULL;
     int64_t n_prompt = -1, n_ctx = -1;
