@@ -396,6 +396,22 @@ static int doc_text(struct treq *t, const cJSON *blk, const char *ty, const char
     return 0;
 }
 
+/* A compaction block that reached translation (policies/compaction.lua normally replaces
+ * the history before it with its summary): its summary as text; content null (a failed
+ * compaction) is a no-op, "". */
+static int compaction_text(struct treq *t, const cJSON *blk, const char *where, const char **out)
+{
+    const cJSON *c = cJSON_GetObjectItemCaseSensitive(blk, "content");
+
+    *out = "";
+    if (c == NULL || cJSON_IsNull(c))
+        return 0;
+    if (!cJSON_IsString(c))
+        return bad(t, "%s.content: expected a string or null", where);
+    *out = c->valuestring;
+    return 0;
+}
+
 static int is_doc_block(const char *ty)
 {
     return strcmp(ty, "document") == 0 || strcmp(ty, "search_result") == 0;
@@ -574,6 +590,11 @@ static int user_blocks(struct treq *t, const cJSON *content, const char *where)
                 return rc;
         } else if (strcmp(ty, "thinking") == 0 || strcmp(ty, "redacted_thinking") == 0) {
             continue; /* meaningless in a user turn; never sent */
+        } else if (strcmp(ty, "compaction") == 0) {
+            if ((rc = compaction_text(t, blk, w, &tx)) < 0)
+                return rc;
+            if (tx[0] != '\0' && (open_user(t) < 0 || add_text_part(t, tx) < 0))
+                return nomem(t);
         } else {
             return bad(t, "%s.type: unknown block type '%s'", w, ty);
         }
@@ -649,6 +670,11 @@ static int assistant_blocks(struct treq *t, const cJSON *content, const char *wh
                 return nomem(t);
         } else if (strcmp(ty, "redacted_thinking") == 0) {
             continue; /* opaque to anyone but Anthropic */
+        } else if (strcmp(ty, "compaction") == 0) {
+            if ((rc = compaction_text(t, blk, w, &tx)) < 0)
+                return rc;
+            if (tx[0] != '\0' && buf_join(&t->text, &t->have_text, tx) < 0)
+                return nomem(t);
         } else {
             return bad(t, "%s.type: unknown block type '%s'", w, ty);
         }
