@@ -186,16 +186,16 @@ done:
     cJSON_Delete(ids);
 }
 
-/* GET /v1/models/{id}: a model the listing has, or any name the model map sends somewhere
+/* GET /v1/models/{id} (the id %-decoded; llama-server's ids are file paths, slashes and
+ * all): a model the listing has, or any name the model map sends somewhere
  * (a client may ask for any Claude name: the proxy serves it); else 404. */
 static void route_model_one(struct ax_server *srv, struct ax_req *req, const char *id)
 {
     cJSON *ids = model_ids(srv), *m;
     char buf[300];
 
-    if (*id == '\0' || strchr(id, '/') != NULL ||
-        (index_of(ids, id) < 0 && ax_config_map_model(&srv->cfg, id) == NULL &&
-         strncmp(id, "claude-", 7) != 0)) {
+    if (*id == '\0' || (index_of(ids, id) < 0 && ax_config_map_model(&srv->cfg, id) == NULL &&
+                        strncmp(id, "claude-", 7) != 0)) {
         snprintf(buf, sizeof(buf), "model: %.200s not found", id);
         send_errorf(req, 404, "not_found_error", buf);
     } else if ((m = ax_models_info(&srv->cfg, srv->up, id)) == NULL) {

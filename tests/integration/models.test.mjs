@@ -101,3 +101,17 @@ test('max_input_tokens follows vLLM max_model_len and a configured window', env.
     await mock2.close();
   }
 }));
+
+test('an id that is a file path (llama-server names its model by its path) is retrieved %-encoded', env.wrap(async () => {
+  const mock = await startMock({ model: '/models/qwen/tiny.gguf', nCtx: 8192 });
+  const proxy = await startProxy({ upstream: mock.base });
+  try {
+    await waitUpstreamProbed(proxy);
+    const m = await sdkClient(proxy).models.retrieve('/models/qwen/tiny.gguf');
+    assert.equal(m.id, '/models/qwen/tiny.gguf');
+    assert.equal(m.max_input_tokens, 8192);
+  } finally {
+    await proxy.stop();
+    await mock.close();
+  }
+}));
