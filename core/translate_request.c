@@ -603,11 +603,15 @@ static int other_block(struct treq *t, const cJSON *blk, const char *ty, const c
         return 0;
     }
     if (strcmp(ty, "tool_search_tool_result") == 0) {
-        const cJSON *refs = cJSON_GetObjectItemCaseSensitive(
-            cJSON_GetObjectItemCaseSensitive(blk, "content"), "tool_references");
+        const cJSON *content = cJSON_GetObjectItemCaseSensitive(blk, "content");
+        const cJSON *refs = cJSON_GetObjectItemCaseSensitive(content, "tool_references");
         const cJSON *r;
         char w[160];
         int i = 0;
+        if (!cJSON_IsObject(content))
+            return bad(t, "%s.content: expected an object", where);
+        if (refs != NULL && !cJSON_IsArray(refs))
+            return bad(t, "%s.content.tool_references: expected an array", where);
         cJSON_ArrayForEach(r, refs)
         {
             snprintf(w, sizeof(w), "%s.content.tool_references.%d", where, i++);

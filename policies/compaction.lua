@@ -117,8 +117,9 @@ local function apply_history(req)
           if type(b.content) == "string" and b.content ~= "" then
             at, bi, text = i, j, b.content
             break
-          end
-          ax.remove(blocks, j) -- a failed compaction: a no-op
+          elseif b.content == nil or b.content == ax.json.null then
+            ax.remove(blocks, j) -- a failed compaction: a no-op
+          end -- anything else: the translator's 400 names it
         end
       end
     end

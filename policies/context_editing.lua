@@ -47,7 +47,8 @@ local function name_set(v)
 end
 
 local function fail_field(path, msg)
-  ax.fail(400, "invalid_request_error", "context_management." .. path .. ": " .. msg)
+  local field = path == "" and "context_management" or ("context_management." .. path)
+  ax.fail(400, "invalid_request_error", field .. ": " .. msg)
 end
 
 -- {type = t, value = n} with t one of `types`; returns t, n (nil when absent).

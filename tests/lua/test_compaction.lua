@@ -121,6 +121,12 @@ T.test("a failed (null) compaction block is a no-op", function()
   T.eq(out.messages[#msgs - 1].content, { { type = "text", text = "ok" } })
 end)
 
+T.test("a malformed compaction block is left for the translator to refuse", function()
+  local msgs = { T.assistant({ { type = "compaction", content = 7 } }), T.user("go on") }
+  local out = T.run(p, "on_request", T.request{ messages = msgs }, T.ctx())
+  T.eq(out.messages[1].content[1].content, 7)
+end)
+
 T.test("bad compact edits are a 400 naming the field", function()
   for _, c in ipairs({
     { { type = "compact_20260112", trigger = { type = "tool_uses", value = 3 } }, "edits.0.trigger" },

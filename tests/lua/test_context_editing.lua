@@ -214,4 +214,11 @@ T.test("bad edits are a 400 naming the field", function()
   fails({ { type = CTU, clear_tool_inputs = "yes" } }, "edits.0.clear_tool_inputs")
   fails({ { type = CTU, exclude_tools = "Bash" } }, "edits.0.exclude_tools")
   fails({ { type = "clear_thinking_20251015", keep = { type = "thinking_turns" } } }, "edits.0.keep.value")
+  local req = loop(1, 10)
+  req.context_management = "clear it"
+  local e = T.fails(function() T.run(p, "on_request", req, T.ctx()) end)
+  T.eq(e.fail.message, "context_management: expected an object")
+  req.context_management = { edits = "all" }
+  e = T.fails(function() T.run(p, "on_request", req, T.ctx()) end)
+  T.eq(e.fail.message, "context_management.edits: expected an array")
 end)
