@@ -56,6 +56,7 @@ struct msg {
     cJSON *cm;             /* the answer's context_management ({"applied_edits":[...]}) */
     cJSON *compaction;     /* the compaction block the answer opens with, or NULL */
     int paused;            /* pause_after_compaction: the answer is that block alone */
+    int client_cm;         /* the client sent context_management */
     int count_edited;      /* count_tokens of the request as context management edited it */
     int64_t count_cleared; /* the input tokens those edits cleared */
     int forced;            /* the request forced a tool call (tool_choice any or tool) */
@@ -946,7 +947,8 @@ static void on_probe_poll(uv_timer_t *t)
 /* What the context-management policies did (policies/context_editing.lua, compaction.lua):
  * they leave it under context_management in the request, which translation never sends
  * upstream. The answer reports context_management when the client sent one or an edit
- * applied; a compaction block opens the answer. */
+ * applied; a compaction block opens the answer (the top-level `compaction` parameter
+ * gets one without context_management). */
 static void take_reports(struct msg *m)
 {
     cJSON *cm = cJSON_GetObjectItemCaseSensitive(m->body, "context_management");
@@ -959,10 +961,11 @@ static void take_reports(struct msg *m)
         cJSON_Delete(edits);
         edits = cJSON_CreateArray();
     }
-    if ((m->cm = cJSON_CreateObject()) != NULL)
-        cJSON_AddItemToObject(m->cm, "applied_edits", edits);
+    if (edits == NULL || (!m->client_cm && edits->child == NULL) ||
+        (m->cm = cJSON_CreateObject()) == NULL)
+        cJSON_Delete(edits); /* nothing to tell a client that did not ask */
     else
-        cJSON_Delete(edits);
+        cJSON_AddItemToObject(m->cm, "applied_edits", edits);
     comp = cJSON_DetachItemFromObjectCaseSensitive(cm, "compaction");
     if (cJSON_IsObject(comp) && (blk = cJSON_CreateObject()) != NULL) {
         content = cJSON_GetObjectItemCaseSensitive(comp, "content");
@@ -1072,6 +1075,7 @@ static int check_basics(struct msg *m, struct ax_error *err)
     /* ours to write (take_reports): a client cannot report edits that were not made */
     cm = cJSON_GetObjectItemCaseSensitive(m->body, "context_management");
     if (cJSON_IsObject(cm)) {
+        m->client_cm = 1;
         cJSON_DeleteItemFromObjectCaseSensitive(cm, "applied_edits");
         cJSON_DeleteItemFromObjectCaseSensitive(cm, "compaction");
     }

@@ -11,6 +11,9 @@
 --     the compacted conversation, or, with `pause_after_compaction`, the answer is the block
 --     alone with stop_reason "compaction". The core renders the block (messages.c) from what
 --     this policy leaves in req.context_management.compaction.
+--   * The top-level `compaction: {type = "summarize", instructions}` parameter asks for a
+--     summary of the whole conversation alone: the answer is the block, stop_reason
+--     "compaction"; `instructions` replace the prompt (blank ones count as absent).
 -- Runs before context_editing and prune in the chain: they then work on what is left.
 local ax = require "anthroxy"
 local conv = require "anthroxy.conv"
@@ -196,7 +199,11 @@ local function summarise(req, ctx, cfg, upto)
   local s = ctx.settings
   local budget = math.floor(s.transcript_share * ctx.context_window * 3)
   local prompt = M.PROMPT
-  if cfg.instructions then prompt = prompt .. "\n\nAdditional instructions:\n" .. cfg.instructions end
+  if cfg.replace_prompt and cfg.instructions then
+    prompt = cfg.instructions
+  elseif cfg.instructions then
+    prompt = prompt .. "\n\nAdditional instructions:\n" .. cfg.instructions
+  end
   local r, err = ax.complete{
     messages = {
       { role = "system", content = prompt },
@@ -215,12 +222,40 @@ local function summarise(req, ctx, cfg, upto)
   return text
 end
 
+-- The top-level `compaction` parameter ({type = "summarize", instructions}): the request
+-- asks for a summary of its whole conversation and nothing else.
+local function summarize_request(req)
+  local c = req.compaction
+  if c == nil or c == ax.json.null then return nil end
+  if ax.json.type(c) ~= "object" or c.type ~= "summarize" then
+    ax.fail(400, "invalid_request_error", "compaction.type: expected 'summarize'")
+  end
+  local cm = req.context_management
+  if cm ~= nil and cm ~= ax.json.null then
+    ax.fail(400, "invalid_request_error",
+            "compaction: cannot be combined with context_management")
+  end
+  local ins = c.instructions
+  if ins ~= nil and ins ~= ax.json.null and type(ins) ~= "string" then
+    ax.fail(400, "invalid_request_error", "compaction.instructions: expected a string")
+  end
+  -- instructions replace the prompt; empty or blank ones count as absent
+  return { replace_prompt = true, instructions = (type(ins) == "string" and ins:find("%S")) and ins or nil }
+end
+
 function M.on_request(req, ctx)
   if not conv.is_array(req.messages) then return end
   local s = ctx.settings
   local compacted = apply_history(req)
   if compacted then ax.log.info("compaction: history replaced by its summary") end
   if not s.enabled or ctx.count_only then return end
+  local whole = summarize_request(req)
+  if whole then
+    local text = summarise(req, ctx, whole, #req.messages + 1)
+    req.compaction = nil -- not for the upstream
+    req.context_management = { compaction = { content = text or ax.json.null, pause = true } }
+    return
+  end
   local cfg = find_edit(req)
   if not cfg then return end
   local trigger = cfg.trigger

@@ -115,3 +115,20 @@ test('the compaction block round-trips: sent back, it replaces everything before
   assert.equal(again.type, 'message');
   assert.equal(env.mock.chats().at(-1).body.messages.filter((m) => m.role !== 'system').length, 3);
 }));
+
+test('the compaction parameter: the answer is the compaction block alone, no context_management', env.wrap(async () => {
+  env.mock.reset();
+  const msg = await env.client.beta.messages.create({
+    model: 'claude-sonnet-4-5', max_tokens: 200, betas: ['compact-2026-09-04'], tools, messages: history(2),
+    compaction: { type: 'summarize', instructions: 'List the files read.' },
+  });
+  assert.equal(msg.stop_reason, 'compaction');
+  assert.deepEqual(msg.content, [{ type: 'compaction', content: SUMMARY, encrypted_content: null }]);
+  assert.equal(msg.context_management, undefined);
+  assert.equal(env.mock.chats().length, 1);
+  assert.equal(summaryCalls()[0].body.messages[0].content, 'List the files read.');
+  assert.ok(summaryCalls()[0].body.messages[1].content.includes('CONTINUE-ME'), 'the whole conversation');
+  await assert.rejects(env.client.beta.messages.create({
+    model: 'm', max_tokens: 10, messages: history(1), compaction: { type: 'summarize' }, context_management: { edits: [] },
+  }), (e) => e.status === 400 && /cannot be combined with context_management/.test(e.message));
+}));

@@ -127,6 +127,28 @@ T.test("a malformed compaction block is left for the translator to refuse", func
   T.eq(out.messages[1].content[1].content, 7)
 end)
 
+T.test("the compaction parameter: the whole conversation, instructions replace the prompt", function()
+  summariser("ALL OF IT")
+  local req = loop(2, 100)
+  req.compaction = { type = "summarize", instructions = "Only the file names." }
+  local out = T.run(p, "on_request", req, T.ctx())
+  T.eq(#calls, 1)
+  T.eq(calls[1].messages[1].content, "Only the file names.")
+  T.ok(calls[1].messages[2].content:find("tool result", 1, true), "the last turn is summarised too")
+  T.eq(out.context_management, { compaction = { content = "ALL OF IT", pause = true } })
+  T.eq(out.compaction, nil)
+  req.compaction = { type = "summarize", instructions = "   " }
+  T.run(p, "on_request", req, T.ctx())
+  T.ok(calls[2].messages[1].content:find("compacting the transcript", 1, true), "blank: the default prompt")
+  req.context_management = { edits = ax.json.array() }
+  local e = T.fails(function() T.run(p, "on_request", req, T.ctx()) end)
+  T.eq(e.fail.message, "compaction: cannot be combined with context_management")
+  req.context_management = nil
+  req.compaction = { type = "squash" }
+  e = T.fails(function() T.run(p, "on_request", req, T.ctx()) end)
+  T.eq(e.fail.message, "compaction.type: expected 'summarize'")
+end)
+
 T.test("bad compact edits are a 400 naming the field", function()
   for _, c in ipairs({
     { { type = "compact_20260112", trigger = { type = "tool_uses", value = 3 } }, "edits.0.trigger" },
