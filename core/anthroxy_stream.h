@@ -82,6 +82,9 @@ struct ax_stream_opts {
                                        ({"applied_edits":[...]}), copied; NULL: none */
     int compaction;                 /* open the answer with a compaction block at index 0 */
     const char *compaction_content; /* its summary, copied; NULL: a failed one (null) */
+    const char *compaction_usage;   /* JSON text of the compaction's usage.iterations entry
+                                       (copied): message_delta's usage then carries
+                                       iterations [it, the answer's]; NULL: none */
 };
 
 enum ax_stream_state { AX_STREAM_NEW, AX_STREAM_STARTED, AX_STREAM_ENDED, AX_STREAM_FAILED };
@@ -133,7 +136,8 @@ struct ax_stream {
     char *_cm;         /* context_management JSON text, or NULL */
     char *_compaction; /* the compaction block's content, when _has_compaction */
     int _has_compaction;
-    int _paused; /* ended after the compaction block (pause_after_compaction) */
+    int _paused;   /* ended after the compaction block (pause_after_compaction) */
+    char *_c_iter; /* compaction_usage, or NULL */
 };
 
 /* Prepares st (no output). Returns 0 or AX_ENOMEM. */

@@ -55,6 +55,7 @@ struct msg {
     cJSON *stops;          /* stop_sequences, kept when the request is released mid-stream */
     cJSON *cm;             /* the answer's context_management ({"applied_edits":[...]}) */
     cJSON *compaction;     /* the compaction block the answer opens with, or NULL */
+    cJSON *c_iter;         /* its usage.iterations entry (the summary call's usage), or NULL */
     int paused;            /* pause_after_compaction: the answer is that block alone */
     int client_cm;         /* the client sent context_management */
     int count_edited;      /* count_tokens of the request as context management edited it */
@@ -86,6 +87,7 @@ struct msg {
 static void msg_fail(struct msg *m, const struct ax_error *err);
 static void msg_send_upstream(struct msg *m);
 static void run_on_response(struct msg *m, cJSON *resp);
+static void add_iterations(struct msg *m, cJSON *resp);
 
 /* ---- life cycle -------------------------------------------------------------------- */
 
@@ -102,6 +104,7 @@ static void msg_free(struct msg *m)
     cJSON_Delete(m->stops);
     cJSON_Delete(m->cm);
     cJSON_Delete(m->compaction);
+    cJSON_Delete(m->c_iter);
     ax_buf_free(&m->obody);
     ax_buf_free(&m->resp);
     ax_buf_free(&m->out);
@@ -393,6 +396,7 @@ static void complete_nonstream(struct msg *m)
         return;
     }
     cJSON_Delete(oresp);
+    add_iterations(m, resp);
     answering(m);
     ax_http_send_json(m->req, 200, resp);
     finish_ok(m, resp, 200);
@@ -690,15 +694,20 @@ static void on_upstream_request_done(struct ax_policy_req *pr, int rc, const str
 static int stream_init(struct msg *m, struct ax_stream_opts *so)
 {
     struct ax_error err = {0};
-    char *cm = m->cm ? cJSON_PrintUnformatted(m->cm) : NULL;
+    char *cm = m->cm ? cJSON_PrintUnformatted(m->cm) : NULL, *iter = NULL;
     const cJSON *content = cJSON_GetObjectItemCaseSensitive(m->compaction, "content");
-    int rc;
+    int rc = 0;
 
     so->context_management = cm;
     so->compaction = m->compaction != NULL;
     so->compaction_content = cJSON_IsString(content) ? content->valuestring : NULL;
-    rc = (m->cm && cm == NULL) ? AX_ENOMEM : ax_stream_init(&m->st, so);
+    if (m->c_iter && (iter = cJSON_PrintUnformatted(m->c_iter)) == NULL)
+        rc = AX_ENOMEM;
+    so->compaction_usage = iter;
+    if (rc == 0)
+        rc = (m->cm && cm == NULL) ? AX_ENOMEM : ax_stream_init(&m->st, so);
     cJSON_free(cm);
+    cJSON_free(iter);
     if (rc < 0) {
         ax_error_set(&err, 500, "api_error", "out of memory");
         msg_fail(m, &err);
@@ -739,6 +748,7 @@ static void answer_paused(struct msg *m)
     ax_usage_add_anthropic(usage, &m->usage, m->scale);
     if (m->cm)
         cJSON_AddItemToObject(resp, "context_management", cJSON_Duplicate(m->cm, 1));
+    add_iterations(m, resp);
     answering(m);
     ax_http_send_json(m->req, 200, resp);
     finish_ok(m, resp, 200);
@@ -949,6 +959,46 @@ static void on_probe_poll(uv_timer_t *t)
  * upstream. The answer reports context_management when the client sent one or an edit
  * applied; a compaction block opens the answer (the top-level `compaction` parameter
  * gets one without context_management). */
+/* The usage.iterations entry of a compaction from the usage the policy saw for its summary
+ * call ({input_tokens, output_tokens}), or NULL without one. */
+static cJSON *compaction_iteration(const cJSON *u)
+{
+    const cJSON *in = cJSON_GetObjectItemCaseSensitive(u, "input_tokens");
+    const cJSON *out = cJSON_GetObjectItemCaseSensitive(u, "output_tokens");
+    cJSON *it;
+
+    if (!cJSON_IsNumber(in) || !cJSON_IsNumber(out) || (it = cJSON_CreateObject()) == NULL)
+        return NULL;
+    cJSON_AddStringToObject(it, "type", "compaction");
+    cJSON_AddNumberToObject(it, "input_tokens", in->valuedouble);
+    cJSON_AddNumberToObject(it, "output_tokens", out->valuedouble);
+    cJSON_AddNumberToObject(it, "cache_creation_input_tokens", 0);
+    cJSON_AddNumberToObject(it, "cache_read_input_tokens", 0);
+    cJSON_AddNullToObject(it, "cache_creation");
+    return it;
+}
+
+/* usage.iterations of a complete answer: the compaction's entry, then the answer's own
+ * (whose figures are the top-level ones; a paused answer has none). */
+static void add_iterations(struct msg *m, cJSON *resp)
+{
+    cJSON *usage = cJSON_GetObjectItemCaseSensitive(resp, "usage"), *its, *own, *f;
+
+    if (m->c_iter == NULL || !cJSON_IsObject(usage) ||
+        (its = cJSON_AddArrayToObject(usage, "iterations")) == NULL)
+        return;
+    cJSON_AddItemToArray(its, cJSON_Duplicate(m->c_iter, 1));
+    if (m->paused || (own = cJSON_CreateObject()) == NULL)
+        return;
+    cJSON_AddStringToObject(own, "type", "message");
+    cJSON_ArrayForEach(f, usage)
+    {
+        if (cJSON_IsNumber(f))
+            cJSON_AddNumberToObject(own, f->string, f->valuedouble);
+    }
+    cJSON_AddItemToArray(its, own);
+}
+
 static void take_reports(struct msg *m)
 {
     cJSON *cm = cJSON_GetObjectItemCaseSensitive(m->body, "context_management");
@@ -977,6 +1027,7 @@ static void take_reports(struct msg *m)
         cJSON_AddNullToObject(blk, "encrypted_content");
         m->compaction = blk;
         m->paused = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(comp, "pause"));
+        m->c_iter = compaction_iteration(cJSON_GetObjectItemCaseSensitive(comp, "usage"));
     }
     cJSON_Delete(comp);
 }

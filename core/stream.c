@@ -200,6 +200,31 @@ static int put_usage(struct ax_buf *o, const struct ax_usage *u, double scale)
     return rc;
 }
 
+/* message_delta's usage: put_usage's, with usage.iterations when a compaction ran (its
+ * entry, then the answer's own, whose figures are the top-level ones). */
+static int put_final_usage(struct ax_buf *o, const struct ax_usage *u, double scale,
+                           const char *c_iter, int answered)
+{
+    cJSON *obj, *its, *msg;
+    int rc = AX_ENOMEM;
+
+    if (c_iter == NULL)
+        return put_usage(o, u, scale);
+    obj = cJSON_CreateObject();
+    if (obj != NULL && ax_usage_add_anthropic(obj, u, scale) == 0 &&
+        (its = cJSON_AddArrayToObject(obj, "iterations")) != NULL &&
+        cJSON_AddItemToArray(its, cJSON_Parse(c_iter))) {
+        if (!answered) /* paused after the compaction: no answer of its own */
+            rc = ax_json_print(obj, o);
+        else if ((msg = cJSON_CreateObject()) != NULL && cJSON_AddItemToArray(its, msg) &&
+                 ax_usage_add_anthropic(msg, u, scale) == 0 &&
+                 cJSON_AddStringToObject(msg, "type", "message") != NULL)
+            rc = ax_json_print(obj, o);
+    }
+    cJSON_Delete(obj);
+    return rc;
+}
+
 /* The usage to report: the upstream's when it sent some, else the estimates. */
 static void current_usage(const struct ax_stream *st, struct ax_usage *u, int with_output)
 {
@@ -245,7 +270,8 @@ int ax_stream_init(struct ax_stream *st, const struct ax_stream_opts *o)
     st->_cjson_only = o->parse_with_cjson;
     st->_has_compaction = o->compaction;
     if ((o->context_management && (st->_cm = strdup(o->context_management)) == NULL) ||
-        (o->compaction_content && (st->_compaction = strdup(o->compaction_content)) == NULL)) {
+        (o->compaction_content && (st->_compaction = strdup(o->compaction_content)) == NULL) ||
+        (o->compaction_usage && (st->_c_iter = strdup(o->compaction_usage)) == NULL)) {
         ax_stream_free(st);
         return AX_ENOMEM;
     }
@@ -269,6 +295,8 @@ void ax_stream_free(struct ax_stream *st)
     free(st->_model);
     free(st->_cm);
     free(st->_compaction);
+    free(st->_c_iter);
+    st->_c_iter = NULL;
     ax_buf_free(&st->_reasoning);
     ax_buf_free(&st->_scratch);
     st->_cm = st->_compaction = NULL;
@@ -1299,7 +1327,8 @@ static int emit_end(struct ax_stream *st, struct ax_buf *o)
         (rc = put_cstr_or_null(o, st->stop_reason)) < 0 ||
         (rc = PUT_LIT(o, ",\"stop_sequence\":")) < 0 ||
         (rc = put_cstr_or_null(o, st->stop_sequence)) < 0 ||
-        (rc = PUT_LIT(o, "},\"usage\":")) < 0 || (rc = put_usage(o, &u, st->_scale)) < 0)
+        (rc = PUT_LIT(o, "},\"usage\":")) < 0 ||
+        (rc = put_final_usage(o, &u, st->_scale, st->_c_iter, !st->_paused)) < 0)
         return rc;
     if (st->_cm && ((rc = PUT_LIT(o, ",\"context_management\":")) < 0 ||
                     (rc = ax_buf_append(o, st->_cm, strlen(st->_cm))) < 0))

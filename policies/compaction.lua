@@ -214,12 +214,16 @@ local function summarise(req, ctx, cfg, upto)
   }
   local msg = r and r.choices and r.choices[1] and r.choices[1].message
   local text = msg and msg.content
+  -- the summary call's own cost, for usage.iterations (not in the top-level usage)
+  local u = r and r.usage
+  local usage = u and math.type(u.prompt_tokens) == "integer" and
+    { input_tokens = u.prompt_tokens, output_tokens = u.completion_tokens or 0 } or nil
   if type(text) ~= "string" or not text:find("%S") then
     ax.log.warn("compaction: the summary failed: %s", tostring(err or "no text in the answer"))
-    return nil
+    return nil, usage
   end
   text = text:gsub("^%s*<think>.-</think>%s*", "")
-  return text
+  return text, usage
 end
 
 -- The top-level `compaction` parameter ({type = "summarize", instructions}): the request
@@ -251,9 +255,10 @@ function M.on_request(req, ctx)
   if not s.enabled or ctx.count_only then return end
   local whole = summarize_request(req)
   if whole then
-    local text = summarise(req, ctx, whole, #req.messages + 1)
+    local text, usage = summarise(req, ctx, whole, #req.messages + 1)
     req.compaction = nil -- not for the upstream
-    req.context_management = { compaction = { content = text or ax.json.null, pause = true } }
+    req.context_management = { compaction = { content = text or ax.json.null, pause = true,
+                                               usage = usage } }
     return
   end
   local cfg = find_edit(req)
@@ -266,8 +271,8 @@ function M.on_request(req, ctx)
   if before <= trigger then return end
   local upto = cut_index(req.messages)
   if upto <= 1 then return end -- nothing before the current turn
-  local text = summarise(req, ctx, cfg, upto)
-  local report = { content = text or ax.json.null, pause = cfg.pause }
+  local text, usage = summarise(req, ctx, cfg, upto)
+  local report = { content = text or ax.json.null, pause = cfg.pause, usage = usage }
   if text and not cfg.pause then replace_head(req.messages, upto, text) end
   ax.log.info("compaction: %d tokens over a trigger of %d: %s", before, trigger,
               text and ("summary of " .. #text .. " bytes") or "failed")

@@ -42,6 +42,13 @@ test('past the trigger: one summary call, a compaction block first, the answer o
   assert.deepEqual(msg.content[0], { type: 'compaction', content: SUMMARY, encrypted_content: null });
   assert.equal(msg.content[1].type, 'text');
   assert.equal(msg.stop_reason, 'end_turn');
+  // usage.iterations: the summary call's cost, then the answer's (the top-level figures)
+  const [ci, mi] = msg.usage.iterations;
+  assert.equal(ci.type, 'compaction');
+  assert.ok(ci.input_tokens > 0 && ci.output_tokens > 0, JSON.stringify(ci));
+  assert.equal(mi.type, 'message');
+  assert.equal(mi.input_tokens, msg.usage.input_tokens);
+  assert.equal(mi.output_tokens, msg.usage.output_tokens);
   const main = env.mock.chats().find((r) => r.lastText.includes('CONTINUE-ME'));
   const userTexts = main.body.messages.filter((m) => m.role === 'user').map((m) => JSON.stringify(m.content));
   assert.ok(userTexts[0].includes(SUMMARY), 'the summary opens the compacted conversation');
@@ -57,6 +64,8 @@ test('streaming: the compaction block is block 0, as the SDK accumulates it', en
   assert.equal(msg.content[0].content, SUMMARY);
   assert.equal(msg.content[1].type, 'text');
   assert.equal(msg.content[1].text, 'Continuing with the port.');
+  assert.deepEqual(msg.usage.iterations.map((i) => i.type), ['compaction', 'message']);
+  assert.equal(msg.usage.iterations[1].output_tokens, msg.usage.output_tokens);
 }));
 
 test('pause_after_compaction: the block alone, stop_reason "compaction", no answer upstream', env.wrap(async () => {
@@ -68,6 +77,7 @@ test('pause_after_compaction: the block alone, stop_reason "compaction", no answ
   assert.equal(msg.stop_reason, 'compaction');
   assert.deepEqual(msg.content, [{ type: 'compaction', content: SUMMARY, encrypted_content: null }]);
   assert.equal(env.mock.chats().length, 1, 'only the summary call went upstream');
+  assert.deepEqual(msg.usage.iterations.map((i) => i.type), ['compaction']);
   const stream = env.client.beta.messages.stream({
     model: 'claude-sonnet-4-5', max_tokens: 200, betas: BETA, tools, messages: history(6),
     context_management: edit({ pause_after_compaction: true }),
@@ -76,6 +86,7 @@ test('pause_after_compaction: the block alone, stop_reason "compaction", no answ
   assert.equal(smsg.stop_reason, 'compaction');
   assert.equal(smsg.content.length, 1);
   assert.equal(smsg.content[0].content, SUMMARY);
+  assert.deepEqual(smsg.usage.iterations.map((i) => i.type), ['compaction']);
 }));
 
 test('a failed summary answers with content null and keeps the conversation', env.wrap(async () => {

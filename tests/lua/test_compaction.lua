@@ -25,7 +25,8 @@ local function summariser(text)
   T.fake_complete(function(oreq)
     calls[#calls + 1] = oreq
     if text == nil then return nil, "upstream down" end
-    return { choices = { { message = { role = "assistant", content = text } } } }
+    return { choices = { { message = { role = "assistant", content = text } } },
+             usage = { prompt_tokens = 900, completion_tokens = 40 } }
   end)
 end
 
@@ -49,7 +50,8 @@ T.test("past the trigger: one summary call, the head replaced, the current turn 
   T.ok(calls[1].messages[1].content:find("compacting the transcript", 1, true))
   T.ok(calls[1].messages[2].content:find("Port the parser to Rust", 1, true), "transcript has the task")
   T.ok(calls[1].messages[2].content:find("[called tool Read", 1, true))
-  T.eq(out.context_management.compaction, { content = "THE SUMMARY", pause = false })
+  T.eq(out.context_management.compaction,
+       { content = "THE SUMMARY", pause = false, usage = { input_tokens = 900, output_tokens = 40 } })
   -- summary, then the last assistant tool_use and its result
   T.eq(#out.messages, 3)
   T.eq(out.messages[1].content[1].text, PREFIX .. "THE SUMMARY")
@@ -65,7 +67,8 @@ T.test("instructions go to the summariser; pause keeps the conversation for the 
   local req = loop(6, 2000, e)
   local out = T.run(p, "on_request", req, T.ctx())
   T.ok(calls[1].messages[1].content:find("Additional instructions:\nKeep every file path.", 1, true))
-  T.eq(out.context_management.compaction, { content = "S2", pause = true })
+  T.eq(out.context_management.compaction.content, "S2")
+  T.eq(out.context_management.compaction.pause, true)
 end)
 
 T.test("a failed summary reports content null and keeps the conversation", function()
@@ -135,7 +138,8 @@ T.test("the compaction parameter: the whole conversation, instructions replace t
   T.eq(#calls, 1)
   T.eq(calls[1].messages[1].content, "Only the file names.")
   T.ok(calls[1].messages[2].content:find("tool result", 1, true), "the last turn is summarised too")
-  T.eq(out.context_management, { compaction = { content = "ALL OF IT", pause = true } })
+  T.eq(out.context_management, { compaction = { content = "ALL OF IT", pause = true,
+                                                 usage = { input_tokens = 900, output_tokens = 40 } } })
   T.eq(out.compaction, nil)
   req.compaction = { type = "summarize", instructions = "   " }
   T.run(p, "on_request", req, T.ctx())

@@ -565,7 +565,8 @@ static void test_context_management_and_compaction(void)
     struct ax_stream_opts o = {.model = "m",
                                .context_management = "{\"applied_edits\":[]}",
                                .compaction = 1,
-                               .compaction_content = "the \"summary\""};
+                               .compaction_content = "the \"summary\"",
+                               .compaction_usage = "{\"type\":\"compaction\",\"input_tokens\":9}"};
     struct ax_stream st;
     struct ax_buf out;
     char *txt;
@@ -578,6 +579,8 @@ static void test_context_management_and_compaction(void)
           NULL);
     CHECK(strstr(txt, "\"index\":1,\"content_block\":{\"type\":\"text\"") != NULL);
     CHECK(strstr(txt, ",\"context_management\":{\"applied_edits\":[]}}") != NULL);
+    CHECK(strstr(txt, "\"iterations\":[{\"type\":\"compaction\",\"input_tokens\":9},{") != NULL);
+    CHECK(strstr(txt, "\"type\":\"message\"}]") != NULL);
     check_grammar("context_management", txt, strlen(txt));
     free(txt);
 
@@ -589,6 +592,9 @@ static void test_context_management_and_compaction(void)
     CHECK(strstr(out.data, "\"compaction_delta\",\"content\":null") != NULL);
     CHECK(strstr(out.data, "\"stop_reason\":\"compaction\"") != NULL);
     CHECK(strstr(out.data, "\"index\":1") == NULL);
+    /* paused: no entry for an answer */
+    CHECK(strstr(out.data, "\"iterations\":[{\"type\":\"compaction\",\"input_tokens\":9}]") !=
+          NULL);
     CHECK(strstr(out.data, "event: message_stop") != NULL);
     ax_stream_free(&st);
     ax_buf_free(&out);
