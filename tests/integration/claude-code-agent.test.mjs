@@ -39,10 +39,10 @@ function claudeBin() {
   return isElf(native) ? native : path.join(HERE, 'node_modules', '.bin', 'claude');
 }
 
-async function runClaude(task, cwd, baseUrl) {
+async function runClaude(task, cwd, baseUrl, extra = [], allowed = 'Read') {
   const home = fs.mkdtempSync(path.join(tmpRoot, 'home-'));
   const child = spawn(claudeBin(), ['-p', task, '--output-format', 'json', '--permission-mode', 'acceptEdits',
-    '--allowedTools', 'Read', '--max-turns', '12'], {
+    '--allowedTools', allowed, '--max-turns', '12', ...extra], {
     cwd,
     stdio: ['ignore', 'pipe', 'pipe'],
     env: {
@@ -128,4 +128,53 @@ test('Claude Code 2.1.332: deferred tools, context_management, operator clear_to
     console.log(`#   with clear_tool_uses (keep 1, step 2): ${pa.map((r) => r.prompt).join(' ')}; saved ${saved.join(' ')}`);
     assert.ok(saved[6] > 2000, `the last request saved ${saved[6]} tokens`);
     assert.ok(saved.slice(0, 3).every((s) => Math.abs(s) < 50), `nothing cleared before the first step: ${saved}`);
+  }));
+
+// A tiny MCP server (stdio, newline-delimited JSON-RPC) with one tool: Claude Code defers MCP
+// tools behind its ToolSearch, so this is how a deferred tool gets loaded in real use.
+const MCP_SERVER = `
+import readline from 'node:readline';
+const send = (m) => process.stdout.write(JSON.stringify(m) + '\\n');
+readline.createInterface({ input: process.stdin }).on('line', (line) => {
+  let m; try { m = JSON.parse(line); } catch { return; }
+  if (m.id === undefined) return;
+  if (m.method === 'initialize') send({ jsonrpc: '2.0', id: m.id, result: { protocolVersion: m.params.protocolVersion, capabilities: { tools: {} }, serverInfo: { name: 'deploytools', version: '1.0.0' } } });
+  else if (m.method === 'tools/list') send({ jsonrpc: '2.0', id: m.id, result: { tools: [{ name: 'deploy', description: 'Deploy the service to an environment', inputSchema: { type: 'object', properties: { env: { type: 'string' } }, required: ['env'] } }] } });
+  else if (m.method === 'tools/call') send({ jsonrpc: '2.0', id: m.id, result: { content: [{ type: 'text', text: 'deployed to ' + m.params.arguments.env }] } });
+  else send({ jsonrpc: '2.0', id: m.id, error: { code: -32601, message: 'no such method' } });
+});
+`;
+
+test('Claude Code 2.1.332: an MCP tool deferred behind ToolSearch is offered once the search loads it',
+  { timeout: 200000 }, plain.wrap(async () => {
+    const cwd = fs.mkdtempSync(path.join(tmpRoot, 'work-'));
+    const server = path.join(tmpRoot, 'mcp-server.mjs');
+    fs.writeFileSync(server, MCP_SERVER);
+    const config = path.join(tmpRoot, 'mcp.json');
+    fs.writeFileSync(config, JSON.stringify({ mcpServers: { deploytools: { type: 'stdio', command: process.execPath, args: [server] } } }));
+    const TOOL = 'mcp__deploytools__deploy';
+    const seen = [];
+    plain.mock.script((req) => {
+      const text = req.body.messages.map((m) => oaiText(m.content)).join('\n');
+      if (!text.includes('SHIP-IT')) return { text: 'ok' };
+      seen.push(req);
+      const k = req.body.messages.filter((m) => m.role === 'tool').length;
+      if (k === 0) return { toolCalls: [{ name: 'ToolSearch', arguments: { query: `select:${TOOL}` } }] };
+      if (k === 1) return { toolCalls: [{ name: TOOL, arguments: { env: 'staging' } }] };
+      return { text: 'Deployed to staging.' };
+    });
+    const r = await runClaude('SHIP-IT: deploy the service to staging.', cwd, plain.proxy.url,
+      ['--mcp-config', config, '--strict-mcp-config'], `ToolSearch,${TOOL}`);
+    assert.equal(r.code, 0, `claude: ${r.out.slice(-1500)} ${r.err.slice(-1500)}`);
+    const names = (q) => (q.body.tools || []).map((t) => t.function.name);
+    assert.ok(seen.length >= 2, `requests: ${seen.length}`);
+    const deferredSent = seen[0].body.tools.length;
+    assert.ok(!names(seen[0]).includes(TOOL), `deferred before the search: ${names(seen[0])}`);
+    const result = seen[1].body.messages.find((m) => m.role === 'tool');
+    console.log(`# ToolSearch result upstream: ${JSON.stringify(oaiText(result.content)).slice(0, 200)}`);
+    assert.ok(names(seen[1]).includes(TOOL), `offered after the search: ${names(seen[1])}`);
+    assert.equal(seen[1].body.tools.length, deferredSent + 1);
+    assert.equal(r.json?.result, 'Deployed to staging.', r.out.slice(-800));
+    const last = seen.at(-1).body.messages.filter((m) => m.role === 'tool').at(-1);
+    assert.match(oaiText(last.content), /deployed to staging/);
   }));
