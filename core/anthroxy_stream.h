@@ -82,20 +82,27 @@
 #define AX_STREAM_MAX_BLOCKS 1024 /* content blocks recorded for the summary */
 
 struct ax_stream_opts {
-    const char *model;           /* the model name the client asked for (copied) */
-    const char *message_id;      /* NULL: ax_id_make(..., "msg_") (copied) */
-    int64_t input_estimate;      /* prompt tokens until the upstream says (real scale) */
-    double usage_scale;          /* scales reported input/cache tokens; 0 means 1.0 */
-    int reasoning_fallback;      /* reasoning but no text and no tool call: repeat the
-                                    reasoning as a text block at the end (the seed did) */
-    const cJSON *stop_sequences; /* the request's stop_sequences, borrowed: must outlive st */
-    size_t max_tool_args_bytes;  /* argument text kept for the summary; 0: 1 MiB */
-    size_t max_fallback_bytes;   /* reasoning kept for the fallback; 0: 256 KiB */
-    int parse_with_cjson;        /* tests and benchmarks: skip the lean chunk parser */
-    const cJSON *tools;          /* the request's tools (Anthropic "tools"), borrowed: must
-                                    outlive st. Text tool calls to these are recognised in the
-                                    text deltas; every call is checked against its
-                                    input_schema. NULL or empty: text passes as it came */
+    const char *model;              /* the model name the client asked for (copied) */
+    const char *message_id;         /* NULL: ax_id_make(..., "msg_") (copied) */
+    int64_t input_estimate;         /* prompt tokens until the upstream says (real scale) */
+    double usage_scale;             /* scales reported input/cache tokens; 0 means 1.0 */
+    int reasoning_fallback;         /* reasoning but no text and no tool call: repeat the
+                                       reasoning as a text block at the end (the seed did) */
+    const cJSON *stop_sequences;    /* the request's stop_sequences, borrowed: must outlive st */
+    size_t max_tool_args_bytes;     /* argument text kept for the summary; 0: 1 MiB */
+    size_t max_fallback_bytes;      /* reasoning kept for the fallback; 0: 256 KiB */
+    int parse_with_cjson;           /* tests and benchmarks: skip the lean chunk parser */
+    const cJSON *tools;             /* the request's tools (Anthropic "tools"), borrowed: must
+                                       outlive st. Text tool calls to these are recognised in the
+                                       text deltas; every call is checked against its
+                                       input_schema. NULL or empty: text passes as it came */
+    const char *context_management; /* JSON text for message_delta's context_management
+                                       ({"applied_edits":[...]}), copied; NULL: none */
+    int compaction;                 /* open the answer with a compaction block at index 0 */
+    const char *compaction_content; /* its summary, copied; NULL: a failed one (null) */
+    const char *compaction_usage;   /* JSON text of the compaction's usage.iterations entry
+                                       (copied): message_delta's usage then carries
+                                       iterations [it, the answer's]; NULL: none */
 };
 
 enum ax_stream_state { AX_STREAM_NEW, AX_STREAM_STARTED, AX_STREAM_ENDED, AX_STREAM_FAILED };
@@ -153,6 +160,11 @@ struct ax_stream {
     cJSON *_tools_tree; /* parsed from _tools_json while a call needs it */
     int _tct_on;        /* text tool calls are recognised */
     struct ax_tctext _tct;
+    char *_cm;         /* context_management JSON text, or NULL */
+    char *_compaction; /* the compaction block's content, when _has_compaction */
+    int _has_compaction;
+    int _paused;   /* ended after the compaction block (pause_after_compaction) */
+    char *_c_iter; /* compaction_usage, or NULL */
 };
 
 /* Prepares st (no output). Returns 0 or AX_ENOMEM. */
@@ -170,7 +182,8 @@ void ax_stream_set_tools(struct ax_stream *st, const cJSON *tools);
  * (then calls written as text stay text). */
 int ax_stream_keep_tools_take(struct ax_stream *st, cJSON *tools);
 
-/* Emits message_start once; later calls do nothing. Returns 0, AX_ETOOBIG or AX_ENOMEM. */
+/* Emits message_start once (and the compaction block, when opts asked for one); later calls
+ * do nothing. Returns 0, AX_ETOOBIG or AX_ENOMEM. */
 int ax_stream_begin(struct ax_stream *st, struct ax_buf *out);
 
 /* One SSE data payload of the upstream (a chunk's JSON text, or "[DONE]"), translated into
@@ -191,6 +204,11 @@ int ax_stream_feed(struct ax_stream *st, const char *data, size_t len, struct ax
  * AX_EUPSTREAM with err filled (502 api_error) so the caller calls ax_stream_fail. Returns 0
  * (also when already ended or failed), AX_EUPSTREAM, AX_ETOOBIG or AX_ENOMEM. */
 int ax_stream_end(struct ax_stream *st, struct ax_buf *out, struct ax_error *err);
+
+/* pause_after_compaction: ends the answer after the compaction block (message_start and
+ * the block if not yet sent), with stop_reason "compaction"; no upstream is involved.
+ * Returns 0, AX_ETOOBIG or AX_ENOMEM. */
+int ax_stream_end_paused(struct ax_stream *st, struct ax_buf *out);
 
 /* The turn failed after the response started: closes the open block, then emits
  * `event: error` with err's type and message (api_error "upstream stream failed" when err

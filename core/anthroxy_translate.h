@@ -57,6 +57,10 @@ struct ax_translate_opts {
  *   documents and search results become text (a PDF a one-line note);
  * - tool ids lose a leading "toolu_"; tools -> function tools (parameters = a deep copy of
  *   input_schema); server tools without a schema are not offered;
+ * - defer_loading tools are offered once a tool_reference names them; tool_addition and
+ *   tool_removal blocks change the tools offered (the set in effect at the end is sent);
+ *   server tool search, MCP references and container_upload are refused (400);
+ * - Anthropic server-side blocks in history become notes, compaction blocks their summary;
  * - tool_choice auto/any/none -> auto/required/none, tool -> the named function, or with
  *   opts->llama_server only that tool and "required"; dropped when no tool is sent;
  * - thinking enabled/adaptive/disabled -> chat_template_kwargs.enable_thinking true/false,
@@ -90,6 +94,8 @@ struct ax_response_opts {
                                         to these are recognised, calls checked against their
                                         input_schema; NULL: neither */
     struct ax_toolcall_stats *stats; /* filled when not NULL */
+    const cJSON *compaction;         /* a compaction block to open the content with (copied) */
+    const cJSON *context_management; /* the answer's context_management (copied), or NULL */
 };
 
 /* The signature of thinking blocks made from upstream reasoning. It only has to be a

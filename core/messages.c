@@ -7,6 +7,7 @@
 #include "anthroxy_fleet.h"
 #include "anthroxy_hash.h"
 #include "anthroxy_http.h"
+#include "anthroxy_ids.h"
 #include "anthroxy_json.h"
 #include "anthroxy_log.h"
 #include "anthroxy_models.h"
@@ -51,14 +52,21 @@ struct msg {
     int stream_failed; /* the upstream reported an error inside the stream */
     int hooks_running; /* a policy hook holds a reference */
     int timer_open;
-    cJSON *body;         /* the Anthropic request (after on_request) */
-    cJSON *oreq;         /* the OpenAI request */
-    cJSON *final;        /* the answer as the client got it (or the stream's summary) */
-    cJSON *shadow;       /* count_tokens: a copy the policies may change (and is dropped) */
-    cJSON *stops;        /* stop_sequences, kept when the request is released mid-stream */
-    int forced;          /* the request forced a tool call (tool_choice any or tool) */
-    struct ax_buf obody; /* its text, alive while the transfer runs */
-    char model[256];     /* as the client named it */
+    cJSON *body;           /* the Anthropic request (after on_request) */
+    cJSON *oreq;           /* the OpenAI request */
+    cJSON *final;          /* the answer as the client got it (or the stream's summary) */
+    cJSON *shadow;         /* count_tokens: a copy the policies may change (and is dropped) */
+    cJSON *stops;          /* stop_sequences, kept when the request is released mid-stream */
+    cJSON *cm;             /* the answer's context_management ({"applied_edits":[...]}) */
+    cJSON *compaction;     /* the compaction block the answer opens with, or NULL */
+    cJSON *c_iter;         /* its usage.iterations entry (the summary call's usage), or NULL */
+    int paused;            /* pause_after_compaction: the answer is that block alone */
+    int client_cm;         /* the client sent context_management */
+    int count_edited;      /* count_tokens of the request as context management edited it */
+    int64_t count_cleared; /* the input tokens those edits cleared */
+    int forced;            /* the request forced a tool call (tool_choice any or tool) */
+    struct ax_buf obody;   /* its text, alive while the transfer runs */
+    char model[256];       /* as the client named it */
     const char *upstream_model;
     char session_key[128];
     struct ax_session *session;
@@ -99,6 +107,7 @@ static void msg_send_upstream(struct msg *m);
 static void count_request(struct msg *m, int status, double up_ms, double total_ms,
                           const char *upstream);
 static void run_on_response(struct msg *m, cJSON *resp);
+static void add_iterations(struct msg *m, cJSON *resp);
 
 /* ---- life cycle -------------------------------------------------------------------- */
 
@@ -116,6 +125,9 @@ static void msg_free(struct msg *m)
     cJSON_Delete(m->shadow);
     cJSON_Delete(m->stops);
     cJSON_Delete(m->route_view);
+    cJSON_Delete(m->cm);
+    cJSON_Delete(m->compaction);
+    cJSON_Delete(m->c_iter);
     ax_buf_free(&m->obody);
     ax_buf_free(&m->resp);
     ax_buf_free(&m->out);
@@ -522,6 +534,8 @@ static void complete_nonstream(struct msg *m)
     ro.tools = cJSON_GetObjectItemCaseSensitive(m->body, "tools");
     ro.stats = &ts;
     memset(&ts, 0, sizeof(ts));
+    ro.compaction = m->compaction;
+    ro.context_management = m->cm;
     if (ax_translate_response(oresp, &ro, &resp, &err) < 0) {
         cJSON_Delete(oresp);
         if (err.status == 0)
@@ -530,6 +544,7 @@ static void complete_nonstream(struct msg *m)
         return;
     }
     cJSON_Delete(oresp);
+    add_iterations(m, resp);
     answering(m);
     ax_http_send_json(m->req, 200, resp);
     note_tool_stats(m, &ts);
@@ -893,6 +908,70 @@ static void on_upstream_request_done(struct ax_policy_req *pr, int rc, const str
 }
 
 /* Translate, on_upstream_request, send. Also the retry path after on_upstream_error. */
+/* Initialises m->st, with what the context-management policies reported. */
+static int stream_init(struct msg *m, struct ax_stream_opts *so)
+{
+    struct ax_error err = {0};
+    char *cm = m->cm ? cJSON_PrintUnformatted(m->cm) : NULL, *iter = NULL;
+    const cJSON *content = cJSON_GetObjectItemCaseSensitive(m->compaction, "content");
+    int rc = 0;
+
+    so->context_management = cm;
+    so->compaction = m->compaction != NULL;
+    so->compaction_content = cJSON_IsString(content) ? content->valuestring : NULL;
+    if (m->c_iter && (iter = cJSON_PrintUnformatted(m->c_iter)) == NULL)
+        rc = AX_ENOMEM;
+    so->compaction_usage = iter;
+    if (rc == 0)
+        rc = (m->cm && cm == NULL) ? AX_ENOMEM : ax_stream_init(&m->st, so);
+    cJSON_free(cm);
+    cJSON_free(iter);
+    if (rc < 0) {
+        ax_error_set(&err, 500, "api_error", "out of memory");
+        msg_fail(m, &err);
+        return rc;
+    }
+    m->st_ready = 1;
+    return 0;
+}
+
+/* pause_after_compaction: the answer is the compaction block alone, stop_reason
+ * "compaction"; the client sends the conversation again, compacted, to go on. */
+static void answer_paused(struct msg *m)
+{
+    cJSON *resp = cJSON_CreateObject(), *usage;
+    char id[64];
+
+    if (m->stream) {
+        commit_stream(m);
+        ax_stream_end_paused(&m->st, &m->out);
+        answering(m);
+        flush_out(m);
+        ax_http_stream_end(m->req);
+        finish_ok(m, ax_stream_summary(&m->st), 200);
+        cJSON_Delete(resp);
+        return;
+    }
+    ax_id_make(id, sizeof(id), "msg_");
+    cJSON_AddStringToObject(resp, "id", id);
+    cJSON_AddStringToObject(resp, "type", "message");
+    cJSON_AddStringToObject(resp, "role", "assistant");
+    cJSON_AddStringToObject(resp, "model", m->model);
+    cJSON_AddItemToObject(resp, "content", cJSON_CreateArray());
+    cJSON_AddItemToArray(cJSON_GetObjectItemCaseSensitive(resp, "content"),
+                         cJSON_Duplicate(m->compaction, 1));
+    cJSON_AddStringToObject(resp, "stop_reason", "compaction");
+    cJSON_AddNullToObject(resp, "stop_sequence");
+    usage = cJSON_AddObjectToObject(resp, "usage");
+    ax_usage_add_anthropic(usage, &m->usage, m->scale);
+    if (m->cm)
+        cJSON_AddItemToObject(resp, "context_management", cJSON_Duplicate(m->cm, 1));
+    add_iterations(m, resp);
+    answering(m);
+    ax_http_send_json(m->req, 200, resp);
+    finish_ok(m, resp, 200);
+}
+
 static void msg_send_upstream(struct msg *m)
 {
     struct ax_translate_opts to;
@@ -934,14 +1013,14 @@ static void msg_send_upstream(struct msg *m)
         so.reasoning_fallback = m->srv->cfg.reasoning_fallback;
         so.stop_sequences = cJSON_GetObjectItemCaseSensitive(m->body, "stop_sequences");
         so.tools = cJSON_GetObjectItemCaseSensitive(m->body, "tools");
-        if (ax_stream_init(&m->st, &so) < 0) {
-            ax_error_set(&err, 500, "api_error", "out of memory");
-            msg_fail(m, &err);
+        if (stream_init(m, &so) < 0)
             return;
-        }
-        m->st_ready = 1;
     } else if (m->stream) { /* a retry: its policy may have replaced the tools */
         ax_stream_set_tools(&m->st, cJSON_GetObjectItemCaseSensitive(m->body, "tools"));
+    }
+    if (m->paused) {
+        answer_paused(m);
+        return;
     }
     if (!ax_policy_req_has_hook(m->preq, AX_HOOK_UPSTREAM_REQUEST)) {
         send_translated(m); /* no hook to wait a loop turn for */
@@ -957,13 +1036,20 @@ static void msg_send_upstream(struct msg *m)
 
 static void answer_count(struct msg *m, int64_t n, const char *how)
 {
-    char body[64];
+    char body[128];
     int len;
     int64_t scaled = (int64_t)llround((double)n * m->scale);
+    int64_t original = (int64_t)llround((double)(n + m->count_cleared) * m->scale);
 
     answering(m);
     m->usage.prompt_tokens = n;
-    len = snprintf(body, sizeof(body), "{\"input_tokens\":%lld}", (long long)scaled);
+    if (m->count_edited)
+        len = snprintf(body, sizeof(body),
+                       "{\"input_tokens\":%lld,\"context_management\":"
+                       "{\"original_input_tokens\":%lld}}",
+                       (long long)scaled, (long long)original);
+    else
+        len = snprintf(body, sizeof(body), "{\"input_tokens\":%lld}", (long long)scaled);
     AX_LOG_DEBUG(m->req, "count_tokens: %lld (%s), reported %lld", (long long)n, how,
                  (long long)scaled);
     log_summary(m, 200);
@@ -1158,8 +1244,87 @@ static void on_probe_poll(uv_timer_t *t)
     route_and_send(m);
 }
 
+/* What the context-management policies did (policies/context_editing.lua, compaction.lua):
+ * they leave it under context_management in the request, which translation never sends
+ * upstream. The answer reports context_management when the client sent one or an edit
+ * applied; a compaction block opens the answer (the top-level `compaction` parameter
+ * gets one without context_management). */
+/* The usage.iterations entry of a compaction from the usage the policy saw for its summary
+ * call ({input_tokens, output_tokens}), or NULL without one. */
+static cJSON *compaction_iteration(const cJSON *u)
+{
+    const cJSON *in = cJSON_GetObjectItemCaseSensitive(u, "input_tokens");
+    const cJSON *out = cJSON_GetObjectItemCaseSensitive(u, "output_tokens");
+    cJSON *it;
+
+    if (!cJSON_IsNumber(in) || !cJSON_IsNumber(out) || (it = cJSON_CreateObject()) == NULL)
+        return NULL;
+    cJSON_AddStringToObject(it, "type", "compaction");
+    cJSON_AddNumberToObject(it, "input_tokens", in->valuedouble);
+    cJSON_AddNumberToObject(it, "output_tokens", out->valuedouble);
+    cJSON_AddNumberToObject(it, "cache_creation_input_tokens", 0);
+    cJSON_AddNumberToObject(it, "cache_read_input_tokens", 0);
+    cJSON_AddNullToObject(it, "cache_creation");
+    return it;
+}
+
+/* usage.iterations of a complete answer: the compaction's entry, then the answer's own
+ * (whose figures are the top-level ones; a paused answer has none). */
+static void add_iterations(struct msg *m, cJSON *resp)
+{
+    cJSON *usage = cJSON_GetObjectItemCaseSensitive(resp, "usage"), *its, *own, *f;
+
+    if (m->c_iter == NULL || !cJSON_IsObject(usage) ||
+        (its = cJSON_AddArrayToObject(usage, "iterations")) == NULL)
+        return;
+    cJSON_AddItemToArray(its, cJSON_Duplicate(m->c_iter, 1));
+    if (m->paused || (own = cJSON_CreateObject()) == NULL)
+        return;
+    cJSON_AddStringToObject(own, "type", "message");
+    cJSON_ArrayForEach(f, usage)
+    {
+        if (cJSON_IsNumber(f))
+            cJSON_AddNumberToObject(own, f->string, f->valuedouble);
+    }
+    cJSON_AddItemToArray(its, own);
+}
+
+static void take_reports(struct msg *m)
+{
+    cJSON *cm = cJSON_GetObjectItemCaseSensitive(m->body, "context_management");
+    cJSON *edits, *comp, *content, *blk;
+
+    if (!cJSON_IsObject(cm))
+        return;
+    edits = cJSON_DetachItemFromObjectCaseSensitive(cm, "applied_edits");
+    if (!cJSON_IsArray(edits)) {
+        cJSON_Delete(edits);
+        edits = cJSON_CreateArray();
+    }
+    if (edits == NULL || (!m->client_cm && edits->child == NULL) ||
+        (m->cm = cJSON_CreateObject()) == NULL)
+        cJSON_Delete(edits); /* nothing to tell a client that did not ask */
+    else
+        cJSON_AddItemToObject(m->cm, "applied_edits", edits);
+    comp = cJSON_DetachItemFromObjectCaseSensitive(cm, "compaction");
+    if (cJSON_IsObject(comp) && (blk = cJSON_CreateObject()) != NULL) {
+        content = cJSON_GetObjectItemCaseSensitive(comp, "content");
+        cJSON_AddStringToObject(blk, "type", "compaction");
+        if (cJSON_IsString(content) && content->valuestring[0])
+            cJSON_AddStringToObject(blk, "content", content->valuestring);
+        else
+            cJSON_AddNullToObject(blk, "content"); /* a failed summary */
+        cJSON_AddNullToObject(blk, "encrypted_content");
+        m->compaction = blk;
+        m->paused = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(comp, "pause"));
+        m->c_iter = compaction_iteration(cJSON_GetObjectItemCaseSensitive(comp, "usage"));
+    }
+    cJSON_Delete(comp);
+}
+
 static void wait_for_probe(struct msg *m)
 {
+    take_reports(m);
     if (!probe_pending(m)) {
         route_and_send(m);
         return;
@@ -1182,6 +1347,27 @@ static void on_request_done(struct ax_policy_req *pr, int rc, const struct ax_er
     ax_req_unref(m->req);
 }
 
+/* The client asked for context management: the count is of the request as the edits left
+ * it (the shadow the policies ran on), and of the original as that plus what they cleared. */
+static void take_count_edits(struct msg *m)
+{
+    cJSON *cm = cJSON_GetObjectItemCaseSensitive(m->shadow, "context_management"), *e, *body;
+    const cJSON *edits = cJSON_GetObjectItemCaseSensitive(cm, "applied_edits");
+
+    m->count_edited = 1;
+    cJSON_ArrayForEach(e, edits)
+    {
+        const cJSON *t = cJSON_GetObjectItemCaseSensitive(e, "cleared_input_tokens");
+        if (cJSON_IsNumber(t) && t->valuedouble > 0)
+            m->count_cleared += (int64_t)t->valuedouble;
+    }
+    if (cJSON_IsArray(edits) && edits->child) {
+        body = m->body;
+        m->body = m->shadow;
+        m->shadow = body;
+    }
+}
+
 static void on_count_request_done(struct ax_policy_req *pr, int rc, const struct ax_error *err,
                                   void *ud)
 {
@@ -1192,6 +1378,9 @@ static void on_count_request_done(struct ax_policy_req *pr, int rc, const struct
     if (m->state == MSG_PENDING) {
         double scale = rc >= 0 ? ax_policy_req_report_scale(pr) : 1.0;
         m->scale = scale > 0 ? scale : 1.0;
+        if (rc >= 0 &&
+            cJSON_IsObject(cJSON_GetObjectItemCaseSensitive(m->body, "context_management")))
+            take_count_edits(m);
         cJSON_Delete(m->shadow);
         m->shadow = NULL;
         count_tokens(m);
@@ -1203,6 +1392,7 @@ static void on_count_request_done(struct ax_policy_req *pr, int rc, const struct
 static int check_basics(struct msg *m, struct ax_error *err)
 {
     const cJSON *msgs, *model;
+    cJSON *cm;
     int stream = 0, rc;
 
     if (!cJSON_IsObject(m->body))
@@ -1223,6 +1413,13 @@ static int check_basics(struct msg *m, struct ax_error *err)
     if ((rc = ax_json_get_bool(m->body, "stream", "", &stream, err)) < 0)
         return rc;
     m->stream = stream && !m->count_only;
+    /* ours to write (take_reports): a client cannot report edits that were not made */
+    cm = cJSON_GetObjectItemCaseSensitive(m->body, "context_management");
+    if (cJSON_IsObject(cm)) {
+        m->client_cm = 1;
+        cJSON_DeleteItemFromObjectCaseSensitive(cm, "applied_edits");
+        cJSON_DeleteItemFromObjectCaseSensitive(cm, "compaction");
+    }
     return 0;
 }
 

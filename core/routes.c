@@ -74,61 +74,144 @@ static int send_errorf(struct ax_req *req, int status, const char *type, const c
     return ax_http_send_error(req, &err);
 }
 
-static cJSON *model_entry(const char *id, const char *display)
+/* The ids GET /v1/models lists, in order, without duplicates: the upstream's models (else
+ * the configured upstream model), the Claude names clients ask for, the model map's names. */
+static cJSON *model_ids(const struct ax_server *srv)
 {
-    cJSON *m = cJSON_CreateObject();
+    cJSON *ids = cJSON_CreateArray(), *m, *e;
+    const char *add[64];
+    size_t n = 0, i, k;
 
-    cJSON_AddStringToObject(m, "type", "model");
-    cJSON_AddStringToObject(m, "id", id);
-    cJSON_AddStringToObject(m, "display_name", display ? display : id);
-    cJSON_AddStringToObject(m, "created_at", "2025-01-01T00:00:00Z");
-    return m;
-}
-
-static int has_model(const cJSON *data, const char *id)
-{
-    const cJSON *m;
-
-    cJSON_ArrayForEach(m, data)
-    {
-        const cJSON *v = cJSON_GetObjectItemCaseSensitive(m, "id");
-        if (cJSON_IsString(v) && strcmp(v->valuestring, id) == 0)
-            return 1;
-    }
-    return 0;
-}
-
-static void route_models(struct ax_server *srv, struct ax_req *req)
-{
-    cJSON *root = cJSON_CreateObject(), *data = cJSON_AddArrayToObject(root, "data"), *m;
-    size_t i, k;
-
-    for (k = 0; k < ax_fleet_count(srv->fleet); k++) {
+    if (ids == NULL)
+        return NULL;
+    for (k = 0; k < ax_fleet_count(srv->fleet); k++) { /* every upstream's, merged */
         const struct ax_upstream_info *info = ax_upstream_info(ax_fleet_upstream(srv->fleet, k));
         cJSON_ArrayForEach(m, info->models)
         {
             const cJSON *id = cJSON_GetObjectItemCaseSensitive(m, "id");
-            if (cJSON_IsString(id) && !has_model(data, id->valuestring))
-                cJSON_AddItemToArray(data, model_entry(id->valuestring, NULL));
+            if (cJSON_IsString(id) && n < 32)
+                add[n++] = id->valuestring;
         }
     }
-    if (data->child == NULL && srv->cfg.upstream_model) {
-        cJSON_AddItemToArray(data, model_entry(srv->cfg.upstream_model, NULL));
+    if (n == 0 && srv->cfg.upstream_model && *srv->cfg.upstream_model) {
+        add[n++] = srv->cfg.upstream_model;
     }
     for (i = 0; i < sizeof(claude_models) / sizeof(claude_models[0]); i++)
-        cJSON_AddItemToArray(data, model_entry(claude_models[i], NULL));
-    for (i = 0; i < srv->cfg.n_model_map; i++)
+        add[n++] = claude_models[i];
+    for (i = 0; i < srv->cfg.n_model_map && n < sizeof(add) / sizeof(add[0]); i++)
         if (!strchr(srv->cfg.model_map[i].from, '*'))
-            cJSON_AddItemToArray(data, model_entry(srv->cfg.model_map[i].from, NULL));
-    cJSON_AddBoolToObject(root, "has_more", 0);
-    m = cJSON_GetArrayItem(data, 0);
-    cJSON_AddStringToObject(root, "first_id",
-                            cJSON_GetObjectItemCaseSensitive(m, "id")->valuestring);
-    m = cJSON_GetArrayItem(data, cJSON_GetArraySize(data) - 1);
-    cJSON_AddStringToObject(root, "last_id",
-                            cJSON_GetObjectItemCaseSensitive(m, "id")->valuestring);
+            add[n++] = srv->cfg.model_map[i].from;
+    for (i = 0; i < n; i++) {
+        int dup = 0;
+        cJSON_ArrayForEach(e, ids) dup |= strcmp(e->valuestring, add[i]) == 0;
+        if (!dup)
+            cJSON_AddItemToArray(ids, cJSON_CreateString(add[i]));
+    }
+    return ids;
+}
+
+static int query_param(const char *query, const char *name, char *out, size_t n);
+
+/* A query parameter's value (see query_param), or NULL when absent or unreadable. */
+static const char *query_value(const struct ax_req *req, const char *key, char *buf, size_t n)
+{
+    return query_param(req->query, key, buf, n) == 1 ? buf : NULL;
+}
+
+static int index_of(const cJSON *ids, const char *id)
+{
+    const cJSON *e;
+    int i = 0;
+
+    cJSON_ArrayForEach(e, ids)
+    {
+        if (strcmp(e->valuestring, id) == 0)
+            return i;
+        i++;
+    }
+    return -1;
+}
+
+/* GET /v1/models: the Anthropic page (data, has_more, first_id, last_id; limit, after_id,
+ * before_id) whose entries are also OpenAI's (object "list" at the top). Without
+ * anthropic-version or a limit, every model in one page, as OpenAI clients expect. */
+static void route_models(struct ax_server *srv, struct ax_req *req)
+{
+    cJSON *ids = model_ids(srv), *root = cJSON_CreateObject(), *data, *e;
+    char lim[32], after[256], before[256];
+    const char *ls = query_value(req, "limit", lim, sizeof(lim));
+    const char *a = query_value(req, "after_id", after, sizeof(after));
+    const char *b = query_value(req, "before_id", before, sizeof(before));
+    int n = cJSON_GetArraySize(ids), from = 0, to, limit = n, i = 0;
+    char *endp = NULL;
+
+    if (ls != NULL) {
+        long v = strtol(ls, &endp, 10);
+        if (*ls == '\0' || *endp != '\0' || v < 1 || v > 1000) {
+            send_errorf(req, 400, "invalid_request_error", "limit: expected an integer 1..1000");
+            goto done;
+        }
+        limit = (int)v;
+    } else if (ax_req_header(req, "anthropic-version") != NULL) {
+        limit = 20; /* Anthropic's default page */
+    }
+    if ((a && index_of(ids, a) < 0) || (b && index_of(ids, b) < 0)) {
+        send_errorf(req, 400, "invalid_request_error",
+                    a && index_of(ids, a) < 0 ? "after_id: no such model"
+                                              : "before_id: no such model");
+        goto done;
+    }
+    to = n;
+    if (a)
+        from = index_of(ids, a) + 1;
+    if (b) {
+        to = index_of(ids, b);
+        if (!a && to - from > limit)
+            from = to - limit;
+    }
+    if (to - from > limit)
+        to = from + limit;
+    cJSON_AddStringToObject(root, "object", "list");
+    data = cJSON_AddArrayToObject(root, "data");
+    cJSON_ArrayForEach(e, ids)
+    {
+        if (i >= from && i < to)
+            cJSON_AddItemToArray(data, ax_models_info(&srv->cfg, srv->up, e->valuestring));
+        i++;
+    }
+    cJSON_AddBoolToObject(root, "has_more", b ? from > 0 : to < n);
+    if (to > from) {
+        cJSON_AddStringToObject(root, "first_id", cJSON_GetArrayItem(ids, from)->valuestring);
+        cJSON_AddStringToObject(root, "last_id", cJSON_GetArrayItem(ids, to - 1)->valuestring);
+    } else {
+        cJSON_AddNullToObject(root, "first_id");
+        cJSON_AddNullToObject(root, "last_id");
+    }
     ax_http_send_json(req, 200, root);
+done:
     cJSON_Delete(root);
+    cJSON_Delete(ids);
+}
+
+/* GET /v1/models/{id} (the id %-decoded; llama-server's ids are file paths, slashes and
+ * all): a model the listing has, or any name the model map sends somewhere
+ * (a client may ask for any Claude name: the proxy serves it); else 404. */
+static void route_model_one(struct ax_server *srv, struct ax_req *req, const char *id)
+{
+    cJSON *ids = model_ids(srv), *m;
+    char buf[300];
+
+    if (*id == '\0' || (index_of(ids, id) < 0 && ax_config_map_model(&srv->cfg, id) == NULL &&
+                        strncmp(id, "claude-", 7) != 0)) {
+        snprintf(buf, sizeof(buf), "model: %.200s not found", id);
+        send_errorf(req, 404, "not_found_error", buf);
+    } else if ((m = ax_models_info(&srv->cfg, srv->up, id)) == NULL) {
+        send_errorf(req, 500, "api_error", "out of memory");
+    } else {
+        ax_http_send_json(req, 200, m);
+        cJSON_Delete(m);
+    }
+    cJSON_Delete(ids);
 }
 
 /* For /health's warning: the configured listen address is loopback. */
@@ -549,6 +632,16 @@ static void dispatch(struct ax_server *srv, struct ax_req *req, const char *path
             send_errorf(req, 405, "invalid_request_error", "method not allowed: use GET");
         else
             route_models(srv, req);
+    } else if (strncmp(path, "/v1/models/", 11) == 0) {
+        char id[256];
+        int outlen = 0;
+        char *u = curl_easy_unescape(NULL, path + 11, 0, &outlen);
+        snprintf(id, sizeof(id), "%s", u ? u : "");
+        curl_free(u);
+        if (!get)
+            send_errorf(req, 405, "invalid_request_error", "method not allowed: use GET");
+        else
+            route_model_one(srv, req, id);
     } else if (strcmp(path, "/v1/context") == 0) {
         if (!get)
             send_errorf(req, 405, "invalid_request_error", "method not allowed: use GET");

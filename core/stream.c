@@ -205,6 +205,31 @@ static int put_usage(struct ax_buf *o, const struct ax_usage *u, double scale)
     return rc;
 }
 
+/* message_delta's usage: put_usage's, with usage.iterations when a compaction ran (its
+ * entry, then the answer's own, whose figures are the top-level ones). */
+static int put_final_usage(struct ax_buf *o, const struct ax_usage *u, double scale,
+                           const char *c_iter, int answered)
+{
+    cJSON *obj, *its, *msg;
+    int rc = AX_ENOMEM;
+
+    if (c_iter == NULL)
+        return put_usage(o, u, scale);
+    obj = cJSON_CreateObject();
+    if (obj != NULL && ax_usage_add_anthropic(obj, u, scale) == 0 &&
+        (its = cJSON_AddArrayToObject(obj, "iterations")) != NULL &&
+        cJSON_AddItemToArray(its, cJSON_Parse(c_iter))) {
+        if (!answered) /* paused after the compaction: no answer of its own */
+            rc = ax_json_print(obj, o);
+        else if ((msg = cJSON_CreateObject()) != NULL && cJSON_AddItemToArray(its, msg) &&
+                 ax_usage_add_anthropic(msg, u, scale) == 0 &&
+                 cJSON_AddStringToObject(msg, "type", "message") != NULL)
+            rc = ax_json_print(obj, o);
+    }
+    cJSON_Delete(obj);
+    return rc;
+}
+
 /* The usage to report: the upstream's when it sent some, else the estimates. */
 static void current_usage(const struct ax_stream *st, struct ax_usage *u, int with_output)
 {
@@ -248,6 +273,13 @@ int ax_stream_init(struct ax_stream *st, const struct ax_stream_opts *o)
     st->_args_budget = o->max_tool_args_bytes ? o->max_tool_args_bytes : DEFAULT_ARGS_BUDGET;
     st->_last_tool = -1;
     st->_cjson_only = o->parse_with_cjson;
+    st->_has_compaction = o->compaction;
+    if ((o->context_management && (st->_cm = strdup(o->context_management)) == NULL) ||
+        (o->compaction_content && (st->_compaction = strdup(o->compaction_content)) == NULL) ||
+        (o->compaction_usage && (st->_c_iter = strdup(o->compaction_usage)) == NULL)) {
+        ax_stream_free(st);
+        return AX_ENOMEM;
+    }
     ax_buf_init(&st->_scratch, (size_t)1 << 30); /* bounded by the payload in practice */
     ax_buf_init(&st->_fixed, (size_t)1 << 30);   /* at most 6 times one fragment */
     ax_buf_init(&st->_run, AX_TCTEXT_MAX_HOLD_DEFAULT + ((size_t)1 << 30)); /* hold + a delta */
@@ -357,6 +389,10 @@ void ax_stream_free(struct ax_stream *st)
     free(st->_tools);
     free(st->_recs);
     free(st->_model);
+    free(st->_cm);
+    free(st->_compaction);
+    free(st->_c_iter);
+    st->_c_iter = NULL;
     ax_buf_free(&st->_reasoning);
     ax_buf_free(&st->_scratch);
     ax_buf_free(&st->_fixed);
@@ -365,6 +401,7 @@ void ax_stream_free(struct ax_stream *st)
     tools_drop(st);
     cJSON_free(st->_tools_json);
     st->_tools_json = NULL;
+    st->_cm = st->_compaction = NULL;
     st->_tools = NULL;
     st->_recs = NULL;
     st->_model = NULL;
@@ -391,6 +428,29 @@ static int emit_message_start(struct ax_stream *st, struct ax_buf *o)
     return PUT_LIT(o, "}}\n\n");
 }
 
+static void record_block(struct ax_stream *st, int index, int kind, int tool);
+
+/* The compaction block (context management) the policies made: whole, before the answer. */
+static int emit_compaction(struct ax_stream *st, struct ax_buf *o)
+{
+    int rc;
+
+    if ((rc = PUT_LIT(o, "event: content_block_start\ndata: {\"type\":\"content_block_start\","
+                         "\"index\":0,\"content_block\":{\"type\":\"compaction\","
+                         "\"content\":null,\"encrypted_content\":null}}\n\n"
+                         "event: content_block_delta\ndata: {\"type\":\"content_block_delta\","
+                         "\"index\":0,\"delta\":{\"type\":\"compaction_delta\",\"content\":")) <
+            0 ||
+        (rc = put_cstr_or_null(o, st->_compaction)) < 0 ||
+        (rc = PUT_LIT(o, ",\"encrypted_content\":null}}\n\n"
+                         "event: content_block_stop\ndata: {\"type\":\"content_block_stop\","
+                         "\"index\":0}\n\n")) < 0)
+        return rc;
+    record_block(st, 0, AX_STREAM_BLOCK_NONE, -1); /* not in the summary */
+    st->_n_blocks = 1;
+    return 0;
+}
+
 int ax_stream_begin(struct ax_stream *st, struct ax_buf *out)
 {
     size_t mark = out->len;
@@ -398,7 +458,8 @@ int ax_stream_begin(struct ax_stream *st, struct ax_buf *out)
 
     if (st->state != AX_STREAM_NEW)
         return 0;
-    if ((rc = emit_message_start(st, out)) < 0) {
+    if ((rc = emit_message_start(st, out)) < 0 ||
+        (st->_has_compaction && (rc = emit_compaction(st, out)) < 0)) {
         rollback(out, mark, rc);
         return rc;
     }
@@ -1538,7 +1599,7 @@ static int emit_end(struct ax_stream *st, struct ax_buf *o)
     }
     if ((rc = close_block(st, o)) < 0)
         return rc;
-    st->stop_reason = final_stop_reason(st);
+    st->stop_reason = st->_paused ? "compaction" : final_stop_reason(st);
     if (strcmp(st->stop_reason, "stop_sequence") != 0)
         st->stop_sequence = NULL;
     current_usage(st, &u, 1);
@@ -1547,7 +1608,11 @@ static int emit_end(struct ax_stream *st, struct ax_buf *o)
         (rc = put_cstr_or_null(o, st->stop_reason)) < 0 ||
         (rc = PUT_LIT(o, ",\"stop_sequence\":")) < 0 ||
         (rc = put_cstr_or_null(o, st->stop_sequence)) < 0 ||
-        (rc = PUT_LIT(o, "},\"usage\":")) < 0 || (rc = put_usage(o, &u, st->_scale)) < 0)
+        (rc = PUT_LIT(o, "},\"usage\":")) < 0 ||
+        (rc = put_final_usage(o, &u, st->_scale, st->_c_iter, !st->_paused)) < 0)
+        return rc;
+    if (st->_cm && ((rc = PUT_LIT(o, ",\"context_management\":")) < 0 ||
+                    (rc = ax_buf_append(o, st->_cm, strlen(st->_cm))) < 0))
         return rc;
     return PUT_LIT(o, "}\n\nevent: message_stop\ndata: {\"type\":\"message_stop\"}\n\n");
 }
@@ -1573,6 +1638,15 @@ int ax_stream_end(struct ax_stream *st, struct ax_buf *out, struct ax_error *err
     st->state = AX_STREAM_ENDED;
     ax_buf_free(&st->_reasoning);
     return 0;
+}
+
+int ax_stream_end_paused(struct ax_stream *st, struct ax_buf *out)
+{
+    struct ax_error err = {0};
+
+    st->_paused = 1;
+    st->saw_finish = 1;
+    return ax_stream_end(st, out, &err);
 }
 
 int ax_stream_fail(struct ax_stream *st, const struct ax_error *err, struct ax_buf *out)
@@ -1671,6 +1745,8 @@ static int add_block_summary(const struct ax_stream *st, cJSON *content,
 
     if (r->kind == AX_STREAM_BLOCK_TOOL)
         return add_tool_summary(content, &st->_tools[r->tool]);
+    if (r->kind == AX_STREAM_BLOCK_NONE)
+        return 0; /* the compaction block */
     if ((blk = cJSON_CreateObject()) == NULL || !cJSON_AddItemToArray(content, blk))
         return cJSON_Delete(blk), AX_ENOMEM;
     if (cJSON_AddStringToObject(blk, "type", text ? "text" : "thinking") == NULL ||

@@ -495,6 +495,8 @@ static int fill_message(cJSON *m, const cJSON *openai, const cJSON *choice,
     }
     if ((r->content = cJSON_AddArrayToObject(m, "content")) == NULL)
         return AX_ENOMEM;
+    if (opts->compaction && !cJSON_AddItemToArray(r->content, cJSON_Duplicate(opts->compaction, 1)))
+        return AX_ENOMEM;
     if (add_thinking(r, msg) < 0 || add_text(r, msg) < 0)
         return AX_ENOMEM;
     cJSON_ArrayForEach(call, calls)
@@ -517,6 +519,10 @@ static int fill_message(cJSON *m, const cJSON *openai, const cJSON *choice,
         return AX_ENOMEM;
     ax_usage_from_openai(cJSON_GetObjectItemCaseSensitive(openai, "usage"), &u);
     if ((usage = cJSON_AddObjectToObject(m, "usage")) == NULL)
+        return AX_ENOMEM;
+    if (opts->context_management &&
+        !cJSON_AddItemToObject(m, "context_management",
+                               cJSON_Duplicate(opts->context_management, 1)))
         return AX_ENOMEM;
     return ax_usage_add_anthropic(usage, &u, opts->usage_scale);
 }

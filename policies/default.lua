@@ -12,6 +12,15 @@ return {
   -- pruning is needed. Sets the scale that prune then corrects: keep it before prune.
   { "compaction_steering", enabled = true, client_window = 200000, steer_at = 0.65 },
 
+  -- Anthropic's server-side compaction (compact_20260112) for clients that ask, with the
+  -- upstream model; trigger_share caps the client's trigger to a share of the real window.
+  { "compaction", trigger_share = 0.7 },
+
+  -- Anthropic's context editing (context_management.edits) for clients that ask; set
+  -- clear_tool_uses = true (with trigger_share for a small window) to clear old tool results
+  -- for clients that never ask. Before prune, which then has less to cut.
+  { "context_editing", clear_tool_uses = false, step = 5 },
+
   -- Forcing tool calls in agent loops: off by default (a forced model cannot end its turn);
   -- see docs/default-policies.md before turning it on.
   { "tool_choice", enabled = false, max_forced = 3 },

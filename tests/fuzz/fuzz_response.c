@@ -23,7 +23,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     struct ax_toolcall_stats ts;
     cJSON *tools = (size & 16) ? cJSON_Parse(TOOLS) : NULL;
     struct ax_response_opts ro = {"claude", NULL, 1.0 + (double)(size & 3), (int)(size & 4) != 0,
-                                  tools,    &ts};
+                                  tools,    &ts,  NULL, NULL};
     struct ax_buf out;
     cJSON *j, *r = NULL;
     int64_t n_prompt = -1, n_ctx = -1;

@@ -163,7 +163,8 @@ static void check_grammar(const char *name, const char *p, size_t n)
                 (strcmp(open_type, "text") == 0 && strcmp(dt, "text_delta") == 0) ||
                     (strcmp(open_type, "thinking") == 0 &&
                      (strcmp(dt, "thinking_delta") == 0 || strcmp(dt, "signature_delta") == 0)) ||
-                    (strcmp(open_type, "tool_use") == 0 && strcmp(dt, "input_json_delta") == 0),
+                    (strcmp(open_type, "tool_use") == 0 && strcmp(dt, "input_json_delta") == 0) ||
+                    (strcmp(open_type, "compaction") == 0 && strcmp(dt, "compaction_delta") == 0),
                 "%s: %s in a %s block", name, dt, open_type);
             if (strcmp(dt, "signature_delta") == 0)
                 signed_ = 1;
@@ -563,6 +564,48 @@ static void test_name_after_arguments(void)
     CHECK(strstr(out, "\"partial_json\":\"{\\\"a\\\":1}\"") != NULL);
     check_grammar("name_after_arguments", out, strlen(out));
     free(out);
+}
+
+static void test_context_management_and_compaction(void)
+{
+    /* what the context-management policies reported: a compaction block at index 0, the
+     * answer's blocks after it, applied_edits in message_delta */
+    struct ax_stream_opts o = {.model = "m",
+                               .context_management = "{\"applied_edits\":[]}",
+                               .compaction = 1,
+                               .compaction_content = "the \"summary\"",
+                               .compaction_usage = "{\"type\":\"compaction\",\"input_tokens\":9}"};
+    struct ax_stream st;
+    struct ax_buf out;
+    char *txt;
+    const char *in = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"},"
+                     "\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n";
+
+    txt = run_text(in, &o, NULL);
+    CHECK(strstr(txt, "\"index\":0,\"content_block\":{\"type\":\"compaction\"") != NULL);
+    CHECK(strstr(txt, "{\"type\":\"compaction_delta\",\"content\":\"the \\\"summary\\\"\"") !=
+          NULL);
+    CHECK(strstr(txt, "\"index\":1,\"content_block\":{\"type\":\"text\"") != NULL);
+    CHECK(strstr(txt, ",\"context_management\":{\"applied_edits\":[]}}") != NULL);
+    CHECK(strstr(txt, "\"iterations\":[{\"type\":\"compaction\",\"input_tokens\":9},{") != NULL);
+    CHECK(strstr(txt, "\"type\":\"message\"}]") != NULL);
+    check_grammar("context_management", txt, strlen(txt));
+    free(txt);
+
+    /* pause_after_compaction: the block alone, stop_reason compaction; a failed one is null */
+    o.compaction_content = NULL;
+    ax_buf_init(&out, 1 << 20);
+    CHECK(ax_stream_init(&st, &o) == 0);
+    CHECK(ax_stream_end_paused(&st, &out) == 0);
+    CHECK(strstr(out.data, "\"compaction_delta\",\"content\":null") != NULL);
+    CHECK(strstr(out.data, "\"stop_reason\":\"compaction\"") != NULL);
+    CHECK(strstr(out.data, "\"index\":1") == NULL);
+    /* paused: no entry for an answer */
+    CHECK(strstr(out.data, "\"iterations\":[{\"type\":\"compaction\",\"input_tokens\":9}]") !=
+          NULL);
+    CHECK(strstr(out.data, "event: message_stop") != NULL);
+    ax_stream_free(&st);
+    ax_buf_free(&out);
 }
 
 static void test_escaping(void)
@@ -1259,6 +1302,7 @@ int main(void)
     test_tool_arguments_not_lost();
     test_name_after_arguments();
     test_escaping();
+    test_context_management_and_compaction();
     test_begin_ping_then_chunks();
     test_truncated_is_not_end_turn();
     test_out_limit_leaves_no_half_event();

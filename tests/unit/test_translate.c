@@ -154,7 +154,7 @@ static void test_response_fixtures(void)
         cJSON *in = load_case(names[i], ".openai-response.json");
         cJSON *want = load_case(names[i], ".anthropic-response.json");
         cJSON *o = load_case(names[i], ".response-opts.json"), *got = NULL;
-        struct ax_response_opts opts = {"claude-x", NULL, 1.0, 0, NULL, NULL};
+        struct ax_response_opts opts = {"claude-x", NULL, 1.0, 0, NULL, NULL, NULL, NULL};
         struct ax_error err;
         const cJSON *v;
         int rc;
@@ -190,7 +190,7 @@ static void test_response_fixtures(void)
 
 static void test_response_errors(void)
 {
-    struct ax_response_opts opts = {"claude-x", NULL, 1.0, 0, NULL, NULL};
+    struct ax_response_opts opts = {"claude-x", NULL, 1.0, 0, NULL, NULL, NULL, NULL};
     struct ax_error err;
     cJSON *got = NULL, *in;
     int rc;
