@@ -40,6 +40,7 @@ struct ax_server {
     struct ax_session_share *share; /* --workers: the state shared with the others, or NULL */
     int share_owner;                /* this server frees it */
     int worker;                     /* its index among the workers (0 alone) */
+    uint64_t tools_as_text;         /* fleet members (bit i) that refused `tools`: sent as text */
     struct ax_policy_engine *policies;
     struct ax_exp_stats *exp_stats; /* per-arm figures, GET /v1/experiments */
     struct ax_metrics *metrics;     /* GET /metrics, the status page's recent errors */

@@ -39,7 +39,16 @@ struct ax_translate_opts {
                                    outlives it (printing it is fine) */
     int forward_user_id;        /* send metadata.user_id as `user` (--forward-user-id); off:
                                    Claude Code's device and account ids stay here */
+    int tools_as_text;          /* the server takes no `tools` (llama-server without --jinja):
+                                   ax_tools_as_text the result */
 };
+
+/* Rewrites an OpenAI request for a server that takes no tools (tools_as_text.c): the tools
+ * into the system prompt in the Hermes form, past tool_calls into <tool_call> text, tool
+ * results into user turns of <tool_response> text; tools, tool_choice and
+ * parallel_tool_calls removed. The model's <tool_call> answers come back as tool_use through
+ * toolcall_text.c. Returns 0, AX_ENOMEM, or AX_EINVAL without a messages array. */
+int ax_tools_as_text(cJSON *oreq);
 
 /* Anthropic request -> new OpenAI chat.completions request. Validates as it goes: on bad
  * input returns AX_EINVAL with err = 400 invalid_request_error naming the field

@@ -75,10 +75,11 @@ struct msg {
     /* the upstream of this attempt (fleet.c's choice) and what was tried before it */
     struct ax_upstream *up;
     struct ax_route route;
-    cJSON *route_view; /* on_route's third argument, alive while the hook runs */
-    int failovers;     /* attempts moved to another replica before the first byte */
-    int budget_denied; /* a failover the retry budget refused */
-    int fed;           /* stream bytes reached the translator: no failover any more */
+    cJSON *route_view;    /* on_route's third argument, alive while the hook runs */
+    int failovers;        /* attempts moved to another replica before the first byte */
+    int tools_text_tried; /* sent again with the tools as text (resend_tools_as_text) */
+    int budget_denied;    /* a failover the retry budget refused */
+    int fed;              /* stream bytes reached the translator: no failover any more */
     int up_status;
     int retry_after;
     struct ax_buf resp; /* a complete answer, or an error body */
@@ -606,11 +607,37 @@ static void note_fixed_part(struct msg *m, int64_t n_prompt, int64_t n_ctx)
              (long long)fixed, (long long)n_ctx);
 }
 
+/* llama-server without --jinja refuses any request with tools (500 "tools param requires
+ * --jinja flag"): from now on that upstream gets them as text (tools_as_text.c), and this
+ * request is sent again so. 1 when it was. */
+static int resend_tools_as_text(struct msg *m)
+{
+    const cJSON *tools = m->body ? cJSON_GetObjectItemCaseSensitive(m->body, "tools") : NULL;
+    size_t i = m->route.idx;
+
+    if (m->up_status != 500 || m->tools_text_tried || i >= 64 || !cJSON_IsArray(tools) ||
+        tools->child == NULL || m->resp.data == NULL || strstr(m->resp.data, "--jinja") == NULL)
+        return 0;
+    m->tools_text_tried = 1;
+    if (!(m->srv->tools_as_text >> i & 1))
+        AX_LOG_WARN(m->req,
+                    "upstream %s takes no tools (llama-server without --jinja): tools go to it "
+                    "as text in the system prompt from now on (start it with --jinja for "
+                    "native tool calls)",
+                    ax_fleet_name(m->srv->fleet, i));
+    m->srv->tools_as_text |= (uint64_t)1 << i;
+    msg_send_upstream(m);
+    return 1;
+}
+
 /* A non-2xx upstream answer: map it, and give on_upstream_error one chance to retry. */
 static void handle_upstream_status(struct msg *m)
 {
     int64_t n_prompt = 0, n_ctx = 0;
     cJSON *aux;
+
+    if (resend_tools_as_text(m))
+        return;
 
     memset(&m->err, 0, sizeof(m->err));
     ax_translate_upstream_error(m->up_status, m->resp.data ? m->resp.data : "", m->resp.len,
@@ -983,6 +1010,7 @@ static void msg_send_upstream(struct msg *m)
     to.llama_server = ax_fleet_llama_server(m->srv->fleet, m->route.idx);
     to.stream = m->stream;
     to.forward_user_id = m->srv->cfg.forward_user_id;
+    to.tools_as_text = m->route.idx < 64 && (m->srv->tools_as_text >> m->route.idx & 1);
     /* Without an on_upstream_request hook nothing edits the OpenAI tree before it is
      * printed, so it can share the tool schemas with the Anthropic tree instead of copying
      * them (most of Claude Code's 80 KB). */

@@ -1347,6 +1347,10 @@ int ax_translate_request(const cJSON *anthropic, const struct ax_translate_opts 
     if ((rc = tset_init(&t, anthropic)) < 0 || (rc = build_messages(&t, anthropic, o)) < 0 ||
         (rc = build_tools(&t, anthropic, o)) < 0 || (rc = build_knobs(&t, anthropic, o)) < 0)
         goto done;
+    if (opts->tools_as_text && (rc = ax_tools_as_text(o)) < 0) {
+        rc = nomem(&t);
+        goto done;
+    }
     *out = o;
     o = NULL;
     rc = 0;

@@ -28,6 +28,8 @@ return M
 `);
 const withPolicy = useProxy({ name: 'toolcall-text-policy', args: ['--policies', path.join(polDir, 'chain.lua')] });
 const MODEL = 'claude-sonnet-4-5';
+// A third in front of a llama-server started without --jinja: it refuses any request with tools.
+const noJinja = useProxy({ name: 'toolcall-text-nojinja', mock: { nCtx: 200000, noJinja: true } });
 const FX_DIR = path.join(FIXTURES_DIR, 'toolcall_text');
 const fixture = (name) => JSON.parse(fs.readFileSync(path.join(FX_DIR, `${name}.json`), 'utf8'));
 
@@ -219,7 +221,7 @@ function claudeBin() {
   return path.join(HERE, 'node_modules', '.bin', 'claude');
 }
 
-async function runClaude(task, cwd) {
+async function runClaude(task, cwd, proxy = env.proxy) {
   const home = fs.mkdtempSync(path.join(tmpRoot, 'home-'));
   const child = spawn(claudeBin(), ['-p', task, '--output-format', 'json', '--permission-mode', 'acceptEdits',
     '--allowedTools', 'Write,Read,Edit', '--max-turns', '6'], {
@@ -227,7 +229,7 @@ async function runClaude(task, cwd) {
     stdio: ['ignore', 'pipe', 'pipe'],
     env: {
       PATH: process.env.PATH, HOME: home, TMPDIR: os.tmpdir(),
-      ANTHROPIC_BASE_URL: env.proxy.url, ANTHROPIC_API_KEY: 'dummy',
+      ANTHROPIC_BASE_URL: proxy.url, ANTHROPIC_API_KEY: 'dummy',
       DISABLE_TELEMETRY: '1', DISABLE_ERROR_REPORTING: '1', DISABLE_AUTOUPDATER: '1', DISABLE_BUG_COMMAND: '1',
       CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC: '1', CLAUDE_CODE_DISABLE_NONSTREAMING_FALLBACK: '1',
       CLAUDE_CODE_DISABLE_TERMINAL_TITLE: '1', NO_PROXY: '127.0.0.1,localhost',
@@ -278,3 +280,38 @@ for (const [format, write] of Object.entries(WRITERS)) {
       assert.equal(r.json?.result, FINAL, why);
     }));
 }
+
+test('Claude Code against a llama-server without --jinja: tools go as text, the call comes back as tool_use',
+  { timeout: 180000 }, noJinja.wrap(async () => {
+    const cwd = fs.mkdtempSync(path.join(tmpRoot, 'work-'));
+    const target = path.join(cwd, 'nojinja.txt');
+    const content = 'written without --jinja\n';
+    const task = 'Create nojinja.txt for the no-jinja test';
+    const FINAL = 'Created nojinja.txt.';
+    noJinja.mock.script((req) => {
+      const body = req.body;
+      const all = body.messages.map((m) => (typeof m.content === 'string' ? m.content : JSON.stringify(m.content))).join('\n');
+      if (!all.includes(task)) return { text: 'ok' };
+      if (all.includes('<tool_response>')) return { text: FINAL };
+      return { text: WRITERS.hermes(target, content), pieceSize: 7 };
+    });
+    const r = await runClaude(task, cwd, noJinja.proxy);
+    const why = `claude exit ${r.code}\nstdout: ${r.out.slice(-1500)}\nstderr: ${r.err.slice(-1500)}`;
+    assert.equal(r.code, 0, why);
+    assert.equal(fs.readFileSync(target, 'utf8'), content, why);
+    assert.equal(r.json?.result, FINAL, why);
+    const chats = noJinja.mock.chats();
+    const withTools = chats.filter((q) => Array.isArray(q.body?.tools) && q.body.tools.length > 0);
+    assert.equal(withTools.length, 1, 'one refusal, then the upstream is known to take no tools');
+    const mine = chats.filter((q) => JSON.stringify(q.body.messages).includes(task) && !q.body.tools);
+    assert.ok(mine.length >= 2, 'the task went upstream without tools, twice (call, then result)');
+    const sys = mine[0].body.messages[0];
+    assert.equal(sys.role, 'system');
+    assert.match(sys.content, /<tools>\n\{"type":"function","function":\{"name":"[A-Za-z]+/);
+    assert.match(sys.content, /"name":"Write"/);
+    const last = mine[mine.length - 1].body.messages;
+    assert.ok(last.every((m) => m.role !== 'tool' && !m.tool_calls), 'no tool protocol left in the history');
+    assert.ok(last.some((m) => m.role === 'assistant' && /<tool_call>\n\{"name": "Write"/.test(m.content)),
+      'the past call is rendered as Hermes text');
+    assert.match(noJinja.proxy.log(), /takes no tools \(llama-server without --jinja\)/);
+  }));

@@ -1,17 +1,16 @@
 // toolcall-text.test.mjs - a real llama-server started without --jinja behind anthroxy, with
-// Claude Code: the server's answer is plain text content holding a Hermes tool call, and Claude
-// Code's Write still runs. Skips when LLAMA_SERVER is unset or Claude Code is not installed
-// (tests/integration/node_modules).
+// Claude Code: such a server refuses any request with `tools` ("tools param requires --jinja
+// flag", HTTP 500), so anthroxy sends that request again with the tools as text in the system
+// prompt (and every later one to that server: core/tools_as_text.c); the server's answer is
+// plain text content holding a Hermes tool call, and Claude Code's Write still runs. Skips when
+// LLAMA_SERVER is unset or Claude Code is not installed (tests/integration/node_modules).
 //
-// What a real server cannot do here, and how the test stands in for it:
-// - llama-server without --jinja refuses any request with `tools` ("tools param requires
-//   --jinja flag", HTTP 500), so a test policy drops tools and tool_choice from the upstream
-//   request (the situation of a server whose template knows no tools);
-// - the tiny model writes meaningless text and never a call, so the same policy adds a GBNF
-//   `grammar` (a llama-server request field) that forces the text a model would write: the
-//   Hermes call on the first turn, a short answer once the tool result is in.
-// Everything after the sampler is real: the server's non-jinja chat path, its SSE, anthroxy's
-// recogniser, Claude Code's tool run.
+// What a real server cannot do here, and how the test stands in for it: the tiny model writes
+// meaningless text and never a call, so a test policy adds a GBNF `grammar` (a llama-server
+// request field) that forces the text a model would write: the Hermes call on the first turn,
+// a short answer once the tool result is in. Everything else is real: the refusal, the resend
+// with the tools as text, the server's non-jinja chat path and its SSE, anthroxy's recogniser,
+// Claude Code's tool run.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
@@ -33,14 +32,13 @@ local function lit(s)
   return '"' .. s:gsub('\\\\', '\\\\\\\\'):gsub('"', '\\\\"'):gsub('\\n', '\\\\n') .. '"'
 end
 function M.on_upstream_request(oreq, ctx)
-  oreq.tools = nil
-  oreq.tool_choice = nil
+  if oreq.tools ~= nil then return end -- the first try, which the server refuses
   local target, answered = nil, false
   for i = 1, #oreq.messages do
     local m = oreq.messages[i]
-    if m.role == "tool" then answered = true end
     local c = m.content
     if type(c) ~= "string" then c = (c and c[1] and c[1].text) or "" end
+    if type(c) == "string" and c:find("<tool_response>", 1, true) then answered = true end
     if type(c) == "string" then target = c:match("REAL%-TARGET=(%S+)") or target end
   end
   if target == nil then return end -- a side request: the model says what it says
@@ -91,7 +89,7 @@ test('real llama-server without --jinja: Claude Code runs Write from a call writ
     if (!llama) return t.skip('LLAMA_SERVER is not set');
     const bin = claudeBin();
     if (!bin) return t.skip('Claude Code is not installed in tests/integration/node_modules');
-    // the server really refuses tools without --jinja (why the policy drops them)
+    // the server really refuses tools without --jinja (why anthroxy sends them as text)
     const refused = await fetch(`${llama.url}/v1/chat/completions`, {
       method: 'POST', headers: { 'content-type': 'application/json' },
       body: JSON.stringify({ messages: [{ role: 'user', content: 'hi' }], max_tokens: 4, tools: [{ type: 'function', function: { name: 'f', parameters: { type: 'object' } } }] }),
@@ -128,4 +126,5 @@ test('real llama-server without --jinja: Claude Code runs Write from a call writ
     const json = JSON.parse(out.trim().split('\n').pop());
     assert.equal(json.result, FINAL, why);
     assert.match(proxy.log(), /decision tool_calls: text_calls=1 /, 'the call came as text and was recognised');
+    assert.match(proxy.log(), /takes no tools \(llama-server without --jinja\)/, 'the refusal was seen once');
   });
