@@ -14,6 +14,7 @@
 struct ax_upstream;
 struct ax_monitor;
 struct ax_policy_engine;
+struct ax_recorder;
 
 struct ax_server {
     uv_loop_t *loop;
@@ -34,6 +35,7 @@ struct ax_server {
     struct ax_upstream *up;
     struct ax_monitor *mon;
     struct ax_policy_engine *policies;
+    struct ax_recorder *rec; /* --record, else NULL */
 
     /* counters for /health and the log (errors: http.n_errors) */
     uint64_t n_requests;

@@ -11,6 +11,7 @@
 #include "anthroxy_messages.h"
 #include "anthroxy_monitor.h"
 #include "anthroxy_policy.h"
+#include "anthroxy_record.h"
 #include "anthroxy_server.h"
 #include "anthroxy_sse.h"
 #include "anthroxy_stream.h"
@@ -74,6 +75,7 @@ struct msg {
     uint64_t t_sent_ns, t_first_ns;
     struct ax_usage usage;
     struct ax_error err;
+    struct ax_rec *rx; /* --record: this exchange, else NULL (record.c) */
 };
 
 static void msg_fail(struct msg *m, const struct ax_error *err);
@@ -82,8 +84,22 @@ static void run_on_response(struct msg *m, cJSON *resp);
 
 /* ---- life cycle -------------------------------------------------------------------- */
 
+/* The recording's line is written as the request goes: everything is known by now. */
+static void record_finish(struct msg *m)
+{
+    struct ax_rec_end end = {m->up_status, &m->usage, m->final, -1, -1, 0};
+
+    if (m->t_first_ns)
+        end.ttfb_ms = (double)(m->t_first_ns - m->t_sent_ns) / 1e6;
+    end.total_ms = (double)(uv_hrtime() - m->req->start_ns) / 1e6;
+    end.canceled = m->state == MSG_CANCELED;
+    ax_rec_finish(m->rx, &end);
+}
+
 static void msg_free(struct msg *m)
 {
+    if (m->rx)
+        record_finish(m);
     if (m->preq)
         ax_policy_req_free(m->preq);
     if (m->session)
@@ -209,6 +225,7 @@ static void msg_fail(struct msg *m, const struct ax_error *err)
     if (was == MSG_ANSWERED || was == MSG_CANCELED)
         return;
     answering(m);
+    ax_rec_error(m->rx, err);
     AX_LOG_INFO(m->req, "error %d %s: %s", err->status, err->type, err->message);
     log_summary(m, err->status);
     if (was == MSG_STREAMING) {
@@ -369,6 +386,7 @@ static void complete_nonstream(struct msg *m)
         return;
     }
     ax_usage_from_openai(cJSON_GetObjectItemCaseSensitive(oresp, "usage"), &m->usage);
+    ax_rec_timings(m->rx, cJSON_GetObjectItemCaseSensitive(oresp, "timings"));
     memset(&ro, 0, sizeof(ro));
     ro.client_model = m->model;
     ro.stop_sequences = cJSON_GetObjectItemCaseSensitive(m->body, "stop_sequences");
@@ -546,6 +564,7 @@ static int on_sse_event(const char *event, const char *data, size_t len, void *u
     int rc;
 
     (void)event;
+    ax_rec_upstream_chunk(m->rx, data, len);
     rc = ax_stream_feed(&m->st, data, len, &m->out, &m->err);
     if (rc == AX_EUPSTREAM)
         m->stream_failed = 1;
@@ -660,6 +679,7 @@ static void send_translated(struct msg *m)
         return;
     }
     AX_LOG_DEBUG(m->req, "upstream request: %zu bytes", m->obody.len);
+    ax_rec_upstream_request(m->rx, m->obody.data, m->obody.len);
     start_transfer(m);
 }
 
@@ -962,7 +982,6 @@ void ax_messages_handle(struct ax_server *srv, struct ax_req *req, int count_onl
     snprintf(m->session_key, sizeof(m->session_key), "-");
 
     m->body = ax_json_parse(req->body.data ? req->body.data : "", req->body.len, &err);
-    ax_buf_free(&req->body); /* the tree holds its own copies */
     if (m->body == NULL || check_basics(m, &err) < 0) {
         msg_fail(m, &err);
         return;
@@ -970,6 +989,11 @@ void ax_messages_handle(struct ax_server *srv, struct ax_req *req, int count_onl
     ax_session_key(ax_req_header(req, "x-claude-code-session-id"),
                    ax_req_header(req, "x-session-id"), m->body, m->session_key,
                    sizeof(m->session_key));
+    if (srv->rec && !count_only) /* takes the client's bytes */
+        m->rx = ax_rec_begin(srv->rec, req, m->session_key, NULL,
+                             ax_policy_engine_generation(srv->policies),
+                             ax_models_window(&srv->cfg, srv->up, NULL));
+    ax_buf_free(&req->body); /* the tree holds its own copies */
     m->session = ax_monitor_get(srv->mon, m->session_key, uv_now(srv->loop));
     memset(&info, 0, sizeof(info));
     info.request_id = req->id;
@@ -991,8 +1015,9 @@ void ax_messages_handle(struct ax_server *srv, struct ax_req *req, int count_onl
             count_tokens(m);
         return;
     }
-    if (ax_policy_req_new(srv->policies, &info, &m->preq) == 0 &&
-        !ax_policy_req_has_hook(m->preq, AX_HOOK_REQUEST)) {
+    if (ax_policy_req_new(srv->policies, &info, &m->preq) == 0 && m->rx)
+        ax_policy_req_set_trace(m->preq, ax_rec_trace, m->rx);
+    if (m->preq != NULL && !ax_policy_req_has_hook(m->preq, AX_HOOK_REQUEST)) {
         wait_for_probe(m); /* no hook to wait a loop turn for */
         return;
     }
