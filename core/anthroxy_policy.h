@@ -19,9 +19,10 @@
 
 struct ax_policy_engine;
 struct ax_policy_req;
-struct ax_upstream; /* core/anthroxy_upstream.h */
-struct ax_monitor;  /* core/anthroxy_monitor.h */
-struct ax_session;  /* core/anthroxy_monitor.h */
+struct ax_upstream;  /* core/anthroxy_upstream.h */
+struct ax_monitor;   /* core/anthroxy_monitor.h */
+struct ax_session;   /* core/anthroxy_monitor.h */
+struct ax_exp_stats; /* core/anthroxy_experiment.h */
 
 enum ax_hook {
     AX_HOOK_REQUEST,          /* on_request(req, ctx): the Anthropic request, writable */
@@ -40,6 +41,8 @@ struct ax_policy_env {
     int64_t (*context_window)(void *ud);     /* current window (configured or probed); may be
                                                 NULL: cfg->context_window, else 131072 */
     const char *(*upstream_model)(void *ud); /* model for ax.complete requests; may be NULL */
+    struct ax_exp_stats *stats;              /* ax.count's counters; borrowed, may be NULL
+                                                (the engine then keeps its own) */
     void *ud;
 };
 

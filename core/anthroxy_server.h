@@ -35,7 +35,8 @@ struct ax_server {
     struct ax_upstream *up;
     struct ax_monitor *mon;
     struct ax_policy_engine *policies;
-    struct ax_recorder *rec; /* --record, else NULL */
+    struct ax_recorder *rec;        /* --record, else NULL */
+    struct ax_exp_stats *exp_stats; /* per-arm figures, GET /v1/experiments */
 
     /* counters for /health and the log (errors: http.n_errors) */
     uint64_t n_requests;

@@ -114,6 +114,9 @@ static const struct opt opts[] = {
      "account ids there); off: never sent"},
     {"policies", NULL, OPT_STR, F(policies_path), NULL, 0, 0, 0, "PATH",
      "policy chain file; unset: default.lua in the shipped policy directory"},
+    {"experiment", NULL, OPT_STR, F(experiment_path), NULL, 0, 0, 0, "FILE",
+     "A/B experiment file: arms, each with a weight and its own chain (docs/experiments.md); "
+     "unset: one chain for everyone"},
     {"lua-dir", NULL, OPT_STR, F(lua_dir), NULL, 0, 0, 0, "DIR",
      "the runtime's Lua directory; unset: the one fixed at build time"},
     {"lua-mem-max", NULL, OPT_SIZE, F(lua_mem_max), "256M", 1048576, BIG, 0, "BYTES",

@@ -2,6 +2,7 @@
  * http.c's connections to the router (routes.c) and of upstream, monitor and policy engine,
  * and the graceful stop, which cancels what is left through request.c's registry. */
 #include "anthroxy.h"
+#include "anthroxy_experiment.h"
 #include "anthroxy_http.h"
 #include "anthroxy_log.h"
 #include "anthroxy_models.h"
@@ -144,7 +145,8 @@ int ax_server_new(uv_loop_t *loop, const struct ax_config *cfg, struct ax_server
         goto fail;
     }
     ax_upstream_on_info(srv->up, on_upstream_info, srv);
-    if ((srv->mon = ax_monitor_new(srv->cfg.max_sessions, srv->cfg.session_ttl_ms)) == NULL) {
+    if ((srv->mon = ax_monitor_new(srv->cfg.max_sessions, srv->cfg.session_ttl_ms)) == NULL ||
+        ax_exp_stats_new(&srv->exp_stats) < 0) {
         rc = ax_error_set_code(err, AX_ENOMEM, 500, "api_error", "out of memory");
         goto fail;
     }
@@ -156,6 +158,9 @@ int ax_server_new(uv_loop_t *loop, const struct ax_config *cfg, struct ax_server
     *out = srv;
     return 0;
 fail:
+    if (srv->mon)
+        ax_monitor_free(srv->mon);
+    ax_exp_stats_free(srv->exp_stats);
     if (srv->up)
         ax_upstream_close(srv->up, NULL, NULL);
     ax_config_free(&srv->cfg);
@@ -248,6 +253,7 @@ int ax_server_listen(struct ax_server *srv, struct ax_error *err)
     env.cfg = &srv->cfg;
     env.up = srv->up;
     env.mon = srv->mon;
+    env.stats = srv->exp_stats;
     env.context_window = engine_context_window;
     env.upstream_model = engine_upstream_model;
     env.ud = srv;
@@ -394,6 +400,7 @@ void ax_server_free(struct ax_server *srv)
         return;
     if (srv->mon)
         ax_monitor_free(srv->mon);
+    ax_exp_stats_free(srv->exp_stats);
     ax_config_free(&srv->cfg);
     free(srv);
 }

@@ -71,6 +71,7 @@ struct ax_config {
 
     /* policies */
     char *policies_path;              /* chain file; NULL: <policy dir>/default.lua */
+    char *experiment_path;            /* --experiment: arms and their chains; NULL: none */
     char *lua_dir;                    /* runtime Lua; NULL: the built-in AX_LUA_DIR */
     size_t lua_mem_max;               /* all policies together: 256 MiB */
     size_t lua_req_mem_max;           /* one request: 16 MiB */

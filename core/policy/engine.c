@@ -15,6 +15,7 @@
 #include <lauxlib.h>
 #include <lualib.h>
 
+#include "anthroxy_experiment.h"
 #include "anthroxy_log.h"
 
 #define MAX_FILE_BYTES (4u << 20) /* a policy or chain file */
@@ -640,6 +641,7 @@ void ax__engine_destroy(struct ax_policy_engine *eng)
     free(eng->watch_dirs);
     free(eng->chain_path);
     free(eng->lua_dir);
+    ax_exp_stats_free(eng->own_stats);
     free(eng);
 }
 
@@ -663,7 +665,11 @@ int ax__engine_create(const struct ax_policy_env *env, const char *chain, int te
                                  : cfg && cfg->policies_path ? cfg->policies_path
                                                              : AX_POLICY_DIR "/default.lua");
     eng->lua_dir = ax__strdup(cfg && cfg->lua_dir ? cfg->lua_dir : AX_LUA_DIR);
-    if (eng->chain_path == NULL || eng->lua_dir == NULL || engine_setup(eng) < 0) {
+    eng->stats = env->stats;
+    if (eng->stats == NULL && ax_exp_stats_new(&eng->own_stats) == 0)
+        eng->stats = eng->own_stats;
+    if (eng->chain_path == NULL || eng->lua_dir == NULL || eng->stats == NULL ||
+        engine_setup(eng) < 0) {
         ax__engine_destroy(eng);
         return AX_ENOMEM;
     }

@@ -79,7 +79,8 @@ struct ax_policy_engine {
     uint64_t run_max_ns, sleep_max_ms; /* wall clock: one resume, ax.sleep per hook call */
 
     char *chain_path, *lua_dir;
-    struct ax__gen *gen; /* in force */
+    struct ax_exp_stats *stats, *own_stats; /* ax.count: env's, else own_stats */
+    struct ax__gen *gen;                    /* in force */
     struct ax__gen *building;
     uint64_t gen_counter;
     int api_ref, base_ref, fail_mt_ref, session_mt_ref;

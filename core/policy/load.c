@@ -14,6 +14,7 @@
 
 #include <lauxlib.h>
 
+#include "anthroxy_experiment.h"
 #include "anthroxy_log.h"
 
 #define LOAD_BUDGET_FACTOR 10 /* a chain load may spend 10 hook budgets */
@@ -590,5 +591,6 @@ cJSON *ax_policy_engine_status(const struct ax_policy_engine *eng)
     cJSON_AddNumberToObject(o, "lua_memory", (double)eng->mem_total);
     cJSON_AddNumberToObject(o, "requests_in_flight", eng->in_flight);
     cJSON_AddNumberToObject(o, "generations_alive", eng->gens_alive);
+    cJSON_AddItemToObject(o, "counters", ax_exp_stats_counters_json(eng->stats)); /* ax.count */
     return o;
 }

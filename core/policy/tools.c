@@ -12,6 +12,7 @@
 
 #include <lauxlib.h>
 
+#include "anthroxy_experiment.h"
 #include "anthroxy_json.h"
 #include "anthroxy_log.h"
 #include "anthroxy_translate.h"
@@ -57,6 +58,19 @@ static int host_run_hook(lua_State *L)
     ax__json_push_table(L, root); /* ..., box, ret, tree */
     lua_insert(L, -2);            /* ..., box, tree, ret */
     return 2;
+}
+
+/* host.counters() -> { arm = { policy = { name = n } } }: what ax.count added so far */
+static int host_counters(lua_State *L)
+{
+    struct ax_policy_engine *eng = ax__engine_of(L);
+    cJSON *c = ax_exp_stats_counters_json(eng->stats);
+
+    if (c == NULL)
+        return luaL_error(L, "not enough memory");
+    ax__json_push_table(L, c);
+    cJSON_Delete(c);
+    return 1;
 }
 
 static int host_where(lua_State *L)
@@ -107,6 +121,8 @@ static int test_protected(lua_State *L)
     lua_setfield(L, 5, "run_hook");
     lua_pushcfunction(L, host_where);
     lua_setfield(L, 5, "where");
+    lua_pushcfunction(L, host_counters);
+    lua_setfield(L, 5, "counters");
     lua_pushcfunction(L, host_traceback);
     lua_setfield(L, 5, "traceback");
     lua_pushcfunction(L, host_stderr);

@@ -62,6 +62,10 @@ function T.load_chain(rel, settings)
   return chain.load(quiet, path).policies
 end
 
+-- T.counters() -> { default = { test = { name = n } } }: what ax.count added in this test
+-- file (hooks run by T.run count under arm "default", policy "test").
+function T.counters() return host.counters() end
+
 function T.session(fields)
   local s = merge({
     key = "test", total_requests = 0, last_input_tokens = 0, last_output_tokens = 0,
