@@ -12,6 +12,7 @@
 #include "anthroxy.h"
 #include "anthroxy_log.h"
 #include "anthroxy_policy.h"
+#include "anthroxy_replay.h"
 
 struct app {
     struct ax_server *srv;
@@ -114,6 +115,8 @@ int main(int argc, char **argv)
         return ax_policy_check_main(argc - 1, argv + 1);
     if (argc > 1 && strcmp(argv[1], "test-lua") == 0)
         return ax_policy_test_lua_main(argc - 1, argv + 1);
+    if (argc > 1 && strcmp(argv[1], "replay") == 0)
+        return ax_replay_main(argc - 1, argv + 1);
 
     /* --help and --version answer even when the environment holds a bad value */
     for (i = 1; i < argc; i++)

@@ -4,7 +4,7 @@
 # under AddressSanitizer + UndefinedBehaviorSanitizer, a short run of every libFuzzer target
 # (tests/fuzz, a few seconds each; a finding fails the run), and the formatting check.
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
-ax_setup_packages clang-format clang libclang-rt-14-dev
+ax_setup_packages clang-format clang libclang-rt-14-dev chromium
 ax_setup_node
 ulimit -n 65536 2>/dev/null || true
 
