@@ -84,11 +84,12 @@ void ax_rec_finish(struct ax_rec *x, const struct ax_rec_end *end);
 #define AX_REC_BASES 4
 
 /* Undoes a body delta of the format ({"snapshot": s} or {"base", "head", "tail", "mid"})
- * against the previous bodies of its kind (prevs[i] may be NULL). Returns a malloc'd
+ * against the previous bodies of its kind (prevs[i] may be NULL; hashes[i], when hashes is
+ * not NULL, their FNV-1a, so that a reader hashes each body once). Returns a malloc'd
  * NUL-terminated copy and its length, or NULL when no previous body has the base's hash (a
  * line was lost) or the delta is malformed. */
-char *ax_rec_rebuild(const cJSON *delta, char *const *prevs, const size_t *lens, int n,
-                     size_t *out_len);
+char *ax_rec_rebuild(const cJSON *delta, char *const *prevs, const size_t *lens,
+                     const uint64_t *hashes, int n, size_t *out_len);
 
 /* What changed from before to after, as recorded in "policy_changes" and replay's report:
  * {"fields": [top-level keys other than messages that changed], "removed": [indexes in before],

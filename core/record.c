@@ -721,8 +721,8 @@ static cJSON *delta_new(const struct rec_ring *g, const char *cur, size_t clen)
     return d;
 }
 
-char *ax_rec_rebuild(const cJSON *delta, char *const *prevs, const size_t *lens, int n,
-                     size_t *out_len)
+char *ax_rec_rebuild(const cJSON *delta, char *const *prevs, const size_t *lens,
+                     const uint64_t *hashes, int n, size_t *out_len)
 {
     const cJSON *snap = cJSON_GetObjectItemCaseSensitive(delta, "snapshot");
     const cJSON *base = cJSON_GetObjectItemCaseSensitive(delta, "base");
@@ -744,7 +744,7 @@ char *ax_rec_rebuild(const cJSON *delta, char *const *prevs, const size_t *lens,
     for (i = 0; i < n && prev == NULL; i++) {
         if (prevs[i] == NULL)
             continue;
-        hex64(ax_fnv1a(prevs[i], lens[i], AX_FNV1A_INIT), hx);
+        hex64(hashes ? hashes[i] : ax_fnv1a(prevs[i], lens[i], AX_FNV1A_INIT), hx);
         if (strcmp(hx, base->valuestring) == 0) {
             prev = prevs[i];
             prev_len = lens[i];

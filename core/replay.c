@@ -124,6 +124,7 @@ static struct rp_turn *turn_add(struct rp_session *s)
 struct ring {
     char *b[AX_REC_BASES];
     size_t n[AX_REC_BASES];
+    uint64_t h[AX_REC_BASES];
     int next;
 };
 
@@ -137,6 +138,7 @@ static void ring_push(struct ring *g, const char *p, size_t n)
     free(g->b[g->next]);
     g->b[g->next] = c;
     g->n[g->next] = n;
+    g->h[g->next] = ax_fnv1a(c, n, AX_FNV1A_INIT);
     g->next = (g->next + 1) % AX_REC_BASES;
 }
 
@@ -180,7 +182,7 @@ static int load_file(struct rp_run *run, const char *path)
             continue;
         }
         body = ax_rec_rebuild(cJSON_GetObjectItemCaseSensitive(j, "request"), bodies.b, bodies.n,
-                              AX_REC_BASES, &n);
+                              bodies.h, AX_REC_BASES, &n);
         key = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(j, "session"));
         if (body == NULL || key == NULL) {
             bad++;
@@ -191,7 +193,7 @@ static int load_file(struct rp_run *run, const char *path)
         ring_push(&bodies, body, n);
         if (cJSON_IsObject(cJSON_GetObjectItemCaseSensitive(j, "upstream_request")) &&
             (up = ax_rec_rebuild(cJSON_GetObjectItemCaseSensitive(j, "upstream_request"), ups.b,
-                                 ups.n, AX_REC_BASES, &up_len)) != NULL)
+                                 ups.n, ups.h, AX_REC_BASES, &up_len)) != NULL)
             ring_push(&ups, up, up_len);
         if ((s = session_for(run, key, path)) == NULL || (t = turn_add(s)) == NULL) {
             free(body);
@@ -497,7 +499,7 @@ static void prefix_free(struct rp_prefix *p)
 
 /* The parts of an OpenAI request in the order a chat template renders them: the tools (in
  * the system prompt), then each message; raw text estimates of each. */
-static void prefix_of(const cJSON *oreq, struct rp_prefix *p)
+static void prefix_of(const cJSON *oreq, struct rp_prefix *p, const struct rp_prefix *prev)
 {
     const cJSON *msgs = cJSON_GetObjectItemCaseSensitive(oreq, "messages"), *m;
     char *tools = cJSON_PrintUnformatted(cJSON_GetObjectItemCaseSensitive(oreq, "tools"));
@@ -505,7 +507,11 @@ static void prefix_of(const cJSON *oreq, struct rp_prefix *p)
 
     memset(p, 0, sizeof(*p));
     p->tools_hash = tools ? ax_fnv1a(tools, strlen(tools), AX_FNV1A_INIT) : 0;
-    p->tools_tok = tools ? ax_tokens_text(tools, strlen(tools)) : 0;
+    /* the previous turn's estimates of what did not change: the same tools and messages */
+    if (prev != NULL && prev->n > 0 && prev->tools_hash == p->tools_hash)
+        p->tools_tok = prev->tools_tok;
+    else
+        p->tools_tok = tools ? ax_tokens_text(tools, strlen(tools)) : 0;
     cJSON_free(tools);
     p->msg = calloc((size_t)n + 1, sizeof(*p->msg));
     p->len = calloc((size_t)n + 1, sizeof(*p->len));
@@ -517,7 +523,11 @@ static void prefix_of(const cJSON *oreq, struct rp_prefix *p)
     {
         p->msg[i] = cJSON_PrintUnformatted(m);
         p->len[i] = p->msg[i] ? strlen(p->msg[i]) : 0;
-        p->tok[i] = p->msg[i] ? ax_tokens_text(p->msg[i], p->len[i]) : 0;
+        if (prev != NULL && i < prev->n && prev->len[i] == p->len[i] && p->msg[i] &&
+            memcmp(prev->msg[i], p->msg[i], p->len[i]) == 0)
+            p->tok[i] = prev->tok[i];
+        else
+            p->tok[i] = p->msg[i] ? ax_tokens_text(p->msg[i], p->len[i]) : 0;
         p->total += p->tok[i];
         i++;
     }
@@ -635,7 +645,7 @@ static int64_t up_estimate(const char *text, size_t len)
     free(copy);
     if (j == NULL)
         return 0;
-    prefix_of(j, &p);
+    prefix_of(j, &p, NULL);
     t = p.total;
     prefix_free(&p);
     cJSON_Delete(j);
@@ -705,13 +715,17 @@ static void replay_turn(struct rp_run *run, struct rp_arm *a, struct rp_session 
         goto fail_sess;
 
     /* the figures: raw estimates, calibrated by what the recording's upstream counted */
-    prefix_of(oreq, &pfx);
-    raw_up = up_estimate(t->up, t->up_len);
+    prefix_of(oreq, &pfx, &st->prev);
+    if (t->raw_up == 0) /* once per turn, whatever the number of arms */
+        t->raw_up = t->up ? up_estimate(t->up, t->up_len) : -1;
+    raw_up = t->raw_up;
     factor = t->have_usage && t->prompt > 0 && raw_up > 0 ? (double)t->prompt / (double)raw_up
              : st->factor > 0                             ? st->factor
                                                           : 1.0;
     st->factor = factor;
-    est_client = ax_tokens_request(client);
+    if (t->est_client == 0) /* the same for every arm */
+        t->est_client = ax_tokens_request(client);
+    est_client = t->est_client;
     est_sent = ax_tokens_request(body);
     row->sent_tokens = (int64_t)llround((double)pfx.total * factor);
     row->removed_tokens = est_sent > 0

@@ -27,9 +27,11 @@ struct rp_turn {
     size_t up_len;
     int have_usage;
     int64_t prompt, cached, completion, window;
-    cJSON *response;  /* the answer the client got, or NULL */
-    char tool[128];   /* its first tool_use's name, "" for none */
-    char *tool_input; /* and input, printed */
+    int64_t est_client; /* raw estimate of the client's request; 0: not yet */
+    int64_t raw_up;     /* raw estimate of the recorded upstream request; 0: not yet, -1: none */
+    cJSON *response;    /* the answer the client got, or NULL */
+    char tool[128];     /* its first tool_use's name, "" for none */
+    char *tool_input;   /* and input, printed */
 };
 
 struct rp_session {
