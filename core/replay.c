@@ -150,6 +150,20 @@ static void ring_free(struct ring *g)
     memset(g, 0, sizeof(*g));
 }
 
+/* --dump-requests DIR: each rebuilt client request as DIR/SSSS-TTTT.json (session and
+ * turn numbers from 0, in the order replayed), byte for byte what the client sent. */
+static void dump_request(struct rp_run *run, int si, int ti, const char *body, size_t n)
+{
+    char path[4200];
+    FILE *f;
+
+    snprintf(path, sizeof(path), "%s/%04d-%04d.json", run->dump_dir, si, ti);
+    if ((f = fopen(path, "wb")) == NULL || fwrite(body, 1, n, f) != n)
+        fprintf(stderr, "anthroxy replay: cannot write %s\n", path);
+    if (f != NULL)
+        fclose(f);
+}
+
 /* One recording file: every line whose bodies rebuild becomes a turn of its session. */
 static int load_file(struct rp_run *run, const char *path)
 {
@@ -203,6 +217,8 @@ static int load_file(struct rp_run *run, const char *path)
         }
         t->body = body;
         t->len = n;
+        if (run->dump_dir != NULL)
+            dump_request(run, (int)(s - run->sessions), s->n_turns - 1, body, n);
         t->up = up;
         t->up_len = up_len;
         {
@@ -652,6 +668,24 @@ static int64_t up_estimate(const char *text, size_t len)
     return t;
 }
 
+static int64_t client_estimate(const cJSON *client, const struct ax_translate_opts *to)
+{
+    struct ax_translate_opts o = *to;
+    struct ax_error err = {0};
+    struct rp_prefix p;
+    cJSON *oreq = NULL;
+    int64_t t;
+
+    o.share = 1; /* only printed */
+    if (ax_translate_request(client, &o, &oreq, &err) < 0)
+        return -1;
+    prefix_of(oreq, &p, NULL);
+    t = p.total;
+    prefix_free(&p);
+    cJSON_Delete(oreq);
+    return t;
+}
+
 static void replay_turn(struct rp_run *run, struct rp_arm *a, struct rp_session *s, int ti,
                         struct rp_state *st, struct rp_row *row)
 {
@@ -723,16 +757,13 @@ static void replay_turn(struct rp_run *run, struct rp_arm *a, struct rp_session 
              : st->factor > 0                             ? st->factor
                                                           : 1.0;
     st->factor = factor;
-    if (t->est_client == 0) /* the same for every arm */
-        t->est_client = ax_tokens_request(client);
+    if (t->est_client == 0) /* the same for every arm: the client's request, translated as is */
+        t->est_client = client_estimate(client, &to);
     est_client = t->est_client;
     est_sent = ax_tokens_request(body);
     row->sent_tokens = (int64_t)llround((double)pfx.total * factor);
-    row->removed_tokens = est_sent > 0
-                              ? (int64_t)llround((double)(est_client - est_sent) *
-                                                 (double)row->sent_tokens / (double)est_sent)
-                              : 0;
-    row->client_tokens = row->sent_tokens + row->removed_tokens;
+    row->client_tokens = (int64_t)llround((double)est_client * factor);
+    row->removed_tokens = row->client_tokens - row->sent_tokens;
     row->prefix_tokens =
         st->prev.n > 0 ? (int64_t)llround((double)prefix_common(&st->prev, &pfx) * factor) : 0;
     row->prev_tokens = st->prev_sent;
@@ -781,7 +812,7 @@ static void usage(FILE *f)
 {
     fprintf(f, "usage: anthroxy replay --experiment FILE [--arms a,b] [--window N]\n"
                "                      [--upstream URL] [--max-tokens N] [--lua-dir DIR]\n"
-               "                      --out DIR RECORDING...\n"
+               "                      [--dump-requests DIR] --out DIR RECORDING...\n"
                "Re-runs every recorded request (--record files, or directories of them) "
                "through each arm's chain\nand writes DIR/report.json, DIR/turns.csv and "
                "DIR/report.html (docs/experiments.md).\n");
@@ -849,6 +880,8 @@ static int parse_args(struct rp_run *run, int argc, char **argv, char **exp_path
             run->out_dir = argv[++i];
         else if (strcmp(a, "--lua-dir") == 0)
             run->lua_dir = argv[++i];
+        else if (strcmp(a, "--dump-requests") == 0)
+            run->dump_dir = argv[++i];
         else
             return -1;
     }
@@ -966,6 +999,8 @@ int ax_replay_main(int argc, char **argv)
     ax_log_set_level(AX_LOG_LVL_ERROR); /* the policies' own notes would drown the progress */
     uv_loop_init(&run.loop);
     mkdir(run.out_dir, 0755);
+    if (run.dump_dir != NULL)
+        mkdir(run.dump_dir, 0755);
     if (ax_experiment_load(exp_path, AX_POLICY_DIR, &run.exp, err, sizeof(err)) < 0) {
         fprintf(stderr, "anthroxy replay: %s\n", err);
         goto done;
