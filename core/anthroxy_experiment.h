@@ -6,7 +6,10 @@
  * the policies directory) or is an inline chain of the same form as policies/default.lua. It
  * is evaluated in a small Lua state of its own (no libraries beyond string/table/math, an
  * instruction and memory cap): it is data, not a policy. The policy engine loads each arm's
- * chain into one generation (core/policy/load.c); `anthroxy replay` reuses the same loader.
+ * chain into one generation (core/policy/load.c) when cfg->experiment_path is set; a request
+ * runs one arm's chain by naming it in ax_policy_req_info.arm. A tool that replays recorded
+ * requests through every arm (`anthroxy replay`) loads the file here to list the arms, builds
+ * one engine with the same path, and runs each request once per arm name.
  *
  * The figures are a leaf too: messages.c records a turn, the policy engine adds ax.count
  * counters, routes.c prints them. Everything runs on the loop thread; nothing here reads a
@@ -67,7 +70,7 @@ struct ax_exp_stats;
 struct ax_exp_turn {
     const char *arm;
     int status;            /* HTTP status the client got (200 for a stream that began) */
-    int64_t client_tokens; /* estimate of the request as the client sent it */
+    int64_t client_tokens; /* estimate of the request as the client sent it; -1: not measured */
     int64_t sent_estimate; /* estimate of the request after the policies (same estimator) */
     int have_usage;        /* the upstream reported usage: */
     int64_t prompt_tokens; /*   its real prompt_tokens */

@@ -19,10 +19,11 @@
 
 struct ax_policy_engine;
 struct ax_policy_req;
-struct ax_upstream;  /* core/anthroxy_upstream.h */
-struct ax_monitor;   /* core/anthroxy_monitor.h */
-struct ax_session;   /* core/anthroxy_monitor.h */
-struct ax_exp_stats; /* core/anthroxy_experiment.h */
+struct ax_upstream;   /* core/anthroxy_upstream.h */
+struct ax_monitor;    /* core/anthroxy_monitor.h */
+struct ax_session;    /* core/anthroxy_monitor.h */
+struct ax_exp_stats;  /* core/anthroxy_experiment.h */
+struct ax_experiment; /* core/anthroxy_experiment.h */
 
 enum ax_hook {
     AX_HOOK_REQUEST,          /* on_request(req, ctx): the Anthropic request, writable */
@@ -86,6 +87,13 @@ int ax_policy_engine_set_override(struct ax_policy_engine *eng, const char *name
  * Caller owns the result. */
 cJSON *ax_policy_engine_status(const struct ax_policy_engine *eng);
 
+/* The experiment of the generation in force (borrowed: valid until the next reload, so use
+ * it within the callback that asked), or NULL when none is set. */
+const struct ax_experiment *ax_policy_engine_experiment(const struct ax_policy_engine *eng);
+
+/* Whether the generation in force has an arm of that name ("default" without experiment). */
+int ax_policy_engine_has_arm(const struct ax_policy_engine *eng, const char *arm);
+
 /* Generation number now in force (1 after _new, +1 per successful reload). */
 uint64_t ax_policy_engine_generation(const struct ax_policy_engine *eng);
 
@@ -103,8 +111,10 @@ struct ax_policy_req_info {
                                    (ctx.session is then a detached, zeroed table) */
 };
 
-/* Creates the per-request state: pins the current generation, a fresh coroutine and ctx.
- * The strings in info are copied. Returns 0 or AX_ENOMEM. */
+/* Creates the per-request state: pins the current generation, a fresh coroutine and ctx;
+ * the request runs info->arm's chain (NULL or "": the first arm, "default" without an
+ * experiment). The strings in info are copied. Returns 0, AX_EINVAL (no arm of that name in
+ * the generation in force) or AX_ENOMEM. */
 int ax_policy_req_new(struct ax_policy_engine *eng, const struct ax_policy_req_info *info,
                       struct ax_policy_req **out);
 

@@ -599,8 +599,9 @@ struct arm_stats {
     char name[AX_ARM_NAME_MAX];
     int active;
     double weight;
-    int64_t sessions, requests, errors, with_usage;
-    int64_t client_tokens, sent_estimate, prompt_tokens, cached_tokens, output_tokens;
+    int64_t sessions, requests, errors, with_usage, measured;
+    int64_t client_tokens, sent_estimate, removed, added, prompt_tokens, cached_tokens,
+        output_tokens;
     int64_t overflows, prompt_too_long, retries, tool_calls, tool_errors;
     struct exp_window ttft, total;
     struct exp_counter *counters;
@@ -716,8 +717,15 @@ void ax_exp_stats_record(struct ax_exp_stats *st, const struct ax_exp_turn *t)
     a->requests++;
     if (t->status >= 400)
         a->errors++;
-    a->client_tokens += t->client_tokens;
-    a->sent_estimate += t->sent_estimate;
+    if (t->client_tokens >= 0) {
+        a->measured++;
+        a->client_tokens += t->client_tokens;
+        a->sent_estimate += t->sent_estimate;
+        if (t->sent_estimate < t->client_tokens) /* per request: a grown one hides no removal */
+            a->removed += t->client_tokens - t->sent_estimate;
+        else
+            a->added += t->sent_estimate - t->client_tokens;
+    }
     if (t->have_usage) {
         a->with_usage++;
         a->prompt_tokens += t->prompt_tokens;
@@ -828,10 +836,15 @@ static cJSON *arm_json(const struct arm_stats *a)
                             a->sessions ? (double)a->requests / (double)a->sessions : 0);
     tok = cJSON_AddObjectToObject(o, "tokens");
     if (tok) {
-        int64_t removed = a->client_tokens - a->sent_estimate;
-        cJSON_AddNumberToObject(tok, "client_estimate", (double)a->client_tokens);
-        cJSON_AddNumberToObject(tok, "sent_estimate", (double)a->sent_estimate);
-        cJSON_AddNumberToObject(tok, "removed_by_policies", (double)(removed > 0 ? removed : 0));
+        static const char *const est[] = {"client_estimate", "sent_estimate", "removed_by_policies",
+                                          "added_by_policies"};
+        const int64_t v[] = {a->client_tokens, a->sent_estimate, a->removed, a->added};
+        int k;
+        for (k = 0; k < 4; k++) /* null: never measured (no experiment) */
+            if (a->measured > 0)
+                cJSON_AddNumberToObject(tok, est[k], (double)v[k]);
+            else
+                cJSON_AddNullToObject(tok, est[k]);
         cJSON_AddNumberToObject(tok, "upstream_prompt", (double)a->prompt_tokens);
         cJSON_AddNumberToObject(tok, "cached", (double)a->cached_tokens);
         cJSON_AddNumberToObject(tok, "output", (double)a->output_tokens);

@@ -3,6 +3,7 @@
  * a stream (first-byte hold, pings, backpressure), on_upstream_error's one retry,
  * on_response, monitor, summary log line. Every step that waits holds a request reference
  * and drops it in its completion, canceled or not. */
+#include "anthroxy_experiment.h"
 #include "anthroxy_hash.h"
 #include "anthroxy_http.h"
 #include "anthroxy_json.h"
@@ -76,6 +77,12 @@ struct msg {
     struct ax_usage usage;
     struct ax_error err;
     struct ax_rec *rx; /* --record: this exchange, else NULL (record.c) */
+
+    /* the experiment's view of the request (figures for GET /v1/experiments) */
+    char arm[AX_ARM_NAME_MAX]; /* "" until chosen */
+    int64_t client_est;        /* estimate of the request as the client sent it */
+    int overflows, tool_calls, tool_errors;
+    uint64_t t_content_ns; /* the first byte of a 200 answer's content (time to first token) */
 };
 
 static void msg_fail(struct msg *m, const struct ax_error *err);
@@ -184,20 +191,48 @@ static void on_abort(struct ax_req *req, const struct ax_error *err)
         ax_xfer_cancel(m->xfer); /* on_done follows and finds the request answered */
 }
 
+/* The request's figures for its arm, once, with the summary line. */
+static void record_figures(struct msg *m, int status, double total_ms)
+{
+    struct ax_exp_turn t;
+
+    if (m->count_only || m->arm[0] == 0)
+        return;
+    memset(&t, 0, sizeof(t));
+    t.arm = m->arm;
+    t.status = status;
+    t.client_tokens = m->client_est; /* -1: not measured (no experiment) */
+    t.sent_estimate = m->est_prompt ? m->est_prompt : m->client_est;
+    t.have_usage = m->usage.have;
+    t.prompt_tokens = m->usage.prompt_tokens;
+    t.cached_tokens = m->usage.cached_tokens;
+    t.output_tokens = m->usage.completion_tokens;
+    t.overflows = m->overflows;
+    t.prompt_too_long = status == 400 && strncmp(m->err.message, "prompt is too long", 18) == 0;
+    t.retried = m->retried;
+    t.ttft_ms = m->t_content_ns ? (double)(m->t_content_ns - m->req->start_ns) / 1e6 : -1.0;
+    t.total_ms = total_ms;
+    t.tool_calls = m->tool_calls;
+    t.tool_errors = m->tool_errors;
+    ax_exp_stats_record(m->srv->exp_stats, &t);
+}
+
 static void log_summary(struct msg *m, int status)
 {
     double up_ms = m->t_first_ns ? (double)(m->t_first_ns - m->t_sent_ns) / 1e6 : -1.0;
     double total_ms = (double)(uv_hrtime() - m->req->start_ns) / 1e6;
 
     AX_LOG_INFO(m->req,
-                "%s model=%s upstream_model=%s session=%s messages=%d tools=%d stream=%d "
+                "%s model=%s upstream_model=%s session=%s arm=%s messages=%d tools=%d stream=%d "
                 "status=%d first_byte_ms=%.1f total_ms=%.1f est_prompt=%lld prompt=%lld "
                 "cached=%lld output=%lld%s",
                 m->count_only ? "count_tokens" : "messages", m->model,
-                m->upstream_model ? m->upstream_model : "-", m->session_key, m->n_messages,
-                m->n_tools, m->stream, status, up_ms, total_ms, (long long)m->est_prompt,
-                (long long)m->usage.prompt_tokens, (long long)m->usage.cached_tokens,
-                (long long)m->usage.completion_tokens, m->retried ? " retried=1" : "");
+                m->upstream_model ? m->upstream_model : "-", m->session_key,
+                m->arm[0] ? m->arm : "-", m->n_messages, m->n_tools, m->stream, status, up_ms,
+                total_ms, (long long)m->est_prompt, (long long)m->usage.prompt_tokens,
+                (long long)m->usage.cached_tokens, (long long)m->usage.completion_tokens,
+                m->retried ? " retried=1" : "");
+    record_figures(m, status, total_ms);
 }
 
 /* ---- errors ------------------------------------------------------------------------ */
@@ -226,6 +261,8 @@ static void msg_fail(struct msg *m, const struct ax_error *err)
         return;
     answering(m);
     ax_rec_error(m->rx, err);
+    if (err != &m->err)
+        m->err = *err; /* the figures read what the client got */
     AX_LOG_INFO(m->req, "error %d %s: %s", err->status, err->type, err->message);
     log_summary(m, err->status);
     if (was == MSG_STREAMING) {
@@ -352,7 +389,10 @@ static void record_turn(struct msg *m, const cJSON *resp)
         const cJSON *input = cJSON_GetObjectItemCaseSensitive(blk, "input");
         char *in;
         uint64_t h;
-        if (!cJSON_IsString(type) || strcmp(type->valuestring, "tool_use") != 0 || n >= 16)
+        if (!cJSON_IsString(type) || strcmp(type->valuestring, "tool_use") != 0)
+            continue;
+        m->tool_calls++;
+        if (n >= 16)
             continue;
         h = ax_fnv1a(name && cJSON_IsString(name) ? name->valuestring : "",
                      name && cJSON_IsString(name) ? strlen(name->valuestring) : 0, AX_FNV1A_INIT);
@@ -470,6 +510,8 @@ static void handle_upstream_status(struct msg *m)
                                 m->retry_after, &m->err, &n_prompt, &n_ctx);
     AX_LOG_WARN(m->req, "upstream answered %d: %.300s", m->up_status,
                 m->resp.data ? m->resp.data : "");
+    if (n_ctx > 0)
+        m->overflows++;
     if (n_ctx > 0 && m->session)
         ax_session_note_overflow(m->session);
     if (n_ctx > 0 && m->body != NULL)
@@ -588,6 +630,8 @@ static int on_data(struct ax_xfer *x, const char *p, size_t n, void *ud)
     (void)x;
     if (m->state == MSG_CANCELED)
         return AX_ECANCELED;
+    if (m->up_status == 200 && m->t_content_ns == 0)
+        m->t_content_ns = uv_hrtime();
     if (m->up_status != 200 || !m->stream) {
         size_t max = m->up_status == 200 ? m->srv->cfg.max_response_bytes : AX_ERROR_BODY_MAX;
         if (m->resp.len + n > max)
@@ -956,6 +1000,64 @@ static int check_basics(struct msg *m, struct ax_error *err)
     return 0;
 }
 
+/* tool_result blocks marked is_error in the client's last message: this turn's own, since
+ * the earlier ones were counted with the turns that brought them. */
+static int count_tool_errors(const cJSON *body)
+{
+    const cJSON *msgs = cJSON_GetObjectItemCaseSensitive(body, "messages"), *content, *blk;
+    int n = 0;
+
+    if (msgs == NULL || msgs->child == NULL) /* cJSON: child->prev is the tail */
+        return 0;
+    content = cJSON_GetObjectItemCaseSensitive(msgs->child->prev, "content");
+    cJSON_ArrayForEach(blk, content)
+    {
+        const cJSON *type = cJSON_GetObjectItemCaseSensitive(blk, "type");
+        if (cJSON_IsString(type) && strcmp(type->valuestring, "tool_result") == 0 &&
+            cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(blk, "is_error")))
+            n++;
+    }
+    return n;
+}
+
+/* The arm this request runs: the x-anthroxy-arm header's (a 400 naming the arms when there
+ * is none of that name), else the session's while its arm exists, else the one the hash of
+ * the experiment's name and the session key picks by weight (a session whose arm a reload
+ * removed moves so, logged). Every answer from now on says which. */
+static int choose_arm(struct msg *m, struct ax_error *err)
+{
+    const struct ax_experiment *exp = ax_policy_engine_experiment(m->srv->policies);
+    const char *want = ax_req_header(m->req, "x-anthroxy-arm");
+    struct ax_session *s = m->session;
+    char names[512];
+
+    if (want != NULL) {
+        if (!ax_policy_engine_has_arm(m->srv->policies, want)) {
+            ax_experiment_arm_names(exp, names, sizeof(names));
+            return ax_error_set(err, 400, "invalid_request_error",
+                                "x-anthroxy-arm: no arm named '%.64s' (the arms are: %s)", want,
+                                names);
+        }
+        snprintf(m->arm, sizeof(m->arm), "%s", want);
+    } else if (exp == NULL) {
+        snprintf(m->arm, sizeof(m->arm), "%s", AX_EXP_DEFAULT_ARM);
+    } else if (s != NULL && s->arm[0] && ax_experiment_find(exp, s->arm) != NULL) {
+        snprintf(m->arm, sizeof(m->arm), "%s", s->arm);
+    } else {
+        snprintf(m->arm, sizeof(m->arm), "%s", ax_experiment_assign(exp, m->session_key)->name);
+        if (s != NULL && s->arm[0])
+            AX_LOG_INFO(m->req, "session %s: its arm %s is gone from experiment %s, moved to %s",
+                        m->session_key, s->arm, exp->name, m->arm);
+    }
+    /* the session's arm is its first (an override only sets it for a session without one) */
+    if (s != NULL && strcmp(s->arm, m->arm) != 0 && (want == NULL || s->arm[0] == 0)) {
+        ax_session_set_arm(s, m->arm);
+        ax_exp_stats_session(m->srv->exp_stats, m->arm);
+    }
+    snprintf(m->req->resp_headers, sizeof(m->req->resp_headers), "anthroxy-arm: %s\r\n", m->arm);
+    return 0;
+}
+
 void ax_messages_handle(struct ax_server *srv, struct ax_req *req, int count_only)
 {
     struct msg *m = calloc(1, sizeof(*m));
@@ -989,12 +1091,27 @@ void ax_messages_handle(struct ax_server *srv, struct ax_req *req, int count_onl
     ax_session_key(ax_req_header(req, "x-claude-code-session-id"),
                    ax_req_header(req, "x-session-id"), m->body, m->session_key,
                    sizeof(m->session_key));
-    if (srv->rec && !count_only) /* takes the client's bytes */
-        m->rx = ax_rec_begin(srv->rec, req, m->session_key, NULL,
+    m->session = ax_monitor_get(srv->mon, m->session_key, uv_now(srv->loop));
+    if (choose_arm(m, &err) < 0) {
+        ax_buf_free(&req->body);
+        msg_fail(m, &err);
+        return;
+    }
+    if (srv->rec && !count_only) /* takes the client's bytes; the arm only in an experiment */
+        m->rx = ax_rec_begin(srv->rec, req, m->session_key,
+                             ax_policy_engine_experiment(srv->policies) ? m->arm : NULL,
                              ax_policy_engine_generation(srv->policies),
                              ax_models_window(&srv->cfg, srv->up, NULL));
     ax_buf_free(&req->body); /* the tree holds its own copies */
-    m->session = ax_monitor_get(srv->mon, m->session_key, uv_now(srv->loop));
+    if (!count_only) {
+        /* before the policies: what the client sent. One more walk of the conversation
+         * (~0.2 ms for Claude Code's), paid only when an experiment compares arms. */
+        if (ax_policy_engine_experiment(srv->policies) != NULL)
+            m->client_est = estimate_prompt(m);
+        else
+            m->client_est = -1;
+        m->tool_errors = count_tool_errors(m->body);
+    }
     memset(&info, 0, sizeof(info));
     info.request_id = req->id;
     info.session_id = m->session_key;
@@ -1002,7 +1119,7 @@ void ax_messages_handle(struct ax_server *srv, struct ax_req *req, int count_onl
     info.user_agent = ax_req_header(req, "user-agent");
     info.anthropic_beta = ax_req_header(req, "anthropic-beta");
     info.count_only = count_only;
-    info.arm = "default";
+    info.arm = m->arm;
     info.stream = m->stream;
     info.session = m->session;
     if (count_only) {

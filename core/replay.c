@@ -297,67 +297,6 @@ static int load_path(struct rp_run *run, const char *path)
 
 /* ---- the arms ------------------------------------------------------------------------ */
 
-static void lua_value(FILE *f, const cJSON *v)
-{
-    const cJSON *c;
-
-    if (cJSON_IsBool(v))
-        fputs(cJSON_IsTrue(v) ? "true" : "false", f);
-    else if (cJSON_IsNumber(v))
-        fprintf(f, "%.17g", v->valuedouble);
-    else if (cJSON_IsString(v)) {
-        const char *p;
-        fputc('"', f);
-        for (p = v->valuestring; *p; p++)
-            fprintf(f, (*p == '"' || *p == '\\' || (unsigned char)*p < 32) ? "\\%03d" : "%c",
-                    (unsigned char)*p);
-        fputc('"', f);
-    } else if (cJSON_IsArray(v) || cJSON_IsObject(v)) {
-        fputc('{', f);
-        cJSON_ArrayForEach(c, v)
-        {
-            if (c->string) {
-                fputs("[", f);
-                lua_value(f, cJSON_CreateStringReference(c->string));
-                fputs("]=", f);
-            }
-            lua_value(f, c);
-            fputc(',', f);
-        }
-        fputc('}', f);
-    } else {
-        fputs("nil", f);
-    }
-}
-
-/* An inline chain ([{"policy": path, "settings": {..}}]) as a chain file the engine loads. */
-static int write_inline_chain(const struct ax_exp_arm *a, const char *out_dir, char *path, size_t n)
-{
-    const cJSON *e;
-    FILE *f;
-
-    snprintf(path, n, "%s/chains", out_dir);
-    mkdir(path, 0755);
-    snprintf(path, n, "%s/chains/%s.lua", out_dir, a->name);
-    if ((f = fopen(path, "w")) == NULL)
-        return -1;
-    fprintf(f, "-- arm %s of the experiment, written by anthroxy replay\nreturn {\n", a->name);
-    cJSON_ArrayForEach(e, a->chain)
-    {
-        const cJSON *s;
-        fputs("  { ", f);
-        lua_value(f, cJSON_GetObjectItemCaseSensitive(e, "policy"));
-        cJSON_ArrayForEach(s, cJSON_GetObjectItemCaseSensitive(e, "settings"))
-        {
-            fprintf(f, ", [\"%s\"] = ", s->string);
-            lua_value(f, s);
-        }
-        fputs(" },\n", f);
-    }
-    fputs("}\n", f);
-    return fclose(f) == 0 ? 0 : -1;
-}
-
 static int64_t arm_window(void *ud)
 {
     struct rp_arm *a = ud;
@@ -371,16 +310,12 @@ static int arm_open(struct rp_run *run, struct rp_arm *a, const struct ax_exp_ar
 
     a->arm = ea;
     a->run = run;
-    if (ea->chain_path)
-        snprintf(a->chain, sizeof(a->chain), "%s", ea->chain_path);
-    else if (write_inline_chain(ea, run->out_dir, a->chain, sizeof(a->chain)) < 0) {
-        fprintf(stderr, "anthroxy replay: arm %s: cannot write its chain under %s\n", ea->name,
-                run->out_dir);
-        return -1;
-    }
+    snprintf(a->chain, sizeof(a->chain), "%s", ea->chain_path ? ea->chain_path : "inline chain");
+    /* the engine loads every arm's chain from the experiment file, as the live proxy does, and
+     * a request runs the one its ctx.arm names; one engine (and monitor) per arm keeps each
+     * arm's Lua state and sessions to itself */
     ax_config_init(&a->cfg);
-    free(a->cfg.policies_path);
-    a->cfg.policies_path = strdup(a->chain);
+    a->cfg.experiment_path = strdup(run->exp_path);
     if (run->lua_dir) {
         free(a->cfg.lua_dir);
         a->cfg.lua_dir = strdup(run->lua_dir);
@@ -986,6 +921,7 @@ int ax_replay_main(int argc, char **argv)
 {
     struct rp_run run;
     char *exp_path = NULL, *arms = NULL, err[1024];
+
     int rc = 1, i;
 
     memset(&run, 0, sizeof(run));
@@ -1001,6 +937,7 @@ int ax_replay_main(int argc, char **argv)
     mkdir(run.out_dir, 0755);
     if (run.dump_dir != NULL)
         mkdir(run.dump_dir, 0755);
+    run.exp_path = exp_path;
     if (ax_experiment_load(exp_path, AX_POLICY_DIR, &run.exp, err, sizeof(err)) < 0) {
         fprintf(stderr, "anthroxy replay: %s\n", err);
         goto done;

@@ -94,7 +94,7 @@ struct rp_run {
     struct rp_arm *arms;
     int n_arms;
     struct ax_upstream *up;
-    const char *upstream, *out_dir, *lua_dir, *dump_dir;
+    const char *upstream, *out_dir, *lua_dir, *dump_dir, *exp_path;
     const char *paths[RP_MAX_PATHS];
     int n_paths;
     int64_t window, window_now;

@@ -1,6 +1,7 @@
 /* routes.c - dispatch by method and path (server.c hands it each request http.c parsed),
  * inbound keys, and the small endpoints: HEAD /, GET /health, GET /v1/models,
  * GET /v1/context. POST /v1/messages and /v1/messages/count_tokens go to messages.c. */
+#include "anthroxy_experiment.h"
 #include "anthroxy_http.h"
 #include "anthroxy_json.h"
 #include "anthroxy_log.h"
@@ -234,6 +235,20 @@ static void route_context(struct ax_server *srv, struct ax_req *req)
     cJSON_Delete(root);
 }
 
+/* GET /v1/experiments: the experiment in force and each arm's figures (experiment.c). */
+static void route_experiments(struct ax_server *srv, struct ax_req *req)
+{
+    cJSON *root = ax_exp_stats_to_json(srv->exp_stats, ax_policy_engine_experiment(srv->policies));
+
+    if (root == NULL) {
+        send_errorf(req, 500, "api_error", "out of memory");
+        return;
+    }
+    cJSON_AddNumberToObject(root, "generation", (double)ax_policy_engine_generation(srv->policies));
+    ax_http_send_json(req, 200, root);
+    cJSON_Delete(root);
+}
+
 /* Strips the optional "/anthropic" prefix and a trailing slash. */
 static const char *normalise_path(const char *path, char *buf, size_t n)
 {
@@ -308,6 +323,11 @@ void ax_routes_dispatch(struct ax_server *srv, struct ax_req *req)
             send_errorf(req, 405, "invalid_request_error", "method not allowed: use GET");
         else
             route_context(srv, req);
+    } else if (strcmp(path, "/v1/experiments") == 0) {
+        if (!get)
+            send_errorf(req, 405, "invalid_request_error", "method not allowed: use GET");
+        else
+            route_experiments(srv, req);
     } else {
         snprintf(buf, sizeof(buf), "not found: %.200s", req->path ? req->path : "/");
         send_errorf(req, 404, "not_found_error", buf);

@@ -33,7 +33,7 @@ struct ax_policy_engine *ax__engine_of(lua_State *L)
 
 const char *ax__req_policy_name(const struct ax_policy_req *pr)
 {
-    if (pr->gen != NULL && pr->idx >= 0 && pr->idx < pr->gen->n)
+    if (pr->gen != NULL && pr->idx >= 0 && pr->idx < pr->gen->n) /* any arm's */
         return pr->gen->p[pr->idx].name;
     return "?";
 }
@@ -641,6 +641,7 @@ void ax__engine_destroy(struct ax_policy_engine *eng)
     free(eng->watch_dirs);
     free(eng->chain_path);
     free(eng->lua_dir);
+    free(eng->exp_path);
     ax_exp_stats_free(eng->own_stats);
     free(eng);
 }
@@ -666,6 +667,11 @@ int ax__engine_create(const struct ax_policy_env *env, const char *chain, int te
                                                              : AX_POLICY_DIR "/default.lua");
     eng->lua_dir = ax__strdup(cfg && cfg->lua_dir ? cfg->lua_dir : AX_LUA_DIR);
     eng->stats = env->stats;
+    if (cfg && cfg->experiment_path && !test_mode &&
+        (eng->exp_path = ax__strdup(cfg->experiment_path)) == NULL) {
+        ax__engine_destroy(eng);
+        return AX_ENOMEM;
+    }
     if (eng->stats == NULL && ax_exp_stats_new(&eng->own_stats) == 0)
         eng->stats = eng->own_stats;
     if (eng->chain_path == NULL || eng->lua_dir == NULL || eng->stats == NULL ||
@@ -700,7 +706,9 @@ int ax_policy_engine_new(const struct ax_policy_env *env, struct ax_policy_engin
     if ((rc = ax__engine_create(env, NULL, 0, &eng)) < 0)
         return ax_error_set(err, 500, "api_error", "policy engine: %s", ax_strerror(rc)), rc;
     if ((rc = ax__engine_load(eng, msg, sizeof(msg))) < 0) {
-        ax_error_set(err, 500, "api_error", "policy chain %s: %s", eng->chain_path, msg);
+        ax_error_set(err, 500, "api_error", "%s %s: %s",
+                     eng->exp_path ? "experiment" : "policy chain",
+                     eng->exp_path ? eng->exp_path : eng->chain_path, msg);
         AX_LOG_ERROR(NULL, "policies: %s", err->message);
         ax__engine_destroy(eng);
         return AX_ELUA;

@@ -16,6 +16,7 @@
 #include <uv.h>
 
 #include "anthroxy_error.h"
+#include "anthroxy_experiment.h"
 #include "anthroxy_list.h"
 #include "anthroxy_policy.h"
 #include "lua_json.h"
@@ -52,6 +53,14 @@ struct ax__gen_policy {
     cJSON *settings;           /* {key: {value, source}} for status */
 };
 
+/* One arm's chain: policies [first, end) of the generation's flat list. Without an
+ * experiment, one arm "default" holds them all. */
+struct ax__gen_arm {
+    char *name;
+    int first, end;
+    int has_hook[AX_HOOK_COUNT];
+};
+
 struct ax__gen {
     int refs;
     uint64_t id;
@@ -62,7 +71,10 @@ struct ax__gen {
     int require_ref;
     char **files;
     int n_files;
-    int has_hook[AX_HOOK_COUNT];
+    int has_hook[AX_HOOK_COUNT]; /* in any arm */
+    struct ax__gen_arm *arms;
+    int n_arms;
+    struct ax_experiment *exp; /* the experiment file this generation loaded, or NULL */
 };
 
 struct ax_policy_engine {
@@ -79,6 +91,7 @@ struct ax_policy_engine {
     uint64_t run_max_ns, sleep_max_ms; /* wall clock: one resume, ax.sleep per hook call */
 
     char *chain_path, *lua_dir;
+    char *exp_path;                         /* --experiment, or NULL */
     struct ax_exp_stats *stats, *own_stats; /* ax.count: env's, else own_stats */
     struct ax__gen *gen;                    /* in force */
     struct ax__gen *building;
@@ -118,6 +131,7 @@ struct ax_policy_req {
     int stream;
     struct ax_session *session;
     double report_scale;
+    const struct ax__gen_arm *arm_p; /* the arm's range in gen */
 
     /* the run in progress */
     int running, in_hook, cancelled, queued;

@@ -193,12 +193,27 @@ int ax_policy_req_new(struct ax_policy_engine *eng, const struct ax_policy_req_i
     *out = NULL;
     if (pr == NULL)
         return AX_ENOMEM;
+    if (eng->gen->n_arms == 0) {
+        free(pr);
+        return AX_EINVAL;
+    }
+    pr->arm_p = &eng->gen->arms[0]; /* no arm named: the first (the only one without experiment) */
+    if (info->arm != NULL && *info->arm) {
+        int i;
+        for (i = 0, pr->arm_p = NULL; i < eng->gen->n_arms && pr->arm_p == NULL; i++)
+            if (strcmp(eng->gen->arms[i].name, info->arm) == 0)
+                pr->arm_p = &eng->gen->arms[i];
+        if (pr->arm_p == NULL) {
+            free(pr);
+            return AX_EINVAL;
+        }
+    }
     pr->eng = eng;
     pr->request_id = ax__strdup(info->request_id);
     pr->session_id = ax__strdup(info->session_id);
     pr->client_model = ax__strdup(info->client_model);
     pr->user_agent = ax__strdup(info->user_agent);
-    pr->arm = ax__strdup(info->arm && *info->arm ? info->arm : "default");
+    pr->arm = ax__strdup(pr->arm_p->name);
     if (!pr->request_id || !pr->session_id || !pr->client_model || !pr->user_agent || !pr->arm) {
         free(pr->request_id);
         free(pr->session_id);
@@ -517,9 +532,9 @@ static void hook_end(struct ax_policy_req *pr, int status, int nres)
 
 static int next_hook(struct ax_policy_req *pr)
 {
-    while (pr->idx < pr->gen->n && pr->gen->p[pr->idx].fn_ref[pr->hook] == LUA_NOREF)
+    while (pr->idx < pr->arm_p->end && pr->gen->p[pr->idx].fn_ref[pr->hook] == LUA_NOREF)
         pr->idx++;
-    return pr->idx < pr->gen->n;
+    return pr->idx < pr->arm_p->end;
 }
 
 static int resume(struct ax_policy_req *pr, int nargs, int *nres)
@@ -607,7 +622,7 @@ int ax_policy_req_run(struct ax_policy_req *pr, enum ax_hook hook, cJSON *tree, 
     pr->aux = aux;
     pr->done = done;
     pr->done_ud = ud;
-    pr->idx = 0;
+    pr->idx = pr->arm_p->first;
     pr->retry = 0;
     pr->rc = 0;
     memset(&pr->err, 0, sizeof(pr->err));
@@ -622,7 +637,7 @@ int ax_policy_req_run(struct ax_policy_req *pr, enum ax_hook hook, cJSON *tree, 
             pr->memo.tools_ok = 1;
         }
     }
-    if (pr->gen->has_hook[hook])
+    if (pr->arm_p->has_hook[hook])
         ctx_refresh(pr);
     run_step(pr, 0);
     return 0;

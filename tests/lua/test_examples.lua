@@ -32,28 +32,6 @@ T.test("token_budget_window keeps the newest turns within the budget", function(
   T.eq((T.run(p, "on_request", small, T.ctx())), small, "under the budget: untouched")
 end)
 
-T.test("summarising_pruner replaces the middle with the upstream's summary", function()
-  local p = example("summarising_pruner", { keep_last = 2 })
-  local asked
-  T.fake_complete(function(oreq)
-    asked = oreq
-    return { choices = { { message = { role = "assistant", content = "- read files t1..t9" } } } }
-  end)
-  local req = conversation(10, 2000)
-  local ctx = T.ctx{ context_window = math.floor(ax.request_tokens(req) / 0.8) }
-  local out = T.run(p, "on_request", req, ctx)
-  T.ok(asked and asked.messages[2].content:find("called Read", 1, true), "the transcript was sent")
-  T.eq(#out.messages, 3, "head + the last turn")
-  local note = out.messages[1].content[2].text
-  T.ok(note:find("- read files t1..t9", 1, true), "the summary is in the first user message")
-  T.eq(#conv.broken_pairs(out.messages), 0)
-  T.fake_complete(function() return nil, "upstream busy" end)
-  local out2 = T.run(p, "on_request", req, T.ctx{ context_window = ctx.context_window })
-  T.eq(#out2.messages, 3, "dropped anyway without a summary")
-  T.ok(conv.is_marker_text(out2.messages[1].content[2].text), "with the plain marker")
-  T.fake_complete(nil)
-end)
-
 T.test("tool_narrowing sends the relevant tools only", function()
   local p = example("tool_narrowing", { max_tools = 3, always = "Read" })
   local tools = { T.tool("Read"), T.tool("Bash"), T.tool("WebFetch"), T.tool("NotebookEdit"),

@@ -274,6 +274,8 @@ static void test_stats(void)
     arm = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(j, "arms"), 0);
     CHECK_STR(cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(arm, "name")), "default");
     CHECK(num(arm, "requests") == 0);
+    CHECK(cJSON_IsNull(cJSON_GetObjectItemCaseSensitive(
+        cJSON_GetObjectItemCaseSensitive(arm, "tokens"), "client_estimate"))); /* not measured */
     cJSON_Delete(j);
     ax_experiment_free(exp);
     ax_exp_stats_free(st);

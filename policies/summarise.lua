@@ -1,18 +1,31 @@
--- summarising_pruner: past a threshold, replaces the middle of the conversation (between the
--- first user message and the recent tail) with a summary that the upstream model writes
--- itself, through ax.complete. The model keeps the gist of what it did (files touched,
--- decisions, errors seen) instead of a bare "history removed" marker. The call yields: other
--- requests are served while the summary is written. When it fails (upstream busy, an empty
--- answer) the middle is dropped with a plain marker, as policies/prune.lua would.
--- Removing whole units (conv.units) keeps every tool_use with its tool_result.
+-- summarise: past a threshold, replaces the middle of the conversation (between the first
+-- user message and the recent tail) with a summary that the upstream model writes itself,
+-- through ax.complete. The model keeps the gist of what it did (files touched, decisions,
+-- errors seen) instead of a bare "history removed" marker. The call yields: other requests
+-- are served while the summary is written. When it fails (upstream busy, an empty answer)
+-- the middle is dropped with a plain marker, as policies/prune.lua would. Removing whole
+-- units (conv.units) keeps every tool_use with its tool_result.
+--
+-- Source: the summarising baseline of "The Complexity Trap" (Lindenbauer et al. 2025), and
+-- the compaction agents do themselves (Claude Code's /compact); promoted from
+-- examples/policies/summarising_pruner.
+--
+-- The client re-sends the whole conversation every turn, and nothing is kept between
+-- requests, so every request past the threshold is summarised again (one more completion on
+-- the upstream each time: count it, ax.count "summaries"). Two things keep that cheap and
+-- the prompt cache alive: the summarised part grows in steps of `step` units, so between two
+-- moves the transcript is the same, and the summary is asked for at temperature 0, so the
+-- same transcript gets the same summary (and the summary request itself hits the cache).
+-- Counters (ax.count): summaries, summary_failures, messages_summarised.
 local ax = require "anthroxy"
 local conv = require "anthroxy.conv"
 
 local M = {
-  name = "summarising_pruner",
+  name = "summarise",
   defaults = {
     threshold = 0.75,       -- of the context window
     keep_last = 6,          -- messages kept verbatim at the end (whole turns)
+    step = 4,               -- the summarised part grows this many turns (units) at a time
     summary_tokens = 1024,  -- max_tokens of the summary
     result_chars = 1500,    -- each tool result is cut to this in the transcript
   },
@@ -58,7 +71,7 @@ local function summarise(text, s)
     messages = { { role = "system", content = INSTRUCTIONS },
                  { role = "user", content = text } },
     max_tokens = s.summary_tokens,
-    temperature = 0.2,
+    temperature = 0, -- the same transcript, the same summary: the prompt stays cacheable
   })
   local msg = r and r.choices and r.choices[1] and r.choices[1].message
   local summary = msg and msg.content
@@ -69,6 +82,7 @@ local function summarise(text, s)
 end
 
 function M.on_request(req, ctx)
+  if ctx.count_only then return end -- measured, never sent: no completion for it
   local s = ctx.settings
   local window = ctx.context_window or 0
   local msgs = req.messages
@@ -82,7 +96,11 @@ function M.on_request(req, ctx)
   local u = #units
   while u > 1 and (#msgs - units[u].first + 1) < s.keep_last do u = u - 1 end
   if u <= 1 then return end -- nothing between the head and the tail
-  local first, last = units[1].first, units[u].first - 1
+  -- units[1 .. u-1] could go; take a multiple of step of them, the oldest
+  local step = math.max(math.floor(s.step), 1)
+  local n_units = math.floor((u - 1) / step) * step
+  if n_units == 0 then n_units = u - 1 end -- fewer than a step, but over the threshold
+  local first, last = units[1].first, units[n_units].last
 
   -- The transcript must fit the upstream's window next to the instructions and the answer.
   local room = window - s.summary_tokens - ax.tokens(INSTRUCTIONS) - 256
@@ -92,10 +110,13 @@ function M.on_request(req, ctx)
     if msgs[i].role ~= "system" then ax.remove(msgs, i); n = n + 1 end
   end
   local text
+  ax.count("messages_summarised", n)
   if summary then
+    ax.count("summaries")
     text = string.format("%s Summary of %d earlier messages, written when they were removed "
       .. "to save context:\n%s", conv.MARKER_TAG, n, summary)
   else
+    ax.count("summary_failures")
     ax.log.warn("summary failed (%s): dropping %d messages without one", tostring(err), n)
     text = conv.marker_text({ turns = n, tokens = 0 })
   end
