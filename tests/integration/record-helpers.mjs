@@ -124,12 +124,15 @@ export function readRecordings(dir) {
   const out = [];
   for (const f of fs.readdirSync(dir).filter((x) => x.endsWith('.jsonl')).sort()) {
     const file = path.join(dir, f);
+    if (!fs.statSync(file).isFile()) continue;
     const text = fs.readFileSync(file, 'utf8');
     const bodies = [];
     const ups = [];
     const records = [];
     for (const line of text.split('\n').filter(Boolean)) {
-      const r = JSON.parse(line);
+      let r;
+      try { r = JSON.parse(line); } catch { continue; } // a torn line: the next snapshot resumes
+      if (!r.request) continue; // not a record
       r.body = rebuild(r.request, bodies);
       if (r.body) { bodies.push(r.body); if (bodies.length > 4) bodies.shift(); }
       r.upstreamBody = r.upstream_request ? rebuild(r.upstream_request, ups) : null;

@@ -4,12 +4,13 @@
 // and rebuilds every client request and every upstream request byte for byte.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { startProxy, waitUpstreamProbed, startRecorder, request, until } from './helpers.mjs';
+import { startProxy, waitUpstreamProbed, startRecorder, request, until, sleep } from './helpers.mjs';
 import { startMock } from './mock-llama.mjs';
-import { runClaude, scriptEdits, writeTodo, readRecordings } from './record-helpers.mjs';
+import { runClaude, scriptEdits, writeTodo, readRecordings, fnv1a } from './record-helpers.mjs';
 
 const SECRET = 'sk-ant-recording-test-0123456789';
 const tmpRoot = fs.mkdtempSync(path.join(os.tmpdir(), 'anthroxy-rec-'));
@@ -125,4 +126,96 @@ test('count_tokens is not recorded and a bad request is, with its error', async 
   assert.equal(rec.error.type, 'invalid_request_error');
   assert.equal(rec.upstream_request, null, 'never sent upstream');
   assert.equal(readRecordings(recDir).reduce((n, f) => n + f.records.length, 0), before + 1, 'count_tokens left no line');
+});
+
+/** The file name record.c gives a session: its safe characters and a hash of the key. */
+function fileName(key) {
+  const safe = key.replace(/[^A-Za-z0-9._-]/g, '_').slice(0, 99);
+  const h = BigInt('0x' + fnv1a(Buffer.from(key))) & 0xffffffffn;
+  return `${safe}-${h.toString(16).padStart(8, '0')}.jsonl`;
+}
+
+const ask = (p, session, text, headers = {}) => request(p, {
+  method: 'POST', path: '/v1/messages', headers: { 'x-session-id': session, ...headers },
+  body: { model: 'claude-x', max_tokens: 16, messages: [{ role: 'user', content: text }] },
+});
+
+test('caps: a session stops at the per-file cap, the oldest sessions go under the directory cap', async () => {
+  const dir = path.join(tmpRoot, 'caps');
+  fs.mkdirSync(dir);
+  // An old session from an earlier run, the first to go.
+  fs.writeFileSync(path.join(dir, 'old-00000000.jsonl'), JSON.stringify({ v: 1, pad: 'x'.repeat(6000) }) + '\n');
+  fs.utimesSync(path.join(dir, 'old-00000000.jsonl'), new Date(2020, 0, 1), new Date(2020, 0, 1));
+  const p = await startProxy({ upstream: mock.base, args: ['--record', dir, '--record-max-file-bytes', '12000', '--record-max-dir-bytes', '20000'] });
+  try {
+    await waitUpstreamProbed(p);
+    // Unrelated texts, so that each line is a snapshot of a few KB.
+    const big = () => crypto.randomBytes(1000).toString('hex');
+    for (let i = 0; i < 6; i++) assert.equal((await ask(p, 'capped', big())).status, 200, 'requests go on');
+    await until(() => fs.existsSync(path.join(dir, fileName('capped'))) &&
+      readRecordings(dir).find((f) => f.file.endsWith(fileName('capped')))?.records.length >= 2, 3000, 20);
+    await sleep(200);
+    const capped = fs.statSync(path.join(dir, fileName('capped'))).size;
+    assert.ok(capped <= 12000, `per-file cap: ${capped} bytes`);
+    const lines = readRecordings(dir).find((f) => f.file.endsWith(fileName('capped'))).records;
+    assert.ok(lines.length >= 2 && lines.length < 6, `some exchanges recorded, the later ones not: ${lines.length}`);
+    assert.ok(lines.every((x) => x.body), 'what is there is whole');
+    assert.match(p.log(), /reached the per-file cap/);
+    for (let i = 0; i < 4; i++) assert.equal((await ask(p, `other-${i}`, big())).status, 200);
+    await until(() => !fs.existsSync(path.join(dir, 'old-00000000.jsonl')), 3000, 20);
+    assert.ok(!fs.existsSync(path.join(dir, 'old-00000000.jsonl')), 'the oldest session removed first');
+    await sleep(200);
+    const total = fs.readdirSync(dir).reduce((n, f) => n + fs.statSync(path.join(dir, f)).size, 0);
+    assert.ok(total <= 20000, `directory cap: ${total} bytes`);
+    assert.match(p.log(), /removed old-00000000\.jsonl/);
+  } finally {
+    assert.equal((await p.stop()).code, 0);
+  }
+});
+
+test('a file that cannot be written loses the recording, never the request', async () => {
+  const dir = path.join(tmpRoot, 'broken');
+  fs.mkdirSync(dir);
+  fs.mkdirSync(path.join(dir, fileName('unwritable'))); // open() fails: EISDIR, as a full disk would fail write()
+  const p = await startProxy({ upstream: mock.base, args: ['--record', dir] });
+  try {
+    await waitUpstreamProbed(p);
+    for (let i = 0; i < 3; i++) {
+      const r = await ask(p, 'unwritable', `hello ${i}`);
+      assert.equal(r.status, 200);
+      assert.equal(r.json.type, 'message');
+    }
+    await until(() => /record: open .*unwritable/.test(p.log()), 3000, 20);
+    assert.match(p.log(), /this session's recording loses lines/);
+    // Another session records normally.
+    assert.equal((await ask(p, 'fine', 'hi')).status, 200);
+    await until(() => fs.existsSync(path.join(dir, fileName('fine'))), 3000, 20);
+    assert.equal(readRecordings(dir).find((f) => f.file.endsWith(fileName('fine'))).records.length, 1);
+  } finally {
+    assert.equal((await p.stop()).code, 0);
+  }
+});
+
+test('in an experiment each line names its arm', async () => {
+  const dir = path.join(tmpRoot, 'arms');
+  const exp = path.join(tmpRoot, 'exp.lua');
+  fs.writeFileSync(exp, `return { name = "rec-test", arms = {
+    { name = "a", weight = 1, chain = { { "max_tokens", floor = 1024 } } },
+    { name = "b", weight = 1, chain = { { "max_tokens", floor = 2048 } } } } }\n`);
+  const p = await startProxy({ upstream: mock.base, args: ['--record', dir, '--experiment', exp] });
+  try {
+    await waitUpstreamProbed(p);
+    const r = await request(p, {
+      method: 'POST', path: '/v1/messages', headers: { 'x-session-id': 'arm-session', 'x-anthroxy-arm': 'b' },
+      body: { model: 'claude-x', max_tokens: 16, messages: [{ role: 'user', content: 'hi' }],
+        tools: [{ name: 'Read', description: 'Read a file', input_schema: { type: 'object', properties: { p: { type: 'string' } } } }] },
+    });
+    assert.equal(r.status, 200, r.text);
+    const rec = await until(() => fs.existsSync(dir) && readRecordings(dir).flatMap((f) => f.records)[0], 3000, 20);
+    assert.equal(rec.arm, 'b');
+    assert.ok(rec.policy_changes.some((c) => c.policy === 'max_tokens' && c.hook === 'on_request' &&
+      c.changes.fields.includes('max_tokens')), JSON.stringify(rec.policy_changes));
+  } finally {
+    assert.equal((await p.stop()).code, 0);
+  }
 });
