@@ -846,19 +846,23 @@ static void diff_messages(const cJSON *a, const cJSON *b, cJSON *out)
     i = 0;
     cJSON_ArrayForEach(it, a)
     {
-        ea[i] = it;
-        ha[i++] = hash_json(it);
+        ea[i++] = it;
     }
     i = 0;
     cJSON_ArrayForEach(it, b)
     {
-        eb[i] = it;
-        hb[i++] = hash_json(it);
+        eb[i++] = it;
     }
-    while (p < na && p < nb && ha[p] == hb[p])
+    /* the common head and tail by comparing trees (no printing: most messages are equal),
+     * then hashes for the middle only */
+    while (p < na && p < nb && cJSON_Compare(ea[p], eb[p], 1))
         p++;
-    while (s < na - p && s < nb - p && ha[na - 1 - s] == hb[nb - 1 - s])
+    while (s < na - p && s < nb - p && cJSON_Compare(ea[na - 1 - s], eb[nb - 1 - s], 1))
         s++;
+    for (i = p; i < na - s; i++)
+        ha[i] = hash_json(ea[i]);
+    for (i = p; i < nb - s; i++)
+        hb[i] = hash_json(eb[i]);
     if (na - p - s == nb - p - s) {
         for (i = p; i < na - s; i++) {
             struct mask_scan ms = {eb[i], NULL, NULL, out};
@@ -900,7 +904,7 @@ cJSON *ax_rec_diff(const cJSON *before, const cJSON *after)
         const cJSON *o = cJSON_GetObjectItemCaseSensitive(after, it->string);
         if (it->string == NULL || strcmp(it->string, "messages") == 0)
             continue;
-        if (o == NULL || hash_json(o) != hash_json(it)) {
+        if (o == NULL || !cJSON_Compare(o, it, 1)) {
             if (fields == NULL)
                 fields = cJSON_AddArrayToObject(out, "fields");
             cJSON_AddItemToArray(fields, cJSON_CreateString(it->string));

@@ -33,6 +33,7 @@ enum metric {
     M_FITS,        /* share of turns that fit the window */
     M_PAIRS,       /* share of turns with every tool pair intact */
     M_MASKED,      /* tool results masked, all turns */
+    M_REFUSED,     /* share of turns the chain refused (ax.fail: "prompt is too long"...) */
     M_UP_CACHED,   /* --upstream: cached_tokens / prompt_tokens */
     M_UP_PROMPTMS, /* --upstream: prompt processing, ms per turn */
     M_UP_AGREE,    /* --upstream: first tool call agrees with the recorded one */
@@ -51,6 +52,7 @@ static const struct {
     {"fits_window", "requests within the window", 0, 1},
     {"pairs_intact", "tool pairs intact", 0, 1},
     {"tool_results_masked", "tool results masked (per session)", 0, 0},
+    {"refused", "requests the chain refused (not counted above)", 0, 1},
     {"upstream_cached_ratio", "upstream cached_tokens / prompt_tokens", 1, 1},
     {"upstream_prompt_ms", "upstream prompt processing (ms per request)", 1, 0},
     {"tool_call_agreement", "first tool call agrees with the recording", 1, 1},
@@ -111,6 +113,7 @@ static double *session_figures(const struct rp_run *run)
         o[M_FITS] = ok ? a[7] / a[1] : NAN;
         o[M_PAIRS] = ok ? a[8] / a[1] : NAN;
         o[M_MASKED] = ok ? a[9] : NAN;
+        o[M_REFUSED] = a[0] > 0 ? (a[0] - a[1]) / a[0] : NAN;
         o[M_UP_CACHED] = a[11] > 0 ? a[10] / a[11] : NAN;
         o[M_UP_PROMPTMS] = a[13] > 0 ? a[12] / a[13] : NAN;
         o[M_UP_AGREE] = a[15] > 0 ? a[14] / a[15] : NAN;
