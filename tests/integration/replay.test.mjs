@@ -17,7 +17,7 @@ import { runClaude, scriptEdits, writeTodo, readRecordings } from './record-help
 const tmpRoot = fs.mkdtempSync(path.join(os.tmpdir(), 'anthroxy-replay-'));
 const recDir = path.join(tmpRoot, 'rec');
 const expFile = path.join(tmpRoot, 'arms.lua');
-const SCREENSHOT = process.env.ANTHROXY_REPORT_PNG || '/work/n9r-report.png';
+const SCREENSHOT = process.env.ANTHROXY_REPORT_PNG || path.join(os.tmpdir(), 'anthroxy-report.png');
 let sent = []; // the client's requests, as they arrived
 
 fs.writeFileSync(expFile, `return {
