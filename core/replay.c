@@ -645,7 +645,8 @@ static void replay_turn(struct rp_run *run, struct rp_arm *a, struct rp_session 
     memcpy(copy, t->body, t->len + 1);
     if ((body = ax_json_parse(copy, t->len, &err)) == NULL)
         goto fail;
-    client = cJSON_Duplicate(body, 1);
+    if (t->est_client == 0) /* the first arm keeps the client's request as sent */
+        client = cJSON_Duplicate(body, 1);
     sess = ax_monitor_get(a->mon, s->key, (uint64_t)ti * 1000);
     memset(&info, 0, sizeof(info));
     info.request_id = "req_replay";
@@ -693,7 +694,7 @@ static void replay_turn(struct rp_run *run, struct rp_arm *a, struct rp_session 
                                                           : 1.0;
     st->factor = factor;
     if (t->est_client == 0) /* the same for every arm: the client's request, translated as is */
-        t->est_client = client_estimate(client, &to);
+        t->est_client = client != NULL ? client_estimate(client, &to) : -1;
     est_client = t->est_client;
     est_sent = ax_tokens_request(body);
     row->sent_tokens = (int64_t)llround((double)pfx.total * factor);
