@@ -218,6 +218,8 @@ test('with the real llama-server, --upstream reports its cached_tokens', { timeo
     assert.ok(rows.every((x) => x.upstream && x.upstream.prompt_tokens > 0), JSON.stringify(rows.map((x) => x.upstream)));
     assert.ok(rows.slice(1).every((x) => x.upstream.cached_tokens > 0), `cached_tokens: ${rows.map((x) => x.upstream.cached_tokens)}`);
     assert.ok(rows.every((x) => x.sent_tokens === x.upstream.prompt_tokens), 'with --upstream the real counts');
+    console.log(`# real llama-server: prompt_tokens ${rows.map((x) => x.upstream.prompt_tokens)}, ` +
+      `cached_tokens ${rows.map((x) => x.upstream.cached_tokens)}, prompt_ms ${rows.map((x) => x.upstream.prompt_ms)}`);
     assert.ok(report.summary.none.upstream_cached_ratio.mean > 0.3);
     assert.equal(report.token_counts, 'upstream prompt_tokens');
   } finally {
