@@ -643,7 +643,9 @@ static void replay_turn(struct rp_run *run, struct rp_arm *a, struct rp_session 
     if (copy == NULL)
         goto fail;
     memcpy(copy, t->body, t->len + 1);
-    if ((body = ax_json_parse(copy, t->len, &err)) == NULL)
+    body = ax_json_parse(copy, t->len, &err); /* the tree holds its own copies */
+    free(copy);
+    if (body == NULL)
         goto fail;
     if (t->est_client == 0) /* the first arm keeps the client's request as sent */
         client = cJSON_Duplicate(body, 1);
