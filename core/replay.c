@@ -603,6 +603,35 @@ static int64_t up_estimate(const char *text, size_t len)
     return t;
 }
 
+/* The answer's tool calls into the monitor, as messages.c's record_turn notes them (the
+ * same fingerprint: name and printed input), with whether the request forced a tool. */
+static void note_tool_calls(struct ax_session *sess, const cJSON *body, const cJSON *resp)
+{
+    const cJSON *tct = cJSON_GetObjectItemCaseSensitive(
+        cJSON_GetObjectItemCaseSensitive(body, "tool_choice"), "type");
+    const cJSON *blk;
+    uint64_t fps[16];
+    int n = 0, forced = cJSON_IsString(tct) && (strcmp(tct->valuestring, "any") == 0 ||
+                                                strcmp(tct->valuestring, "tool") == 0);
+
+    cJSON_ArrayForEach(blk, cJSON_GetObjectItemCaseSensitive(resp, "content"))
+    {
+        const char *type = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(blk, "type"));
+        const char *name = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(blk, "name"));
+        char *in;
+        uint64_t h;
+        if (type == NULL || strcmp(type, "tool_use") != 0 || n >= 16)
+            continue;
+        h = ax_fnv1a(name ? name : "", name ? strlen(name) : 0, AX_FNV1A_INIT);
+        if ((in = cJSON_PrintUnformatted(cJSON_GetObjectItemCaseSensitive(blk, "input"))) != NULL) {
+            h = ax_fnv1a(in, strlen(in), h);
+            cJSON_free(in);
+        }
+        fps[n++] = h;
+    }
+    ax_session_note_tool_calls(sess, fps, n, forced);
+}
+
 static int64_t client_estimate(const cJSON *client, const struct ax_translate_opts *to)
 {
     struct ax_translate_opts o = *to;
@@ -724,6 +753,7 @@ static void replay_turn(struct rp_run *run, struct rp_arm *a, struct rp_session 
         ax_session_note_overflow(sess);
     if (t->response != NULL) {
         cJSON *resp = cJSON_Duplicate(t->response, 1);
+        note_tool_calls(sess, body, t->response);
         run_hook(run, pr, AX_HOOK_RESPONSE, resp, &err);
         cJSON_Delete(resp);
     }
