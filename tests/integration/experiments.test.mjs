@@ -195,6 +195,28 @@ test('observation masking in the mask arm: what the mock got, and its counters',
   assert.ok(armOf(j, 'mask').tokens.removed_by_policies > 0);
 }));
 
+test('tool calls in the answers and is_error results in the latest turn are counted', env.wrap(async () => {
+  const before = armOf(await experiments(), 'plain');
+  env.on('call two tools', { toolCalls: [{ name: 'Read', arguments: { path: 'a' } }, { name: 'Read', arguments: { path: 'b' } }] });
+  const tools = [{ name: 'Read', input_schema: { type: 'object', properties: { path: { type: 'string' } } } }];
+  const body = {
+    model: 'claude-sonnet-4-5', max_tokens: 64, tools,
+    messages: [
+      { role: 'user', content: 'start' },
+      { role: 'assistant', content: [{ type: 'tool_use', id: 'toolu_e1', name: 'Read', input: { path: 'x' } },
+        { type: 'tool_use', id: 'toolu_e2', name: 'Read', input: { path: 'y' } }] },
+      { role: 'user', content: [{ type: 'tool_result', tool_use_id: 'toolu_e1', content: 'no such file', is_error: true },
+        { type: 'tool_result', tool_use_id: 'toolu_e2', content: 'fine' }, { type: 'text', text: 'call two tools' }] },
+    ],
+  };
+  const { r } = await send(body, { 'x-anthroxy-arm': 'plain', 'x-session-id': 'tools-1' });
+  assert.equal(r.status, 200, r.text);
+  assert.equal(r.json.content.filter((b) => b.type === 'tool_use').length, 2);
+  const after = armOf(await experiments(), 'plain');
+  assert.equal(after.tool_calls - before.tool_calls, 2);
+  assert.equal(after.tool_errors - before.tool_errors, 1);
+}));
+
 test('/v1/experiments figures match what the mock received', env.wrap(async () => {
   const j = await experiments();
   for (const name of ['mask', 'plain']) {
