@@ -346,6 +346,20 @@ static cJSON *row_json(const struct rp_run *run, const struct rp_row *r)
     return o;
 }
 
+static int best_arm(const struct rp_run *run, const double *v, int metric, int highest, int *clear);
+
+static cJSON *verdict_json(const struct rp_run *run, const double *v, int metric, int highest)
+{
+    int clear, a = best_arm(run, v, metric, highest, &clear);
+    cJSON *o = cJSON_CreateObject();
+
+    if (a < 0)
+        return o;
+    cJSON_AddStringToObject(o, "arm", arm_name(run, a));
+    cJSON_AddBoolToObject(o, "separated", clear); /* every paired interval excludes 0 */
+    return o;
+}
+
 static int write_json(const struct rp_run *run, const double *v)
 {
     cJSON *o = cJSON_CreateObject(), *arms, *sess, *rows;
@@ -379,6 +393,9 @@ static int write_json(const struct rp_run *run, const double *v)
                             run->elapsed_s > 0 ? (double)run->n_rows / run->elapsed_s : 0);
     cJSON_AddItemToObject(o, "summary", summary_json(run, v, 0));
     if (run->n_arms > 1) {
+        cJSON *vd = cJSON_AddObjectToObject(o, "verdict");
+        cJSON_AddItemToObject(vd, "fewest_tokens_sent", verdict_json(run, v, M_SENT, 0));
+        cJSON_AddItemToObject(vd, "most_prefix_reuse", verdict_json(run, v, M_REUSE, 1));
         cJSON_AddStringToObject(o, "baseline", arm_name(run, 0));
         cJSON_AddItemToObject(o, "difference_to_baseline", summary_json(run, v, 1));
     }
@@ -602,6 +619,65 @@ static void fmt_value(struct ax_buf *b, double v, int pct)
         ax_buf_printf(b, "%.2f", v);
 }
 
+/* The arm with the lowest (or highest) mean of a figure, and whether its paired difference
+ * to every other arm keeps the same sign across its whole interval. */
+static int best_arm(const struct rp_run *run, const double *v, int metric, int highest, int *clear)
+{
+    int a, best = -1;
+    double bv = 0;
+
+    for (a = 0; a < run->n_arms; a++) {
+        struct ci c = arm_ci(run, v, a, metric, -1);
+        if (!isnan(c.mean) && (best < 0 || (highest ? c.mean > bv : c.mean < bv))) {
+            best = a;
+            bv = c.mean;
+        }
+    }
+    *clear = best >= 0 && run->n_arms > 1;
+    for (a = 0; a < run->n_arms && best >= 0; a++) {
+        struct ci d;
+        if (a == best)
+            continue;
+        d = arm_ci(run, v, best, metric, a);
+        /* one session resamples to itself: its interval is a point, not evidence */
+        if (isnan(d.mean) || d.n < 2 || (highest ? d.lo <= 0 : d.hi >= 0))
+            *clear = 0;
+    }
+    return best;
+}
+
+static void html_verdict(struct ax_buf *b, const struct rp_run *run, const double *v)
+{
+    static const struct {
+        int metric, highest;
+        const char *what;
+    } q[] = {{M_SENT, 0, "Fewest tokens sent"}, {M_REUSE, 1, "Most prefix-cache reuse"}};
+    size_t i;
+
+    if (run->n_arms < 2)
+        return;
+    ax_buf_puts(b, "<ul class=\"verdict\">\n");
+    for (i = 0; i < sizeof(q) / sizeof(q[0]); i++) {
+        int clear, a = best_arm(run, v, q[i].metric, q[i].highest, &clear);
+        struct ci c;
+        if (a < 0)
+            continue;
+        c = arm_ci(run, v, a, q[i].metric, -1);
+        ax_buf_printf(b, "<li>%s: <b>", q[i].what);
+        html_escape(b, arm_name(run, a));
+        ax_buf_puts(b, "</b> (");
+        fmt_value(b, c.mean, metrics[q[i].metric].pct);
+        ax_buf_puts(b, " [");
+        fmt_value(b, c.lo, metrics[q[i].metric].pct);
+        ax_buf_puts(b, ", ");
+        fmt_value(b, c.hi, metrics[q[i].metric].pct);
+        ax_buf_printf(b, "]), %s.</li>\n",
+                      clear ? "ahead of every other arm across the paired intervals"
+                            : "but the paired intervals do not separate it from every other arm");
+    }
+    ax_buf_puts(b, "</ul>\n");
+}
+
 static void html_table(struct ax_buf *b, const struct rp_run *run, const double *v, int diff)
 {
     int a, m;
@@ -675,6 +751,7 @@ static int write_html(const struct rp_run *run, const double *v, const char *plo
         ax_buf_puts(&b, "estimates calibrated by the recorded prompt_tokens");
     }
     ax_buf_printf(&b, ". Replayed in %.2f s.</p>\n", run->elapsed_s);
+    html_verdict(&b, run, v);
     ax_buf_puts(&b, "<h2>Per arm</h2><p>Means over sessions, with 95 % bootstrap intervals "
                     "(resampling sessions).</p>\n");
     html_table(&b, run, v, 0);

@@ -123,6 +123,9 @@ test('replay through four arms: figures differ as they must, requests byte for b
   assert.ok(summary(report, 'prune_steps', 'prefix_reuse') > summary(report, 'prune_exact', 'prefix_reuse') + 0.02,
     `steps ${summary(report, 'prune_steps', 'prefix_reuse')} vs exact ${summary(report, 'prune_exact', 'prefix_reuse')}`);
   assert.ok(summary(report, 'none', 'prefix_reuse') > 0.9, 'no pruning: the prefix only grows');
+  // The verdict: with one session no interval separates anything, and the report says so.
+  assert.equal(report.verdict.most_prefix_reuse.arm, 'none');
+  assert.equal(report.verdict.most_prefix_reuse.separated, false, 'one session: degenerate intervals are not evidence');
   // Intervals and paired differences to the first arm.
   assert.equal(report.baseline, 'none');
   const d = report.difference_to_baseline.mask.tokens_sent;
@@ -138,6 +141,7 @@ test('replay through four arms: figures differ as they must, requests byte for b
   assert.equal((html.match(/<svg/g) || []).length, 4, 'four plots inlined');
   assert.ok(!/<(script|link|img)[^>]+(src|href)=/i.test(html), 'nothing loaded from elsewhere');
   for (const arm of ['none', 'mask', 'prune_steps', 'prune_exact']) assert.ok(html.includes(arm));
+  assert.match(html, /Most prefix-cache reuse: <b>none<\/b>/);
   const chromium = ['chromium', 'chromium-browser'].find((c) => spawnSync(c, ['--version']).status === 0);
   if (!chromium) {
     console.log('# chromium not installed (scripts/test.sh installs it): no screenshot');
