@@ -445,25 +445,35 @@ static void prefix_free(struct rp_prefix *p)
     free(p->msg);
     free(p->len);
     free(p->tok);
+    cJSON_Delete(p->tools);
     memset(p, 0, sizeof(*p));
 }
 
 /* The parts of an OpenAI request in the order a chat template renders them: the tools (in
  * the system prompt), then each message; raw text estimates of each. */
-static void prefix_of(const cJSON *oreq, struct rp_prefix *p, const struct rp_prefix *prev)
+static void prefix_of(const cJSON *oreq, struct rp_prefix *p, struct rp_prefix *prev)
 {
     const cJSON *msgs = cJSON_GetObjectItemCaseSensitive(oreq, "messages"), *m;
-    char *tools = cJSON_PrintUnformatted(cJSON_GetObjectItemCaseSensitive(oreq, "tools"));
+    const cJSON *tnode = cJSON_GetObjectItemCaseSensitive(oreq, "tools");
     int n = cJSON_GetArraySize(msgs), i = 0;
 
     memset(p, 0, sizeof(*p));
-    p->tools_hash = tools ? ax_fnv1a(tools, strlen(tools), AX_FNV1A_INIT) : 0;
-    /* the previous turn's estimates of what did not change: the same tools and messages */
-    if (prev != NULL && prev->n > 0 && prev->tools_hash == p->tools_hash)
+    /* the previous turn's estimates of what did not change: the same tools (compared as
+     * trees, cheaper than printing Claude Code's 50 KB of them again) and messages */
+    if (prev != NULL && prev->tools != NULL && tnode != NULL &&
+        cJSON_Compare(tnode, prev->tools, 1)) {
+        p->tools_hash = prev->tools_hash;
         p->tools_tok = prev->tools_tok;
-    else
+        p->tools = prev->tools; /* moves to this turn */
+        prev->tools = NULL;
+    } else {
+        char *tools = cJSON_PrintUnformatted(tnode);
+        p->tools_hash = tools ? ax_fnv1a(tools, strlen(tools), AX_FNV1A_INIT) : 0;
         p->tools_tok = tools ? ax_tokens_text(tools, strlen(tools)) : 0;
-    cJSON_free(tools);
+        cJSON_free(tools);
+        if (prev != NULL && tnode != NULL)
+            p->tools = cJSON_Duplicate(tnode, 1);
+    }
     p->msg = calloc((size_t)n + 1, sizeof(*p->msg));
     p->len = calloc((size_t)n + 1, sizeof(*p->len));
     p->tok = calloc((size_t)n + 1, sizeof(*p->tok));

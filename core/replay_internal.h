@@ -48,6 +48,7 @@ struct rp_prefix {
     size_t *len;
     int64_t *tok;
     int n;
+    cJSON *tools; /* a copy, to compare the next turn's with (turns only) */
 };
 
 /* One arm's walk through one session. */

@@ -9,6 +9,7 @@
 #include "replay_internal.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <spawn.h>
 #include <stdio.h>
@@ -541,9 +542,15 @@ static int run_gnuplot(const char *dir)
     pid_t pid;
     int status, rc;
 
+    posix_spawn_file_actions_t fa;
+
     if (getcwd(cwd, sizeof(cwd)) == NULL || chdir(dir) < 0)
         return -1;
-    rc = posix_spawnp(&pid, "gnuplot", NULL, NULL, argv, environ);
+    /* its warnings (an all-zero series) go to plots/gnuplot.log, not over the progress */
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_addopen(&fa, 2, "gnuplot.log", O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    rc = posix_spawnp(&pid, "gnuplot", &fa, NULL, argv, environ);
+    posix_spawn_file_actions_destroy(&fa);
     if (chdir(cwd) < 0)
         return -1;
     if (rc == ENOENT)
@@ -810,7 +817,10 @@ int ax__replay_report(struct rp_run *run)
         fprintf(stderr, "anthroxy replay: gnuplot is not installed: report.html has the tables "
                         "only (sudo apt-get install gnuplot-nox)\n");
     else if (plots < 0)
-        fprintf(stderr, "anthroxy replay: gnuplot failed: report.html has the tables only\n");
+        fprintf(stderr,
+                "anthroxy replay: gnuplot failed (%s/gnuplot.log): report.html has the "
+                "tables only\n",
+                plot_dir);
     rc = write_html(run, v, plot_dir, plots);
     if (rc == 0)
         fprintf(stderr, "anthroxy replay: wrote %s/report.html, report.json, turns.csv\n",
