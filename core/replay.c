@@ -353,15 +353,17 @@ static void on_hook_done(struct ax_policy_req *pr, int rc, const struct ax_error
         w->err = *err;
 }
 
-static int run_hook(struct rp_run *run, struct ax_policy_req *pr, enum ax_hook hook, cJSON *tree,
-                    struct ax_error *err)
+/* Runs one hook of the arm's chain to its end. Returns 0, 1 (on_upstream_error: retry), or -1
+ * with err. */
+static int run_hook_aux(struct rp_run *run, struct ax_policy_req *pr, enum ax_hook hook,
+                        cJSON *tree, const cJSON *aux, struct ax_error *err)
 {
     struct hook_wait w;
 
     memset(&w, 0, sizeof(w));
     if (!ax_policy_req_has_hook(pr, hook))
         return 0;
-    if (ax_policy_req_run(pr, hook, tree, NULL, on_hook_done, &w) < 0)
+    if (ax_policy_req_run(pr, hook, tree, aux, on_hook_done, &w) < 0)
         return ax_error_set(err, 500, "api_error", "policy engine unavailable");
     while (!w.done)
         uv_run(&run->loop, UV_RUN_ONCE);
@@ -371,7 +373,39 @@ static int run_hook(struct rp_run *run, struct ax_policy_req *pr, enum ax_hook h
             ax_error_set(err, 500, "api_error", "policy failed");
         return -1;
     }
-    return 0;
+    return w.rc;
+}
+
+static int run_hook(struct rp_run *run, struct ax_policy_req *pr, enum ax_hook hook, cJSON *tree,
+                    struct ax_error *err)
+{
+    return run_hook_aux(run, pr, hook, tree, NULL, err) < 0 ? -1 : 0;
+}
+
+/* Offline, a request over the window is what the upstream would refuse: the chain's
+ * on_upstream_error gets llama-server's overflow numbers, as messages.c gives them, and may
+ * have the request sent again (once). Returns 1 for a retry. */
+static int overflow_retry(struct rp_run *run, struct ax_policy_req *pr, cJSON *body,
+                          int64_t n_prompt, int64_t n_ctx, struct ax_error *err)
+{
+    cJSON *aux = cJSON_CreateObject();
+    char msg[160];
+    int rc;
+
+    if (aux == NULL)
+        return 0;
+    snprintf(msg, sizeof(msg),
+             "the request exceeds the available context size (%lld tokens > %lld)",
+             (long long)n_prompt, (long long)n_ctx);
+    cJSON_AddNumberToObject(aux, "status", 400);
+    cJSON_AddNumberToObject(aux, "upstream_status", 400);
+    cJSON_AddStringToObject(aux, "type", "invalid_request_error");
+    cJSON_AddStringToObject(aux, "message", msg);
+    cJSON_AddNumberToObject(aux, "n_prompt_tokens", (double)n_prompt);
+    cJSON_AddNumberToObject(aux, "n_ctx", (double)n_ctx);
+    rc = run_hook_aux(run, pr, AX_HOOK_UPSTREAM_ERROR, body, aux, err);
+    cJSON_Delete(aux);
+    return rc == 1;
 }
 
 /* What the on_request hooks removed or masked, merged over the policies. */
@@ -381,12 +415,15 @@ static void on_trace(void *ud, const char *policy, enum ax_hook hook, const cJSO
     struct rp_row *row = ud;
     cJSON *d, *e;
 
-    if (hook != AX_HOOK_REQUEST || (d = ax_rec_diff(before, after)) == NULL)
+    if ((hook != AX_HOOK_REQUEST && hook != AX_HOOK_UPSTREAM_ERROR) ||
+        (d = ax_rec_diff(before, after)) == NULL)
         return;
     if (row->what == NULL)
         row->what = cJSON_CreateArray();
     e = cJSON_CreateObject();
     cJSON_AddStringToObject(e, "policy", policy ? policy : "?");
+    cJSON_AddStringToObject(e, "hook",
+                            hook == AX_HOOK_REQUEST ? "on_request" : "on_upstream_error");
     cJSON_AddItemToObject(e, "changes", d);
     cJSON_AddItemToArray(row->what, e);
     row->removed_msgs += cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(d, "removed"));
@@ -720,13 +757,6 @@ static void replay_turn(struct rp_run *run, struct rp_arm *a, struct rp_session 
     to.upstream_model = model ? model : "replay";
     to.llama_server = 1;
     to.stream = info.stream;
-    if (ax_translate_request(body, &to, &oreq, &err) < 0)
-        goto fail_sess;
-    if (run_hook(run, pr, AX_HOOK_UPSTREAM_REQUEST, oreq, &err) < 0)
-        goto fail_sess;
-
-    /* the figures: raw estimates, calibrated by what the recording's upstream counted */
-    prefix_of(oreq, &pfx, &st->prev);
     if (t->raw_up == 0) /* once per turn, whatever the number of arms */
         t->raw_up = t->up ? up_estimate(t->up, t->up_len) : -1;
     raw_up = t->raw_up;
@@ -734,11 +764,29 @@ static void replay_turn(struct rp_run *run, struct rp_arm *a, struct rp_session 
              : st->factor > 0                             ? st->factor
                                                           : 1.0;
     st->factor = factor;
+    for (;;) {
+        if (ax_translate_request(body, &to, &oreq, &err) < 0)
+            goto fail_sess;
+        if (run_hook(run, pr, AX_HOOK_UPSTREAM_REQUEST, oreq, &err) < 0)
+            goto fail_sess;
+        /* the figures: raw estimates, calibrated by what the recording's upstream counted */
+        prefix_of(oreq, &pfx, &st->prev);
+        row->sent_tokens = (int64_t)llround((double)pfx.total * factor);
+        if (run->up != NULL || row->retried || row->sent_tokens <= row->window)
+            break;
+        ax_session_note_overflow(sess);
+        row->overflows++;
+        if (!overflow_retry(run, pr, body, row->sent_tokens, row->window, &err))
+            break;
+        row->retried = 1;
+        prefix_free(&pfx);
+        cJSON_Delete(oreq);
+        oreq = NULL;
+    }
     if (t->est_client == 0) /* the same for every arm: the client's request, translated as is */
         t->est_client = client != NULL ? client_estimate(client, &to) : -1;
     est_client = t->est_client;
     est_sent = ax_tokens_request(body);
-    row->sent_tokens = (int64_t)llround((double)pfx.total * factor);
     row->client_tokens = (int64_t)llround((double)est_client * factor);
     row->removed_tokens = row->client_tokens - row->sent_tokens;
     row->prefix_tokens =
@@ -759,7 +807,7 @@ static void replay_turn(struct rp_run *run, struct rp_arm *a, struct rp_session 
     /* the monitor, fed as messages.c feeds it */
     ax_session_record_request(sess, ax_session_calibrated(sess, est_sent), (uint64_t)ti * 1000);
     ax_session_record_response(sess, est_sent, row->sent_tokens, t->completion);
-    if (!row->fits)
+    if (!row->fits && row->overflows == 0)
         ax_session_note_overflow(sess);
     if (t->response != NULL) {
         cJSON *resp = cJSON_Duplicate(t->response, 1);

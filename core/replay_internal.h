@@ -80,6 +80,7 @@ struct rp_row {
     int64_t window;
     int removed_msgs, masked; /* messages removed, tool results masked */
     int fits, pairs_ok, cache_break, failed;
+    int overflows, retried; /* offline: over the window, and on_upstream_error's retry */
     char error[600];
     cJSON *what; /* [{"policy", "changes": ax_rec_diff}] of on_request, or NULL */
     /* --upstream */

@@ -264,7 +264,7 @@ static int write_csv(const struct rp_run *run)
     ax_buf_puts(&b, "session,file,turn,arm,client_tokens,sent_tokens,removed_tokens,"
                     "removed_messages,masked_tool_results,window,fits_window,pairs_intact,"
                     "prefix_tokens,prefix_ratio,cache_break,failed,upstream_prompt_tokens,"
-                    "upstream_cached_tokens,upstream_prompt_ms,tool_agree\n");
+                    "upstream_cached_tokens,upstream_prompt_ms,tool_agree,overflowed,retried\n");
     for (i = 0; i < run->n_rows; i++) {
         const struct rp_row *r = &run->rows[i];
         const struct rp_session *s = &run->sessions[r->session];
@@ -288,7 +288,7 @@ static int write_csv(const struct rp_run *run)
         ax_buf_puts(&b, ",");
         if (r->tool_agree >= 0)
             ax_buf_printf(&b, "%d", r->tool_agree);
-        ax_buf_puts(&b, "\n");
+        ax_buf_printf(&b, ",%d,%d\n", r->overflows > 0, r->retried);
     }
     rc = write_file(run->out_dir, "turns.csv", b.data ? b.data : "", b.len);
     ax_buf_free(&b);
@@ -332,6 +332,8 @@ static cJSON *row_json(const struct rp_run *run, const struct rp_row *r)
     cJSON_AddBoolToObject(o, "pairs_intact", r->pairs_ok);
     cJSON_AddNumberToObject(o, "prefix_tokens", (double)r->prefix_tokens);
     cJSON_AddBoolToObject(o, "cache_break", r->cache_break);
+    cJSON_AddBoolToObject(o, "overflowed", r->overflows > 0); /* over the window as first sent */
+    cJSON_AddBoolToObject(o, "retried", r->retried); /* on_upstream_error had it sent again */
     if (run->up != NULL) {
         cJSON *u = cJSON_AddObjectToObject(o, "upstream");
         if (r->have_up) {
@@ -478,7 +480,7 @@ static int write_plot_data(const struct rp_run *run, const char *dir, int *max_t
         }
         sum[CELL(r->turn, r->arm, S_BREAKS)] += r->cache_break;
         cnt[CELL(r->turn, r->arm, S_BREAKS)] = 1;
-        sum[CELL(r->turn, r->arm, S_OVERFLOWS)] += !r->fits;
+        sum[CELL(r->turn, r->arm, S_OVERFLOWS)] += r->overflows > 0 || !r->fits;
         cnt[CELL(r->turn, r->arm, S_OVERFLOWS)] = 1;
     }
     for (k = 0; k < S_COUNT && rc == 0; k++) {

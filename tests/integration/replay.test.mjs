@@ -158,6 +158,30 @@ test('replay through four arms: figures differ as they must, requests byte for b
   console.log(`# report screenshot: ${SCREENSHOT}`);
 });
 
+test("offline, a request over the window goes through the chain's on_upstream_error", async () => {
+  const exp = path.join(tmpRoot, 'pad.lua');
+  fs.writeFileSync(exp, `return { name = "pad", arms = {
+    { name = "pad", chain = { { "prune" },
+      { ${JSON.stringify(path.join(ROOT, 'tests', 'fixtures', 'policy', 'pad_old_result.lua'))}, chars = 150000 } } } } }\n`);
+  const out = path.join(tmpRoot, 'out-pad');
+  const r = await replay(['--experiment', exp, '--window', '32768', '--out', out, recDir]);
+  assert.equal(r.code, 0, r.err);
+  const rows = JSON.parse(fs.readFileSync(path.join(out, 'report.json'), 'utf8')).turns_detail;
+  const retried = rows.filter((x) => x.retried);
+  assert.ok(retried.length > 0, 'the padded requests overflow, and prune has them sent again');
+  for (const x of retried) {
+    assert.equal(x.overflowed, true);
+    assert.equal(x.fits_window, true, `turn ${x.turn}: fits after prune's on_upstream_error`);
+    const last = x.what[x.what.length - 1];
+    assert.deepEqual([last.policy, last.hook], ['prune', 'on_upstream_error'], JSON.stringify(x.what));
+    assert.ok(last.changes.removed || last.changes.changed, 'prune cut the padded request');
+    assert.ok(x.what.some((w) => w.policy === 'pad_old_result' && w.hook === 'on_request'));
+  }
+  const csv = fs.readFileSync(path.join(out, 'turns.csv'), 'utf8').trim().split('\n');
+  assert.match(csv[0], /,overflowed,retried$/);
+  assert.ok(csv.slice(1).some((l) => l.endsWith(',1,1')));
+});
+
 test('without gnuplot the report keeps its tables and says how to install it', async () => {
   const out = path.join(tmpRoot, 'out-noplot');
   const env = { ...process.env, PATH: '/nonexistent' };
