@@ -1013,7 +1013,8 @@ void ax_config_usage(FILE *out)
 
     fprintf(out, "usage: anthroxy [flags]\n"
                  "       anthroxy check POLICY_OR_CHAIN [REQUEST.json]\n"
-                 "       anthroxy test-lua FILE\n\n"
+                 "       anthroxy test-lua FILE\n"
+                 "       anthroxy replay --experiment FILE --out DIR RECORDING... (--help)\n\n"
                  "Precedence, lowest first: defaults, --config file, environment, flags.\n"
                  "Seconds take decimals or a ms/s/m/h suffix; sizes take K/M/G.\n\n"
                  "flags:\n");
