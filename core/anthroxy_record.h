@@ -60,8 +60,9 @@ struct ax_rec *ax_rec_begin(struct ax_recorder *r, struct ax_req *req, const cha
 void ax_rec_trace(void *ud, const char *policy, enum ax_hook hook, const cJSON *before,
                   const cJSON *after);
 
-/* The OpenAI body exactly as sent (copied; a retry replaces the first and sets "retried"). */
-void ax_rec_upstream_request(struct ax_rec *x, const char *body, size_t len);
+/* The OpenAI body exactly as sent (copied; a retry replaces the first and sets "retried"),
+ * and the window of the upstream it goes to (0: keep the one given to ax_rec_begin). */
+void ax_rec_upstream_request(struct ax_rec *x, const char *body, size_t len, int64_t window);
 /* A streamed chunk's data: only llama-server's "timings" object is kept, the last one wins. */
 void ax_rec_upstream_chunk(struct ax_rec *x, const char *data, size_t len);
 /* A complete answer's "timings" object (copied; NULL: none). */

@@ -599,10 +599,12 @@ void ax_rec_trace(void *ud, const char *policy, enum ax_hook hook, const cJSON *
     cJSON_AddItemToObject(e, "changes", d);
 }
 
-void ax_rec_upstream_request(struct ax_rec *x, const char *body, size_t len)
+void ax_rec_upstream_request(struct ax_rec *x, const char *body, size_t len, int64_t window)
 {
     if (x == NULL)
         return;
+    if (window > 0) /* the upstream the request went to (several with a fleet) */
+        x->context_window = window;
     if (x->up != NULL)
         x->retried = 1;
     free(x->up);

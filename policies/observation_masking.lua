@@ -87,8 +87,18 @@ function M.on_request(req, ctx)
     ax.log.debug(string.format("masked %d of %d tool results (about %d tokens)", masked,
       #results, tokens))
   end
-  -- a move: the previous request (this one without its last message's results) masked less
-  local fresh = #all_results({ msgs[#msgs] })
+  -- a move: the previous request (this one without the results after the last assistant
+  -- message; Claude Code may send a system reminder after them) masked less
+  local tail, i = {}, #msgs
+  local function is_assistant(m) -- a table, or a view of the request (userdata)
+    local t = type(m)
+    return (t == "table" or t == "userdata") and m.role == "assistant"
+  end
+  while i >= 1 and not is_assistant(msgs[i]) do
+    table.insert(tail, 1, msgs[i])
+    i = i - 1
+  end
+  local fresh = #all_results(tail)
   local before = M.mask_count(#results - fresh, math.max(math.floor(s.keep), 0),
     math.floor(s.step))
   if n_mask > before then ax.count("moves") end

@@ -21,7 +21,7 @@
 #define MAX_FILE_BYTES (4u << 20) /* a policy or chain file */
 
 const char *const ax__hook_names[AX_HOOK_COUNT] = {"on_request", "on_upstream_request",
-                                                   "on_response", "on_upstream_error"};
+                                                   "on_response", "on_upstream_error", "on_route"};
 static char require_key;
 
 /* ---- small helpers --------------------------------------------------------------------- */

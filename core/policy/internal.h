@@ -138,6 +138,7 @@ struct ax_policy_req {
     enum ax_hook hook;
     cJSON *tree;
     const cJSON *aux;
+    cJSON *aux_own;           /* aux's copy: later policies' hooks read it after a wait */
     cJSON *before;            /* trace only */
     ax_policy_trace_fn trace; /* per request (record, replay); eng->trace is `check`'s */
     void *trace_ud;
@@ -145,6 +146,10 @@ struct ax_policy_req {
     void *done_ud;
     int idx;   /* policy index in gen */
     int retry; /* AX_HOOK_UPSTREAM_ERROR: some policy returned true */
+    /* AX_HOOK_ROUTE: the first policy's choice (n_route 0: none yet) */
+    char *route_names[AX_ROUTE_MAX_NAMES + 1]; /* NULL-terminated */
+    int n_route;
+    char *route_model;
     int rc;
     struct ax_error err;
     struct ax__scope scope;

@@ -8,6 +8,7 @@ local M = {}
 
 M.HOOKS = {
   on_request = true, on_upstream_request = true, on_response = true, on_upstream_error = true,
+  on_route = true,
 }
 
 local function dirname(p)
@@ -69,7 +70,7 @@ function M.load_module(host, path)
     if type(k) == "string" and k:sub(1, 3) == "on_" then
       if not M.HOOKS[k] then
         error(path .. ": unknown hook '" .. k .. "' (hooks are on_request, "
-          .. "on_upstream_request, on_response, on_upstream_error)", 0)
+          .. "on_upstream_request, on_response, on_upstream_error, on_route)", 0)
       end
       if type(v) ~= "function" then error(path .. ": " .. k .. " must be a function", 0) end
     end

@@ -68,6 +68,15 @@ T.test("the mask moves in batches: the prefix is byte-identical between two move
   T.ok(masked(rc[10]) and not masked(rc[11]), "moved by a whole step")
 end)
 
+T.test("a move is counted when a reminder follows the newest results", function()
+  local moves = function() return T.counters().default.test.moves or 0 end
+  local req = conversation(15)
+  table.insert(req.messages, { role = "system", content = "a reminder after the results" })
+  local m0 = moves()
+  T.run(p, "on_request", req, T.ctx())
+  T.eq(moves(), m0 + 1, "the 15th result moved the mask, reminder or not")
+end)
+
 T.test("step 1 masks one more result each turn (the cache-hostile setting)", function()
   local one = T.load("observation_masking", { keep = 3, step = 1 })
   local out = T.run(one, "on_request", conversation(7), T.ctx())

@@ -154,7 +154,7 @@ static void test_response_fixtures(void)
         cJSON *in = load_case(names[i], ".openai-response.json");
         cJSON *want = load_case(names[i], ".anthropic-response.json");
         cJSON *o = load_case(names[i], ".response-opts.json"), *got = NULL;
-        struct ax_response_opts opts = {"claude-x", NULL, 1.0, 0};
+        struct ax_response_opts opts = {"claude-x", NULL, 1.0, 0, NULL, NULL, NULL, NULL};
         struct ax_error err;
         const cJSON *v;
         int rc;
@@ -168,6 +168,7 @@ static void test_response_fixtures(void)
                 opts.usage_scale = v->valuedouble;
             opts.reasoning_fallback =
                 cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(o, "reasoning_fallback"));
+            opts.tools = cJSON_GetObjectItemCaseSensitive(o, "tools"); /* text tool calls */
         }
         CHECKF(in != NULL && want != NULL, "%s: fixture files", names[i]);
         if (in != NULL && want != NULL) {
@@ -189,7 +190,7 @@ static void test_response_fixtures(void)
 
 static void test_response_errors(void)
 {
-    struct ax_response_opts opts = {"claude-x", NULL, 1.0, 0};
+    struct ax_response_opts opts = {"claude-x", NULL, 1.0, 0, NULL, NULL, NULL, NULL};
     struct ax_error err;
     cJSON *got = NULL, *in;
     int rc;
