@@ -149,6 +149,13 @@ int ax_policy_req_has_hook(const struct ax_policy_req *pr, enum ax_hook hook);
 
 double ax_policy_req_report_scale(const struct ax_policy_req *pr);
 
+/* Called after each hook of each policy that succeeded, with the tree before (a copy) and
+ * after it; the copy is made only while a trace is set, so it costs nothing otherwise.
+ * `--record` and `anthroxy replay` use it to say what each policy changed. */
+typedef void (*ax_policy_trace_fn)(void *ud, const char *policy, enum ax_hook hook,
+                                   const cJSON *before, const cJSON *after);
+void ax_policy_req_set_trace(struct ax_policy_req *pr, ax_policy_trace_fn fn, void *ud);
+
 /* What on_route decided in the last AX_HOOK_ROUTE run: the first policy returning a string
  * or a list of strings wins (an optional second result, a string, is the upstream model).
  * Returns the number of names (0: no policy chose; the fleet routes by model), each

@@ -16,6 +16,7 @@ struct ax_fleet;
 struct ax_monitor;
 struct ax_session_share;
 struct ax_policy_engine;
+struct ax_recorder;
 struct ax_metrics;
 
 struct ax_server {
@@ -42,6 +43,7 @@ struct ax_server {
     int worker;                     /* its index among the workers (0 alone) */
     uint64_t tools_as_text;         /* fleet members (bit i) that refused `tools`: sent as text */
     struct ax_policy_engine *policies;
+    struct ax_recorder *rec;        /* --record, else NULL */
     struct ax_exp_stats *exp_stats; /* per-arm figures, GET /v1/experiments */
     struct ax_metrics *metrics;     /* GET /metrics, the status page's recent errors */
 

@@ -154,6 +154,13 @@ static const struct opt opts[] = {
      "sessions the monitor keeps; the least recently seen idle one is evicted"},
     {"session-ttl", NULL, OPT_SECS, F(session_ttl_ms), "21600", 0, 31536000, 0, "SEC",
      "forget a session idle this long; 0: never"},
+    {"record", NULL, OPT_STR, F(record_dir), NULL, 0, 0, 0, "DIR",
+     "record every exchange to DIR, one JSON Lines file per session (docs/recording.md); "
+     "unset: off"},
+    {"record-max-file-bytes", NULL, OPT_SIZE, F(record_max_file_bytes), "256M", 4096, BIG, 0,
+     "BYTES", "largest recording of one session; later exchanges of it are not recorded"},
+    {"record-max-dir-bytes", NULL, OPT_SIZE, F(record_max_dir_bytes), "4G", 4096, BIG, 0, "BYTES",
+     "all recordings together; the least recently written sessions are removed first"},
     {"log-level", "PROXY_LOG_LEVEL", OPT_LEVEL, F(log_level), "INFO", 0, 0, 0, "LEVEL",
      "DEBUG, INFO, WARNING or ERROR"},
     {"log-format", NULL, OPT_STR, F(log_format), "text", 0, 0, 0, "FORMAT",
@@ -1306,7 +1313,8 @@ void ax_config_usage(FILE *out)
 
     fprintf(out, "usage: anthroxy [flags]\n"
                  "       anthroxy check POLICY_OR_CHAIN [REQUEST.json]\n"
-                 "       anthroxy test-lua FILE\n\n"
+                 "       anthroxy test-lua FILE\n"
+                 "       anthroxy replay --experiment FILE --out DIR RECORDING... (--help)\n\n"
                  "Precedence, lowest first: defaults, --config file, environment, flags.\n"
                  "Seconds take decimals or a ms/s/m/h suffix; sizes take K/M/G.\n\n"
                  "flags:\n");

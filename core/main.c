@@ -13,6 +13,7 @@
 #include "anthroxy.h"
 #include "anthroxy_log.h"
 #include "anthroxy_policy.h"
+#include "anthroxy_replay.h"
 
 /* --workers: each extra worker is a server on its own loop and thread; the main thread's
  * signals reach it through its async handle. */
@@ -272,6 +273,8 @@ int main(int argc, char **argv)
     }
     if (argc > 1 && strcmp(argv[1], "test-lua") == 0)
         return ax_policy_test_lua_main(argc - 1, argv + 1);
+    if (argc > 1 && strcmp(argv[1], "replay") == 0)
+        return ax_replay_main(argc - 1, argv + 1);
 
     /* --help and --version answer even when the environment holds a bad value */
     for (i = 1; i < argc; i++)

@@ -15,6 +15,7 @@
 #include "anthroxy_metrics.h"
 #include "anthroxy_monitor.h"
 #include "anthroxy_policy.h"
+#include "anthroxy_record.h"
 #include "anthroxy_server.h"
 #include "anthroxy_session_share.h"
 #include "anthroxy_sse.h"
@@ -95,6 +96,7 @@ struct msg {
     int64_t prunes0, overflows0; /* the session's counts when the request came (metrics) */
     struct ax_usage usage;
     struct ax_error err;
+    struct ax_rec *rx; /* --record: this exchange, else NULL (record.c) */
 
     /* the experiment's view of the request (figures for GET /v1/experiments) */
     char arm[AX_ARM_NAME_MAX]; /* "" until chosen */
@@ -112,8 +114,22 @@ static void add_iterations(struct msg *m, cJSON *resp);
 
 /* ---- life cycle -------------------------------------------------------------------- */
 
+/* The recording's line is written as the request goes: everything is known by now. */
+static void record_finish(struct msg *m)
+{
+    struct ax_rec_end end = {m->up_status, &m->usage, m->final, -1, -1, 0};
+
+    if (m->t_first_ns)
+        end.ttfb_ms = (double)(m->t_first_ns - m->t_sent_ns) / 1e6;
+    end.total_ms = (double)(uv_hrtime() - m->req->start_ns) / 1e6;
+    end.canceled = m->state == MSG_CANCELED;
+    ax_rec_finish(m->rx, &end);
+}
+
 static void msg_free(struct msg *m)
 {
+    if (m->rx)
+        record_finish(m);
     if (m->preq)
         ax_policy_req_free(m->preq);
     if (m->session && m->srv->share) /* --workers: the other workers see this turn */
@@ -330,6 +346,7 @@ static void msg_fail(struct msg *m, const struct ax_error *err)
     if (was == MSG_ANSWERED || was == MSG_CANCELED)
         return;
     answering(m);
+    ax_rec_error(m->rx, err);
     if (err != &m->err)
         m->err = *err; /* the figures read what the client got */
     AX_LOG_INFO(m->req, "error %d %s: %s", err->status, err->type, err->message);
@@ -527,6 +544,7 @@ static void complete_nonstream(struct msg *m)
         return;
     }
     ax_usage_from_openai(cJSON_GetObjectItemCaseSensitive(oresp, "usage"), &m->usage);
+    ax_rec_timings(m->rx, cJSON_GetObjectItemCaseSensitive(oresp, "timings"));
     memset(&ro, 0, sizeof(ro));
     ro.client_model = m->model;
     ro.stop_sequences = cJSON_GetObjectItemCaseSensitive(m->body, "stop_sequences");
@@ -744,6 +762,7 @@ static int on_sse_event(const char *event, const char *data, size_t len, void *u
     int rc;
 
     (void)event;
+    ax_rec_upstream_chunk(m->rx, data, len);
     rc = ax_stream_feed(&m->st, data, len, &m->out, &m->err);
     if (rc == AX_EUPSTREAM)
         m->stream_failed = 1;
@@ -920,6 +939,8 @@ static void send_translated(struct msg *m)
         return;
     }
     AX_LOG_DEBUG(m->req, "upstream request: %zu bytes", m->obody.len);
+    ax_rec_upstream_request(m->rx, m->obody.data, m->obody.len,
+                            m->up ? ax_models_window(&m->srv->cfg, m->up, NULL) : 0);
     start_transfer(m);
 }
 
@@ -1535,7 +1556,6 @@ void ax_messages_handle(struct ax_server *srv, struct ax_req *req, int count_onl
     snprintf(m->session_key, sizeof(m->session_key), "-");
 
     m->body = ax_json_parse(req->body.data ? req->body.data : "", req->body.len, &err);
-    ax_buf_free(&req->body); /* the tree holds its own copies */
     if (m->body == NULL || check_basics(m, &err) < 0) {
         msg_fail(m, &err);
         return;
@@ -1547,9 +1567,16 @@ void ax_messages_handle(struct ax_server *srv, struct ax_req *req, int count_onl
     if (m->session && srv->share) /* --workers: what the others recorded */
         ax_session_share_pull(srv->share, m->session);
     if (choose_arm(m, &err) < 0) {
+        ax_buf_free(&req->body);
         msg_fail(m, &err);
         return;
     }
+    if (srv->rec && !count_only) /* takes the client's bytes; the arm only in an experiment */
+        m->rx = ax_rec_begin(srv->rec, req, m->session_key,
+                             ax_policy_engine_experiment(srv->policies) ? m->arm : NULL,
+                             ax_policy_engine_generation(srv->policies),
+                             ax_models_window(&srv->cfg, srv->up, NULL));
+    ax_buf_free(&req->body); /* the tree holds its own copies */
     if (!count_only) {
         /* before the policies: what the client sent. One more walk of the conversation
          * (~0.2 ms for Claude Code's), paid only when an experiment compares arms. */
@@ -1583,8 +1610,9 @@ void ax_messages_handle(struct ax_server *srv, struct ax_req *req, int count_onl
             count_tokens(m);
         return;
     }
-    if (ax_policy_req_new(srv->policies, &info, &m->preq) == 0 &&
-        !ax_policy_req_has_hook(m->preq, AX_HOOK_REQUEST)) {
+    if (ax_policy_req_new(srv->policies, &info, &m->preq) == 0 && m->rx)
+        ax_policy_req_set_trace(m->preq, ax_rec_trace, m->rx);
+    if (m->preq != NULL && !ax_policy_req_has_hook(m->preq, AX_HOOK_REQUEST)) {
         wait_for_probe(m); /* no hook to wait a loop turn for */
         return;
     }

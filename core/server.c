@@ -10,6 +10,7 @@
 #include "anthroxy_models.h"
 #include "anthroxy_monitor.h"
 #include "anthroxy_policy.h"
+#include "anthroxy_record.h"
 #include "anthroxy_routes.h"
 #include "anthroxy_server.h"
 #include "anthroxy_session_share.h"
@@ -291,6 +292,10 @@ int ax_server_listen(struct ax_server *srv, struct ax_error *err)
         ax_policy_engine_reload(srv->policies); /* overrides apply from the next generation */
     }
     ax_policy_engine_watch(srv->policies);
+    if (srv->cfg.record_dir != NULL &&
+        ax_recorder_new(srv->loop, srv->cfg.record_dir, srv->cfg.record_max_file_bytes,
+                        srv->cfg.record_max_dir_bytes, &srv->rec, err) < 0)
+        return AX_EIO;
 
     ax_fleet_probe_start(srv->fleet, AX_PROBE_INTERVAL_MS, on_upstream_info, srv);
     uv_timer_start(&srv->timer, on_sweep, AX_SESSION_SWEEP_MS, AX_SESSION_SWEEP_MS);
@@ -350,7 +355,13 @@ static void finish_stop(struct ax_server *srv)
     srv->pending_closes = 2;       /* timer, upstream */
     if (srv->policies)
         srv->pending_closes++;
+    if (srv->rec)
+        srv->pending_closes++;
     uv_close((uv_handle_t *)&srv->timer, on_handle_closed);
+    if (srv->rec) {
+        ax_recorder_close(srv->rec, on_component_closed, srv); /* frees it once all let go */
+        srv->rec = NULL;
+    }
     ax_fleet_close(srv->fleet, on_component_closed, srv);
     srv->fleet = NULL;
     srv->up = NULL;

@@ -107,6 +107,11 @@ struct ax_config {
     int max_sessions;        /* 1024 */
     uint64_t session_ttl_ms; /* 6 h */
 
+    /* recording (core/record.c) */
+    char *record_dir;             /* --record: NULL = off */
+    size_t record_max_file_bytes; /* one session's file: 256 MiB */
+    size_t record_max_dir_bytes;  /* the whole directory: 4 GiB */
+
     /* logging */
     int log_level;    /* enum ax_log_level; PROXY_LOG_LEVEL */
     char *log_format; /* "text" (NULL too) or "json": one object a line */

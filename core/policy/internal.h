@@ -138,8 +138,10 @@ struct ax_policy_req {
     enum ax_hook hook;
     cJSON *tree;
     const cJSON *aux;
-    cJSON *aux_own; /* aux's copy: later policies' hooks read it after a wait */
-    cJSON *before;  /* trace only */
+    cJSON *aux_own;           /* aux's copy: later policies' hooks read it after a wait */
+    cJSON *before;            /* trace only */
+    ax_policy_trace_fn trace; /* per request (record, replay); eng->trace is `check`'s */
+    void *trace_ud;
     ax_policy_done_fn done;
     void *done_ud;
     int idx;   /* policy index in gen */

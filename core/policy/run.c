@@ -301,6 +301,12 @@ double ax_policy_req_report_scale(const struct ax_policy_req *pr)
     return pr->report_scale;
 }
 
+void ax_policy_req_set_trace(struct ax_policy_req *pr, ax_policy_trace_fn fn, void *ud)
+{
+    pr->trace = fn;
+    pr->trace_ud = ud;
+}
+
 /* Reads ctx.<field> as an integer (the ctx table is at the top of the main stack). */
 static int64_t ctx_session_int(lua_State *L, const char *field)
 {
@@ -404,7 +410,7 @@ static int hook_begin(struct ax_policy_req *pr)
     pr->saved_scale = pr->report_scale;
     lua_pop(L, 1);
 
-    if (eng->trace != NULL)
+    if (eng->trace != NULL || pr->trace != NULL)
         pr->before = cJSON_Duplicate(pr->tree, 1);
     lua_settop(co, 0);
     lua_rawgeti(co, LUA_REGISTRYINDEX, p->fn_ref[pr->hook]);
@@ -427,6 +433,8 @@ static void hook_commit(struct ax_policy_req *pr)
 
     if (eng->trace != NULL && pr->before != NULL)
         eng->trace(eng->trace_ud, ax__req_policy_name(pr), pr->hook, pr->before, pr->tree);
+    if (pr->trace != NULL && pr->before != NULL)
+        pr->trace(pr->trace_ud, ax__req_policy_name(pr), pr->hook, pr->before, pr->tree);
     cJSON_Delete(pr->before);
     pr->before = NULL;
     ax__scope_commit(&pr->scope);
