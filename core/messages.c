@@ -226,7 +226,14 @@ static void fail_transfer(struct msg *m, int rc)
 
     switch (rc) {
     case AX_ETIMEDOUT:
-        ax_error_set(&err, 504, "api_error", "upstream timed out");
+        if (!m->stream && m->srv->cfg.nonstream_timeout_ms > 0 &&
+            uv_hrtime() - m->t_sent_ns >= m->srv->cfg.nonstream_timeout_ms * 1000000ull)
+            ax_error_set(&err, 504, "api_error",
+                         "upstream did not finish within %.0f s (nonstream-timeout): stream the "
+                         "request for longer answers",
+                         (double)m->srv->cfg.nonstream_timeout_ms / 1000.0);
+        else
+            ax_error_set(&err, 504, "api_error", "upstream timed out");
         break;
     case AX_EUPSTREAM:
         ax_error_set(&err, 529, "overloaded_error", "upstream unreachable at %s after %d retries",
@@ -631,6 +638,11 @@ static void start_transfer(struct msg *m)
     spec.path = "/v1/chat/completions";
     spec.body = m->obody.data;
     spec.body_len = m->obody.len;
+    /* A non-streaming answer trickled out never trips the idle timeout: bound the whole. */
+    if (!m->stream && m->srv->cfg.nonstream_timeout_ms > 0 &&
+        (m->srv->cfg.total_timeout_ms == 0 ||
+         m->srv->cfg.nonstream_timeout_ms < m->srv->cfg.total_timeout_ms))
+        spec.total_timeout_ms = m->srv->cfg.nonstream_timeout_ms;
     m->up_status = 0;
     ax_buf_reset(&m->resp);
     m->t_sent_ns = uv_hrtime();

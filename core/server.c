@@ -18,6 +18,7 @@
 #include <malloc.h>
 #endif
 #include <string.h>
+#include <sys/resource.h>
 
 #define AX_SESSION_SWEEP_MS 60000
 #define AX_SHUTDOWN_FLUSH_MS 1000 /* after the grace period, for the last error events */
@@ -25,6 +26,10 @@
 /* Claude Code's fixed prefix (24 tools and its system prompt) is about 20k tokens. */
 #define AX_CLAUDE_CODE_PREFIX_TOKENS 20000
 #define AX_CLAUDE_CODE_HEADROOM 8192
+/* Descriptors kept back from client connections, besides one per upstream slot: curl's
+ * spare connections and probes, the loop's own, policy files, the log, and the lingering
+ * closes of refused connections (AX_HTTP_LINGERING_MAX). */
+#define AX_FD_RESERVE (32 + AX_HTTP_LINGERING_MAX)
 
 static int64_t engine_context_window(void *ud)
 {
@@ -69,6 +74,29 @@ static void server_on_request(struct ax_req *req, void *ud)
 static int server_on_headers(const struct ax_req *req, void *ud, struct ax_error *err)
 {
     return ax_routes_check_key(ud, req, err);
+}
+
+/* max_connections, lowered to leave AX_FD_RESERVE descriptors and one per upstream slot
+ * below the process's limit: at the cap a new connection can still be accepted and told
+ * 503, where at the descriptor limit it could only be dropped (libuv's EMFILE fallback). */
+static int connection_cap(const struct ax_config *cfg)
+{
+    struct rlimit rl;
+    long room;
+
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY)
+        return cfg->max_connections;
+    room = (long)rl.rlim_cur - AX_FD_RESERVE - cfg->max_upstream;
+    if (room >= cfg->max_connections)
+        return cfg->max_connections;
+    if (room < 1)
+        room = 1;
+    AX_LOG_WARN(NULL,
+                "max-connections %d lowered to %ld to fit the descriptor limit (ulimit -n %llu, "
+                "%d kept for upstream slots and the server): raise ulimit -n for more",
+                cfg->max_connections, room, (unsigned long long)rl.rlim_cur,
+                AX_FD_RESERVE + cfg->max_upstream);
+    return (int)room;
 }
 
 /* A connection is gone: a stopping server finishes once the last one is. */
@@ -123,6 +151,8 @@ int ax_server_new(uv_loop_t *loop, const struct ax_config *cfg, struct ax_server
     lim.keepalive_timeout_ms = srv->cfg.keepalive_timeout_ms;
     lim.client_stall_timeout_ms = srv->cfg.client_stall_timeout_ms;
     lim.max_inflight_body_bytes = srv->cfg.max_inflight_body_bytes;
+    lim.max_connections = connection_cap(&srv->cfg);
+    lim.max_connections_per_client = srv->cfg.max_connections_per_client;
     hcb.ud = srv;
     hcb.on_headers = server_on_headers;
     ax_http_server_init(&srv->http, loop, &lim, &hcb, &srv->reqs);
@@ -167,7 +197,9 @@ static void on_connection(uv_stream_t *listener, int status)
     struct ax_server *srv = listener->data;
 
     if (status < 0) {
-        AX_LOG_WARN(NULL, "accept failed: %s", uv_strerror(status));
+        /* EMFILE past the reserve: libuv has accepted and dropped the waiting ones */
+        AX_LOG_WARN(NULL, "accept failed: %s (%d connections open)", uv_strerror(status),
+                    srv->http.n_conns);
         return;
     }
     if (srv->stopping)
