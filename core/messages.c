@@ -53,7 +53,9 @@ struct msg {
     cJSON *shadow;       /* count_tokens: a copy the policies may change (and is dropped) */
     cJSON *stops;        /* stop_sequences, kept when the request is released mid-stream */
     int forced;          /* the request forced a tool call (tool_choice any or tool) */
-    struct ax_buf obody; /* its text, alive while the transfer runs */
+    struct ax_buf obody; /* its text, alive until curl is done with it (on_body_done) */
+    int body_done;       /* curl will not read obody again */
+    size_t body_len;     /* of the client's body: what the trees cost, roughly */
     char model[256];     /* as the client named it */
     const char *upstream_model;
     char session_key[128];
@@ -82,8 +84,16 @@ static void run_on_response(struct msg *m, cJSON *resp);
 
 /* ---- life cycle -------------------------------------------------------------------- */
 
+/* Roughly what the request's trees and texts cost (a parsed tree is about three times its
+ * text), for ax_trim_released. */
+static size_t request_memory(const struct msg *m)
+{
+    return (m->body != NULL ? 3 * m->body_len : 0) + m->obody.cap;
+}
+
 static void msg_free(struct msg *m)
 {
+    ax_trim_released(&m->srv->trim, request_memory(m));
     if (m->preq)
         ax_policy_req_free(m->preq);
     if (m->session)
@@ -378,7 +388,7 @@ static void complete_nonstream(struct msg *m)
     ax_usage_from_openai(cJSON_GetObjectItemCaseSensitive(oresp, "usage"), &m->usage);
     memset(&ro, 0, sizeof(ro));
     ro.client_model = m->model;
-    ro.stop_sequences = cJSON_GetObjectItemCaseSensitive(m->body, "stop_sequences");
+    ro.stop_sequences = m->stops; /* the request itself was released at the 200 */
     ro.usage_scale = m->scale;
     ro.reasoning_fallback = m->srv->cfg.reasoning_fallback;
     if (ax_translate_response(oresp, &ro, &resp, &err) < 0) {
@@ -514,20 +524,42 @@ static void on_hold_over(uv_timer_t *t)
     commit_stream(t->data);
 }
 
-/* Once a stream answers 200 the request is of no more use: no retry can follow, and curl
- * has sent the body (it never re-sends once response headers arrived). Dropping the trees
- * and the printed body keeps a stream's memory to the translator, the reader and curl's
- * buffers, whatever the size of the conversation. */
+/* The printed body goes once the request is released and curl is done with it, which
+ * upstream.c says (on_body_done): an upstream may answer before it has read it all, and
+ * curl would then still be reading it. */
+static void release_obody(struct msg *m)
+{
+    if (m->body != NULL || !m->body_done || m->obody.cap == 0)
+        return;
+    ax_trim_released(&m->srv->trim, m->obody.cap);
+    ax_buf_free(&m->obody);
+}
+
+static void on_body_done(struct ax_xfer *x, void *ud)
+{
+    struct msg *m = ud;
+
+    (void)x;
+    m->body_done = 1;
+    release_obody(m);
+}
+
+/* Once the upstream answers 200 the request is of no more use: no retry can follow (only an
+ * error status gets on_upstream_error), and on_response sees the answer, not the request.
+ * Dropping the trees, and the printed body once curl is done with it, keeps a held
+ * request's memory to the translator, the reader and curl's buffers, whatever the size of
+ * the conversation; the freed memory goes back to the system (ax_trim_released). */
 static void release_request(struct msg *m)
 {
     if (m->body == NULL)
         return;
+    ax_trim_released(&m->srv->trim, request_memory(m) - m->obody.cap);
     m->stops = cJSON_DetachItemFromObjectCaseSensitive(m->body, "stop_sequences");
     cJSON_Delete(m->oreq); /* may share nodes with body: never read after this */
     m->oreq = NULL;
     cJSON_Delete(m->body);
     m->body = NULL;
-    ax_buf_free(&m->obody);
+    release_obody(m);
 }
 
 static int on_headers(struct ax_xfer *x, int status, int retry_after, void *ud)
@@ -540,8 +572,9 @@ static int on_headers(struct ax_xfer *x, int status, int retry_after, void *ud)
     m->t_first_ns = uv_hrtime();
     if (m->state == MSG_CANCELED)
         return AX_ECANCELED;
-    if (status == 200 && m->stream) {
-        commit_stream(m);
+    if (status == 200) {
+        if (m->stream)
+            commit_stream(m);
         release_request(m);
     }
     return 0;
@@ -626,7 +659,7 @@ static void on_done(struct ax_xfer *x, int rc, void *ud)
     ax_req_unref(m->req);
 }
 
-static const struct ax_xfer_cbs xfer_cbs = {on_headers, on_data, on_done};
+static const struct ax_xfer_cbs xfer_cbs = {on_headers, on_data, on_done, on_body_done};
 
 static void start_transfer(struct msg *m)
 {
@@ -644,6 +677,7 @@ static void start_transfer(struct msg *m)
          m->srv->cfg.nonstream_timeout_ms < m->srv->cfg.total_timeout_ms))
         spec.total_timeout_ms = m->srv->cfg.nonstream_timeout_ms;
     m->up_status = 0;
+    m->body_done = 0;
     ax_buf_reset(&m->resp);
     m->t_sent_ns = uv_hrtime();
     m->t_first_ns = 0;
@@ -672,6 +706,10 @@ static void send_translated(struct msg *m)
         return;
     }
     AX_LOG_DEBUG(m->req, "upstream request: %zu bytes", m->obody.len);
+    /* Printed: the OpenAI tree is of no more use (a retry translates the request again). It
+     * refers to the Anthropic tree's schemas when shared, so that one stays whole. */
+    cJSON_Delete(m->oreq);
+    m->oreq = NULL;
     start_transfer(m);
 }
 
@@ -973,6 +1011,7 @@ void ax_messages_handle(struct ax_server *srv, struct ax_req *req, int count_onl
     req->on_free = on_req_free;
     snprintf(m->session_key, sizeof(m->session_key), "-");
 
+    m->body_len = req->body.len;
     m->body = ax_json_parse(req->body.data ? req->body.data : "", req->body.len, &err);
     ax_buf_free(&req->body); /* the tree holds its own copies */
     if (m->body == NULL || check_basics(m, &err) < 0) {

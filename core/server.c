@@ -181,6 +181,7 @@ int ax_server_new(uv_loop_t *loop, const struct ax_config *cfg, struct ax_server
     srv->listener.data = srv;
     uv_timer_init(loop, &srv->timer);
     srv->timer.data = srv;
+    ax_trim_init(&srv->trim, loop);
     srv->pending_closes = 0;
     *out = srv;
     return 0;
@@ -351,10 +352,11 @@ static void finish_stop(struct ax_server *srv)
     srv->stopping = 2;
     uv_timer_stop(&srv->timer);
     ax_req_cancel_all(&srv->reqs); /* before the engine closes: nothing may hold it */
-    srv->pending_closes = 2;       /* timer, upstream */
+    srv->pending_closes = 3;       /* timer, trim timer, upstream */
     if (srv->policies)
         srv->pending_closes++;
     uv_close((uv_handle_t *)&srv->timer, on_handle_closed);
+    ax_trim_close(&srv->trim, on_component_closed, srv);
     ax_upstream_close(srv->up, on_component_closed, srv);
     if (srv->policies) {
         ax_policy_engine_close(srv->policies, on_component_closed, srv); /* frees it too */
