@@ -47,6 +47,7 @@ struct msg {
     int stream_failed; /* the upstream reported an error inside the stream */
     int hooks_running; /* a policy hook holds a reference */
     int timer_open;
+    int measuring;       /* counting the prompt with the upstream before the policies run */
     cJSON *body;         /* the Anthropic request (after on_request) */
     cJSON *oreq;         /* the OpenAI request */
     cJSON *final;        /* the answer as the client got it (or the stream's summary) */
@@ -800,12 +801,58 @@ static void answer_count(struct msg *m, int64_t n, const char *how)
     ax_http_respond(m->req, 200, "application/json", NULL, body, (size_t)len);
 }
 
+static void msg_start(struct msg *m);
+
+/* The prompt was counted by the upstream (n > 0), or could not be (n <= 0: the estimate
+ * stands): this turn's factor is the real ratio, so proactive pruning fires at its
+ * threshold even when the estimator is far off for this model. */
+static void measured(struct msg *m, int64_t n)
+{
+    int64_t est = estimate_prompt(m);
+
+    m->measuring = 0;
+    cJSON_Delete(m->oreq); /* translated again after on_request */
+    m->oreq = NULL;
+    ax_buf_reset(&m->obody);
+    if (n > 0 && m->session != NULL) {
+        ax_session_set_measured(m->session, est, n);
+        AX_LOG_INFO(m->req,
+                    "prompt counted with the upstream's /tokenize: %lld tokens for an "
+                    "estimate of %lld (factor %.3f)",
+                    (long long)n, (long long)est, m->session->calibration);
+    } else {
+        AX_LOG_INFO(m->req, "the upstream could not count the prompt: the estimate stands");
+    }
+    msg_start(m);
+}
+
+/* Is this prompt worth counting with the upstream before the policies decide on it? Only
+ * llama-server has /tokenize and /apply-template, and only a session whose estimate was
+ * off (at the clamp, or wrong by more than tokenize_off_ratio on the last turn). */
+static int want_measure(const struct msg *m)
+{
+    return m->session != NULL && m->srv->cfg.tokenize_off_ratio > 0 &&
+           ax_upstream_info(m->srv->up)->llama_server &&
+           ax_session_estimate_off(m->session, m->srv->cfg.tokenize_off_ratio);
+}
+
 static void count_by_estimate(struct msg *m)
 {
+    if (m->measuring) {
+        measured(m, -1);
+        return;
+    }
     int64_t n = estimate_prompt(m);
     if (m->session)
         n = ax_session_calibrated(m->session, n);
     answer_count(m, n, "estimate");
+}
+
+/* count_tokens waits for the upstream as any request would; a count before the policies is
+ * a refinement, bounded by tokenize_timeout (each of the two calls). */
+static uint64_t count_timeout(const struct msg *m)
+{
+    return m->measuring ? m->srv->cfg.tokenize_timeout_ms : 30000;
 }
 
 static void on_tokenized(int rc, int status, const char *body, size_t len, void *ud)
@@ -816,10 +863,14 @@ static void on_tokenized(int rc, int status, const char *body, size_t len, void 
     m->xfer = NULL;
     if (m->state == MSG_PENDING) {
         if (rc == 0 && status == 200 && (j = cJSON_ParseWithLength(body, len)) != NULL &&
-            cJSON_IsArray(toks = cJSON_GetObjectItemCaseSensitive(j, "tokens")))
-            answer_count(m, cJSON_GetArraySize(toks), "upstream /tokenize");
-        else
+            cJSON_IsArray(toks = cJSON_GetObjectItemCaseSensitive(j, "tokens"))) {
+            if (m->measuring)
+                measured(m, cJSON_GetArraySize(toks));
+            else
+                answer_count(m, cJSON_GetArraySize(toks), "upstream /tokenize");
+        } else {
             count_by_estimate(m);
+        }
     }
     cJSON_Delete(j);
     ax_req_unref(m->req);
@@ -843,8 +894,8 @@ static void on_templated(int rc, int status, const char *body, size_t len, void 
     ax_buf_reset(&m->obody);
     ax_json_print(tok, &m->obody);
     ax_req_ref(m->req);
-    if (ax_upstream_fetch(m->srv->up, "POST", "/tokenize", m->obody.data, m->obody.len, 30000,
-                          on_tokenized, m, &m->xfer) < 0) {
+    if (ax_upstream_fetch(m->srv->up, "POST", "/tokenize", m->obody.data, m->obody.len,
+                          count_timeout(m), on_tokenized, m, &m->xfer) < 0) {
         ax_req_unref(m->req);
         count_by_estimate(m);
     }
@@ -868,7 +919,10 @@ static void count_tokens(struct msg *m)
     to.llama_server = info->llama_server;
     to.share = 1; /* only printed */
     if (ax_translate_request(m->body, &to, &m->oreq, &err) < 0) {
-        msg_fail(m, &err);
+        if (m->measuring)
+            measured(m, -1); /* the error is the policies' to fix, or answered after them */
+        else
+            msg_fail(m, &err);
         return;
     }
     if (!info->llama_server) {
@@ -885,8 +939,8 @@ static void count_tokens(struct msg *m)
     ax_json_print(tpl, &m->obody);
     cJSON_Delete(tpl);
     ax_req_ref(m->req);
-    if (ax_upstream_fetch(m->srv->up, "POST", "/apply-template", m->obody.data, m->obody.len, 30000,
-                          on_templated, m, &m->xfer) < 0) {
+    if (ax_upstream_fetch(m->srv->up, "POST", "/apply-template", m->obody.data, m->obody.len,
+                          count_timeout(m), on_templated, m, &m->xfer) < 0) {
         ax_req_unref(m->req);
         count_by_estimate(m);
     }
@@ -989,7 +1043,6 @@ static int check_basics(struct msg *m, struct ax_error *err)
 void ax_messages_handle(struct ax_server *srv, struct ax_req *req, int count_only)
 {
     struct msg *m = calloc(1, sizeof(*m));
-    struct ax_policy_req_info info;
     struct ax_error err = {0};
 
     if (m == NULL) {
@@ -1022,6 +1075,23 @@ void ax_messages_handle(struct ax_server *srv, struct ax_req *req, int count_onl
                    ax_req_header(req, "x-session-id"), m->body, m->session_key,
                    sizeof(m->session_key));
     m->session = ax_monitor_get(srv->mon, m->session_key, uv_now(srv->loop));
+    if (!count_only && want_measure(m)) {
+        m->measuring = 1;
+        count_tokens(m); /* then msg_start, from measured() */
+        return;
+    }
+    msg_start(m);
+}
+
+/* The policies, then the upstream. */
+static void msg_start(struct msg *m)
+{
+    struct ax_server *srv = m->srv;
+    struct ax_req *req = m->req;
+    struct ax_policy_req_info info;
+    struct ax_error err = {0};
+    int count_only = m->count_only;
+
     memset(&info, 0, sizeof(info));
     info.request_id = req->id;
     info.session_id = m->session_key;
