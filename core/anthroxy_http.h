@@ -6,7 +6,13 @@
  * Each complete message goes to on_request, and the connection parses nothing more until
  * that request's response is finished (ax_http_respond and friends, or ax_http_stream_end),
  * so pipelined requests wait in the socket's input and answer in order. A client that goes
- * away cancels the request being answered (ax_req_cancel). */
+ * away cancels the request being answered (ax_req_cancel).
+ *
+ * Refusals end the connection: once an error is answered to a message that was not read to
+ * its end (bad framing, a refused key, a connection cap, a request that did not arrive in
+ * time), the connection shuts its sending side and reads and drops the client's input for a
+ * moment (a lingering close, as nginx's), so that the client reads the answer instead of a
+ * reset. */
 #ifndef ANTHROXY_HTTP_H
 #define ANTHROXY_HTTP_H
 
@@ -20,6 +26,11 @@
 
 struct ax_conn;
 
+/* Connections closing after an error answer at once (a lingering close each); past it they
+ * close outright. An owner sizing descriptors keeps this many in reserve. */
+#define AX_HTTP_LINGERING_MAX 64
+#define AX_HTTP_ADDR_BUCKETS 256
+
 /* The caps and timeouts of every connection (copied at init; struct ax_config's names). */
 struct ax_http_limits {
     size_t max_body_bytes;            /* 413 past it */
@@ -29,6 +40,9 @@ struct ax_http_limits {
     uint64_t client_stall_timeout_ms; /* bytes queued and none written this long: cut off */
     size_t max_inflight_body_bytes;   /* request bodies buffered, all connections: 503 past it
                                          (0: no cap) */
+    int max_connections;              /* open ones: past it a new one gets 503 and closes (0:
+                                         no cap) */
+    int max_connections_per_client;   /* open ones of one peer address: 429 past it (0: off) */
 };
 
 struct ax_http_callbacks {
@@ -57,14 +71,19 @@ struct ax_http_server {
     int n_active;                 /* requests being answered */
     uint64_t n_errors;            /* error answers sent (ax_http_send_error) */
     size_t body_bytes;            /* request body bytes buffered, counted until answered */
+    uint64_t n_refused;           /* connections refused at accept by a connection cap */
+    int _n_lingering;             /* closing after an error answer (counted in n_conns) */
     int _draining;                /* ax_http_close_all ran: answers say Connection: close */
     struct ax_list _conns;
+    struct ax_list _addrs[AX_HTTP_ADDR_BUCKETS]; /* open connections per peer address */
 };
 
 void ax_http_server_init(struct ax_http_server *hs, uv_loop_t *loop,
                          const struct ax_http_limits *limits, const struct ax_http_callbacks *cbs,
                          struct ax_req_registry *reqs);
-/* Accepts a connection from the listening stream; the connection owns itself from here. */
+/* Accepts a connection from the listening stream; the connection owns itself from here.
+ * Past max_connections it is answered 503 overloaded_error, past max_connections_per_client
+ * 429 rate_limit_error (both with retry-after), and closed: told, never dropped silently. */
 int ax_http_accept(struct ax_http_server *hs, uv_stream_t *listener);
 /* Closes every connection (server stop). Idle ones at once, busy ones after their current
  * response when graceful, or at once (canceling their requests); from now on every answer

@@ -50,6 +50,9 @@ struct ax_session {
     int64_t n_calibration;     /* responses that carried a real prompt count */
     double calibration_weight; /* decayed sum of the estimates behind the factor */
     double last_ratio;         /* real / estimate of the last measured prompt (clamped) */
+    double last_forecast;      /* real / calibrated estimate of the last answer's prompt (0:
+                                  none yet): how far off the factor was on the last turn */
+    int64_t n_tokenized;       /* prompts counted with the upstream's /tokenize */
     double abs_err_raw_sum;    /* sum of |raw estimate - real| / real */
     double abs_err_cal_sum;    /* sum of |calibrated estimate - real| / real, using the
                                 * factor known before that response (an honest forecast) */
@@ -114,6 +117,13 @@ void ax_session_set_arm(struct ax_session *s, const char *arm);
  * and walking their shape costs far less than estimating their text. */
 int64_t ax_session_tools_tokens(struct ax_session *s, const cJSON *tools);
 int64_t ax_session_calibrated(const struct ax_session *s, int64_t estimate);
+/* Whether the session's estimate cannot be trusted for this turn: its factor is at a clamp,
+ * or on the last turn the calibrated estimate was off by more than ratio (0.25: a quarter)
+ * of the real count. Then the prompt is worth counting with the upstream (/tokenize). */
+int ax_session_estimate_off(const struct ax_session *s, double ratio);
+/* The upstream counted real tokens for a prompt estimated at estimate: this turn's factor is
+ * that ratio (beyond the clamp if need be, within 1/16..16), weighted as one such answer. */
+void ax_session_set_measured(struct ax_session *s, int64_t estimate, int64_t real);
 /* Mean absolute error of the estimate in percent, raw and calibrated; -1 before any
  * measurement. */
 double ax_session_error_pct(const struct ax_session *s, int calibrated);

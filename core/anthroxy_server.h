@@ -10,6 +10,7 @@
 #include "anthroxy_config.h"
 #include "anthroxy_http.h"
 #include "anthroxy_request.h"
+#include "anthroxy_trim.h"
 
 struct ax_upstream;
 struct ax_fleet;
@@ -34,6 +35,7 @@ struct ax_server {
 
     struct ax_http_server http;  /* the connections, their counters and error count */
     struct ax_req_registry reqs; /* every request alive, answered or not */
+    struct ax_trim trim;         /* memory freed by requests goes back to the system */
 
     struct ax_fleet *fleet; /* the upstreams (fleet.c) */
     struct ax_upstream *up; /* the fleet's default member, for what has no request to route */

@@ -54,7 +54,7 @@ struct ax_xfer_spec {
     const char *method; /* "GET" or "POST" */
     const char *path;   /* copied */
     const char *body;   /* POST body (JSON), NOT copied: the caller keeps it alive and
-                           unchanged until on_done returns */
+                           unchanged until on_body_done runs or on_done returns */
     size_t body_len;
     uint64_t total_timeout_ms; /* override, 0 = the default */
     const char *request_id;    /* sent as X-Request-Id (copied; cut at 40 bytes); may be NULL */
@@ -78,6 +78,11 @@ struct ax_xfer_cbs {
      * AX_ECANCELED (ax_xfer_cancel, ax_upstream_close), or the code on_headers/on_data
      * returned to abort. The transfer is freed when on_done returns. */
     void (*on_done)(struct ax_xfer *x, int rc, void *ud);
+    /* At most once, before on_done: curl has read the whole body and the response has begun
+     * (after on_headers returns, or from the read that took the last byte when the upstream
+     * answered first), so the body is never read again and the caller may free it. Curl
+     * re-sends a body only on a reused connection that died before answering. May be NULL. */
+    void (*on_body_done)(struct ax_xfer *x, void *ud);
 };
 
 /* Starts (or queues, when max_concurrent transfers run) a transfer. Returns 0 or AX_EBUSY

@@ -122,6 +122,21 @@ static const struct opt opts[] = {
      "on SIGINT/SIGTERM, let in-flight requests finish this long, then cancel them"},
     {"max-inflight-body-bytes", NULL, OPT_SIZE, F(max_inflight_body_bytes), "256M", 1, BIG, 0,
      "BYTES", "request bodies buffered at once, all connections (503 overloaded_error beyond)"},
+    /* issue 13: connection caps and the non-streaming bound (one block) */
+    {"max-connections", NULL, OPT_INT, F(max_connections), "4096", 1, 10000000, 0, "N",
+     "open client connections; past it a new one is answered 503 overloaded_error and closed "
+     "(lowered at start to fit the descriptor limit, ulimit -n)"},
+    {"max-connections-per-client", NULL, OPT_INT, F(max_connections_per_client), "0", 0, 10000000,
+     0, "N",
+     "open connections from one client address (429 rate_limit_error past it); 0: no limit"},
+    {"nonstream-timeout", NULL, OPT_SECS, F(nonstream_timeout_ms), "600", 0, 604800, 0, "SEC",
+     "whole upstream transfer of a non-streaming request (504 past it); 0: no limit"},
+    {"tokenize-off-ratio", NULL, OPT_DOUBLE, F(tokenize_off_ratio), "0.25", 0, 100, 0, "F",
+     "count a prompt with llama-server's /tokenize before the policies decide to prune when "
+     "the session's factor is at its clamp or was off by more than this share on the last "
+     "turn; 0: never"},
+    {"tokenize-timeout", NULL, OPT_SECS, F(tokenize_timeout_ms), "2", 0.001, 600, 0, "SEC",
+     "longest wait for that count; past it the estimate is used"},
     {"ping-interval", NULL, OPT_SECS, F(ping_interval_ms), "10", 0.01, 3600, 0, "SEC",
      "send event: ping on a stream silent this long"},
     {"first-byte-hold", NULL, OPT_SECS, F(first_byte_hold_ms), "2", 0, 600, 0, "SEC",

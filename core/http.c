@@ -3,6 +3,7 @@
  * queue with watermarks, frames chunked responses, and turns an ax_error into bytes
  * (ax_http_send_error). A leaf: each complete request goes up through the on_request
  * callback of whoever accepted (server.c wires in routes.c's dispatcher). */
+#include "anthroxy_hash.h"
 #include "anthroxy_http.h"
 #include "anthroxy_log.h"
 
@@ -14,18 +15,36 @@
 
 #define AX_MAX_HEADERS 100
 #define AX_MAX_PENDING_INPUT (1024 * 1024) /* unparsed pipelined input before read stops */
+/* A lingering close: the answer is out and our side shut; the client's input is read and
+ * dropped until it closes too, for this long or this many bytes at most. */
+#define AX_LINGER_MS 2000
+#define AX_LINGER_MAX_BYTES (4 * 1024 * 1024)
+#define AX_RETRY_AFTER_S 1
+
+/* Open connections of one peer address (max_connections_per_client). */
+struct addr_count {
+    struct ax_list link; /* in hs->_addrs[hash] */
+    int n;
+    size_t len;
+    unsigned char key[17]; /* the family, then the address */
+};
 
 struct ax_conn {
     uv_tcp_t tcp;
     uv_timer_t timer; /* keep-alive idle, or write stall while bytes are queued */
     uv_idle_t resume; /* parses pipelined input on the loop turn after an answer */
+    uv_shutdown_t shutdown;
     int pending_closes;
     int closing;
     int reading;
     int in_parse; /* inside conn_parse: its loop goes on once the handler returns */
     int close_after_write;
+    int linger;    /* an error answer to a message not read whole: linger once it is out */
+    int lingering; /* our side shut; input dropped until the client closes or time is up */
+    size_t discarded;
     struct ax_http_server *hs;
-    struct ax_list link; /* in hs->_conns */
+    struct ax_list link;     /* in hs->_conns */
+    struct addr_count *addr; /* counted there while open and not lingering; may be NULL */
 
     llhttp_t parser;
     struct ax_buf in;      /* received but not yet parsed */
@@ -56,6 +75,7 @@ static int parser_settings_ready;
 static void conn_parse(struct ax_conn *c);
 static void conn_on_resume(uv_idle_t *h);
 static void conn_close(struct ax_conn *c);
+static void conn_end(struct ax_conn *c);
 static void conn_arm_timer(struct ax_conn *c);
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
 static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf);
@@ -72,6 +92,69 @@ void ax_http_server_init(struct ax_http_server *hs, uv_loop_t *loop,
     hs->cbs = *cbs;
     hs->reqs = reqs;
     ax_list_init(&hs->_conns);
+    for (size_t i = 0; i < AX_HTTP_ADDR_BUCKETS; i++)
+        ax_list_init(&hs->_addrs[i]);
+}
+
+/* ---- per-address counts -------------------------------------------------------------- */
+
+/* The count of the connection's peer address, created at 0; NULL when not kept (the cap is
+ * off, the peer has no IP address, or no memory: the connection is then not counted). */
+static struct addr_count *addr_find(struct ax_http_server *hs, uv_tcp_t *tcp)
+{
+    struct sockaddr_storage ss;
+    int len = sizeof(ss);
+    unsigned char key[17];
+    size_t klen;
+    struct ax_list *bucket, *n;
+    struct addr_count *a;
+
+    if (hs->limits.max_connections_per_client <= 0 ||
+        uv_tcp_getpeername(tcp, (struct sockaddr *)&ss, &len) < 0)
+        return NULL;
+    key[0] = (unsigned char)ss.ss_family;
+    if (ss.ss_family == AF_INET) {
+        memcpy(key + 1, &((struct sockaddr_in *)&ss)->sin_addr, 4);
+        klen = 5;
+    } else if (ss.ss_family == AF_INET6) {
+        memcpy(key + 1, &((struct sockaddr_in6 *)&ss)->sin6_addr, 16);
+        klen = 17;
+    } else {
+        return NULL;
+    }
+    bucket = &hs->_addrs[ax_fnv1a(key, klen, AX_FNV1A_INIT) % AX_HTTP_ADDR_BUCKETS];
+    AX_LIST_FOREACH(n, bucket)
+    {
+        a = AX_LIST_ENTRY(n, struct addr_count, link);
+        if (a->len == klen && memcmp(a->key, key, klen) == 0)
+            return a;
+    }
+    if ((a = calloc(1, sizeof(*a))) == NULL)
+        return NULL;
+    a->len = klen;
+    memcpy(a->key, key, klen);
+    ax_list_push_front(bucket, &a->link);
+    return a;
+}
+
+static void addr_put(struct addr_count *a)
+{
+    if (a->n <= 0) {
+        ax_list_unlink(&a->link);
+        free(a);
+    }
+}
+
+/* The connection no longer counts for its address (closing, or lingering). */
+static void addr_release(struct ax_conn *c)
+{
+    struct addr_count *a = c->addr;
+
+    if (a == NULL)
+        return;
+    c->addr = NULL;
+    a->n--;
+    addr_put(a);
 }
 
 size_t ax_http_queued(const struct ax_req *req)
@@ -313,7 +396,7 @@ static void on_write_done(uv_write_t *w, int status)
     if (c->active && c->active->on_drain && c->queued <= c->hs->limits.write_low_water)
         c->active->on_drain(c->active);
     if (c->queued == 0 && c->close_after_write) {
-        conn_close(c);
+        conn_end(c);
         return;
     }
     conn_arm_timer(c);
@@ -328,7 +411,7 @@ static int conn_write(struct ax_conn *c, uv_buf_t *bufs, unsigned int nbufs)
     unsigned int i;
     int n;
 
-    if (c->closing)
+    if (c->closing || c->lingering)
         return AX_ECANCELED;
     for (i = 0; i < nbufs; i++)
         total += bufs[i].len;
@@ -488,7 +571,7 @@ static void finish(struct ax_req *req)
         if (!req->keep_alive || c->hs->_draining) {
             c->close_after_write = 1;
             if (c->queued == 0)
-                conn_close(c);
+                conn_end(c);
         } else if (!c->in_parse && c->in.len > 0) {
             uv_idle_start(&c->resume, conn_on_resume);
         }
@@ -598,6 +681,10 @@ static void on_timer(uv_timer_t *t)
 {
     struct ax_conn *c = t->data;
 
+    if (c->lingering) {
+        conn_close(c);
+        return;
+    }
     if (c->queued > 0) {
         if (c->tcp.write_queue_size < c->progress_mark) {
             /* the client took part of a queued write: progress, though no write completed */
@@ -629,7 +716,7 @@ static void conn_arm_timer(struct ax_conn *c)
     const struct ax_http_limits *lim = &c->hs->limits;
     uint64_t ms = 0, now, spent;
 
-    if (c->closing)
+    if (c->closing || c->lingering)
         return;
     if (c->queued > 0) {
         /* measured from the last bytes the client took, not from the last write queued
@@ -680,6 +767,9 @@ static void conn_close(struct ax_conn *c)
         return;
     c->closing = 1;
     conn_release_body(c);
+    addr_release(c);
+    if (c->lingering)
+        c->hs->_n_lingering--;
     if ((active = c->active) != NULL) {
         c->active = NULL;
         c->hs->n_active--;
@@ -695,7 +785,51 @@ static void conn_close(struct ax_conn *c)
     uv_close((uv_handle_t *)&c->resume, on_conn_handle_closed);
 }
 
-/* Answers a parse failure: the message is unusable, so close after the answer. */
+static void on_shutdown(uv_shutdown_t *sd, int status)
+{
+    struct ax_conn *c = sd->data;
+
+    if (status < 0 && status != UV_ECANCELED)
+        conn_close(c); /* the peer is gone already */
+}
+
+/* The answer is out: shut our side and drop what the client still sends, until it closes
+ * or the linger is over. Closing with unread input would send a reset, and the client could
+ * lose the answer before reading it. */
+static void conn_linger(struct ax_conn *c)
+{
+    if (c->closing || c->lingering)
+        return;
+    if (c->hs->_n_lingering >= AX_HTTP_LINGERING_MAX || c->hs->_draining) {
+        conn_close(c);
+        return;
+    }
+    c->shutdown.data = c;
+    if (uv_shutdown(&c->shutdown, (uv_stream_t *)&c->tcp, on_shutdown) < 0) {
+        conn_close(c);
+        return;
+    }
+    c->lingering = 1;
+    c->hs->_n_lingering++;
+    addr_release(c);
+    uv_idle_stop(&c->resume);
+    ax_buf_free(&c->in);
+    if (!c->reading && uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) == 0)
+        c->reading = 1;
+    uv_timer_start(&c->timer, on_timer, AX_LINGER_MS, 0);
+}
+
+/* The last answer of the connection is out. */
+static void conn_end(struct ax_conn *c)
+{
+    if (c->linger)
+        conn_linger(c);
+    else
+        conn_close(c);
+}
+
+/* Answers a parse failure (or a refusal): the message is unusable, so close after the
+ * answer, lingering since the client may still be sending it. */
 static void conn_parse_failed(struct ax_conn *c, llhttp_errno_t e)
 {
     struct ax_req *r = c->cur;
@@ -713,6 +847,7 @@ static void conn_parse_failed(struct ax_conn *c, llhttp_errno_t e)
     }
     c->cur = NULL;
     r->keep_alive = 0;
+    c->linger = 1;
     c->active = r;
     c->hs->n_active++;
     AX_LOG_INFO(r, "bad request: %s", c->perr.message);
@@ -725,7 +860,7 @@ static void conn_parse_failed(struct ax_conn *c, llhttp_errno_t e)
 static void conn_parse(struct ax_conn *c)
 {
     c->in_parse = 1;
-    while (!c->closing && c->active == NULL && c->in.len > 0) {
+    while (!c->closing && !c->lingering && c->active == NULL && c->in.len > 0) {
         llhttp_errno_t e = llhttp_execute(&c->parser, c->in.data, c->in.len);
         struct ax_req *r;
         size_t used;
@@ -752,7 +887,7 @@ static void conn_parse(struct ax_conn *c)
         ax_req_unref(r);
     }
     c->in_parse = 0;
-    if (!c->closing) {
+    if (!c->closing && !c->lingering) {
         if (!c->reading && c->in.len < AX_MAX_PENDING_INPUT &&
             uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) == 0)
             c->reading = 1;
@@ -765,7 +900,7 @@ static void conn_on_resume(uv_idle_t *h)
     struct ax_conn *c = h->data;
 
     uv_idle_stop(h);
-    if (!c->closing && c->active == NULL)
+    if (!c->closing && !c->lingering && c->active == NULL)
         conn_parse(c);
 }
 
@@ -774,6 +909,8 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
     struct ax_conn *c = h->data;
 
     (void)suggested;
+    if (c->lingering)
+        ax_buf_reset(&c->in); /* dropped: one buffer, reused */
     if (ax_buf_reserve(&c->in, 65536) < 0) {
         buf->base = NULL;
         buf->len = 0;
@@ -796,6 +933,12 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
     }
     if (n == 0)
         return;
+    if (c->lingering) {
+        c->discarded += (size_t)n;
+        if (c->discarded > AX_LINGER_MAX_BYTES)
+            conn_close(c);
+        return;
+    }
     c->in.len += (size_t)n;
     c->in.data[c->in.len] = '\0';
     if (c->active == NULL) {
@@ -804,6 +947,32 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
         uv_read_stop(s); /* too much pipelined input: let TCP push back */
         c->reading = 0;
     }
+}
+
+/* Why a new connection is refused (in perr), or 0 to admit it, counted in its address. */
+static int conn_admit(struct ax_conn *c)
+{
+    struct ax_http_server *hs = c->hs;
+    const struct ax_http_limits *lim = &hs->limits;
+    struct addr_count *a;
+
+    /* c is counted in n_conns already; lingering ones are on their way out */
+    if (lim->max_connections > 0 && hs->n_conns - 1 - hs->_n_lingering >= lim->max_connections)
+        return ax_error_set(&c->perr, 503, "overloaded_error",
+                            "too many connections (max_connections %d): retry later",
+                            lim->max_connections);
+    if ((a = addr_find(hs, &c->tcp)) != NULL) {
+        if (a->n >= lim->max_connections_per_client) {
+            addr_put(a); /* freed if just created for this one */
+            return ax_error_set(&c->perr, 429, "rate_limit_error",
+                                "too many connections from this address "
+                                "(max_connections_per_client %d): retry later",
+                                lim->max_connections_per_client);
+        }
+        a->n++;
+        c->addr = a;
+    }
+    return 0;
 }
 
 int ax_http_accept(struct ax_http_server *hs, uv_stream_t *listener)
@@ -833,6 +1002,13 @@ int ax_http_accept(struct ax_http_server *hs, uv_stream_t *listener)
     uv_tcp_nodelay(&c->tcp, 1);
     llhttp_init(&c->parser, HTTP_REQUEST, &parser_settings);
     c->parser.data = c;
+    if (conn_admit(c) < 0) {
+        /* Answered rather than dropped, so the client knows to come back later. */
+        c->perr.retry_after = AX_RETRY_AFTER_S;
+        hs->n_refused++;
+        conn_parse_failed(c, HPE_USER);
+        return 0;
+    }
     if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) < 0) {
         conn_close(c);
         return AX_EIO;

@@ -58,6 +58,8 @@ struct msg {
     cJSON *final;          /* the answer as the client got it (or the stream's summary) */
     cJSON *shadow;         /* count_tokens: a copy the policies may change (and is dropped) */
     cJSON *stops;          /* stop_sequences, kept when the request is released mid-stream */
+    cJSON *tools;          /* a complete answer's: the request's tools, kept past the 200 for
+                              the text tool calls and schema checks of translate_response.c */
     cJSON *cm;             /* the answer's context_management ({"applied_edits":[...]}) */
     cJSON *compaction;     /* the compaction block the answer opens with, or NULL */
     cJSON *c_iter;         /* its usage.iterations entry (the summary call's usage), or NULL */
@@ -66,7 +68,10 @@ struct msg {
     int count_edited;      /* count_tokens of the request as context management edited it */
     int64_t count_cleared; /* the input tokens those edits cleared */
     int forced;            /* the request forced a tool call (tool_choice any or tool) */
-    struct ax_buf obody;   /* its text, alive while the transfer runs */
+    struct ax_buf obody;   /* its text, alive until curl is done with it (on_body_done) */
+    int body_done;         /* curl will not read obody again */
+    size_t body_len;       /* of the client's body: what the trees cost, roughly */
+    int measuring;         /* counting the prompt with the upstream before the policies run */
     char model[256];       /* as the client named it */
     const char *upstream_model;
     char session_key[128];
@@ -126,10 +131,18 @@ static void record_finish(struct msg *m)
     ax_rec_finish(m->rx, &end);
 }
 
+/* Roughly what the request's trees and texts cost (a parsed tree is about three times its
+ * text), for ax_trim_released. */
+static size_t request_memory(const struct msg *m)
+{
+    return (m->body != NULL ? 3 * m->body_len : 0) + m->obody.cap;
+}
+
 static void msg_free(struct msg *m)
 {
     if (m->rx)
         record_finish(m);
+    ax_trim_released(&m->srv->trim, request_memory(m));
     if (m->preq)
         ax_policy_req_free(m->preq);
     if (m->session && m->srv->share) /* --workers: the other workers see this turn */
@@ -141,6 +154,7 @@ static void msg_free(struct msg *m)
     cJSON_Delete(m->final);
     cJSON_Delete(m->shadow);
     cJSON_Delete(m->stops);
+    cJSON_Delete(m->tools);
     cJSON_Delete(m->route_view);
     cJSON_Delete(m->cm);
     cJSON_Delete(m->compaction);
@@ -377,7 +391,14 @@ static void fail_transfer(struct msg *m, int rc)
 
     switch (rc) {
     case AX_ETIMEDOUT:
-        ax_error_set(&err, 504, "api_error", "upstream timed out");
+        if (!m->stream && m->srv->cfg.nonstream_timeout_ms > 0 &&
+            uv_hrtime() - m->t_sent_ns >= m->srv->cfg.nonstream_timeout_ms * 1000000ull)
+            ax_error_set(&err, 504, "api_error",
+                         "upstream did not finish within %.0f s (nonstream-timeout): stream the "
+                         "request for longer answers",
+                         (double)m->srv->cfg.nonstream_timeout_ms / 1000.0);
+        else
+            ax_error_set(&err, 504, "api_error", "upstream timed out");
         break;
     case AX_EUPSTREAM:
         if (ax_fleet_count(m->srv->fleet) > 1 && m->up)
@@ -547,10 +568,10 @@ static void complete_nonstream(struct msg *m)
     ax_rec_timings(m->rx, cJSON_GetObjectItemCaseSensitive(oresp, "timings"));
     memset(&ro, 0, sizeof(ro));
     ro.client_model = m->model;
-    ro.stop_sequences = cJSON_GetObjectItemCaseSensitive(m->body, "stop_sequences");
+    ro.stop_sequences = m->stops; /* the request itself was released at the 200 */
     ro.usage_scale = m->scale;
     ro.reasoning_fallback = m->srv->cfg.reasoning_fallback;
-    ro.tools = cJSON_GetObjectItemCaseSensitive(m->body, "tools");
+    ro.tools = m->body ? cJSON_GetObjectItemCaseSensitive(m->body, "tools") : m->tools;
     ro.stats = &ts;
     memset(&ts, 0, sizeof(ts));
     ro.compaction = m->compaction;
@@ -720,23 +741,48 @@ static void on_hold_over(uv_timer_t *t)
     commit_stream(t->data);
 }
 
-/* Once a stream answers 200 the request is of no more use: no retry can follow, and curl
- * has sent the body (it never re-sends once response headers arrived). Dropping the trees
- * and the printed body keeps a stream's memory to the translator, the reader and curl's
- * buffers, whatever the size of the conversation. */
+/* The printed body goes once the request is released and curl is done with it, which
+ * upstream.c says (on_body_done): an upstream may answer before it has read it all, and
+ * curl would then still be reading it. */
+static void release_obody(struct msg *m)
+{
+    if (m->body != NULL || !m->body_done || m->obody.cap == 0)
+        return;
+    ax_trim_released(&m->srv->trim, m->obody.cap);
+    ax_buf_free(&m->obody);
+}
+
+static void on_body_done(struct ax_xfer *x, void *ud)
+{
+    struct msg *m = ud;
+
+    (void)x;
+    m->body_done = 1;
+    release_obody(m);
+}
+
+/* Once the upstream answers 200 the request is of no more use: no retry can follow (only an
+ * error status gets on_upstream_error), and on_response sees the answer, not the request.
+ * Dropping the trees, and the printed body once curl is done with it, keeps a held
+ * request's memory to the translator, the reader and curl's buffers, whatever the size of
+ * the conversation; the freed memory goes back to the system (ax_trim_released). */
 static void release_request(struct msg *m)
 {
     if (m->body == NULL)
         return;
+    ax_trim_released(&m->srv->trim, request_memory(m) - m->obody.cap);
     m->stops = cJSON_DetachItemFromObjectCaseSensitive(m->body, "stop_sequences");
     cJSON_Delete(m->oreq); /* may share nodes with body: never read after this */
     m->oreq = NULL;
-    if (m->st_ready && ax_stream_keep_tools_take(
-                           &m->st, cJSON_DetachItemFromObjectCaseSensitive(m->body, "tools")) < 0)
+    if (!m->stream)
+        m->tools = cJSON_DetachItemFromObjectCaseSensitive(m->body, "tools");
+    else if (m->st_ready &&
+             ax_stream_keep_tools_take(
+                 &m->st, cJSON_DetachItemFromObjectCaseSensitive(m->body, "tools")) < 0)
         AX_LOG_WARN(m->req, "out of memory keeping the tools: text tool calls stay text");
     cJSON_Delete(m->body);
     m->body = NULL;
-    ax_buf_free(&m->obody);
+    release_obody(m);
 }
 
 static int on_headers(struct ax_xfer *x, int status, int retry_after, void *ud)
@@ -749,8 +795,9 @@ static int on_headers(struct ax_xfer *x, int status, int retry_after, void *ud)
     m->t_first_ns = uv_hrtime();
     if (m->state == MSG_CANCELED)
         return AX_ECANCELED;
-    if (status == 200 && m->stream) {
-        commit_stream(m);
+    if (status == 200) {
+        if (m->stream)
+            commit_stream(m);
         release_request(m);
     }
     return 0;
@@ -897,7 +944,7 @@ static void on_done(struct ax_xfer *x, int rc, void *ud)
     ax_req_unref(m->req);
 }
 
-static const struct ax_xfer_cbs xfer_cbs = {on_headers, on_data, on_done};
+static const struct ax_xfer_cbs xfer_cbs = {on_headers, on_data, on_done, on_body_done};
 
 static void start_transfer(struct msg *m)
 {
@@ -910,7 +957,13 @@ static void start_transfer(struct msg *m)
     spec.body = m->obody.data;
     spec.body_len = m->obody.len;
     spec.request_id = m->req->id; /* the client's request-id, so both logs join on it */
+    /* A non-streaming answer trickled out never trips the idle timeout: bound the whole. */
+    if (!m->stream && m->srv->cfg.nonstream_timeout_ms > 0 &&
+        (m->srv->cfg.total_timeout_ms == 0 ||
+         m->srv->cfg.nonstream_timeout_ms < m->srv->cfg.total_timeout_ms))
+        spec.total_timeout_ms = m->srv->cfg.nonstream_timeout_ms;
     m->up_status = 0;
+    m->body_done = 0;
     ax_buf_reset(&m->resp);
     m->t_sent_ns = uv_hrtime();
     m->t_first_ns = 0;
@@ -941,6 +994,10 @@ static void send_translated(struct msg *m)
     AX_LOG_DEBUG(m->req, "upstream request: %zu bytes", m->obody.len);
     ax_rec_upstream_request(m->rx, m->obody.data, m->obody.len,
                             m->up ? ax_models_window(&m->srv->cfg, m->up, NULL) : 0);
+    /* Printed: the OpenAI tree is of no more use (a retry translates the request again). It
+     * refers to the Anthropic tree's schemas when shared, so that one stays whole. */
+    cJSON_Delete(m->oreq);
+    m->oreq = NULL;
     start_transfer(m);
 }
 
@@ -1105,12 +1162,60 @@ static void answer_count(struct msg *m, int64_t n, const char *how)
     ax_http_respond(m->req, 200, "application/json", NULL, body, (size_t)len);
 }
 
+static void msg_start(struct msg *m);
+
+/* The prompt was counted by the upstream (n > 0), or could not be (n <= 0: the estimate
+ * stands): this turn's factor is the real ratio, so proactive pruning fires at its
+ * threshold even when the estimator is far off for this model. */
+static void measured(struct msg *m, int64_t n)
+{
+    int64_t est = estimate_prompt(m);
+
+    m->measuring = 0;
+    memset(&m->route, 0, sizeof(m->route)); /* the real pick starts afresh, after on_route */
+    m->up = NULL;
+    cJSON_Delete(m->oreq); /* translated again after on_request */
+    m->oreq = NULL;
+    ax_buf_reset(&m->obody);
+    if (n > 0 && m->session != NULL) {
+        ax_session_set_measured(m->session, est, n);
+        AX_LOG_INFO(m->req,
+                    "prompt counted with the upstream's /tokenize: %lld tokens for an "
+                    "estimate of %lld (factor %.3f)",
+                    (long long)n, (long long)est, m->session->calibration);
+    } else {
+        AX_LOG_INFO(m->req, "the upstream could not count the prompt: the estimate stands");
+    }
+    msg_start(m);
+}
+
+/* Is this prompt worth counting with the upstream before the policies decide on it? Only
+ * llama-server has /tokenize and /apply-template, and only a session whose estimate was
+ * off (at the clamp, or wrong by more than tokenize_off_ratio on the last turn). */
+static int want_measure(const struct msg *m)
+{
+    return m->session != NULL && m->srv->cfg.tokenize_off_ratio > 0 &&
+           ax_upstream_info(m->srv->up)->llama_server &&
+           ax_session_estimate_off(m->session, m->srv->cfg.tokenize_off_ratio);
+}
+
 static void count_by_estimate(struct msg *m)
 {
+    if (m->measuring) {
+        measured(m, -1);
+        return;
+    }
     int64_t n = estimate_prompt(m);
     if (m->session)
         n = ax_session_calibrated(m->session, n);
     answer_count(m, n, "estimate");
+}
+
+/* count_tokens waits for the upstream as any request would; a count before the policies is
+ * a refinement, bounded by tokenize_timeout (each of the two calls). */
+static uint64_t count_timeout(const struct msg *m)
+{
+    return m->measuring ? m->srv->cfg.tokenize_timeout_ms : 30000;
 }
 
 static void on_tokenized(int rc, int status, const char *body, size_t len, void *ud)
@@ -1121,10 +1226,14 @@ static void on_tokenized(int rc, int status, const char *body, size_t len, void 
     m->xfer = NULL;
     if (m->state == MSG_PENDING) {
         if (rc == 0 && status == 200 && (j = cJSON_ParseWithLength(body, len)) != NULL &&
-            cJSON_IsArray(toks = cJSON_GetObjectItemCaseSensitive(j, "tokens")))
-            answer_count(m, cJSON_GetArraySize(toks), "upstream /tokenize");
-        else
+            cJSON_IsArray(toks = cJSON_GetObjectItemCaseSensitive(j, "tokens"))) {
+            if (m->measuring)
+                measured(m, cJSON_GetArraySize(toks));
+            else
+                answer_count(m, cJSON_GetArraySize(toks), "upstream /tokenize");
+        } else {
             count_by_estimate(m);
+        }
     }
     cJSON_Delete(j);
     ax_req_unref(m->req);
@@ -1148,7 +1257,7 @@ static void on_templated(int rc, int status, const char *body, size_t len, void 
     ax_buf_reset(&m->obody);
     ax_json_print(tok, &m->obody);
     ax_req_ref(m->req);
-    if (ax_upstream_fetch(m->up, "POST", "/tokenize", m->obody.data, m->obody.len, 30000,
+    if (ax_upstream_fetch(m->up, "POST", "/tokenize", m->obody.data, m->obody.len, count_timeout(m),
                           on_tokenized, m, &m->xfer) < 0) {
         ax_req_unref(m->req);
         count_by_estimate(m);
@@ -1168,17 +1277,26 @@ static void count_tokens(struct msg *m)
     cJSON *tpl;
     int llama;
 
-    if (pick_route(m, &err) < 0) {
+    if (m->measuring) {
+        /* a refinement before the policies: the default upstream counts, and the request's
+         * own pick (after on_route, with its load and affinity) is still to come */
+        m->up = m->srv->up;
+        llama = ax_upstream_info(m->up)->llama_server;
+    } else if (pick_route(m, &err) < 0) {
         msg_fail(m, &err);
         return;
+    } else {
+        llama = ax_fleet_llama_server(m->srv->fleet, m->route.idx);
     }
-    llama = ax_fleet_llama_server(m->srv->fleet, m->route.idx);
     memset(&to, 0, sizeof(to));
     to.upstream_model = m->route.upstream_model;
     to.llama_server = llama;
     to.share = 1; /* only printed */
     if (ax_translate_request(m->body, &to, &m->oreq, &err) < 0) {
-        msg_fail(m, &err);
+        if (m->measuring)
+            measured(m, -1); /* the error is the policies' to fix, or answered after them */
+        else
+            msg_fail(m, &err);
         return;
     }
     if (!llama) {
@@ -1195,8 +1313,8 @@ static void count_tokens(struct msg *m)
     ax_json_print(tpl, &m->obody);
     cJSON_Delete(tpl);
     ax_req_ref(m->req);
-    if (ax_upstream_fetch(m->up, "POST", "/apply-template", m->obody.data, m->obody.len, 30000,
-                          on_templated, m, &m->xfer) < 0) {
+    if (ax_upstream_fetch(m->up, "POST", "/apply-template", m->obody.data, m->obody.len,
+                          count_timeout(m), on_templated, m, &m->xfer) < 0) {
         ax_req_unref(m->req);
         count_by_estimate(m);
     }
@@ -1533,7 +1651,6 @@ static int choose_arm(struct msg *m, struct ax_error *err)
 void ax_messages_handle(struct ax_server *srv, struct ax_req *req, int count_only)
 {
     struct msg *m = calloc(1, sizeof(*m));
-    struct ax_policy_req_info info;
     struct ax_error err = {0};
 
     if (m == NULL) {
@@ -1555,6 +1672,7 @@ void ax_messages_handle(struct ax_server *srv, struct ax_req *req, int count_onl
     req->on_free = on_req_free;
     snprintf(m->session_key, sizeof(m->session_key), "-");
 
+    m->body_len = req->body.len;
     m->body = ax_json_parse(req->body.data ? req->body.data : "", req->body.len, &err);
     if (m->body == NULL || check_basics(m, &err) < 0) {
         msg_fail(m, &err);
@@ -1590,6 +1708,23 @@ void ax_messages_handle(struct ax_server *srv, struct ax_req *req, int count_onl
         m->prunes0 = m->session->prune_count;
         m->overflows0 = m->session->overflow_count;
     }
+    if (!count_only && want_measure(m)) {
+        m->measuring = 1;
+        count_tokens(m); /* then msg_start, from measured() */
+        return;
+    }
+    msg_start(m);
+}
+
+/* The policies, then the upstream. */
+static void msg_start(struct msg *m)
+{
+    struct ax_server *srv = m->srv;
+    struct ax_req *req = m->req;
+    struct ax_policy_req_info info;
+    struct ax_error err = {0};
+    int count_only = m->count_only;
+
     memset(&info, 0, sizeof(info));
     info.request_id = req->id;
     info.session_id = m->session_key;

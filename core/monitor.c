@@ -31,6 +31,8 @@
 #define CAL_PRIOR 1024.0
 #define CAL_MIN 0.25
 #define CAL_MAX 4.0
+#define CAL_MEASURED_MIN (1.0 / 16)
+#define CAL_MEASURED_MAX 16.0
 
 struct ax_monitor {
     struct ax_session **buckets;
@@ -338,6 +340,7 @@ void ax_session_record_response(struct ax_session *s, int64_t estimated_prompt, 
     /* the error the factor known before this answer would have made: a forecast, not a fit */
     s->abs_err_raw_sum += fabs(est - real) / real;
     s->abs_err_cal_sum += fabs(est * s->calibration - real) / real;
+    s->last_forecast = real / (est * s->calibration);
     ratio = clamp(real / est, CAL_MIN, CAL_MAX);
     s->calibration_weight += est - fmin(CAL_ALPHA * s->calibration_weight, est);
     w = est / s->calibration_weight;
@@ -346,6 +349,24 @@ void ax_session_record_response(struct ax_session *s, int64_t estimated_prompt, 
     s->n_calibration++;
     s->last_estimate = estimated_prompt;
     s->last_real_prompt = real_prompt;
+}
+
+int ax_session_estimate_off(const struct ax_session *s, double ratio)
+{
+    if (ratio <= 0 || s->n_calibration == 0)
+        return 0;
+    if (s->calibration <= CAL_MIN || s->calibration >= CAL_MAX)
+        return 1;
+    return s->last_forecast > 0 && fabs(s->last_forecast - 1.0) > ratio;
+}
+
+void ax_session_set_measured(struct ax_session *s, int64_t estimate, int64_t real)
+{
+    if (estimate <= 0 || real <= 0)
+        return;
+    s->calibration = clamp((double)real / (double)estimate, CAL_MEASURED_MIN, CAL_MEASURED_MAX);
+    s->calibration_weight = (double)estimate / CAL_ALPHA; /* as if steady at this size */
+    s->n_tokenized++;
 }
 
 void ax_session_note_tool_calls(struct ax_session *s, const uint64_t *fps, int n, int forced)
@@ -485,6 +506,8 @@ static cJSON *calibration_json(const struct ax_session *s)
         return NULL;
     if (cJSON_AddNumberToObject(c, "factor", round_to(s->calibration, 1e4)) == NULL ||
         cJSON_AddNumberToObject(c, "samples", (double)s->n_calibration) == NULL ||
+        cJSON_AddNumberToObject(c, "tokenized", (double)s->n_tokenized) == NULL ||
+        cJSON_AddNumberToObject(c, "last_forecast", round_to(s->last_forecast, 1e4)) == NULL ||
         cJSON_AddNumberToObject(c, "weight_tokens", round(s->calibration_weight)) == NULL ||
         cJSON_AddNumberToObject(c, "last_ratio", round_to(s->last_ratio, 1e4)) == NULL ||
         cJSON_AddNumberToObject(c, "last_estimate", (double)s->last_estimate) == NULL ||

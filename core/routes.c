@@ -273,6 +273,8 @@ static void route_health(struct ax_server *srv, struct ax_req *req)
     cJSON_AddNumberToObject(root, "requests", (double)srv->n_requests);
     cJSON_AddNumberToObject(root, "errors", (double)srv->http.n_errors);
     cJSON_AddNumberToObject(root, "connections", srv->http.n_conns);
+    cJSON_AddNumberToObject(root, "connections_max", srv->http.limits.max_connections);
+    cJSON_AddNumberToObject(root, "connections_refused", (double)srv->http.n_refused);
     cJSON_AddNumberToObject(root, "sessions", (double)ax_monitor_count(srv->mon));
     cJSON_AddNumberToObject(root, "workers", srv->cfg.workers);
     cJSON_AddNumberToObject(root, "worker", srv->worker);

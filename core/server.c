@@ -23,6 +23,7 @@
 #include <malloc.h>
 #endif
 #include <string.h>
+#include <sys/resource.h>
 
 #ifndef SO_REUSEPORT /* Linux's, hidden by _POSIX_C_SOURCE */
 #define SO_REUSEPORT 15
@@ -37,6 +38,10 @@
 /* Claude Code's fixed prefix (24 tools and its system prompt) is about 20k tokens. */
 #define AX_CLAUDE_CODE_PREFIX_TOKENS 20000
 #define AX_CLAUDE_CODE_HEADROOM 8192
+/* Descriptors kept back from client connections, besides one per upstream slot: curl's
+ * spare connections and probes, the loop's own, policy files, the log, and the lingering
+ * closes of refused connections (AX_HTTP_LINGERING_MAX). */
+#define AX_FD_RESERVE (32 + AX_HTTP_LINGERING_MAX)
 
 static int64_t engine_context_window(void *ud)
 {
@@ -83,6 +88,29 @@ static void server_on_request(struct ax_req *req, void *ud)
 static int server_on_headers(const struct ax_req *req, void *ud, struct ax_error *err)
 {
     return ax_routes_check_key(ud, req, err);
+}
+
+/* max_connections, lowered to leave AX_FD_RESERVE descriptors and one per upstream slot
+ * below the process's limit: at the cap a new connection can still be accepted and told
+ * 503, where at the descriptor limit it could only be dropped (libuv's EMFILE fallback). */
+static int connection_cap(const struct ax_config *cfg)
+{
+    struct rlimit rl;
+    long room;
+
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY)
+        return cfg->max_connections;
+    room = (long)rl.rlim_cur - AX_FD_RESERVE - cfg->max_upstream;
+    if (room >= cfg->max_connections)
+        return cfg->max_connections;
+    if (room < 1)
+        room = 1;
+    AX_LOG_WARN(NULL,
+                "max-connections %d lowered to %ld to fit the descriptor limit (ulimit -n %llu, "
+                "%d kept for upstream slots and the server): raise ulimit -n for more",
+                cfg->max_connections, room, (unsigned long long)rl.rlim_cur,
+                AX_FD_RESERVE + cfg->max_upstream);
+    return (int)room;
 }
 
 /* A connection is gone: a stopping server finishes once the last one is. */
@@ -136,6 +164,8 @@ int ax_server_new(uv_loop_t *loop, const struct ax_config *cfg, struct ax_server
     lim.keepalive_timeout_ms = srv->cfg.keepalive_timeout_ms;
     lim.client_stall_timeout_ms = srv->cfg.client_stall_timeout_ms;
     lim.max_inflight_body_bytes = srv->cfg.max_inflight_body_bytes;
+    lim.max_connections = connection_cap(&srv->cfg);
+    lim.max_connections_per_client = srv->cfg.max_connections_per_client;
     hcb.ud = srv;
     hcb.on_headers = server_on_headers;
     ax_http_server_init(&srv->http, loop, &lim, &hcb, &srv->reqs);
@@ -151,6 +181,7 @@ int ax_server_new(uv_loop_t *loop, const struct ax_config *cfg, struct ax_server
     srv->listener.data = srv;
     uv_timer_init(loop, &srv->timer);
     srv->timer.data = srv;
+    ax_trim_init(&srv->trim, loop);
     srv->pending_closes = 0;
     *out = srv;
     return 0;
@@ -171,7 +202,9 @@ static void on_connection(uv_stream_t *listener, int status)
     struct ax_server *srv = listener->data;
 
     if (status < 0) {
-        AX_LOG_WARN(NULL, "accept failed: %s", uv_strerror(status));
+        /* EMFILE past the reserve: libuv has accepted and dropped the waiting ones */
+        AX_LOG_WARN(NULL, "accept failed: %s (%d connections open)", uv_strerror(status),
+                    srv->http.n_conns);
         return;
     }
     if (srv->stopping)
@@ -352,7 +385,7 @@ static void finish_stop(struct ax_server *srv)
     srv->stopping = 2;
     uv_timer_stop(&srv->timer);
     ax_req_cancel_all(&srv->reqs); /* before the engine closes: nothing may hold it */
-    srv->pending_closes = 2;       /* timer, upstream */
+    srv->pending_closes = 3;       /* timer, trim timer, upstream */
     if (srv->policies)
         srv->pending_closes++;
     if (srv->rec)
@@ -362,6 +395,7 @@ static void finish_stop(struct ax_server *srv)
         ax_recorder_close(srv->rec, on_component_closed, srv); /* frees it once all let go */
         srv->rec = NULL;
     }
+    ax_trim_close(&srv->trim, on_component_closed, srv);
     ax_fleet_close(srv->fleet, on_component_closed, srv);
     srv->fleet = NULL;
     srv->up = NULL;

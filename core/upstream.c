@@ -43,8 +43,10 @@ struct ax_xfer {
     uv_timer_t timer; /* idle timeout while running, backoff while waiting to retry */
     char *method;
     char *path;
-    const char *body;
+    const char *body; /* the caller's; NULL once on_body_done said curl is done with it */
     size_t body_len;
+    size_t body_off; /* what curl has read of it (the read callback) */
+    int body_read;   /* curl has read it whole */
     uint64_t total_timeout_ms;
     struct ax_xfer_cbs cbs;
     void *ud;
@@ -277,6 +279,47 @@ static int up_on_curl_timeout(CURLM *multi, long timeout_ms, void *userp)
 
 /* ---- transfer callbacks (inside curl: report and return) ---- */
 
+/* Curl never reads the body again once it has read it whole and a response has begun: it
+ * re-sends (rewinding through xfer_on_seek) only on a reused connection that died before
+ * answering. From then the caller may free it; on_body_done tells it, once. */
+static void xfer_body_maybe_done(struct ax_xfer *x)
+{
+    if (!x->body_read || !x->headers_done || x->body == NULL)
+        return;
+    x->body = NULL; /* never touched again, whatever the caller does with it */
+    if (x->cbs.on_body_done != NULL)
+        x->cbs.on_body_done(x, x->ud);
+}
+
+static size_t xfer_on_read(char *buf, size_t size, size_t nitems, void *ud)
+{
+    struct ax_xfer *x = ud;
+    size_t n = size * nitems;
+
+    if (x->abort_rc != 0 || x->body == NULL)
+        return CURL_READFUNC_ABORT;
+    if (n > x->body_len - x->body_off)
+        n = x->body_len - x->body_off;
+    memcpy(buf, x->body + x->body_off, n);
+    x->body_off += n;
+    if (x->body_off == x->body_len && !x->body_read) {
+        x->body_read = 1;
+        xfer_body_maybe_done(x); /* an upstream that answered before reading it all */
+    }
+    return n;
+}
+
+static int xfer_on_seek(void *ud, curl_off_t offset, int origin)
+{
+    struct ax_xfer *x = ud;
+
+    if (origin != SEEK_SET || x->body == NULL || offset < 0 || (size_t)offset > x->body_len)
+        return CURL_SEEKFUNC_CANTSEEK;
+    x->body_off = (size_t)offset;
+    x->body_read = x->body_off == x->body_len;
+    return CURL_SEEKFUNC_OK;
+}
+
 static void xfer_deliver_headers(struct ax_xfer *x)
 {
     long code = 0;
@@ -290,11 +333,15 @@ static void xfer_deliver_headers(struct ax_xfer *x)
     /* curl parses Retry-After itself, delta-seconds and HTTP-date alike */
     if (curl_easy_getinfo(x->easy, CURLINFO_RETRY_AFTER, &retry_after) == CURLE_OK)
         x->retry_after = retry_after > 86400 ? 86400 : retry_after < 0 ? 0 : (int)retry_after;
-    if (x->cbs.on_headers == NULL)
+    if (x->cbs.on_headers == NULL) {
+        xfer_body_maybe_done(x);
         return;
+    }
     rc = x->cbs.on_headers(x, x->status, x->retry_after, x->ud);
     if (rc < 0 && x->abort_rc == 0)
         x->abort_rc = rc;
+    if (x->abort_rc == 0)
+        xfer_body_maybe_done(x);
 }
 
 static size_t xfer_on_header(char *p, size_t size, size_t nmemb, void *ud)
@@ -396,10 +443,18 @@ static int xfer_setup(struct ax_xfer *x)
     if (strcmp(x->method, "GET") == 0) {
         curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
     } else {
-        if (strcmp(x->method, "POST") != 0 || x->body != NULL) {
-            /* the body is the caller's, alive until on_done: no copy */
+        if (x->body != NULL) {
+            /* The body is the caller's, alive until on_body_done or on_done: no copy. Read
+             * through a callback, not CURLOPT_POSTFIELDS, so that we know when curl is done
+             * with it (a held stream frees its request early). */
+            x->body_off = 0;
+            x->body_read = 0;
+            curl_easy_setopt(e, CURLOPT_POST, 1L);
             curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)x->body_len);
-            curl_easy_setopt(e, CURLOPT_POSTFIELDS, x->body != NULL ? x->body : "");
+            curl_easy_setopt(e, CURLOPT_READFUNCTION, xfer_on_read);
+            curl_easy_setopt(e, CURLOPT_READDATA, x);
+            curl_easy_setopt(e, CURLOPT_SEEKFUNCTION, xfer_on_seek);
+            curl_easy_setopt(e, CURLOPT_SEEKDATA, x);
         } else {
             curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)0);
             curl_easy_setopt(e, CURLOPT_POSTFIELDS, "");
@@ -992,7 +1047,7 @@ static int fetch_start(struct ax_upstream *up, const char *method, const char *p
                        const char *body, size_t body_len, uint64_t timeout_ms, size_t max,
                        ax_fetch_cb cb, void *ud, int bypass, struct ax_xfer **out)
 {
-    static const struct ax_xfer_cbs cbs = {NULL, fetch_on_data, fetch_on_done};
+    static const struct ax_xfer_cbs cbs = {NULL, fetch_on_data, fetch_on_done, NULL};
     struct ax_xfer_spec spec = {method, path, body, body_len, timeout_ms, NULL};
     struct fetch *f;
     int rc;

@@ -83,6 +83,12 @@ struct ax_config {
     uint64_t keepalive_timeout_ms;    /* idle keep-alive connection (75 s) */
     uint64_t shutdown_grace_ms;       /* finish in-flight requests on SIGTERM (10 s) */
     size_t max_inflight_body_bytes;   /* request bodies buffered at once: 503 past (256 MiB) */
+    int max_connections;              /* open client connections: 503 past (4096, fitted to
+                                         the descriptor limit at start) */
+    int max_connections_per_client;   /* the same per client address: 429 past; 0: off (0) */
+    uint64_t nonstream_timeout_ms;    /* a non-streaming request's whole transfer (600 s) */
+    double tokenize_off_ratio;        /* /tokenize the prompt when the estimate is off (0.25) */
+    uint64_t tokenize_timeout_ms;     /* the wait for that count, then the estimate (2 s) */
 
     /* streaming */
     uint64_t ping_interval_ms;   /* 10000 */

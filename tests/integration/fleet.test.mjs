@@ -165,7 +165,10 @@ test('bounded load: sessions leave a replica far busier than the other, then com
   const slow = (rec) => (rec.lastText.includes('slow-') ? { text: 'slow answer', firstByteDelayMs: 600 } : null);
   a.script(slow);
   b.script(slow);
-  const p = await fleetProxy(['--upstream', `a=${a.base}`, '--upstream', `b=${b.base}`], 2);
+  // --tokenize-off-ratio 0: no count with the upstream before the policies, so the eight
+  // requests reach the routing together
+  const p = await fleetProxy(['--upstream', `a=${a.base}`, '--upstream', `b=${b.base}`,
+    '--tokenize-off-ratio', '0'], 2);
   try {
     // sessions whose replica is a
     const homeA = [];

@@ -50,7 +50,7 @@ export async function until(cond, timeoutMs = 2000, stepMs = 10) {
 
 /**
  * Starts `$ANTHROXY_BIN --port 0 --upstream <upstream> --log-level debug ...args` and waits for
- * its `listening on http://127.0.0.1:PORT` line. Returns { url, port, proc, log(), tail(n), stop() }.
+ * its `listening on http://HOST:PORT` line (talked to on 127.0.0.1 whatever HOST is). Returns { url, port, proc, log(), tail(n), stop() }.
  */
 export async function startProxy({ upstream, args = [], env = {}, timeoutMs = 15000 } = {}) {
   const argv = ['--port', '0', '--log-level', 'debug'];
@@ -71,7 +71,7 @@ export async function startProxy({ upstream, args = [], env = {}, timeoutMs = 15
   const port = await new Promise((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`anthroxy did not start within ${timeoutMs} ms:\n${log}`)), timeoutMs);
     const check = () => {
-      const m = /listening on http:\/\/127\.0\.0\.1:(\d+)/.exec(log);
+      const m = /listening on http:\/\/(?:\[[^\]\s]*\]|[^:\s]+):(\d+)/.exec(log);
       if (m) { clearTimeout(timer); resolve(Number(m[1])); }
     };
     proc.stderr.on('data', check);

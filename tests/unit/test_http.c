@@ -173,6 +173,7 @@ struct client {
     uv_connect_t conn;
     struct ax_buf in;
     int connected, eof, closed;
+    int stay_on_eof; /* keep the socket open after the server's FIN (a lingering close) */
 };
 
 static struct client cl;
@@ -226,7 +227,8 @@ static void on_client_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
     (void)buf;
     if (n < 0) {
         cl.eof = 1;
-        client_close();
+        if (!cl.stay_on_eof)
+            client_close();
         return;
     }
     cl.in.len += (size_t)n;
@@ -491,6 +493,48 @@ static void test_refused_on_headers(void)
     CHECK_INT(F.n_req, 0);
 }
 
+static int client_saw_eof(void)
+{
+    return cl.eof;
+}
+
+static int server_all_closed(void)
+{
+    return hs.n_conns == 0 && hs._n_lingering == 0;
+}
+
+/* After an error answer to a message not read whole, the server shuts its side (the client
+ * sees the answer, then EOF) but keeps reading and dropping what the client still sends,
+ * rather than closing at once into a reset; it closes when the client does, or after 2 s. */
+static void test_linger_after_refusal(void)
+{
+    char body[4000];
+
+    reset_fake();
+    memset(body, 'b', sizeof(body));
+    client_open("POST /deny HTTP/1.1\r\nHost: t\r\nContent-Length: 60\r\n\r\n");
+    cl.stay_on_eof = 1;
+    REQUIRE(spin(client_saw_eof));
+    CHECK(pos_of("HTTP/1.1 401 Unauthorized\r\n") == 0);
+    CHECK_INT(hs.n_conns, 1);
+    CHECK_INT(hs._n_lingering, 1);
+    client_send(body, sizeof(body)); /* still sending its body: read and dropped */
+    client_send(body, sizeof(body));
+    client_close();
+    spin(server_all_closed);
+    CHECK_INT(F.n_req, 0);
+
+    /* a client that never closes: the linger ends by itself */
+    client_open("GET /sync HTTP/1.1\r\nHost: t\r\nX-Bad\r\n\r\n");
+    cl.stay_on_eof = 1;
+    REQUIRE(spin(client_saw_eof));
+    CHECK(pos_of("HTTP/1.1 400 Bad Request\r\n") == 0);
+    CHECK_INT(hs._n_lingering, 1);
+    spin(server_all_closed);
+    client_close();
+    spin(client_is_closed);
+}
+
 /* Bodies buffered count against max_inflight_body_bytes until answered: 503 past it. */
 static void test_inflight_body_budget(void)
 {
@@ -613,7 +657,7 @@ static int is_listener_closed(void)
 
 int main(void)
 {
-    static const struct ax_http_limits lim = {64, 1024, 16384, KEEPALIVE_MS, 2000, 0};
+    static const struct ax_http_limits lim = {64, 1024, 16384, KEEPALIVE_MS, 2000, 0, 0, 0};
     const struct ax_http_callbacks cbs = {fake_on_request, fake_on_closed, &F, fake_on_headers};
     struct sockaddr_in sa;
     struct sockaddr_storage ss;
@@ -639,6 +683,7 @@ int main(void)
     test_malformed_and_late();
     test_expect_continue();
     test_refused_on_headers();
+    test_linger_after_refusal();
     test_inflight_body_budget();
     test_client_closes_mid_answer();
     test_close_all_and_cancel_all(); /* last: the server drains from here on */

@@ -638,7 +638,7 @@ static void rec_on_done(struct ax_xfer *x, int rc, void *ud)
         r->done_inside_start = 1;
 }
 
-static const struct ax_xfer_cbs rec_cbs = {rec_on_headers, rec_on_data, rec_on_done};
+static const struct ax_xfer_cbs rec_cbs = {rec_on_headers, rec_on_data, rec_on_done, NULL};
 
 static struct ax_xfer *rec_start(struct ax_upstream *up, struct rec *r, const char *method,
                                  const char *path, const char *body, int *rc_out)
