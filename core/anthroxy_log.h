@@ -24,6 +24,13 @@
 
 enum ax_log_level { AX_LOG_LVL_DEBUG, AX_LOG_LVL_INFO, AX_LOG_LVL_WARN, AX_LOG_LVL_ERROR };
 
+/* --log-format: text lines as above, or one JSON object a line,
+ *   {"time":"2026-11-29T15:38:35.123Z","level":"INFO","request_id":"req_..","msg":"..."}
+ * (request_id only with a request), with a summary's fields as members of their own
+ * (ax_log_fields). Strings are redacted, then JSON-escaped: control bytes as \n, \t or
+ * \u00XX, ill-formed UTF-8 bytes as \ufffd, so each line parses whatever the input. */
+enum ax_log_format { AX_LOG_FMT_TEXT, AX_LOG_FMT_JSON };
+
 struct ax_req;
 
 extern enum ax_log_level ax_log_level_current;
@@ -32,6 +39,9 @@ extern enum ax_log_level ax_log_level_current;
 int ax_log_level_parse(const char *name);
 const char *ax_log_level_name(enum ax_log_level lvl);
 void ax_log_set_level(enum ax_log_level lvl);
+/* "text" or "json" (any case); -1 when unknown. */
+int ax_log_format_parse(const char *name);
+void ax_log_set_format(int fmt); /* enum ax_log_format; process-wide, like the level */
 
 /* The request id for log prefixes; defined in request.c (returns NULL for NULL). */
 const char *ax_req_id(const struct ax_req *req);
@@ -67,6 +77,32 @@ size_t ax_log_escape(const char *s, size_t n, char *out, size_t cap);
 void ax_log_write(enum ax_log_level lvl, const char *req_id, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
+/* One field of a structured event (a summary line): text renders key=value, json a member. */
+enum ax_log_field_type { AX_LF_STR, AX_LF_INT, AX_LF_NUM };
+struct ax_log_field {
+    const char *key; /* a literal: [a-z_]+ */
+    enum ax_log_field_type type;
+    const char *s; /* AX_LF_STR; NULL renders as "-" */
+    long long i;   /* AX_LF_INT */
+    double d;      /* AX_LF_NUM, printed with one decimal ("%.1f"; not finite: null / -) */
+};
+#define AX_LOG_STR(k, v)                                                                           \
+    {                                                                                              \
+        (k), AX_LF_STR, (v), 0, 0                                                                  \
+    }
+#define AX_LOG_INT(k, v)                                                                           \
+    {                                                                                              \
+        (k), AX_LF_INT, NULL, (long long)(v), 0                                                    \
+    }
+#define AX_LOG_NUM(k, v)                                                                           \
+    {                                                                                              \
+        (k), AX_LF_NUM, NULL, 0, (double)(v)                                                       \
+    }
+
+/* An event named msg with n fields: text "msg k=v k=v ...", json {"msg":msg,"k":v,...}. */
+void ax_log_fields(enum ax_log_level lvl, const char *req_id, const char *msg,
+                   const struct ax_log_field *f, int n);
+
 #define AX_LOG_AT(lvl, req, ...)                                                                   \
     do {                                                                                           \
         if ((lvl) >= ax_log_level_current)                                                         \
@@ -76,5 +112,10 @@ void ax_log_write(enum ax_log_level lvl, const char *req_id, const char *fmt, ..
 #define AX_LOG_INFO(req, ...) AX_LOG_AT(AX_LOG_LVL_INFO, req, __VA_ARGS__)
 #define AX_LOG_WARN(req, ...) AX_LOG_AT(AX_LOG_LVL_WARN, req, __VA_ARGS__)
 #define AX_LOG_ERROR(req, ...) AX_LOG_AT(AX_LOG_LVL_ERROR, req, __VA_ARGS__)
+#define AX_LOG_FIELDS(lvl, req, msg, f, n)                                                         \
+    do {                                                                                           \
+        if ((lvl) >= ax_log_level_current)                                                         \
+            ax_log_fields((lvl), ax_req_id(req), (msg), (f), (n));                                 \
+    } while (0)
 
 #endif

@@ -4,6 +4,7 @@
 #ifndef ANTHROXY_MODELS_H
 #define ANTHROXY_MODELS_H
 
+#include <cjson/cJSON.h>
 #include <stdint.h>
 
 #include "anthroxy_config.h"
@@ -23,5 +24,12 @@ int64_t ax_models_window(const struct ax_config *cfg, const struct ax_upstream *
  * map, else the configured upstream model, else the probed one, else the client's own. */
 const char *ax_models_upstream_name(const struct ax_config *cfg, const struct ax_upstream *up,
                                     const char *client_model);
+
+/* One entry of GET /v1/models (and the answer of GET /v1/models/{id}): the Anthropic SDK's
+ * ModelInfo with every field it requires (id, type "model", display_name, created_at,
+ * capabilities, deprecated_at, lifecycle, line, max_input_tokens and max_tokens from the
+ * window in force, retires_at) and, in the same object, the OpenAI listing's (object
+ * "model", created, owned_by), so clients of either API read it. NULL when out of memory. */
+cJSON *ax_models_info(const struct ax_config *cfg, const struct ax_upstream *up, const char *id);
 
 #endif

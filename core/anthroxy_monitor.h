@@ -35,6 +35,8 @@ struct ax_session {
     int n_history;
     int64_t prune_count, overflow_count;
     int64_t forced_tool_turns; /* consecutive turns whose tool choice was forced */
+    int64_t tool_retries;      /* tool calls retried by the tool_retry policy */
+    int64_t thinking_runaways; /* consecutive answers that spent max_tokens thinking */
     uint64_t tool_fingerprints[AX_SESSION_FINGERPRINTS]; /* recent tool calls, oldest first */
     int n_fingerprints;
     double calibration;   /* real / estimate, a size-weighted exponential average (see

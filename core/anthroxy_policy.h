@@ -19,17 +19,20 @@
 
 struct ax_policy_engine;
 struct ax_policy_req;
-struct ax_upstream; /* core/anthroxy_upstream.h */
-struct ax_monitor;  /* core/anthroxy_monitor.h */
-struct ax_session;  /* core/anthroxy_monitor.h */
+struct ax_upstream;   /* core/anthroxy_upstream.h */
+struct ax_monitor;    /* core/anthroxy_monitor.h */
+struct ax_session;    /* core/anthroxy_monitor.h */
+struct ax_exp_stats;  /* core/anthroxy_experiment.h */
+struct ax_experiment; /* core/anthroxy_experiment.h */
 
 enum ax_hook {
     AX_HOOK_REQUEST,          /* on_request(req, ctx): the Anthropic request, writable */
     AX_HOOK_UPSTREAM_REQUEST, /* on_upstream_request(oreq, ctx): the OpenAI request */
     AX_HOOK_RESPONSE,         /* on_response(resp, ctx): the final Anthropic message, read-only */
-    AX_HOOK_UPSTREAM_ERROR    /* on_upstream_error(err, req, ctx): may edit req, return true */
+    AX_HOOK_UPSTREAM_ERROR,   /* on_upstream_error(err, req, ctx): may edit req, return true */
+    AX_HOOK_ROUTE             /* on_route(req, ctx, fleet): read-only; returns upstream name(s) */
 };
-#define AX_HOOK_COUNT 4
+#define AX_HOOK_COUNT 5
 
 struct ax_policy_env {
     uv_loop_t *loop;
@@ -40,6 +43,8 @@ struct ax_policy_env {
     int64_t (*context_window)(void *ud);     /* current window (configured or probed); may be
                                                 NULL: cfg->context_window, else 131072 */
     const char *(*upstream_model)(void *ud); /* model for ax.complete requests; may be NULL */
+    struct ax_exp_stats *stats;              /* ax.count's counters; borrowed, may be NULL
+                                                (the engine then keeps its own) */
     void *ud;
 };
 
@@ -83,6 +88,13 @@ int ax_policy_engine_set_override(struct ax_policy_engine *eng, const char *name
  * Caller owns the result. */
 cJSON *ax_policy_engine_status(const struct ax_policy_engine *eng);
 
+/* The experiment of the generation in force (borrowed: valid until the next reload, so use
+ * it within the callback that asked), or NULL when none is set. */
+const struct ax_experiment *ax_policy_engine_experiment(const struct ax_policy_engine *eng);
+
+/* Whether the generation in force has an arm of that name ("default" without experiment). */
+int ax_policy_engine_has_arm(const struct ax_policy_engine *eng, const char *arm);
+
 /* Generation number now in force (1 after _new, +1 per successful reload). */
 uint64_t ax_policy_engine_generation(const struct ax_policy_engine *eng);
 
@@ -100,8 +112,10 @@ struct ax_policy_req_info {
                                    (ctx.session is then a detached, zeroed table) */
 };
 
-/* Creates the per-request state: pins the current generation, a fresh coroutine and ctx.
- * The strings in info are copied. Returns 0 or AX_ENOMEM. */
+/* Creates the per-request state: pins the current generation, a fresh coroutine and ctx;
+ * the request runs info->arm's chain (NULL or "": the first arm, "default" without an
+ * experiment). The strings in info are copied. Returns 0, AX_EINVAL (no arm of that name in
+ * the generation in force) or AX_ENOMEM. */
 int ax_policy_req_new(struct ax_policy_engine *eng, const struct ax_policy_req_info *info,
                       struct ax_policy_req **out);
 
@@ -111,7 +125,8 @@ typedef void (*ax_policy_done_fn)(struct ax_policy_req *pr, int rc, const struct
 /* Runs that hook of every policy in chain order, each over a view of *tree (committed into
  * the cJSON tree in place when that policy's hook succeeds; the root pointer never changes).
  * For AX_HOOK_UPSTREAM_ERROR, tree is the Anthropic request and aux the error object
- * ({status, type, message, n_prompt_tokens?, n_ctx?}); rc 1 = some policy returned true:
+ * ({status, type, message, n_prompt_tokens?, n_ctx?}; copied: the caller may free it once
+ * this returns); rc 1 = some policy returned true:
  * retry with the changed tree. For AX_HOOK_RESPONSE the tree is read-only (writes raise).
  * rc 0 ok, rc < 0: fail the request with err (ax.fail, or a policy error when fail-closed).
  * done runs exactly once and NEVER before this function returns (deferred with a uv check
@@ -121,12 +136,33 @@ typedef void (*ax_policy_done_fn)(struct ax_policy_req *pr, int rc, const struct
 int ax_policy_req_run(struct ax_policy_req *pr, enum ax_hook hook, cJSON *tree, const cJSON *aux,
                       ax_policy_done_fn done, void *ud);
 
+/* What the answer's translation did to tool calls, for the hooks that run next (on_response):
+ * ctx.tool_calls = {text_calls = N, repaired = N, schema_failures = N, first_failure = "NAME:
+ * why" or nil}. Loop thread, between runs. */
+void ax_policy_req_set_tool_stats(struct ax_policy_req *pr, unsigned text_calls, unsigned repaired,
+                                  unsigned schema_failures, const char *first_failure);
+
 /* ctx.report_scale as policies left it (1.0 by default). */
 /* Whether the generation this request pinned has that hook: without one, a caller may go on
  * at once instead of running (and waiting a loop turn for) an empty chain. */
 int ax_policy_req_has_hook(const struct ax_policy_req *pr, enum ax_hook hook);
 
 double ax_policy_req_report_scale(const struct ax_policy_req *pr);
+
+/* Called after each hook of each policy that succeeded, with the tree before (a copy) and
+ * after it; the copy is made only while a trace is set, so it costs nothing otherwise.
+ * `--record` and `anthroxy replay` use it to say what each policy changed. */
+typedef void (*ax_policy_trace_fn)(void *ud, const char *policy, enum ax_hook hook,
+                                   const cJSON *before, const cJSON *after);
+void ax_policy_req_set_trace(struct ax_policy_req *pr, ax_policy_trace_fn fn, void *ud);
+
+/* What on_route decided in the last AX_HOOK_ROUTE run: the first policy returning a string
+ * or a list of strings wins (an optional second result, a string, is the upstream model).
+ * Returns the number of names (0: no policy chose; the fleet routes by model), each
+ * borrowed until the next run or free; *model (may be NULL) gets the model or NULL. */
+#define AX_ROUTE_MAX_NAMES 8
+int ax_policy_req_route(const struct ax_policy_req *pr, const char *const **names,
+                        const char **model);
 
 /* Cancel: a parked coroutine is closed, never resumed; done is NOT called afterwards (also
  * when the run's done was already deferred). The request may then only be freed. */

@@ -57,7 +57,9 @@ struct ax_req {
     int expect_continue;
 
     /* the response */
-    int status; /* status sent, 0 before */
+    char resp_headers[96]; /* "Name: value\r\n" lines every answer carries (the handler's:
+                              messages.c's anthroxy-arm), "" for none */
+    int status;            /* status sent, 0 before */
     int headers_sent;
     int chunked;  /* response framed with chunked encoding */
     int finished; /* last byte queued */

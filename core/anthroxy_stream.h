@@ -20,6 +20,17 @@
  *     them one after the other; a fragment for a call whose block was already closed
  *     (interleaved calls) cannot be delivered in Anthropic's order, so feed fails with
  *     AX_EUPSTREAM rather than lose argument text;
+ *   - tool_use, from a tool call the model wrote as text (anthroxy_toolcall_text.h: Hermes,
+ *     Qwen3-Coder, GLM, Mistral, Llama, DeepSeek) to a tool in opts->tools: the recogniser
+ *     holds back text that may start a call only as long as the marker needs (it is
+ *     released unchanged otherwise); a recognised call becomes content_block_start with a
+ *     new "toolu_" id (ids.c), one input_json_delta with the whole arguments (typed by the
+ *     schema), content_block_stop, at the place of the text it replaced. A reasoning or
+ *     native tool-call delta first releases (or completes) what is held;
+ *   native argument text goes through ax_tool_args_fix_* as it streams: valid JSON passes
+ *   unchanged; a trailing comma, raw control byte in a string, Python literal or missing
+ *   closing brackets at the end of the call are repaired (a comma or bare word is held the
+ *   few bytes needed to decide);
  *   then message_delta {stop_reason, stop_sequence, usage} and message_stop (ax_stream_end),
  *   or, on failure, content_block_stop for the open block and `event: error`
  *   (ax_stream_fail): never a quiet end_turn.
@@ -52,7 +63,9 @@
  * (for the summary), the tool calls' argument text up to max_tool_args_bytes in all, and a
  * scratch buffer as large as the largest escaped string of one chunk; streamed text is only
  * counted, except the reasoning kept for reasoning_fallback while no text or tool call has
- * appeared (bounded by max_fallback_bytes). */
+ * appeared (bounded by max_fallback_bytes). With tools offered, also the text the recogniser
+ * holds back (at most one block, AX_TCTEXT_MAX_HOLD_DEFAULT) and, once the request is
+ * dropped, the tools as compact text (ax_stream_keep_tools_take). */
 #ifndef ANTHROXY_STREAM_H
 #define ANTHROXY_STREAM_H
 
@@ -62,22 +75,34 @@
 
 #include "anthroxy_buf.h"
 #include "anthroxy_error.h"
+#include "anthroxy_toolcall_text.h"
 #include "anthroxy_translate.h"
 
 #define AX_STREAM_MAX_TOOLS 512   /* tool calls in one turn: more fails the stream */
 #define AX_STREAM_MAX_BLOCKS 1024 /* content blocks recorded for the summary */
 
 struct ax_stream_opts {
-    const char *model;           /* the model name the client asked for (copied) */
-    const char *message_id;      /* NULL: ax_id_make(..., "msg_") (copied) */
-    int64_t input_estimate;      /* prompt tokens until the upstream says (real scale) */
-    double usage_scale;          /* scales reported input/cache tokens; 0 means 1.0 */
-    int reasoning_fallback;      /* reasoning but no text and no tool call: repeat the
-                                    reasoning as a text block at the end (the seed did) */
-    const cJSON *stop_sequences; /* the request's stop_sequences, borrowed: must outlive st */
-    size_t max_tool_args_bytes;  /* argument text kept for the summary; 0: 1 MiB */
-    size_t max_fallback_bytes;   /* reasoning kept for the fallback; 0: 256 KiB */
-    int parse_with_cjson;        /* tests and benchmarks: skip the lean chunk parser */
+    const char *model;              /* the model name the client asked for (copied) */
+    const char *message_id;         /* NULL: ax_id_make(..., "msg_") (copied) */
+    int64_t input_estimate;         /* prompt tokens until the upstream says (real scale) */
+    double usage_scale;             /* scales reported input/cache tokens; 0 means 1.0 */
+    int reasoning_fallback;         /* reasoning but no text and no tool call: repeat the
+                                       reasoning as a text block at the end (the seed did) */
+    const cJSON *stop_sequences;    /* the request's stop_sequences, borrowed: must outlive st */
+    size_t max_tool_args_bytes;     /* argument text kept for the summary; 0: 1 MiB */
+    size_t max_fallback_bytes;      /* reasoning kept for the fallback; 0: 256 KiB */
+    int parse_with_cjson;           /* tests and benchmarks: skip the lean chunk parser */
+    const cJSON *tools;             /* the request's tools (Anthropic "tools"), borrowed: must
+                                       outlive st. Text tool calls to these are recognised in the
+                                       text deltas; every call is checked against its
+                                       input_schema. NULL or empty: text passes as it came */
+    const char *context_management; /* JSON text for message_delta's context_management
+                                       ({"applied_edits":[...]}), copied; NULL: none */
+    int compaction;                 /* open the answer with a compaction block at index 0 */
+    const char *compaction_content; /* its summary, copied; NULL: a failed one (null) */
+    const char *compaction_usage;   /* JSON text of the compaction's usage.iterations entry
+                                       (copied): message_delta's usage then carries
+                                       iterations [it, the answer's]; NULL: none */
 };
 
 enum ax_stream_state { AX_STREAM_NEW, AX_STREAM_STARTED, AX_STREAM_ENDED, AX_STREAM_FAILED };
@@ -105,6 +130,7 @@ struct ax_stream {
     char finish_reason[32];    /* as the upstream sent it, "" before */
     const char *stop_reason;   /* static string once ended, else NULL */
     const char *stop_sequence; /* the matched stop string (in opts.stop_sequences) or NULL */
+    struct ax_toolcall_stats tool_stats; /* text calls, repairs, schema failures so far */
 
     /* private */
     char *_model;
@@ -125,14 +151,39 @@ struct ax_stream {
     uint64_t _recs_omitted;
     struct ax_buf _reasoning; /* kept for the fallback only */
     struct ax_buf _scratch;   /* decoded text of the chunk in hand (lean parser) */
+    struct ax_buf _fixed;     /* repaired argument text of the fragment in hand */
+    struct ax_buf _run;       /* text released by the recogniser in one feed, joined */
     int _cjson_only;
+    const cJSON *_offered; /* opts.tools when it has entries, else NULL (also once kept) */
+    char *_tools_json;     /* ax_stream_keep_tools_take's compact copy, or NULL */
+    size_t _tools_json_len;
+    cJSON *_tools_tree; /* parsed from _tools_json while a call needs it */
+    int _tct_on;        /* text tool calls are recognised */
+    struct ax_tctext _tct;
+    char *_cm;         /* context_management JSON text, or NULL */
+    char *_compaction; /* the compaction block's content, when _has_compaction */
+    int _has_compaction;
+    int _paused;   /* ended after the compaction block (pause_after_compaction) */
+    char *_c_iter; /* compaction_usage, or NULL */
 };
 
 /* Prepares st (no output). Returns 0 or AX_ENOMEM. */
 int ax_stream_init(struct ax_stream *st, const struct ax_stream_opts *o);
 void ax_stream_free(struct ax_stream *st);
 
-/* Emits message_start once; later calls do nothing. Returns 0, AX_ETOOBIG or AX_ENOMEM. */
+/* Points st at the request's tools again (opts.tools, borrowed), for a retry whose policy may
+ * have replaced them. Only before the first ax_stream_feed. */
+void ax_stream_set_tools(struct ax_stream *st, const cJSON *tools);
+
+/* The request's tools are about to be freed (messages.c drops the request once the stream
+ * answers): st takes the detached "tools" array (NULL allowed) and keeps it as compact text
+ * without descriptions, parsing it back only while a call is matched or checked, so a stream
+ * keeps about 1/7 of the tree's memory (Claude Code's tools: ~8 KB). Returns 0, or AX_ENOMEM
+ * (then calls written as text stay text). */
+int ax_stream_keep_tools_take(struct ax_stream *st, cJSON *tools);
+
+/* Emits message_start once (and the compaction block, when opts asked for one); later calls
+ * do nothing. Returns 0, AX_ETOOBIG or AX_ENOMEM. */
 int ax_stream_begin(struct ax_stream *st, struct ax_buf *out);
 
 /* One SSE data payload of the upstream (a chunk's JSON text, or "[DONE]"), translated into
@@ -153,6 +204,11 @@ int ax_stream_feed(struct ax_stream *st, const char *data, size_t len, struct ax
  * AX_EUPSTREAM with err filled (502 api_error) so the caller calls ax_stream_fail. Returns 0
  * (also when already ended or failed), AX_EUPSTREAM, AX_ETOOBIG or AX_ENOMEM. */
 int ax_stream_end(struct ax_stream *st, struct ax_buf *out, struct ax_error *err);
+
+/* pause_after_compaction: ends the answer after the compaction block (message_start and
+ * the block if not yet sent), with stop_reason "compaction"; no upstream is involved.
+ * Returns 0, AX_ETOOBIG or AX_ENOMEM. */
+int ax_stream_end_paused(struct ax_stream *st, struct ax_buf *out);
 
 /* The turn failed after the response started: closes the open block, then emits
  * `event: error` with err's type and message (api_error "upstream stream failed" when err

@@ -83,6 +83,10 @@ struct ax_tctext_event {
 /* Returns 0 to go on, or a negative AX_E* code that aborts feed/finish and is returned. */
 typedef int (*ax_tctext_cb)(struct ax_tctext_event *ev, void *ud);
 
+/* The tools, asked for only when a block is complete and its calls are matched (see
+ * ax_tctext_set_tools_fn); the tree must stay alive until that feed or finish returns. */
+typedef const cJSON *(*ax_tctext_tools_fn)(void *ud);
+
 enum ax_tctext_state {
     AX_TCTEXT_S_START,    /* nothing but blanks yet: a bare JSON call is still possible */
     AX_TCTEXT_S_TEXT,     /* plain text; _hold may hold a partial opener */
@@ -99,6 +103,8 @@ struct ax_tctext {
 
     /* private */
     const cJSON *_tools;
+    ax_tctext_tools_fn _tools_fn;
+    void *_tools_ud;
     int _enabled;
     enum ax_tctext_state _state;
     enum ax_tctext_format _fmt; /* the open block's format family (by opener) */
@@ -115,6 +121,12 @@ struct ax_tctext {
  * (feed forwards text as is). max_hold 0 means AX_TCTEXT_MAX_HOLD_DEFAULT. */
 void ax_tctext_init(struct ax_tctext *t, const cJSON *tools, size_t max_hold);
 void ax_tctext_free(struct ax_tctext *t);
+
+/* From now on the tools come from fn(ud), called when a block's calls are matched (NULL:
+ * none offered, the block stays text); the state (what is held) is kept. For a caller that
+ * keeps its tools in a compact form and builds the tree only when a call needs it. Only on a
+ * recogniser that was enabled at init. */
+void ax_tctext_set_tools_fn(struct ax_tctext *t, ax_tctext_tools_fn fn, void *ud);
 
 /* One text delta. Calls cb zero or more times, before returning. Returns 0, or what cb
  * returned (t is then unusable but safe to free), or AX_ENOMEM. */
@@ -142,6 +154,37 @@ int ax_tool_args_parse(const char *s, size_t n, cJSON **out, unsigned *what);
  * `"file_path" is required (expected properties: "file_path", "content")`. A NULL or
  * non-object schema accepts everything. */
 int ax_tool_args_check(const cJSON *args, const cJSON *schema, char *why, size_t n);
+
+/* The same repairs applied as the text streams in (streamed native tool-call arguments):
+ * fed argument text comes out at once, except a comma with the blanks after it (held until
+ * the next byte says whether a closing bracket follows) and a bare word outside strings (held
+ * until it ends, so True becomes true). Valid JSON comes out unchanged, byte for byte. At
+ * finish, a held comma before the end is dropped and the open brackets closed, unless the text
+ * was cut inside a string or right after a ':' (then nothing is added). Nesting past
+ * AX_TOOL_ARGS_FIX_DEPTH stops the repairs: the rest passes through as it came. */
+#define AX_TOOL_ARGS_FIX_DEPTH 64
+struct ax_tool_args_fixer {
+    unsigned repairs; /* AX_TOOL_ARGS_FIXED_* applied so far (read-only) */
+    /* private */
+    char _stack[AX_TOOL_ARGS_FIX_DEPTH];
+    int _depth, _in_str, _esc, _opened, _off;
+    char _last;     /* last significant byte outside strings */
+    char _held[16]; /* a held comma and its blanks, or a held word */
+    int _nheld, _held_word;
+};
+void ax_tool_args_fix_init(struct ax_tool_args_fixer *f);
+/* Appends the repaired form of s[0..n) to out (possibly less: held bytes come later).
+ * Returns 1 when exactly s[0..n) was appended (nothing held, nothing changed), 0 when
+ * something else was, or AX_ETOOBIG / AX_ENOMEM. */
+int ax_tool_args_fix_feed(struct ax_tool_args_fixer *f, const char *s, size_t n,
+                          struct ax_buf *out);
+/* Appends what the end of the arguments needs (held bytes, closing brackets); with repair 0
+ * (an answer cut by max_tokens: the last value may be cut short too) only the held bytes, as
+ * they came. Returns 0, AX_ETOOBIG or AX_ENOMEM. */
+int ax_tool_args_fix_finish(struct ax_tool_args_fixer *f, struct ax_buf *out, int repair);
+
+/* Bytes the recogniser holds back right now (a possible opener or an open block). */
+size_t ax_tctext_held(const struct ax_tctext *t);
 
 /* The tool named name[0..n) in tools (an Anthropic "tools" array), or NULL. */
 const cJSON *ax_tctext_find_tool(const cJSON *tools, const char *name, size_t n);

@@ -39,7 +39,16 @@ struct ax_translate_opts {
                                    outlives it (printing it is fine) */
     int forward_user_id;        /* send metadata.user_id as `user` (--forward-user-id); off:
                                    Claude Code's device and account ids stay here */
+    int tools_as_text;          /* the server takes no `tools` (llama-server without --jinja):
+                                   ax_tools_as_text the result */
 };
+
+/* Rewrites an OpenAI request for a server that takes no tools (tools_as_text.c): the tools
+ * into the system prompt in the Hermes form, past tool_calls into <tool_call> text, tool
+ * results into user turns of <tool_response> text; tools, tool_choice and
+ * parallel_tool_calls removed. The model's <tool_call> answers come back as tool_use through
+ * toolcall_text.c. Returns 0, AX_ENOMEM, or AX_EINVAL without a messages array. */
+int ax_tools_as_text(cJSON *oreq);
 
 /* Anthropic request -> new OpenAI chat.completions request. Validates as it goes: on bad
  * input returns AX_EINVAL with err = 400 invalid_request_error naming the field
@@ -57,6 +66,10 @@ struct ax_translate_opts {
  *   documents and search results become text (a PDF a one-line note);
  * - tool ids lose a leading "toolu_"; tools -> function tools (parameters = a deep copy of
  *   input_schema); server tools without a schema are not offered;
+ * - defer_loading tools are offered once a tool_reference names them; tool_addition and
+ *   tool_removal blocks change the tools offered (the set in effect at the end is sent);
+ *   server tool search, MCP references and container_upload are refused (400);
+ * - Anthropic server-side blocks in history become notes, compaction blocks their summary;
  * - tool_choice auto/any/none -> auto/required/none, tool -> the named function, or with
  *   opts->llama_server only that tool and "required"; dropped when no tool is sent;
  * - thinking enabled/adaptive/disabled -> chat_template_kwargs.enable_thinking true/false,
@@ -67,12 +80,31 @@ struct ax_translate_opts {
 int ax_translate_request(const cJSON *anthropic, const struct ax_translate_opts *opts, cJSON **out,
                          struct ax_error *err);
 
+/* What the response translators did to tool calls, for the log and the policies
+ * (ctx.tool_calls in on_response): calls recognised in text content, calls whose arguments
+ * needed a repair (ax_tool_args_repair's fixes), and calls passed on although their
+ * arguments fail the tool's input_schema (the client reports the error to the model). */
+#define AX_TOOLCALL_WHY_MAX 320
+struct ax_toolcall_stats {
+    unsigned text_calls, repaired, schema_failures;
+    char first_failure[AX_TOOLCALL_WHY_MAX]; /* "NAME: why" of the first failure, or "" */
+};
+
+/* Counts a schema failure of the call to name (why from ax_tool_args_check). */
+void ax_toolcall_stats_fail(struct ax_toolcall_stats *s, const char *name, const char *why);
+
 struct ax_response_opts {
-    const char *client_model;    /* the model name the client asked for: goes in "model" */
-    const cJSON *stop_sequences; /* the request's stop_sequences (array or NULL) */
-    double usage_scale;          /* 1.0 normally; compaction steering scales input tokens */
-    int reasoning_fallback;      /* reasoning but no text and no tool call: repeat the
-                                    reasoning as a text block at the end (as stream.c does) */
+    const char *client_model;        /* the model name the client asked for: goes in "model" */
+    const cJSON *stop_sequences;     /* the request's stop_sequences (array or NULL) */
+    double usage_scale;              /* 1.0 normally; compaction steering scales input tokens */
+    int reasoning_fallback;          /* reasoning but no text and no tool call: repeat the
+                                        reasoning as a text block at the end (as stream.c does) */
+    const cJSON *tools;              /* the request's tools (Anthropic), borrowed: text tool calls
+                                        to these are recognised, calls checked against their
+                                        input_schema; NULL: neither */
+    struct ax_toolcall_stats *stats; /* filled when not NULL */
+    const cJSON *compaction;         /* a compaction block to open the content with (copied) */
+    const cJSON *context_management; /* the answer's context_management (copied), or NULL */
 };
 
 /* The signature of thinking blocks made from upstream reasoning. It only has to be a

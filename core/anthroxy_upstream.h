@@ -57,6 +57,7 @@ struct ax_xfer_spec {
                            unchanged until on_body_done runs or on_done returns */
     size_t body_len;
     uint64_t total_timeout_ms; /* override, 0 = the default */
+    const char *request_id;    /* sent as X-Request-Id (copied; cut at 40 bytes); may be NULL */
 };
 
 struct ax_xfer_cbs {

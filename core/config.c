@@ -15,17 +15,18 @@
 #include <strings.h>
 
 enum opt_type {
-    OPT_STR,    /* char *; an empty value means unset (NULL) */
-    OPT_INT,    /* int */
-    OPT_I64,    /* int64_t */
-    OPT_U64,    /* uint64_t count */
-    OPT_SIZE,   /* size_t bytes, suffixes K/M/G (powers of 1024) */
-    OPT_SECS,   /* uint64_t milliseconds, written as seconds ("0.5", "90s", "250ms", "6h") */
-    OPT_DOUBLE, /* double */
-    OPT_BOOL,   /* int 0/1 */
-    OPT_LEVEL,  /* int, enum ax_log_level */
-    OPT_KEYS,   /* api_keys / n_api_keys, repeatable */
-    OPT_MAP,    /* model_map / n_model_map, repeatable */
+    OPT_STR,      /* char *; an empty value means unset (NULL) */
+    OPT_INT,      /* int */
+    OPT_I64,      /* int64_t */
+    OPT_U64,      /* uint64_t count */
+    OPT_SIZE,     /* size_t bytes, suffixes K/M/G (powers of 1024) */
+    OPT_SECS,     /* uint64_t milliseconds, written as seconds ("0.5", "90s", "250ms", "6h") */
+    OPT_DOUBLE,   /* double */
+    OPT_BOOL,     /* int 0/1 */
+    OPT_LEVEL,    /* int, enum ax_log_level */
+    OPT_KEYS,     /* api_keys / n_api_keys, repeatable */
+    OPT_MAP,      /* model_map / n_model_map, repeatable */
+    OPT_UPSTREAM, /* upstream_base (a URL), or upstreams / n_upstreams (NAME=URL,...) */
 };
 
 #define OPT_SECRET 1u
@@ -56,14 +57,32 @@ static const struct opt opts[] = {
      "comma-separated in the environment; none: no authentication"},
     {"api-key-file", NULL, OPT_STR, F(api_key_file), NULL, 0, 0, 0, "PATH",
      "file of inbound keys, one per line, '#' comments; added to --api-key"},
-    {"upstream", "LLAMA_CPP_BASE", OPT_STR, F(upstream_base), "http://127.0.0.1:8080/v1", 0, 0,
-     OPT_URL, "URL", "OpenAI-compatible base URL; a trailing /v1 is optional"},
+    {"upstream", "LLAMA_CPP_BASE", OPT_UPSTREAM, F(upstream_base), "http://127.0.0.1:8080/v1", 0, 0,
+     OPT_URL, "URL|SPEC",
+     "OpenAI-compatible base URL (a trailing /v1 is optional): the fleet of one; or SPEC, "
+     "NAME=URL[,kind=K][,models=A|B][,max=N][,key=KEY], one upstream of a fleet, repeatable "
+     "(';'-separated in the environment): kind llama-server, "
+     "vllm, ollama, sglang, lmstudio or openai, the models it serves ('|'-separated ids or "
+     "patterns; unset: its /v1/models), its concurrency cap and key"},
+    {"route-balance", NULL, OPT_STR, F(route_balance), "affinity", 0, 0, 0, "HOW",
+     "among replicas of a model: affinity (a session sticks to one, by rendezvous hashing, "
+     "unless it is far busier), round-robin or least-loaded"},
+    {"affinity-load-factor", NULL, OPT_DOUBLE, F(affinity_load_factor), "1.5", 1, 1000, 0, "C",
+     "a session leaves its replica while that one's load exceeds C * mean load + 1"},
+    {"retry-budget", NULL, OPT_DOUBLE, F(retry_budget), "0.1", 0, 1, 0, "F",
+     "failovers to another replica (before the first byte) per request, fleet-wide"},
+    {"retry-min", NULL, OPT_INT, F(retry_min), "3", 0, 100000, 0, "N",
+     "failovers allowed per second whatever the budget"},
+    {"workers", NULL, OPT_INT, F(workers), "1", 1, 64, 0, "N",
+     "event loops, one thread each, accepting on the same port (SO_REUSEPORT), each with its "
+     "own policy state; sessions are shared between them"},
     {"upstream-api-key", NULL, OPT_STR, F(upstream_api_key), NULL, 0, 0, OPT_SECRET, "KEY",
      "sent upstream as Authorization: Bearer"},
     {"upstream-model", NULL, OPT_STR, F(upstream_model), NULL, 0, 0, 0, "MODEL",
      "model id sent upstream; unset: the first id the upstream lists at /v1/models"},
     {"model-map", NULL, OPT_MAP, F(model_map), NULL, 0, 0, 0, "FROM=TO",
-     "client model name (or prefix ending in '*') to upstream model id; repeatable, "
+     "client model name (or prefix ending in '*'; '*' alone: the default) to upstream model "
+     "id, to MODEL@UPSTREAM or to @UPSTREAM (that upstream's own model); repeatable, "
      "comma-separated in the environment; exact names win, then the first matching prefix"},
     {"policy-set", NULL, OPT_MAP, F(policy_sets), NULL, 0, 0, 0, "NAME.KEY=VALUE",
      "a policy setting over the chain's and the environment's (repeatable)"},
@@ -129,6 +148,9 @@ static const struct opt opts[] = {
      "account ids there); off: never sent"},
     {"policies", NULL, OPT_STR, F(policies_path), NULL, 0, 0, 0, "PATH",
      "policy chain file; unset: default.lua in the shipped policy directory"},
+    {"experiment", NULL, OPT_STR, F(experiment_path), NULL, 0, 0, 0, "FILE",
+     "A/B experiment file: arms, each with a weight and its own chain (docs/experiments.md); "
+     "unset: one chain for everyone"},
     {"lua-dir", NULL, OPT_STR, F(lua_dir), NULL, 0, 0, 0, "DIR",
      "the runtime's Lua directory; unset: the one fixed at build time"},
     {"lua-mem-max", NULL, OPT_SIZE, F(lua_mem_max), "256M", 1048576, BIG, 0, "BYTES",
@@ -147,8 +169,17 @@ static const struct opt opts[] = {
      "sessions the monitor keeps; the least recently seen idle one is evicted"},
     {"session-ttl", NULL, OPT_SECS, F(session_ttl_ms), "21600", 0, 31536000, 0, "SEC",
      "forget a session idle this long; 0: never"},
+    {"record", NULL, OPT_STR, F(record_dir), NULL, 0, 0, 0, "DIR",
+     "record every exchange to DIR, one JSON Lines file per session (docs/recording.md); "
+     "unset: off"},
+    {"record-max-file-bytes", NULL, OPT_SIZE, F(record_max_file_bytes), "256M", 4096, BIG, 0,
+     "BYTES", "largest recording of one session; later exchanges of it are not recorded"},
+    {"record-max-dir-bytes", NULL, OPT_SIZE, F(record_max_dir_bytes), "4G", 4096, BIG, 0, "BYTES",
+     "all recordings together; the least recently written sessions are removed first"},
     {"log-level", "PROXY_LOG_LEVEL", OPT_LEVEL, F(log_level), "INFO", 0, 0, 0, "LEVEL",
      "DEBUG, INFO, WARNING or ERROR"},
+    {"log-format", NULL, OPT_STR, F(log_format), "text", 0, 0, 0, "FORMAT",
+     "text (one readable line an event) or json (one JSON object a line, for log shippers)"},
     {"config", NULL, OPT_STR, F(config_path), NULL, 0, 0, 0, "FILE",
      "read settings from FILE (KEY = VALUE lines), below the environment and flags"},
 };
@@ -332,6 +363,188 @@ static int list_set(struct ax_config *cfg, int idx, const char *val, enum ax_con
     }
 }
 
+static int parse_integer(const char *s, double *out);
+
+/* ---- the fleet's upstreams ------------------------------------------------------------ */
+
+static const char *const upstream_kinds[] = {"llama-server", "vllm",     "ollama",
+                                             "sglang",       "lmstudio", "openai"};
+
+static void decl_free(struct ax_upstream_decl *d)
+{
+    free(d->name);
+    free(d->url);
+    free(d->kind);
+    free(d->key);
+    free(d->models);
+}
+
+static void upstreams_clear(struct ax_config *cfg)
+{
+    size_t i;
+
+    for (i = 0; i < cfg->n_upstreams; i++)
+        decl_free(&cfg->upstreams[i]);
+    free(cfg->upstreams);
+    cfg->upstreams = NULL;
+    cfg->n_upstreams = 0;
+}
+
+static int decl_push(struct ax_config *cfg, const struct ax_upstream_decl *d)
+{
+    struct ax_upstream_decl *v = realloc(cfg->upstreams, (cfg->n_upstreams + 1) * sizeof(*v));
+    struct ax_upstream_decl *n;
+
+    if (v == NULL)
+        return AX_ENOMEM;
+    cfg->upstreams = v;
+    n = &v[cfg->n_upstreams];
+    memset(n, 0, sizeof(*n));
+    n->max = d->max;
+    if ((n->name = strdup(d->name)) == NULL || (n->url = strdup(d->url)) == NULL ||
+        (d->kind && (n->kind = strdup(d->kind)) == NULL) ||
+        (d->key && (n->key = strdup(d->key)) == NULL) ||
+        (d->models && (n->models = strdup(d->models)) == NULL)) {
+        decl_free(n);
+        return AX_ENOMEM;
+    }
+    cfg->n_upstreams++;
+    return 0;
+}
+
+static int name_ok(const char *p, size_t len)
+{
+    size_t i;
+
+    if (len == 0 || len > 63)
+        return 0;
+    for (i = 0; i < len; i++)
+        if (!isalnum((unsigned char)p[i]) && p[i] != '-' && p[i] != '_' && p[i] != '.')
+            return 0;
+    return 1;
+}
+
+/* NAME=URL,key=value,...: 1 when v has that shape (a plain URL is not), else 0. */
+static int is_named_upstream(const char *v)
+{
+    const char *eq = strchr(v, '=');
+
+    return eq != NULL && name_ok(v, (size_t)(eq - v)) &&
+           (strncasecmp(eq + 1, "http://", 7) == 0 || strncasecmp(eq + 1, "https://", 8) == 0);
+}
+
+/* One named upstream; the attributes are comma-separated key=value pairs after the URL. */
+static int upstream_add(struct ax_config *cfg, const char *val, const char **why)
+{
+    struct ax_upstream_decl d;
+    char *copy = strdup(val), *save = NULL, *tok, *eq;
+    int rc = AX_EINVAL;
+    double v;
+
+    if (copy == NULL)
+        return AX_ENOMEM;
+    memset(&d, 0, sizeof(d));
+    eq = strchr(copy, '=');
+    *eq = '\0';
+    d.name = copy;
+    d.url = strtok_r(eq + 1, ",", &save);
+    while ((tok = strtok_r(NULL, ",", &save)) != NULL) {
+        const char *k = tok;
+        size_t klen;
+        if ((eq = strchr(tok, '=')) == NULL) {
+            *why = "expected key=value after the URL (kind, models, max, key)";
+            goto done;
+        }
+        *eq = '\0';
+        klen = trim(&k, strlen(k));
+        if (klen == 4 && strncmp(k, "kind", 4) == 0)
+            d.kind = eq + 1;
+        else if (klen == 6 && strncmp(k, "models", 6) == 0)
+            d.models = eq + 1;
+        else if (klen == 3 && strncmp(k, "key", 3) == 0)
+            d.key = eq + 1;
+        else if (klen == 3 && strncmp(k, "max", 3) == 0) {
+            if (parse_integer(eq + 1, &v) < 0 || v < 1 || v > 100000) {
+                *why = "max: expected an integer from 1 to 100000";
+                goto done;
+            }
+            d.max = (int)v;
+        } else {
+            *why = "unknown attribute (expected kind, models, max or key)";
+            goto done;
+        }
+    }
+    if (d.kind != NULL) {
+        size_t i;
+        for (i = 0; i < sizeof(upstream_kinds) / sizeof(upstream_kinds[0]); i++)
+            if (strcmp(d.kind, upstream_kinds[i]) == 0)
+                break;
+        if (i == sizeof(upstream_kinds) / sizeof(upstream_kinds[0])) {
+            *why = "kind: expected llama-server, vllm, ollama, sglang, lmstudio or openai";
+            goto done;
+        }
+    }
+    if (d.models != NULL && *d.models == '\0')
+        d.models = NULL;
+    if (d.key != NULL && *d.key == '\0')
+        d.key = NULL;
+    if ((rc = decl_push(cfg, &d)) == 0 && cfg->n_upstreams == 1) {
+        /* the first named upstream is the default one, whose URL the rest of the core
+         * (logs, /health's upstream object) shows */
+        char *u = strdup(d.url);
+        if (u == NULL)
+            rc = AX_ENOMEM;
+        else {
+            free(cfg->upstream_base);
+            cfg->upstream_base = u;
+        }
+    }
+done:
+    free(copy);
+    return rc;
+}
+
+/* A plain URL is the fleet of one (it replaces any named upstreams); NAME=URL,... adds one.
+ * As for lists, a higher source replaces what lower ones gave. */
+static int upstream_set(struct ax_config *cfg, int idx, const char *val, enum ax_config_source src,
+                        int split, const char **why)
+{
+    const char *p = val;
+    char item[2048];
+    int rc;
+
+    if (cfg->source[idx] != src)
+        upstreams_clear(cfg);
+    cfg->source[idx] = (unsigned char)src;
+    for (;;) {
+        size_t len = split ? strcspn(p, "; \t\n") : strlen(p);
+        const char *q = p;
+        size_t tl = trim(&q, len);
+        if (tl >= sizeof(item)) {
+            *why = "too long";
+            return AX_EINVAL;
+        }
+        if (tl > 0) {
+            memcpy(item, q, tl);
+            item[tl] = '\0';
+            if (is_named_upstream(item)) {
+                if ((rc = upstream_add(cfg, item, why)) < 0)
+                    return rc;
+            } else {
+                char *u = strdup(item);
+                if (u == NULL)
+                    return AX_ENOMEM;
+                upstreams_clear(cfg);
+                free(cfg->upstream_base);
+                cfg->upstream_base = u;
+            }
+        }
+        if (!split || p[len] == '\0')
+            return 0;
+        p += len + 1;
+    }
+}
+
 /* ---- scalar parsing ----------------------------------------------------------------- */
 
 static int parse_bool(const char *s, int *out)
@@ -452,6 +665,7 @@ static int scalar_set(struct ax_config *cfg, const struct opt *o, const char *va
     int rc, b;
 
     switch (o->type) {
+    case OPT_UPSTREAM: /* the default URL; opt_set takes the list forms */
     case OPT_STR: {
         char *dup = NULL;
         if (*val != '\0' && (dup = strdup(val)) == NULL)
@@ -515,6 +729,12 @@ static const char *shown_value(const struct opt *o, const char *val, char *buf, 
 {
     if (o->flags & OPT_SECRET)
         return "***";
+    if (o->type == OPT_UPSTREAM && strstr(val, "key=") != NULL) {
+        /* NAME=URL,...,key=KEY: the key never shows, even in a malformed value */
+        const char *k = strstr(val, "key=");
+        snprintf(buf, n, "%.*skey=***", (int)(k - val), val);
+        return buf;
+    }
     if (o->flags & OPT_URL)
         return ax_redact_url(val, buf, n);
     return val;
@@ -532,6 +752,8 @@ static int opt_set(struct ax_config *cfg, int idx, const char *val, enum ax_conf
 
     if (o->type == OPT_KEYS || o->type == OPT_MAP)
         rc = list_set(cfg, idx, val, src, split, &why);
+    else if (o->type == OPT_UPSTREAM)
+        rc = upstream_set(cfg, idx, val, src, split, &why);
     else if ((rc = scalar_set(cfg, o, val)) == 0)
         cfg->source[idx] = (unsigned char)src;
     if (rc == AX_ENOMEM)
@@ -580,8 +802,9 @@ void ax_config_free(struct ax_config *cfg)
     keys_clear(cfg);
     map_clear(map_of(cfg, F(model_map)));
     map_clear(map_of(cfg, F(policy_sets)));
+    upstreams_clear(cfg);
     for (i = 0; i < N_OPTS; i++) {
-        if (opts[i].type == OPT_STR) {
+        if (opts[i].type == OPT_STR || opts[i].type == OPT_UPSTREAM) {
             free(*FIELD(cfg, &opts[i], char *));
             *FIELD(cfg, &opts[i], char *) = NULL;
         }
@@ -599,11 +822,18 @@ int ax_config_copy(struct ax_config *dst, const struct ax_config *src)
     dst->n_model_map = 0;
     dst->policy_sets = NULL;
     dst->n_policy_sets = 0;
+    dst->upstreams = NULL;
+    dst->n_upstreams = 0;
     for (i = 0; i < N_OPTS; i++)
-        if (opts[i].type == OPT_STR)
+        if (opts[i].type == OPT_STR || opts[i].type == OPT_UPSTREAM)
             *FIELD(dst, &opts[i], char *) = NULL;
+    for (i = 0; i < src->n_upstreams; i++)
+        if (decl_push(dst, &src->upstreams[i]) < 0)
+            goto fail;
     for (i = 0; i < N_OPTS; i++) {
-        const char *s = opts[i].type == OPT_STR ? *FIELD(src, &opts[i], char *const) : NULL;
+        const char *s = opts[i].type == OPT_STR || opts[i].type == OPT_UPSTREAM
+                            ? *FIELD(src, &opts[i], char *const)
+                            : NULL;
         if (s != NULL && (*FIELD(dst, &opts[i], char *) = strdup(s)) == NULL)
             goto fail;
     }
@@ -866,12 +1096,61 @@ static int opt_number(const struct ax_config *cfg, const struct opt *o, double *
     }
 }
 
+/* Named upstreams: http(s) URLs, unique names; MODEL@NAME targets of --model-map name one;
+ * route-balance is one of three. */
+static int validate_fleet(const struct ax_config *cfg, struct ax_error *err)
+{
+    const char *rb = cfg->route_balance;
+    char buf[256];
+    size_t i, j;
+
+    if (rb != NULL && strcmp(rb, "affinity") != 0 && strcmp(rb, "round-robin") != 0 &&
+        strcmp(rb, "least-loaded") != 0)
+        return ax_error_set(err, 400, "invalid_request_error",
+                            "route-balance: invalid value \"%s\": expected affinity, "
+                            "round-robin or least-loaded",
+                            rb);
+    for (i = 0; i < cfg->n_upstreams; i++) {
+        const struct ax_upstream_decl *d = &cfg->upstreams[i];
+        if (d->name == NULL || !name_ok(d->name, strlen(d->name)))
+            return ax_error_set(err, 400, "invalid_request_error",
+                                "upstream: invalid name \"%s\": expected letters, digits, '-', "
+                                "'_' or '.'",
+                                d->name ? d->name : "");
+        if (d->url == NULL ||
+            (strncasecmp(d->url, "http://", 7) != 0 && strncasecmp(d->url, "https://", 8) != 0))
+            return ax_error_set(err, 400, "invalid_request_error",
+                                "upstream %s: invalid URL \"%s\": expected http:// or https://",
+                                d->name, d->url ? ax_redact_url(d->url, buf, sizeof(buf)) : "");
+        for (j = 0; j < i; j++)
+            if (strcmp(cfg->upstreams[j].name, d->name) == 0)
+                return ax_error_set(err, 400, "invalid_request_error",
+                                    "upstream: the name \"%s\" is declared twice", d->name);
+    }
+    for (i = 0; i < cfg->n_model_map; i++) {
+        const char *at = strrchr(cfg->model_map[i].to, '@');
+        int found = 0;
+        if (at == NULL)
+            continue;
+        if (cfg->n_upstreams == 0)
+            found = strcmp(at + 1, "default") == 0;
+        for (j = 0; j < cfg->n_upstreams && !found; j++)
+            found = strcmp(cfg->upstreams[j].name, at + 1) == 0;
+        if (!found)
+            return ax_error_set(err, 400, "invalid_request_error",
+                                "model-map: %s=%s names no declared upstream \"%s\"",
+                                cfg->model_map[i].from, cfg->model_map[i].to, at + 1);
+    }
+    return 0;
+}
+
 int ax_config_validate(const struct ax_config *cfg, struct ax_error *err)
 {
     const char *u = cfg->upstream_base;
     char buf[160];
     double v;
     size_t i;
+    int rc;
 
     /* values set through the table are in range already; embedders set fields directly */
     for (i = 0; i < N_OPTS; i++) {
@@ -882,12 +1161,18 @@ int ax_config_validate(const struct ax_config *cfg, struct ax_error *err)
     if (cfg->log_level < AX_LOG_LVL_DEBUG || cfg->log_level > AX_LOG_LVL_ERROR)
         return ax_error_set(err, 400, "invalid_request_error", "log-level: %d out of range",
                             cfg->log_level);
+    if (cfg->log_format != NULL && ax_log_format_parse(cfg->log_format) < 0)
+        return ax_error_set(err, 400, "invalid_request_error",
+                            "log-format: invalid value \"%.40s\": expected text or json",
+                            cfg->log_format);
     if (cfg->host == NULL)
         return ax_error_set(err, 400, "invalid_request_error", "host: must not be empty");
     if (u == NULL || (strncasecmp(u, "http://", 7) != 0 && strncasecmp(u, "https://", 8) != 0))
         return ax_error_set(err, 400, "invalid_request_error",
                             "upstream: invalid value \"%s\": expected an http:// or https:// URL",
                             u != NULL ? ax_redact_url(u, buf, sizeof(buf)) : "");
+    if ((rc = validate_fleet(cfg, err)) < 0)
+        return rc;
     if (cfg->write_low_water >= cfg->write_high_water)
         return ax_error_set(err, 400, "invalid_request_error",
                             "write-low-water: %zu must be below write-high-water (%zu)",
@@ -936,6 +1221,31 @@ static cJSON *opt_value_json(const struct ax_config *cfg, const struct opt *o)
         for (i = 0; i < cfg->n_api_keys; i++)
             cJSON_AddItemToArray(arr, cJSON_CreateString("***"));
         return arr;
+    case OPT_UPSTREAM: {
+        char buf[1024];
+        if (cfg->n_upstreams == 0) {
+            const char *u = *FIELD(cfg, o, char *const);
+            return u ? cJSON_CreateString(ax_redact_url(u, buf, sizeof(buf))) : cJSON_CreateNull();
+        }
+        if ((arr = cJSON_CreateArray()) == NULL)
+            return NULL;
+        for (i = 0; i < cfg->n_upstreams; i++) {
+            const struct ax_upstream_decl *d = &cfg->upstreams[i];
+            cJSON *e = cJSON_CreateObject();
+            cJSON_AddItemToArray(arr, e);
+            cJSON_AddStringToObject(e, "name", d->name);
+            cJSON_AddStringToObject(e, "url", ax_redact_url(d->url, buf, sizeof(buf)));
+            if (d->kind)
+                cJSON_AddStringToObject(e, "kind", d->kind);
+            if (d->models)
+                cJSON_AddStringToObject(e, "models", d->models);
+            if (d->max)
+                cJSON_AddNumberToObject(e, "max", d->max);
+            if (d->key)
+                cJSON_AddStringToObject(e, "key", "***");
+        }
+        return arr;
+    }
     case OPT_MAP: {
         struct mapref m = map_of((struct ax_config *)cfg, o->off);
         if ((arr = cJSON_CreateObject()) == NULL)
@@ -1018,7 +1328,8 @@ void ax_config_usage(FILE *out)
 
     fprintf(out, "usage: anthroxy [flags]\n"
                  "       anthroxy check POLICY_OR_CHAIN [REQUEST.json]\n"
-                 "       anthroxy test-lua FILE\n\n"
+                 "       anthroxy test-lua FILE\n"
+                 "       anthroxy replay --experiment FILE --out DIR RECORDING... (--help)\n\n"
                  "Precedence, lowest first: defaults, --config file, environment, flags.\n"
                  "Seconds take decimals or a ms/s/m/h suffix; sizes take K/M/G.\n\n"
                  "flags:\n");

@@ -525,8 +525,8 @@ static int write_head(struct ax_req *req, int status, const char *content_type, 
                       content_length);
     else
         n += snprintf(head + n, sizeof(head) - (size_t)n, "Transfer-Encoding: chunked\r\n");
-    n += snprintf(head + n, sizeof(head) - (size_t)n, "request-id: %s\r\nConnection: %s\r\n",
-                  req->id, keep ? "keep-alive" : "close");
+    n += snprintf(head + n, sizeof(head) - (size_t)n, "request-id: %s\r\n%sConnection: %s\r\n",
+                  req->id, req->resp_headers, keep ? "keep-alive" : "close");
     if ((size_t)n >= sizeof(head))
         return AX_EINVAL;
     if (!keep) {

@@ -9,7 +9,7 @@
 
 static ax_id_source_fn id_source;
 static void *id_source_ud;
-static uint64_t id_state;
+static _Thread_local uint64_t id_state; /* per thread: --workers runs one loop per thread */
 
 static const char base62[] = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
 

@@ -5,6 +5,7 @@
 #include "anthroxy_utf8.h"
 
 #include <inttypes.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,18 +16,24 @@
 enum { C_OTHER, C_QUOTE, C_BSLASH, C_NUM, C_NUM_START };
 static unsigned char byte_class[256];
 
-static void init_byte_class(void)
+static void fill_byte_class(void)
 {
     const char *p;
 
-    if (byte_class['"'] == C_QUOTE)
-        return;
     for (p = "+.eE"; *p; p++)
         byte_class[(unsigned char)*p] = C_NUM;
     for (p = "-0123456789"; *p; p++)
         byte_class[(unsigned char)*p] = C_NUM_START;
     byte_class['\\'] = C_BSLASH;
     byte_class['"'] = C_QUOTE;
+}
+
+/* Once per process, whichever thread parses first (--workers runs one loop per thread). */
+static void init_byte_class(void)
+{
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+
+    pthread_once(&once, fill_byte_class);
 }
 
 /* True when the number token p[0..n) would not survive cJSON's round trip: an integer (no

@@ -7,6 +7,8 @@
 #include "anthroxy_utf8.h"
 
 #include <ctype.h>
+#include <pthread.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,6 +18,7 @@
 #include <time.h>
 
 enum ax_log_level ax_log_level_current = AX_LOG_LVL_INFO;
+static int log_format = AX_LOG_FMT_TEXT;
 
 static const char *const level_names[] = {"DEBUG", "INFO", "WARN", "ERROR"};
 
@@ -44,22 +47,43 @@ void ax_log_set_level(enum ax_log_level lvl)
     ax_log_level_current = lvl;
 }
 
+int ax_log_format_parse(const char *name)
+{
+    if (name != NULL && strcasecmp(name, "text") == 0)
+        return AX_LOG_FMT_TEXT;
+    if (name != NULL && strcasecmp(name, "json") == 0)
+        return AX_LOG_FMT_JSON;
+    return -1;
+}
+
+void ax_log_set_format(int fmt)
+{
+    log_format = fmt == AX_LOG_FMT_JSON ? AX_LOG_FMT_JSON : AX_LOG_FMT_TEXT;
+}
+
 /* ---- secrets ---------------------------------------------------------------------- */
 
 /* Process-wide, like the log itself: a server registers its upstream key while it lives. */
 static char *secrets[AX_LOG_MAX_SECRETS];
 static int n_secrets;
+/* --workers: servers on other threads add and remove their keys while this one logs */
+static pthread_mutex_t secrets_lock = PTHREAD_MUTEX_INITIALIZER;
 
 int ax_log_secret_add(const char *secret)
 {
+    int rc = 0;
+
     if (secret == NULL || strlen(secret) < AX_LOG_SECRET_MIN)
         return 0;
+    pthread_mutex_lock(&secrets_lock);
     if (n_secrets == AX_LOG_MAX_SECRETS)
-        return AX_ETOOBIG;
-    if ((secrets[n_secrets] = strdup(secret)) == NULL)
-        return AX_ENOMEM;
-    n_secrets++;
-    return 0;
+        rc = AX_ETOOBIG;
+    else if ((secrets[n_secrets] = strdup(secret)) == NULL)
+        rc = AX_ENOMEM;
+    else
+        n_secrets++;
+    pthread_mutex_unlock(&secrets_lock);
+    return rc;
 }
 
 void ax_log_secret_remove(const char *secret)
@@ -68,14 +92,16 @@ void ax_log_secret_remove(const char *secret)
 
     if (secret == NULL)
         return;
+    pthread_mutex_lock(&secrets_lock);
     for (i = 0; i < n_secrets; i++) {
         if (strcmp(secrets[i], secret) == 0) {
             free(secrets[i]);
             secrets[i] = secrets[--n_secrets];
             secrets[n_secrets] = NULL;
-            return;
+            break;
         }
     }
+    pthread_mutex_unlock(&secrets_lock);
 }
 
 /* ---- redaction -------------------------------------------------------------------- */
@@ -224,8 +250,10 @@ size_t ax_redact(char *s, size_t n)
     size_t k;
     int i;
 
+    pthread_mutex_lock(&secrets_lock);
     for (i = 0; i < n_secrets; i++)
         n = redact_secret(s, n, secrets[i]);
+    pthread_mutex_unlock(&secrets_lock);
     n = redact_userinfo(s, n);
     n = redact_named(s, n, "authorization", 1);
     n = redact_bearer(s, n);
@@ -303,12 +331,170 @@ size_t ax_log_escape(const char *s, size_t n, char *out, size_t cap)
     return m;
 }
 
-void ax_log_write(enum ax_log_level lvl, const char *req_id, const char *fmt, ...)
+/* s[0..n) as the inside of a JSON string, to out[cap] (NUL-terminated, cut at an escape or
+ * character boundary): well-formed UTF-8 as is, '"' and '\\' escaped, control bytes as \n,
+ * \r, \t or \u00XX, ill-formed bytes as \ufffd. Returns the bytes written. */
+static size_t json_escape(const char *s, size_t n, char *out, size_t cap)
 {
-    char msg[AX_LOG_LINE_MAX], line[AX_LOG_LINE_MAX * 2];
+    static const char hex[] = "0123456789abcdef";
+    const unsigned char *p = (const unsigned char *)s, *e = p + n;
+    size_t m = 0;
+    int k;
+
+    if (cap == 0)
+        return 0;
+    while (p < e) {
+        unsigned char c = *p;
+        char esc[8];
+        size_t w = 2;
+        if (c >= 0x80 && (k = ax_utf8_check(p, e)) > 0) {
+            if (m + (size_t)k + 1 > cap)
+                break;
+            memcpy(out + m, p, (size_t)k);
+            m += (size_t)k;
+            p += k;
+            continue;
+        }
+        esc[0] = '\\';
+        if (c >= 0x80) {
+            memcpy(esc, "\\ufffd", 6);
+            w = 6;
+        } else if (c == '"' || c == '\\') {
+            esc[1] = (char)c;
+        } else if (c == '\n' || c == '\r' || c == '\t') {
+            esc[1] = c == '\n' ? 'n' : c == '\r' ? 'r' : 't';
+        } else if (c < 0x20 || c == 0x7f) {
+            memcpy(esc, "\\u00", 4);
+            esc[4] = hex[c >> 4];
+            esc[5] = hex[c & 15];
+            w = 6;
+        } else {
+            esc[0] = (char)c;
+            w = 1;
+        }
+        if (m + w + 1 > cap)
+            break;
+        memcpy(out + m, esc, w);
+        m += w;
+        p++;
+    }
+    out[m] = '\0';
+    return m;
+}
+
+static size_t stamp(char *line, size_t cap)
+{
     struct timeval tv;
     struct tm tm;
-    size_t n, len;
+    size_t n;
+
+    gettimeofday(&tv, NULL);
+    gmtime_r(&tv.tv_sec, &tm);
+    n = strftime(line, cap, "%Y-%m-%dT%H:%M:%S", &tm);
+    return n + (size_t)snprintf(line + n, cap - n, ".%03dZ", (int)(tv.tv_usec / 1000));
+}
+
+/* A JSON string member ,"key":"value" with value redacted and escaped; cut to fit. */
+static size_t json_member(char *line, size_t n, size_t cap, const char *key, const char *v,
+                          size_t len)
+{
+    char val[AX_LOG_LINE_MAX];
+
+    if (len >= sizeof(val))
+        len = ax_utf8_trim_partial(v, sizeof(val) - 1);
+    memcpy(val, v, len);
+    len = ax_redact(val, len);
+    if (n + strlen(key) + 8 >= cap)
+        return n;
+    n += (size_t)snprintf(line + n, cap - n, ",\"%s\":\"", key);
+    n += json_escape(val, len, line + n, cap - n - 3);
+    line[n++] = '"';
+    return n;
+}
+
+/* One JSON line: the stamp, level, request id, msg, then the fields. */
+static void write_json(enum ax_log_level lvl, const char *req_id, const char *msg, size_t len,
+                       const struct ax_log_field *f, int nf)
+{
+    char line[AX_LOG_LINE_MAX * 3], ts[40];
+    size_t n, cap = sizeof(line) - 3;
+    int i;
+
+    stamp(ts, sizeof(ts));
+    n = (size_t)snprintf(line, cap, "{\"time\":\"%s\",\"level\":\"%s\"", ts,
+                         ax_log_level_name(lvl));
+    if (req_id != NULL)
+        n = json_member(line, n, cap, "request_id", req_id, strnlen(req_id, 64));
+    n = json_member(line, n, cap, "msg", msg, len);
+    for (i = 0; i < nf && n + 64 < cap; i++) {
+        if (f[i].type == AX_LF_STR)
+            n = json_member(line, n, cap, f[i].key, f[i].s ? f[i].s : "-",
+                            f[i].s ? strlen(f[i].s) : 1);
+        else if (f[i].type == AX_LF_INT)
+            n += (size_t)snprintf(line + n, cap - n, ",\"%s\":%lld", f[i].key, f[i].i);
+        else if (isfinite(f[i].d))
+            n += (size_t)snprintf(line + n, cap - n, ",\"%s\":%.1f", f[i].key, f[i].d);
+        else
+            n += (size_t)snprintf(line + n, cap - n, ",\"%s\":null", f[i].key);
+    }
+    line[n++] = '}';
+    line[n++] = '\n';
+    fwrite(line, 1, n, stderr);
+}
+
+/* One text line from an already formatted message (redacted and escaped here). */
+static void write_text(enum ax_log_level lvl, const char *req_id, char *msg, size_t len)
+{
+    char line[AX_LOG_LINE_MAX * 2];
+    size_t n;
+
+    len = ax_redact(msg, len);
+    n = stamp(line, sizeof(line));
+    n += (size_t)snprintf(line + n, sizeof(line) - n, " %-5s ", ax_log_level_name(lvl));
+    if (req_id != NULL) {
+        line[n++] = '[';
+        n += ax_log_escape(req_id, strnlen(req_id, 64), line + n, 200);
+        line[n++] = ']';
+        line[n++] = ' ';
+    }
+    n += ax_log_escape(msg, len, line + n, sizeof(line) - n - 1);
+    line[n++] = '\n';
+    fwrite(line, 1, n, stderr);
+}
+
+void ax_log_fields(enum ax_log_level lvl, const char *req_id, const char *msg,
+                   const struct ax_log_field *f, int nf)
+{
+    char text[AX_LOG_LINE_MAX];
+    size_t n;
+    int i, r;
+
+    if (log_format == AX_LOG_FMT_JSON) {
+        write_json(lvl, req_id, msg, strlen(msg), f, nf);
+        return;
+    }
+    r = snprintf(text, sizeof(text), "%s", msg);
+    n = r < 0 ? 0 : (size_t)r < sizeof(text) ? (size_t)r : sizeof(text) - 1;
+    for (i = 0; i < nf && n + 1 < sizeof(text); i++) {
+        if (f[i].type == AX_LF_STR)
+            r = snprintf(text + n, sizeof(text) - n, " %s=%s", f[i].key, f[i].s ? f[i].s : "-");
+        else if (f[i].type == AX_LF_INT)
+            r = snprintf(text + n, sizeof(text) - n, " %s=%lld", f[i].key, f[i].i);
+        else
+            r = snprintf(text + n, sizeof(text) - n, " %s=%.1f", f[i].key, f[i].d);
+        if (r < 0)
+            break;
+        n = n + (size_t)r < sizeof(text) ? n + (size_t)r : sizeof(text) - 1;
+    }
+    if (n == sizeof(text) - 1)
+        n = ax_utf8_trim_partial(text, n);
+    write_text(lvl, req_id, text, strnlen(text, n));
+}
+
+void ax_log_write(enum ax_log_level lvl, const char *req_id, const char *fmt, ...)
+{
+    char msg[AX_LOG_LINE_MAX];
+    size_t len;
     va_list ap;
     int r;
 
@@ -320,20 +506,9 @@ void ax_log_write(enum ax_log_level lvl, const char *req_id, const char *fmt, ..
     len = (size_t)r < sizeof(msg) ? (size_t)r : sizeof(msg) - 1;
     if ((size_t)r > len)
         len = ax_utf8_trim_partial(msg, len); /* cut by the limit, not by the writer */
-    len = ax_redact(msg, strnlen(msg, len));  /* a %c of NUL ends it, as it would a %s */
-
-    gettimeofday(&tv, NULL);
-    gmtime_r(&tv.tv_sec, &tm);
-    n = strftime(line, sizeof(line), "%Y-%m-%dT%H:%M:%S", &tm);
-    n += (size_t)snprintf(line + n, sizeof(line) - n, ".%03dZ %-5s ", (int)(tv.tv_usec / 1000),
-                          ax_log_level_name(lvl));
-    if (req_id != NULL) {
-        line[n++] = '[';
-        n += ax_log_escape(req_id, strnlen(req_id, 64), line + n, 200);
-        line[n++] = ']';
-        line[n++] = ' ';
-    }
-    n += ax_log_escape(msg, len, line + n, sizeof(line) - n - 1);
-    line[n++] = '\n';
-    fwrite(line, 1, n, stderr);
+    len = strnlen(msg, len);                  /* a %c of NUL ends it, as it would a %s */
+    if (log_format == AX_LOG_FMT_JSON)
+        write_json(lvl, req_id, msg, len, NULL, 0); /* json_member redacts */
+    else
+        write_text(lvl, req_id, msg, len);
 }

@@ -20,6 +20,7 @@
 
 #define PROBE_TIMEOUT_MS 10000
 #define PROBE_SLOW_MS 60000
+#define PROBE_DOWN_MAX_MS 30000
 #define PROBE_MAX_BYTES (4u * 1024 * 1024)
 
 enum probe_step { PROBE_IDLE, PROBE_PROPS, PROBE_SLOTS, PROBE_MODELS };
@@ -36,6 +37,7 @@ struct probe {
     const char *n_ctx_source;
     int llama;
     char old_model[256];
+    int down_streak; /* probes in a row that found it down: the next one backs off */
     int closing;
     void (*on_info)(void *ud);
     void *on_info_ud;
@@ -176,6 +178,15 @@ static void probe_finish(struct probe *p)
         next = p->interval_ms;
         if (in->state == AX_UP_OK && (in->n_ctx > 0 || !in->llama_server))
             next = PROBE_SLOW_MS;
+        /* down: back off (2, 4, 8, 16 s, then every 30 s), so a dead server of a fleet is
+         * not polled hard; a live failure (ax_upstream_probe_now) still probes at once */
+        p->down_streak = in->state == AX_UP_DOWN ? p->down_streak + 1 : 0;
+        if (p->down_streak > 1) {
+            int shift = p->down_streak - 1 < 4 ? p->down_streak - 1 : 4;
+            next = p->interval_ms << shift;
+            if (next > PROBE_DOWN_MAX_MS)
+                next = PROBE_DOWN_MAX_MS;
+        }
         uv_timer_start(&p->timer, probe_on_timer, next, 0);
     }
     if (changed && p->on_info != NULL)

@@ -2,13 +2,18 @@
  * http.c's connections to the router (routes.c) and of upstream, monitor and policy engine,
  * and the graceful stop, which cancels what is left through request.c's registry. */
 #include "anthroxy.h"
+#include "anthroxy_experiment.h"
+#include "anthroxy_fleet.h"
 #include "anthroxy_http.h"
 #include "anthroxy_log.h"
+#include "anthroxy_metrics.h"
 #include "anthroxy_models.h"
 #include "anthroxy_monitor.h"
 #include "anthroxy_policy.h"
+#include "anthroxy_record.h"
 #include "anthroxy_routes.h"
 #include "anthroxy_server.h"
+#include "anthroxy_session_share.h"
 #include "anthroxy_upstream.h"
 
 #include <errno.h>
@@ -19,6 +24,13 @@
 #endif
 #include <string.h>
 #include <sys/resource.h>
+
+#ifndef SO_REUSEPORT /* Linux's, hidden by _POSIX_C_SOURCE */
+#define SO_REUSEPORT 15
+#endif
+#ifndef SOCK_CLOEXEC
+#define SOCK_CLOEXEC 02000000
+#endif
 
 #define AX_SESSION_SWEEP_MS 60000
 #define AX_SHUTDOWN_FLUSH_MS 1000 /* after the grace period, for the last error events */
@@ -45,17 +57,19 @@ static const char *engine_upstream_model(void *ud)
     return ax_models_upstream_name(&srv->cfg, srv->up, NULL);
 }
 
-/* Logs what the upstream probe learned, and warns when the window is too small. */
-static void on_upstream_info(void *ud)
+/* Logs what a member's probe learned, and warns when the window is too small. */
+static void on_upstream_info(void *ud, size_t i)
 {
     struct ax_server *srv = ud;
-    const struct ax_upstream_info *info = ax_upstream_info(srv->up);
+    struct ax_upstream *up = ax_fleet_upstream(srv->fleet, i);
+    const struct ax_upstream_info *info = ax_upstream_info(up);
     const char *src;
-    int64_t win = ax_models_window(&srv->cfg, srv->up, &src);
+    int64_t win = ax_models_window(&srv->cfg, up, &src);
 
-    AX_LOG_INFO(NULL, "upstream %s: state %s, model '%s', context window %lld (%s)%s",
-                ax_upstream_root(srv->up), ax_upstream_state_name(info->state), info->model_id,
-                (long long)win, src, info->llama_server ? ", llama-server" : "");
+    AX_LOG_INFO(NULL, "upstream %s (%s): state %s, model '%s', context window %lld (%s)%s",
+                ax_fleet_name(srv->fleet, i), ax_upstream_root(up),
+                ax_upstream_state_name(info->state), info->model_id, (long long)win, src,
+                info->llama_server ? ", llama-server" : "");
     if (win < AX_CLAUDE_CODE_PREFIX_TOKENS + AX_CLAUDE_CODE_HEADROOM)
         AX_LOG_WARN(NULL,
                     "context window %lld is below Claude Code's fixed prefix (~%d tokens of "
@@ -125,7 +139,6 @@ int ax_server_new(uv_loop_t *loop, const struct ax_config *cfg, struct ax_server
                   struct ax_error *err)
 {
     struct ax_server *srv = calloc(1, sizeof(*srv));
-    struct ax_upstream_opts uo;
     struct ax_http_limits lim;
     struct ax_http_callbacks hcb = {server_on_request, server_on_conn_closed, NULL, NULL};
     struct ax_error verr = {0};
@@ -156,24 +169,11 @@ int ax_server_new(uv_loop_t *loop, const struct ax_config *cfg, struct ax_server
     hcb.ud = srv;
     hcb.on_headers = server_on_headers;
     ax_http_server_init(&srv->http, loop, &lim, &hcb, &srv->reqs);
-    memset(&uo, 0, sizeof(uo));
-    uo.base_url = srv->cfg.upstream_base;
-    uo.api_key = srv->cfg.upstream_api_key;
-    uo.max_concurrent = srv->cfg.max_upstream;
-    uo.queue_max = srv->cfg.upstream_queue_max;
-    uo.connect_timeout_ms = srv->cfg.connect_timeout_ms;
-    uo.idle_timeout_ms = srv->cfg.read_timeout_ms;
-    uo.total_timeout_ms = srv->cfg.total_timeout_ms;
-    uo.connect_retries = srv->cfg.connect_retries;
-    uo.retry_delay_ms = srv->cfg.retry_delay_ms;
-    uo.max_response_bytes = srv->cfg.max_response_bytes;
-    if ((rc = ax_upstream_new(loop, &uo, &srv->up)) < 0) {
-        ax_error_set_code(err, rc, 500, "api_error", "upstream %s: %s", srv->cfg.upstream_base,
-                          ax_strerror(rc));
+    if ((rc = ax_fleet_new(loop, &srv->cfg, &srv->fleet, err)) < 0)
         goto fail;
-    }
-    ax_upstream_on_info(srv->up, on_upstream_info, srv);
-    if ((srv->mon = ax_monitor_new(srv->cfg.max_sessions, srv->cfg.session_ttl_ms)) == NULL) {
+    srv->up = ax_fleet_upstream(srv->fleet, 0);
+    if ((srv->mon = ax_monitor_new(srv->cfg.max_sessions, srv->cfg.session_ttl_ms)) == NULL ||
+        ax_exp_stats_new(&srv->exp_stats) < 0 || (srv->metrics = ax_metrics_new()) == NULL) {
         rc = ax_error_set_code(err, AX_ENOMEM, 500, "api_error", "out of memory");
         goto fail;
     }
@@ -186,8 +186,12 @@ int ax_server_new(uv_loop_t *loop, const struct ax_config *cfg, struct ax_server
     *out = srv;
     return 0;
 fail:
-    if (srv->up)
-        ax_upstream_close(srv->up, NULL, NULL);
+    if (srv->mon)
+        ax_monitor_free(srv->mon);
+    ax_exp_stats_free(srv->exp_stats);
+    if (srv->fleet)
+        ax_fleet_close(srv->fleet, NULL, NULL);
+    ax_metrics_free(srv->metrics);
     ax_config_free(&srv->cfg);
     free(srv);
     return rc;
@@ -247,6 +251,29 @@ static int listen_address(struct ax_server *srv, struct sockaddr_storage *ss, st
                              uv_strerror(last));
 }
 
+/* Workers share the port: each binds its own socket with SO_REUSEPORT and the kernel
+ * spreads the connections (libuv 1.44 has no flag for it: set it on a socket we create and
+ * hand to uv_tcp_open). Returns 0 or a libuv error code. */
+static int bind_reuseport(struct ax_server *srv, const struct sockaddr_storage *ss)
+{
+    int fd, one = 1, rc;
+    socklen_t len =
+        ss->ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
+
+    if ((fd = socket(ss->ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0)) < 0)
+        return uv_translate_sys_error(errno);
+    if (setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0 ||
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0 ||
+        bind(fd, (const struct sockaddr *)ss, len) < 0) {
+        rc = uv_translate_sys_error(errno);
+        close(fd);
+        return rc;
+    }
+    if ((rc = uv_tcp_open(&srv->listener, fd)) < 0)
+        close(fd);
+    return rc;
+}
+
 int ax_server_listen(struct ax_server *srv, struct ax_error *err)
 {
     struct sockaddr_storage ss;
@@ -257,7 +284,8 @@ int ax_server_listen(struct ax_server *srv, struct ax_error *err)
 
     if ((rc = listen_address(srv, &ss, err)) < 0)
         return rc;
-    if ((rc = uv_tcp_bind(&srv->listener, (struct sockaddr *)&ss, 0)) < 0 ||
+    if ((rc = srv->cfg.workers > 1 ? bind_reuseport(srv, &ss)
+                                   : uv_tcp_bind(&srv->listener, (struct sockaddr *)&ss, 0)) < 0 ||
         (rc = uv_listen((uv_stream_t *)&srv->listener, 511, on_connection)) < 0)
         return ax_error_set_code(err, ax_error_from_uv(rc), 500, "api_error",
                                  "cannot listen on %s:%d: %s", host, srv->cfg.port,
@@ -280,6 +308,7 @@ int ax_server_listen(struct ax_server *srv, struct ax_error *err)
     env.cfg = &srv->cfg;
     env.up = srv->up;
     env.mon = srv->mon;
+    env.stats = srv->exp_stats;
     env.context_window = engine_context_window;
     env.upstream_model = engine_upstream_model;
     env.ud = srv;
@@ -296,8 +325,12 @@ int ax_server_listen(struct ax_server *srv, struct ax_error *err)
         ax_policy_engine_reload(srv->policies); /* overrides apply from the next generation */
     }
     ax_policy_engine_watch(srv->policies);
+    if (srv->cfg.record_dir != NULL &&
+        ax_recorder_new(srv->loop, srv->cfg.record_dir, srv->cfg.record_max_file_bytes,
+                        srv->cfg.record_max_dir_bytes, &srv->rec, err) < 0)
+        return AX_EIO;
 
-    ax_upstream_probe_start(srv->up, AX_PROBE_INTERVAL_MS);
+    ax_fleet_probe_start(srv->fleet, AX_PROBE_INTERVAL_MS, on_upstream_info, srv);
     uv_timer_start(&srv->timer, on_sweep, AX_SESSION_SWEEP_MS, AX_SESSION_SWEEP_MS);
     srv->started_ms = uv_now(srv->loop);
     if (!loopback && srv->cfg.n_api_keys == 0)
@@ -352,12 +385,20 @@ static void finish_stop(struct ax_server *srv)
     srv->stopping = 2;
     uv_timer_stop(&srv->timer);
     ax_req_cancel_all(&srv->reqs); /* before the engine closes: nothing may hold it */
-    srv->pending_closes = 3;       /* timer, trim timer, upstream */
+    srv->pending_closes = 3;       /* timer, trim timer, fleet */
     if (srv->policies)
+        srv->pending_closes++;
+    if (srv->rec)
         srv->pending_closes++;
     uv_close((uv_handle_t *)&srv->timer, on_handle_closed);
     ax_trim_close(&srv->trim, on_component_closed, srv);
-    ax_upstream_close(srv->up, on_component_closed, srv);
+    if (srv->rec) {
+        ax_recorder_close(srv->rec, on_component_closed, srv); /* frees it once all let go */
+        srv->rec = NULL;
+    }
+    ax_fleet_close(srv->fleet, on_component_closed, srv);
+    srv->fleet = NULL;
+    srv->up = NULL;
     if (srv->policies) {
         ax_policy_engine_close(srv->policies, on_component_closed, srv); /* frees it too */
         srv->policies = NULL;
@@ -411,12 +452,28 @@ void ax_server_stop(struct ax_server *srv, void (*on_stopped)(struct ax_server *
     uv_close((uv_handle_t *)&srv->listener, on_listener_closed);
 }
 
+int ax_server_share_sessions(struct ax_server *srv, struct ax_server *first, int index)
+{
+    if (first->share == NULL) {
+        if ((first->share = ax_session_share_new((size_t)first->cfg.max_sessions)) == NULL)
+            return AX_ENOMEM;
+        first->share_owner = 1;
+    }
+    srv->share = first->share;
+    srv->worker = index;
+    return 0;
+}
+
 void ax_server_free(struct ax_server *srv)
 {
     if (srv == NULL)
         return;
+    if (srv->share_owner)
+        ax_session_share_free(srv->share);
     if (srv->mon)
         ax_monitor_free(srv->mon);
+    ax_exp_stats_free(srv->exp_stats);
+    ax_metrics_free(srv->metrics);
     ax_config_free(&srv->cfg);
     free(srv);
 }

@@ -12,8 +12,10 @@
 #include "anthroxy_json.h"
 #include "anthroxy_json_scan.h"
 #include "anthroxy_tokens.h"
+#include "anthroxy_toolcall_text.h"
 #include "anthroxy_utf8.h"
 
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,13 +24,16 @@
 #define DEFAULT_FALLBACK_MAX ((size_t)256 << 10)
 #define PENDING_ARGS_MAX ((size_t)16 << 20) /* arguments held before a call's name arrives */
 #define SCRATCH_KEEP ((size_t)16 << 10)     /* decoding scratch kept between chunks */
+#define TEXT_CALL_INDEX INT_MIN             /* the tool record of a text call: no upstream index */
 
 struct ax__stream_tool {
     int index; /* the upstream's tool_calls[].index */
     int block; /* Anthropic block index, -1 until the block is opened */
     int closed;
     int truncated; /* args no longer holds the whole argument text */
-    char *id;      /* "toolu_..." */
+    int text_call; /* recognised in text: its arguments went out whole, already checked */
+    struct ax_tool_args_fixer fix; /* repairs native argument text as it streams */
+    char *id;                      /* "toolu_..." */
     char *name;
     struct ax_buf args; /* argument text: kept for the summary, pending before opening */
     size_t args_len;    /* argument bytes seen in all */
@@ -200,6 +205,31 @@ static int put_usage(struct ax_buf *o, const struct ax_usage *u, double scale)
     return rc;
 }
 
+/* message_delta's usage: put_usage's, with usage.iterations when a compaction ran (its
+ * entry, then the answer's own, whose figures are the top-level ones). */
+static int put_final_usage(struct ax_buf *o, const struct ax_usage *u, double scale,
+                           const char *c_iter, int answered)
+{
+    cJSON *obj, *its, *msg;
+    int rc = AX_ENOMEM;
+
+    if (c_iter == NULL)
+        return put_usage(o, u, scale);
+    obj = cJSON_CreateObject();
+    if (obj != NULL && ax_usage_add_anthropic(obj, u, scale) == 0 &&
+        (its = cJSON_AddArrayToObject(obj, "iterations")) != NULL &&
+        cJSON_AddItemToArray(its, cJSON_Parse(c_iter))) {
+        if (!answered) /* paused after the compaction: no answer of its own */
+            rc = ax_json_print(obj, o);
+        else if ((msg = cJSON_CreateObject()) != NULL && cJSON_AddItemToArray(its, msg) &&
+                 ax_usage_add_anthropic(msg, u, scale) == 0 &&
+                 cJSON_AddStringToObject(msg, "type", "message") != NULL)
+            rc = ax_json_print(obj, o);
+    }
+    cJSON_Delete(obj);
+    return rc;
+}
+
 /* The usage to report: the upstream's when it sent some, else the estimates. */
 static void current_usage(const struct ax_stream *st, struct ax_usage *u, int with_output)
 {
@@ -243,10 +273,108 @@ int ax_stream_init(struct ax_stream *st, const struct ax_stream_opts *o)
     st->_args_budget = o->max_tool_args_bytes ? o->max_tool_args_bytes : DEFAULT_ARGS_BUDGET;
     st->_last_tool = -1;
     st->_cjson_only = o->parse_with_cjson;
+    st->_has_compaction = o->compaction;
+    if ((o->context_management && (st->_cm = strdup(o->context_management)) == NULL) ||
+        (o->compaction_content && (st->_compaction = strdup(o->compaction_content)) == NULL) ||
+        (o->compaction_usage && (st->_c_iter = strdup(o->compaction_usage)) == NULL)) {
+        ax_stream_free(st);
+        return AX_ENOMEM;
+    }
     ax_buf_init(&st->_scratch, (size_t)1 << 30); /* bounded by the payload in practice */
+    ax_buf_init(&st->_fixed, (size_t)1 << 30);   /* at most 6 times one fragment */
+    ax_buf_init(&st->_run, AX_TCTEXT_MAX_HOLD_DEFAULT + ((size_t)1 << 30)); /* hold + a delta */
+    ax_tctext_init(&st->_tct, NULL, 0);
+    ax_stream_set_tools(st, o->tools);
     ax_buf_init(&st->_reasoning,
                 o->max_fallback_bytes ? o->max_fallback_bytes : DEFAULT_FALLBACK_MAX);
     return 0;
+}
+
+/* Drops the "description" keywords of a schema (not properties named so: Bash has one). */
+static void strip_descriptions(cJSON *schema, int depth)
+{
+    static const char *const lists[] = {"anyOf", "oneOf", "allOf"};
+    cJSON *c, *p;
+    size_t i;
+
+    if (!cJSON_IsObject(schema) || depth > 16)
+        return;
+    if (cJSON_IsString(cJSON_GetObjectItemCaseSensitive(schema, "description")))
+        cJSON_DeleteItemFromObjectCaseSensitive(schema, "description");
+    if (!cJSON_IsObject(p = cJSON_GetObjectItemCaseSensitive(schema, "properties")))
+        p = NULL;
+    cJSON_ArrayForEach(c, p)
+    {
+        strip_descriptions(c, depth + 1);
+    }
+    strip_descriptions(cJSON_GetObjectItemCaseSensitive(schema, "items"), depth + 1);
+    for (i = 0; i < sizeof(lists) / sizeof(lists[0]); i++) {
+        if (!cJSON_IsArray(p = cJSON_GetObjectItemCaseSensitive(schema, lists[i])))
+            continue;
+        cJSON_ArrayForEach(c, p)
+        {
+            strip_descriptions(c, depth + 1);
+        }
+    }
+}
+
+/* The tools once kept as text: parsed when a call needs them, dropped when the feed, end or
+ * fail call that needed them returns (tools_drop), never inside it (the recogniser may still
+ * hold pointers into the tree). */
+static const cJSON *stream_tools(void *ud)
+{
+    struct ax_stream *st = ud;
+
+    if (st->_offered != NULL || st->_tools_json == NULL)
+        return st->_offered;
+    if (st->_tools_tree == NULL)
+        st->_tools_tree = cJSON_ParseWithLength(st->_tools_json, st->_tools_json_len);
+    return st->_tools_tree; /* NULL when out of memory: the calls stay text */
+}
+
+static void tools_drop(struct ax_stream *st)
+{
+    cJSON_Delete(st->_tools_tree);
+    st->_tools_tree = NULL;
+}
+
+int ax_stream_keep_tools_take(struct ax_stream *st, cJSON *tools)
+{
+    cJSON *t;
+    char *text;
+
+    if (!st->_tct_on || tools == NULL) {
+        cJSON_Delete(tools);
+        st->_offered = NULL;
+        st->_tct_on = 0;
+        return 0;
+    }
+    cJSON_ArrayForEach(t, tools)
+    {
+        cJSON_DeleteItemFromObjectCaseSensitive(t, "description");
+        strip_descriptions(cJSON_GetObjectItemCaseSensitive(t, "input_schema"), 0);
+    }
+    text = cJSON_PrintUnformatted(tools);
+    cJSON_Delete(tools);
+    st->_offered = NULL; /* the caller's tree is going away */
+    if (text == NULL) {
+        st->_tct_on = 0; /* out of memory: text passes as it came */
+        ax_tctext_free(&st->_tct);
+        ax_tctext_init(&st->_tct, NULL, 0);
+        return AX_ENOMEM;
+    }
+    st->_tools_json = text;
+    st->_tools_json_len = strlen(text);
+    ax_tctext_set_tools_fn(&st->_tct, stream_tools, st);
+    return 0;
+}
+
+void ax_stream_set_tools(struct ax_stream *st, const cJSON *tools)
+{
+    st->_offered = cJSON_IsArray(tools) && tools->child != NULL ? tools : NULL;
+    st->_tct_on = st->_offered != NULL;
+    ax_tctext_free(&st->_tct);
+    ax_tctext_init(&st->_tct, st->_offered, 0);
 }
 
 void ax_stream_free(struct ax_stream *st)
@@ -261,8 +389,19 @@ void ax_stream_free(struct ax_stream *st)
     free(st->_tools);
     free(st->_recs);
     free(st->_model);
+    free(st->_cm);
+    free(st->_compaction);
+    free(st->_c_iter);
+    st->_c_iter = NULL;
     ax_buf_free(&st->_reasoning);
     ax_buf_free(&st->_scratch);
+    ax_buf_free(&st->_fixed);
+    ax_buf_free(&st->_run);
+    ax_tctext_free(&st->_tct);
+    tools_drop(st);
+    cJSON_free(st->_tools_json);
+    st->_tools_json = NULL;
+    st->_cm = st->_compaction = NULL;
     st->_tools = NULL;
     st->_recs = NULL;
     st->_model = NULL;
@@ -289,6 +428,29 @@ static int emit_message_start(struct ax_stream *st, struct ax_buf *o)
     return PUT_LIT(o, "}}\n\n");
 }
 
+static void record_block(struct ax_stream *st, int index, int kind, int tool);
+
+/* The compaction block (context management) the policies made: whole, before the answer. */
+static int emit_compaction(struct ax_stream *st, struct ax_buf *o)
+{
+    int rc;
+
+    if ((rc = PUT_LIT(o, "event: content_block_start\ndata: {\"type\":\"content_block_start\","
+                         "\"index\":0,\"content_block\":{\"type\":\"compaction\","
+                         "\"content\":null,\"encrypted_content\":null}}\n\n"
+                         "event: content_block_delta\ndata: {\"type\":\"content_block_delta\","
+                         "\"index\":0,\"delta\":{\"type\":\"compaction_delta\",\"content\":")) <
+            0 ||
+        (rc = put_cstr_or_null(o, st->_compaction)) < 0 ||
+        (rc = PUT_LIT(o, ",\"encrypted_content\":null}}\n\n"
+                         "event: content_block_stop\ndata: {\"type\":\"content_block_stop\","
+                         "\"index\":0}\n\n")) < 0)
+        return rc;
+    record_block(st, 0, AX_STREAM_BLOCK_NONE, -1); /* not in the summary */
+    st->_n_blocks = 1;
+    return 0;
+}
+
 int ax_stream_begin(struct ax_stream *st, struct ax_buf *out)
 {
     size_t mark = out->len;
@@ -296,7 +458,8 @@ int ax_stream_begin(struct ax_stream *st, struct ax_buf *out)
 
     if (st->state != AX_STREAM_NEW)
         return 0;
-    if ((rc = emit_message_start(st, out)) < 0) {
+    if ((rc = emit_message_start(st, out)) < 0 ||
+        (st->_has_compaction && (rc = emit_compaction(st, out)) < 0)) {
         rollback(out, mark, rc);
         return rc;
     }
@@ -369,6 +532,8 @@ static int emit_block_stop(struct ax_buf *o, int index)
     return PUT_LIT(o, "}\n\n");
 }
 
+static int end_tool_args(struct ax_stream *st, struct ax_buf *o, struct ax__stream_tool *t);
+
 static int close_block(struct ax_stream *st, struct ax_buf *o)
 {
     int rc;
@@ -383,6 +548,8 @@ static int close_block(struct ax_stream *st, struct ax_buf *o)
             return rc;
         break;
     case AX_STREAM_BLOCK_TOOL:
+        if ((rc = end_tool_args(st, o, &st->_tools[st->_open_tool])) < 0)
+            return rc;
         st->_tools[st->_open_tool].closed = 1;
         break;
     case AX_STREAM_BLOCK_TEXT:
@@ -468,10 +635,14 @@ static int open_block(struct ax_stream *st, struct ax_buf *o, enum ax_stream_blo
 
 /* ---- translation of one chunk ---- */
 
+static int tct_flush(struct ax_stream *st, struct ax_buf *o);
+
 static int on_reasoning(struct ax_stream *st, struct ax_buf *o, const struct piece *pc)
 {
     int rc;
 
+    if ((rc = tct_flush(st, o)) < 0)
+        return rc;
     if (st->_open != AX_STREAM_BLOCK_THINKING &&
         (rc = open_block(st, o, AX_STREAM_BLOCK_THINKING, -1)) < 0)
         return rc;
@@ -487,7 +658,7 @@ static int on_reasoning(struct ax_stream *st, struct ax_buf *o, const struct pie
     return 0;
 }
 
-static int on_text(struct ax_stream *st, struct ax_buf *o, const struct piece *pc)
+static int put_text(struct ax_stream *st, struct ax_buf *o, const struct piece *pc)
 {
     int rc;
 
@@ -583,6 +754,20 @@ static void keep_args(struct ax_stream *st, struct ax__stream_tool *t, const cha
     st->_args_budget -= n;
 }
 
+/* Sends the repaired argument text in st->_fixed, and keeps it for the summary. */
+static int put_fixed_args(struct ax_stream *st, struct ax_buf *o, struct ax__stream_tool *t)
+{
+    int rc;
+
+    if (st->_fixed.len == 0)
+        return 0;
+    if ((rc = EMIT_DELTA(st, o, "\"input_json_delta\",\"partial_json\":", st->_fixed.data,
+                         st->_fixed.len)) < 0)
+        return rc;
+    keep_args(st, t, st->_fixed.data, st->_fixed.len);
+    return 0;
+}
+
 /* Opens the call's block and streams the argument text held until its name arrived. */
 static int open_tool(struct ax_stream *st, struct ax_buf *o, struct ax__stream_tool *t)
 {
@@ -595,18 +780,171 @@ static int open_tool(struct ax_stream *st, struct ax_buf *o, struct ax__stream_t
         return rc;
     if (held == 0)
         return 0;
-    if ((rc = EMIT_DELTA(st, o, "\"input_json_delta\",\"partial_json\":", t->args.data, held)) < 0)
+    ax_buf_reset(&st->_fixed);
+    if ((rc = ax_tool_args_fix_feed(&t->fix, t->args.data, held, &st->_fixed)) < 0)
         return rc;
-    t->hash = ax_fnv1a(t->args.data, held, t->hash);
-    t->args_len = held;
     st->output_estimate += ax_tokens_text(t->args.data, held);
-    if (held > st->_args_budget) {
-        t->truncated = 1;
-        ax_buf_free(&t->args);
-    } else {
-        st->_args_budget -= held;
-    }
+    ax_buf_reset(&t->args); /* from now on it keeps what the client got, for the summary */
+    return put_fixed_args(st, o, t);
+}
+
+/* A piece of native argument text, repaired as it streams: unchanged (the usual case) it is
+ * copied as it came. */
+static int put_args(struct ax_stream *st, struct ax_buf *o, struct ax__stream_tool *t,
+                    const struct piece *a)
+{
+    int rc;
+
+    ax_buf_reset(&st->_fixed);
+    if ((rc = ax_tool_args_fix_feed(&t->fix, a->s, a->n, &st->_fixed)) < 0)
+        return rc;
+    st->output_estimate += ax_tokens_text(a->s, a->n);
+    if (rc == 0)
+        return put_fixed_args(st, o, t);
+    if ((rc = EMIT_PIECE(st, o, "\"input_json_delta\",\"partial_json\":", a)) < 0)
+        return rc;
+    keep_args(st, t, a->s, a->n);
     return 0;
+}
+
+/* Checks a finished call against its tool's input_schema (when tools were offered) and counts
+ * a failure: the call still goes to the client, whose tool reports the error to the model. */
+static void check_call(struct ax_stream *st, const struct ax__stream_tool *t)
+{
+    const cJSON *tool;
+    char why[AX_TCTEXT_WHY_MAX];
+    cJSON *args = NULL;
+
+    if (!st->_tct_on || t->truncated || t->name == NULL ||
+        (tool = ax_tctext_find_tool(stream_tools(st), t->name, strlen(t->name))) == NULL)
+        return;
+    if (ax_tool_args_parse(t->args.data ? t->args.data : "", t->args.len, &args, NULL) < 0)
+        ax_toolcall_stats_fail(&st->tool_stats, t->name, "the arguments are not a JSON object");
+    else if (ax_tool_args_check(args, cJSON_GetObjectItemCaseSensitive(tool, "input_schema"), why,
+                                sizeof(why)) < 0)
+        ax_toolcall_stats_fail(&st->tool_stats, t->name, why);
+    cJSON_Delete(args);
+}
+
+/* The native call's block is closing: what its arguments' end needs (held bytes, closing
+ * brackets) goes out first; then the schema check. */
+static int end_tool_args(struct ax_stream *st, struct ax_buf *o, struct ax__stream_tool *t)
+{
+    int rc;
+
+    if (t->text_call || t->closed)
+        return 0;
+    ax_buf_reset(&st->_fixed);
+    if ((rc = ax_tool_args_fix_finish(&t->fix, &st->_fixed,
+                                      strcmp(st->finish_reason, "length") != 0)) < 0 ||
+        (rc = put_fixed_args(st, o, t)) < 0)
+        return rc;
+    if (t->fix.repairs)
+        st->tool_stats.repaired++;
+    check_call(st, t);
+    return 0;
+}
+
+/* ---- tool calls written as text ---- */
+
+/* The text events of one feed are joined before they go out: the recogniser may cut a run
+ * anywhere (inside a character, when a possible marker is ruled out at its second byte), and
+ * each text_delta must be well-formed UTF-8 on its own. */
+struct tct_ud {
+    struct ax_stream *st;
+    struct ax_buf *o;
+    const struct piece *pc; /* the delta being fed, NULL when flushing */
+    int whole;              /* the one text event so far was all of pc */
+};
+
+static int tct_text_out(struct tct_ud *u)
+{
+    struct ax_stream *st = u->st;
+    struct piece p = {st->_run.data, NULL, st->_run.len, 0};
+    int rc;
+
+    if (u->whole) {
+        u->whole = 0;
+        return put_text(st, u->o, u->pc); /* unchanged: the literal is copied as it came */
+    }
+    if (st->_run.len == 0)
+        return 0;
+    rc = put_text(st, u->o, &p);
+    ax_buf_reset(&st->_run);
+    return rc;
+}
+
+/* A recognised call: its own tool_use block, the arguments in one delta, closed at once. */
+static int put_text_call(struct ax_stream *st, struct ax_buf *o, struct ax_tctext_event *ev)
+{
+    struct ax__stream_tool *t;
+    struct piece raw = {ev->text, NULL, ev->len, 0};
+    int rc;
+
+    if (st->_n_tools >= AX_STREAM_MAX_TOOLS)
+        return ev->len > 0 ? put_text(st, o, &raw) : 0; /* too many: it stays text */
+    if ((t = add_tool(st, TEXT_CALL_INDEX)) == NULL)
+        return AX_ENOMEM;
+    t->text_call = 1;
+    if ((t->name = strdup(ev->name)) == NULL)
+        return AX_ENOMEM;
+    if ((rc = open_tool(st, o, t)) < 0 ||
+        (rc = EMIT_DELTA(st, o, "\"input_json_delta\",\"partial_json\":", ev->input_json,
+                         ev->input_len)) < 0)
+        return rc;
+    keep_args(st, t, ev->input_json, ev->input_len);
+    st->output_estimate += ax_tokens_text(ev->text, ev->len);
+    st->tool_stats.text_calls++;
+    if (ev->repairs)
+        st->tool_stats.repaired++;
+    if (ev->check_error != NULL)
+        ax_toolcall_stats_fail(&st->tool_stats, ev->name, ev->check_error);
+    return close_block(st, o);
+}
+
+static int tct_on_event(struct ax_tctext_event *ev, void *ud)
+{
+    struct tct_ud *u = ud;
+    int rc;
+
+    if (ev->kind == AX_TCTEXT_CALL)
+        return (rc = tct_text_out(u)) < 0 ? rc : put_text_call(u->st, u->o, ev);
+    if (u->pc != NULL && ev->text == u->pc->s && ev->len == u->pc->n && u->st->_run.len == 0) {
+        u->whole = 1; /* the usual case: nothing held, nothing recognised */
+        return 0;
+    }
+    return ax_buf_append(&u->st->_run, ev->text, ev->len);
+}
+
+static int on_text(struct ax_stream *st, struct ax_buf *o, const struct piece *pc)
+{
+    struct tct_ud u = {st, o, pc, 0};
+    int rc;
+
+    if (!st->_tct_on)
+        return put_text(st, o, pc);
+    if ((rc = ax_tctext_feed(&st->_tct, pc->s, pc->n, tct_on_event, &u)) < 0)
+        return rc;
+    return tct_text_out(&u);
+}
+
+/* The text ended (finish), or something other than text comes (reasoning, a native call):
+ * what the recogniser holds is completed or released first, so blocks keep their order. */
+static int tct_finish(struct ax_stream *st, struct ax_buf *o)
+{
+    struct tct_ud u = {st, o, NULL, 0};
+    int rc;
+
+    if ((rc = ax_tctext_finish(&st->_tct, tct_on_event, &u)) < 0)
+        return rc;
+    return tct_text_out(&u);
+}
+
+static int tct_flush(struct ax_stream *st, struct ax_buf *o)
+{
+    if (!st->_tct_on || ax_tctext_held(&st->_tct) == 0)
+        return 0;
+    return tct_finish(st, o);
 }
 
 /* One tool_calls[] entry, read by either parser. Strings are decoded; absent members (or
@@ -641,6 +979,8 @@ static int on_tool_fragment(struct ax_stream *st, struct ax_buf *o, const struct
     struct ax__stream_tool *t;
     int index, rc;
 
+    if ((rc = tct_flush(st, o)) < 0)
+        return rc;
     index = fragment_index(st, f);
     if ((t = find_tool(st, index)) == NULL) {
         if (st->_n_tools >= AX_STREAM_MAX_TOOLS)
@@ -663,11 +1003,7 @@ static int on_tool_fragment(struct ax_stream *st, struct ax_buf *o, const struct
         return 0;
     if (t->closed || st->_open != AX_STREAM_BLOCK_TOOL || &st->_tools[st->_open_tool] != t)
         return fail_upstream(err, "upstream interleaved the arguments of parallel tool calls");
-    if ((rc = EMIT_PIECE(st, o, "\"input_json_delta\",\"partial_json\":", a)) < 0)
-        return rc;
-    keep_args(st, t, a->s, a->n);
-    st->output_estimate += ax_tokens_text(a->s, a->n);
-    return 0;
+    return put_args(st, o, t, a);
 }
 
 /* The cJSON path's reading of a tool_calls[] entry. */
@@ -1154,6 +1490,10 @@ static int lean_chunk(struct ax_stream *st, const char *data, size_t len, struct
     }
     if (st->_scratch.cap > SCRATCH_KEEP)
         ax_buf_free(&st->_scratch); /* a rare huge escaped string: do not keep it */
+    if (st->_fixed.cap > SCRATCH_KEEP)
+        ax_buf_free(&st->_fixed);
+    if (st->_run.cap > SCRATCH_KEEP)
+        ax_buf_free(&st->_run);
     *rc = 0;
     return 1;
 }
@@ -1211,6 +1551,7 @@ int ax_stream_feed(struct ax_stream *st, const char *data, size_t len, struct ax
         return 0;
     }
     rc = feed_chunk(st, data, len, out, err);
+    tools_drop(st);
     rollback(out, mark, rc);
     return rc;
 }
@@ -1245,7 +1586,8 @@ static int emit_end(struct ax_stream *st, struct ax_buf *o)
     struct ax_usage u;
     int rc;
 
-    if ((rc = ax_stream_begin(st, o)) < 0 || (rc = flush_unopened_tools(st, o)) < 0)
+    if ((rc = ax_stream_begin(st, o)) < 0 || (st->_tct_on && (rc = tct_finish(st, o)) < 0) ||
+        (rc = flush_unopened_tools(st, o)) < 0)
         return rc;
     if (st->_fallback && st->_saw_reasoning && !st->_saw_text && st->_n_tools == 0 &&
         st->_reasoning.len > 0) {
@@ -1257,7 +1599,7 @@ static int emit_end(struct ax_stream *st, struct ax_buf *o)
     }
     if ((rc = close_block(st, o)) < 0)
         return rc;
-    st->stop_reason = final_stop_reason(st);
+    st->stop_reason = st->_paused ? "compaction" : final_stop_reason(st);
     if (strcmp(st->stop_reason, "stop_sequence") != 0)
         st->stop_sequence = NULL;
     current_usage(st, &u, 1);
@@ -1266,7 +1608,11 @@ static int emit_end(struct ax_stream *st, struct ax_buf *o)
         (rc = put_cstr_or_null(o, st->stop_reason)) < 0 ||
         (rc = PUT_LIT(o, ",\"stop_sequence\":")) < 0 ||
         (rc = put_cstr_or_null(o, st->stop_sequence)) < 0 ||
-        (rc = PUT_LIT(o, "},\"usage\":")) < 0 || (rc = put_usage(o, &u, st->_scale)) < 0)
+        (rc = PUT_LIT(o, "},\"usage\":")) < 0 ||
+        (rc = put_final_usage(o, &u, st->_scale, st->_c_iter, !st->_paused)) < 0)
+        return rc;
+    if (st->_cm && ((rc = PUT_LIT(o, ",\"context_management\":")) < 0 ||
+                    (rc = ax_buf_append(o, st->_cm, strlen(st->_cm))) < 0))
         return rc;
     return PUT_LIT(o, "}\n\nevent: message_stop\ndata: {\"type\":\"message_stop\"}\n\n");
 }
@@ -1283,13 +1629,24 @@ int ax_stream_end(struct ax_stream *st, struct ax_buf *out, struct ax_error *err
                      "upstream stream ended before the model finished its answer");
         return AX_EUPSTREAM;
     }
-    if ((rc = emit_end(st, out)) < 0) {
+    rc = emit_end(st, out);
+    tools_drop(st);
+    if (rc < 0) {
         rollback(out, mark, rc);
         return rc;
     }
     st->state = AX_STREAM_ENDED;
     ax_buf_free(&st->_reasoning);
     return 0;
+}
+
+int ax_stream_end_paused(struct ax_stream *st, struct ax_buf *out)
+{
+    struct ax_error err = {0};
+
+    st->_paused = 1;
+    st->saw_finish = 1;
+    return ax_stream_end(st, out, &err);
 }
 
 int ax_stream_fail(struct ax_stream *st, const struct ax_error *err, struct ax_buf *out)
@@ -1304,7 +1661,9 @@ int ax_stream_fail(struct ax_stream *st, const struct ax_error *err, struct ax_b
         type = err->type;
         msg = err->message;
     }
-    if ((rc = close_block(st, out)) < 0 ||
+    rc = close_block(st, out);
+    tools_drop(st);
+    if (rc < 0 ||
         (rc = PUT_LIT(out, "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":")) < 0 ||
         (rc = put_str(out, type, strlen(type))) < 0 || (rc = PUT_LIT(out, ",\"message\":")) < 0 ||
         (rc = put_str(out, msg, strlen(msg))) < 0 || (rc = PUT_LIT(out, "}}\n\n")) < 0) {
@@ -1386,6 +1745,8 @@ static int add_block_summary(const struct ax_stream *st, cJSON *content,
 
     if (r->kind == AX_STREAM_BLOCK_TOOL)
         return add_tool_summary(content, &st->_tools[r->tool]);
+    if (r->kind == AX_STREAM_BLOCK_NONE)
+        return 0; /* the compaction block */
     if ((blk = cJSON_CreateObject()) == NULL || !cJSON_AddItemToArray(content, blk))
         return cJSON_Delete(blk), AX_ENOMEM;
     if (cJSON_AddStringToObject(blk, "type", text ? "text" : "thinking") == NULL ||

@@ -5,7 +5,9 @@
  * published chat templates and the parsers that read them (llama.cpp common/chat.cpp,
  * vLLM's tool_parsers: hermes, qwen3coder, glm4_moe, mistral, llama3_json, deepseekv3/v31).
  * Recognition is a byte-driven state machine over one held buffer; parsing (and allocation)
- * only happens once a block is complete. */
+ * only happens once a block is complete. The argument repairs exist twice: whole
+ * (ax_tool_args_repair, for complete answers and text calls) and streamed
+ * (ax_tool_args_fix_*, for native argument fragments stream.c cannot take back). */
 #include "anthroxy_toolcall_text.h"
 #include "anthroxy_error.h"
 #include "anthroxy_json.h"
@@ -207,6 +209,201 @@ int ax_tool_args_repair(const char *s, size_t n, struct ax_buf *out, unsigned *w
     if (what != NULL)
         *what = r.what;
     return 0;
+}
+
+/* ---- argument repair, streamed ---------------------------------------------------- */
+
+void ax_tool_args_fix_init(struct ax_tool_args_fixer *f)
+{
+    memset(f, 0, sizeof(*f));
+}
+
+static int is_letter(unsigned char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
+}
+
+/* Releases a held word: Python's literals become JSON's. */
+static int fix_word(struct ax_tool_args_fixer *f, struct ax_buf *o)
+{
+    static const struct {
+        const char *py, *json;
+        int n;
+    } lits[] = {{"True", "true", 4}, {"False", "false", 5}, {"None", "null", 4}};
+    size_t i;
+    int n = f->_nheld;
+
+    f->_nheld = f->_held_word = 0;
+    f->_last = 'w';
+    for (i = 0; i < sizeof(lits) / sizeof(lits[0]); i++)
+        if (n == lits[i].n && memcmp(f->_held, lits[i].py, (size_t)n) == 0) {
+            f->repairs |= AX_TOOL_ARGS_FIXED_PYTHON;
+            return ax_buf_append(o, lits[i].json, (size_t)n);
+        }
+    return ax_buf_append(o, f->_held, (size_t)n);
+}
+
+/* Releases held bytes: a word, or a comma (dropped when drop_comma) and its blanks. */
+static int fix_release(struct ax_tool_args_fixer *f, struct ax_buf *o, int drop_comma)
+{
+    int n = f->_nheld;
+
+    if (n == 0)
+        return 0;
+    if (f->_held_word)
+        return fix_word(f, o);
+    f->_nheld = 0;
+    if (drop_comma) {
+        f->repairs |= AX_TOOL_ARGS_FIXED_COMMA;
+        return ax_buf_append(o, f->_held + 1, (size_t)n - 1);
+    }
+    return ax_buf_append(o, f->_held, (size_t)n);
+}
+
+/* One byte outside strings. Returns 0 or an AX_E* code; *same cleared when the output is
+ * not the input byte. */
+static int fix_byte(struct ax_tool_args_fixer *f, unsigned char c, struct ax_buf *o, int *same)
+{
+    char b = (char)c;
+    int rc;
+
+    if (f->_nheld > 0) {
+        if (f->_held_word && is_letter(c) && f->_nheld < (int)sizeof(f->_held))
+            return f->_held[f->_nheld++] = b, 0;
+        if (!f->_held_word && is_blank(c) && f->_nheld < (int)sizeof(f->_held))
+            return f->_held[f->_nheld++] = b, 0;
+        if ((rc = fix_release(f, o, !f->_held_word && (c == '}' || c == ']'))) < 0)
+            return rc;
+    }
+    if (f->_opened && f->_depth == 0 && (c == '}' || c == ']')) {
+        f->repairs |= AX_TOOL_ARGS_FIXED_TRAILER; /* a stray closer after the value */
+        *same = 0;
+        return 0;
+    }
+    if (c == ',' || is_letter(c)) {
+        f->_held[0] = b;
+        f->_nheld = 1;
+        f->_held_word = c != ',';
+        if (c == ',')
+            f->_last = ',';
+        return 0;
+    }
+    if (c == '"') {
+        f->_in_str = 1;
+    } else if (c == '{' || c == '[') {
+        if (f->_depth == AX_TOOL_ARGS_FIX_DEPTH)
+            f->_off = 1; /* too deep: pass the rest through */
+        else
+            f->_stack[f->_depth++] = b, f->_opened = 1;
+    } else if ((c == '}' || c == ']') && f->_depth > 0) {
+        f->_depth--;
+    }
+    if (!is_blank(c))
+        f->_last = b;
+    return ax_buf_append(o, &b, 1);
+}
+
+/* Bytes outside strings that the fixer looks at: the rest (digits, ':', '.', blanks...) are
+ * copied in runs. */
+static const unsigned char fix_special[256] = {
+    ['"'] = 1, [','] = 1, ['{'] = 1, ['}'] = 1, ['['] = 1, [']'] = 1, ['a'] = 1, ['b'] = 1,
+    ['c'] = 1, ['d'] = 1, ['e'] = 1, ['f'] = 1, ['g'] = 1, ['h'] = 1, ['i'] = 1, ['j'] = 1,
+    ['k'] = 1, ['l'] = 1, ['m'] = 1, ['n'] = 1, ['o'] = 1, ['p'] = 1, ['q'] = 1, ['r'] = 1,
+    ['s'] = 1, ['t'] = 1, ['u'] = 1, ['v'] = 1, ['w'] = 1, ['x'] = 1, ['y'] = 1, ['z'] = 1,
+    ['A'] = 1, ['B'] = 1, ['C'] = 1, ['D'] = 1, ['E'] = 1, ['F'] = 1, ['G'] = 1, ['H'] = 1,
+    ['I'] = 1, ['J'] = 1, ['K'] = 1, ['L'] = 1, ['M'] = 1, ['N'] = 1, ['O'] = 1, ['P'] = 1,
+    ['Q'] = 1, ['R'] = 1, ['S'] = 1, ['T'] = 1, ['U'] = 1, ['V'] = 1, ['W'] = 1, ['X'] = 1,
+    ['Y'] = 1, ['Z'] = 1};
+
+int ax_tool_args_fix_feed(struct ax_tool_args_fixer *f, const char *s, size_t n, struct ax_buf *out)
+{
+    size_t i, start = out->len;
+    int rc = 0, same = f->_nheld == 0;
+
+    for (i = 0; i < n && rc == 0; i++) {
+        unsigned char c = (unsigned char)s[i];
+        size_t j = i;
+        if (f->_off) {
+            rc = ax_buf_append(out, s + i, n - i);
+            break;
+        }
+        if (f->_in_str && !f->_esc) /* a run of string bytes and whole escapes, at once */
+            while (j < n && s[j] != '"' && (unsigned char)s[j] >= 0x20 &&
+                   (s[j] != '\\' || j + 1 < n))
+                j += s[j] == '\\' ? 2 : 1;
+        else if (!f->_in_str && f->_nheld == 0)
+            while (j < n && !fix_special[(unsigned char)s[j]])
+                j++;
+        if (j > i) {
+            size_t k = j;
+            while (!f->_in_str && k > i && is_blank((unsigned char)s[k - 1]))
+                k--;
+            if (!f->_in_str && k > i)
+                f->_last = s[k - 1]; /* a ':' before the cut matters at finish */
+            rc = ax_buf_append(out, s + i, j - i);
+            i = j - 1;
+            continue;
+        }
+        if (!f->_in_str) {
+            rc = fix_byte(f, c, out, &same);
+        } else if (f->_esc) {
+            f->_esc = 0;
+            rc = ax_buf_append(out, s + i, 1);
+        } else if (c == '\\') {
+            f->_esc = 1;
+            rc = ax_buf_append(out, s + i, 1);
+        } else if (c == '"') {
+            f->_in_str = 0;
+            f->_last = '"';
+            rc = ax_buf_append(out, s + i, 1);
+        } else if (c < 0x20) {
+            f->repairs |= AX_TOOL_ARGS_FIXED_CTRL;
+            same = 0;
+            rc = put_ctrl(out, c);
+        } else {
+            rc = ax_buf_append(out, s + i, 1);
+        }
+    }
+    if (rc < 0)
+        return rc;
+    return same && f->_nheld == 0 && out->len - start == n &&
+           (n == 0 || memcmp(out->data + start, s, n) == 0);
+}
+
+int ax_tool_args_fix_finish(struct ax_tool_args_fixer *f, struct ax_buf *out, int repair)
+{
+    int rc, cut = f->_in_str || f->_off || !repair;
+
+    if (!repair && f->_nheld > 0) { /* as it came, Python words included */
+        rc = ax_buf_append(out, f->_held, (size_t)f->_nheld);
+        f->_nheld = 0;
+        return rc;
+    }
+    if (f->_nheld > 0 && f->_held_word && (rc = fix_word(f, out)) < 0)
+        return rc;
+    if (f->_nheld > 0 && (rc = fix_release(f, out, !cut && f->_depth > 0)) < 0)
+        return rc;
+    if (cut || f->_depth == 0 || f->_last == ':')
+        return 0; /* cut in a string or after a key: where it ended is anyone's guess */
+    while (f->_depth > 0) {
+        char closer = f->_stack[--f->_depth] == '{' ? '}' : ']';
+        if ((rc = ax_buf_append(out, &closer, 1)) < 0)
+            return rc;
+        f->repairs |= AX_TOOL_ARGS_FIXED_CLOSE;
+    }
+    return 0;
+}
+
+void ax_tctext_set_tools_fn(struct ax_tctext *t, ax_tctext_tools_fn fn, void *ud)
+{
+    t->_tools = NULL;
+    t->_tools_fn = fn;
+    t->_tools_ud = ud;
+}
+
+size_t ax_tctext_held(const struct ax_tctext *t)
+{
+    return t->_hold.len;
 }
 
 /* Parses s[0..n) as one JSON value of any type (a private copy: ax_json_parse writes). */
@@ -1059,7 +1256,7 @@ static int block_finish(struct ax_tctext *t, size_t end, ax_tctext_cb cb, void *
     if (op != NULL && op->close != NULL && bn >= op->close_n &&
         memcmp(body + bn - op->close_n, op->close, op->close_n) == 0)
         bn -= op->close_n;
-    c.tools = t->_tools;
+    c.tools = t->_tools_fn != NULL ? t->_tools_fn(t->_tools_ud) : t->_tools;
     c.n = 0;
     fmt = format_of(t->_opener, body, bn);
     switch (op ? op->fam : FAM_BARE) {

@@ -33,6 +33,16 @@
  * - document and search_result blocks (in user turns and tool results) are sent as their
  *   text; a PDF or other binary document as a one-line note, never a 400, since a rejected
  *   block in the history would fail every later request of the conversation.
+ * - The tool set follows the conversation: a tool with defer_loading is not offered until
+ *   a tool_reference names it (in a tool_result, a tool search result or a tool change);
+ *   tool_addition / tool_removal blocks change the set from their point on, and the upstream
+ *   gets the set in effect at the end (templates list tools once, before the conversation);
+ *   tool calls of a removed tool still render. A tool_reference renders as "Tool loaded: X".
+ *   Anthropic's server-side tool search, MCP tool references and container uploads cannot
+ *   be expressed: 400 naming the field.
+ * - Anthropic's server-side blocks in history (server_tool_use, web_search_tool_result, the
+ *   MCP connector's, ...) become short notes with their JSON; a compaction block its summary
+ *   (null: nothing); fallback nothing; any other unknown type is a 400 naming it.
  * - Tool ids: a leading "toolu_" is stripped (ax_tool_id_to_upstream, ids.c), so an upstream
  *   id given to the client as "toolu_" + id comes back exactly as the upstream made it.
  *
@@ -44,6 +54,7 @@
 #include "anthroxy_translate.h"
 
 #include <stdarg.h>
+#include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -80,6 +91,18 @@ struct treq {
     /* images from tool_results of the current user turn */
     cJSON *tool_images;
     struct ax_buf scratch;
+    /* the tool set as the conversation changes it (deferred tools, tool changes) */
+    struct tool_entry *tset;
+    int n_tset, cap_tset;
+};
+
+/* One tool the request can offer: from `tools` (index >= 0) or added by value in a
+ * tool_addition block (index -1). */
+struct tool_entry {
+    const char *name;
+    const cJSON *def;
+    int index;
+    int active;
 };
 
 static int bad(struct treq *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -98,6 +121,124 @@ static int nomem(struct treq *t)
 {
     ax_error_set(t->err, 500, "api_error", "out of memory translating the request");
     return AX_ENOMEM;
+}
+
+/* ---- the tool set: defer_loading, tool_reference, tool_addition, tool_removal ----- */
+
+static struct tool_entry *tset_find(struct treq *t, const char *name)
+{
+    int i;
+    for (i = 0; i < t->n_tset; i++)
+        if (strcmp(t->tset[i].name, name) == 0)
+            return &t->tset[i];
+    return NULL;
+}
+
+static int tset_add(struct treq *t, const char *name, const cJSON *def, int index, int active)
+{
+    struct tool_entry *e;
+
+    if ((e = tset_find(t, name)) != NULL) { /* a definition by value replaces the entry */
+        e->def = def;
+        e->index = index;
+        e->active = active;
+        return 0;
+    }
+    if (t->n_tset == t->cap_tset) {
+        int cap = t->cap_tset ? 2 * t->cap_tset : 32;
+        struct tool_entry *n = realloc(t->tset, (size_t)cap * sizeof(*n));
+        if (n == NULL)
+            return nomem(t);
+        t->tset = n;
+        t->cap_tset = cap;
+    }
+    e = &t->tset[t->n_tset++];
+    e->name = name;
+    e->def = def;
+    e->index = index;
+    e->active = active;
+    return 0;
+}
+
+/* The request's tools: all in effect but those with defer_loading, which wait for a
+ * reference. Malformed entries are skipped here and reported by build_tools. */
+static int tset_init(struct treq *t, const cJSON *req)
+{
+    const cJSON *tools = cJSON_GetObjectItemCaseSensitive(req, "tools"), *tool;
+    int i = 0, rc;
+
+    if (!cJSON_IsArray(tools))
+        return 0;
+    cJSON_ArrayForEach(tool, tools)
+    {
+        const cJSON *name = cJSON_GetObjectItemCaseSensitive(tool, "name");
+        const cJSON *dl = cJSON_GetObjectItemCaseSensitive(tool, "defer_loading");
+        if (dl != NULL && !cJSON_IsBool(dl) && !cJSON_IsNull(dl))
+            return bad(t, "tools.%d.defer_loading: expected a boolean", i);
+        if (cJSON_IsObject(tool) && cJSON_IsString(name) && name->valuestring[0] &&
+            (rc = tset_add(t, name->valuestring, tool, i, !cJSON_IsTrue(dl))) < 0)
+            return rc;
+        i++;
+    }
+    return 0;
+}
+
+/* A tool_reference (in a tool result, a tool search result or a tool change) loads a
+ * deferred tool from then on. */
+static int tset_reference(struct treq *t, const cJSON *ref, const char *key, const char *where)
+{
+    const cJSON *name = cJSON_GetObjectItemCaseSensitive(ref, key);
+    struct tool_entry *e;
+
+    if (!cJSON_IsString(name) || name->valuestring[0] == '\0')
+        return bad(t, "%s.%s: expected a non-empty string", where, key);
+    if ((e = tset_find(t, name->valuestring)) == NULL)
+        return bad(t, "%s.%s: no tool named '%s' in tools", where, key, name->valuestring);
+    e->active = 1;
+    return 0;
+}
+
+/* tool_addition / tool_removal: the tool set changes from this point of the conversation
+ * on; the upstream gets the set in effect at the end (chat templates list the tools once,
+ * before the conversation), and history using a removed tool still renders. */
+static int tset_change(struct treq *t, const cJSON *blk, const char *ty, const char *where)
+{
+    const cJSON *tool = cJSON_GetObjectItemCaseSensitive(blk, "tool"), *tt, *def, *name;
+    int add = strcmp(ty, "tool_addition") == 0;
+    char w[160];
+
+    snprintf(w, sizeof(w), "%s.tool", where);
+    if (!cJSON_IsObject(tool) ||
+        !cJSON_IsString(tt = cJSON_GetObjectItemCaseSensitive(tool, "type")))
+        return bad(t, "%s: expected an object with a type", w);
+    if (strcmp(tt->valuestring, "tool_reference") == 0) {
+        struct tool_entry *e;
+        int rc = tset_reference(t, tool, "name", w);
+        if (rc < 0)
+            return rc;
+        e = tset_find(t, cJSON_GetObjectItemCaseSensitive(tool, "name")->valuestring);
+        e->active = add;
+        return 0;
+    }
+    if (add && strcmp(tt->valuestring, "tool_definition") == 0) {
+        def = cJSON_GetObjectItemCaseSensitive(tool, "definition");
+        name = cJSON_GetObjectItemCaseSensitive(def, "name");
+        if (!cJSON_IsObject(def))
+            return bad(t, "%s.definition: expected a tool object", w);
+        if (!cJSON_IsString(name) || name->valuestring[0] == '\0')
+            return bad(t, "%s.definition.name: expected a non-empty string", w);
+        if (cJSON_GetObjectItemCaseSensitive(def, "input_schema") != NULL &&
+            !cJSON_IsObject(cJSON_GetObjectItemCaseSensitive(def, "input_schema")))
+            return bad(t, "%s.definition.input_schema: expected an object", w);
+        return tset_add(t, name->valuestring, def, -1, 1);
+    }
+    if (strcmp(tt->valuestring, "mcp_tool_reference") == 0 ||
+        strcmp(tt->valuestring, "mcp_toolset_reference") == 0)
+        return bad(t,
+                   "%s.type: '%s' names a tool of Anthropic's MCP connector, which an "
+                   "OpenAI upstream cannot reach; declare the tool in tools instead",
+                   w, tt->valuestring);
+    return bad(t, "%s.type: unknown tool change type '%s'", w, tt->valuestring);
 }
 
 /* Appends s after a blank line when b already has text; empty strings add nothing. */
@@ -396,6 +537,100 @@ static int doc_text(struct treq *t, const cJSON *blk, const char *ty, const char
     return 0;
 }
 
+/* A compaction block that reached translation (policies/compaction.lua normally replaces
+ * the history before it with its summary): its summary as text; content null (a failed
+ * compaction) is a no-op, "". */
+static int compaction_text(struct treq *t, const cJSON *blk, const char *where, const char **out)
+{
+    const cJSON *c = cJSON_GetObjectItemCaseSensitive(blk, "content");
+
+    *out = "";
+    if (c == NULL || cJSON_IsNull(c))
+        return 0;
+    if (!cJSON_IsString(c))
+        return bad(t, "%s.content: expected a string or null", where);
+    *out = c->valuestring;
+    return 0;
+}
+
+#define NOTE_MAX 2000 /* bytes of a server block's JSON kept in its note */
+
+/* Anthropic's server-side blocks (its own tools' calls and results, the MCP connector's
+ * calls, results and listings): nothing here ran them and the upstream has none of those
+ * tools, but what they said is part of the conversation, so each goes as a short note. */
+static int is_server_block(const char *ty)
+{
+    static const char *const types[] = {
+        "server_tool_use",
+        "web_search_tool_result",
+        "web_fetch_tool_result",
+        "advisor_tool_result",
+        "code_execution_tool_result",
+        "bash_code_execution_tool_result",
+        "text_editor_code_execution_tool_result",
+        "tool_search_tool_result",
+        "mcp_tool_use",
+        "mcp_tool_result",
+        "mcp_tool_listing",
+    };
+    size_t i;
+    for (i = 0; i < sizeof(types) / sizeof(types[0]); i++)
+        if (strcmp(ty, types[i]) == 0)
+            return 1;
+    return 0;
+}
+
+/* The note for a server block into t->scratch ("" for none); a tool search result also
+ * loads the deferred tools it found. Blocks that only carry metadata (fallback) give "";
+ * container_upload, a file in Anthropic's container, is refused. */
+static int other_block(struct treq *t, const cJSON *blk, const char *ty, const char *where,
+                       int *handled)
+{
+    char *js;
+    int rc;
+
+    *handled = 1;
+    ax_buf_reset(&t->scratch);
+    if (strcmp(ty, "fallback") == 0)
+        return 0; /* which model served an earlier turn: nothing to show the model */
+    if (strcmp(ty, "container_upload") == 0)
+        return bad(t,
+                   "%s.type: 'container_upload' refers to a file in Anthropic's code "
+                   "execution container, which an OpenAI upstream cannot read",
+                   where);
+    if (!is_server_block(ty)) {
+        *handled = 0;
+        return 0;
+    }
+    if (strcmp(ty, "tool_search_tool_result") == 0) {
+        const cJSON *content = cJSON_GetObjectItemCaseSensitive(blk, "content");
+        const cJSON *refs = cJSON_GetObjectItemCaseSensitive(content, "tool_references");
+        const cJSON *r;
+        char w[160];
+        int i = 0;
+        if (!cJSON_IsObject(content))
+            return bad(t, "%s.content: expected an object", where);
+        if (refs != NULL && !cJSON_IsArray(refs))
+            return bad(t, "%s.content.tool_references: expected an array", where);
+        cJSON_ArrayForEach(r, refs)
+        {
+            snprintf(w, sizeof(w), "%s.content.tool_references.%d", where, i++);
+            if ((rc = tset_reference(t, r, "tool_name", w)) < 0)
+                return rc;
+            if (ax_buf_printf(&t->scratch, "%sTool loaded: %s", i > 1 ? "\n" : "",
+                              cJSON_GetObjectItemCaseSensitive(r, "tool_name")->valuestring) < 0)
+                return nomem(t);
+        }
+        return 0;
+    }
+    if ((js = cJSON_PrintUnformatted(blk)) == NULL)
+        return nomem(t);
+    rc = ax_buf_printf(&t->scratch, "[%s: %.*s%s]", ty, NOTE_MAX, js,
+                       strlen(js) > NOTE_MAX ? " ..." : "");
+    cJSON_free(js);
+    return rc < 0 ? nomem(t) : 0;
+}
+
 static int is_doc_block(const char *ty)
 {
     return strcmp(ty, "document") == 0 || strcmp(ty, "search_result") == 0;
@@ -459,6 +694,15 @@ static int tool_result_text(struct treq *t, const cJSON *content, const char *wh
             ax_buf_free(&d);
             if (rc < 0)
                 return rc;
+            continue;
+        } else if (strcmp(ty, "tool_reference") == 0) {
+            /* what a client-side tool search returns: the tool is loaded from now on */
+            if ((rc = tset_reference(t, blk, "tool_name", w)) < 0)
+                return rc;
+            if (buf_join(&t->scratch, &have, "Tool loaded: ") < 0 ||
+                ax_buf_puts(&t->scratch,
+                            cJSON_GetObjectItemCaseSensitive(blk, "tool_name")->valuestring) < 0)
+                return nomem(t);
             continue;
         } else {
             return bad(t, "%s.type: unknown block type '%s' in a tool_result", w, ty);
@@ -574,8 +818,25 @@ static int user_blocks(struct treq *t, const cJSON *content, const char *where)
                 return rc;
         } else if (strcmp(ty, "thinking") == 0 || strcmp(ty, "redacted_thinking") == 0) {
             continue; /* meaningless in a user turn; never sent */
+        } else if (strcmp(ty, "compaction") == 0) {
+            if ((rc = compaction_text(t, blk, w, &tx)) < 0)
+                return rc;
+            if (tx[0] != '\0' && (open_user(t) < 0 || add_text_part(t, tx) < 0))
+                return nomem(t);
+        } else if (strcmp(ty, "tool_addition") == 0 || strcmp(ty, "tool_removal") == 0) {
+            if ((rc = tset_change(t, blk, ty, w)) < 0)
+                return rc;
+        } else if (strcmp(ty, "tool_reference") == 0) {
+            if ((rc = tset_reference(t, blk, "tool_name", w)) < 0)
+                return rc;
         } else {
-            return bad(t, "%s.type: unknown block type '%s'", w, ty);
+            int handled;
+            if ((rc = other_block(t, blk, ty, w, &handled)) < 0)
+                return rc;
+            if (!handled)
+                return bad(t, "%s.type: unknown block type '%s'", w, ty);
+            if (t->scratch.len > 0 && (open_user(t) < 0 || add_text_part(t, t->scratch.data) < 0))
+                return nomem(t);
         }
     }
     return 0;
@@ -649,8 +910,22 @@ static int assistant_blocks(struct treq *t, const cJSON *content, const char *wh
                 return nomem(t);
         } else if (strcmp(ty, "redacted_thinking") == 0) {
             continue; /* opaque to anyone but Anthropic */
+        } else if (strcmp(ty, "compaction") == 0) {
+            if ((rc = compaction_text(t, blk, w, &tx)) < 0)
+                return rc;
+            if (tx[0] != '\0' && buf_join(&t->text, &t->have_text, tx) < 0)
+                return nomem(t);
+        } else if (strcmp(ty, "tool_addition") == 0 || strcmp(ty, "tool_removal") == 0) {
+            if ((rc = tset_change(t, blk, ty, w)) < 0)
+                return rc;
         } else {
-            return bad(t, "%s.type: unknown block type '%s'", w, ty);
+            int handled;
+            if ((rc = other_block(t, blk, ty, w, &handled)) < 0)
+                return rc;
+            if (!handled)
+                return bad(t, "%s.type: unknown block type '%s'", w, ty);
+            if (t->scratch.len > 0 && buf_join(&t->text, &t->have_text, t->scratch.data) < 0)
+                return nomem(t);
         }
     }
     return 0;
@@ -816,6 +1091,13 @@ static int check_tool(struct treq *t, const cJSON *tool, int i, int *rc)
         return *rc = bad(t, "%s.description: expected a string", w);
     if (schema != NULL && !cJSON_IsObject(schema))
         return *rc = bad(t, "%s.input_schema: expected an object", w);
+    if (cJSON_IsString(ty) && strncmp(ty->valuestring, "tool_search_tool_", 17) == 0)
+        return *rc = bad(t,
+                         "%s.type: '%s' is Anthropic's server-side tool search, which cannot "
+                         "run against an OpenAI upstream; give the client a tool search of its "
+                         "own that returns tool_reference blocks (as Claude Code's ToolSearch "
+                         "does), or send the tools without defer_loading",
+                         w, ty->valuestring);
     /* Anthropic's server tools (web_search_...) have a type and no schema: nothing here
      * can run them, so they are not offered to the model. */
     if (ty != NULL && (!cJSON_IsString(ty) || strcmp(ty->valuestring, "custom") != 0) &&
@@ -864,45 +1146,63 @@ static int parse_tool_choice(struct treq *t, const cJSON *tc, struct choice *c)
     return 0;
 }
 
+/* Whether a tool-set entry goes upstream: in effect, and a function tool. */
+static int entry_sends(struct treq *t, const struct tool_entry *e, int *rc)
+{
+    const cJSON *ty = cJSON_GetObjectItemCaseSensitive(e->def, "type");
+
+    *rc = 0;
+    if (!e->active)
+        return 0;
+    if (e->index >= 0)
+        return check_tool(t, e->def, e->index, rc);
+    return !(ty != NULL && (!cJSON_IsString(ty) || strcmp(ty->valuestring, "custom") != 0) &&
+             cJSON_GetObjectItemCaseSensitive(e->def, "input_schema") == NULL);
+}
+
 static int build_tools(struct treq *t, const cJSON *req, cJSON *out)
 {
     const cJSON *tools = cJSON_GetObjectItemCaseSensitive(req, "tools"), *tool;
+    struct tool_entry *named = NULL;
     struct choice c;
     cJSON *arr;
-    int i = 0, rc, n = 0, found = 0;
+    int i = 0, rc, n = 0;
 
     if ((rc = parse_tool_choice(t, cJSON_GetObjectItemCaseSensitive(req, "tool_choice"), &c)) < 0)
         return rc;
-    if (tools == NULL || cJSON_IsNull(tools))
-        return 0;
-    if (!cJSON_IsArray(tools))
+    if (tools != NULL && !cJSON_IsNull(tools) && !cJSON_IsArray(tools))
         return bad(t, "tools: expected an array");
     cJSON_ArrayForEach(tool, tools)
     {
-        int send = check_tool(t, tool, i++, &rc);
+        check_tool(t, tool, i++, &rc);
         if (rc < 0)
             return rc;
-        if (send && c.name != NULL &&
-            strcmp(cJSON_GetObjectItemCaseSensitive(tool, "name")->valuestring, c.name) == 0)
-            found = 1;
+    }
+    /* a tool the client forces is offered, deferred or not */
+    if (c.name != NULL && (named = tset_find(t, c.name)) != NULL)
+        named->active = 1;
+    for (i = 0; i < t->n_tset; i++) {
+        int send = entry_sends(t, &t->tset[i], &rc);
+        if (rc < 0)
+            return rc;
+        if (!send && &t->tset[i] == named)
+            named = NULL;
         n += send;
     }
-    if (c.name != NULL && !found)
+    if (c.name != NULL && named == NULL)
         return bad(t, "tool_choice.name: no tool named '%s' in tools", c.name);
     if (n == 0)
         return 0; /* no tools: a tool_choice alone is rejected by OpenAI servers */
     if ((arr = cJSON_AddArrayToObject(out, "tools")) == NULL)
         return nomem(t);
-    i = 0;
-    cJSON_ArrayForEach(tool, tools)
-    {
-        const char *name = cJSON_GetObjectItemCaseSensitive(tool, "name")->valuestring;
-        if (!check_tool(t, tool, i++, &rc))
+    for (i = 0; i < t->n_tset; i++) {
+        const struct tool_entry *e = &t->tset[i];
+        if (!entry_sends(t, e, &rc))
             continue;
         /* llama-server ignores a named tool_choice: offer only that tool, required */
-        if (c.name != NULL && t->opts->llama_server && strcmp(name, c.name) != 0)
+        if (c.name != NULL && t->opts->llama_server && strcmp(e->name, c.name) != 0)
             continue;
-        if ((rc = add_tool(t, arr, tool)) < 0)
+        if ((rc = add_tool(t, arr, e->def)) < 0)
             return rc;
     }
     if (c.name != NULL && !t->opts->llama_server) {
@@ -1044,9 +1344,13 @@ int ax_translate_request(const cJSON *anthropic, const struct ax_translate_opts 
         rc = nomem(&t);
         goto done;
     }
-    if ((rc = build_messages(&t, anthropic, o)) < 0 || (rc = build_tools(&t, anthropic, o)) < 0 ||
-        (rc = build_knobs(&t, anthropic, o)) < 0)
+    if ((rc = tset_init(&t, anthropic)) < 0 || (rc = build_messages(&t, anthropic, o)) < 0 ||
+        (rc = build_tools(&t, anthropic, o)) < 0 || (rc = build_knobs(&t, anthropic, o)) < 0)
         goto done;
+    if (opts->tools_as_text && (rc = ax_tools_as_text(o)) < 0) {
+        rc = nomem(&t);
+        goto done;
+    }
     *out = o;
     o = NULL;
     rc = 0;
@@ -1055,6 +1359,7 @@ done:
     cJSON_Delete(t.parts);
     cJSON_Delete(t.tool_calls);
     cJSON_Delete(t.tool_images);
+    free(t.tset);
     ax_buf_free(&t.sys);
     ax_buf_free(&t.pending);
     ax_buf_free(&t.text);

@@ -4,7 +4,9 @@
  * messages.c calls it once a complete (non-streaming) answer is in, and for any upstream
  * status that is not 2xx; stream.c shares the usage and stop-reason helpers; tool ids follow
  * ids.c's rule. The rules for tool-call arguments that are not valid JSON are in
- * anthroxy_translate.h. */
+ * anthroxy_translate.h. With the request's tools given, tool calls the model wrote as text
+ * become tool_use blocks (toolcall_text.c recognises them), native arguments get the same
+ * repairs, and every call is checked against its tool's input_schema. */
 #include "anthroxy_translate.h"
 
 #include <ctype.h>
@@ -18,6 +20,7 @@
 #include "anthroxy_ids.h"
 #include "anthroxy_json.h"
 #include "anthroxy_log.h"
+#include "anthroxy_toolcall_text.h"
 #include "anthroxy_utf8.h"
 
 #define SCRATCH_MAX ((size_t)1 << 30)
@@ -221,6 +224,12 @@ static int only_space(const char *s)
     return 1;
 }
 
+void ax_toolcall_stats_fail(struct ax_toolcall_stats *s, const char *name, const char *why)
+{
+    if (s->schema_failures++ == 0)
+        snprintf(s->first_failure, sizeof(s->first_failure), "%s: %s", name, why);
+}
+
 /* ---- the message -------------------------------------------------------------------- */
 
 struct tresp {
@@ -228,6 +237,8 @@ struct tresp {
     int truncated; /* finish_reason "length" */
     int n_tool_use;
     struct ax_buf scratch;
+    const cJSON *tools;             /* offered tools with at least one entry, else NULL */
+    struct ax_toolcall_stats stats; /* copied to opts->stats at the end */
 };
 
 static cJSON *add_block(cJSON *content, const char *type, const char *key, const char *text)
@@ -257,14 +268,79 @@ static int add_thinking(struct tresp *r, const cJSON *msg)
     return cJSON_AddStringToObject(b, "signature", AX_THINKING_SIGNATURE) ? 0 : AX_ENOMEM;
 }
 
+static int add_tool_use(struct tresp *r, const char *id, const char *name, cJSON *input);
+
+/* The text of the answer, scanned whole for tool calls written as text: runs of text
+ * between calls are one text block each. */
+struct text_scan {
+    struct tresp *r;
+    struct ax_buf run; /* the text since the last call */
+};
+
+static int scan_flush(struct text_scan *ts)
+{
+    cJSON *b;
+
+    if (ts->run.len == 0)
+        return 0;
+    if ((b = cJSON_CreateObject()) == NULL || !cJSON_AddItemToArray(ts->r->content, b)) {
+        cJSON_Delete(b);
+        return AX_ENOMEM;
+    }
+    if (cJSON_AddStringToObject(b, "type", "text") == NULL ||
+        ax_json_add_stringn(b, "text", ts->run.data, ts->run.len) == NULL)
+        return AX_ENOMEM;
+    ax_buf_reset(&ts->run);
+    return 0;
+}
+
+static int scan_on_event(struct ax_tctext_event *ev, void *ud)
+{
+    struct text_scan *ts = ud;
+    cJSON *input;
+    int rc;
+
+    if (ev->kind == AX_TCTEXT_TEXT)
+        return ax_buf_append(&ts->run, ev->text, ev->len);
+    if ((rc = scan_flush(ts)) < 0)
+        return rc;
+    input = ev->input; /* taken */
+    ev->input = NULL;
+    ts->r->stats.text_calls++;
+    if (ev->repairs)
+        ts->r->stats.repaired++;
+    if (ev->check_error != NULL)
+        ax_toolcall_stats_fail(&ts->r->stats, ev->name, ev->check_error);
+    return add_tool_use(ts->r, NULL, ev->name, input);
+}
+
+static int add_text_scanned(struct tresp *r, const char *text, size_t n)
+{
+    struct text_scan ts = {r, {0}};
+    struct ax_tctext t;
+    int rc;
+
+    ax_buf_init(&ts.run, n + 1);
+    ax_tctext_init(&t, r->tools, n + 64); /* the whole text may be one block */
+    if ((rc = ax_tctext_feed(&t, text, n, scan_on_event, &ts)) == 0 &&
+        (rc = ax_tctext_finish(&t, scan_on_event, &ts)) == 0)
+        rc = scan_flush(&ts);
+    ax_tctext_free(&t);
+    ax_buf_free(&ts.run);
+    return rc < 0 ? AX_ENOMEM : 0;
+}
+
 static int add_text(struct tresp *r, const cJSON *msg)
 {
     const cJSON *c = cJSON_GetObjectItemCaseSensitive(msg, "content"), *p;
 
-    if (cJSON_IsString(c))
-        return !c->valuestring[0] || add_block(r->content, "text", "text", c->valuestring)
-                   ? 0
-                   : AX_ENOMEM;
+    if (cJSON_IsString(c)) {
+        if (!c->valuestring[0])
+            return 0;
+        if (r->tools != NULL)
+            return add_text_scanned(r, c->valuestring, strlen(c->valuestring));
+        return add_block(r->content, "text", "text", c->valuestring) ? 0 : AX_ENOMEM;
+    }
     if (!cJSON_IsArray(c))
         return 0;
     ax_buf_reset(&r->scratch);
@@ -274,8 +350,11 @@ static int add_text(struct tresp *r, const cJSON *msg)
         if (cJSON_IsString(tx) && ax_buf_puts(&r->scratch, tx->valuestring) < 0)
             return AX_ENOMEM;
     }
-    return !r->scratch.len || add_block(r->content, "text", "text", r->scratch.data) ? 0
-                                                                                     : AX_ENOMEM;
+    if (!r->scratch.len)
+        return 0;
+    if (r->tools != NULL)
+        return add_text_scanned(r, r->scratch.data, r->scratch.len);
+    return add_block(r->content, "text", "text", r->scratch.data) ? 0 : AX_ENOMEM;
 }
 
 static int add_tool_use(struct tresp *r, const char *id, const char *name, cJSON *input)
@@ -304,6 +383,32 @@ static int add_tool_use(struct tresp *r, const char *id, const char *name, cJSON
     return 0;
 }
 
+/* Argument text as an object: strictly, else with the unambiguous repairs (counted). */
+static cJSON *parse_repaired(struct tresp *r, const char *raw)
+{
+    unsigned what = 0;
+    cJSON *input;
+
+    if (ax_tool_args_parse(raw, strlen(raw), &input, &what) < 0)
+        return NULL;
+    if (what != 0)
+        r->stats.repaired++;
+    return input;
+}
+
+/* A call to an offered tool whose arguments fail its input_schema is counted, not dropped. */
+static void check_call(struct tresp *r, const char *name, const cJSON *input)
+{
+    const cJSON *tool;
+    char why[AX_TCTEXT_WHY_MAX];
+
+    if (r->tools == NULL || (tool = ax_tctext_find_tool(r->tools, name, strlen(name))) == NULL)
+        return;
+    if (ax_tool_args_check(input, cJSON_GetObjectItemCaseSensitive(tool, "input_schema"), why,
+                           sizeof(why)) < 0)
+        ax_toolcall_stats_fail(&r->stats, name, why);
+}
+
 /* One OpenAI tool call; see anthroxy_translate.h for the invalid-arguments rules. */
 static int one_tool_call(struct tresp *r, const cJSON *call)
 {
@@ -324,7 +429,9 @@ static int one_tool_call(struct tresp *r, const cJSON *call)
     raw = cJSON_IsString(args) ? args->valuestring : "";
     if (only_space(raw)) {
         input = cJSON_CreateObject(); /* a call without arguments */
-    } else if ((input = parse_object(raw, strlen(raw))) == NULL && r->truncated) {
+    } else if ((input = r->truncated ? parse_object(raw, strlen(raw)) : parse_repaired(r, raw)) ==
+                   NULL &&
+               r->truncated) { /* cut by max_tokens: the prefix rule below, not a repair */
         ax_buf_reset(&r->scratch);
         rc = ax__json_repair_prefix(raw, strlen(raw), &r->scratch);
         if (rc == 0)
@@ -344,6 +451,7 @@ static int one_tool_call(struct tresp *r, const cJSON *call)
     }
     if (input == NULL)
         return AX_ENOMEM;
+    check_call(r, name->valuestring, input);
     return add_tool_use(r, id, name->valuestring, input);
 }
 
@@ -387,6 +495,8 @@ static int fill_message(cJSON *m, const cJSON *openai, const cJSON *choice,
     }
     if ((r->content = cJSON_AddArrayToObject(m, "content")) == NULL)
         return AX_ENOMEM;
+    if (opts->compaction && !cJSON_AddItemToArray(r->content, cJSON_Duplicate(opts->compaction, 1)))
+        return AX_ENOMEM;
     if (add_thinking(r, msg) < 0 || add_text(r, msg) < 0)
         return AX_ENOMEM;
     cJSON_ArrayForEach(call, calls)
@@ -410,6 +520,10 @@ static int fill_message(cJSON *m, const cJSON *openai, const cJSON *choice,
     ax_usage_from_openai(cJSON_GetObjectItemCaseSensitive(openai, "usage"), &u);
     if ((usage = cJSON_AddObjectToObject(m, "usage")) == NULL)
         return AX_ENOMEM;
+    if (opts->context_management &&
+        !cJSON_AddItemToObject(m, "context_management",
+                               cJSON_Duplicate(opts->context_management, 1)))
+        return AX_ENOMEM;
     return ax_usage_add_anthropic(usage, &u, opts->usage_scale);
 }
 
@@ -425,6 +539,8 @@ int ax_translate_response(const cJSON *openai, const struct ax_response_opts *op
     *out = NULL;
     memset(&r, 0, sizeof(r));
     ax_buf_init(&r.scratch, SCRATCH_MAX);
+    if (cJSON_IsArray(opts->tools) && opts->tools->child != NULL)
+        r.tools = opts->tools;
     if (!cJSON_IsObject(openai) || !cJSON_IsObject(choice) ||
         !cJSON_IsObject(cJSON_GetObjectItemCaseSensitive(choice, "message"))) {
         rc =
@@ -440,6 +556,8 @@ int ax_translate_response(const cJSON *openai, const struct ax_response_opts *op
     *out = m;
     m = NULL;
     rc = 0;
+    if (opts->stats != NULL)
+        *opts->stats = r.stats;
 done:
     cJSON_Delete(m);
     ax_buf_free(&r.scratch);

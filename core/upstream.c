@@ -63,6 +63,10 @@ struct ax_xfer {
     int rc;                 /* the rc on_done gets */
     uint64_t last_activity; /* uv_now of the last header or body bytes */
     char errbuf[CURL_ERROR_SIZE];
+    /* X-Request-Id: one list node of our own in front of the shared headers, so that
+     * tagging a transfer allocates nothing (curl only reads the list) */
+    struct curl_slist id_hdr;
+    char id_line[64];
 
     struct ax_list link;      /* on up->queue, up->launchq or up->done */
     struct ax_list all_link;  /* on up->all */
@@ -424,7 +428,7 @@ static int xfer_setup(struct ax_xfer *x)
     curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L); /* prompt processing can take minutes */
     curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
     curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
-    curl_easy_setopt(e, CURLOPT_HTTPHEADER, up->headers);
+    curl_easy_setopt(e, CURLOPT_HTTPHEADER, x->id_line[0] ? &x->id_hdr : up->headers);
     /* curl's smallest upload buffer (the default is 64 KiB): bounded memory per stream */
     curl_easy_setopt(e, CURLOPT_UPLOAD_BUFFERSIZE, 16384L);
     curl_easy_setopt(e, CURLOPT_ERRORBUFFER, x->errbuf);
@@ -929,6 +933,11 @@ static int upstream_start(struct ax_upstream *up, const struct ax_xfer_spec *spe
     x->body = spec->body;
     x->body_len = spec->body_len;
     x->total_timeout_ms = spec->total_timeout_ms;
+    if (spec->request_id != NULL && spec->request_id[0] != '\0') {
+        snprintf(x->id_line, sizeof(x->id_line), "X-Request-Id: %.40s", spec->request_id);
+        x->id_hdr.data = x->id_line;
+        x->id_hdr.next = up->headers;
+    }
     x->cbs = *cbs;
     x->ud = ud;
     x->bypass = bypass;
@@ -1039,7 +1048,7 @@ static int fetch_start(struct ax_upstream *up, const char *method, const char *p
                        ax_fetch_cb cb, void *ud, int bypass, struct ax_xfer **out)
 {
     static const struct ax_xfer_cbs cbs = {NULL, fetch_on_data, fetch_on_done, NULL};
-    struct ax_xfer_spec spec = {method, path, body, body_len, timeout_ms};
+    struct ax_xfer_spec spec = {method, path, body, body_len, timeout_ms, NULL};
     struct fetch *f;
     int rc;
 

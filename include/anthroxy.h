@@ -57,4 +57,10 @@ void ax_server_free(struct ax_server *srv);
 
 uv_loop_t *ax_server_loop(const struct ax_server *srv);
 
+/* Workers (--workers N): srv, on its own loop and thread, shares first's session state (the
+ * monitors' windows, calibration, history, counters), created on first use. Call before
+ * ax_server_listen of srv, from the thread that created both; index numbers srv for /health
+ * (first is worker 0). first owns the shared state: free it last. Returns 0 or AX_ENOMEM. */
+int ax_server_share_sessions(struct ax_server *srv, struct ax_server *first, int index);
+
 #endif

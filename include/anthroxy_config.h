@@ -21,6 +21,17 @@ struct ax_model_map {
     char *to;   /* upstream model id */
 };
 
+/* One upstream of a fleet: --upstream NAME=URL[,kind=K][,models=A|B][,max=N][,key=KEY]. */
+struct ax_upstream_decl {
+    char *name;   /* "gpu0": in /health, the logs, --model-map's MODEL@NAME and on_route */
+    char *url;    /* OpenAI-compatible base URL, as --upstream takes it */
+    char *kind;   /* "llama-server", "vllm", "ollama", "sglang", "lmstudio", "openai"; NULL: auto */
+    char *key;    /* sent as Authorization: Bearer; NULL: none */
+    char *models; /* '|'-separated model ids or fnmatch patterns it serves; NULL: discovered
+                     from its /v1/models. The first plain id is its default model. */
+    int max;      /* concurrent transfers; 0: --max-upstream */
+};
+
 /* where a value came from; AX_SRC_API: ax_config_set, by an embedding program */
 enum ax_config_source { AX_SRC_DEFAULT, AX_SRC_FILE, AX_SRC_ENV, AX_SRC_FLAG, AX_SRC_API };
 
@@ -40,6 +51,16 @@ struct ax_config {
     char *upstream_model;   /* NULL: the first id the upstream lists at /v1/models */
     struct ax_model_map *model_map;
     size_t n_model_map;
+    /* the fleet (core/fleet.c): named upstreams; none: the fleet of one, upstream_base
+     * (named "default", with upstream_api_key, upstream_model and max_upstream) */
+    struct ax_upstream_decl *upstreams;
+    size_t n_upstreams;
+    char *route_balance;         /* "affinity" (rendezvous + bounded load), "round-robin",
+                                    "least-loaded" */
+    double affinity_load_factor; /* c in "move when load > c * mean + 1" (1.5) */
+    double retry_budget;         /* failovers per request, fleet-wide (0.1) */
+    int retry_min;               /* failovers always allowed per second on top (3) */
+    int workers;                 /* event loops (threads) sharing the port (1) */
     int max_upstream;            /* concurrent upstream transfers (PROXY_MAX_CONNECTIONS, 20) */
     int upstream_queue_max;      /* requests waiting for a transfer slot before 529 (1024) */
     uint64_t connect_timeout_ms; /* 10000 */
@@ -77,6 +98,7 @@ struct ax_config {
 
     /* policies */
     char *policies_path;              /* chain file; NULL: <policy dir>/default.lua */
+    char *experiment_path;            /* --experiment: arms and their chains; NULL: none */
     char *lua_dir;                    /* runtime Lua; NULL: the built-in AX_LUA_DIR */
     size_t lua_mem_max;               /* all policies together: 256 MiB */
     size_t lua_req_mem_max;           /* one request: 16 MiB */
@@ -91,8 +113,14 @@ struct ax_config {
     int max_sessions;        /* 1024 */
     uint64_t session_ttl_ms; /* 6 h */
 
+    /* recording (core/record.c) */
+    char *record_dir;             /* --record: NULL = off */
+    size_t record_max_file_bytes; /* one session's file: 256 MiB */
+    size_t record_max_dir_bytes;  /* the whole directory: 4 GiB */
+
     /* logging */
-    int log_level; /* enum ax_log_level; PROXY_LOG_LEVEL */
+    int log_level;    /* enum ax_log_level; PROXY_LOG_LEVEL */
+    char *log_format; /* "text" (NULL too) or "json": one object a line */
 
     /* the config file read (--config, ANTHROXY_CONFIG); NULL: none */
     char *config_path;

@@ -5,7 +5,7 @@ set -euo pipefail
 
 AX_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 AX_PACKAGES=(build-essential cmake pkg-config libuv1-dev liblua5.4-dev libcjson-dev
-             libcurl4-openssl-dev node-llhttp)
+             libcurl4-openssl-dev node-llhttp gnuplot-nox)
 
 ax_sudo() {
     if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi

@@ -5,6 +5,9 @@
 # (tests/fuzz, a few seconds each; a finding fails the run), and the formatting check.
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 ax_setup_packages clang-format clang libclang-rt-14-dev
+# promtool (metrics.test), headless Chromium (status.test, replay.test), curl (tests/install),
+# and what dpkg-buildpackage needs for the package (packaging/build-deb.sh)
+ax_setup_packages prometheus chromium curl debhelper
 ax_setup_node
 ulimit -n 65536 2>/dev/null || true
 

@@ -14,6 +14,7 @@
 #include <lualib.h>
 
 #include "anthroxy.h"
+#include "anthroxy_experiment.h"
 #include "anthroxy_json.h"
 #include "anthroxy_log.h"
 #include "anthroxy_monitor.h"
@@ -569,6 +570,37 @@ void ax__make_readonly(lua_State *L)
     lua_remove(L, -2);                  /* proxy */
 }
 
+/* ax.count(name [, delta]) -> total: a named counter of the calling policy in the request's
+ * arm (GET /v1/experiments, /health). Counts are kept even when the hook fails later. */
+static int l_count(lua_State *L)
+{
+    struct ax_policy_engine *eng = ax__engine_of(L);
+    struct ax_policy_req *pr = eng->cur;
+    const char *name = luaL_checkstring(L, 1);
+    lua_Number delta = luaL_optnumber(L, 2, 1);
+    double total = 0;
+    int rc;
+
+    if (pr == NULL && !eng->test_mode)
+        return luaL_error(L, "ax.count: only inside a hook");
+    /* `anthroxy test-lua` runs hooks without a request: T.counters() reads them back */
+    rc = ax_exp_stats_count(eng->stats, pr ? pr->arm : AX_EXP_DEFAULT_ARM,
+                            pr ? ax__req_policy_name(pr) : "test", name, delta, &total);
+    if (rc == AX_EINVAL)
+        return luaL_error(L,
+                          "ax.count: the name must have 1 to %d characters and delta be a "
+                          "finite number",
+                          AX_EXP_COUNTER_NAME_MAX - 1);
+    if (rc < 0) { /* too many counters: counting is not worth failing a request over */
+        lua_pushnil(L);
+        lua_pushfstring(L, "ax.count: %s (at most %d counters per arm)", ax_strerror(rc),
+                        AX_EXP_COUNTERS_MAX);
+        return 2;
+    }
+    lua_pushnumber(L, total);
+    return 1;
+}
+
 static int l_set_fake(lua_State *L)
 {
     luaL_checkstring(L, 1);
@@ -598,6 +630,7 @@ void ax__api_open(lua_State *L, struct ax_policy_engine *eng)
                                      {"tokenize", l_tokenize},
                                      {"complete", l_complete},
                                      {"now_ms", l_now_ms},
+                                     {"count", l_count},
                                      {NULL, NULL}};
     static const luaL_Reg logf[] = {{"debug", l_log_debug},
                                     {"info", l_log_info},

@@ -15,12 +15,13 @@
 #include <lauxlib.h>
 #include <lualib.h>
 
+#include "anthroxy_experiment.h"
 #include "anthroxy_log.h"
 
 #define MAX_FILE_BYTES (4u << 20) /* a policy or chain file */
 
 const char *const ax__hook_names[AX_HOOK_COUNT] = {"on_request", "on_upstream_request",
-                                                   "on_response", "on_upstream_error"};
+                                                   "on_response", "on_upstream_error", "on_route"};
 static char require_key;
 
 /* ---- small helpers --------------------------------------------------------------------- */
@@ -32,7 +33,7 @@ struct ax_policy_engine *ax__engine_of(lua_State *L)
 
 const char *ax__req_policy_name(const struct ax_policy_req *pr)
 {
-    if (pr->gen != NULL && pr->idx >= 0 && pr->idx < pr->gen->n)
+    if (pr->gen != NULL && pr->idx >= 0 && pr->idx < pr->gen->n) /* any arm's */
         return pr->gen->p[pr->idx].name;
     return "?";
 }
@@ -640,6 +641,8 @@ void ax__engine_destroy(struct ax_policy_engine *eng)
     free(eng->watch_dirs);
     free(eng->chain_path);
     free(eng->lua_dir);
+    free(eng->exp_path);
+    ax_exp_stats_free(eng->own_stats);
     free(eng);
 }
 
@@ -663,7 +666,16 @@ int ax__engine_create(const struct ax_policy_env *env, const char *chain, int te
                                  : cfg && cfg->policies_path ? cfg->policies_path
                                                              : AX_POLICY_DIR "/default.lua");
     eng->lua_dir = ax__strdup(cfg && cfg->lua_dir ? cfg->lua_dir : AX_LUA_DIR);
-    if (eng->chain_path == NULL || eng->lua_dir == NULL || engine_setup(eng) < 0) {
+    eng->stats = env->stats;
+    if (cfg && cfg->experiment_path && !test_mode &&
+        (eng->exp_path = ax__strdup(cfg->experiment_path)) == NULL) {
+        ax__engine_destroy(eng);
+        return AX_ENOMEM;
+    }
+    if (eng->stats == NULL && ax_exp_stats_new(&eng->own_stats) == 0)
+        eng->stats = eng->own_stats;
+    if (eng->chain_path == NULL || eng->lua_dir == NULL || eng->stats == NULL ||
+        engine_setup(eng) < 0) {
         ax__engine_destroy(eng);
         return AX_ENOMEM;
     }
@@ -694,7 +706,9 @@ int ax_policy_engine_new(const struct ax_policy_env *env, struct ax_policy_engin
     if ((rc = ax__engine_create(env, NULL, 0, &eng)) < 0)
         return ax_error_set(err, 500, "api_error", "policy engine: %s", ax_strerror(rc)), rc;
     if ((rc = ax__engine_load(eng, msg, sizeof(msg))) < 0) {
-        ax_error_set(err, 500, "api_error", "policy chain %s: %s", eng->chain_path, msg);
+        ax_error_set(err, 500, "api_error", "%s %s: %s",
+                     eng->exp_path ? "experiment" : "policy chain",
+                     eng->exp_path ? eng->exp_path : eng->chain_path, msg);
         AX_LOG_ERROR(NULL, "policies: %s", err->message);
         ax__engine_destroy(eng);
         return AX_ELUA;

@@ -16,6 +16,7 @@
 #include <uv.h>
 
 #include "anthroxy_error.h"
+#include "anthroxy_experiment.h"
 #include "anthroxy_list.h"
 #include "anthroxy_policy.h"
 #include "lua_json.h"
@@ -52,6 +53,14 @@ struct ax__gen_policy {
     cJSON *settings;           /* {key: {value, source}} for status */
 };
 
+/* One arm's chain: policies [first, end) of the generation's flat list. Without an
+ * experiment, one arm "default" holds them all. */
+struct ax__gen_arm {
+    char *name;
+    int first, end;
+    int has_hook[AX_HOOK_COUNT];
+};
+
 struct ax__gen {
     int refs;
     uint64_t id;
@@ -62,7 +71,10 @@ struct ax__gen {
     int require_ref;
     char **files;
     int n_files;
-    int has_hook[AX_HOOK_COUNT];
+    int has_hook[AX_HOOK_COUNT]; /* in any arm */
+    struct ax__gen_arm *arms;
+    int n_arms;
+    struct ax_experiment *exp; /* the experiment file this generation loaded, or NULL */
 };
 
 struct ax_policy_engine {
@@ -79,7 +91,9 @@ struct ax_policy_engine {
     uint64_t run_max_ns, sleep_max_ms; /* wall clock: one resume, ax.sleep per hook call */
 
     char *chain_path, *lua_dir;
-    struct ax__gen *gen; /* in force */
+    char *exp_path;                         /* --experiment, or NULL */
+    struct ax_exp_stats *stats, *own_stats; /* ax.count: env's, else own_stats */
+    struct ax__gen *gen;                    /* in force */
     struct ax__gen *building;
     uint64_t gen_counter;
     int api_ref, base_ref, fail_mt_ref, session_mt_ref;
@@ -117,17 +131,25 @@ struct ax_policy_req {
     int stream;
     struct ax_session *session;
     double report_scale;
+    const struct ax__gen_arm *arm_p; /* the arm's range in gen */
 
     /* the run in progress */
     int running, in_hook, cancelled, queued;
     enum ax_hook hook;
     cJSON *tree;
     const cJSON *aux;
-    cJSON *before; /* trace only */
+    cJSON *aux_own;           /* aux's copy: later policies' hooks read it after a wait */
+    cJSON *before;            /* trace only */
+    ax_policy_trace_fn trace; /* per request (record, replay); eng->trace is `check`'s */
+    void *trace_ud;
     ax_policy_done_fn done;
     void *done_ud;
     int idx;   /* policy index in gen */
     int retry; /* AX_HOOK_UPSTREAM_ERROR: some policy returned true */
+    /* AX_HOOK_ROUTE: the first policy's choice (n_route 0: none yet) */
+    char *route_names[AX_ROUTE_MAX_NAMES + 1]; /* NULL-terminated */
+    int n_route;
+    char *route_model;
     int rc;
     struct ax_error err;
     struct ax__scope scope;

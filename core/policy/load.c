@@ -14,6 +14,7 @@
 
 #include <lauxlib.h>
 
+#include "anthroxy_experiment.h"
 #include "anthroxy_log.h"
 
 #define LOAD_BUDGET_FACTOR 10 /* a chain load may spend 10 hook budgets */
@@ -51,6 +52,10 @@ static void gen_free(struct ax_policy_engine *eng, struct ax__gen *g)
         free(p->file);
     }
     free(g->p);
+    for (i = 0; i < g->n_arms; i++)
+        free(g->arms[i].name);
+    free(g->arms);
+    ax_experiment_free(g->exp);
     for (i = 0; i < g->n_files; i++)
         free(g->files[i]);
     free(g->files);
@@ -256,6 +261,90 @@ static void take_policy(lua_State *L, struct ax_policy_engine *eng, struct ax__g
     (void)eng;
 }
 
+/* Pushes the experiment's arms for chain.lua's load_arms: { name, path } for a chain file,
+ * { name, chain = { { policy path, key = value, ... } } } for an inline chain. May raise:
+ * the experiment is already the generation's, freed with it. */
+static void push_arms(lua_State *L, const struct ax_experiment *exp)
+{
+    int i, j;
+
+    lua_createtable(L, exp->n_arms, 0); /* arms */
+    for (i = 0; i < exp->n_arms; i++) {
+        const struct ax_exp_arm *a = &exp->arms[i];
+        lua_createtable(L, 0, 2); /* arms, arm */
+        lua_pushstring(L, a->name);
+        lua_setfield(L, -2, "name");
+        if (a->chain_path != NULL) {
+            lua_pushstring(L, a->chain_path);
+            lua_setfield(L, -2, "path");
+        } else {
+            const cJSON *e;
+            lua_newtable(L); /* arms, arm, chain */
+            j = 0;
+            cJSON_ArrayForEach(e, a->chain)
+            {
+                const cJSON *set = cJSON_GetObjectItemCaseSensitive(e, "settings");
+                if (set != NULL)
+                    ax__json_push_table(L, set); /* arms, arm, chain, entry */
+                else
+                    lua_newtable(L);
+                lua_pushstring(L,
+                               cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(e, "policy")));
+                lua_rawseti(L, -2, 1);   /* arms, arm, chain, entry */
+                lua_rawseti(L, -2, ++j); /* arms, arm, chain */
+            }
+            lua_setfield(L, -2, "chain"); /* arms, arm */
+        }
+        lua_rawseti(L, -2, i + 1); /* arms */
+    }
+}
+
+/* The generation's arms from load_arms's ranges (at the top), or one "default" arm. */
+static void take_arms(lua_State *L, struct ax__gen *g)
+{
+    int i, h, n = g->exp ? (int)lua_rawlen(L, -1) : 1;
+
+    if ((g->arms = calloc((size_t)n, sizeof(*g->arms))) == NULL)
+        luaL_error(L, "not enough memory");
+    for (i = 0; i < n; i++) {
+        struct ax__gen_arm *a = &g->arms[i];
+        g->n_arms = i + 1;
+        if (g->exp == NULL) {
+            a->name = ax__strdup(AX_EXP_DEFAULT_ARM);
+            a->first = 0;
+            a->end = g->n;
+        } else {
+            lua_rawgeti(L, -1, i + 1); /* ..., ranges, r */
+            lua_getfield(L, -1, "name");
+            a->name = ax__strdup(lua_tostring(L, -1));
+            lua_getfield(L, -2, "first");
+            a->first = (int)lua_tointeger(L, -1);
+            lua_getfield(L, -3, "n");
+            a->end = a->first + (int)lua_tointeger(L, -1);
+            lua_pop(L, 4);
+        }
+        if (a->name == NULL)
+            luaL_error(L, "not enough memory");
+        for (h = 0; h < AX_HOOK_COUNT; h++) {
+            int k;
+            for (k = a->first; k < a->end && k < g->n; k++)
+                if (g->p[k].fn_ref[h] != LUA_NOREF)
+                    a->has_hook[h] = 1;
+        }
+    }
+}
+
+/* The directory chain names in an experiment resolve against after its own: the --policies
+ * chain's (the shipped policies by default). */
+static void policy_dir_of(const struct ax_policy_engine *eng, char *out, size_t n)
+{
+    const char *slash = strrchr(eng->chain_path, '/');
+    if (slash == NULL)
+        snprintf(out, n, ".");
+    else
+        snprintf(out, n, "%.*s", (int)(slash - eng->chain_path), eng->chain_path);
+}
+
 static int load_protected(lua_State *L)
 {
     struct load_ctx *lc = lua_touserdata(L, 1);
@@ -263,25 +352,37 @@ static int load_protected(lua_State *L)
     struct ax__gen *g = lc->g;
     struct ax__run_slot rs;
     lua_State *co;
-    int status, nres, i, n, h;
+    int status, nres, i, n, h, nargs = 2;
 
     lua_settop(L, 0);
-    ax__gen_make_require(L, eng, g);                  /* require */
-    ax__push_runtime_module(L, eng, "chain.lua", 1);  /* require, M */
-    if (lua_getfield(L, -1, "load") != LUA_TFUNCTION) /* require, M, load */
+    if (eng->exp_path != NULL) {
+        char msg[1024], pdir[4096];
+        policy_dir_of(eng, pdir, sizeof(pdir));
+        if (ax_experiment_load(eng->exp_path, pdir, &g->exp, msg, sizeof(msg)) < 0)
+            return luaL_error(L, "%s", msg);
+    }
+    ax__gen_make_require(L, eng, g);                                         /* require */
+    ax__push_runtime_module(L, eng, "chain.lua", 1);                         /* require, M */
+    if (lua_getfield(L, -1, g->exp ? "load_arms" : "load") != LUA_TFUNCTION) /* require, M, load */
         return luaL_error(L, "chain.lua: no load function");
     co = lua_newthread(L); /* require, M, load, co */
     lua_pushvalue(L, 3);
     ax__push_host(L, eng, 1);
-    lua_pushstring(L, eng->chain_path); /* ..., co, load, host, path */
-    lua_xmove(L, co, 3);                /* require, M, load, co */
+    if (g->exp != NULL) {
+        push_arms(L, g->exp);
+        lua_pushstring(L, g->exp->path); /* ..., co, load, host, arms, path */
+        nargs = 3;
+    } else {
+        lua_pushstring(L, eng->chain_path); /* ..., co, load, host, path */
+    }
+    lua_xmove(L, co, nargs + 1); /* require, M, load, co */
     memset(&rs, 0, sizeof(rs));
     rs.co = co;
     rs.budget = eng->budget * LOAD_BUDGET_FACTOR;
     rs.deadline = uv_hrtime() + eng->run_max_ns * LOAD_BUDGET_FACTOR;
     lua_sethook(co, ax__count_hook, LUA_MASKCOUNT, AX__HOOK_STEP);
     eng->cur_rs = &rs;
-    status = lua_resume(co, L, 2, &nres);
+    status = lua_resume(co, L, nargs, &nres);
     eng->cur_rs = NULL;
     if (status == LUA_YIELD)
         return luaL_error(L, "%s: %s", eng->chain_path,
@@ -313,6 +414,9 @@ static int load_protected(lua_State *L)
             if (g->p[i].fn_ref[h] != LUA_NOREF)
                 g->has_hook[h] = 1;
     }
+    lua_pop(L, 1);               /* ..., gen */
+    lua_getfield(L, -1, "arms"); /* ..., gen, ranges|nil */
+    take_arms(L, g);
     lua_pop(L, 1); /* ..., gen */
     lua_getfield(L, -1, "files");
     n = (int)lua_rawlen(L, -1);
@@ -363,6 +467,7 @@ int ax__engine_load(struct ax_policy_engine *eng, char *err, size_t errn)
     old = eng->gen;
     eng->gen = g;
     ax__gen_unref(eng, old);
+    ax_exp_stats_set_experiment(eng->stats, g->exp);
     return 0;
 }
 
@@ -386,7 +491,7 @@ void ax_policy_engine_reload(struct ax_policy_engine *eng)
     if (eng->watching)
         watch_all(eng);
     AX_LOG_INFO(NULL, "policies: generation %" PRIu64 " loaded from %s (%d policies)", eng->gen->id,
-                eng->chain_path, eng->gen->n);
+                eng->gen->exp ? eng->gen->exp->path : eng->chain_path, eng->gen->n);
 }
 
 static void engine_on_debounce(uv_timer_t *t)
@@ -405,8 +510,10 @@ static void engine_on_fs_event(uv_fs_event_t *h, const char *filename, int event
      * becomes one reload */
     if (filename != NULL && (n < 4 || strcmp(filename + n - 4, ".lua") != 0)) {
         const char *base = strrchr(eng->chain_path, '/');
-        if (strcmp(filename, base ? base + 1 : eng->chain_path) != 0)
-            return; /* nor the chain file, whatever its name */
+        const char *ebase = eng->exp_path ? strrchr(eng->exp_path, '/') : NULL;
+        if (strcmp(filename, base ? base + 1 : eng->chain_path) != 0 &&
+            (eng->exp_path == NULL || strcmp(filename, ebase ? ebase + 1 : eng->exp_path) != 0))
+            return; /* nor the chain or experiment file, whatever their names */
     }
     uv_timer_start(&eng->debounce, engine_on_debounce, DEBOUNCE_MS, 0);
 }
@@ -471,6 +578,11 @@ static int watch_all(struct ax_policy_engine *eng)
 
     dir_of(eng->chain_path, d, sizeof(d));
     rc = watch_dir(eng, d);
+    if (eng->exp_path != NULL) { /* the experiment file's own directory, and its chains' */
+        dir_of(eng->exp_path, d, sizeof(d));
+        if ((r = watch_dir(eng, d)) < 0)
+            rc = r;
+    }
     for (i = 0; i < g->n_files; i++) {
         dir_of(g->files[i], d, sizeof(d));
         if ((r = watch_dir(eng, d)) < 0)
@@ -540,7 +652,21 @@ int ax_policy_engine_has_hook(const struct ax_policy_engine *eng, enum ax_hook h
 
 int ax_policy_req_has_hook(const struct ax_policy_req *pr, enum ax_hook hook)
 {
-    return pr != NULL && pr->gen != NULL && hook < AX_HOOK_COUNT && pr->gen->has_hook[hook];
+    return pr != NULL && pr->arm_p != NULL && hook < AX_HOOK_COUNT && pr->arm_p->has_hook[hook];
+}
+
+const struct ax_experiment *ax_policy_engine_experiment(const struct ax_policy_engine *eng)
+{
+    return eng != NULL && eng->gen != NULL ? eng->gen->exp : NULL;
+}
+
+int ax_policy_engine_has_arm(const struct ax_policy_engine *eng, const char *arm)
+{
+    int i;
+    for (i = 0; eng != NULL && eng->gen != NULL && arm != NULL && i < eng->gen->n_arms; i++)
+        if (strcmp(eng->gen->arms[i].name, arm) == 0)
+            return 1;
+    return 0;
 }
 
 cJSON *ax_policy_engine_status(const struct ax_policy_engine *eng)
@@ -556,6 +682,10 @@ cJSON *ax_policy_engine_status(const struct ax_policy_engine *eng)
     iso_time(g ? g->loaded_at_ms : 0, ts, sizeof(ts));
     cJSON_AddStringToObject(o, "loaded_at", ts);
     cJSON_AddStringToObject(o, "chain", eng->chain_path);
+    if (g && g->exp)
+        cJSON_AddStringToObject(o, "experiment", g->exp->path);
+    else
+        cJSON_AddNullToObject(o, "experiment");
     files = cJSON_AddArrayToObject(o, "files");
     for (i = 0; g && files && i < g->n_files; i++)
         cJSON_AddItemToArray(files, cJSON_CreateString(g->files[i]));
@@ -567,6 +697,12 @@ cJSON *ax_policy_engine_status(const struct ax_policy_engine *eng)
         cJSON_AddItemToArray(arr, p);
         cJSON_AddStringToObject(p, "name", g->p[i].name);
         cJSON_AddStringToObject(p, "file", g->p[i].file);
+        if (g->exp != NULL) {
+            int a;
+            for (a = 0; a < g->n_arms; a++)
+                if (i >= g->arms[a].first && i < g->arms[a].end)
+                    cJSON_AddStringToObject(p, "arm", g->arms[a].name);
+        }
         hooks = cJSON_AddArrayToObject(p, "hooks");
         for (h = 0; hooks && h < AX_HOOK_COUNT; h++)
             if (g->p[i].fn_ref[h] != LUA_NOREF)
@@ -590,5 +726,6 @@ cJSON *ax_policy_engine_status(const struct ax_policy_engine *eng)
     cJSON_AddNumberToObject(o, "lua_memory", (double)eng->mem_total);
     cJSON_AddNumberToObject(o, "requests_in_flight", eng->in_flight);
     cJSON_AddNumberToObject(o, "generations_alive", eng->gens_alive);
+    cJSON_AddItemToObject(o, "counters", ax_exp_stats_counters_json(eng->stats)); /* ax.count */
     return o;
 }

@@ -20,7 +20,7 @@
 
 #define DEFAULT_WINDOW 131072
 
-static struct ax__run_slot killer_slot = {.budget_hit = 1};
+static _Thread_local struct ax__run_slot killer_slot = {.budget_hit = 1}; /* per worker thread */
 
 /* ---- session counters ------------------------------------------------------------------ */
 
@@ -36,6 +36,9 @@ static const struct sess_counter {
     {"overflow_count", "note_overflow", NULL, offsetof(struct ax_session, overflow_count)},
     {"forced_tool_turns", "note_forced_turn", "reset_forced_turns",
      offsetof(struct ax_session, forced_tool_turns)},
+    {"tool_retries", "note_tool_retry", NULL, offsetof(struct ax_session, tool_retries)},
+    {"thinking_runaways", "note_thinking_runaway", "reset_thinking_runaways",
+     offsetof(struct ax_session, thinking_runaways)},
 };
 #define N_SESS_COUNTERS (sizeof(sess_counters) / sizeof(sess_counters[0]))
 _Static_assert(N_SESS_COUNTERS <= AX__SESS_COUNTERS_MAX, "raise AX__SESS_COUNTERS_MAX");
@@ -193,12 +196,27 @@ int ax_policy_req_new(struct ax_policy_engine *eng, const struct ax_policy_req_i
     *out = NULL;
     if (pr == NULL)
         return AX_ENOMEM;
+    if (eng->gen->n_arms == 0) {
+        free(pr);
+        return AX_EINVAL;
+    }
+    pr->arm_p = &eng->gen->arms[0]; /* no arm named: the first (the only one without experiment) */
+    if (info->arm != NULL && *info->arm) {
+        int i;
+        for (i = 0, pr->arm_p = NULL; i < eng->gen->n_arms && pr->arm_p == NULL; i++)
+            if (strcmp(eng->gen->arms[i].name, info->arm) == 0)
+                pr->arm_p = &eng->gen->arms[i];
+        if (pr->arm_p == NULL) {
+            free(pr);
+            return AX_EINVAL;
+        }
+    }
     pr->eng = eng;
     pr->request_id = ax__strdup(info->request_id);
     pr->session_id = ax__strdup(info->session_id);
     pr->client_model = ax__strdup(info->client_model);
     pr->user_agent = ax__strdup(info->user_agent);
-    pr->arm = ax__strdup(info->arm && *info->arm ? info->arm : "default");
+    pr->arm = ax__strdup(pr->arm_p->name);
     if (!pr->request_id || !pr->session_id || !pr->client_model || !pr->user_agent || !pr->arm) {
         free(pr->request_id);
         free(pr->session_id);
@@ -223,6 +241,15 @@ int ax_policy_req_new(struct ax_policy_engine *eng, const struct ax_policy_req_i
     lua_setfield(L, -2, "session_id");
     lua_pushstring(L, pr->client_model);
     lua_setfield(L, -2, "model");
+    if (eng->env.upstream_model != NULL) {
+        /* the server's upstream model (what model profiles match); a --model-map entry for
+         * the client's name shows only in on_upstream_request's oreq.model */
+        const char *um = eng->env.upstream_model(eng->env.ud);
+        lua_pushstring(L, um != NULL && *um ? um : pr->client_model);
+    } else {
+        lua_pushstring(L, pr->client_model);
+    }
+    lua_setfield(L, -2, "upstream_model");
     lua_pushstring(L, pr->arm);
     lua_setfield(L, -2, "arm");
     lua_pushboolean(L, pr->stream);
@@ -251,9 +278,33 @@ int ax_policy_req_new(struct ax_policy_engine *eng, const struct ax_policy_req_i
     return 0;
 }
 
+void ax_policy_req_set_tool_stats(struct ax_policy_req *pr, unsigned text_calls, unsigned repaired,
+                                  unsigned schema_failures, const char *first_failure)
+{
+    lua_State *L = pr->eng->L;
+
+    lua_rawgeti(L, LUA_REGISTRYINDEX, pr->ctx_ref); /* ctx */
+    lua_createtable(L, 0, 4);                       /* ctx, tc */
+    setfield_int(L, "text_calls", text_calls);
+    setfield_int(L, "repaired", repaired);
+    setfield_int(L, "schema_failures", schema_failures);
+    if (first_failure != NULL && first_failure[0] != '\0') {
+        lua_pushstring(L, first_failure);     /* ctx, tc, why */
+        lua_setfield(L, -2, "first_failure"); /* ctx, tc */
+    }
+    lua_setfield(L, -2, "tool_calls"); /* ctx */
+    lua_pop(L, 1);                     /* (empty) */
+}
+
 double ax_policy_req_report_scale(const struct ax_policy_req *pr)
 {
     return pr->report_scale;
+}
+
+void ax_policy_req_set_trace(struct ax_policy_req *pr, ax_policy_trace_fn fn, void *ud)
+{
+    pr->trace = fn;
+    pr->trace_ud = ud;
 }
 
 /* Reads ctx.<field> as an integer (the ctx table is at the top of the main stack). */
@@ -329,7 +380,7 @@ static int hook_begin(struct ax_policy_req *pr)
     lua_State *L = eng->L, *co = pr->rs.co;
     int i;
 
-    ax__scope_open(&eng->vs, &pr->scope, pr->hook == AX_HOOK_RESPONSE);
+    ax__scope_open(&eng->vs, &pr->scope, pr->hook == AX_HOOK_RESPONSE || pr->hook == AX_HOOK_ROUTE);
     pr->scope.charge = &pr->rs.json_mem;
     pr->scope.charge_extra = &pr->rs.mem;
     pr->scope.charge_max = eng->req_mem_max;
@@ -359,7 +410,7 @@ static int hook_begin(struct ax_policy_req *pr)
     pr->saved_scale = pr->report_scale;
     lua_pop(L, 1);
 
-    if (eng->trace != NULL)
+    if (eng->trace != NULL || pr->trace != NULL)
         pr->before = cJSON_Duplicate(pr->tree, 1);
     lua_settop(co, 0);
     lua_rawgeti(co, LUA_REGISTRYINDEX, p->fn_ref[pr->hook]);
@@ -367,10 +418,10 @@ static int hook_begin(struct ax_policy_req *pr)
         push_error_arg(pr, co); /* the deprecated (err, req, ctx) */
     ax__view_push(co, &eng->vs, &pr->scope, pr->tree);
     lua_rawgeti(co, LUA_REGISTRYINDEX, pr->ctx_ref);
-    if (pr->hook == AX_HOOK_UPSTREAM_ERROR && !p->old_error_order)
-        push_error_arg(pr, co); /* (req, ctx, err) */
+    if ((pr->hook == AX_HOOK_UPSTREAM_ERROR && !p->old_error_order) || pr->hook == AX_HOOK_ROUTE)
+        push_error_arg(pr, co); /* (req, ctx, err), or (req, ctx, fleet) */
     pr->in_hook = 1;
-    return pr->hook == AX_HOOK_UPSTREAM_ERROR ? 3 : 2;
+    return pr->hook == AX_HOOK_UPSTREAM_ERROR || pr->hook == AX_HOOK_ROUTE ? 3 : 2;
 }
 
 static void hook_commit(struct ax_policy_req *pr)
@@ -382,6 +433,8 @@ static void hook_commit(struct ax_policy_req *pr)
 
     if (eng->trace != NULL && pr->before != NULL)
         eng->trace(eng->trace_ud, ax__req_policy_name(pr), pr->hook, pr->before, pr->tree);
+    if (pr->trace != NULL && pr->before != NULL)
+        pr->trace(pr->trace_ud, ax__req_policy_name(pr), pr->hook, pr->before, pr->tree);
     cJSON_Delete(pr->before);
     pr->before = NULL;
     ax__scope_commit(&pr->scope);
@@ -433,6 +486,68 @@ static void where_of(lua_State *co, char *out, size_t n)
 
 enum fail_kind { FK_ERROR, FK_BUDGET, FK_MEMORY };
 
+static void route_clear(struct ax_policy_req *pr)
+{
+    int i;
+
+    for (i = 0; i < pr->n_route; i++) {
+        free(pr->route_names[i]);
+        pr->route_names[i] = NULL;
+    }
+    pr->n_route = 0;
+    free(pr->route_model);
+    pr->route_model = NULL;
+}
+
+static void route_add(struct ax_policy_req *pr, lua_State *co, int idx)
+{
+    size_t len;
+    const char *s;
+
+    if (pr->n_route >= AX_ROUTE_MAX_NAMES || lua_type(co, idx) != LUA_TSTRING)
+        return;
+    s = lua_tolstring(co, idx, &len);
+    if (len == 0 || len > 255 || strlen(s) != len)
+        return;
+    if ((pr->route_names[pr->n_route] = strdup(s)) != NULL)
+        pr->n_route++;
+}
+
+/* on_route's results: a name or a list of names, then optionally the upstream model. Other
+ * values (nil, numbers, empty strings) choose nothing: the next policy may. Runs on the
+ * coroutine after it returned, outside any hook budget; reads with raw access only. */
+static void route_take(struct ax_policy_req *pr, lua_State *co, int nres)
+{
+    int first = lua_gettop(co) - nres + 1;
+    lua_Integer i;
+
+    if (lua_type(co, first) == LUA_TSTRING) {
+        route_add(pr, co, first);
+    } else if (lua_type(co, first) == LUA_TTABLE) {
+        lua_checkstack(co, 2);
+        for (i = 1; i <= AX_ROUTE_MAX_NAMES; i++) {
+            lua_rawgeti(co, first, i); /* ..., name */
+            route_add(pr, co, -1);
+            lua_pop(co, 1); /* ... */
+        }
+    }
+    if (pr->n_route > 0 && nres > 1 && lua_type(co, first + 1) == LUA_TSTRING) {
+        const char *m = lua_tostring(co, first + 1);
+        if (*m != '\0' && strlen(m) < 256)
+            pr->route_model = strdup(m);
+    }
+}
+
+int ax_policy_req_route(const struct ax_policy_req *pr, const char *const **names,
+                        const char **model)
+{
+    if (names)
+        *names = (const char *const *)pr->route_names;
+    if (model)
+        *model = pr->route_model;
+    return pr->n_route;
+}
+
 static void hook_end(struct ax_policy_req *pr, int status, int nres)
 {
     struct ax_policy_engine *eng = pr->eng;
@@ -446,6 +561,8 @@ static void hook_end(struct ax_policy_req *pr, int status, int nres)
         if (pr->hook == AX_HOOK_UPSTREAM_ERROR && nres > 0 && lua_isboolean(co, -nres) &&
             lua_toboolean(co, -nres)) /* exactly true: anything else is no retry */
             pr->retry = 1;
+        if (pr->hook == AX_HOOK_ROUTE && nres > 0 && pr->n_route == 0)
+            route_take(pr, co, nres);
         lua_settop(co, 0);
         hook_commit(pr);
         pr->idx++;
@@ -509,9 +626,9 @@ static void hook_end(struct ax_policy_req *pr, int status, int nres)
 
 static int next_hook(struct ax_policy_req *pr)
 {
-    while (pr->idx < pr->gen->n && pr->gen->p[pr->idx].fn_ref[pr->hook] == LUA_NOREF)
+    while (pr->idx < pr->arm_p->end && pr->gen->p[pr->idx].fn_ref[pr->hook] == LUA_NOREF)
         pr->idx++;
-    return pr->idx < pr->gen->n;
+    return pr->idx < pr->arm_p->end;
 }
 
 static int resume(struct ax_policy_req *pr, int nargs, int *nres)
@@ -596,16 +713,26 @@ int ax_policy_req_run(struct ax_policy_req *pr, enum ax_hook hook, cJSON *tree, 
     pr->running = 1;
     pr->hook = hook;
     pr->tree = tree;
-    pr->aux = aux;
+    cJSON_Delete(pr->aux_own);
+    pr->aux_own = aux != NULL ? cJSON_Duplicate(aux, 1) : NULL;
+    if (aux != NULL && pr->aux_own == NULL) {
+        pr->running = 0;
+        return AX_ENOMEM;
+    }
+    pr->aux = pr->aux_own;
     pr->done = done;
     pr->done_ud = ud;
-    pr->idx = 0;
+    pr->idx = pr->arm_p->first;
     pr->retry = 0;
+    if (hook == AX_HOOK_ROUTE)
+        route_clear(pr);
     pr->rc = 0;
     memset(&pr->err, 0, sizeof(pr->err));
     /* the caller may have changed the tree between runs: estimates start afresh */
-    ax__memo_reset(&pr->memo,
-                   hook == AX_HOOK_REQUEST || hook == AX_HOOK_UPSTREAM_ERROR ? tree : NULL);
+    ax__memo_reset(&pr->memo, hook == AX_HOOK_REQUEST || hook == AX_HOOK_UPSTREAM_ERROR ||
+                                      hook == AX_HOOK_ROUTE
+                                  ? tree
+                                  : NULL);
     if (pr->memo.root != NULL && pr->session != NULL) {
         /* the session knows its tools' estimate while they keep their shape */
         const cJSON *tools = cJSON_GetObjectItemCaseSensitive(tree, "tools");
@@ -614,7 +741,7 @@ int ax_policy_req_run(struct ax_policy_req *pr, enum ax_hook hook, cJSON *tree, 
             pr->memo.tools_ok = 1;
         }
     }
-    if (pr->gen->has_hook[hook])
+    if (pr->arm_p->has_hook[hook])
         ctx_refresh(pr);
     run_step(pr, 0);
     return 0;
@@ -650,6 +777,8 @@ void ax_policy_req_free(struct ax_policy_req *pr)
     ax__unref(eng->L, &pr->states_ref);
     ax__gen_unref(eng, pr->gen);
     ax__memo_free(&pr->memo);
+    route_clear(pr);
+    cJSON_Delete(pr->aux_own);
     free(pr->request_id);
     free(pr->session_id);
     free(pr->client_model);

@@ -12,14 +12,16 @@
 
 #include <lauxlib.h>
 
+#include "anthroxy_experiment.h"
 #include "anthroxy_json.h"
 #include "anthroxy_log.h"
 #include "anthroxy_translate.h"
 
 /* ---- commands ------------------------------------------------------------------------------ */
 
-/* host.run_hook(fn, hook, tree, aux, ctx) -> tree after, ret: one hook over a real view of
- * tree (a plain table), committed on success; the hook's error is re-raised. */
+/* host.run_hook(fn, hook, tree, aux, ctx) -> tree after, ret (on_route: ret, model): one hook
+ * over a real view of tree (a plain table), committed on success; the hook's error is
+ * re-raised. */
 static int host_run_hook(lua_State *L)
 {
     struct ax_policy_engine *eng = ax__engine_of(L);
@@ -27,12 +29,13 @@ static int host_run_hook(lua_State *L)
     struct ax__scope sc, *prev;
     cJSON *root;
     int boxed, status, nargs = 2, old_order = 0;
+    int route = strcmp(hook, "on_route") == 0, nres = route ? 2 : 1;
 
     luaL_checktype(L, 1, LUA_TFUNCTION);
     luaL_checktype(L, 3, LUA_TTABLE);
     lua_settop(L, 5);
     root = (cJSON *)ax__json_arg(L, 3, &boxed); /* 6: the box owning root */
-    ax__scope_open(&eng->vs, &sc, strcmp(hook, "on_response") == 0);
+    ax__scope_open(&eng->vs, &sc, strcmp(hook, "on_response") == 0 || route);
     prev = eng->vs.cur;
     eng->vs.cur = &sc;
     if (strcmp(hook, "on_upstream_error") == 0)
@@ -42,21 +45,34 @@ static int host_run_hook(lua_State *L)
         lua_pushvalue(L, 4);
     ax__view_push(L, &eng->vs, &sc, root);
     lua_pushvalue(L, 5);
-    if (strcmp(hook, "on_upstream_error") == 0) {
+    if (strcmp(hook, "on_upstream_error") == 0 || route) {
         if (!old_order)
-            lua_pushvalue(L, 4);
+            lua_pushvalue(L, 4); /* err, or on_route's fleet */
         nargs = 3;
     }
-    status = lua_pcall(L, nargs, 1, 0); /* ..., box, ret|err */
+    status = lua_pcall(L, nargs, nres, 0); /* ..., box, ret(s)|err */
     eng->vs.cur = prev;
     if (status != LUA_OK) {
         ax__scope_discard(&sc);
         return lua_error(L);
     }
     ax__scope_commit(&sc);
-    ax__json_push_table(L, root); /* ..., box, ret, tree */
-    lua_insert(L, -2);            /* ..., box, tree, ret */
-    return 2;
+    ax__json_push_table(L, root); /* ..., box, ret(s), tree */
+    lua_insert(L, -1 - nres);     /* ..., box, tree, ret(s) */
+    return 1 + nres;
+}
+
+/* host.counters() -> { arm = { policy = { name = n } } }: what ax.count added so far */
+static int host_counters(lua_State *L)
+{
+    struct ax_policy_engine *eng = ax__engine_of(L);
+    cJSON *c = ax_exp_stats_counters_json(eng->stats);
+
+    if (c == NULL)
+        return luaL_error(L, "not enough memory");
+    ax__json_push_table(L, c);
+    cJSON_Delete(c);
+    return 1;
 }
 
 static int host_where(lua_State *L)
@@ -107,6 +123,8 @@ static int test_protected(lua_State *L)
     lua_setfield(L, 5, "run_hook");
     lua_pushcfunction(L, host_where);
     lua_setfield(L, 5, "where");
+    lua_pushcfunction(L, host_counters);
+    lua_setfield(L, 5, "counters");
     lua_pushcfunction(L, host_traceback);
     lua_setfield(L, 5, "traceback");
     lua_pushcfunction(L, host_stderr);

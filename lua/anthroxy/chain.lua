@@ -8,6 +8,7 @@ local M = {}
 
 M.HOOKS = {
   on_request = true, on_upstream_request = true, on_response = true, on_upstream_error = true,
+  on_route = true,
 }
 
 local function dirname(p)
@@ -69,7 +70,7 @@ function M.load_module(host, path)
     if type(k) == "string" and k:sub(1, 3) == "on_" then
       if not M.HOOKS[k] then
         error(path .. ": unknown hook '" .. k .. "' (hooks are on_request, "
-          .. "on_upstream_request, on_response, on_upstream_error)", 0)
+          .. "on_upstream_request, on_response, on_upstream_error, on_route)", 0)
       end
       if type(v) ~= "function" then error(path .. ": " .. k .. " must be a function", 0) end
     end
@@ -115,32 +116,21 @@ local function show(v)
   return tostring(v)
 end
 
--- Loads the chain file: returns { policies = { {name, file, module, settings, report} },
--- files = { chain, policy files... } }.
-function M.load(host, chain_path)
-  local dir = dirname(chain_path)
-  local files = { chain_path }
-  local text, err = host.read(chain_path)
-  if not text then error(err, 0) end
-  local fn, cerr = host.compile(text, "@" .. chain_path)
-  if not fn then error(cerr, 0) end
-  local chain = fn()
-  if type(chain) ~= "table" then
-    error(chain_path .. ": a chain returns an array of { \"policy\", key = value } entries", 0)
-  end
-  local mods, out, names = {}, {}, {}
-  if chain[1] == nil and next(chain) ~= nil then
-    -- not a chain but a single policy (`anthroxy check policies/x.lua`): a chain of one
-    local base = chain_path:match("[^/]+$")
-    mods[M.resolve(dir, base)] = M.load_module(host, chain_path)
-    chain = { { base } }
-  end
+-- Loads one chain's entries (a table of the policies/default.lua form) into out, the
+-- generation's flat list of policies; paths resolve against dir. mods caches modules by path.
+local function build(host, chain, label, dir, out, files, mods, names)
   for i, entry in ipairs(chain) do
     if type(entry) == "string" then entry = { entry } end
     if type(entry) ~= "table" or type(entry[1]) ~= "string" then
-      error(chain_path .. ": entry " .. i .. ": expected { \"name\", key = value, ... }", 0)
+      error(label .. ": entry " .. i .. ": expected { \"name\", key = value, ... }", 0)
     end
     local path = M.resolve(dir, entry[1])
+    -- not beside the chain: the shipped policies (a chain of your own can name them)
+    if not mods[path] and entry[1]:sub(1, 1) ~= "/" and dir ~= host.policy_dir
+        and not host.read(path) then
+      local shipped = M.resolve(host.policy_dir, entry[1])
+      if host.read(shipped) then path = shipped end
+    end
     local mod = mods[path]
     if not mod then
       mod = M.load_module(host, path)
@@ -164,6 +154,9 @@ function M.load(host, chain_path)
     out[#out + 1] = { name = name, file = path, module = mod,
                       settings = M.readonly(settings), report = report }
   end
+end
+
+local function warn_overrides(host, names)
   for key in pairs(host.overrides or {}) do
     local n = key:match("^([^.]+)%.")
     if not names[n] then
@@ -171,7 +164,60 @@ function M.load(host, chain_path)
         .. "' in the chain")
     end
   end
+end
+
+-- Reads and compiles a chain file: returns its table (or a chain of one when the file is a
+-- single policy, for `anthroxy check policies/x.lua`) and the modules it already loaded.
+local function read_chain(host, chain_path)
+  local dir = dirname(chain_path)
+  local text, err = host.read(chain_path)
+  if not text then error(err, 0) end
+  local fn, cerr = host.compile(text, "@" .. chain_path)
+  if not fn then error(cerr, 0) end
+  local chain = fn()
+  if type(chain) ~= "table" then
+    error(chain_path .. ": a chain returns an array of { \"policy\", key = value } entries", 0)
+  end
+  local mods = {}
+  if chain[1] == nil and next(chain) ~= nil then
+    -- not a chain but a single policy (`anthroxy check policies/x.lua`): a chain of one
+    local base = chain_path:match("[^/]+$")
+    mods[M.resolve(dir, base)] = M.load_module(host, chain_path)
+    chain = { { base } }
+  end
+  return chain, mods
+end
+
+-- Loads the chain file: returns { policies = { {name, file, module, settings, report} },
+-- files = { chain, policy files... } }.
+function M.load(host, chain_path)
+  local files, out, names = { chain_path }, {}, {}
+  local chain, mods = read_chain(host, chain_path)
+  build(host, chain, chain_path, dirname(chain_path), out, files, mods, names)
+  warn_overrides(host, names)
   return { policies = out, files = files }
+end
+
+-- Loads an experiment's arms into one generation: arms = { { name, path = chain file } or
+-- { name, chain = inline entries (absolute paths), label = experiment file } }. Returns
+-- { policies = every arm's, in arm order, arms = { { name, first, n } }, files }. Each arm
+-- gets its own module instances: arms share nothing, as separate chains would not.
+function M.load_arms(host, arms, exp_path)
+  local files, out, names, ranges = { exp_path }, {}, {}, {}
+  for _, arm in ipairs(arms) do
+    local first = #out
+    if arm.path then
+      local chain, mods = read_chain(host, arm.path)
+      files[#files + 1] = arm.path
+      build(host, chain, arm.path, dirname(arm.path), out, files, mods, names)
+    else
+      build(host, arm.chain, exp_path .. ": arm " .. arm.name, dirname(exp_path), out, files,
+        {}, names)
+    end
+    ranges[#ranges + 1] = { name = arm.name, first = first, n = #out - first }
+  end
+  warn_overrides(host, names)
+  return { policies = out, arms = ranges, files = files }
 end
 
 return M

@@ -35,10 +35,12 @@ function T.load(name, settings)
   return { module = module, settings = merged, name = pname, path = path }
 end
 
--- T.run(p, hook, tree, [aux,] ctx) -> tree after the hook (plain table), hook's return value
+-- T.run(p, hook, tree, [aux,] ctx) -> tree after the hook (plain table), hook's return values
+-- (on_route: T.run(p, "on_route", req, ctx, fleet), its aux last as the hook takes it)
 function T.run(p, hook, tree, a, b)
   local aux, ctx
-  if b ~= nil or hook == "on_upstream_error" then aux, ctx = a, b else ctx = a end
+  if hook == "on_route" then ctx, aux = a, b
+  elseif b ~= nil or hook == "on_upstream_error" then aux, ctx = a, b else ctx = a end
   ctx = ctx or T.ctx()
   if ctx.settings == nil then ctx.settings = p.settings end
   if ctx.state == nil then ctx.state = {} end
@@ -61,6 +63,10 @@ function T.load_chain(rel, settings)
     { __index = host })
   return chain.load(quiet, path).policies
 end
+
+-- T.counters() -> { default = { test = { name = n } } }: what ax.count added in this test
+-- file (hooks run by T.run count under arm "default", policy "test").
+function T.counters() return host.counters() end
 
 function T.session(fields)
   local s = merge({

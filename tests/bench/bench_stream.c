@@ -6,8 +6,9 @@
  * and [DONE]; then runs reader + translator over it N times (argument 1, default 200), fed
  * in 16 KiB reads as curl hands them over, the output drained as a write queue would.
  * Prints chunks per second on one core and ns per chunk; a second argument "cjson" forces
- * the cJSON chunk parser (for comparison). For instruction counts:
- *   valgrind --tool=callgrind ./bench_stream 3 */
+ * the cJSON chunk parser (for comparison), "tools" offers Claude Code's Write, Read and Bash
+ * (text tool-call recognition and schema checks on). For instruction counts:
+ *   valgrind --tool=callgrind ./bench_stream 3 [cjson] [tools] */
 #include "anthroxy_sse.h"
 #include "anthroxy_stream.h"
 
@@ -117,11 +118,24 @@ static int on_event(const char *event, const char *data, size_t len, void *ud)
 }
 
 static int use_cjson;
+static cJSON *tools;
+
+static const char TOOLS_JSON[] =
+    "[{\"name\":\"Write\",\"input_schema\":{\"type\":\"object\",\"properties\":{\"file_path\":"
+    "{\"type\":\"string\"},\"content\":{\"type\":\"string\"}},\"required\":[\"file_path\","
+    "\"content\"],\"additionalProperties\":false}},"
+    "{\"name\":\"Read\",\"input_schema\":{\"type\":\"object\",\"properties\":{\"file_path\":"
+    "{\"type\":\"string\"},\"offset\":{\"type\":\"integer\"},\"limit\":{\"type\":"
+    "\"integer\"}},\"required\":[\"file_path\"]}},"
+    "{\"name\":\"Bash\",\"input_schema\":{\"type\":\"object\",\"properties\":{\"command\":"
+    "{\"type\":\"string\"},\"timeout\":{\"type\":\"number\"}},\"required\":[\"command\"]}}]";
 
 static int run_once(const char *in, size_t n, size_t *out_bytes)
 {
-    struct ax_stream_opts o = {
-        .model = "claude-sonnet-4-5", .input_estimate = 100, .parse_with_cjson = use_cjson};
+    struct ax_stream_opts o = {.model = "claude-sonnet-4-5",
+                               .input_estimate = 100,
+                               .parse_with_cjson = use_cjson,
+                               .tools = tools};
     struct ax_sse rd;
     struct ctx c;
     size_t pos;
@@ -154,7 +168,12 @@ int main(int argc, char **argv)
 
     if (iters <= 0)
         iters = 1;
-    use_cjson = argc > 2 && strcmp(argv[2], "cjson") == 0;
+    for (i = 2; i < argc; i++) {
+        if (strcmp(argv[i], "cjson") == 0)
+            use_cjson = 1;
+        else if (strcmp(argv[i], "tools") == 0)
+            tools = cJSON_Parse(TOOLS_JSON);
+    }
     ax_buf_init(&in, (size_t)1 << 30);
     chunks = build_stream(&in, 1);
     if (run_once(in.data, in.len, &out_bytes) != 0) { /* warm-up, and a sanity check */
@@ -170,9 +189,11 @@ int main(int argc, char **argv)
            sizeof(struct ax_sse));
     printf("stream: %zu chunks, %zu bytes in, %zu bytes out; %d runs in %.3f s\n", chunks, in.len,
            out_bytes, iters, secs);
-    printf("%s parser: %.0f chunks/s on one core, %.0f ns/chunk, %.1f MB/s in\n",
-           use_cjson ? "cJSON" : "lean", (double)chunks * iters / secs,
-           secs * 1e9 / ((double)chunks * iters), (double)in.len * iters / secs / 1e6);
+    printf("%s parser%s: %.0f chunks/s on one core, %.0f ns/chunk, %.1f MB/s in\n",
+           use_cjson ? "cJSON" : "lean", tools ? ", tools offered" : "",
+           (double)chunks * iters / secs, secs * 1e9 / ((double)chunks * iters),
+           (double)in.len * iters / secs / 1e6);
     ax_buf_free(&in);
+    cJSON_Delete(tools);
     return 0;
 }

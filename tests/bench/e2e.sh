@@ -11,6 +11,9 @@
 #   POLICIES=off tests/bench/e2e.sh          only the policies-off pass (default: both)
 #   ANTHROXY_BIN=path tests/bench/e2e.sh     use that binary instead of building Release
 #   KEEP=1 tests/bench/e2e.sh                keep the temporary directory (logs, wrk output)
+#   WORKERS=2 tests/bench/e2e.sh             only the 80 KB Claude Code request (W2), with
+#                                            --workers 1 and then --workers N, in one run, and
+#                                            the ratio of their requests/s
 #
 # Needs wrk and nginx (Debian packages; installed when missing and running as root), node (to
 # pre-render answers) and cmake. Not part of ctest: it prints figures, it does not pass or fail.
@@ -145,6 +148,20 @@ run_case() {
         }' "$tmp/wrk.out"
     if grep -q "Non-2xx" "$tmp/wrk.out"; then echo "  (see $label: some answers were errors)" >&2; fi
 }
+
+if [ -n "${WORKERS:-}" ]; then
+    for w in 1 "$WORKERS"; do
+        start_proxy "json-w$w" "http://127.0.0.1:$uport/json/v1" --workers "$w"
+        url="http://127.0.0.1:$proxy_port/v1/messages"
+        run_case "[workers $w] claude-code 80KB, c$conns" "$url" big "$conns" "$proxy_pid" 1 |
+            tee "$tmp/w$w.line"
+        stop_proxy
+    done
+    awk 'NR == FNR { a = $6; next } { b = $6 } END {
+        if (a > 0) printf "workers %s vs 1: %.2fx requests/s\n", w, b / a }' w="$WORKERS" \
+        "$tmp/w1.line" "$tmp/w$WORKERS.line"
+    exit 0
+fi
 
 direct_small="http://127.0.0.1:$uport/json/v1/chat/completions"
 run_case "upstream direct, small, c1" "$direct_small" small 1 - 1

@@ -16,7 +16,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     struct ax_error err = {0};
     struct ax_translate_opts to = {"m", (int)(size & 1), (int)(size & 2) != 0,
-                                   (int)(size & 4) != 0};
+                                   (int)(size & 4) != 0, 0, (int)(size & 8) != 0};
     struct ax_buf out;
     cJSON *j, *o = NULL;
 

@@ -1,6 +1,7 @@
 /* fuzz_stream.c - libFuzzer target: upstream bytes through the SSE reader and the streaming
  * translator, then a normal end or a failure. Nothing may crash, leak or read out of bounds,
- * and every output must be whole events. */
+ * and every output must be whole events. Every other input offers tools, so text deltas go
+ * through the text tool-call recogniser and arguments through the schema check. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,8 +25,15 @@ static int on_event(const char *event, const char *d, size_t n, void *ud)
     return ax_stream_feed(&c->st, d, n, &c->out, &c->err);
 }
 
+static const char TOOLS[] =
+    "[{\"name\":\"Read\",\"input_schema\":{\"type\":\"object\",\"properties\":{\"file_path\":"
+    "{\"type\":\"string\"},\"limit\":{\"type\":\"integer\"}},\"required\":[\"file_path\"]}},"
+    "{\"name\":\"Write\",\"input_schema\":{\"type\":\"object\",\"properties\":{\"content\":"
+    "{\"type\":\"string\"}}}}]";
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
+    cJSON *tools = (size & 2) ? cJSON_Parse(TOOLS) : NULL;
     struct ax_stream_opts so;
     struct ax_sse r;
     struct ctx c;
@@ -36,8 +44,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     so.model = "claude";
     so.message_id = "msg_fuzz";
     so.reasoning_fallback = (int)(size & 1);
-    if (ax_stream_init(&c.st, &so) < 0)
+    so.tools = tools;
+    if (ax_stream_init(&c.st, &so) < 0) {
+        cJSON_Delete(tools);
         return 0;
+    }
     ax_buf_init(&c.out, 1u << 24);
     ax_sse_init(&r, 1u << 20);
     /* two feeds, split in the middle, as the network would */
@@ -56,5 +67,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     ax_sse_free(&r);
     ax_stream_free(&c.st);
     ax_buf_free(&c.out);
+    cJSON_Delete(tools);
     return 0;
 }

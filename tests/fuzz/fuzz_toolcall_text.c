@@ -3,7 +3,10 @@
  *
  * Invariants (abort on breach): the events' text (a call's raw block included) is the input
  * byte for byte; a split feed gives the same events as a whole one; every call names an
- * offered tool and its input_json parses back to input; held bytes stay under the cap. */
+ * offered tool and its input_json parses back to input; held bytes stay under the cap. The
+ * streamed argument fixer gives the same bytes fed whole or in pieces, leaves valid JSON
+ * (without raw control bytes) unchanged, and agrees with ax_tool_args_repair whenever that
+ * repairs the text into an object. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -81,6 +84,68 @@ static void run(const cJSON *tools, const char *s, size_t n, size_t step, struct
     ax_tctext_free(&t);
 }
 
+/* The fixer over s[0..n) in pieces of step bytes; the result in out. */
+static void fix(const char *s, size_t n, size_t step, struct ax_buf *out)
+{
+    struct ax_tool_args_fixer f;
+    size_t at;
+
+    ax_tool_args_fix_init(&f);
+    for (at = 0; at < n; at += step)
+        if (ax_tool_args_fix_feed(&f, s + at, n - at < step ? n - at : step, out) < 0)
+            abort();
+    if (ax_tool_args_fix_finish(&f, out, 1) < 0)
+        abort();
+}
+
+static int has_ctrl(const char *s, size_t n)
+{
+    size_t i;
+
+    for (i = 0; i < n; i++)
+        if ((unsigned char)s[i] < 0x20)
+            return 1;
+    return 0;
+}
+
+static void check_fixer(const char *s, size_t n, size_t step)
+{
+    struct ax_buf a, b, rep;
+    const char *end = NULL;
+    cJSON *v, *x, *y;
+    unsigned what;
+
+    ax_buf_init(&a, 1u << 24);
+    ax_buf_init(&b, 1u << 24);
+    ax_buf_init(&rep, 1u << 24);
+    fix(s, n, n > 0 ? n : 1, &a);
+    fix(s, n, step, &b);
+    if (a.len != b.len || (a.len > 0 && memcmp(a.data, b.data, a.len) != 0))
+        abort();
+    v = cJSON_ParseWithLengthOpts(s, n, &end, 0);
+    if (v != NULL && end == s + n && !has_ctrl(s, n) &&
+        (a.len != n || (n > 0 && memcmp(a.data, s, n) != 0)))
+        abort(); /* valid JSON comes out unchanged */
+    cJSON_Delete(v);
+    x = ax_tool_args_repair(s, n, &rep, &what) == 0 && rep.len > 0
+            ? cJSON_ParseWithLength(rep.data, rep.len)
+            : NULL;
+    if (cJSON_IsObject(x)) { /* printed, not cJSON_Compare: that fails on duplicate keys */
+        char *px = cJSON_PrintUnformatted(x), *py = NULL;
+        y = a.len > 0 ? cJSON_ParseWithLength(a.data, a.len) : NULL;
+        if (y == NULL || px == NULL || (py = cJSON_PrintUnformatted(y)) == NULL ||
+            strcmp(px, py) != 0)
+            abort();
+        cJSON_free(px);
+        cJSON_free(py);
+        cJSON_Delete(y);
+    }
+    cJSON_Delete(x);
+    ax_buf_free(&a);
+    ax_buf_free(&b);
+    ax_buf_free(&rep);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     cJSON *tools = cJSON_Parse(TOOLS), *args = NULL;
@@ -103,6 +168,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     ax_buf_free(&split.all);
     ax_buf_free(&split.trace);
 
+    check_fixer(s, size, step);
     ax_buf_init(&rep, 1u << 24);
     ax_tool_args_repair(s, size, &rep, &what);
     ax_buf_free(&rep);

@@ -217,9 +217,13 @@ test('the recorded Claude Code requests become upstream requests llama-server ac
       assert.match(r.headers['content-type'], /^text\/event-stream/);
       assert.ok(r.text.includes('fixture answered'), `${what}: streamed answer`);
       const up = env.mock.requests.slice(before).find((q) => q.raw.includes(marker)).body;
-      // Every tool, with parameters equal to its schema.
-      assert.equal(up.tools.length, body.tools.length, what);
-      for (const t of body.tools) {
+      // Every tool but the deferred ones (defer_loading: not offered until a tool_reference
+      // names them), with parameters equal to its schema.
+      const offered = body.tools.filter((t) => t.defer_loading !== true);
+      assert.equal(up.tools.length, offered.length, what);
+      for (const t of body.tools.filter((x) => x.defer_loading === true))
+        assert.ok(!up.tools.some((x) => x.function.name === t.name), `${what}: deferred ${t.name} not sent`);
+      for (const t of offered) {
         const u = up.tools.find((x) => x.function.name === t.name);
         assert.ok(u, `${what}: tool ${t.name} sent`);
         assert.deepEqual(u.function.parameters, t.input_schema, `${what}: ${t.name} parameters`);

@@ -196,6 +196,8 @@ export async function startMock(opts = {}) {
     // llama-server's own endpoints; switch some off (404) to look like vLLM or Ollama.
     endpoints: { props: true, slots: true, tokenize: true, applyTemplate: true, health: true, ...(opts.endpoints || {}) },
     flavor: opts.flavor || 'llama',
+    // llama-server started without --jinja: any request with `tools` is refused (500)
+    noJinja: !!opts.noJinja,
   };
   if (state.flavor !== 'llama') {
     Object.assign(state.endpoints, { props: false, slots: false, tokenize: false, applyTemplate: false, health: false });
@@ -478,6 +480,9 @@ export async function startMock(opts = {}) {
     const body = rec.body;
     if (!body || !Array.isArray(body.messages)) {
       return sendJson(res, 400, llamaError(400, "'messages' is required", 'invalid_request_error'));
+    }
+    if (state.noJinja && Array.isArray(body.tools) && body.tools.length > 0) {
+      return sendJson(res, 500, llamaError(500, 'tools param requires --jinja flag', 'server_error'));
     }
 
     let reply = null;

@@ -17,7 +17,18 @@ after(() => fs.rmSync(polDir, { recursive: true, force: true }));
 // A chain of one test policy that misbehaves on request, by the last message's text.
 const chaosDir = fs.mkdtempSync(path.join(os.tmpdir(), 'anthroxy-chaos-'));
 after(() => fs.rmSync(chaosDir, { recursive: true, force: true }));
-fs.writeFileSync(path.join(chaosDir, 'chain.lua'), 'return { { "chaos" } }\n');
+fs.writeFileSync(path.join(chaosDir, 'chain.lua'), 'return { { "chaos" }, { "chaos_err" } }\n');
+// The second on_upstream_error reads its err argument after the first one slept.
+fs.writeFileSync(path.join(chaosDir, 'chaos_err.lua'), `
+local M = { name = "chaos_err" }
+function M.on_upstream_error(req, ctx, err)
+  if err.upstream_status == 500 then
+    req.system = "after the sleep: " .. tostring(err.type) .. " " .. tostring(err.upstream_status)
+    return true
+  end
+end
+return M
+`);
 fs.writeFileSync(path.join(chaosDir, 'chaos.lua'), `
 local ax = require "anthroxy"
 local M = { name = "chaos" }
@@ -39,6 +50,9 @@ function M.on_request(req, ctx)
     req.system = "half applied"; req.temperature = 0.123; error("boom halfway")
   end
   if t:find("REJECT", 1, true) then ax.fail(403, "permission_error", "denied by policy") end
+end
+function M.on_upstream_error(req, ctx, err)
+  if last_text(req):find("UPERR", 1, true) then ax.sleep(100) end
 end
 return M
 `);
@@ -284,6 +298,19 @@ test('engine: a policy that errors halfway leaves the request exactly as it was'
   assert.ok(!up.body.messages.some((m) => m.role === 'system'));
   assert.match(chaos.proxy.log(), /boom halfway/, 'the error is logged');
   assert.match(chaos.proxy.log(), /chaos\.lua:\d+/, 'with file and line');
+}));
+
+test('engine: a later on_upstream_error reads its err after an earlier one slept', chaos.wrap(async () => {
+  let n = 0;
+  chaos.on('UPERR', () => (n++ === 0
+    ? { status: 500, body: { error: { code: 500, message: 'flaky', type: 'server_error' } } }
+    : { text: 'second try' }));
+  const r = await post(chaos, 'UPERR then retry');
+  assert.equal(r.status, 200, r.text);
+  assert.equal(r.json.content[0].text, 'second try');
+  const ups = chaos.mock.chats().filter((q) => q.lastText === 'UPERR then retry');
+  assert.equal(ups.length, 2, 'retried once');
+  assert.equal(oaiText(ups[1].body.messages[0].content), 'after the sleep: api_error 500');
 }));
 
 test('engine: ax.fail rejects the request with the policy\'s error', chaos.wrap(async () => {

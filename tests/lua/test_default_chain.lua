@@ -10,7 +10,7 @@ local conv = require "anthroxy.conv"
 -- The shipped chain itself (policies/default.lua, loaded as the server loads it), with
 -- tool_choice turned on to exercise it: it ships off.
 local chain = T.load_chain("policies/default.lua", { tool_choice = { enabled = true } })
-T.ok(#chain == 5, "the default chain has its five policies")
+T.ok(#chain == 7, "the default chain has its seven policies")
 
 local fixtures = {
   "claude-code/first-turn.json", "claude-code/after-tool-call.json",

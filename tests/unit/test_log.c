@@ -137,10 +137,69 @@ static void test_write(void)
     CHECK(strchr(out, '\n') == out + strlen(out) - 1);
 }
 
+static void write_fields(void)
+{
+    struct ax_log_field f[] = {
+        AX_LOG_STR("model", "a\nb\"c\\\x01\xff\xc3\xa9"),
+        AX_LOG_STR("session", NULL),
+        AX_LOG_INT("status", 200),
+        AX_LOG_NUM("total_ms", 12.34),
+        AX_LOG_STR("key", "Bearer sk-live-0123456"),
+    };
+    AX_LOG_FIELDS(AX_LOG_LVL_INFO, NULL, "messages", f, 5);
+}
+
+/* --log-format json: each line parses (cJSON), the fields are members, secrets redacted;
+ * text keeps the summary's key=value form. */
+static void test_json(void)
+{
+    const cJSON *v;
+    cJSON *o;
+    char *out;
+
+    ax_log_set_format(AX_LOG_FMT_JSON);
+    out = capture(write_forged);
+    CHECKF(strchr(out, '\n') == out + strlen(out) - 1, "one line: %s", out);
+    o = cJSON_Parse(out);
+    CHECKF(o != NULL, "not JSON: %s", out);
+    v = cJSON_GetObjectItemCaseSensitive(o, "msg");
+    CHECK(cJSON_IsString(v) &&
+          strstr(v->valuestring, "'m\n2026-01-01T00:00:00.000Z ERROR") != NULL);
+    CHECK(cJSON_IsString(cJSON_GetObjectItemCaseSensitive(o, "time")));
+    CHECK_STR(cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(o, "level")), "INFO");
+    cJSON_Delete(o);
+
+    out = capture(write_fields);
+    o = cJSON_Parse(out);
+    CHECKF(o != NULL, "not JSON: %s", out);
+    CHECK_STR(cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(o, "msg")), "messages");
+    CHECK_STR(cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(o, "model")),
+              "a\nb\"c\\\x01\xef\xbf\xbd\xc3\xa9"); /* the bad byte as U+FFFD */
+    CHECK_STR(cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(o, "session")), "-");
+    CHECK_INT(cJSON_GetObjectItemCaseSensitive(o, "status")->valuedouble, 200);
+    CHECK(cJSON_GetObjectItemCaseSensitive(o, "total_ms")->valuedouble == 12.3);
+    CHECKF(strstr(out, "sk-live") == NULL, "%s", out);
+    cJSON_Delete(o);
+
+    out = capture(write_long);
+    o = cJSON_Parse(out);
+    CHECKF(o != NULL, "a cut line is still JSON: %.80s", out);
+    cJSON_Delete(o);
+
+    ax_log_set_format(AX_LOG_FMT_TEXT);
+    out = capture(write_fields);
+    CHECKF(strstr(out, " INFO  messages model=a\\nb\"c\\\\x01\\xff\xc3\xa9 session=- status=200 "
+                       "total_ms=12.3 key=Bearer ***\n") != NULL,
+           "%s", out);
+    CHECK(ax_log_format_parse("JSON") == AX_LOG_FMT_JSON);
+    CHECK(ax_log_format_parse("xml") == -1);
+}
+
 int main(void)
 {
     test_redact();
     test_escape();
     test_write();
+    test_json();
     return AX_TEST_DONE("test_log");
 }

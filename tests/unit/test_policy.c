@@ -14,6 +14,7 @@
 #include "anthroxy_json.h"
 #include "anthroxy_log.h"
 #include "anthroxy_monitor.h"
+#include "anthroxy_experiment.h"
 #include "anthroxy_policy.h"
 #include "anthroxy_upstream.h"
 #include "ax_test.h"
@@ -1067,9 +1068,97 @@ static void test_bad_chain(void)
     teardown(&e);
 }
 
+/* Per-arm chains in one generation: each request runs its arm's policies only, with
+ * ctx.arm; an unknown arm is refused; has_hook is per arm; ax.count lands in the arm. */
+static void test_arms(void)
+{
+    struct env e;
+    struct job j;
+    struct ax_policy_req_info info;
+    struct ax_policy_req *pr = NULL;
+    struct ax_exp_stats *st = NULL;
+    struct ax_policy_env pe;
+    struct ax_error err = {0};
+    char exp[400], arm_policy[400];
+    cJSON *c;
+    int i;
+
+    CHECK(setup(&e, "return { { '" FIX "marker.lua', tag = 'plain' } }\n", 0, 0) == 0);
+    ax_policy_engine_close(e.eng, NULL, NULL); /* again, with an experiment */
+    uv_run(&e.loop, UV_RUN_DEFAULT);
+    snprintf(arm_policy, sizeof(arm_policy), "%s/armtag.lua", e.dir);
+    write_file(arm_policy, "local ax = require 'anthroxy'\n"
+                           "return { name = 'armtag', on_request = function(req, ctx)\n"
+                           "  req.arm_seen = ctx.arm; ax.count('seen', 2) end,\n"
+                           "  on_upstream_request = function(o, ctx) o.up = ctx.arm end }\n");
+    snprintf(exp, sizeof(exp), "%s/exp.lua", e.dir);
+    write_file(exp,
+               "return { name = 'arms', arms = {\n"
+               "  { name = 'a', chain = 'chain.lua' },\n"
+               "  { name = 'b', chain = { { 'armtag' }, { '" FIX "marker.lua', tag = 'b' } } },"
+               "\n} }\n");
+    free(e.cfg.experiment_path);
+    e.cfg.experiment_path = strdup(exp);
+    CHECK(ax_exp_stats_new(&st) == 0);
+    memset(&pe, 0, sizeof(pe));
+    pe.loop = &e.loop;
+    pe.cfg = &e.cfg;
+    pe.stats = st;
+    CHECK(ax_policy_engine_new(&pe, &e.eng, &err) == 0);
+    CHECKF(e.eng != NULL, "%s", err.message);
+    if (e.eng == NULL)
+        goto done;
+    CHECK(ax_policy_engine_experiment(e.eng) != NULL);
+    CHECK(ax_policy_engine_has_arm(e.eng, "a") && ax_policy_engine_has_arm(e.eng, "b"));
+    CHECK(!ax_policy_engine_has_arm(e.eng, "default"));
+    for (i = 0; i < 2; i++) {
+        const char *arm = i == 0 ? "a" : "b";
+        memset(&j, 0, sizeof(j));
+        memset(&info, 0, sizeof(info));
+        info.request_id = "req_arm";
+        info.session_id = "s";
+        info.client_model = "m";
+        info.user_agent = "";
+        info.arm = arm;
+        j.tree = cJSON_Parse(REQ("none"));
+        CHECK(ax_policy_req_new(e.eng, &info, &j.pr) == 0);
+        CHECK(ax_policy_req_has_hook(j.pr, AX_HOOK_UPSTREAM_REQUEST) == (i == 1));
+        CHECK(ax_policy_req_run(j.pr, AX_HOOK_REQUEST, j.tree, NULL, on_done, &j) == 0);
+        uv_run(&e.loop, UV_RUN_DEFAULT);
+        CHECK(j.done == 1 && j.rc == 0);
+        CHECK_STR(cJSON_GetStringValue(get(j.tree, "generation_marker")),
+                  arm[0] == 'a' ? "plain" : "b");
+        if (i == 0)
+            CHECK(get(j.tree, "arm_seen") == NULL); /* b's policy did not run in a */
+        else
+            CHECK_STR(cJSON_GetStringValue(get(j.tree, "arm_seen")), "b");
+        job_free(&j);
+    }
+    memset(&info, 0, sizeof(info));
+    info.request_id = info.session_id = info.client_model = info.user_agent = "x";
+    info.arm = "nope";
+    CHECK(ax_policy_req_new(e.eng, &info, &pr) == AX_EINVAL && pr == NULL);
+    c = ax_exp_stats_counters_json(st);
+    CHECK(cJSON_GetNumberValue(get(get(get(c, "b"), "armtag"), "seen")) == 2);
+    CHECK(get(c, "a") == NULL);
+    cJSON_Delete(c);
+    /* a broken arm keeps the whole generation in force */
+    write_file(exp, "return { name = 'arms', arms = { { name = 'a', chain = 'missing' } } }\n");
+    ax_policy_engine_reload(e.eng);
+    CHECK(ax_policy_engine_has_arm(e.eng, "b"));
+    c = ax_policy_engine_status(e.eng);
+    CHECK(strstr(cJSON_GetStringValue(get(c, "last_error")),
+                 "arms[1].chain: no chain file 'missing'"));
+    cJSON_Delete(c);
+done:
+    teardown(&e);
+    ax_exp_stats_free(st);
+}
+
 int main(void)
 {
     ax_log_set_level(AX_LOG_LVL_ERROR);
+    test_arms();
     test_sleep_concurrency();
     test_failures_discarded();
     test_fail_closed_and_ax_fail();

@@ -111,6 +111,9 @@ static void test_root_and_paths(void)
 
     CHECK_INT(req("GET", "/", NULL, NULL), 200);
     CHECK_STR(body_of(), "anthroxy\n");
+    CHECK_INT(req("GET", "/", "Accept: text/html,application/xhtml+xml\r\n", NULL), 200);
+    CHECK(strncmp(body_of(), "<!doctype html>", 15) == 0); /* a browser: the status page */
+    CHECK(strstr(answer, "text/html") != NULL);
     CHECK_INT(req("HEAD", "/", NULL, NULL), 200);
     CHECK_STR(body_of(), ""); /* HEAD: no body */
     CHECK(strstr(answer, "Content-Length: 9") != NULL || strstr(answer, "content-length: 9"));
@@ -124,7 +127,7 @@ static void test_root_and_paths(void)
     CHECK_INT(req("GET", "/anthropic/v1/models/", AUTH, NULL), 200);
     CHECK_INT(req("GET", "/anthropicv1/models", AUTH, NULL), 404); /* the prefix is a segment */
     CHECK_INT(req("GET", "/v1/models?limit=5", AUTH, NULL), 200);  /* query ignored */
-    CHECK_INT(srv->n_requests - before, 9);
+    CHECK_INT(srv->n_requests - before, 10);
 }
 
 static void test_methods(void)

@@ -163,7 +163,8 @@ static void check_grammar(const char *name, const char *p, size_t n)
                 (strcmp(open_type, "text") == 0 && strcmp(dt, "text_delta") == 0) ||
                     (strcmp(open_type, "thinking") == 0 &&
                      (strcmp(dt, "thinking_delta") == 0 || strcmp(dt, "signature_delta") == 0)) ||
-                    (strcmp(open_type, "tool_use") == 0 && strcmp(dt, "input_json_delta") == 0),
+                    (strcmp(open_type, "tool_use") == 0 && strcmp(dt, "input_json_delta") == 0) ||
+                    (strcmp(open_type, "compaction") == 0 && strcmp(dt, "compaction_delta") == 0),
                 "%s: %s in a %s block", name, dt, open_type);
             if (strcmp(dt, "signature_delta") == 0)
                 signed_ = 1;
@@ -191,33 +192,39 @@ struct scase {
     double scale;
     int stop_ug;     /* stop_sequences: ["UG"] */
     int full_splits; /* every split position (else a sample) */
+    int tools;       /* offer the tools of tests/fixtures/toolcall_text/hermes.json */
 };
 
 static const struct scase cases[] = {
-    {"text_only", NULL, 0, 0, 0, 1},
-    {"text_only", "scaled", 0, 0.5, 0, 0},
-    {"text_no_usage", NULL, 0, 0, 0, 1},
-    {"reasoning_then_text", NULL, 0, 0, 0, 1},
-    {"tool_5_fragments", NULL, 0, 0, 0, 1},
-    {"parallel_tools", NULL, 0, 0, 0, 1},
-    {"text_then_tool", NULL, 0, 0, 0, 1},
-    {"tool_then_text", NULL, 0, 0, 0, 1},
-    {"upstream_error", NULL, 0, 0, 0, 1},
-    {"truncated", NULL, 0, 0, 0, 1},
-    {"garbage_and_comments", NULL, 0, 0, 0, 1},
-    {"reasoning_only_fallback", NULL, 1, 0, 0, 1},
-    {"reasoning_only_fallback", "nofallback", 0, 0, 0, 0},
-    {"stop_sequence_vllm", NULL, 0, 0, 1, 1},
-    {"overflow_in_stream", NULL, 0, 0, 0, 1},
-    {"finish_without_done", NULL, 0, 0, 0, 1},
-    {"interleaved_tools", NULL, 0, 0, 0, 1},
-    {"llama_tools_required", NULL, 0, 0, 0, 1},
-    {"llama_tools_auto", NULL, 0, 0, 0, 0},
-    {"llama_tools_truncated", NULL, 0, 0, 0, 0},
-    {"bad_bytes", NULL, 0, 0, 0, 1},
+    {"text_only", NULL, 0, 0, 0, 1, 0},
+    {"text_only", "scaled", 0, 0.5, 0, 0, 0},
+    {"text_no_usage", NULL, 0, 0, 0, 1, 0},
+    {"reasoning_then_text", NULL, 0, 0, 0, 1, 0},
+    {"tool_5_fragments", NULL, 0, 0, 0, 1, 0},
+    {"parallel_tools", NULL, 0, 0, 0, 1, 0},
+    {"text_then_tool", NULL, 0, 0, 0, 1, 0},
+    {"tool_then_text", NULL, 0, 0, 0, 1, 0},
+    {"upstream_error", NULL, 0, 0, 0, 1, 0},
+    {"truncated", NULL, 0, 0, 0, 1, 0},
+    {"garbage_and_comments", NULL, 0, 0, 0, 1, 0},
+    {"reasoning_only_fallback", NULL, 1, 0, 0, 1, 0},
+    {"reasoning_only_fallback", "nofallback", 0, 0, 0, 0, 0},
+    {"stop_sequence_vllm", NULL, 0, 0, 1, 1, 0},
+    {"overflow_in_stream", NULL, 0, 0, 0, 1, 0},
+    {"finish_without_done", NULL, 0, 0, 0, 1, 0},
+    {"interleaved_tools", NULL, 0, 0, 0, 1, 0},
+    {"llama_tools_required", NULL, 0, 0, 0, 1, 0},
+    {"llama_tools_auto", NULL, 0, 0, 0, 0, 0},
+    {"llama_tools_truncated", NULL, 0, 0, 0, 0, 0},
+    {"bad_bytes", NULL, 0, 0, 0, 1, 0},
+    {"text_call_hermes", NULL, 0, 0, 0, 1, 1},
+    {"text_call_hermes", "notools", 0, 0, 0, 0, 0},
+    {"text_call_qwen3", NULL, 0, 0, 0, 1, 1},
+    {"text_then_tool", "tools", 0, 0, 0, 0, 1},
 };
 
 static cJSON *stop_ug;
+static cJSON *fx_tools; /* the tools of toolcall_text/hermes.json */
 
 static void case_opts(const struct scase *c, struct ax_stream_opts *o, int cjson)
 {
@@ -228,6 +235,7 @@ static void case_opts(const struct scase *c, struct ax_stream_opts *o, int cjson
     o->usage_scale = c->scale;
     o->reasoning_fallback = c->fallback;
     o->stop_sequences = c->stop_ug ? stop_ug : NULL;
+    o->tools = c->tools ? fx_tools : NULL;
 }
 
 /* cjson: 1 forces the cJSON chunk parser; both parsers must give the golden output. */
@@ -524,8 +532,9 @@ static void test_tool_arguments_not_lost(void)
     CHECK(strstr(out, "\"content_block\":{\"type\":\"tool_use\",\"id\":\"toolu_a1\",\"name\":"
                       "\"Write\",\"input\":{}}") != NULL);
     CHECK(strstr(out, "\"partial_json\":\"{\"") != NULL);
-    CHECK(strstr(out, "\"partial_json\":\"\\\"k\\\": [1, \"") != NULL);
-    CHECK(strstr(out, "\"partial_json\":\"2]}\"") != NULL);
+    /* a comma ending a fragment waits for the next byte (a trailing comma is repaired) */
+    CHECK(strstr(out, "\"partial_json\":\"\\\"k\\\": [1\"") != NULL);
+    CHECK(strstr(out, "\"partial_json\":\", 2]}\"") != NULL);
     CHECK(strstr(out, "\"stop_reason\":\"tool_use\"") != NULL);
     CHECK(strstr(out, "\"type\":\"text\"") == NULL); /* no empty text block */
     blk = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(sum, "content"), 0);
@@ -555,6 +564,48 @@ static void test_name_after_arguments(void)
     CHECK(strstr(out, "\"partial_json\":\"{\\\"a\\\":1}\"") != NULL);
     check_grammar("name_after_arguments", out, strlen(out));
     free(out);
+}
+
+static void test_context_management_and_compaction(void)
+{
+    /* what the context-management policies reported: a compaction block at index 0, the
+     * answer's blocks after it, applied_edits in message_delta */
+    struct ax_stream_opts o = {.model = "m",
+                               .context_management = "{\"applied_edits\":[]}",
+                               .compaction = 1,
+                               .compaction_content = "the \"summary\"",
+                               .compaction_usage = "{\"type\":\"compaction\",\"input_tokens\":9}"};
+    struct ax_stream st;
+    struct ax_buf out;
+    char *txt;
+    const char *in = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"},"
+                     "\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n";
+
+    txt = run_text(in, &o, NULL);
+    CHECK(strstr(txt, "\"index\":0,\"content_block\":{\"type\":\"compaction\"") != NULL);
+    CHECK(strstr(txt, "{\"type\":\"compaction_delta\",\"content\":\"the \\\"summary\\\"\"") !=
+          NULL);
+    CHECK(strstr(txt, "\"index\":1,\"content_block\":{\"type\":\"text\"") != NULL);
+    CHECK(strstr(txt, ",\"context_management\":{\"applied_edits\":[]}}") != NULL);
+    CHECK(strstr(txt, "\"iterations\":[{\"type\":\"compaction\",\"input_tokens\":9},{") != NULL);
+    CHECK(strstr(txt, "\"type\":\"message\"}]") != NULL);
+    check_grammar("context_management", txt, strlen(txt));
+    free(txt);
+
+    /* pause_after_compaction: the block alone, stop_reason compaction; a failed one is null */
+    o.compaction_content = NULL;
+    ax_buf_init(&out, 1 << 20);
+    CHECK(ax_stream_init(&st, &o) == 0);
+    CHECK(ax_stream_end_paused(&st, &out) == 0);
+    CHECK(strstr(out.data, "\"compaction_delta\",\"content\":null") != NULL);
+    CHECK(strstr(out.data, "\"stop_reason\":\"compaction\"") != NULL);
+    CHECK(strstr(out.data, "\"index\":1") == NULL);
+    /* paused: no entry for an answer */
+    CHECK(strstr(out.data, "\"iterations\":[{\"type\":\"compaction\",\"input_tokens\":9}]") !=
+          NULL);
+    CHECK(strstr(out.data, "event: message_stop") != NULL);
+    ax_stream_free(&st);
+    ax_buf_free(&out);
 }
 
 static void test_escaping(void)
@@ -858,6 +909,375 @@ static void test_summary_budget(void)
     free(out);
 }
 
+/* ---- tool calls written as text (tests/fixtures/toolcall_text/) ----
+ *
+ * Each fixture's text is the answer's content: sent as two content deltas split at every
+ * character boundary, one delta per character, and three-character deltas with the SSE bytes
+ * cut everywhere. The client must see the fixture's expected blocks: text blocks holding the
+ * text runs, tool_use blocks whose partial_json parses to the expected input. */
+
+#include <dirent.h>
+
+struct tc_fixture {
+    cJSON *fx;
+    const cJSON *tools, *expect;
+    const char *text;
+    size_t n;
+};
+
+static void sse_content(struct ax_buf *b, const char *s, size_t n)
+{
+    cJSON *c = cJSON_CreateObject(), *ch = cJSON_AddArrayToObject(c, "choices");
+    cJSON *one = cJSON_CreateObject(), *d;
+    char *txt;
+
+    cJSON_AddItemToArray(ch, one);
+    cJSON_AddNumberToObject(one, "index", 0);
+    d = cJSON_AddObjectToObject(one, "delta");
+    ax_json_add_stringn(d, "content", s, n);
+    txt = cJSON_PrintUnformatted(c);
+    ax_buf_printf(b, "data: %s\n\n", txt);
+    cJSON_free(txt);
+    cJSON_Delete(c);
+}
+
+static void sse_end(struct ax_buf *b)
+{
+    ax_buf_puts(b, "data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}"
+                   "\n\ndata: [DONE]\n\n");
+}
+
+/* The blocks the client got, as the fixtures' "expect" says them; NULL on a malformed event. */
+static cJSON *client_blocks(const char *out, size_t n, const char **stop)
+{
+    cJSON *blocks = cJSON_CreateArray(), *cur = NULL, *ev;
+    struct ax_buf acc;
+    const char *p = out, *e = out + n, *nl;
+    int kind = 0; /* 1 text, 2 tool */
+
+    *stop = NULL;
+    ax_buf_init(&acc, 1 << 24);
+    while (p < e && (p = strstr(p, "data: ")) != NULL) {
+        const cJSON *ty, *d, *cb;
+        p += 6;
+        nl = strchr(p, '\n');
+        ev = cJSON_ParseWithLength(p, (size_t)(nl - p));
+        p = nl;
+        ty = cJSON_GetObjectItemCaseSensitive(ev, "type");
+        if (!cJSON_IsString(ty)) {
+            cJSON_Delete(ev);
+            continue;
+        }
+        if (strcmp(ty->valuestring, "content_block_start") == 0) {
+            cb = cJSON_GetObjectItemCaseSensitive(ev, "content_block");
+            ty = cJSON_GetObjectItemCaseSensitive(cb, "type");
+            cur = cJSON_CreateObject();
+            ax_buf_reset(&acc);
+            kind = strcmp(ty->valuestring, "text") == 0 ? 1 : 2;
+            if (kind == 2) {
+                const char *id = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(cb, "id"));
+                CHECK(id != NULL && strncmp(id, "toolu_", 6) == 0);
+                cJSON_AddStringToObject(
+                    cur, "call",
+                    cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(cb, "name")));
+            }
+        } else if (strcmp(ty->valuestring, "content_block_delta") == 0) {
+            d = cJSON_GetObjectItemCaseSensitive(ev, "delta");
+            const char *t = cJSON_GetStringValue(
+                cJSON_GetObjectItemCaseSensitive(d, kind == 1 ? "text" : "partial_json"));
+            CHECK(t != NULL);
+            if (t != NULL)
+                ax_buf_puts(&acc, t);
+        } else if (strcmp(ty->valuestring, "content_block_stop") == 0 && cur != NULL) {
+            if (kind == 1) {
+                ax_json_add_stringn(cur, "text", acc.data ? acc.data : "", acc.len);
+            } else {
+                cJSON *in = cJSON_ParseWithLength(acc.data ? acc.data : "", acc.len);
+                CHECKF(cJSON_IsObject(in), "partial_json %.*s", (int)acc.len, acc.data);
+                cJSON_AddItemToObject(cur, "input", in ? in : cJSON_CreateNull());
+            }
+            cJSON_AddItemToArray(blocks, cur);
+            cur = NULL;
+        } else if (strcmp(ty->valuestring, "message_delta") == 0) {
+            static char reason[32];
+            d = cJSON_GetObjectItemCaseSensitive(ev, "delta");
+            snprintf(reason, sizeof(reason), "%s",
+                     cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(d, "stop_reason")));
+            *stop = reason;
+        }
+        cJSON_Delete(ev);
+    }
+    cJSON_Delete(cur);
+    ax_buf_free(&acc);
+    return blocks;
+}
+
+/* The fixture's expectation without what the stream does not show (ids, repairs, errors). */
+static cJSON *expected_blocks(const cJSON *expect, int *calls, int *failures, int *repairs)
+{
+    cJSON *out = cJSON_CreateArray(), *e;
+    const cJSON *x;
+
+    *calls = *failures = *repairs = 0;
+    cJSON_ArrayForEach(x, expect)
+    {
+        e = cJSON_CreateObject();
+        if (cJSON_GetObjectItemCaseSensitive(x, "call") != NULL) {
+            (*calls)++;
+            *failures += cJSON_GetObjectItemCaseSensitive(x, "check_error") != NULL;
+            *repairs += cJSON_GetObjectItemCaseSensitive(x, "repairs") != NULL;
+            cJSON_AddItemToObject(e, "call",
+                                  cJSON_Duplicate(cJSON_GetObjectItemCaseSensitive(x, "call"), 1));
+            cJSON_AddItemToObject(e, "input",
+                                  cJSON_Duplicate(cJSON_GetObjectItemCaseSensitive(x, "input"), 1));
+        } else {
+            cJSON_AddItemToObject(e, "text",
+                                  cJSON_Duplicate(cJSON_GetObjectItemCaseSensitive(x, "text"), 1));
+        }
+        cJSON_AddItemToArray(out, e);
+    }
+    return out;
+}
+
+/* One stream: the text as deltas cut at cuts[] (character offsets in bytes), SSE bytes cut
+ * at every sse_cut-th byte (0: not cut). Checks the blocks, stop reason and counters. */
+static int tc_run(const struct tc_fixture *f, const char *file, const size_t *cuts, int ncuts,
+                  size_t sse_step, int cjson, const cJSON *want, int calls, int failures,
+                  int repairs, const char *how, size_t at)
+{
+    struct ax_stream_opts o;
+    struct ax_buf in;
+    struct ax_sse rd;
+    struct run r;
+    size_t pos = 0, *sc = NULL, nsc = 0, k, outlen;
+    cJSON *got;
+    const char *stop;
+    char *out;
+    int i, ok = 1;
+
+    memset(&o, 0, sizeof(o));
+    o.model = "m";
+    o.tools = f->tools;
+    o.parse_with_cjson = cjson;
+    ax_buf_init(&in, 1 << 24);
+    for (i = 0; i <= ncuts; i++) {
+        size_t end = i < ncuts ? cuts[i] : f->n;
+        if (end > pos)
+            sse_content(&in, f->text + pos, end - pos);
+        pos = end;
+    }
+    sse_end(&in);
+    if (sse_step > 0) {
+        sc = malloc(in.len * sizeof(*sc));
+        for (k = sse_step; k < in.len; k += sse_step)
+            sc[nsc++] = k;
+    }
+    /* run_split, keeping the counters */
+    memset(&r, 0, sizeof(r));
+    ax_buf_init(&r.out, 1 << 24);
+    ax_sse_init(&rd, 1 << 20);
+    ax_stream_init(&r.st, &o);
+    pos = 0;
+    for (k = 0; k <= nsc; k++) {
+        size_t end = k < nsc ? sc[k] : in.len;
+        ax_sse_feed(&rd, in.data + pos, end - pos, on_event, &r);
+        pos = end;
+    }
+    ax_sse_finish(&rd);
+    CHECK(ax_stream_end(&r.st, &r.out, &r.err) == 0);
+    check_grammar(file, r.out.data, r.out.len);
+    CHECKF(ax_utf8_valid_prefix(r.out.data, r.out.len) == r.out.len, "%s: UTF-8", file);
+    got = client_blocks(r.out.data, r.out.len, &stop);
+    if (!cJSON_Compare(got, want, 1)) {
+        char *x = cJSON_PrintUnformatted(got), *y = cJSON_PrintUnformatted(want);
+        fprintf(stderr, "%s (%s %zu%s):\n  got      %s\n  expected %s\n", file, how, at,
+                cjson ? ", cJSON" : "", x, y);
+        cJSON_free(x);
+        cJSON_free(y);
+        ax_test_failures++;
+        ok = 0;
+    }
+    CHECKF(stop != NULL && strcmp(stop, calls > 0 ? "tool_use" : "end_turn") == 0, "%s: stop %s",
+           file, stop ? stop : "(none)");
+    CHECKF(r.st.tool_stats.text_calls == (unsigned)calls, "%s: %u text calls", file,
+           r.st.tool_stats.text_calls);
+    CHECKF(r.st.tool_stats.schema_failures == (unsigned)failures, "%s: %u failures", file,
+           r.st.tool_stats.schema_failures);
+    CHECKF((r.st.tool_stats.repaired > 0) == (repairs > 0), "%s: %u repaired", file,
+           r.st.tool_stats.repaired);
+    out = ax_buf_take(&r.out, &outlen);
+    free(out);
+    cJSON_Delete(got);
+    ax_sse_free(&rd);
+    ax_stream_free(&r.st);
+    ax_buf_free(&in);
+    free(sc);
+    return ok;
+}
+
+static void test_text_call_fixture(const char *file)
+{
+    char path[512];
+    struct tc_fixture f;
+    size_t len, k, *every;
+    char *raw;
+    cJSON *want;
+    int calls, failures, repairs, bad = 0, nev = 0;
+
+    snprintf(path, sizeof(path), "%s/toolcall_text/%s", AX_FIXTURES, file);
+    if ((raw = ax_test_read_file(path, &len)) == NULL) {
+        CHECKF(0, "%s", path);
+        return;
+    }
+    f.fx = cJSON_ParseWithLength(raw, len);
+    free(raw);
+    f.tools = cJSON_GetObjectItemCaseSensitive(f.fx, "tools");
+    f.expect = cJSON_GetObjectItemCaseSensitive(f.fx, "expect");
+    f.text = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(f.fx, "text"));
+    f.n = f.text ? strlen(f.text) : 0;
+    want = expected_blocks(f.expect, &calls, &failures, &repairs);
+    tc_run(&f, file, NULL, 0, 0, 0, want, calls, failures, repairs, "whole", 0);
+    tc_run(&f, file, NULL, 0, 0, 1, want, calls, failures, repairs, "whole", 0);
+    /* two deltas, split at every character boundary (upstreams send whole characters) */
+    for (k = 1; k < f.n && bad < 3; k++) {
+        if (((unsigned char)f.text[k] & 0xC0) == 0x80)
+            continue;
+        bad += !tc_run(&f, file, &k, 1, 0, 0, want, calls, failures, repairs, "split at", k);
+    }
+    /* one delta per character, and three-character deltas with the SSE cut at every byte */
+    every = calloc(f.n + 1, sizeof(*every));
+    if (every == NULL)
+        abort();
+    for (k = 1; k < f.n; k++)
+        if (((unsigned char)f.text[k] & 0xC0) != 0x80)
+            every[nev++] = k;
+    tc_run(&f, file, every, nev, 0, 0, want, calls, failures, repairs, "per character", 1);
+    tc_run(&f, file, every, nev, 0, 1, want, calls, failures, repairs, "per character", 1);
+    nev = 0;
+    for (k = 3; k < f.n; k += 3) {
+        while (k < f.n && ((unsigned char)f.text[k] & 0xC0) == 0x80)
+            k++;
+        if (k < f.n)
+            every[nev++] = k;
+    }
+    tc_run(&f, file, every, nev, 1, 0, want, calls, failures, repairs, "sse bytewise", 3);
+    free(every);
+    cJSON_Delete(want);
+    cJSON_Delete(f.fx);
+}
+
+static void test_text_calls(void)
+{
+    DIR *d = opendir(AX_FIXTURES "/toolcall_text");
+    struct dirent *e;
+    int count = 0;
+
+    CHECK(d != NULL);
+    if (d == NULL)
+        return;
+    while ((e = readdir(d)) != NULL) {
+        size_t l = strlen(e->d_name);
+        if (l > 5 && strcmp(e->d_name + l - 5, ".json") == 0) {
+            test_text_call_fixture(e->d_name);
+            count++;
+        }
+    }
+    closedir(d);
+    CHECK(count >= 20);
+}
+
+/* The worked example of docs/translation.md, and when each piece goes out. */
+static void test_text_call_doc_example(void)
+{
+    cJSON *tools = cJSON_Parse(
+        "[{\"name\":\"Write\",\"input_schema\":{\"type\":\"object\",\"properties\":{\"file_path\":"
+        "{\"type\":\"string\"},\"content\":{\"type\":\"string\"}},\"required\":[\"file_path\","
+        "\"content\"]}}]");
+    const char *c1 =
+        "{\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Writing it.\\n<tool_\"}}]}";
+    const char *c2 =
+        "{\"choices\":[{\"index\":0,\"delta\":{\"content\":\"call>\\n<function=Write>\\n"
+        "<parameter=file_path>\\n/tmp/a.py\\n</parameter>\\n\"}}]}";
+    const char *c3 = "{\"choices\":[{\"index\":0,\"delta\":{\"content\":\"<parameter=content>\\n"
+                     "print(1 < 2)\\n</parameter>\\n</function>\\n</tool_call>\"}}]}";
+    const char *c4 = "{\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}";
+    struct ax_stream_opts o = {.model = "m", .tools = tools};
+    struct ax_stream st;
+    struct ax_buf out;
+    struct ax_error err;
+
+    ax_buf_init(&out, 1 << 20);
+    CHECK(ax_stream_init(&st, &o) == 0);
+    CHECK(ax_stream_feed(&st, c1, strlen(c1), &out, &err) == 0);
+    CHECK(strstr(out.data, "\"text_delta\",\"text\":\"Writing it.\\n\"}") != NULL);
+    CHECK(strstr(out.data, "<tool_") == NULL); /* held: it may open a call */
+    /* as messages.c does once the stream answers: the request's tree goes, st keeps text;
+     * what is held stays held */
+    CHECK(ax_stream_keep_tools_take(&st, tools) == 0);
+    tools = NULL;
+    CHECK(st._tools_json != NULL && strstr(st._tools_json, "\"name\":\"Write\"") != NULL);
+    ax_buf_reset(&out);
+    CHECK(ax_stream_feed(&st, c2, strlen(c2), &out, &err) == 0);
+    CHECK(out.len == 0); /* inside the block: nothing yet */
+    CHECK(ax_stream_feed(&st, c3, strlen(c3), &out, &err) == 0);
+    CHECK(strstr(out.data, "event: content_block_stop\ndata: {\"type\":\"content_block_stop\","
+                           "\"index\":0}") == out.data); /* the text block closes first */
+    CHECK(strstr(out.data,
+                 "\"index\":1,\"content_block\":{\"type\":\"tool_use\",\"id\":\"toolu_") != NULL);
+    CHECK(strstr(out.data, "\"name\":\"Write\",\"input\":{}}}") != NULL);
+    CHECK(strstr(out.data,
+                 "\"partial_json\":\"{\\\"file_path\\\":\\\"/tmp/a.py\\\",\\\"content\\\":"
+                 "\\\"print(1 < 2)\\\"}\"}}") != NULL);
+    CHECK(strstr(out.data, "\"index\":1}\n\n") != NULL); /* closed at once */
+    ax_buf_reset(&out);
+    CHECK(ax_stream_feed(&st, c4, strlen(c4), &out, &err) == 0);
+    CHECK(ax_stream_end(&st, &out, &err) == 0);
+    CHECK(strstr(out.data, "\"stop_reason\":\"tool_use\"") != NULL);
+    CHECK_INT(st.tool_stats.text_calls, 1);
+    CHECK_INT(st.tool_stats.schema_failures, 0);
+    CHECK(st._tools_tree == NULL); /* parsed for the call, dropped after */
+    ax_stream_free(&st);
+    ax_buf_free(&out);
+}
+
+/* Native calls after the tools were kept as text: repaired, checked against the schema. */
+static void test_native_checked_after_keep(void)
+{
+    const char *in = "data: {\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,"
+                     "\"id\":\"a1\",\"function\":{\"name\":\"Write\",\"arguments\":"
+                     "\"{\\\"file_path\\\": \\\"/x\\\", \"}}]}}]}\n\n"
+                     "data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":"
+                     "\"tool_calls\"}]}\n\ndata: [DONE]\n\n";
+    cJSON *tools = cJSON_Parse(
+        "[{\"name\":\"Write\",\"description\":\"Writes.\",\"input_schema\":{\"type\":\"object\","
+        "\"properties\":{\"file_path\":{\"type\":\"string\",\"description\":\"where\"},"
+        "\"description\":{\"type\":\"string\"},\"content\":{\"type\":\"string\"}},"
+        "\"required\":[\"file_path\",\"content\"]}}]");
+    struct ax_stream_opts o = {.model = "m", .tools = tools};
+    struct ax_sse rd;
+    struct run r;
+
+    memset(&r, 0, sizeof(r));
+    ax_buf_init(&r.out, 1 << 20);
+    ax_sse_init(&rd, 1 << 16);
+    CHECK(ax_stream_init(&r.st, &o) == 0);
+    CHECK(ax_stream_keep_tools_take(&r.st, tools) == 0);
+    /* descriptions dropped, a property named description kept */
+    CHECK(strstr(r.st._tools_json, "Writes.") == NULL && strstr(r.st._tools_json, "where") == NULL);
+    CHECK(strstr(r.st._tools_json, "\"description\":{\"type\":\"string\"}") != NULL);
+    CHECK(ax_sse_feed(&rd, in, strlen(in), on_event, &r) == 0);
+    CHECK(ax_stream_end(&r.st, &r.out, &r.err) == 0);
+    /* the trailing comma held, then dropped; the brace closed: {"file_path": "/x" } */
+    CHECK(strstr(r.out.data, "\"partial_json\":\"{\\\"file_path\\\": \\\"/x\\\"\"") != NULL);
+    CHECK(strstr(r.out.data, "\"partial_json\":\" }\"") != NULL);
+    CHECK_INT(r.st.tool_stats.repaired, 1);
+    CHECK_INT(r.st.tool_stats.schema_failures, 1);
+    CHECK(strstr(r.st.tool_stats.first_failure, "Write: ") == r.st.tool_stats.first_failure);
+    ax_sse_free(&rd);
+    ax_stream_free(&r.st);
+    ax_buf_free(&r.out);
+}
+
 int main(void)
 {
     const char *upd = getenv("AX_UPDATE_FIXTURES");
@@ -865,6 +1285,15 @@ int main(void)
 
     ax_ids_set_source(test_ids, NULL);
     stop_ug = cJSON_Parse("[\"UG\"]");
+    {
+        size_t n;
+        char *raw = ax_test_read_file(AX_FIXTURES "/toolcall_text/hermes.json", &n);
+        cJSON *fx = raw ? cJSON_ParseWithLength(raw, n) : NULL;
+        fx_tools = cJSON_DetachItemFromObjectCaseSensitive(fx, "tools");
+        CHECK(cJSON_IsArray(fx_tools));
+        cJSON_Delete(fx);
+        free(raw);
+    }
     for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         run_case(&cases[i], upd != NULL && upd[0] == '1', 0);
         run_case(&cases[i], 0, 1);
@@ -873,6 +1302,7 @@ int main(void)
     test_tool_arguments_not_lost();
     test_name_after_arguments();
     test_escaping();
+    test_context_management_and_compaction();
     test_begin_ping_then_chunks();
     test_truncated_is_not_end_turn();
     test_out_limit_leaves_no_half_event();
@@ -882,6 +1312,10 @@ int main(void)
     test_ollama_style_calls();
     test_fragment_without_arguments();
     test_random_soup();
+    test_text_calls();
+    test_text_call_doc_example();
+    test_native_checked_after_keep();
     cJSON_Delete(stop_ug);
+    cJSON_Delete(fx_tools);
     return AX_TEST_DONE("test_stream");
 }

@@ -6,6 +6,7 @@
 #include "anthroxy_buf.h"
 #include "anthroxy_error.h"
 #include "anthroxy_toolcall_text.h"
+#include "anthroxy_translate.h"
 
 #include <dirent.h>
 
@@ -177,6 +178,8 @@ static void test_fixture(const char *file)
     cJSON_Delete(fx);
 }
 
+static void test_nonstream_fixture(const char *file);
+
 static int test_fixtures(void)
 {
     DIR *d = opendir(FIXTURES);
@@ -190,6 +193,7 @@ static int test_fixtures(void)
         size_t l = strlen(e->d_name);
         if (l > 5 && strcmp(e->d_name + l - 5, ".json") == 0) {
             test_fixture(e->d_name);
+            test_nonstream_fixture(e->d_name);
             count++;
         }
     }
@@ -349,6 +353,188 @@ static void test_check(void)
     check_case("[1]", edit, "arguments must be a JSON object, got an array");
 }
 
+/* The streamed repairs: fed at every split point (and byte by byte), the output is want,
+ * byte for byte, with want_bits. */
+static void fix_case(const char *in, const char *want, unsigned want_bits)
+{
+    size_t n = strlen(in), k, i;
+    struct ax_tool_args_fixer f;
+    struct ax_buf b;
+    int same_all;
+
+    ax_buf_init(&b, 1 << 20);
+    for (k = 0; k <= n + 1; k++) {
+        ax_buf_reset(&b);
+        ax_tool_args_fix_init(&f);
+        same_all = 1;
+        if (k <= n) { /* one split at k */
+            same_all &= ax_tool_args_fix_feed(&f, in, k, &b) == 1;
+            same_all &= ax_tool_args_fix_feed(&f, in + k, n - k, &b) == 1;
+        } else { /* byte by byte */
+            for (i = 0; i < n; i++)
+                same_all &= ax_tool_args_fix_feed(&f, in + i, 1, &b) == 1;
+        }
+        CHECK(ax_tool_args_fix_finish(&f, &b, 1) == 0);
+        CHECKF(b.len == strlen(want) && memcmp(b.data ? b.data : "", want, b.len) == 0,
+               "%s split at %zu: %.*s, expected %s", in, k, (int)b.len, b.data ? b.data : "", want);
+        CHECKF(f.repairs == want_bits, "%s: bits %u, expected %u", in, f.repairs, want_bits);
+        if (want_bits == 0 && strcmp(in, want) == 0 && k == n) /* one piece: told unchanged */
+            CHECKF(same_all, "%s: not reported unchanged", in);
+    }
+    ax_buf_free(&b);
+}
+
+static void test_fixer(void)
+{
+    struct ax_tool_args_fixer f;
+    struct ax_buf b;
+
+    fix_case("{\"a\": 1}", "{\"a\": 1}", 0);
+    fix_case("{\"file_path\": \"/tmp/x, y\", \"content\": \"a,\\n}\\\"]\", \"n\": [1, 2, {}]}",
+             "{\"file_path\": \"/tmp/x, y\", \"content\": \"a,\\n}\\\"]\", \"n\": [1, 2, {}]}", 0);
+    fix_case("{\"a\": 1,}", "{\"a\": 1}", AX_TOOL_ARGS_FIXED_COMMA);
+    fix_case("{\"a\": [1, 2, ], }", "{\"a\": [1, 2 ] }", AX_TOOL_ARGS_FIXED_COMMA);
+    fix_case("{\"a\": {\"b\": 1", "{\"a\": {\"b\": 1}}", AX_TOOL_ARGS_FIXED_CLOSE);
+    fix_case("{\"a\": 1,", "{\"a\": 1}", AX_TOOL_ARGS_FIXED_COMMA | AX_TOOL_ARGS_FIXED_CLOSE);
+    fix_case("{\"a\": \"x\ny\tz\"}", "{\"a\": \"x\\ny\\tz\"}", AX_TOOL_ARGS_FIXED_CTRL);
+    fix_case("{\"a\": True, \"b\": False, \"c\": None, \"d\": \"True\", \"e\": true}",
+             "{\"a\": true, \"b\": false, \"c\": null, \"d\": \"True\", \"e\": true}",
+             AX_TOOL_ARGS_FIXED_PYTHON);
+    fix_case("{\"a\": 1}}", "{\"a\": 1}", AX_TOOL_ARGS_FIXED_TRAILER);
+    fix_case("{\"a\": \"cut", "{\"a\": \"cut", 0); /* inside a string: nothing added */
+    fix_case("{\"a\":", "{\"a\":", 0);             /* after a key */
+    fix_case("", "", 0);
+
+    /* cut by max_tokens: held bytes go out as they came, nothing is closed */
+    ax_buf_init(&b, 1 << 10);
+    ax_tool_args_fix_init(&f);
+    CHECK(ax_tool_args_fix_feed(&f, "{\"a\": [1, Tr", 12, &b) == 0);
+    CHECK(ax_tool_args_fix_finish(&f, &b, 0) == 0);
+    CHECK_STR(b.data, "{\"a\": [1, Tr");
+    CHECK(f.repairs == 0);
+    ax_buf_free(&b);
+}
+
+/* The complete-answer translator: the fixture's text as message.content. */
+static void test_nonstream_fixture(const char *file)
+{
+    char path[512];
+    size_t len;
+    char *raw;
+    cJSON *fx, *oa, *msg, *got = NULL, *blk, *want;
+    const cJSON *x, *tools, *expect;
+    struct ax_toolcall_stats ts;
+    struct ax_response_opts ro;
+    struct ax_error err;
+    int calls = 0, failures = 0;
+
+    snprintf(path, sizeof(path), "%s/%s", FIXTURES, file);
+    if ((raw = ax_test_read_file(path, &len)) == NULL)
+        return;
+    fx = cJSON_ParseWithLength(raw, len);
+    free(raw);
+    tools = cJSON_GetObjectItemCaseSensitive(fx, "tools");
+    expect = cJSON_GetObjectItemCaseSensitive(fx, "expect");
+    oa = cJSON_Parse("{\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\"},"
+                     "\"finish_reason\":\"stop\"}]}");
+    msg = cJSON_GetObjectItemCaseSensitive(
+        cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(oa, "choices"), 0), "message");
+    cJSON_AddItemToObject(msg, "content",
+                          cJSON_Duplicate(cJSON_GetObjectItemCaseSensitive(fx, "text"), 1));
+    memset(&ro, 0, sizeof(ro));
+    ro.client_model = "m";
+    ro.tools = tools;
+    ro.stats = &ts;
+    CHECKF(ax_translate_response(oa, &ro, &got, &err) == 0, "%s", file);
+    /* the blocks, normalised as the fixture says them */
+    want = cJSON_CreateArray();
+    cJSON_ArrayForEach(x, expect)
+    {
+        cJSON *e = cJSON_CreateObject();
+        if (cJSON_GetObjectItemCaseSensitive(x, "call") != NULL) {
+            calls++;
+            failures += cJSON_GetObjectItemCaseSensitive(x, "check_error") != NULL;
+            cJSON_AddStringToObject(e, "type", "tool_use");
+            cJSON_AddItemToObject(e, "name",
+                                  cJSON_Duplicate(cJSON_GetObjectItemCaseSensitive(x, "call"), 1));
+            cJSON_AddItemToObject(e, "input",
+                                  cJSON_Duplicate(cJSON_GetObjectItemCaseSensitive(x, "input"), 1));
+        } else {
+            cJSON_AddStringToObject(e, "type", "text");
+            cJSON_AddItemToObject(e, "text",
+                                  cJSON_Duplicate(cJSON_GetObjectItemCaseSensitive(x, "text"), 1));
+        }
+        cJSON_AddItemToArray(want, e);
+    }
+    cJSON_ArrayForEach(blk, cJSON_GetObjectItemCaseSensitive(got, "content"))
+    {
+        cJSON *id = cJSON_DetachItemFromObjectCaseSensitive(blk, "id");
+        if (id != NULL)
+            CHECKF(strncmp(id->valuestring, "toolu_", 6) == 0, "%s: id %s", file, id->valuestring);
+        cJSON_Delete(id);
+    }
+    same(cJSON_GetObjectItemCaseSensitive(got, "content"), want, file, "complete answer", 0);
+    CHECK_STR(cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(got, "stop_reason")),
+              calls > 0 ? "tool_use" : "end_turn");
+    CHECKF(ts.text_calls == (unsigned)calls && ts.schema_failures == (unsigned)failures,
+           "%s: %u calls, %u failures", file, ts.text_calls, ts.schema_failures);
+    CHECK((failures > 0) == (ts.first_failure[0] != '\0'));
+    cJSON_Delete(want);
+    cJSON_Delete(got);
+    cJSON_Delete(oa);
+    cJSON_Delete(fx);
+}
+
+/* Native tool calls of a complete answer: repaired, then checked; unrepairable ones as before. */
+static void test_nonstream_native(void)
+{
+    const char *tools_json =
+        "[{\"name\":\"Write\",\"input_schema\":{\"type\":\"object\",\"properties\":{\"file_path\":"
+        "{\"type\":\"string\"},\"content\":{\"type\":\"string\"}},\"required\":[\"file_path\","
+        "\"content\"]}}]";
+    const char *answer =
+        "{\"choices\":[{\"index\":0,\"finish_reason\":\"tool_calls\",\"message\":{\"role\":"
+        "\"assistant\",\"content\":null,\"tool_calls\":["
+        "{\"id\":\"c1\",\"type\":\"function\",\"function\":{\"name\":\"Write\",\"arguments\":"
+        "\"{\\\"file_path\\\": \\\"/a\\\", \\\"content\\\": \\\"x\\ny\\\",\"}},"
+        "{\"id\":\"c2\",\"type\":\"function\",\"function\":{\"name\":\"Write\",\"arguments\":"
+        "\"{\\\"file_path\\\": \\\"/b\\\"}\"}},"
+        "{\"id\":\"c3\",\"type\":\"function\",\"function\":{\"name\":\"Write\",\"arguments\":"
+        "\"{\\\"file_path\\\": nope}\"}}]}}]}";
+    cJSON *tools = cJSON_Parse(tools_json), *oa = cJSON_Parse(answer), *got = NULL;
+    const cJSON *c, *in;
+    struct ax_toolcall_stats ts;
+    struct ax_response_opts ro;
+    struct ax_error err;
+
+    memset(&ro, 0, sizeof(ro));
+    ro.tools = tools;
+    ro.stats = &ts;
+    CHECK(tools != NULL && oa != NULL);
+    CHECK(ax_translate_response(oa, &ro, &got, &err) == 0);
+    c = cJSON_GetObjectItemCaseSensitive(got, "content");
+    CHECK_INT(cJSON_GetArraySize(c), 3);
+    in = cJSON_GetObjectItemCaseSensitive(cJSON_GetArrayItem(c, 0), "input");
+    CHECK_STR(cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(in, "content")), "x\ny");
+    CHECK_STR(
+        cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(cJSON_GetArrayItem(c, 1), "type")),
+        "tool_use"); /* passed on, though content is missing */
+    CHECK_STR(
+        cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(cJSON_GetArrayItem(c, 2), "type")),
+        "text"); /* not repairable: the invalid-call text, as before */
+    CHECK_STR(cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(got, "stop_reason")),
+              "tool_use");
+    CHECK_INT(ts.repaired, 1);
+    CHECK_INT(ts.schema_failures, 1);
+    CHECK_INT(ts.text_calls, 0);
+    CHECKF(strstr(ts.first_failure, "Write: ") == ts.first_failure &&
+               strstr(ts.first_failure, "\"content\"") != NULL,
+           "%s", ts.first_failure);
+    cJSON_Delete(got);
+    cJSON_Delete(oa);
+    cJSON_Delete(tools);
+}
+
 int main(void)
 {
     int n = test_fixtures();
@@ -357,5 +543,7 @@ int main(void)
     test_holding();
     test_repair();
     test_check();
+    test_fixer();
+    test_nonstream_native();
     return AX_TEST_DONE("test_toolcall_text");
 }

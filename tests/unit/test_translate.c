@@ -154,7 +154,7 @@ static void test_response_fixtures(void)
         cJSON *in = load_case(names[i], ".openai-response.json");
         cJSON *want = load_case(names[i], ".anthropic-response.json");
         cJSON *o = load_case(names[i], ".response-opts.json"), *got = NULL;
-        struct ax_response_opts opts = {"claude-x", NULL, 1.0, 0};
+        struct ax_response_opts opts = {"claude-x", NULL, 1.0, 0, NULL, NULL, NULL, NULL};
         struct ax_error err;
         const cJSON *v;
         int rc;
@@ -168,6 +168,7 @@ static void test_response_fixtures(void)
                 opts.usage_scale = v->valuedouble;
             opts.reasoning_fallback =
                 cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(o, "reasoning_fallback"));
+            opts.tools = cJSON_GetObjectItemCaseSensitive(o, "tools"); /* text tool calls */
         }
         CHECKF(in != NULL && want != NULL, "%s: fixture files", names[i]);
         if (in != NULL && want != NULL) {
@@ -189,7 +190,7 @@ static void test_response_fixtures(void)
 
 static void test_response_errors(void)
 {
-    struct ax_response_opts opts = {"claude-x", NULL, 1.0, 0};
+    struct ax_response_opts opts = {"claude-x", NULL, 1.0, 0, NULL, NULL, NULL, NULL};
     struct ax_error err;
     cJSON *got = NULL, *in;
     int rc;
@@ -272,7 +273,7 @@ static void check_template_order(const char *name, const cJSON *msgs)
 static void check_claude_code(const char *file)
 {
     char path[512];
-    struct ax_translate_opts opts = {"local-model", 1, 1, 0, 0};
+    struct ax_translate_opts opts = {"local-model", 1, 1, 0, 0, 0};
     struct ax_error err;
     cJSON *in, *out = NULL;
     const cJSON *t, *ft, *m, *so;
@@ -606,7 +607,7 @@ static void test_usage_and_reasons(void)
 static void test_input_untouched(void)
 {
     char path[512];
-    struct ax_translate_opts opts = {NULL, 0, 0, 0, 0};
+    struct ax_translate_opts opts = {NULL, 0, 0, 0, 0, 0};
     struct ax_error err;
     cJSON *in, *copy, *a = NULL, *b = NULL;
 
@@ -625,6 +626,56 @@ static void test_input_untouched(void)
     cJSON_Delete(b);
 }
 
+/* A server that takes no tools: they go into the system prompt in the Hermes form, past calls
+ * and results become text, and nothing of the tools protocol is left in the request. */
+static void test_tools_as_text(void)
+{
+    const char *in =
+        "{\"model\":\"m\",\"max_tokens\":10,\"system\":\"Be brief.\","
+        "\"tools\":[{\"name\":\"Read\",\"description\":\"Read a file\",\"input_schema\":"
+        "{\"type\":\"object\",\"properties\":{\"file_path\":{\"type\":\"string\"}}}}],"
+        "\"tool_choice\":{\"type\":\"any\"},"
+        "\"messages\":[{\"role\":\"user\",\"content\":\"read a.txt\"},"
+        "{\"role\":\"assistant\",\"content\":[{\"type\":\"text\",\"text\":\"Reading.\"},"
+        "{\"type\":\"tool_use\",\"id\":\"toolu_1\",\"name\":\"Read\",\"input\":{\"file_path\":\"a.txt\"}},"
+        "{\"type\":\"tool_use\",\"id\":\"toolu_2\",\"name\":\"Read\",\"input\":{\"file_path\":\"b.txt\"}}]},"
+        "{\"role\":\"user\",\"content\":[{\"type\":\"tool_result\",\"tool_use_id\":\"toolu_1\",\"content\":\"A\"},"
+        "{\"type\":\"tool_result\",\"tool_use_id\":\"toolu_2\",\"content\":\"B\"}]}]}";
+    struct ax_translate_opts opts = {NULL, 1, 0, 0, 0, 1};
+    struct ax_error err = {0};
+    cJSON *a = cJSON_Parse(in), *o = NULL, *msgs, *m;
+    const char *sys, *asst, *res;
+
+    CHECK(a != NULL);
+    CHECK_INT(ax_translate_request(a, &opts, &o, &err), 0);
+    CHECK(o != NULL);
+    if (o == NULL)
+        goto done;
+    CHECK(cJSON_GetObjectItem(o, "tools") == NULL);
+    CHECK(cJSON_GetObjectItem(o, "tool_choice") == NULL);
+    CHECK(cJSON_GetObjectItem(o, "parallel_tool_calls") == NULL);
+    msgs = cJSON_GetObjectItem(o, "messages");
+    CHECK_INT(cJSON_GetArraySize(msgs), 4); /* system, user, assistant, results */
+    sys = cJSON_GetStringValue(cJSON_GetObjectItem(cJSON_GetArrayItem(msgs, 0), "content"));
+    CHECK(sys != NULL && strncmp(sys, "Be brief.\n\n# Tools", 18) == 0);
+    CHECK(sys != NULL && strstr(sys, "<tools>\n{\"type\":\"function\",\"function\":{\"name\":\"Read\"") != NULL);
+    CHECK(sys != NULL && strstr(sys, "You must call at least one function") != NULL);
+    m = cJSON_GetArrayItem(msgs, 2);
+    CHECK(cJSON_GetObjectItem(m, "tool_calls") == NULL);
+    asst = cJSON_GetStringValue(cJSON_GetObjectItem(m, "content"));
+    CHECK_STR(asst, "Reading.\n<tool_call>\n{\"name\": \"Read\", \"arguments\": {\"file_path\":\"a.txt\"}}\n"
+                    "</tool_call>\n<tool_call>\n{\"name\": \"Read\", \"arguments\": "
+                    "{\"file_path\":\"b.txt\"}}\n</tool_call>");
+    m = cJSON_GetArrayItem(msgs, 3);
+    CHECK_STR(cJSON_GetStringValue(cJSON_GetObjectItem(m, "role")), "user");
+    CHECK(cJSON_GetObjectItem(m, "tool_call_id") == NULL);
+    res = cJSON_GetStringValue(cJSON_GetObjectItem(m, "content"));
+    CHECK_STR(res, "<tool_response>\nA\n</tool_response>\n<tool_response>\nB\n</tool_response>");
+done:
+    cJSON_Delete(o);
+    cJSON_Delete(a);
+}
+
 int main(void)
 {
     ax_ids_set_source(test_ids, NULL);
@@ -638,6 +689,7 @@ int main(void)
     test_repair();
     test_usage_and_reasons();
     test_input_untouched();
+    test_tools_as_text();
     ax_ids_set_source(NULL, NULL);
     return AX_TEST_DONE("test_translate");
 }

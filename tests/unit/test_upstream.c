@@ -643,7 +643,7 @@ static const struct ax_xfer_cbs rec_cbs = {rec_on_headers, rec_on_data, rec_on_d
 static struct ax_xfer *rec_start(struct ax_upstream *up, struct rec *r, const char *method,
                                  const char *path, const char *body, int *rc_out)
 {
-    struct ax_xfer_spec spec = {method, path, body, body ? strlen(body) : 0, 0};
+    struct ax_xfer_spec spec = {method, path, body, body ? strlen(body) : 0, 0, NULL};
     struct ax_xfer *x = NULL;
     int rc;
 
@@ -1039,7 +1039,7 @@ static void test_timeouts(void)
     struct srv s;
     struct ax_upstream_opts o = {0};
     struct ax_upstream *up;
-    struct ax_xfer_spec spec = {"GET", "/hang", NULL, 0, 150};
+    struct ax_xfer_spec spec = {"GET", "/hang", NULL, 0, 150, NULL};
     struct rec r1, r2;
     uint64_t t0;
 
@@ -1358,7 +1358,7 @@ static void test_close_cancels(void)
     struct ax_upstream_opts o = {0};
     struct ax_upstream *up;
     struct rec r[3];
-    struct ax_xfer_spec spec = {"GET", "/hold", NULL, 0, 0};
+    struct ax_xfer_spec spec = {"GET", "/hold", NULL, 0, 0, NULL};
     int i, before = closed_count;
 
     srv_start(&s, loop);
