@@ -492,6 +492,10 @@ int64_t ax_tokens_tools(const cJSON *tools)
         tok += 60;
         cJSON_ArrayForEach(x, tools)
         {
+            /* defer_loading: not sent upstream until a tool_reference loads it
+             * (translate_request.c), so not part of the prompt until then */
+            if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(x, "defer_loading")))
+                continue;
             tok += 10 + ax_tokens_json(cJSON_GetObjectItemCaseSensitive(x, "name")) +
                    ax_tokens_json(cJSON_GetObjectItemCaseSensitive(x, "description")) +
                    ax_tokens_json(cJSON_GetObjectItemCaseSensitive(x, "input_schema"));

@@ -282,6 +282,30 @@ static void test_images(void)
     cJSON_Delete(url);
 }
 
+/* A deferred tool (defer_loading) is not in the prompt until referenced: not counted. */
+static void test_deferred_tools(void)
+{
+    cJSON *one = cJSON_Parse("[{\"name\":\"Read\",\"description\":\"Read a file\","
+                             "\"input_schema\":{\"type\":\"object\"}}]");
+    cJSON *two = cJSON_Parse("[{\"name\":\"Read\",\"description\":\"Read a file\","
+                             "\"input_schema\":{\"type\":\"object\"}},{\"name\":\"mcp_big\","
+                             "\"description\":\"a long description of a tool loaded on demand\","
+                             "\"input_schema\":{\"type\":\"object\",\"properties\":{\"q\":"
+                             "{\"type\":\"string\"}}},\"defer_loading\":true}]");
+    cJSON *sent = cJSON_Parse("[{\"name\":\"Read\",\"description\":\"Read a file\","
+                              "\"input_schema\":{\"type\":\"object\"}},{\"name\":\"mcp_big\","
+                              "\"description\":\"a long description of a tool loaded on demand\","
+                              "\"input_schema\":{\"type\":\"object\",\"properties\":{\"q\":"
+                              "{\"type\":\"string\"}}}}]");
+
+    CHECK(one && two && sent);
+    CHECK_INT(ax_tokens_tools(two), ax_tokens_tools(one));
+    CHECK(ax_tokens_tools(sent) > ax_tokens_tools(one));
+    cJSON_Delete(one);
+    cJSON_Delete(two);
+    cJSON_Delete(sent);
+}
+
 int main(void)
 {
     test_text_rules();
@@ -291,5 +315,6 @@ int main(void)
     test_requests();
     test_messages();
     test_images();
+    test_deferred_tools();
     return AX_TEST_DONE("test_tokens");
 }
