@@ -16,6 +16,7 @@
 #include "anthroxy_routes.h"
 #include "anthroxy_server.h"
 #include "anthroxy_session_share.h"
+#include "anthroxy_state_redis.h"
 #include "anthroxy_upstream.h"
 
 #include <curl/curl.h>
@@ -278,6 +279,8 @@ static void route_health(struct ax_server *srv, struct ax_req *req)
     cJSON_AddNumberToObject(root, "sessions", (double)ax_monitor_count(srv->mon));
     cJSON_AddNumberToObject(root, "workers", srv->cfg.workers);
     cJSON_AddNumberToObject(root, "worker", srv->worker);
+    if (srv->state) /* --state: the Redis connection */
+        cJSON_AddItemToObject(root, "state", ax_state_redis_health(srv->state));
     if (srv->share)
         cJSON_AddNumberToObject(root, "shared_sessions",
                                 (double)ax_session_share_count(srv->share));
