@@ -58,9 +58,10 @@ struct ax_state_redis {
     redisAsyncContext *ctx; /* NULL while disconnected */
     int connected;
     int closing;
-    int pending;            /* commands sent, reply not yet in */
-    uint64_t last_progress; /* uv_now of the last reply (or of the first pending command) */
-    uint64_t reconnect_at;  /* 0: none scheduled */
+    int pending;              /* commands sent, reply not yet in */
+    uint64_t last_progress;   /* uv_now of the last reply (or of the first pending command) */
+    uint64_t reconnect_at;    /* 0: none scheduled */
+    uint64_t connect_started; /* uv_now when the connect began */
     uint64_t backoff_ms;
     struct ax_list waiting; /* fetches, oldest (first deadline) first */
     uv_timer_t wait_timer;  /* the first waiting fetch's deadline */
@@ -75,6 +76,9 @@ struct ax_state_redis {
 
 static void state_connect(struct ax_state_redis *st);
 static void on_wait(uv_timer_t *t);
+static void on_ping_reply(redisAsyncContext *ac, void *r, void *priv);
+static int send_command(struct ax_state_redis *st, redisCallbackFn *fn, void *priv, const char *fmt,
+                        ...);
 
 static void note_error(struct ax_state_redis *st, const char *what, const char *detail)
 {
@@ -107,6 +111,26 @@ static void on_connect(const redisAsyncContext *ac, int status)
         note_error(st, "connect", ac->errstr);
         AX_LOG_DEBUG(NULL, "state: cannot connect to %s: %s", st->url, ac->errstr);
         schedule_reconnect(st);
+        return;
+    }
+    /* connected once Redis answers: a stopped Redis still completes the TCP handshake */
+    if (send_command(st, on_ping_reply, NULL, "PING") < 0)
+        note_error(st, "ping", ac->errstr);
+}
+
+static void on_ping_reply(redisAsyncContext *ac, void *r, void *priv)
+{
+    struct ax_state_redis *st = ac->data;
+    redisReply *reply = r;
+
+    (void)priv;
+    st->pending--;
+    st->last_progress = uv_now(st->loop);
+    if (reply == NULL || st->ctx != ac)
+        return; /* the connection went */
+    if (reply->type == REDIS_REPLY_ERROR) {
+        note_error(st, "redis", reply->str);
+        AX_LOG_WARN(NULL, "state: %s answered PING with an error: %s", st->url, reply->str);
         return;
     }
     st->connected = 1;
@@ -189,6 +213,7 @@ static void state_connect(struct ax_state_redis *st)
     redisAsyncSetDisconnectCallback(ac, on_disconnect);
     st->ctx = ac;
     st->pending = 0;
+    st->connect_started = uv_now(st->loop);
     if (st->db != 0 && send_command(st, on_plain_reply, NULL, "SELECT %d", st->db) < 0)
         note_error(st, "select", ac->errstr);
 }
@@ -217,6 +242,11 @@ static void on_watch(uv_timer_t *t)
 
     if (st->ctx == NULL && st->reconnect_at != 0 && now >= st->reconnect_at) {
         state_connect(st);
+        return;
+    }
+    if (st->ctx != NULL && !st->connected && now - st->connect_started > STATE_STALL_MS) {
+        note_error(st, "connect", "no answer within 1 s");
+        drop_connection(st);
         return;
     }
     if (st->ctx != NULL && st->pending > 0 && now - st->last_progress > STATE_STALL_MS) {

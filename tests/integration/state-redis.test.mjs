@@ -239,9 +239,21 @@ test('a slow Redis costs a request at most --state-wait, and a bad --state URL i
     const ms = Date.now() - t0;
     assert.equal(r.status, 200, r.text);
     assert.ok(ms >= 45 && ms < 1000, `waited ${ms} ms for a stopped Redis (wait 50 ms)`);
+    // a client gone while its request waits for Redis: the wait's end finds it canceled
+    await new Promise((resolve) => {
+      const body = JSON.stringify({ model: 'm', max_tokens: 5, messages: [{ role: 'user', content: 'bye' }] });
+      const c = net.connect({ host: '127.0.0.1', port: p.port }, () => {
+        c.write(`POST /v1/messages HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n` +
+          `x-session-id: slow-1\r\ncontent-length: ${body.length}\r\n\r\n${body}`);
+        setTimeout(() => { c.destroy(); resolve(); }, 10);
+      });
+      c.on('error', resolve);
+    });
+    await sleep(100);
+    assert.equal((await turn(p, 'slow-1', 3)).status, 200, 'still serving');
     const h = await request(p, { path: '/health' });
-    assert.ok(h.json.state.timeouts >= 1, JSON.stringify(h.json.state));
-    assert.equal((await context(p, 'slow-1')).total_requests, 2, 'the local state served');
+    assert.ok(h.json.state.timeouts >= 2, JSON.stringify(h.json.state));
+    assert.ok((await context(p, 'slow-1')).total_requests >= 3, 'the local state served');
     // a stalled connection is dropped and said so
     assert.ok(await until(async () => (await request(p, { path: '/health' })).json.state.connected === false, 5000, 50));
     assert.match((await request(p, { path: '/health' })).json.state.last_error, /no reply|connect/);
