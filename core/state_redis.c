@@ -57,6 +57,7 @@ struct ax_state_redis {
     uint64_t wait_ms, ttl_ms;
     redisAsyncContext *ctx; /* NULL while disconnected */
     int connected;
+    int warned; /* the outage is logged */
     int closing;
     int pending;              /* commands sent, reply not yet in */
     uint64_t last_progress;   /* uv_now of the last reply (or of the first pending command) */
@@ -85,6 +86,11 @@ static void note_error(struct ax_state_redis *st, const char *what, const char *
     st->errors++;
     snprintf(st->last_error, sizeof(st->last_error), "%s%s%s", what, detail ? ": " : "",
              detail ? detail : "");
+    if (!st->connected && !st->warned && !st->closing) { /* once per outage */
+        st->warned = 1;
+        AX_LOG_WARN(NULL, "state: %s unavailable (%s): serving from local state, retrying", st->url,
+                    st->last_error);
+    }
 }
 
 /* ---- connection ---------------------------------------------------------------------- */
@@ -134,6 +140,7 @@ static void on_ping_reply(redisAsyncContext *ac, void *r, void *priv)
         return;
     }
     st->connected = 1;
+    st->warned = 0;
     st->backoff_ms = STATE_BACKOFF_MIN_MS;
     AX_LOG_INFO(NULL, "state: connected to %s", st->url);
 }
@@ -148,6 +155,7 @@ static void on_disconnect(const redisAsyncContext *ac, int status)
     }
     if (st->closing)
         return;
+    st->warned = 1; /* said below */
     if (status != REDIS_OK || ac->err)
         note_error(st, "connection lost", ac->errstr[0] ? ac->errstr : NULL);
     AX_LOG_WARN(NULL, "state: lost %s (%s): serving from local state, reconnecting", st->url,
@@ -244,10 +252,21 @@ static void on_watch(uv_timer_t *t)
         state_connect(st);
         return;
     }
-    if (st->ctx != NULL && !st->connected && now - st->connect_started > STATE_STALL_MS) {
-        note_error(st, "connect", "no answer within 1 s");
-        drop_connection(st);
-        return;
+    if (st->ctx != NULL && !st->connected) {
+        /* hiredis's libuv adapter drops a poll error, a refused connect among them: read
+         * the socket's error here */
+        int e = 0;
+        socklen_t len = sizeof(e);
+        if (getsockopt(st->ctx->c.fd, SOL_SOCKET, SO_ERROR, &e, &len) == 0 && e != 0) {
+            note_error(st, "connect", strerror(e));
+            drop_connection(st);
+            return;
+        }
+        if (now - st->connect_started > STATE_STALL_MS) {
+            note_error(st, "connect", "no answer within 1 s");
+            drop_connection(st);
+            return;
+        }
     }
     if (st->ctx != NULL && st->pending > 0 && now - st->last_progress > STATE_STALL_MS) {
         note_error(st, "no reply", "Redis answered nothing for 1 s");
