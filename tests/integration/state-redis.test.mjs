@@ -153,12 +153,23 @@ test('two instances behind HAProxy share a session through Redis, and survive lo
 
     // each turn went to the other instance, and each carried on from the one before: the
     // instance of the last turn counts all N, the other N - 1 (alone each would count N / 2)
+    // (/v1/context itself reads Redis: both show the session's latest state; which instance
+    // served the last turn is in its /health counters)
     const ca = await context(a, S);
     const cb = await context(b, S);
-    const [latest, other, latestCtx, otherCtx] =
-      ca.total_requests > cb.total_requests ? [a, b, ca, cb] : [b, a, cb, ca];
-    assert.equal(latestCtx.total_requests, N, JSON.stringify(latestCtx));
-    assert.equal(otherCtx.total_requests, N - 1, JSON.stringify(otherCtx));
+    assert.equal(ca.total_requests, N, JSON.stringify(ca));
+    assert.deepEqual(cb, { ...ca, last_seen_ms: cb.last_seen_ms, created_ms: cb.created_ms },
+      'both instances show the same session');
+    const ha1 = (await request(a, { path: '/health' })).json.state;
+    const hb1 = (await request(b, { path: '/health' })).json.state;
+    assert.equal(ha1.writes + hb1.writes, N, 'each turn written once');
+    assert.ok(Math.abs(ha1.writes - hb1.writes) <= 1, `turns alternate: ${ha1.writes} and ${hb1.writes}`);
+    assert.equal(ha1.misses + hb1.misses, 1, 'only the first turn found no state');
+    assert.equal(ha1.hits + hb1.hits, N - 1 + 2, 'every later turn, and both reads, found it');
+    // the instance that served the last turn: the first turn's for odd N, else the other
+    const firstIsA = ha1.misses === 1;
+    const [latest, other] = firstIsA === (N % 2 === 1) ? [a, b] : [b, a];
+    const latestCtx = ca;
     assert.equal(latestCtx.calibration.samples, N, 'every turn calibrated the one factor');
     assert.notEqual(latestCtx.calibration.factor, 1, 'the mock counts otherwise than our estimate');
     assert.equal(latestCtx.arm, 'pinned');
@@ -166,6 +177,9 @@ test('two instances behind HAProxy share a session through Redis, and survive lo
     // the instance holding the latest state dies; the survivor takes the session over
     latest.proc.kill('SIGKILL');
     await latest.exited;
+    const taken = await context(other, S);
+    assert.equal(taken.total_requests, N, 'the survivor shows the dead instance\'s last turn');
+    assert.equal(taken.calibration.factor, latestCtx.calibration.factor);
     const r = await turn(front, S, N + 1);
     assert.equal(r.status, 200, r.text);
     assert.equal(r.headers['anthroxy-arm'], 'pinned');
