@@ -348,9 +348,14 @@ static void context_send_session(struct ax_server *srv, struct ax_req *req, cons
             (s = held = ax_monitor_get(srv->mon, key, uv_now(srv->loop))) != NULL)
             ax_session_share_pull(srv->share, s);
     }
-    if (remote != NULL && (s == NULL || remote->total_requests > s->total_requests))
-        root = ax_session_to_json(remote, win, srv->cfg.prune_threshold);
-    else if (s != NULL)
+    if (remote != NULL && (s == NULL || remote->total_requests > s->total_requests)) {
+        struct ax_session shown = *remote; /* with this loop's clock, when it knows the session */
+        if (s != NULL) {
+            shown.created_ms = s->created_ms;
+            shown.last_seen_ms = s->last_seen_ms;
+        }
+        root = ax_session_to_json(&shown, win, srv->cfg.prune_threshold);
+    } else if (s != NULL)
         root = ax_session_to_json(s, win, srv->cfg.prune_threshold);
     else
         root = NULL;
