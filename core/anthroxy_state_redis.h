@@ -38,15 +38,16 @@ int ax_state_redis_new(uv_loop_t *loop, const char *url, uint64_t wait_ms, uint6
 void ax_state_redis_close(struct ax_state_redis *st, void (*cb)(void *), void *ud);
 
 /* Fetches s's state: returns 0 and cb(ud, found) follows (s must stay alive until then;
- * after cb nothing touches s or ud, whenever Redis answers), or AX_EAGAIN when not connected
- * (or too many commands wait), and then cb never runs. */
+ * after cb nothing touches s or ud, whenever Redis answers), or AX_EAGAIN when not connected,
+ * too many commands wait, or Redis is slow (three fetches in a row outlived the wait: then
+ * fetches are skipped for a second), and then cb never runs. */
 int ax_state_redis_pull(struct ax_state_redis *st, struct ax_session *s, ax_state_pulled_cb cb,
                         void *ud);
 /* Stores s's state (a copy is taken now); never waits, silently dropped when not connected. */
 void ax_state_redis_push(struct ax_state_redis *st, const struct ax_session *s);
 
-/* {"backend":"redis","url","connected","errors","last_error","hits","misses","timeouts",
- * "writes","dropped"} for /health. */
+/* {"backend":"redis","url","connected","errors","last_error","wait_ms","hits","misses",
+ * "timeouts","writes","dropped","skipped","slow"} for /health. */
 cJSON *ax_state_redis_health(const struct ax_state_redis *st);
 
 #endif

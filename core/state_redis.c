@@ -31,6 +31,8 @@
 #define STATE_STALL_MS 1000       /* commands waiting this long without a reply: reconnect */
 #define STATE_BACKOFF_MIN_MS 100  /* first reconnect delay, doubled each failure... */
 #define STATE_BACKOFF_MAX_MS 2000 /* ...up to this */
+#define STATE_SLOW_AFTER 3        /* fetches late in a row: Redis is slow... */
+#define STATE_SLOW_SKIP_MS 1000   /* ...and fetches are skipped this long */
 #define STATE_MAX_PENDING 4096    /* commands in flight; beyond, fetches and writes are skipped */
 
 /* What is stored: the session's public fields, up to its private links. */
@@ -71,7 +73,9 @@ struct ax_state_redis {
     void (*on_closed)(void *);
     void *on_closed_ud;
     /* for /health */
-    uint64_t errors, hits, misses, timeouts, writes, dropped;
+    uint64_t errors, hits, misses, timeouts, writes, dropped, skipped;
+    int late_in_row;     /* fetches in a row that outlived their wait */
+    uint64_t skip_until; /* a slow Redis: fetches skipped until then (uv_now) */
     char last_error[160];
 };
 
@@ -346,6 +350,7 @@ static void on_get_reply(redisAsyncContext *ac, void *r, void *priv)
         note_error(st, "redis", reply->str);
     if (f->s != NULL) { /* its caller still waits */
         found = apply_blob(f->s, reply);
+        st->late_in_row = 0;
         if (found)
             st->hits++;
         else
@@ -366,6 +371,12 @@ static void on_wait(uv_timer_t *t)
         if (f->deadline > now)
             break;
         st->timeouts++;
+        if (++st->late_in_row >= STATE_SLOW_AFTER && st->skip_until <= now) {
+            /* slow but answering: the stall check won't drop it, so stop paying the wait */
+            st->skip_until = now + STATE_SLOW_SKIP_MS;
+            st->late_in_row = STATE_SLOW_AFTER - 1; /* one more late fetch skips again */
+            note_error(st, "slow", "fetches outlived the wait: skipped for 1 s");
+        }
         fetch_answer(f, 0); /* the reply, when it comes, frees f */
     }
     arm_wait_timer(st);
@@ -384,6 +395,10 @@ int ax_state_redis_pull(struct ax_state_redis *st, struct ax_session *s, ax_stat
 
     if (!st->connected || st->ctx == NULL || st->closing || st->pending >= STATE_MAX_PENDING)
         return AX_EAGAIN;
+    if (st->skip_until > uv_now(st->loop)) {
+        st->skipped++;
+        return AX_EAGAIN;
+    }
     if ((f = calloc(1, sizeof(*f))) == NULL)
         return AX_ENOMEM;
     state_key(s, key, sizeof(key));
@@ -581,5 +596,7 @@ cJSON *ax_state_redis_health(const struct ax_state_redis *st)
     cJSON_AddNumberToObject(o, "timeouts", (double)st->timeouts);
     cJSON_AddNumberToObject(o, "writes", (double)st->writes);
     cJSON_AddNumberToObject(o, "dropped", (double)st->dropped);
+    cJSON_AddNumberToObject(o, "skipped", (double)st->skipped);
+    cJSON_AddBoolToObject(o, "slow", st->skip_until > uv_now(st->loop));
     return o;
 }

@@ -379,6 +379,32 @@ static void test_roundtrip_and_late_reply(uv_loop_t *loop)
     CHECK_INT(pl.calls, 1); /* told once only */
     CHECK(health_bool(st, "connected"));
 
+    /* slow but answering: after three late fetches in a row, fetches are skipped (no wait)
+     * for a second, then tried again */
+    {
+        struct ax_session tmp;
+        int i;
+        memset(&tmp, 0, sizeof(tmp));
+        strcpy(tmp.key, "sess-1");
+        for (i = 0; i < 2; i++) { /* the late one above was the first */
+            pl.calls = 0;
+            CHECK(ax_state_redis_pull(st, &tmp, on_pulled, &pl) == 0);
+            run_for(loop, 300);
+            CHECK_INT(pl.calls, 1);
+        }
+        CHECK(health_bool(st, "slow"));
+        CHECK(ax_state_redis_pull(st, &tmp, on_pulled, &pl) == AX_EAGAIN);
+        CHECK(health_num(st, "skipped") == 1);
+        run_for(loop, 1100);
+        CHECK(!health_bool(st, "slow"));
+        f.get_delay_ms = 0;
+        pl.calls = 0;
+        CHECK(ax_state_redis_pull(st, &tmp, on_pulled, &pl) == 0);
+        run_for(loop, 250);
+        CHECK_INT(pl.calls, 1);
+        CHECK_INT(pl.found, 1);
+    }
+
     /* a Redis that answers nothing: the connection is dropped after 1 s, said in /health */
     f.silent = 1;
     ax_state_redis_push(st, &mine);
