@@ -283,6 +283,107 @@ test('a slow Redis costs a request at most --state-wait, and a bad --state URL i
   await assert.rejects(startProxy({ args: ['--state', 'redis://127.0.0.1:99999/0'], timeoutMs: 5000 }), /--state/);
 });
 
+// The native claude binary (as claude-code.test.mjs finds it).
+function claudeBin() {
+  const here = path.dirname(new URL(import.meta.url).pathname);
+  const isElf = (f) => {
+    try {
+      const fd = fs.openSync(f, 'r');
+      const b = Buffer.alloc(4);
+      fs.readSync(fd, b, 0, 4, 0);
+      fs.closeSync(fd);
+      return b.toString('latin1') === '\x7fELF';
+    } catch {
+      return false;
+    }
+  };
+  const wrapper = path.join(here, 'node_modules', '@anthropic-ai', 'claude-code', 'bin', 'claude.exe');
+  if (isElf(wrapper)) return wrapper;
+  const native = path.join(here, 'node_modules', '@anthropic-ai', `claude-code-linux-${process.arch}`, 'claude');
+  if (isElf(native)) return native;
+  return path.join(here, 'node_modules', '.bin', 'claude');
+}
+
+test('Claude Code through HAProxy and two instances: one session, counted whole on both', async (t) => {
+  const why = ensurePackages();
+  if (why) { t.skip(why); return; }
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ax-state-cc-'));
+  const redisPort = await freePort();
+  const redis = await startRedis(redisPort);
+  const mock = await startMock({ models: ['tiny'], nCtx: 65536, defaultReply: { text: 'Hello from two instances.' } });
+  const args = ['--state', `redis://127.0.0.1:${redisPort}/0`];
+  const a = await startProxy({ upstream: mock.base, args });
+  const b = await startProxy({ upstream: mock.base, args });
+  const hport = await freePort();
+  const ha = await startHaproxy(dir, hport, [a.port, b.port]);
+  try {
+    for (const p of [a, b]) {
+      assert.ok(await until(async () => (await request(p, { path: '/health' })).json.state.connected, 5000, 20));
+    }
+    await sleep(600); // both up in HAProxy's checks (rise 2, every 200 ms)
+    // two turns: a Write tool call, then the answer (side requests without tools: text)
+    const target = path.join(dir, 'hello.txt');
+    mock.script((req) => {
+      const tools = req.body.tools || [];
+      const k = req.body.messages.filter((m) => m.role === 'tool').length;
+      if (k === 0 && tools.some((tl) => tl.function && tl.function.name === 'Write')) {
+        return { toolCalls: [{ name: 'Write', arguments: { file_path: target, content: 'hi\n' } }] };
+      }
+      return { text: 'Hello from two instances.' };
+    });
+    const home = fs.mkdtempSync(path.join(dir, 'home-'));
+    const child = spawn(claudeBin(), ['-p', 'Create hello.txt saying hi.', '--output-format', 'json',
+      '--permission-mode', 'acceptEdits', '--allowedTools', 'Write', '--max-turns', '4'], {
+      cwd: dir, stdio: ['ignore', 'pipe', 'pipe'],
+      env: {
+        PATH: process.env.PATH, HOME: home, TMPDIR: os.tmpdir(),
+        ANTHROPIC_BASE_URL: `http://127.0.0.1:${hport}`, ANTHROPIC_API_KEY: 'dummy',
+        DISABLE_TELEMETRY: '1', DISABLE_ERROR_REPORTING: '1', DISABLE_AUTOUPDATER: '1',
+        CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC: '1', NO_PROXY: '127.0.0.1,localhost',
+      },
+    });
+    let out = '';
+    let err = '';
+    child.stdout.on('data', (d) => { out += d; });
+    child.stderr.on('data', (d) => { err += d; });
+    const timer = setTimeout(() => child.kill('SIGKILL'), 120000);
+    const code = await new Promise((resolve) => child.on('exit', (c, sig) => resolve(c ?? sig)));
+    clearTimeout(timer);
+    assert.equal(code, 0, `claude: ${err}\n${out}\n${a.tail()}\n${b.tail()}`);
+    const res = JSON.parse(out.trim().split('\n').pop());
+    assert.match(res.result, /Hello from two instances/);
+    assert.equal(fs.readFileSync(target, 'utf8'), 'hi\n');
+    // Claude Code's session key, from either instance's list
+    const keys = new Set();
+    for (const p of [a, b]) {
+      for (const it of (await request(p, { path: '/v1/context' })).json.items) keys.add(it.session);
+    }
+    keys.delete('default');
+    assert.equal(keys.size, 1, [...keys].join(', '));
+    const [K] = keys;
+    const sa = (await request(a, { path: '/health' })).json.state;
+    const sb = (await request(b, { path: '/health' })).json.state;
+    assert.ok(sa.writes > 0 && sb.writes > 0, `both instances served: ${sa.writes} and ${sb.writes}`);
+    const ca = await context(a, K);
+    const cb = await context(b, K);
+    assert.equal(ca.total_requests, sa.writes + sb.writes, 'every request of the session, on either instance');
+    assert.equal(cb.total_requests, ca.total_requests);
+    t.diagnostic(`Claude Code's session: ${ca.total_requests} requests, ${sa.writes} on one instance, ${sb.writes} on the other`);
+    assert.ok(ca.last_input_tokens > 1000, 'Claude Code\'s prompt was measured');
+  } finally {
+    ha.proc.kill('SIGTERM');
+    await ha.exited;
+    for (const p of [a, b]) {
+      const { code } = await p.stop();
+      assert.equal(code, 0, p.tail());
+    }
+    redis.proc.kill('SIGTERM');
+    await redis.exited;
+    await mock.close();
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
 test('without --state, /health has no state and nothing waits for Redis', async () => {
   const mock = await startMock({ models: ['tiny'] });
   const p = await startProxy({ upstream: mock.base });
