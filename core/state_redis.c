@@ -99,6 +99,15 @@ static void note_error(struct ax_state_redis *st, const char *what, const char *
 
 /* ---- connection ---------------------------------------------------------------------- */
 
+/* A reply (or NULL for a connection that went) came in on ac: counts only for the current
+ * connection, a dropped one's callbacks coming after a new one may be up. */
+static void reply_in(struct ax_state_redis *st, const redisAsyncContext *ac)
+{
+    if (ac == st->ctx && st->pending > 0)
+        st->pending--;
+    st->last_progress = uv_now(st->loop);
+}
+
 static void schedule_reconnect(struct ax_state_redis *st)
 {
     if (st->closing)
@@ -134,8 +143,7 @@ static void on_ping_reply(redisAsyncContext *ac, void *r, void *priv)
     redisReply *reply = r;
 
     (void)priv;
-    st->pending--;
-    st->last_progress = uv_now(st->loop);
+    reply_in(st, ac);
     if (reply == NULL || st->ctx != ac)
         return; /* the connection went */
     if (reply->type == REDIS_REPLY_ERROR) {
@@ -174,8 +182,7 @@ static void on_plain_reply(redisAsyncContext *ac, void *r, void *priv)
     redisReply *reply = r;
 
     (void)priv;
-    st->pending--;
-    st->last_progress = uv_now(st->loop);
+    reply_in(st, ac);
     if (reply != NULL && reply->type == REDIS_REPLY_ERROR) {
         note_error(st, "redis", reply->str);
         AX_LOG_WARN(NULL, "state: %s answered an error: %s", st->url, reply->str);
@@ -343,9 +350,7 @@ static void on_get_reply(redisAsyncContext *ac, void *r, void *priv)
     redisReply *reply = r;
     int found = 0;
 
-    (void)ac;
-    st->pending--;
-    st->last_progress = uv_now(st->loop);
+    reply_in(st, ac);
     if (reply != NULL && reply->type == REDIS_REPLY_ERROR)
         note_error(st, "redis", reply->str);
     if (f->s != NULL) { /* its caller still waits */

@@ -3,7 +3,8 @@
 // through HAProxy, each turn on the other instance: the session's monitor (turns, calibration,
 // last input tokens) and its experiment arm follow it; the instance holding the latest turn is
 // killed and the survivor carries on from it; Redis killed mid-run: requests still succeed and
-// /health says disconnected; Redis back: reconnected, and the state is written again.
+// /health says disconnected; Redis back: reconnected, and the state is written again. The real
+// Claude Code through HAProxy: its session counted whole on both instances.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
