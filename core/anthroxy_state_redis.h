@@ -27,7 +27,8 @@ struct ax_state_redis;
  * was). Runs exactly once, from the loop, within the wait. */
 typedef void (*ax_state_pulled_cb)(void *ud, int found);
 
-/* url: redis://HOST[:PORT][/DB] (HOST a name resolved now, or an address). wait_ms: the
+/* url: redis://[[USER]:PASSWORD@]HOST[:PORT][/DB] (HOST a name resolved now, or an address;
+ * a password is sent with AUTH on each connect and registered as a log secret). wait_ms: the
  * longest a fetch holds a request; ttl_ms: the keys' lifetime (0: none). Connects in the
  * background: a Redis that is not there yet is not an error. Returns 0, or AX_EINVAL with err
  * naming what is wrong in url. */

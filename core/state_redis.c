@@ -56,10 +56,12 @@ struct ax_state_redis {
     uv_loop_t *loop;
     char url[320], host[256], addr[64];
     int port, db;
+    char user[128], pass[256]; /* redis://[USER:]PASS@...: AUTH on connect; "" none */
     uint64_t wait_ms, ttl_ms;
     redisAsyncContext *ctx; /* NULL while disconnected */
     int connected;
-    int warned; /* the outage is logged */
+    int warned;  /* the outage is logged */
+    int refused; /* Redis answered PING with an error (a password wanted or wrong) */
     int closing;
     int pending;              /* commands sent, reply not yet in */
     uint64_t last_progress;   /* uv_now of the last reply (or of the first pending command) */
@@ -145,10 +147,11 @@ static void on_ping_reply(redisAsyncContext *ac, void *r, void *priv)
     (void)priv;
     reply_in(st, ac);
     if (reply == NULL || st->ctx != ac)
-        return; /* the connection went */
-    if (reply->type == REDIS_REPLY_ERROR) {
+        return;                             /* the connection went */
+    if (reply->type == REDIS_REPLY_ERROR) { /* NOAUTH, WRONGPASS...: dropped at the next check */
         note_error(st, "redis", reply->str);
-        AX_LOG_WARN(NULL, "state: %s answered PING with an error: %s", st->url, reply->str);
+        AX_LOG_WARN(NULL, "state: %s refused us: %s", st->url, reply->str);
+        st->refused = 1;
         return;
     }
     st->connected = 1;
@@ -233,6 +236,11 @@ static void state_connect(struct ax_state_redis *st)
     st->ctx = ac;
     st->pending = 0;
     st->connect_started = uv_now(st->loop);
+    st->refused = 0;
+    if (st->pass[0] &&
+        (st->user[0] ? send_command(st, on_plain_reply, NULL, "AUTH %s %s", st->user, st->pass)
+                     : send_command(st, on_plain_reply, NULL, "AUTH %s", st->pass)) < 0)
+        note_error(st, "auth", ac->errstr);
     if (st->db != 0 && send_command(st, on_plain_reply, NULL, "SELECT %d", st->db) < 0)
         note_error(st, "select", ac->errstr);
 }
@@ -273,8 +281,9 @@ static void on_watch(uv_timer_t *t)
             drop_connection(st);
             return;
         }
-        if (now - st->connect_started > STATE_STALL_MS) {
-            note_error(st, "connect", "no answer within 1 s");
+        if (st->refused || now - st->connect_started > STATE_STALL_MS) {
+            if (!st->refused)
+                note_error(st, "connect", "no answer within 1 s");
             drop_connection(st);
             return;
         }
@@ -460,8 +469,24 @@ static int parse_url(struct ax_state_redis *st, const char *url, struct ax_error
 
     if (strncmp(url, "redis://", 8) != 0)
         return ax_error_set(err, 400, "invalid_request_error",
-                            "--state %.100s: expected redis://HOST:PORT/DB", url);
+                            "--state: expected redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]");
     p = url + 8;
+    {
+        /* USER:PASS@ or :PASS@ or PASS@ before the host (Redis's URL form) */
+        const char *at = strchr(p, '@'), *slash = strchr(p, '/');
+        if (at != NULL && (slash == NULL || at < slash)) {
+            const char *colon = memchr(p, ':', (size_t)(at - p));
+            const char *pw = colon ? colon + 1 : p;
+            size_t ul = colon ? (size_t)(colon - p) : 0, pl = (size_t)(at - pw);
+            if (ul >= sizeof(st->user) || pl >= sizeof(st->pass) || pl == 0)
+                goto bad;
+            memcpy(st->user, p, ul);
+            st->user[ul] = 0;
+            memcpy(st->pass, pw, pl);
+            st->pass[pl] = 0;
+            p = at + 1;
+        }
+    }
     if (*p == '[') {
         if ((end = strchr(p, ']')) == NULL)
             goto bad;
@@ -499,11 +524,10 @@ static int parse_url(struct ax_state_redis *st, const char *url, struct ax_error
         goto bad;
     }
     return 0;
-bad:
+bad: /* the URL is not echoed: it may hold a password */
     return ax_error_set(err, 400, "invalid_request_error",
-                        "--state %.100s: expected redis://HOST:PORT/DB (port 1-65535, DB a "
-                        "number)",
-                        url);
+                        "--state: expected redis://[[USER]:PASSWORD@]HOST[:PORT][/DB] (port "
+                        "1-65535, DB a number)");
 }
 
 /* The host's first address, once at start-up (hiredis would resolve at every reconnect,
@@ -539,6 +563,8 @@ int ax_state_redis_new(uv_loop_t *loop, const char *url, uint64_t wait_ms, uint6
         free(st);
         return AX_EINVAL;
     }
+    if (st->pass[0])
+        ax_log_secret_add(st->pass); /* never in a log line, whatever quotes it */
     snprintf(st->url, sizeof(st->url), "redis://%s:%d/%d", st->host, st->port, st->db);
     st->loop = loop;
     st->wait_ms = wait_ms > 0 ? wait_ms : 1;
@@ -564,6 +590,8 @@ static void on_timer_closed(uv_handle_t *h)
     if (--st->pending_closes == 0) {
         void (*cb)(void *) = st->on_closed;
         void *ud = st->on_closed_ud;
+        if (st->pass[0])
+            ax_log_secret_remove(st->pass);
         free(st);
         if (cb)
             cb(ud);

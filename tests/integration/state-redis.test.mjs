@@ -4,7 +4,8 @@
 // last input tokens) and its experiment arm follow it; the instance holding the latest turn is
 // killed and the survivor carries on from it; Redis killed mid-run: requests still succeed and
 // /health says disconnected; Redis back: reconnected, and the state is written again. The real
-// Claude Code through HAProxy: its session counted whole on both instances.
+// Claude Code through HAProxy: its session counted whole on both instances. A Redis with a
+// password: AUTH from the URL, a wrong one in /health, neither ever logged.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
@@ -59,9 +60,9 @@ function startChild(cmd, args) {
   return { proc, exited, log: () => log };
 }
 
-async function startRedis(port) {
+async function startRedis(port, extra = []) {
   const r = startChild('redis-server', ['--port', String(port), '--bind', '127.0.0.1',
-    '--save', '', '--appendonly', 'no', '--protected-mode', 'yes']);
+    '--save', '', '--appendonly', 'no', '--protected-mode', 'yes', ...extra]);
   assert.ok(await until(() => /Ready to accept connections/.test(r.log()), 10000, 20), r.log());
   return r;
 }
@@ -382,6 +383,32 @@ test('Claude Code through HAProxy and two instances: one session, counted whole 
     await redis.exited;
     await mock.close();
     fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('a Redis with a password: AUTH from the URL, a wrong one said in /health, never logged', async (t) => {
+  const why = ensurePackages();
+  if (why) { t.skip(why); return; }
+  const redisPort = await freePort();
+  const redis = await startRedis(redisPort, ['--requirepass', 'pw-Zq81x']);
+  const mock = await startMock({ models: ['tiny'] });
+  const bad = await startProxy({ upstream: mock.base, args: ['--state', `redis://:pw-Nope7@127.0.0.1:${redisPort}/1`] });
+  const good = await startProxy({ upstream: mock.base, args: ['--state', `redis://default:pw-Zq81x@127.0.0.1:${redisPort}/1`] });
+  try {
+    assert.ok(await until(async () => (await request(good, { path: '/health' })).json.state.connected, 5000, 20), good.tail());
+    assert.equal((await turn(good, 'auth-1', 1)).status, 200);
+    assert.ok(await until(async () => (await request(good, { path: '/health' })).json.state.writes === 1, 2000, 20));
+    assert.ok(await until(async () => /WRONGPASS|NOAUTH/.test((await request(bad, { path: '/health' })).json.state.last_error || ''), 5000, 50));
+    const hb = (await request(bad, { path: '/health' })).json.state;
+    assert.equal(hb.connected, false);
+    assert.equal(hb.url, `redis://127.0.0.1:${redisPort}/1`, 'no password in /health');
+    assert.equal((await turn(bad, 'auth-2', 1)).status, 200, 'served from local state');
+    assert.doesNotMatch(bad.log() + good.log(), /pw-Nope7|pw-Zq81x/);
+  } finally {
+    for (const p of [bad, good]) assert.equal((await p.stop()).code, 0, p.tail());
+    redis.proc.kill('SIGTERM');
+    await redis.exited;
+    await mock.close();
   }
 });
 

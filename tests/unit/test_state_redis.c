@@ -250,9 +250,14 @@ static void on_pulled(void *ud, int found)
 
 static void test_bad_urls(uv_loop_t *loop)
 {
-    static const char *const bad[] = {
-        "http://127.0.0.1:6379", "redis://",     "redis://h:0",           "redis://127.0.0.1:70000",
-        "redis://127.0.0.1:1/x", "redis://[::1", "redis://127.0.0.1:12ab"};
+    static const char *const bad[] = {"http://127.0.0.1:6379",
+                                      "redis://",
+                                      "redis://h:0",
+                                      "redis://127.0.0.1:70000",
+                                      "redis://127.0.0.1:1/x",
+                                      "redis://[::1",
+                                      "redis://127.0.0.1:12ab",
+                                      "redis://:@127.0.0.1:6379"};
     size_t i;
 
     for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
