@@ -178,8 +178,9 @@ static const struct opt opts[] = {
      "all recordings together; the least recently written sessions are removed first"},
     /* issue 12: session state in Redis, shared by several instances (core/state_redis.c) */
     {"state", NULL, OPT_STR, F(state_url), NULL, 0, 0, 0, "URL",
-     "keep session monitors and experiment arms in Redis (redis://HOST:PORT/DB), shared by "
-     "every instance pointed at it; unset: in this process only"},
+     "keep session monitors and experiment arms in Redis "
+     "(redis://[[USER]:PASSWORD@]HOST:PORT/DB), shared by every instance pointed at it; unset: "
+     "in this process only"},
     {"state-wait", NULL, OPT_SECS, F(state_wait_ms), "0.02", 0.001, 10, 0, "SEC",
      "longest a request waits for its session's state from Redis; past it the local state "
      "serves"},
