@@ -1169,6 +1169,9 @@ static void answer_count(struct msg *m, int64_t n, const char *how)
 
 static void msg_start(struct msg *m);
 
+/* Below this estimate a prompt is not worth a round trip: nothing to prune there. */
+#define AX_MEASURE_MIN_TOKENS 1024
+
 /* The prompt was counted by the upstream (n > 0), or could not be (n <= 0: the estimate
  * stands): this turn's factor is the real ratio, so proactive pruning fires at its
  * threshold even when the estimator is far off for this model. */
@@ -1197,9 +1200,10 @@ static void measured(struct msg *m, int64_t n)
 /* Is this prompt worth counting with the upstream before the policies decide on it? Only
  * llama-server has /tokenize and /apply-template, and only a session whose estimate was
  * off (at the clamp, or wrong by more than tokenize_off_ratio on the last turn). */
-static int want_measure(const struct msg *m)
+static int want_measure(struct msg *m)
 {
     return m->session != NULL && m->srv->cfg.tokenize_off_ratio > 0 &&
+           estimate_prompt(m) >= AX_MEASURE_MIN_TOKENS &&
            ax_upstream_info(m->srv->up)->llama_server &&
            ax_session_estimate_off(m->session, m->srv->cfg.tokenize_off_ratio);
 }
