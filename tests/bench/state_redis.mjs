@@ -47,6 +47,7 @@ const pct = (xs, p) => { const s = [...xs].sort((a, b) => a - b); return s[Math.
 const redisPort = await freePort();
 const redis = spawn('redis-server', ['--port', String(redisPort), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'],
   { stdio: ['ignore', 'pipe', 'pipe'] });
+process.on('exit', () => { try { redis.kill('SIGKILL'); } catch { /* gone */ } }); // even on a failed start
 let rlog = '';
 redis.stdout.on('data', (d) => { rlog += d; });
 redis.on('error', (e) => { console.error(`redis-server: ${e.message}`); process.exit(1); });
