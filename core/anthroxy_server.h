@@ -16,6 +16,7 @@ struct ax_upstream;
 struct ax_fleet;
 struct ax_monitor;
 struct ax_session_share;
+struct ax_state_redis;
 struct ax_policy_engine;
 struct ax_recorder;
 struct ax_metrics;
@@ -42,6 +43,7 @@ struct ax_server {
     struct ax_monitor *mon;
     struct ax_session_share *share; /* --workers: the state shared with the others, or NULL */
     int share_owner;                /* this server frees it */
+    struct ax_state_redis *state;   /* --state: sessions in Redis, or NULL */
     int worker;                     /* its index among the workers (0 alone) */
     uint64_t tools_as_text;         /* fleet members (bit i) that refused `tools`: sent as text */
     struct ax_policy_engine *policies;

@@ -176,6 +176,14 @@ static const struct opt opts[] = {
      "BYTES", "largest recording of one session; later exchanges of it are not recorded"},
     {"record-max-dir-bytes", NULL, OPT_SIZE, F(record_max_dir_bytes), "4G", 4096, BIG, 0, "BYTES",
      "all recordings together; the least recently written sessions are removed first"},
+    /* issue 12: session state in Redis, shared by several instances (core/state_redis.c) */
+    {"state", NULL, OPT_STR, F(state_url), NULL, 0, 0, 0, "URL",
+     "keep session monitors and experiment arms in Redis "
+     "(redis://[[USER]:PASSWORD@]HOST:PORT/DB), shared by every instance pointed at it; unset: "
+     "in this process only"},
+    {"state-wait", NULL, OPT_SECS, F(state_wait_ms), "0.02", 0.001, 10, 0, "SEC",
+     "longest a request waits for its session's state from Redis; past it the local state "
+     "serves"},
     {"log-level", "PROXY_LOG_LEVEL", OPT_LEVEL, F(log_level), "INFO", 0, 0, 0, "LEVEL",
      "DEBUG, INFO, WARNING or ERROR"},
     {"log-format", NULL, OPT_STR, F(log_format), "text", 0, 0, 0, "FORMAT",

@@ -18,6 +18,7 @@
 #include "anthroxy_record.h"
 #include "anthroxy_server.h"
 #include "anthroxy_session_share.h"
+#include "anthroxy_state_redis.h"
 #include "anthroxy_sse.h"
 #include "anthroxy_stream.h"
 #include "anthroxy_tokens.h"
@@ -111,6 +112,8 @@ struct msg {
 };
 
 static void msg_fail(struct msg *m, const struct ax_error *err);
+static void msg_begin(struct msg *m);
+static void on_state_pulled(void *ud, int found);
 static void msg_send_upstream(struct msg *m);
 static void count_request(struct msg *m, int status, double up_ms, double total_ms,
                           const char *upstream);
@@ -147,6 +150,8 @@ static void msg_free(struct msg *m)
         ax_policy_req_free(m->preq);
     if (m->session && m->srv->share) /* --workers: the other workers see this turn */
         ax_session_share_push(m->srv->share, m->session);
+    if (m->session && m->srv->state) /* --state: the other instances too (never waited on) */
+        ax_state_redis_push(m->srv->state, m->session);
     if (m->session)
         ax_session_unref(m->session);
     cJSON_Delete(m->body);
@@ -1688,6 +1693,35 @@ void ax_messages_handle(struct ax_server *srv, struct ax_req *req, int count_onl
     m->session = ax_monitor_get(srv->mon, m->session_key, uv_now(srv->loop));
     if (m->session && srv->share) /* --workers: what the others recorded */
         ax_session_share_pull(srv->share, m->session);
+    if (m->session && srv->state) { /* --state: what the other instances recorded */
+        ax_req_ref(req);            /* dropped in on_state_pulled, within --state-wait */
+        if (ax_state_redis_pull(srv->state, m->session, on_state_pulled, m) == 0)
+            return;
+        ax_req_unref(req); /* not connected: the local state serves */
+    }
+    msg_begin(m);
+}
+
+/* The session's state from Redis, or none in time: the request goes on either way. */
+static void on_state_pulled(void *ud, int found)
+{
+    struct msg *m = ud;
+    struct ax_req *req = m->req;
+
+    (void)found;
+    if (m->state != MSG_CANCELED)
+        msg_begin(m);
+    ax_req_unref(req);
+}
+
+/* The session is known: its arm, the recording, then the policies. */
+static void msg_begin(struct msg *m)
+{
+    struct ax_server *srv = m->srv;
+    struct ax_req *req = m->req;
+    struct ax_error err = {0};
+    int count_only = m->count_only;
+
     if (choose_arm(m, &err) < 0) {
         ax_buf_free(&req->body);
         msg_fail(m, &err);

@@ -16,6 +16,7 @@
 #include "anthroxy_routes.h"
 #include "anthroxy_server.h"
 #include "anthroxy_session_share.h"
+#include "anthroxy_state_redis.h"
 #include "anthroxy_upstream.h"
 
 #include <curl/curl.h>
@@ -278,6 +279,8 @@ static void route_health(struct ax_server *srv, struct ax_req *req)
     cJSON_AddNumberToObject(root, "sessions", (double)ax_monitor_count(srv->mon));
     cJSON_AddNumberToObject(root, "workers", srv->cfg.workers);
     cJSON_AddNumberToObject(root, "worker", srv->worker);
+    if (srv->state) /* --state: the Redis connection */
+        cJSON_AddItemToObject(root, "state", ax_state_redis_health(srv->state));
     if (srv->share)
         cJSON_AddNumberToObject(root, "shared_sessions",
                                 (double)ax_session_share_count(srv->share));
@@ -327,40 +330,92 @@ static int query_param(const char *query, const char *name, char *out, size_t n)
     return 0;
 }
 
+/* One session: this process's copy, or remote's (--state: Redis's) when that has seen more
+ * turns (another instance served the latest). */
+static void context_send_session(struct ax_server *srv, struct ax_req *req, const char *key,
+                                 const struct ax_session *remote)
+{
+    int64_t win = ax_models_window(&srv->cfg, srv->up, NULL);
+    struct ax_session *s = ax_monitor_find(srv->mon, key), *held = NULL;
+    cJSON *root;
+
+    if (srv->share && strlen(key) < sizeof(((struct ax_session *)0)->key)) {
+        /* --workers: the session may have been served by another worker only */
+        struct ax_session probe;
+        memset(&probe, 0, sizeof(probe));
+        memcpy(probe.key, key, strlen(key) + 1);
+        if (ax_session_share_pull(srv->share, &probe) &&
+            (s = held = ax_monitor_get(srv->mon, key, uv_now(srv->loop))) != NULL)
+            ax_session_share_pull(srv->share, s);
+    }
+    if (remote != NULL && (s == NULL || remote->total_requests > s->total_requests)) {
+        struct ax_session shown = *remote; /* with this loop's clock, when it knows the session */
+        if (s != NULL) {
+            shown.created_ms = s->created_ms;
+            shown.last_seen_ms = s->last_seen_ms;
+        }
+        root = ax_session_to_json(&shown, win, srv->cfg.prune_threshold);
+    } else if (s != NULL)
+        root = ax_session_to_json(s, win, srv->cfg.prune_threshold);
+    else
+        root = NULL;
+    if (held)
+        ax_session_unref(held);
+    if (root == NULL) {
+        send_errorf(req, 404, "not_found_error", "no such session");
+        return;
+    }
+    ax_http_send_json(req, 200, root);
+    cJSON_Delete(root);
+}
+
+/* --state: the session as Redis has it, fetched with the requests' bounded wait. */
+struct context_fetch {
+    struct ax_server *srv;
+    struct ax_req *req;
+    struct ax_session remote;
+};
+
+static void context_on_pulled(void *ud, int found)
+{
+    struct context_fetch *f = ud;
+    struct ax_req *req = f->req;
+
+    if (!req->canceled)
+        context_send_session(f->srv, req, f->remote.key, found ? &f->remote : NULL);
+    free(f);
+    ax_req_unref(req);
+}
+
 static void route_context(struct ax_server *srv, struct ax_req *req)
 {
     char key[256];
     int64_t win = ax_models_window(&srv->cfg, srv->up, NULL);
     cJSON *root;
     int q = query_param(req->query, "session", key, sizeof(key));
+    struct context_fetch *f;
 
     if (q < 0) {
         send_errorf(req, 400, "invalid_request_error", "session: not a valid session key");
         return;
     }
-    if (q > 0) {
-        struct ax_session *s = ax_monitor_find(srv->mon, key), *held = NULL;
-        if (srv->share && strlen(key) < sizeof(((struct ax_session *)0)->key)) {
-            /* --workers: the session may have been served by another worker only */
-            struct ax_session probe;
-            memset(&probe, 0, sizeof(probe));
-            memcpy(probe.key, key, strlen(key) + 1);
-            if (ax_session_share_pull(srv->share, &probe) &&
-                (s = held = ax_monitor_get(srv->mon, key, uv_now(srv->loop))) != NULL)
-                ax_session_share_pull(srv->share, s);
-        }
-        if (s == NULL) {
-            send_errorf(req, 404, "not_found_error", "no such session");
-            return;
-        }
-        root = ax_session_to_json(s, win, srv->cfg.prune_threshold);
-        if (held)
-            ax_session_unref(held);
-    } else {
+    if (q == 0) {
         root = ax_monitor_to_json(srv->mon, win, srv->cfg.prune_threshold);
+        ax_http_send_json(req, 200, root);
+        cJSON_Delete(root);
+        return;
     }
-    ax_http_send_json(req, 200, root);
-    cJSON_Delete(root);
+    if (srv->state && strlen(key) < sizeof(f->remote.key) && (f = calloc(1, sizeof(*f))) != NULL) {
+        f->srv = srv;
+        f->req = req;
+        memcpy(f->remote.key, key, strlen(key) + 1);
+        ax_req_ref(req); /* dropped in context_on_pulled */
+        if (ax_state_redis_pull(srv->state, &f->remote, context_on_pulled, f) == 0)
+            return;
+        ax_req_unref(req);
+        free(f); /* not connected: this process's copy */
+    }
+    context_send_session(srv, req, key, NULL);
 }
 
 /* GET /v1/experiments: the experiment in force and each arm's figures (experiment.c). */

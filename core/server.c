@@ -14,6 +14,7 @@
 #include "anthroxy_routes.h"
 #include "anthroxy_server.h"
 #include "anthroxy_session_share.h"
+#include "anthroxy_state_redis.h"
 #include "anthroxy_upstream.h"
 
 #include <errno.h>
@@ -330,6 +331,11 @@ int ax_server_listen(struct ax_server *srv, struct ax_error *err)
                         srv->cfg.record_max_dir_bytes, &srv->rec, err) < 0)
         return AX_EIO;
 
+    if (srv->cfg.state_url != NULL && /* --state: connects in the background */
+        ax_state_redis_new(srv->loop, srv->cfg.state_url, srv->cfg.state_wait_ms,
+                           srv->cfg.session_ttl_ms, &srv->state, err) < 0)
+        return AX_EINVAL;
+
     ax_fleet_probe_start(srv->fleet, AX_PROBE_INTERVAL_MS, on_upstream_info, srv);
     uv_timer_start(&srv->timer, on_sweep, AX_SESSION_SWEEP_MS, AX_SESSION_SWEEP_MS);
     srv->started_ms = uv_now(srv->loop);
@@ -390,10 +396,16 @@ static void finish_stop(struct ax_server *srv)
         srv->pending_closes++;
     if (srv->rec)
         srv->pending_closes++;
+    if (srv->state)
+        srv->pending_closes++;
     uv_close((uv_handle_t *)&srv->timer, on_handle_closed);
     if (srv->rec) {
         ax_recorder_close(srv->rec, on_component_closed, srv); /* frees it once all let go */
         srv->rec = NULL;
+    }
+    if (srv->state) { /* after the cancels: what still waits for Redis ends now */
+        ax_state_redis_close(srv->state, on_component_closed, srv);
+        srv->state = NULL;
     }
     ax_trim_close(&srv->trim, on_component_closed, srv);
     ax_fleet_close(srv->fleet, on_component_closed, srv);

@@ -118,6 +118,10 @@ struct ax_config {
     size_t record_max_file_bytes; /* one session's file: 256 MiB */
     size_t record_max_dir_bytes;  /* the whole directory: 4 GiB */
 
+    /* session state in Redis (core/state_redis.c) */
+    char *state_url;        /* --state redis://HOST:PORT/DB: NULL = this process only */
+    uint64_t state_wait_ms; /* the bounded wait for a session's state (20 ms) */
+
     /* logging */
     int log_level;    /* enum ax_log_level; PROXY_LOG_LEVEL */
     char *log_format; /* "text" (NULL too) or "json": one object a line */

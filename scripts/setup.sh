@@ -5,7 +5,8 @@ set -euo pipefail
 
 AX_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 AX_PACKAGES=(build-essential cmake pkg-config libuv1-dev liblua5.4-dev libcjson-dev
-             libcurl4-openssl-dev node-llhttp gnuplot-nox)
+             libcurl4-openssl-dev node-llhttp gnuplot-nox libhiredis-dev
+             redis-server haproxy)
 
 ax_sudo() {
     if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
