@@ -28,6 +28,7 @@ struct ax_monitor;
 struct ax_session {
     char key[AX_SESSION_KEY_MAX]; /* NUL-terminated; see ax_session_key for long keys */
     char arm[32];                 /* A/B arm, "" until set */
+    char upstream[32];            /* the fleet member that served its last request, or "" */
     uint64_t created_ms, last_seen_ms;
     int refs;
     int64_t total_requests, last_input_tokens, last_output_tokens, peak_input_tokens;

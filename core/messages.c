@@ -335,6 +335,8 @@ static void log_summary(struct msg *m, int status)
         f[n_f++] = f[sizeof(f) / sizeof(f[0]) - 2];
     if (m->failovers)
         f[n_f++] = f[sizeof(f) / sizeof(f[0]) - 1];
+    if (m->session && m->up) /* where the session's prefix is cached now (/v1/context) */
+        snprintf(m->session->upstream, sizeof(m->session->upstream), "%s", upstream);
     count_request(m, status, up_ms, total_ms, upstream);
     AX_LOG_FIELDS(AX_LOG_LVL_INFO, m->req, m->count_only ? "count_tokens" : "messages", f, n_f);
     record_figures(m, status, total_ms);

@@ -481,6 +481,7 @@ static int add_common(cJSON *o, const struct ax_session *s, int64_t cw)
     snprintf(pct, sizeof(pct), "%.1f%%", u * 100.0);
     if (cJSON_AddStringToObject(o, "session", s->key) == NULL ||
         cJSON_AddStringToObject(o, "arm", s->arm) == NULL ||
+        cJSON_AddStringToObject(o, "upstream", s->upstream) == NULL ||
         cJSON_AddNumberToObject(o, "context_window", (double)cw) == NULL ||
         cJSON_AddNumberToObject(o, "last_input_tokens", (double)s->last_input_tokens) == NULL ||
         cJSON_AddNumberToObject(o, "last_output_tokens", (double)s->last_output_tokens) == NULL ||

@@ -141,6 +141,10 @@ test('affinity: each session stays on one replica, sessions spread over both', a
     }
     const onA = [...where.values()].filter((w) => w === 0).length;
     assert.ok(onA >= 3 && onA <= 13, `16 sessions: ${onA} on a, ${16 - onA} on b`);
+    // /v1/context (and the status page) names each session's replica
+    const ctx = await request(p, { path: '/v1/context' });
+    const items = new Map(JSON.parse(ctx.text).items.map((it) => [it.session, it.upstream]));
+    for (const [s, who] of where) assert.equal(items.get(`session-${s}`), ['a', 'b'][who], `session ${s}`);
     // round-robin, for contrast, alternates whatever the session
     const rr = await fleetProxy(['--upstream', `a=${a.base}`, '--upstream', `b=${b.base}`, '--route-balance', 'round-robin'], 2);
     try {
