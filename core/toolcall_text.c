@@ -21,7 +21,7 @@
 #define LIT(s) (s), (sizeof(s) - 1)
 #define MAX_BLOCK_CALLS 128
 #define MAX_NAME 256
-#define REPAIR_DEPTH 256
+#define REPAIR_DEPTH AX_TOOL_ARGS_FIX_DEPTH /* as the streaming fixer: both stop past it */
 #define CHECK_DEPTH 16
 
 /* ---- small helpers ------------------------------------------------------------------ */
