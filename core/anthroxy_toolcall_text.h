@@ -161,15 +161,18 @@ int ax_tool_args_check(const cJSON *args, const cJSON *schema, char *why, size_t
  * until it ends, so True becomes true). Valid JSON comes out unchanged, byte for byte. At
  * finish, a held comma before the end is dropped and the open brackets closed, unless the text
  * was cut inside a string or right after a ':' (then nothing is added). Nesting past
- * AX_TOOL_ARGS_FIX_DEPTH stops the repairs: the rest passes through as it came. */
+ * AX_TOOL_ARGS_FIX_DEPTH stops the repairs: the rest passes through as it came. So does a
+ * comma followed by more blanks than AX_TOOL_ARGS_FIX_HOLD holds: it is released as it came
+ * (what a model writes never has that; the whole repair, ax_tool_args_repair, still drops it). */
+#define AX_TOOL_ARGS_FIX_HOLD 16
 #define AX_TOOL_ARGS_FIX_DEPTH 64
 struct ax_tool_args_fixer {
     unsigned repairs; /* AX_TOOL_ARGS_FIXED_* applied so far (read-only) */
     /* private */
     char _stack[AX_TOOL_ARGS_FIX_DEPTH];
     int _depth, _in_str, _esc, _opened, _off;
-    char _last;     /* last significant byte outside strings */
-    char _held[16]; /* a held comma and its blanks, or a held word */
+    char _last;                        /* last significant byte outside strings */
+    char _held[AX_TOOL_ARGS_FIX_HOLD]; /* a held comma and its blanks, or a held word */
     int _nheld, _held_word;
 };
 void ax_tool_args_fix_init(struct ax_tool_args_fixer *f);
