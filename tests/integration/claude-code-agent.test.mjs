@@ -11,7 +11,7 @@ import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { useProxy, HERE, oaiText } from './helpers.mjs';
+import { useProxy, HERE, oaiText, claudeBin, claudeEnv } from './helpers.mjs';
 
 const CLEAR = ['--policy-set', 'context_editing.clear_tool_uses=true', '--policy-set', 'context_editing.trigger=1000',
   '--policy-set', 'context_editing.keep=1', '--policy-set', 'context_editing.step=2'];
@@ -21,36 +21,13 @@ const tmpRoot = fs.mkdtempSync(path.join(os.tmpdir(), 'anthroxy-cca-'));
 after(() => fs.rmSync(tmpRoot, { recursive: true, force: true }));
 const PLACEHOLDER = '[tool result cleared by context editing to save context]';
 
-function claudeBin() {
-  const isElf = (f) => {
-    try {
-      const fd = fs.openSync(f, 'r');
-      const b = Buffer.alloc(4);
-      fs.readSync(fd, b, 0, 4, 0);
-      fs.closeSync(fd);
-      return b.toString('latin1') === '\x7fELF';
-    } catch {
-      return false;
-    }
-  };
-  const wrapper = path.join(HERE, 'node_modules', '@anthropic-ai', 'claude-code', 'bin', 'claude.exe');
-  if (isElf(wrapper)) return wrapper;
-  const native = path.join(HERE, 'node_modules', '@anthropic-ai', `claude-code-linux-${process.arch}`, 'claude');
-  return isElf(native) ? native : path.join(HERE, 'node_modules', '.bin', 'claude');
-}
-
 async function runClaude(task, cwd, baseUrl, extra = [], allowed = 'Read') {
   const home = fs.mkdtempSync(path.join(tmpRoot, 'home-'));
   const child = spawn(claudeBin(), ['-p', task, '--output-format', 'json', '--permission-mode', 'acceptEdits',
     '--allowedTools', allowed, '--max-turns', '12', ...extra], {
     cwd,
     stdio: ['ignore', 'pipe', 'pipe'],
-    env: {
-      PATH: process.env.PATH, HOME: home, TMPDIR: os.tmpdir(), ANTHROPIC_BASE_URL: baseUrl, ANTHROPIC_API_KEY: 'dummy',
-      DISABLE_TELEMETRY: '1', DISABLE_ERROR_REPORTING: '1', DISABLE_AUTOUPDATER: '1', DISABLE_BUG_COMMAND: '1',
-      CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC: '1', CLAUDE_CODE_DISABLE_NONSTREAMING_FALLBACK: '1',
-      CLAUDE_CODE_DISABLE_TERMINAL_TITLE: '1', NO_PROXY: '127.0.0.1,localhost',
-    },
+    env: claudeEnv(home, baseUrl),
   });
   let out = '';
   let err = '';

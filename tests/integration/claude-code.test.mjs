@@ -9,7 +9,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import {
-  useProxy, startProxy, waitUpstreamProbed, HERE, oaiText, request, FIXTURES_DIR, startRecorder, betas,
+  useProxy, startProxy, waitUpstreamProbed, HERE, oaiText, request, FIXTURES_DIR, startRecorder, betas, claudeBin, claudeEnv,
 } from './helpers.mjs';
 
 // A window large enough for Claude Code's ~20k-token fixed prefix, so no policy prunes.
@@ -20,27 +20,6 @@ const CC_VERSION = JSON.parse(fs.readFileSync(path.join(HERE, 'node_modules', '@
 const CC_DIR = path.join(FIXTURES_DIR, 'claude-code');
 after(() => fs.rmSync(tmpRoot, { recursive: true, force: true }));
 
-/** The native claude binary: bin/claude.exe once the postinstall ran, else the platform package. */
-function claudeBin() {
-  const wrapper = path.join(HERE, 'node_modules', '@anthropic-ai', 'claude-code', 'bin', 'claude.exe');
-  const isElf = (f) => {
-    try {
-      const fd = fs.openSync(f, 'r');
-      const b = Buffer.alloc(4);
-      fs.readSync(fd, b, 0, 4, 0);
-      fs.closeSync(fd);
-      return b.toString('latin1') === '\x7fELF';
-    } catch {
-      return false;
-    }
-  };
-  if (isElf(wrapper)) return wrapper;
-  const libc = fs.existsSync('/etc/alpine-release') ? '-musl' : '';
-  const native = path.join(HERE, 'node_modules', '@anthropic-ai', `claude-code-linux-${process.arch}${libc}`, 'claude');
-  if (isElf(native)) return native;
-  return path.join(HERE, 'node_modules', '.bin', 'claude');
-}
-
 /** Runs `claude -p task` in a fresh HOME and cwd; returns { code, out, err, json, cwd }. */
 async function runClaude(task, { cwd, timeoutMs = 120000, baseUrl, apiKey = 'dummy' } = {}) {
   const home = fs.mkdtempSync(path.join(tmpRoot, 'home-'));
@@ -49,21 +28,7 @@ async function runClaude(task, { cwd, timeoutMs = 120000, baseUrl, apiKey = 'dum
   const child = spawn(claudeBin(), args, {
     cwd,
     stdio: ['ignore', 'pipe', 'pipe'],
-    env: {
-      PATH: process.env.PATH,
-      HOME: home,
-      TMPDIR: os.tmpdir(),
-      ANTHROPIC_BASE_URL: baseUrl || env.proxy.url,
-      ANTHROPIC_API_KEY: apiKey,
-      DISABLE_TELEMETRY: '1',
-      DISABLE_ERROR_REPORTING: '1',
-      DISABLE_AUTOUPDATER: '1',
-      DISABLE_BUG_COMMAND: '1',
-      CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC: '1',
-      CLAUDE_CODE_DISABLE_NONSTREAMING_FALLBACK: '1',
-      CLAUDE_CODE_DISABLE_TERMINAL_TITLE: '1',
-      NO_PROXY: '127.0.0.1,localhost',
-    },
+    env: claudeEnv(home, baseUrl || env.proxy.url, { apiKey }),
   });
   let out = '';
   let err = '';

@@ -11,7 +11,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { startMock } from './mock-llama.mjs';
-import { startProxy, waitUpstreamProbed, HERE } from './helpers.mjs';
+import { startProxy, waitUpstreamProbed, HERE, claudeBin, claudeEnv } from './helpers.mjs';
 
 // The README tells users to set CLAUDE_CODE_AUTO_COMPACT_WINDOW to compaction_steering's
 // client_window: read it from the proxy's start-up log (the policy's own figure), not a copy.
@@ -21,25 +21,6 @@ const STEER_AT = 0.65;
 const THRESHOLD = 0.75;
 const tmpRoot = fs.mkdtempSync(path.join(os.tmpdir(), 'anthroxy-compact-'));
 after(() => fs.rmSync(tmpRoot, { recursive: true, force: true }));
-
-function claudeBin() {
-  const isElf = (f) => {
-    try {
-      const fd = fs.openSync(f, 'r');
-      const b = Buffer.alloc(4);
-      fs.readSync(fd, b, 0, 4, 0);
-      fs.closeSync(fd);
-      return b.toString('latin1') === '\x7fELF';
-    } catch {
-      return false;
-    }
-  };
-  const wrapper = path.join(HERE, 'node_modules', '@anthropic-ai', 'claude-code', 'bin', 'claude.exe');
-  if (isElf(wrapper)) return wrapper;
-  const libc = fs.existsSync('/etc/alpine-release') ? '-musl' : '';
-  const native = path.join(HERE, 'node_modules', '@anthropic-ai', `claude-code-linux-${process.arch}${libc}`, 'claude');
-  return isElf(native) ? native : path.join(HERE, 'node_modules', '.bin', 'claude');
-}
 
 const isCompaction = (req) => {
   const tools = (req.body.tools || []).map((t) => t.function.name);
@@ -78,13 +59,7 @@ async function session(nCtx) {
     '--output-format', 'json', '--max-turns', '40', '--permission-mode', 'acceptEdits', '--allowedTools', 'Read'], {
     cwd,
     stdio: ['ignore', 'pipe', 'pipe'],
-    env: {
-      PATH: process.env.PATH, HOME: home, TMPDIR: os.tmpdir(), ANTHROPIC_BASE_URL: proxy.url,
-      ANTHROPIC_API_KEY: 'dummy', DISABLE_TELEMETRY: '1', DISABLE_ERROR_REPORTING: '1',
-      DISABLE_AUTOUPDATER: '1', CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC: '1',
-      CLAUDE_CODE_DISABLE_NONSTREAMING_FALLBACK: '1', NO_PROXY: '127.0.0.1,localhost',
-      CLAUDE_CODE_AUTO_COMPACT_WINDOW: String(cw),
-    },
+    env: claudeEnv(home, proxy.url, { CLAUDE_CODE_AUTO_COMPACT_WINDOW: String(cw) }),
   });
   let out = '';
   child.stdout.on('data', (d) => { out += d; });

@@ -11,7 +11,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import {
-  useProxy, startProxy, waitUpstreamProbed, request, until, assertAnthropicError, HERE, sleep,
+  useProxy, startProxy, waitUpstreamProbed, request, until, assertAnthropicError, HERE, sleep, claudeBin, claudeEnv,
 } from './helpers.mjs';
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'anthroxy-exp-'));
@@ -240,30 +240,13 @@ test('/v1/experiments figures match what the mock received', env.wrap(async () =
 }));
 
 /** Runs `claude -p task` once against the proxy; resolves when it exits. */
-function claudeBin() {
-  const wrapper = path.join(HERE, 'node_modules', '@anthropic-ai', 'claude-code', 'bin', 'claude.exe');
-  try {
-    const b = Buffer.alloc(4);
-    const fd = fs.openSync(wrapper, 'r');
-    fs.readSync(fd, b, 0, 4, 0);
-    fs.closeSync(fd);
-    if (b.toString('latin1') === '\x7fELF') return wrapper;
-  } catch { /* below */ }
-  const native = path.join(HERE, 'node_modules', '@anthropic-ai', `claude-code-linux-${process.arch}`, 'claude');
-  return fs.existsSync(native) ? native : path.join(HERE, 'node_modules', '.bin', 'claude');
-}
 async function runClaude(task) {
   const home = fs.mkdtempSync(path.join(dir, 'home-'));
   const cwd = fs.mkdtempSync(path.join(dir, 'cwd-'));
   const child = spawn(claudeBin(), ['-p', task, '--output-format', 'json', '--max-turns', '2'], {
     cwd,
     stdio: ['ignore', 'pipe', 'pipe'],
-    env: {
-      PATH: process.env.PATH, HOME: home, TMPDIR: os.tmpdir(),
-      ANTHROPIC_BASE_URL: env.proxy.url, ANTHROPIC_API_KEY: 'dummy',
-      DISABLE_TELEMETRY: '1', DISABLE_ERROR_REPORTING: '1', DISABLE_AUTOUPDATER: '1',
-      CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC: '1', NO_PROXY: '127.0.0.1,localhost',
-    },
+    env: claudeEnv(home, env.proxy.url),
   });
   let out = '';
   child.stdout.on('data', (d) => { out += d; });

@@ -10,6 +10,7 @@ import { before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
+import os from 'node:os';
 import net from 'node:net';
 import http from 'node:http';
 import path from 'node:path';
@@ -340,3 +341,37 @@ export async function startRecorder(target) {
 
 /** The betas an `anthropic-beta` header announces, as a sorted list. */
 export const betas = (headers) => String(headers['anthropic-beta'] || '').split(',').map((s) => s.trim()).filter(Boolean).sort();
+
+/** The Claude Code binary in tests/integration/node_modules: the native one (the npm package's
+ * own, or the platform package's), else the npm wrapper script. */
+export function claudeBin() {
+  const isElf = (f) => {
+    try {
+      const fd = fs.openSync(f, 'r');
+      const b = Buffer.alloc(4);
+      fs.readSync(fd, b, 0, 4, 0);
+      fs.closeSync(fd);
+      return b.toString('latin1') === '\x7fELF';
+    } catch {
+      return false;
+    }
+  };
+  const wrapper = path.join(HERE, 'node_modules', '@anthropic-ai', 'claude-code', 'bin', 'claude.exe');
+  if (isElf(wrapper)) return wrapper;
+  const libc = fs.existsSync('/etc/alpine-release') ? '-musl' : '';
+  const native = path.join(HERE, 'node_modules', '@anthropic-ai', `claude-code-linux-${process.arch}${libc}`, 'claude');
+  return isElf(native) ? native : path.join(HERE, 'node_modules', '.bin', 'claude');
+}
+
+/** The environment a test runs Claude Code in: its own HOME, offline (no telemetry, updates or
+ * other traffic), pointed at baseUrl; extra entries are added (or override). */
+export function claudeEnv(home, baseUrl, { apiKey = 'dummy', ...extra } = {}) {
+  return {
+    PATH: process.env.PATH, HOME: home, TMPDIR: os.tmpdir(),
+    ANTHROPIC_BASE_URL: baseUrl, ANTHROPIC_API_KEY: apiKey,
+    DISABLE_TELEMETRY: '1', DISABLE_ERROR_REPORTING: '1', DISABLE_AUTOUPDATER: '1', DISABLE_BUG_COMMAND: '1',
+    CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC: '1', CLAUDE_CODE_DISABLE_NONSTREAMING_FALLBACK: '1',
+    CLAUDE_CODE_DISABLE_TERMINAL_TITLE: '1', NO_PROXY: '127.0.0.1,localhost',
+    ...extra,
+  };
+}

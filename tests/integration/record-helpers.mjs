@@ -5,27 +5,7 @@ import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { HERE, oaiText } from './helpers.mjs';
-
-/** The native claude binary: bin/claude.exe once the postinstall ran, else the platform package. */
-export function claudeBin() {
-  const wrapper = path.join(HERE, 'node_modules', '@anthropic-ai', 'claude-code', 'bin', 'claude.exe');
-  const isElf = (f) => {
-    try {
-      const fd = fs.openSync(f, 'r');
-      const b = Buffer.alloc(4);
-      fs.readSync(fd, b, 0, 4, 0);
-      fs.closeSync(fd);
-      return b.toString('latin1') === '\x7fELF';
-    } catch {
-      return false;
-    }
-  };
-  if (isElf(wrapper)) return wrapper;
-  const native = path.join(HERE, 'node_modules', '@anthropic-ai', `claude-code-linux-${process.arch}`, 'claude');
-  if (isElf(native)) return native;
-  return path.join(HERE, 'node_modules', '.bin', 'claude');
-}
+import { HERE, oaiText, claudeBin, claudeEnv } from './helpers.mjs';
 
 /** Runs `claude -p task` in a fresh HOME under tmpRoot; returns { code, out, err, json }. */
 export async function runClaude(task, { cwd, tmpRoot, baseUrl, apiKey = 'dummy', timeoutMs = 150000, maxTurns = 12 }) {
@@ -35,21 +15,7 @@ export async function runClaude(task, { cwd, tmpRoot, baseUrl, apiKey = 'dummy',
   const child = spawn(claudeBin(), args, {
     cwd,
     stdio: ['ignore', 'pipe', 'pipe'],
-    env: {
-      PATH: process.env.PATH,
-      HOME: home,
-      TMPDIR: os.tmpdir(),
-      ANTHROPIC_BASE_URL: baseUrl,
-      ANTHROPIC_API_KEY: apiKey,
-      DISABLE_TELEMETRY: '1',
-      DISABLE_ERROR_REPORTING: '1',
-      DISABLE_AUTOUPDATER: '1',
-      DISABLE_BUG_COMMAND: '1',
-      CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC: '1',
-      CLAUDE_CODE_DISABLE_NONSTREAMING_FALLBACK: '1',
-      CLAUDE_CODE_DISABLE_TERMINAL_TITLE: '1',
-      NO_PROXY: '127.0.0.1,localhost',
-    },
+    env: claudeEnv(home, baseUrl, { apiKey }),
   });
   let out = '';
   let err = '';

@@ -11,7 +11,7 @@ import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { useProxy, request, HERE, ROOT, oaiText, until } from './helpers.mjs';
+import { useProxy, request, HERE, ROOT, oaiText, until, claudeBin, claudeEnv } from './helpers.mjs';
 
 const polDir = fs.mkdtempSync(path.join(os.tmpdir(), 'anthroxy-small-'));
 const tmpRoot = fs.mkdtempSync(path.join(os.tmpdir(), 'anthroxy-small-cc-'));
@@ -272,23 +272,6 @@ test('tool_retry: a call off the schema, rejected by the client, is retried at l
 
 // ---- Claude Code end to end ----------------------------------------------------------------
 
-function claudeBin() {
-  const cands = [
-    path.join(HERE, 'node_modules', '@anthropic-ai', 'claude-code', 'bin', 'claude.exe'),
-    path.join(HERE, 'node_modules', '@anthropic-ai', `claude-code-linux-${process.arch}`, 'claude'),
-  ];
-  for (const f of cands) {
-    try {
-      const b = Buffer.alloc(4);
-      const fd = fs.openSync(f, 'r');
-      fs.readSync(fd, b, 0, 4, 0);
-      fs.closeSync(fd);
-      if (b.toString('latin1') === '\x7fELF') return f;
-    } catch { /* next */ }
-  }
-  return path.join(HERE, 'node_modules', '.bin', 'claude');
-}
-
 /** `claude -p task` in a fresh HOME and cwd, as a user runs it. */
 async function runClaude(task, cwd, { timeoutMs = 150000, extraEnv = {} } = {}) {
   const home = fs.mkdtempSync(path.join(tmpRoot, 'home-'));
@@ -296,13 +279,7 @@ async function runClaude(task, cwd, { timeoutMs = 150000, extraEnv = {} } = {}) 
     '--allowedTools', 'Write,Read,Edit', '--max-turns', '14'], {
     cwd,
     stdio: ['ignore', 'pipe', 'pipe'],
-    env: {
-      PATH: process.env.PATH, HOME: home, TMPDIR: os.tmpdir(),
-      ANTHROPIC_BASE_URL: env.proxy.url, ANTHROPIC_API_KEY: 'dummy',
-      DISABLE_TELEMETRY: '1', DISABLE_ERROR_REPORTING: '1', DISABLE_AUTOUPDATER: '1', DISABLE_BUG_COMMAND: '1',
-      CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC: '1', CLAUDE_CODE_DISABLE_NONSTREAMING_FALLBACK: '1',
-      CLAUDE_CODE_DISABLE_TERMINAL_TITLE: '1', NO_PROXY: '127.0.0.1,localhost', ...extraEnv,
-    },
+    env: claudeEnv(home, env.proxy.url, extraEnv),
   });
   let out = '';
   let err = '';

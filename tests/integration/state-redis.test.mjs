@@ -13,7 +13,7 @@ import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
-import { startProxy, request, until, sleep } from './helpers.mjs';
+import { startProxy, request, until, sleep, claudeBin, claudeEnv } from './helpers.mjs';
 import { startMock } from './mock-llama.mjs';
 
 function have(cmd) {
@@ -285,27 +285,6 @@ test('a slow Redis costs a request at most --state-wait, and a bad --state URL i
   await assert.rejects(startProxy({ args: ['--state', 'redis://127.0.0.1:99999/0'], timeoutMs: 5000 }), /--state/);
 });
 
-// The native claude binary (as claude-code.test.mjs finds it).
-function claudeBin() {
-  const here = path.dirname(new URL(import.meta.url).pathname);
-  const isElf = (f) => {
-    try {
-      const fd = fs.openSync(f, 'r');
-      const b = Buffer.alloc(4);
-      fs.readSync(fd, b, 0, 4, 0);
-      fs.closeSync(fd);
-      return b.toString('latin1') === '\x7fELF';
-    } catch {
-      return false;
-    }
-  };
-  const wrapper = path.join(here, 'node_modules', '@anthropic-ai', 'claude-code', 'bin', 'claude.exe');
-  if (isElf(wrapper)) return wrapper;
-  const native = path.join(here, 'node_modules', '@anthropic-ai', `claude-code-linux-${process.arch}`, 'claude');
-  if (isElf(native)) return native;
-  return path.join(here, 'node_modules', '.bin', 'claude');
-}
-
 test('Claude Code through HAProxy and two instances: one session, counted whole on both', async (t) => {
   const why = ensurePackages();
   if (why) { t.skip(why); return; }
@@ -337,12 +316,7 @@ test('Claude Code through HAProxy and two instances: one session, counted whole 
     const child = spawn(claudeBin(), ['-p', 'Create hello.txt saying hi.', '--output-format', 'json',
       '--permission-mode', 'acceptEdits', '--allowedTools', 'Write', '--max-turns', '4'], {
       cwd: dir, stdio: ['ignore', 'pipe', 'pipe'],
-      env: {
-        PATH: process.env.PATH, HOME: home, TMPDIR: os.tmpdir(),
-        ANTHROPIC_BASE_URL: `http://127.0.0.1:${hport}`, ANTHROPIC_API_KEY: 'dummy',
-        DISABLE_TELEMETRY: '1', DISABLE_ERROR_REPORTING: '1', DISABLE_AUTOUPDATER: '1',
-        CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC: '1', NO_PROXY: '127.0.0.1,localhost',
-      },
+      env: claudeEnv(home, `http://127.0.0.1:${hport}`),
     });
     let out = '';
     let err = '';

@@ -8,7 +8,7 @@ import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { useProxy, HERE, FIXTURES_DIR, until } from './helpers.mjs';
+import { useProxy, HERE, FIXTURES_DIR, until, claudeBin, claudeEnv } from './helpers.mjs';
 
 const env = useProxy({ name: 'toolcall-text', mock: { nCtx: 200000 } });
 
@@ -200,40 +200,13 @@ test('on_response reads the counts in ctx.tool_calls, streaming and not', withPo
 const tmpRoot = fs.mkdtempSync(path.join(os.tmpdir(), 'anthroxy-tct-'));
 after(() => fs.rmSync(tmpRoot, { recursive: true, force: true }));
 
-/** The native claude binary, as claude-code.test.mjs finds it. */
-function claudeBin() {
-  const isElf = (f) => {
-    try {
-      const fd = fs.openSync(f, 'r');
-      const b = Buffer.alloc(4);
-      fs.readSync(fd, b, 0, 4, 0);
-      fs.closeSync(fd);
-      return b.toString('latin1') === '\x7fELF';
-    } catch {
-      return false;
-    }
-  };
-  const wrapper = path.join(HERE, 'node_modules', '@anthropic-ai', 'claude-code', 'bin', 'claude.exe');
-  if (isElf(wrapper)) return wrapper;
-  const libc = fs.existsSync('/etc/alpine-release') ? '-musl' : '';
-  const native = path.join(HERE, 'node_modules', '@anthropic-ai', `claude-code-linux-${process.arch}${libc}`, 'claude');
-  if (isElf(native)) return native;
-  return path.join(HERE, 'node_modules', '.bin', 'claude');
-}
-
 async function runClaude(task, cwd, proxy = env.proxy) {
   const home = fs.mkdtempSync(path.join(tmpRoot, 'home-'));
   const child = spawn(claudeBin(), ['-p', task, '--output-format', 'json', '--permission-mode', 'acceptEdits',
     '--allowedTools', 'Write,Read,Edit', '--max-turns', '6'], {
     cwd,
     stdio: ['ignore', 'pipe', 'pipe'],
-    env: {
-      PATH: process.env.PATH, HOME: home, TMPDIR: os.tmpdir(),
-      ANTHROPIC_BASE_URL: proxy.url, ANTHROPIC_API_KEY: 'dummy',
-      DISABLE_TELEMETRY: '1', DISABLE_ERROR_REPORTING: '1', DISABLE_AUTOUPDATER: '1', DISABLE_BUG_COMMAND: '1',
-      CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC: '1', CLAUDE_CODE_DISABLE_NONSTREAMING_FALLBACK: '1',
-      CLAUDE_CODE_DISABLE_TERMINAL_TITLE: '1', NO_PROXY: '127.0.0.1,localhost',
-    },
+    env: claudeEnv(home, proxy.url),
   });
   let out = '';
   let err = '';

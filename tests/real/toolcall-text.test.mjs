@@ -18,7 +18,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { startLlama } from './llama.mjs';
-import { startProxy, waitUpstreamProbed, HERE as INT_DIR } from '../integration/helpers.mjs';
+import { startProxy, waitUpstreamProbed, HERE as INT_DIR, claudeBin, claudeEnv } from '../integration/helpers.mjs';
 
 const tmpRoot = fs.mkdtempSync(path.join(os.tmpdir(), 'anthroxy-real-tct-'));
 const FINAL = 'Wrote the file.';
@@ -67,28 +67,11 @@ after(async () => {
   fs.rmSync(tmpRoot, { recursive: true, force: true });
 });
 
-function claudeBin() {
-  const cands = [
-    path.join(INT_DIR, 'node_modules', '@anthropic-ai', 'claude-code', 'bin', 'claude.exe'),
-    path.join(INT_DIR, 'node_modules', '@anthropic-ai', `claude-code-linux-${process.arch}`, 'claude'),
-  ];
-  for (const f of cands) {
-    try {
-      const b = Buffer.alloc(4);
-      const fd = fs.openSync(f, 'r');
-      fs.readSync(fd, b, 0, 4, 0);
-      fs.closeSync(fd);
-      if (b.toString('latin1') === '\x7fELF') return f;
-    } catch { /* next */ }
-  }
-  return null;
-}
-
 test('real llama-server without --jinja: Claude Code runs Write from a call written as text', { timeout: 240000 },
   async (t) => {
     if (!llama) return t.skip('LLAMA_SERVER is not set');
     const bin = claudeBin();
-    if (!bin) return t.skip('Claude Code is not installed in tests/integration/node_modules');
+    if (!fs.existsSync(bin)) return t.skip('Claude Code is not installed in tests/integration/node_modules');
     // the server really refuses tools without --jinja (why anthroxy sends them as text)
     const refused = await fetch(`${llama.url}/v1/chat/completions`, {
       method: 'POST', headers: { 'content-type': 'application/json' },
@@ -104,13 +87,7 @@ test('real llama-server without --jinja: Claude Code runs Write from a call writ
       '--permission-mode', 'acceptEdits', '--allowedTools', 'Write,Read,Edit', '--max-turns', '4'], {
       cwd,
       stdio: ['ignore', 'pipe', 'pipe'],
-      env: {
-        PATH: process.env.PATH, HOME: home, TMPDIR: os.tmpdir(),
-        ANTHROPIC_BASE_URL: proxy.url, ANTHROPIC_API_KEY: 'dummy',
-        DISABLE_TELEMETRY: '1', DISABLE_ERROR_REPORTING: '1', DISABLE_AUTOUPDATER: '1',
-        CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC: '1', CLAUDE_CODE_DISABLE_NONSTREAMING_FALLBACK: '1',
-        NO_PROXY: '127.0.0.1,localhost',
-      },
+      env: claudeEnv(home, proxy.url),
     });
     let out = '';
     let err = '';
