@@ -1204,10 +1204,11 @@ static void measured(struct msg *m, int64_t n)
  * off (at the clamp, or wrong by more than tokenize_off_ratio on the last turn). */
 static int want_measure(struct msg *m)
 {
+    /* the estimate walks the whole conversation: only once the cheap tests passed */
     return m->session != NULL && m->srv->cfg.tokenize_off_ratio > 0 &&
-           estimate_prompt(m) >= AX_MEASURE_MIN_TOKENS &&
            ax_upstream_info(m->srv->up)->llama_server &&
-           ax_session_estimate_off(m->session, m->srv->cfg.tokenize_off_ratio);
+           ax_session_estimate_off(m->session, m->srv->cfg.tokenize_off_ratio) &&
+           estimate_prompt(m) >= AX_MEASURE_MIN_TOKENS;
 }
 
 static void count_by_estimate(struct msg *m)
